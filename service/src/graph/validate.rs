@@ -1,0 +1,580 @@
+//! Manifest → validated [`Plan`]: every rule checked, every violation collected.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use serde_json::{Map, Value};
+
+use super::error::{ValidationError, Violation};
+use super::manifest::{MANIFEST_VERSION, Manifest, PipelineConfig};
+use crate::nodes::{INPUT, Registry, ResolveError, Resolved, RuntimeChoice};
+
+/// What the request feeds into the pipeline, for the checks that depend on it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestShape {
+    /// Node ids with `audio_inputs`; `None` for streams, which feed nodes chunk by chunk.
+    pub audio_inputs: Option<BTreeSet<String>>,
+    /// Node ids with `data_inputs`.
+    pub data_inputs: BTreeSet<String>,
+    /// Extra nodes whose outputs are returned.
+    pub output_nodes: Vec<String>,
+}
+
+impl RequestShape {
+    /// The shape of a stream: inputs arrive as chunks, so sources need none up front.
+    pub fn stream() -> Self {
+        Self::default()
+    }
+}
+
+/// A connection between validated nodes, by index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub from: usize,
+    pub output_key: String,
+    pub input_key: String,
+}
+
+/// A node that passed validation, before it is instantiated.
+#[derive(Clone)]
+pub struct PlannedNode {
+    pub id: String,
+    pub resolved: Resolved,
+    pub params: Map<String, Value>,
+}
+
+/// A validated pipeline: nodes, links and a topological order (Kahn's algorithm, ties broken by
+/// manifest order).
+#[derive(Clone)]
+pub struct Plan {
+    pub name: String,
+    pub nodes: Vec<PlannedNode>,
+    pub incoming: Vec<Vec<Link>>,
+    pub outgoing: Vec<Vec<usize>>,
+    pub order: Vec<usize>,
+    pub output_nodes: BTreeSet<usize>,
+    pub config: PipelineConfig,
+}
+
+impl Plan {
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    pub fn is_sink(&self, idx: usize) -> bool {
+        self.outgoing[idx].is_empty()
+    }
+}
+
+/// Checks everything that can be checked without building nodes, collecting every violation.
+/// Returns the plan for the nodes that resolved, plus the violations found.
+pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Option<Plan>, Vec<Violation>) {
+    let mut v = Vec::new();
+
+    if manifest.version != MANIFEST_VERSION {
+        v.push(Violation::new(
+            "version",
+            format!("manifest version must be \"{MANIFEST_VERSION}\", got \"{}\"", manifest.version),
+        ));
+    }
+    if manifest.nodes.is_empty() {
+        v.push(Violation::new("nodes", "manifest has no nodes; a pipeline needs at least one"));
+    }
+
+    // Nodes: ids, types, runtimes, params.
+    let mut first_index: HashMap<&str, usize> = HashMap::new();
+    let mut nodes: Vec<Option<PlannedNode>> = Vec::with_capacity(manifest.nodes.len());
+    for (i, spec) in manifest.nodes.iter().enumerate() {
+        let field = |f: &str| format!("nodes[{i}].{f}");
+        if spec.id.is_empty() {
+            v.push(Violation::new(field("id"), format!("nodes[{i}] has an empty id")));
+        } else if let Some(&prev) = first_index.get(spec.id.as_str()) {
+            v.push(
+                Violation::new(
+                    field("id"),
+                    format!("node id `{}` is used by nodes[{prev}] and nodes[{i}]; ids must be unique", spec.id),
+                )
+                .on_node(&spec.id),
+            );
+        } else {
+            first_index.insert(&spec.id, i);
+        }
+        let who = if spec.id.is_empty() { format!("nodes[{i}]") } else { format!("node `{}`", spec.id) };
+
+        let resolved = if spec.node_type.is_empty() {
+            v.push(Violation::new(field("node_type"), format!("{who} has an empty node_type")).on_node(&spec.id));
+            None
+        } else {
+            match registry.resolve(&spec.node_type, spec.runtime) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let f = match e {
+                        ResolveError::UnknownType(_) => field("node_type"),
+                        ResolveError::Runtime(_) => field("runtime_hint"),
+                    };
+                    v.push(Violation::new(f, format!("{who}: {e}")).on_node(&spec.id));
+                    None
+                }
+            }
+        };
+
+        let params = match parse_params(&spec.params) {
+            Ok(p) => Some(p),
+            Err(msg) => {
+                v.push(Violation::new(field("params"), format!("{who}: {msg}")).on_node(&spec.id));
+                None
+            }
+        };
+
+        nodes.push(match (resolved, params) {
+            (Some(resolved), Some(params)) => Some(PlannedNode { id: spec.id.clone(), resolved, params }),
+            _ => None,
+        });
+    }
+
+    // Connections.
+    let index = |id: &str| first_index.get(id).copied();
+    let mut incoming: Vec<Vec<Link>> = vec![Vec::new(); manifest.nodes.len()];
+    let mut outgoing: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); manifest.nodes.len()];
+    let mut seen_edges = BTreeMap::new();
+    for (j, e) in manifest.connections.iter().enumerate() {
+        let label = format!("connections[{j}] ({} → {})", or_empty(&e.from), or_empty(&e.to));
+        let mut ok = true;
+        for (end, id) in [("from", &e.from), ("to", &e.to)] {
+            if id.is_empty() {
+                v.push(Violation::new(format!("connections[{j}].{end}"), format!("{label}: `{end}` is empty")));
+                ok = false;
+            } else if index(id).is_none() {
+                v.push(Violation::new(
+                    format!("connections[{j}].{end}"),
+                    format!("{label}: `{end}` names unknown node `{id}`"),
+                ));
+                ok = false;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        if e.from == e.to {
+            v.push(
+                Violation::new(format!("connections[{j}]"), format!("{label}: node `{}` is connected to itself", e.from))
+                    .on_node(&e.from),
+            );
+            continue;
+        }
+        let output_key = if e.output_key.is_empty() { crate::nodes::OUTPUT } else { &e.output_key };
+        let input_key = if e.input_key.is_empty() { INPUT } else { &e.input_key };
+        let (from, to) = (index(&e.from).unwrap_or_default(), index(&e.to).unwrap_or_default());
+        if let Some(prev) = seen_edges.insert((from, output_key.to_owned(), to, input_key.to_owned()), j) {
+            v.push(Violation::new(
+                format!("connections[{j}]"),
+                format!("{label}: duplicates connections[{prev}] ({} `{output_key}` → {} `{input_key}`)", e.from, e.to),
+            ));
+            continue;
+        }
+        check_port(&nodes[from], output_key, true, &e.from, &format!("connections[{j}].output_key"), &label, &mut v);
+        check_port(&nodes[to], input_key, false, &e.to, &format!("connections[{j}].input_key"), &label, &mut v);
+        incoming[to].push(Link { from, output_key: output_key.to_owned(), input_key: input_key.to_owned() });
+        outgoing[from].insert(to);
+    }
+
+    // Cycles.
+    let outgoing: Vec<Vec<usize>> = outgoing.into_iter().map(|s| s.into_iter().collect()).collect();
+    let (order, cycles) = topological_order(&incoming, &outgoing);
+    for cycle in cycles {
+        let path: Vec<&str> = cycle.iter().map(|&i| manifest.nodes[i].id.as_str()).collect();
+        v.push(
+            Violation::new("connections", format!("connections form a cycle: {}", path.join(" → ")))
+                .on_node(path[0]),
+        );
+    }
+
+    // Inputs the request provides.
+    if let Some(audio) = &shape.audio_inputs {
+        for (map, keys) in [("audio_inputs", audio), ("data_inputs", &shape.data_inputs)] {
+            for id in keys {
+                if index(id).is_none() {
+                    v.push(Violation::new(format!("{map}[{id}]"), format!("{map} names unknown node `{id}`")));
+                }
+            }
+        }
+        for (i, spec) in manifest.nodes.iter().enumerate() {
+            let fed = audio.contains(&spec.id) || shape.data_inputs.contains(&spec.id);
+            let first_of_its_id = index(&spec.id) == Some(i);
+            if incoming[i].is_empty() && !fed && first_of_its_id {
+                v.push(
+                    Violation::new(
+                        format!("audio_inputs[{}]", spec.id),
+                        format!(
+                            "node `{}` is a source (nothing connects into it) but the request has no audio_inputs or data_inputs for it",
+                            spec.id
+                        ),
+                    )
+                    .on_node(&spec.id),
+                );
+            }
+        }
+    }
+    let mut output_nodes = BTreeSet::new();
+    for (k, id) in shape.output_nodes.iter().enumerate() {
+        match index(id) {
+            Some(i) => {
+                output_nodes.insert(i);
+            }
+            None => v.push(Violation::new(format!("output_nodes[{k}]"), format!("output_nodes names unknown node `{id}`"))),
+        }
+    }
+
+    if !v.is_empty() || nodes.iter().any(Option::is_none) {
+        // Still hand back what resolved, so node parameters can be checked too.
+        let partial = nodes.into_iter().flatten().collect::<Vec<_>>();
+        return (partial_plan(manifest, partial), v);
+    }
+    let plan = Plan {
+        name: manifest.name.clone(),
+        nodes: nodes.into_iter().map(|n| n.expect("checked: every node resolved")).collect(),
+        incoming,
+        outgoing,
+        order,
+        output_nodes,
+        config: manifest.config.clone(),
+    };
+    (Some(plan), v)
+}
+
+/// A plan holding only nodes (no links), used to check the parameters of the nodes that
+/// resolved when the manifest has other violations.
+fn partial_plan(manifest: &Manifest, nodes: Vec<PlannedNode>) -> Option<Plan> {
+    let n = nodes.len();
+    Some(Plan {
+        name: manifest.name.clone(),
+        nodes,
+        incoming: vec![Vec::new(); n],
+        outgoing: vec![Vec::new(); n],
+        order: (0..n).collect(),
+        output_nodes: BTreeSet::new(),
+        config: manifest.config.clone(),
+    })
+}
+
+fn or_empty(s: &str) -> &str {
+    if s.is_empty() { "?" } else { s }
+}
+
+fn parse_params(text: &str) -> Result<Map<String, Value>, String> {
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(format!(
+            "params must be a JSON object, got {}",
+            match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        )),
+        Err(e) => Err(format!("params are not valid JSON: {e}")),
+    }
+}
+
+/// Checks that a native node has the port a connection names.
+fn check_port(
+    node: &Option<PlannedNode>,
+    port: &str,
+    is_output: bool,
+    id: &str,
+    field: &str,
+    label: &str,
+    v: &mut Vec<Violation>,
+) {
+    let Some(PlannedNode { resolved: Resolved { node_type, choice: RuntimeChoice::Native(factory) }, .. }) = node
+    else {
+        return;
+    };
+    let ports = if is_output { factory.output_ports() } else { factory.input_ports() };
+    if !ports.contains(&port) {
+        let dir = if is_output { "output" } else { "input" };
+        v.push(
+            Violation::new(
+                field,
+                format!(
+                    "{label}: node `{id}` ({node_type}) has no {dir} port `{port}`; its {dir} ports are: {}",
+                    ports.join(", ")
+                ),
+            )
+            .on_node(id),
+        );
+    }
+}
+
+/// Kahn's algorithm over the links. Returns the order of the nodes it could place and, if some
+/// remain, the cycles among them (one path per cycle, first node repeated at the end).
+fn topological_order(incoming: &[Vec<Link>], outgoing: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let n = incoming.len();
+    let mut indegree: Vec<usize> = (0..n).map(|i| distinct_preds(&incoming[i]).len()).collect();
+    let mut ready: VecDeque<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &s in &outgoing[i] {
+            indegree[s] -= 1;
+            if indegree[s] == 0 {
+                ready.push_back(s);
+            }
+        }
+    }
+    let mut cycles = Vec::new();
+    let mut remaining: BTreeSet<usize> = (0..n).filter(|&i| indegree[i] > 0).collect();
+    while let Some(&start) = remaining.iter().next() {
+        // Every remaining node has a remaining predecessor, so walking predecessors must revisit.
+        let mut path = vec![start];
+        let mut pos: HashMap<usize, usize> = HashMap::from([(start, 0)]);
+        let mut cur = start;
+        let cycle = loop {
+            let Some(pred) = distinct_preds(&incoming[cur]).into_iter().find(|p| remaining.contains(p)) else {
+                break None;
+            };
+            if let Some(&at) = pos.get(&pred) {
+                let mut c: Vec<usize> = path[at..].to_vec();
+                c.reverse();
+                c.push(c[0]);
+                break Some(c);
+            }
+            pos.insert(pred, path.len());
+            path.push(pred);
+            cur = pred;
+        };
+        match cycle {
+            Some(c) => {
+                for i in &c {
+                    remaining.remove(i);
+                }
+                // Nodes only downstream of this cycle are not on a cycle themselves.
+                prune_acyclic(&mut remaining, incoming);
+                cycles.push(c);
+            }
+            None => {
+                remaining.remove(&start);
+            }
+        }
+    }
+    (order, cycles)
+}
+
+fn distinct_preds(links: &[Link]) -> Vec<usize> {
+    let set: BTreeSet<usize> = links.iter().map(|l| l.from).collect();
+    set.into_iter().collect()
+}
+
+/// Drops remaining nodes with no remaining predecessor, repeatedly: what is left are cycles and
+/// nodes downstream of further cycles.
+fn prune_acyclic(remaining: &mut BTreeSet<usize>, incoming: &[Vec<Link>]) {
+    loop {
+        let drop: Vec<usize> = remaining
+            .iter()
+            .copied()
+            .filter(|&i| !incoming[i].iter().any(|l| remaining.contains(&l.from)))
+            .collect();
+        if drop.is_empty() {
+            return;
+        }
+        for i in drop {
+            remaining.remove(&i);
+        }
+    }
+}
+
+impl From<Vec<Violation>> for ValidationError {
+    fn from(violations: Vec<Violation>) -> Self {
+        Self { violations }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Edge, RuntimeHint};
+
+    fn shape(audio: &[&str]) -> RequestShape {
+        RequestShape {
+            audio_inputs: Some(audio.iter().map(|s| s.to_string()).collect()),
+            ..RequestShape::default()
+        }
+    }
+
+    fn messages(m: &Manifest, s: &RequestShape) -> Vec<String> {
+        let (_, v) = validate(m, &Registry::builtin(), s);
+        v.into_iter().map(|v| v.message).collect()
+    }
+
+    #[test]
+    fn a_valid_chain_gets_kahn_order() {
+        let m = Manifest::new("t")
+            .node("c", "GainNode", "")
+            .node("a", "PassThroughNode", "")
+            .node("b", "GainNode", "{}")
+            .connect("a", "b")
+            .connect("b", "c");
+        let (plan, v) = validate(&m, &Registry::builtin(), &shape(&["a"]));
+        assert!(v.is_empty(), "{v:?}");
+        let plan = plan.unwrap();
+        let ids: Vec<&str> = plan.order.iter().map(|&i| plan.nodes[i].id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(plan.is_sink(0));
+    }
+
+    #[test]
+    fn version_must_be_v1() {
+        let mut m = Manifest::new("t").node("a", "GainNode", "");
+        m.version = "1.0".into();
+        assert_eq!(messages(&m, &shape(&["a"])), [r#"manifest version must be "v1", got "1.0""#]);
+    }
+
+    #[test]
+    fn empty_manifest_is_rejected() {
+        assert_eq!(
+            messages(&Manifest::new("t"), &shape(&[])),
+            ["manifest has no nodes; a pipeline needs at least one"]
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_name_both_positions() {
+        let m = Manifest::new("t").node("a", "GainNode", "").node("a", "GainNode", "");
+        let msgs = messages(&m, &shape(&["a"]));
+        assert_eq!(msgs, ["node id `a` is used by nodes[0] and nodes[1]; ids must be unique"]);
+    }
+
+    #[test]
+    fn unknown_type_lists_available_types() {
+        let m = Manifest::new("t").node("x", "Reverb", "");
+        let msgs = messages(&m, &shape(&["x"]));
+        assert_eq!(msgs.len(), 1);
+        assert!(msgs[0].starts_with("node `x`: unknown node type `Reverb`; available types: GainNode, PassThroughNode"), "{msgs:?}");
+    }
+
+    #[test]
+    fn invalid_json_params_are_an_error_not_empty() {
+        let m = Manifest::new("t").node("g", "GainNode", "{gain: 2");
+        let msgs = messages(&m, &shape(&["g"]));
+        assert_eq!(msgs.len(), 1);
+        assert!(msgs[0].starts_with("node `g`: params are not valid JSON: "), "{msgs:?}");
+        let m = Manifest::new("t").node("g", "GainNode", "[1]");
+        assert_eq!(messages(&m, &shape(&["g"])), ["node `g`: params must be a JSON object, got an array"]);
+    }
+
+    #[test]
+    fn connections_to_unknown_nodes_and_self_loops() {
+        let m = Manifest::new("t").node("a", "GainNode", "").connect("a", "ghost").connect("a", "a");
+        let msgs = messages(&m, &shape(&["a"]));
+        assert_eq!(
+            msgs,
+            [
+                "connections[0] (a → ghost): `to` names unknown node `ghost`",
+                "connections[1] (a → a): node `a` is connected to itself",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cycle_names_its_path() {
+        let m = Manifest::new("t")
+            .node("src", "PassThroughNode", "")
+            .node("a", "PassThroughNode", "")
+            .node("b", "PassThroughNode", "")
+            .node("c", "PassThroughNode", "")
+            .connect("src", "a")
+            .connect("a", "b")
+            .connect("b", "c")
+            .connect("c", "a");
+        let msgs = messages(&m, &shape(&["src"]));
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        let m0 = &msgs[0];
+        assert!(
+            m0 == "connections form a cycle: a → b → c → a"
+                || m0 == "connections form a cycle: b → c → a → b"
+                || m0 == "connections form a cycle: c → a → b → c",
+            "{m0}"
+        );
+    }
+
+    #[test]
+    fn two_node_cycle_and_downstream_node() {
+        let m = Manifest::new("t")
+            .node("a", "PassThroughNode", "")
+            .node("b", "PassThroughNode", "")
+            .node("d", "PassThroughNode", "")
+            .connect("a", "b")
+            .connect("b", "a")
+            .connect("b", "d");
+        let (_, v) = validate(&m, &Registry::builtin(), &RequestShape::stream());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].message.ends_with("a → b → a") || v[0].message.ends_with("b → a → b"), "{}", v[0].message);
+    }
+
+    #[test]
+    fn ports_are_checked_against_native_nodes() {
+        let m = Manifest::new("t")
+            .node("a", "GainNode", "")
+            .node("b", "GainNode", "")
+            .edge(Edge::new("a", "b").ports("segments", "sidechain"));
+        let msgs = messages(&m, &shape(&["a"]));
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].contains("node `a` (GainNode) has no output port `segments`; its output ports are: output"));
+        assert!(msgs[1].contains("node `b` (GainNode) has no input port `sidechain`; its input ports are: input"));
+    }
+
+    #[test]
+    fn sources_need_inputs_and_input_keys_must_exist() {
+        let m = Manifest::new("t").node("a", "GainNode", "").node("b", "GainNode", "");
+        let mut s = shape(&["a", "nobody"]);
+        s.output_nodes = vec!["zz".into()];
+        let msgs = messages(&m, &s);
+        assert_eq!(
+            msgs,
+            [
+                "audio_inputs names unknown node `nobody`",
+                "node `b` is a source (nothing connects into it) but the request has no audio_inputs or data_inputs for it",
+                "output_nodes names unknown node `zz`",
+            ]
+        );
+    }
+
+    #[test]
+    fn unsupported_runtime_hints_are_rejected() {
+        let mut m = Manifest::new("t").node("a", "GainNode", "");
+        m.nodes[0].runtime = RuntimeHint::Unsupported("RUNTIME_HINT_CPYTHON_WASM");
+        let (_, v) = validate(&m, &Registry::builtin(), &shape(&["a"]));
+        assert_eq!(v[0].field, "nodes[0].runtime_hint");
+        assert!(v[0].message.contains("RUNTIME_HINT_CPYTHON_WASM is unsupported"), "{}", v[0].message);
+    }
+
+    #[test]
+    fn many_faults_are_all_reported() {
+        let mut m = Manifest::new("t")
+            .node("a", "GainNode", "not json")
+            .node("a", "Nope", "")
+            .node("c", "PassThroughNode", "")
+            .connect("c", "missing")
+            .connect("c", "c");
+        m.version = "v9".into();
+        let (_, v) = validate(&m, &Registry::builtin(), &shape(&[]));
+        let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "version",
+                "nodes[0].params",
+                "nodes[1].id",
+                "nodes[1].node_type",
+                "connections[0].to",
+                "connections[1]",
+                "audio_inputs[a]",
+                "audio_inputs[c]",
+            ]
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Errors raised by nodes: while building (bad parameters) and while running.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::port::PortError;
+use crate::audio::AudioError;
+
+/// One bad parameter: which one, what was expected, what was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { param: param.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "parameter `{}` {}", self.param, self.message)
+    }
+}
+
+/// How a run-time node failure should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeErrorKind {
+    /// The node's input is unusable (wrong rate, NaN samples, missing port). Not retried, and not
+    /// counted by the circuit breaker: the caller must change the request.
+    InvalidInput,
+    /// A failure that may pass (a timeout or I/O error inside the node). Retried with backoff.
+    Transient,
+    /// A failure of the node itself (a bug, an exception). Not retried; counted by the breaker.
+    Internal,
+    /// The execution was cancelled or timed out while the node ran.
+    Cancelled,
+}
+
+/// A node failure, with what a person needs to act on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeError {
+    pub kind: NodeErrorKind,
+    pub message: String,
+    /// The input or parameter at fault, when there is one.
+    pub field: Option<String>,
+    /// A traceback, for Python nodes.
+    pub stack_trace: Option<String>,
+    /// Extra JSON context (exception type, offending values).
+    pub context: Option<Value>,
+}
+
+impl NodeError {
+    pub fn new(kind: NodeErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), field: None, stack_trace: None, context: None }
+    }
+
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(NodeErrorKind::InvalidInput, message)
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(NodeErrorKind::Transient, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(NodeErrorKind::Internal, message)
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new(NodeErrorKind::Cancelled, "execution cancelled")
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_context(mut self, context: Value) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    pub fn with_stack_trace(mut self, trace: impl Into<String>) -> Self {
+        self.stack_trace = Some(trace.into());
+        self
+    }
+
+    /// Whether another attempt might succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == NodeErrorKind::Transient
+    }
+
+    /// Whether the failure says something about the node type's health (and so counts toward
+    /// its circuit breaker) rather than about the request.
+    pub fn counts_for_breaker(&self) -> bool {
+        matches!(self.kind, NodeErrorKind::Transient | NodeErrorKind::Internal)
+    }
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl From<PortError> for NodeError {
+    fn from(e: PortError) -> Self {
+        let field = match &e {
+            PortError::Missing(p) | PortError::WrongKind { port: p, .. } | PortError::Merge { port: p, .. } => {
+                p.clone()
+            }
+        };
+        NodeError::invalid_input(e.to_string()).with_field(field)
+    }
+}
+
+impl From<AudioError> for NodeError {
+    fn from(e: AudioError) -> Self {
+        NodeError::invalid_input(e.to_string())
+    }
+}

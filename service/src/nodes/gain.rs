@@ -1,0 +1,144 @@
+//! `GainNode`: scales audio by a gain in decibels (or a linear factor), keeping its format.
+
+use serde_json::{Map, Value, json};
+
+use super::{INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports};
+use crate::audio::{AudioBuffer, SampleFormat, f32_to_i16, f32_to_i32};
+
+/// Multiplies every sample by `factor`. Integer audio is scaled in float and converted back
+/// with rounding and saturation, so a boost clips instead of wrapping around.
+pub struct GainNode {
+    factor: f32,
+    scratch: Vec<f32>,
+    clipped: u64,
+}
+
+impl GainNode {
+    pub fn new(factor: f32) -> Self {
+        Self { factor, scratch: Vec::new(), clipped: 0 }
+    }
+}
+
+impl Node for GainNode {
+    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+        let audio = inputs.audio(INPUT)?;
+        if audio.is_empty() {
+            return Err(NodeError::invalid_input(format!("node `{}`: input audio is empty", ctx.node_id))
+                .with_field(INPUT));
+        }
+        if let Some((index, value)) = audio.first_non_finite() {
+            return Err(NodeError::invalid_input(format!(
+                "node `{}`: input sample {index} is {value}; audio must be finite",
+                ctx.node_id
+            ))
+            .with_field(INPUT));
+        }
+        audio.read_f32_into(&mut self.scratch);
+        let factor = self.factor;
+        let mut clipped = 0u64;
+        for s in &mut self.scratch {
+            *s *= factor;
+            clipped += u64::from(s.abs() > 1.0);
+        }
+        self.clipped += clipped;
+        let (rate, channels) = (audio.sample_rate(), audio.channels());
+        let out = match audio.format() {
+            SampleFormat::F32 => AudioBuffer::from_f32(std::mem::take(&mut self.scratch), rate, channels),
+            SampleFormat::I16 => AudioBuffer::from_i16(self.scratch.iter().map(|&s| f32_to_i16(s)).collect(), rate, channels),
+            SampleFormat::I32 => AudioBuffer::from_i32(self.scratch.iter().map(|&s| f32_to_i32(s)).collect(), rate, channels),
+        };
+        Ok(Ports::audio_output(out))
+    }
+
+    fn custom_metrics(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("samples_over_full_scale".into(), json!(self.clipped));
+        m
+    }
+}
+
+pub(super) struct GainFactory;
+
+impl NodeFactory for GainFactory {
+    fn node_type(&self) -> &'static str {
+        "GainNode"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["Gain"]
+    }
+
+    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
+        let mut p = Params::new(params);
+        let has_db = p.has("gain_db");
+        let has_linear = p.has("gain");
+        let db = p.f64_in("gain_db", -120.0, 60.0, 0.0);
+        let linear = p.f64_in("gain", 0.0, 1000.0, 1.0);
+        if has_db && has_linear {
+            p.error("gain", "cannot be combined with `gain_db`; give one of them");
+        }
+        p.finish()?;
+        let factor = if has_linear { linear } else { 10f64.powf(db / 20.0) };
+        Ok(Box::new(GainNode::new(factor as f32)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::{OUTPUT, PortValue};
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx() -> NodeContext {
+        NodeContext::new("g", "GainNode", CancellationToken::new())
+    }
+
+    fn run(node: &mut Box<dyn Node>, audio: AudioBuffer) -> Result<AudioBuffer, NodeError> {
+        let out = node.process(Ports::new().with(INPUT, PortValue::Audio(audio)), &ctx())?;
+        Ok(out.audio(OUTPUT).unwrap().clone())
+    }
+
+    fn create(params: Value) -> Result<Box<dyn Node>, Vec<ParamError>> {
+        GainFactory.create(params.as_object().unwrap())
+    }
+
+    #[test]
+    fn six_db_doubles_float_audio() {
+        let mut node = create(json!({"gain_db": 6.020599913279624})).unwrap();
+        let out = run(&mut node, AudioBuffer::from_f32(vec![0.25, -0.125], 8_000, 1)).unwrap();
+        let s = out.as_f32();
+        assert!((s[0] - 0.5).abs() < 1e-6 && (s[1] + 0.25).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn integer_audio_keeps_its_format_and_saturates() {
+        let mut node = create(json!({"gain": 4.0})).unwrap();
+        let out = run(&mut node, AudioBuffer::from_i16(vec![1_000, 20_000, -20_000], 8_000, 1)).unwrap();
+        assert_eq!(out.format(), SampleFormat::I16);
+        assert_eq!(out.i16_slice().unwrap(), &[4_000, i16::MAX, i16::MIN]);
+        assert_eq!(node.custom_metrics()["samples_over_full_scale"], json!(2));
+    }
+
+    #[test]
+    fn bad_params_are_all_reported() {
+        let errs = create(json!({"gain_db": "loud", "gain": 2.0})).err().unwrap();
+        let params: Vec<&str> = errs.iter().map(|e| e.param.as_str()).collect();
+        assert_eq!(params, ["gain_db", "gain"]);
+        assert!(errs[0].message.contains("must be a number between -120 and 60, got \"loud\""), "{}", errs[0]);
+    }
+
+    #[test]
+    fn nan_input_is_rejected_naming_the_sample() {
+        let mut node = create(json!({})).unwrap();
+        let err = run(&mut node, AudioBuffer::from_f32(vec![0.0, f32::NAN], 8_000, 1)).unwrap_err();
+        assert_eq!(err.kind, crate::nodes::NodeErrorKind::InvalidInput);
+        assert!(err.message.contains("node `g`: input sample 1 is NaN"), "{}", err.message);
+    }
+
+    #[test]
+    fn empty_input_is_rejected() {
+        let mut node = create(json!({})).unwrap();
+        let err = run(&mut node, AudioBuffer::from_f32(vec![], 8_000, 1)).unwrap_err();
+        assert!(err.message.contains("input audio is empty"), "{}", err.message);
+    }
+}

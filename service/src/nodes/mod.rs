@@ -1,0 +1,154 @@
+//! Node plug-in interface and the registry of node types.
+//!
+//! A node type is a [`NodeFactory`] that validates parameters and builds [`Node`] instances.
+//! Each native node lives in its own file here and is registered by one line in
+//! [`Registry::builtin`]. Nodes implemented outside Rust (the embedded Python interpreter)
+//! come in through [`ForeignNodes`] and run as [`AsyncNode`]s.
+
+mod error;
+mod params;
+mod port;
+mod registry;
+
+mod gain;
+mod passthrough;
+
+pub use error::{NodeError, NodeErrorKind, ParamError};
+pub use params::Params;
+pub use port::{DATA, INPUT, NodeInputs, NodeOutputs, OUTPUT, PortError, PortValue, Ports};
+pub use registry::{ForeignNodes, Registry, ResolveError, Resolved, RuntimeChoice};
+
+pub use gain::GainNode;
+pub use passthrough::PassThroughNode;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+/// Inputs at or below this many samples are processed on the calling task; larger ones move to
+/// the blocking pool so long computations never stall the reactor. 16 384 samples is about a
+/// third of a second of 48 kHz mono, well under a millisecond for any native node.
+pub const INLINE_MAX_SAMPLES: u64 = 16_384;
+
+/// Where a node instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    /// Native Rust code in the executor.
+    Rust,
+    /// The embedded CPython interpreter.
+    Python,
+}
+
+impl Runtime {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Runtime::Rust => "rust",
+            Runtime::Python => "python",
+        }
+    }
+}
+
+/// What a node can see of the execution it runs in.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    pub node_id: Arc<str>,
+    pub node_type: Arc<str>,
+    pub cancel: CancellationToken,
+}
+
+impl NodeContext {
+    pub fn new(node_id: impl Into<Arc<str>>, node_type: impl Into<Arc<str>>, cancel: CancellationToken) -> Self {
+        Self { node_id: node_id.into(), node_type: node_type.into(), cancel }
+    }
+
+    /// Returns `Err(Cancelled)` once the execution has been cancelled or timed out. Long loops
+    /// call this every few thousand samples.
+    pub fn check_cancelled(&self) -> Result<(), NodeError> {
+        if self.cancel.is_cancelled() {
+            Err(NodeError::cancelled())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A native node instance. One instance serves one execution, or one stream session, so it may
+/// keep state between chunks.
+pub trait Node: Send + 'static {
+    /// Processes one set of inputs (a whole request, or one stream chunk).
+    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError>;
+
+    /// Emits whatever the node still holds at the end of the input (resampler tail, open VAD
+    /// segment, chunker remainder). Called once, after the last `process`.
+    fn flush(&mut self, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+        Ok(Ports::new())
+    }
+
+    /// Whether these inputs are heavy enough to run on the blocking pool.
+    fn is_heavy(&self, inputs: &NodeInputs) -> bool {
+        inputs.samples() > INLINE_MAX_SAMPLES
+    }
+
+    /// Node-specific figures for `NodeMetrics.custom_metrics`, read after each call.
+    fn custom_metrics(&self) -> Map<String, Value> {
+        Map::new()
+    }
+}
+
+/// What an [`AsyncNode`] call returns: the outputs and the CPU time it used where it ran.
+#[derive(Debug, Default)]
+pub struct AsyncOutput {
+    pub outputs: NodeOutputs,
+    pub cpu_time: Duration,
+    pub custom_metrics: Map<String, Value>,
+}
+
+/// A node that runs elsewhere (a Python worker thread) and is awaited, never blocking the caller.
+#[async_trait]
+pub trait AsyncNode: Send + Sync + 'static {
+    async fn process(&self, inputs: NodeInputs, ctx: &NodeContext) -> Result<AsyncOutput, NodeError>;
+
+    async fn flush(&self, ctx: &NodeContext) -> Result<AsyncOutput, NodeError>;
+}
+
+/// A built node, ready to run.
+pub enum NodeInstance {
+    Native(Box<dyn Node>),
+    Async(Arc<dyn AsyncNode>),
+}
+
+impl NodeInstance {
+    pub fn runtime(&self) -> Runtime {
+        match self {
+            NodeInstance::Native(_) => Runtime::Rust,
+            NodeInstance::Async(_) => Runtime::Python,
+        }
+    }
+}
+
+/// Builds instances of one native node type.
+pub trait NodeFactory: Send + Sync + 'static {
+    /// Canonical type name, e.g. `"AudioResampleNode"`.
+    fn node_type(&self) -> &'static str;
+
+    /// Other accepted names, e.g. `"AudioResample"`.
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Input ports the node reads; connections into other ports are rejected.
+    fn input_ports(&self) -> &'static [&'static str] {
+        &[INPUT]
+    }
+
+    /// Output ports the node may write; connections from other ports are rejected.
+    fn output_ports(&self) -> &'static [&'static str] {
+        &[OUTPUT]
+    }
+
+    /// Validates `params` (every problem, not just the first) and builds an instance.
+    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>>;
+}

@@ -1,0 +1,245 @@
+//! Values on node ports: named inputs and outputs, audio or JSON.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::audio::{AudioBuffer, AudioError};
+
+/// The default input port, fed by `audio_inputs[node_id]` and by connections without `input_key`.
+pub const INPUT: &str = "input";
+/// The default output port, returned in `audio_outputs` and used by connections without `output_key`.
+pub const OUTPUT: &str = "output";
+/// The port fed by `data_inputs[node_id]`.
+pub const DATA: &str = "data";
+
+/// One value on a port. Both variants are cheap to clone: the payload is shared.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PortValue {
+    Audio(AudioBuffer),
+    Data(Arc<Value>),
+}
+
+impl PortValue {
+    pub fn data(value: Value) -> Self {
+        PortValue::Data(Arc::new(value))
+    }
+
+    pub fn as_audio(&self) -> Option<&AudioBuffer> {
+        match self {
+            PortValue::Audio(a) => Some(a),
+            PortValue::Data(_) => None,
+        }
+    }
+
+    pub fn as_data(&self) -> Option<&Value> {
+        match self {
+            PortValue::Data(d) => Some(d),
+            PortValue::Audio(_) => None,
+        }
+    }
+
+    /// Bytes this value holds: the samples of audio, the serialised size of data.
+    pub fn size_bytes(&self) -> u64 {
+        match self {
+            PortValue::Audio(a) => a.bytes().len() as u64,
+            PortValue::Data(d) => json_size(d),
+        }
+    }
+
+    /// Samples this value carries (0 for data).
+    pub fn samples(&self) -> u64 {
+        match self {
+            PortValue::Audio(a) => a.num_samples() as u64,
+            PortValue::Data(_) => 0,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            PortValue::Audio(_) => "audio",
+            PortValue::Data(_) => "data",
+        }
+    }
+}
+
+/// Approximate heap bytes of a JSON value, counted without serialising it.
+fn json_size(v: &Value) -> u64 {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() as u64 + 8,
+        Value::Array(a) => 8 + a.iter().map(json_size).sum::<u64>(),
+        Value::Object(o) => 8 + o.iter().map(|(k, v)| k.len() as u64 + json_size(v)).sum::<u64>(),
+    }
+}
+
+/// Why a port did not hold what a node needed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PortError {
+    #[error("missing input port `{0}`")]
+    Missing(String),
+    #[error("port `{port}` carries {actual}, expected {expected}")]
+    WrongKind { port: String, expected: &'static str, actual: &'static str },
+    #[error("cannot merge port `{port}`: {source}")]
+    Merge { port: String, source: AudioError },
+}
+
+/// Named values, used both for a node's inputs and for its outputs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ports {
+    values: BTreeMap<String, PortValue>,
+}
+
+pub type NodeInputs = Ports;
+pub type NodeOutputs = Ports;
+
+impl Ports {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ports holding only `output` audio.
+    pub fn audio_output(buffer: AudioBuffer) -> Self {
+        let mut p = Self::new();
+        p.insert(OUTPUT, PortValue::Audio(buffer));
+        p
+    }
+
+    pub fn insert(&mut self, port: impl Into<String>, value: PortValue) {
+        self.values.insert(port.into(), value);
+    }
+
+    pub fn with(mut self, port: impl Into<String>, value: PortValue) -> Self {
+        self.insert(port, value);
+        self
+    }
+
+    pub fn get(&self, port: &str) -> Option<&PortValue> {
+        self.values.get(port)
+    }
+
+    pub fn remove(&mut self, port: &str) -> Option<PortValue> {
+        self.values.remove(port)
+    }
+
+    pub fn contains(&self, port: &str) -> bool {
+        self.values.contains_key(port)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &PortValue)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
+    /// The audio on `port`, or an error naming the port.
+    pub fn audio(&self, port: &str) -> Result<&AudioBuffer, PortError> {
+        match self.values.get(port) {
+            Some(PortValue::Audio(a)) => Ok(a),
+            Some(other) => Err(PortError::WrongKind {
+                port: port.to_owned(),
+                expected: "audio",
+                actual: other.kind(),
+            }),
+            None => Err(PortError::Missing(port.to_owned())),
+        }
+    }
+
+    /// The audio on `port` if there is any; an error if the port carries data.
+    pub fn optional_audio(&self, port: &str) -> Result<Option<&AudioBuffer>, PortError> {
+        match self.values.get(port) {
+            None => Ok(None),
+            Some(_) => self.audio(port).map(Some),
+        }
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.values.values().map(PortValue::size_bytes).sum()
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.values.values().map(PortValue::samples).sum()
+    }
+
+    /// Appends `later` after `self`, port by port: audio is concatenated, JSON arrays are joined,
+    /// other data is replaced by the later value. Used to join a node's `process` and `flush`
+    /// outputs.
+    pub fn append(&mut self, later: Ports) -> Result<(), PortError> {
+        for (port, value) in later.values {
+            let merged = match (self.values.remove(&port), value) {
+                (None, v) => v,
+                (Some(PortValue::Audio(a)), PortValue::Audio(b)) => PortValue::Audio(
+                    a.concat(&b).map_err(|source| PortError::Merge { port: port.clone(), source })?,
+                ),
+                (Some(PortValue::Data(a)), PortValue::Data(b)) => match (&*a, &*b) {
+                    (Value::Array(x), Value::Array(y)) => {
+                        PortValue::data(Value::Array(x.iter().chain(y).cloned().collect()))
+                    }
+                    _ => PortValue::Data(b),
+                },
+                (Some(_), v) => v,
+            };
+            self.values.insert(port, merged);
+        }
+        Ok(())
+    }
+}
+
+impl FromIterator<(String, PortValue)> for Ports {
+    fn from_iter<I: IntoIterator<Item = (String, PortValue)>>(iter: I) -> Self {
+        Self { values: iter.into_iter().collect() }
+    }
+}
+
+impl IntoIterator for Ports {
+    type Item = (String, PortValue);
+    type IntoIter = std::collections::btree_map::IntoIter<String, PortValue>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.values.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn audio_accessor_names_the_port_and_the_kind() {
+        let p = Ports::new().with("data", PortValue::data(json!({"a": 1})));
+        assert_eq!(p.audio("input").unwrap_err().to_string(), "missing input port `input`");
+        assert_eq!(p.audio("data").unwrap_err().to_string(), "port `data` carries data, expected audio");
+    }
+
+    #[test]
+    fn append_concatenates_audio_and_joins_arrays() {
+        let mut a = Ports::audio_output(AudioBuffer::from_f32(vec![1.0], 8_000, 1))
+            .with("segments", PortValue::data(json!([1])));
+        let b = Ports::audio_output(AudioBuffer::from_f32(vec![2.0], 8_000, 1))
+            .with("segments", PortValue::data(json!([2])))
+            .with("extra", PortValue::data(json!("x")));
+        a.append(b).unwrap();
+        assert_eq!(&*a.audio(OUTPUT).unwrap().as_f32(), &[1.0, 2.0]);
+        assert_eq!(a.get("segments").unwrap().as_data().unwrap(), &json!([1, 2]));
+        assert_eq!(a.get("extra").unwrap().as_data().unwrap(), &json!("x"));
+    }
+
+    #[test]
+    fn size_counts_audio_bytes() {
+        let p = Ports::audio_output(AudioBuffer::from_i16(vec![0; 10], 8_000, 1));
+        assert_eq!(p.size_bytes(), 20);
+        assert_eq!(p.samples(), 10);
+    }
+}

@@ -1,0 +1,209 @@
+//! The registry of node types and runtime selection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use super::{AsyncNode, NodeFactory, ParamError, Runtime};
+use crate::graph::RuntimeHint;
+
+/// Node implementations that live outside Rust: the embedded Python interpreter.
+#[async_trait]
+pub trait ForeignNodes: Send + Sync + 'static {
+    /// Every node type this runtime implements.
+    fn node_types(&self) -> Vec<String>;
+
+    /// Builds an instance; parameter problems come back as [`ParamError`]s.
+    async fn create(
+        &self,
+        node_type: &str,
+        node_id: &str,
+        params: &Map<String, Value>,
+    ) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>>;
+}
+
+/// Why a node type could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No runtime implements the type.
+    #[error("{0}")]
+    UnknownType(String),
+    /// The type exists but not for the requested runtime hint.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Which implementation a node will use.
+#[derive(Clone)]
+pub enum RuntimeChoice {
+    Native(Arc<dyn NodeFactory>),
+    Python,
+}
+
+/// A node type resolved against the registry.
+#[derive(Clone)]
+pub struct Resolved {
+    /// The canonical type name (aliases resolved).
+    pub node_type: String,
+    pub choice: RuntimeChoice,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved").field("node_type", &self.node_type).field("runtime", &self.runtime()).finish()
+    }
+}
+
+impl Resolved {
+    pub fn runtime(&self) -> Runtime {
+        match self.choice {
+            RuntimeChoice::Native(_) => Runtime::Rust,
+            RuntimeChoice::Python => Runtime::Python,
+        }
+    }
+}
+
+/// Node types by name: native factories, their aliases, and the Python runtime's types.
+#[derive(Clone, Default)]
+pub struct Registry {
+    native: BTreeMap<String, Arc<dyn NodeFactory>>,
+    aliases: BTreeMap<String, String>,
+    foreign: Option<Arc<dyn ForeignNodes>>,
+    /// Snapshot of `foreign.node_types()`, taken when the runtime is attached.
+    foreign_types: Vec<String>,
+}
+
+impl Registry {
+    /// An empty registry (tests add their own node types).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The native node types that ship with the server.
+    pub fn builtin() -> Self {
+        let mut r = Self::new();
+        r.register(super::passthrough::PassThroughFactory);
+        r.register(super::gain::GainFactory);
+        r
+    }
+
+    pub fn register(&mut self, factory: impl NodeFactory) {
+        let factory: Arc<dyn NodeFactory> = Arc::new(factory);
+        for alias in factory.aliases() {
+            self.aliases.insert((*alias).to_owned(), factory.node_type().to_owned());
+        }
+        self.native.insert(factory.node_type().to_owned(), factory);
+    }
+
+    /// Attaches the Python runtime; its node types become available.
+    pub fn attach_foreign(&mut self, foreign: Arc<dyn ForeignNodes>) {
+        self.foreign_types = foreign.node_types();
+        self.foreign = Some(foreign);
+    }
+
+    pub fn foreign(&self) -> Option<&Arc<dyn ForeignNodes>> {
+        self.foreign.as_ref()
+    }
+
+    /// The canonical name for `name` (itself, or the type an alias stands for).
+    pub fn canonical<'a>(&'a self, name: &'a str) -> &'a str {
+        self.aliases.get(name).map(String::as_str).unwrap_or(name)
+    }
+
+    pub fn native_factory(&self, name: &str) -> Option<&Arc<dyn NodeFactory>> {
+        self.native.get(self.canonical(name))
+    }
+
+    fn has_python(&self, canonical: &str) -> bool {
+        self.foreign_types.iter().any(|t| t == canonical)
+    }
+
+    /// Every registered node type, native and Python, sorted and without duplicates.
+    pub fn node_types(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.native.keys().cloned().chain(self.foreign_types.iter().cloned()).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Chooses the implementation for `node_type` under `hint`, or explains why none fits.
+    pub fn resolve(&self, node_type: &str, hint: RuntimeHint) -> Result<Resolved, ResolveError> {
+        let canonical = self.canonical(node_type).to_owned();
+        let native = self.native.get(&canonical).cloned();
+        let python = self.has_python(&canonical);
+        if native.is_none() && !python {
+            return Err(ResolveError::UnknownType(format!(
+                "unknown node type `{node_type}`; available types: {}",
+                self.node_types().join(", ")
+            )));
+        }
+        let choice = match hint {
+            RuntimeHint::Auto => match native {
+                Some(f) => RuntimeChoice::Native(f),
+                None => RuntimeChoice::Python,
+            },
+            RuntimeHint::Rust => match native {
+                Some(f) => RuntimeChoice::Native(f),
+                None => {
+                    return Err(ResolveError::Runtime(format!(
+                        "node type `{canonical}` has no native Rust implementation; use RUNTIME_HINT_AUTO or RUNTIME_HINT_CPYTHON"
+                    )));
+                }
+            },
+            RuntimeHint::CPython if python => RuntimeChoice::Python,
+            RuntimeHint::CPython => {
+                let why = if self.foreign.is_none() {
+                    "the Python runtime is not enabled on this server"
+                } else {
+                    "it has no Python implementation"
+                };
+                return Err(ResolveError::Runtime(format!(
+                    "node type `{canonical}` cannot run with RUNTIME_HINT_CPYTHON: {why}; use RUNTIME_HINT_AUTO or RUNTIME_HINT_RUST"
+                )));
+            }
+            RuntimeHint::Unsupported(name) => {
+                return Err(ResolveError::Runtime(format!(
+                    "runtime hint {name} is unsupported; use RUNTIME_HINT_AUTO, RUNTIME_HINT_RUST or RUNTIME_HINT_CPYTHON"
+                )));
+            }
+        };
+        Ok(Resolved { node_type: canonical, choice })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_prefers_native_and_aliases_resolve() {
+        let r = Registry::builtin();
+        let res = r.resolve("PassThrough", RuntimeHint::Auto).unwrap();
+        assert_eq!(res.node_type, "PassThroughNode");
+        assert_eq!(res.runtime(), Runtime::Rust);
+    }
+
+    #[test]
+    fn unknown_types_list_the_available_ones() {
+        let err = Registry::builtin().resolve("Nope", RuntimeHint::Auto).unwrap_err().to_string();
+        assert!(err.contains("unknown node type `Nope`"), "{err}");
+        assert!(err.contains("GainNode") && err.contains("PassThroughNode"), "{err}");
+    }
+
+    #[test]
+    fn cpython_without_a_python_runtime_says_so() {
+        let err = Registry::builtin().resolve("GainNode", RuntimeHint::CPython).unwrap_err().to_string();
+        assert!(err.contains("Python runtime is not enabled"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_hints_are_named() {
+        let err = Registry::builtin()
+            .resolve("GainNode", RuntimeHint::Unsupported("RUNTIME_HINT_RUSTPYTHON"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RUNTIME_HINT_RUSTPYTHON is unsupported"), "{err}");
+    }
+}
