@@ -1,1 +1,59 @@
-fn main() {}
+//! `remotemedia-server`: parse the configuration, start logging, run until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use remotemedia::{config, probe, shutdown, telemetry};
+
+fn main() -> ExitCode {
+    let matches = config::cli().get_matches();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("remotemedia-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    if let Some(("probe", args)) = matches.subcommand() {
+        let addr = match args.get_one::<String>("addr") {
+            Some(a) => a.clone(),
+            None => match config::load(&matches, std::env::vars()) {
+                Ok(c) => config::probe_address(c.listen),
+                Err(e) => {
+                    eprintln!("remotemedia-server probe: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        let service = args.get_one::<String>("service").cloned().unwrap_or_default();
+        let timeout = args.get_one::<String>("timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(3_000);
+        return match runtime.block_on(probe::probe(&addr, &service, Duration::from_millis(timeout))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("remotemedia-server probe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let config = match config::load(&matches, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("remotemedia-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
+        eprintln!("remotemedia-server: {e}");
+        return ExitCode::from(2);
+    }
+    match runtime.block_on(remotemedia::run(config, shutdown::signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server stopped");
+            eprintln!("remotemedia-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! Server configuration: one typed [`Config`] built from layered key/value sources.
+//!
+//! Every setting has one key (`max_timeout_ms`), spelled the same in the TOML file, as an
+//! environment variable (`REMOTEMEDIA_MAX_TIMEOUT_MS`) and as a flag (`--max-timeout-ms`).
+//! Precedence: flag > environment > file > default. [`Config::from_sources`] takes plain maps, so
+//! tests never touch the process environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+/// The environment variable prefix.
+pub const ENV_PREFIX: &str = "REMOTEMEDIA_";
+
+/// Every configuration key with its default and a one-line description (the reference in
+/// `docs/configuration.md` is generated from the same facts).
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("listen", "127.0.0.1:50051", "gRPC listen address (port 0 picks a free port)"),
+    ("metrics_listen", "127.0.0.1:9464", "Prometheus /metrics address, or `off`"),
+    ("log_format", "json", "`json` (one JSON object per line) or `pretty`"),
+    ("log_level", "info", "tracing filter, e.g. `info` or `remotemedia=debug`"),
+    ("auth_tokens", "", "comma-separated bearer tokens (prefer the tokens file)"),
+    ("auth_tokens_file", "", "file with one bearer token per line (# comments allowed)"),
+    ("allow_unauthenticated", "false", "allow a non-loopback listen address without tokens"),
+    ("python_nodes_path", "", "comma-separated directories of Python node plug-ins"),
+    ("python", "true", "start the embedded Python interpreter and its nodes"),
+    ("python_home", "", "Python environment whose site-packages the interpreter uses (a venv)"),
+    ("python_workers", "2", "threads that run Python nodes"),
+    ("grace_period_ms", "10000", "how long in-flight work may finish after SIGTERM"),
+    ("default_timeout_ms", "5000", "execution time limit when a request sets none"),
+    ("max_timeout_ms", "30000", "highest time limit a request may ask for"),
+    ("default_memory_bytes", "104857600", "pipeline memory limit when a request sets none"),
+    ("max_memory_bytes", "1073741824", "highest memory limit a request may ask for"),
+    ("default_audio_samples", "10000000", "samples per input buffer when a request sets none"),
+    ("max_audio_samples", "50000000", "highest samples-per-buffer limit a request may ask for"),
+    ("max_message_bytes", "67108864", "largest request message accepted"),
+    ("max_concurrent_executions", "64", "ExecutePipeline calls running at once"),
+    ("max_concurrent_streams", "2000", "StreamPipeline sessions open at once"),
+    ("stream_idle_timeout_ms", "60000", "a stream with no message for this long is closed"),
+    ("stream_max_duration_ms", "3600000", "longest a stream may stay open"),
+    ("stream_metrics_interval_ms", "1000", "how often a stream reports StreamMetrics"),
+    ("breaker_cooldown_ms", "30000", "how long an open circuit breaker waits before a trial call"),
+    ("keepalive_interval_ms", "30000", "HTTP/2 keepalive ping interval"),
+    ("keepalive_timeout_ms", "10000", "close a connection whose keepalive ping is not answered"),
+    ("max_connection_age_ms", "0", "close connections older than this (0 = never)"),
+    ("cors_allowed_origins", "", "comma-separated origins allowed for gRPC-Web from browsers"),
+];
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A bearer token. Its `Debug` output never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Server-wide resource limits and caps (CONTRACT §7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub default_memory_bytes: u64,
+    pub max_memory_bytes: u64,
+    pub default_audio_samples: u64,
+    pub max_audio_samples: u64,
+    pub max_message_bytes: usize,
+    pub max_concurrent_executions: usize,
+    pub max_concurrent_streams: usize,
+    pub stream_idle_timeout: Duration,
+    pub stream_max_duration: Duration,
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub auth_tokens: Vec<Secret>,
+    pub allow_unauthenticated: bool,
+    pub python_enabled: bool,
+    pub python_nodes_paths: Vec<PathBuf>,
+    pub python_home: Option<PathBuf>,
+    pub python_workers: usize,
+    pub grace_period: Duration,
+    pub limits: Limits,
+    pub stream_metrics_interval: Duration,
+    pub breaker_cooldown: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connection_age: Option<Duration>,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// A configuration problem, naming the key, where its value came from and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown configuration key `{key}` in {origin}; known keys: {known}")]
+    UnknownKey { key: String, origin: String, known: String },
+    #[error("invalid value for `{key}` (from {origin}): {message}")]
+    Invalid { key: String, origin: String, message: String },
+    #[error("cannot read {what} {path}: {message}")]
+    Read { what: &'static str, path: String, message: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Raw values from one source.
+pub type Layer = BTreeMap<String, String>;
+
+/// Key/value layers in increasing precedence: file, environment, flags.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub file: Layer,
+    pub env: Layer,
+    pub flags: Layer,
+}
+
+impl Sources {
+    /// Reads `REMOTEMEDIA_*` variables from an environment map. Variables that are not
+    /// configuration keys (`REMOTEMEDIA_CONFIG` names the file) are left out.
+    pub fn env_layer(vars: impl IntoIterator<Item = (String, String)>) -> Layer {
+        vars.into_iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+                KEYS.iter().any(|(name, _, _)| *name == key).then_some((key, v))
+            })
+            .collect()
+    }
+
+    /// Parses a TOML document of top-level `key = value` pairs.
+    pub fn file_layer(text: &str, path: &str) -> Result<Layer, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Read {
+            what: "config file",
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut layer = Layer::new();
+        for (key, value) in table {
+            if !KEYS.iter().any(|(name, _, _)| *name == key) {
+                return Err(ConfigError::UnknownKey { key, origin: format!("config file {path}"), known: known_keys() });
+            }
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            layer.insert(key, text);
+        }
+        Ok(layer)
+    }
+
+    fn lookup(&self, key: &str) -> (String, Source) {
+        if let Some(v) = self.flags.get(key) {
+            return (v.clone(), Source::Flag);
+        }
+        if let Some(v) = self.env.get(key) {
+            return (v.clone(), Source::Env);
+        }
+        if let Some(v) = self.file.get(key) {
+            return (v.clone(), Source::File);
+        }
+        let default = KEYS.iter().find(|(k, _, _)| *k == key).map(|(_, d, _)| *d).unwrap_or_default();
+        (default.to_owned(), Source::Default)
+    }
+}
+
+fn known_keys() -> String {
+    KEYS.iter().map(|(k, _, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+fn describe(key: &str, source: Source) -> String {
+    match source {
+        Source::Default => "the default".to_owned(),
+        Source::File => "the config file".to_owned(),
+        Source::Env => format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()),
+        Source::Flag => format!("--{}", key.replace('_', "-")),
+    }
+}
+
+/// Typed reads over [`Sources`], collecting the first error per key.
+struct Reader<'a> {
+    sources: &'a Sources,
+}
+
+impl Reader<'_> {
+    fn parse<T>(&self, key: &str, expected: &str, f: impl FnOnce(&str) -> Option<T>) -> Result<T, ConfigError> {
+        let (raw, source) = self.sources.lookup(key);
+        f(raw.trim()).ok_or_else(|| ConfigError::Invalid {
+            key: key.to_owned(),
+            origin: describe(key, source),
+            message: format!("expected {expected}, got `{raw}`"),
+        })
+    }
+
+    fn string(&self, key: &str) -> String {
+        self.sources.lookup(key).0.trim().to_owned()
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        self.string(key).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    fn u64(&self, key: &str) -> Result<u64, ConfigError> {
+        self.parse(key, "a non-negative integer", |s| s.replace('_', "").parse().ok())
+    }
+
+    fn positive(&self, key: &str) -> Result<u64, ConfigError> {
+        self.parse(key, "a positive integer", |s| s.replace('_', "").parse().ok().filter(|n| *n > 0))
+    }
+
+    fn millis(&self, key: &str) -> Result<Duration, ConfigError> {
+        self.positive(key).map(Duration::from_millis)
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, ConfigError> {
+        self.parse(key, "true or false", |s| match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" | "" => Some(false),
+            _ => None,
+        })
+    }
+
+    fn addr(&self, key: &str) -> Result<SocketAddr, ConfigError> {
+        self.parse(key, "an address like 127.0.0.1:50051 or [::]:50051", |s| s.parse().ok())
+    }
+}
+
+impl Config {
+    /// Builds the configuration from the layered sources, then reads the tokens file if one is
+    /// named (its tokens are added to any given directly).
+    pub fn from_sources(sources: &Sources) -> Result<Self, ConfigError> {
+        let r = Reader { sources };
+        let metrics_raw = r.string("metrics_listen");
+        let metrics_listen = if metrics_raw.eq_ignore_ascii_case("off") || metrics_raw.is_empty() {
+            None
+        } else {
+            Some(r.addr("metrics_listen")?)
+        };
+        let log_format = r.parse("log_format", "`json` or `pretty`", |s| match s {
+            "json" => Some(LogFormat::Json),
+            "pretty" => Some(LogFormat::Pretty),
+            _ => None,
+        })?;
+
+        let mut auth_tokens: Vec<Secret> = r.list("auth_tokens").into_iter().map(Secret).collect();
+        let tokens_file = r.string("auth_tokens_file");
+        if !tokens_file.is_empty() {
+            auth_tokens.extend(read_tokens_file(&tokens_file)?);
+        }
+
+        let limits = Limits {
+            default_timeout: r.millis("default_timeout_ms")?,
+            max_timeout: r.millis("max_timeout_ms")?,
+            default_memory_bytes: r.positive("default_memory_bytes")?,
+            max_memory_bytes: r.positive("max_memory_bytes")?,
+            default_audio_samples: r.positive("default_audio_samples")?,
+            max_audio_samples: r.positive("max_audio_samples")?,
+            max_message_bytes: usize::try_from(r.positive("max_message_bytes")?).unwrap_or(usize::MAX),
+            max_concurrent_executions: usize::try_from(r.positive("max_concurrent_executions")?).unwrap_or(usize::MAX),
+            max_concurrent_streams: usize::try_from(r.positive("max_concurrent_streams")?).unwrap_or(usize::MAX),
+            stream_idle_timeout: r.millis("stream_idle_timeout_ms")?,
+            stream_max_duration: r.millis("stream_max_duration_ms")?,
+        };
+        for (default, cap, what) in [
+            (limits.default_timeout.as_millis() as u64, limits.max_timeout.as_millis() as u64, "default_timeout_ms exceeds max_timeout_ms"),
+            (limits.default_memory_bytes, limits.max_memory_bytes, "default_memory_bytes exceeds max_memory_bytes"),
+            (limits.default_audio_samples, limits.max_audio_samples, "default_audio_samples exceeds max_audio_samples"),
+        ] {
+            if default > cap {
+                return Err(ConfigError::Conflict(format!("{what} ({default} > {cap})")));
+            }
+        }
+
+        let python_home = r.string("python_home");
+        let max_age = r.u64("max_connection_age_ms")?;
+        Ok(Self {
+            listen: r.addr("listen")?,
+            metrics_listen,
+            log_format,
+            log_level: r.string("log_level"),
+            auth_tokens,
+            allow_unauthenticated: r.bool("allow_unauthenticated")?,
+            python_enabled: r.bool("python")?,
+            python_nodes_paths: r.list("python_nodes_path").into_iter().map(PathBuf::from).collect(),
+            python_home: (!python_home.is_empty()).then(|| PathBuf::from(python_home)),
+            python_workers: usize::try_from(r.positive("python_workers")?).unwrap_or(1),
+            grace_period: r.millis("grace_period_ms")?,
+            limits,
+            stream_metrics_interval: r.millis("stream_metrics_interval_ms")?,
+            breaker_cooldown: r.millis("breaker_cooldown_ms")?,
+            keepalive_interval: r.millis("keepalive_interval_ms")?,
+            keepalive_timeout: r.millis("keepalive_timeout_ms")?,
+            max_connection_age: (max_age > 0).then(|| Duration::from_millis(max_age)),
+            cors_allowed_origins: r.list("cors_allowed_origins"),
+        })
+    }
+
+    /// The defaults, with overrides: handy for tests (`Config::with(&[("listen", "127.0.0.1:0")])`).
+    pub fn with(overrides: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let flags = overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Self::from_sources(&Sources { flags, ..Sources::default() })
+    }
+}
+
+/// The command line: one flag per configuration key, `--config FILE`, and `probe`.
+pub fn cli() -> clap::Command {
+    use clap::{Arg, ArgAction, Command};
+    let mut cmd = Command::new("remotemedia-server")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("gRPC service that runs audio and ML pipelines")
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .help("TOML file of `key = value` settings [env: REMOTEMEDIA_CONFIG]"),
+        );
+    for (key, default, help) in KEYS {
+        let env = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+        let shown = if default.is_empty() { String::new() } else { format!(" [default: {default}]") };
+        let arg = Arg::new(*key).long(key.replace('_', "-")).help(format!("{help} [env: {env}]{shown}"));
+        let arg = match *key {
+            "allow_unauthenticated" => arg.action(ArgAction::SetTrue),
+            "python_nodes_path" => arg.action(ArgAction::Append).value_name("DIR"),
+            _ => arg.value_name("VALUE"),
+        };
+        cmd = cmd.arg(arg);
+    }
+    cmd.subcommand(
+        Command::new("probe")
+            .about("Exit 0 when the server's health service reports SERVING (for container health checks)")
+            .arg(Arg::new("addr").long("addr").value_name("HOST:PORT").help("server address [default: the listen address]"))
+            .arg(Arg::new("service").long("service").value_name("NAME").default_value("").help("health service name"))
+            .arg(Arg::new("timeout-ms").long("timeout-ms").value_name("MS").default_value("3000")),
+    )
+}
+
+/// The flags given on the command line, as a layer.
+pub fn flags_layer(matches: &clap::ArgMatches) -> Layer {
+    let mut layer = Layer::new();
+    for (key, _, _) in KEYS {
+        match *key {
+            "allow_unauthenticated" => {
+                if matches.get_flag(key) {
+                    layer.insert((*key).to_owned(), "true".to_owned());
+                }
+            }
+            _ => {
+                if let Some(values) = matches.get_many::<String>(key) {
+                    layer.insert((*key).to_owned(), values.cloned().collect::<Vec<_>>().join(","));
+                }
+            }
+        }
+    }
+    layer
+}
+
+/// Loads the configuration for a command line and an environment: the file named by `--config`
+/// or `REMOTEMEDIA_CONFIG`, then the environment, then the flags.
+pub fn load(matches: &clap::ArgMatches, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let path = matches
+        .get_one::<String>("config")
+        .cloned()
+        .or_else(|| env.iter().find(|(k, _)| k == "REMOTEMEDIA_CONFIG").map(|(_, v)| v.clone()))
+        .filter(|p| !p.is_empty());
+    let file = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| ConfigError::Read {
+                what: "config file",
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+            Sources::file_layer(&text, &p)?
+        }
+        None => Layer::new(),
+    };
+    Config::from_sources(&Sources { file, env: Sources::env_layer(env), flags: flags_layer(matches) })
+}
+
+/// Where a probe on this machine reaches a server listening on `listen`: wildcard addresses
+/// become the matching loopback address.
+pub fn probe_address(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port()).to_string()
+}
+
+/// Reads one token per line; blank lines and `#` comments are skipped.
+fn read_tokens_file(path: &str) -> Result<Vec<Secret>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        what: "auth tokens file",
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Secret(l.to_owned()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(pairs: &[(&str, &str)]) -> Layer {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::from_sources(&Sources::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(c.limits.default_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.default_memory_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.limits.max_memory_bytes, 1024 * 1024 * 1024);
+        assert_eq!(c.limits.default_audio_samples, 10_000_000);
+        assert_eq!(c.limits.max_message_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.grace_period, Duration::from_secs(10));
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let mut s = Sources {
+            file: layer(&[("listen", "127.0.0.1:1001"), ("grace_period_ms", "111"), ("log_level", "warn")]),
+            env: layer(&[("listen", "127.0.0.1:1002"), ("grace_period_ms", "222")]),
+            flags: layer(&[("listen", "127.0.0.1:1003")]),
+        };
+        let c = Config::from_sources(&s).unwrap();
+        assert_eq!(c.listen.port(), 1003);
+        assert_eq!(c.grace_period, Duration::from_millis(222));
+        assert_eq!(c.log_level, "warn");
+        s.flags.clear();
+        assert_eq!(Config::from_sources(&s).unwrap().listen.port(), 1002);
+        s.env.clear();
+        assert_eq!(Config::from_sources(&s).unwrap().listen.port(), 1001);
+    }
+
+    #[test]
+    fn env_layer_keeps_only_known_keys() {
+        let l = Sources::env_layer([
+            ("REMOTEMEDIA_LISTEN".to_owned(), "0.0.0.0:1".to_owned()),
+            ("REMOTEMEDIA_CONFIG".to_owned(), "/x.toml".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ]);
+        assert_eq!(l, layer(&[("listen", "0.0.0.0:1")]));
+    }
+
+    #[test]
+    fn file_layer_reads_toml_and_rejects_unknown_keys() {
+        let l = Sources::file_layer("listen = \"127.0.0.1:7\"\ngrace_period_ms = 5\npython_nodes_path = [\"/a\", \"/b\"]\n", "c.toml").unwrap();
+        assert_eq!(l["grace_period_ms"], "5");
+        assert_eq!(l["python_nodes_path"], "/a,/b");
+        let err = Sources::file_layer("lisen = 1", "c.toml").unwrap_err();
+        assert!(err.to_string().starts_with("unknown configuration key `lisen` in config file c.toml"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key_the_source_and_the_value() {
+        let s = Sources { env: layer(&[("max_timeout_ms", "soon")]), ..Sources::default() };
+        let err = Config::from_sources(&s).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `max_timeout_ms` (from REMOTEMEDIA_MAX_TIMEOUT_MS): expected a positive integer, got `soon`"
+        );
+        let err = Config::with(&[("listen", "localhost")]).unwrap_err();
+        assert!(err.to_string().contains("(from --listen)"), "{err}");
+    }
+
+    #[test]
+    fn flags_map_to_keys_and_lists_repeat() {
+        let m = cli()
+            .try_get_matches_from([
+                "remotemedia-server",
+                "--listen",
+                "127.0.0.1:0",
+                "--python-nodes-path",
+                "/a",
+                "--python-nodes-path",
+                "/b",
+                "--allow-unauthenticated",
+            ])
+            .unwrap();
+        let l = flags_layer(&m);
+        assert_eq!(l, layer(&[("allow_unauthenticated", "true"), ("listen", "127.0.0.1:0"), ("python_nodes_path", "/a,/b")]));
+    }
+
+    #[test]
+    fn load_reads_the_file_named_in_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:7001\"\nlog_format = \"pretty\"\n").unwrap();
+        let m = cli().try_get_matches_from(["remotemedia-server", "--log-format", "json"]).unwrap();
+        let env = [("REMOTEMEDIA_CONFIG".to_owned(), path.to_str().unwrap().to_owned())];
+        let c = load(&m, env).unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.log_format, LogFormat::Json, "the flag wins over the file");
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off() {
+        assert_eq!(Config::with(&[("metrics_listen", "off")]).unwrap().metrics_listen, None);
+    }
+
+    #[test]
+    fn defaults_above_caps_are_refused() {
+        let err = Config::with(&[("default_timeout_ms", "40000")]).unwrap_err();
+        assert_eq!(err.to_string(), "default_timeout_ms exceeds max_timeout_ms (40000 > 30000)");
+    }
+
+    #[test]
+    fn tokens_come_from_the_list_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# team tokens\nfile-token-1\n\n  file-token-2  \n").unwrap();
+        let c = Config::with(&[("auth_tokens", "a, b"), ("auth_tokens_file", path.to_str().unwrap())]).unwrap();
+        let tokens: Vec<&str> = c.auth_tokens.iter().map(Secret::expose).collect();
+        assert_eq!(tokens, ["a", "b", "file-token-1", "file-token-2"]);
+        assert_eq!(format!("{:?}", c.auth_tokens[0]), "Secret(***)");
+        let err = Config::with(&[("auth_tokens_file", "/nonexistent/tokens")]).unwrap_err();
+        assert!(err.to_string().starts_with("cannot read auth tokens file /nonexistent/tokens"), "{err}");
+    }
+}

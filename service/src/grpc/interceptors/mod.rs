@@ -1,0 +1,120 @@
+//! Checks that run before a pipeline RPC reaches its handler, as one small tower layer:
+//! authentication ([`auth`]) and the protocol version header ([`version`]). Health,
+//! reflection and `GetVersion` pass through untouched. Because the layer sits in front of the
+//! service, a stream is refused before its first message is read.
+
+pub mod auth;
+pub mod version;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{Either, Ready, ready};
+use tower::{Layer, Service};
+
+use super::status::ServiceError;
+
+/// Path prefix of the pipeline service's methods.
+const SERVICE_PREFIX: &str = "/remotemedia.v1.PipelineService/";
+/// Methods open to everyone (the version handshake).
+const PUBLIC_METHODS: &[&str] = &["GetVersion"];
+
+/// What the guard checks.
+#[derive(Clone, Default)]
+pub struct Guards {
+    pub tokens: auth::Tokens,
+}
+
+impl Guards {
+    /// Runs every check that applies to `path`.
+    pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<(), ServiceError> {
+        let Some(method) = path.strip_prefix(SERVICE_PREFIX) else { return Ok(()) };
+        if PUBLIC_METHODS.contains(&method) {
+            return Ok(());
+        }
+        self.tokens.check(headers)?;
+        version::check_header(headers)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct GuardLayer {
+    guards: Arc<Guards>,
+}
+
+impl GuardLayer {
+    pub fn new(guards: Guards) -> Self {
+        Self { guards: Arc::new(guards) }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard { inner, guards: self.guards.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    guards: Arc<Guards>,
+}
+
+impl<S, B> Service<http::Request<B>> for Guard<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Self::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        match self.guards.check(request.uri().path(), request.headers()) {
+            Ok(()) => Either::Right(self.inner.call(request)),
+            Err(e) => {
+                tracing::info!(error = %e, "request refused");
+                let rpc = request.uri().path().rsplit('/').next().unwrap_or_default();
+                super::observe::request_finished(super::rpc_name(rpc), e.to_status().code(), std::time::Duration::ZERO);
+                Either::Left(ready(Ok(e.to_status().into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn only_pipeline_rpcs_other_than_get_version_are_guarded() {
+        let g = Guards { tokens: auth::Tokens::new(vec![Secret::new("t")]) };
+        let none = http::HeaderMap::new();
+        assert!(g.check("/grpc.health.v1.Health/Check", &none).is_ok());
+        assert!(g.check("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &none).is_ok());
+        assert!(g.check("/remotemedia.v1.PipelineService/GetVersion", &none).is_ok());
+        assert!(matches!(
+            g.check("/remotemedia.v1.PipelineService/ExecutePipeline", &none),
+            Err(ServiceError::Unauthenticated(_))
+        ));
+        assert!(g.check("/remotemedia.v1.PipelineService/StreamPipeline", &none).is_err());
+    }
+
+    #[test]
+    fn the_version_header_is_checked_after_auth() {
+        let g = Guards::default();
+        let mut h = http::HeaderMap::new();
+        h.insert(version::HEADER, "v7".parse().unwrap());
+        assert!(matches!(
+            g.check("/remotemedia.v1.PipelineService/ExecutePipeline", &h),
+            Err(ServiceError::VersionMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,30 @@
+//! The gRPC layer: `remotemedia.v1.PipelineService` over the executor.
+//!
+//! - [`server`]: binding, the tower layer stack, health, reflection, graceful shutdown
+//! - [`service`]: `ExecutePipeline` and `GetVersion`; [`stream`]: `StreamPipeline` sessions
+//! - [`interceptors`]: auth and protocol version checks in front of the service
+//! - [`limits`]: per-request limits against server caps
+//! - [`convert`]: wire messages ↔ executor types; [`status`]: every error → wire error
+//! - [`observe`]: Prometheus metrics and request spans; [`state`]: shared server state
+
+pub mod convert;
+pub mod interceptors;
+pub mod limits;
+pub mod observe;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod status;
+pub mod stream;
+
+pub use server::{BoundServer, SERVICE_NAME, ServerError, bind, run};
+
+/// The RPC names used as metric labels (a closed set).
+pub(crate) fn rpc_name(method: &str) -> &'static str {
+    match method {
+        "ExecutePipeline" => "ExecutePipeline",
+        "StreamPipeline" => "StreamPipeline",
+        "GetVersion" => "GetVersion",
+        _ => "other",
+    }
+}

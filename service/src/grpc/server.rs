@@ -1,0 +1,210 @@
+//! Server assembly and life cycle: bind, serve, and the one shutdown path.
+//!
+//! Shutdown: the signal arrives → health reports NOT_SERVING → new pipeline RPCs are refused
+//! with UNAVAILABLE and open streams wind down → in-flight work gets the grace period to finish
+//! → whatever still runs is cancelled → the transport stops.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::{info, warn};
+
+use super::interceptors::{GuardLayer, Guards, auth::Tokens};
+use super::observe::{self, NewRequestId};
+use super::service::Pipelines;
+use super::state::AppState;
+use crate::config::Config;
+use crate::graph::{CircuitBreakers, Engine};
+use crate::nodes::Registry;
+use crate::proto::pipeline_service_server::PipelineServiceServer;
+
+/// Name under which health reports the pipeline service.
+pub const SERVICE_NAME: &str = "remotemedia.v1.PipelineService";
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "refusing to listen on {0} without authentication: configure auth_tokens or auth_tokens_file, \
+         listen on a loopback address, or pass --allow-unauthenticated"
+    )]
+    Unauthenticated(SocketAddr),
+    #[error("the gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// A server whose sockets are bound; [`BoundServer::serve`] runs it.
+pub struct BoundServer {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+/// Binds the gRPC and metrics sockets. Refuses a non-loopback address without tokens unless
+/// `allow_unauthenticated` is set.
+pub async fn bind(config: Config, registry: Registry) -> Result<BoundServer, ServerError> {
+    if config.auth_tokens.is_empty() && !config.listen.ip().is_loopback() && !config.allow_unauthenticated {
+        return Err(ServerError::Unauthenticated(config.listen));
+    }
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?),
+        None => None,
+    };
+    observe::prometheus();
+    let engine = Engine::new(registry, CircuitBreakers::new(config.breaker_cooldown));
+    Ok(BoundServer { state: Arc::new(AppState::new(engine, config)), listener, metrics_listener })
+}
+
+impl BoundServer {
+    /// The bound gRPC address (with the real port when the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The bound metrics address, unless metrics are off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// Shared state, for inspection by tests (open sessions, in-flight count).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains within the grace period and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let addr = self.local_addr();
+        let metrics_addr = self.metrics_addr();
+        let state = self.state;
+        let config = &state.config;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Startup(format!("reflection: {e}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ServerError::Startup(format!("reflection: {e}")))?;
+        let pipelines = PipelineServiceServer::new(Pipelines::new(state.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(config.limits.max_message_bytes)
+            .max_encoding_message_size(usize::MAX);
+
+        let layers = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(NewRequestId))
+            .layer(TraceLayer::new_for_grpc().make_span_with(observe::rpc_span))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(GuardLayer::new(Guards { tokens: Tokens::new(config.auth_tokens.clone()) }));
+
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .tcp_nodelay(true);
+        if let Some(age) = config.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let (stop_transport, transport_stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = builder
+            .layer(layers)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(pipelines);
+        let mut transport = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(self.listener),
+            async move {
+                let _ = transport_stopped.await;
+            },
+        ));
+
+        let metrics_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(listener) = self.metrics_listener {
+            tokio::spawn(serve_metrics(listener, metrics_stop.clone()));
+        }
+
+        health.set_service_status("", ServingStatus::Serving).await;
+        health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+        info!(
+            address = %addr,
+            metrics_address = metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            auth = if config.auth_tokens.is_empty() { "off" } else { "bearer" },
+            version = env!("CARGO_PKG_VERSION"),
+            "remotemedia-server listening on {addr}"
+        );
+
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut transport => {
+                metrics_stop.cancel();
+                return match result {
+                    Ok(r) => r.map_err(ServerError::from),
+                    Err(e) => Err(ServerError::Startup(format!("transport task failed: {e}"))),
+                };
+            }
+        }
+
+        info!(grace_period_ms = config.grace_period.as_millis() as u64, in_flight = state.inflight.count(), "shutdown started; draining");
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+        state.draining.cancel();
+        if tokio::time::timeout(config.grace_period, state.inflight.wait_idle()).await.is_err() {
+            warn!(in_flight = state.inflight.count(), "grace period over; cancelling what still runs");
+            state.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), state.inflight.wait_idle()).await;
+        }
+        let _ = stop_transport.send(());
+        match tokio::time::timeout(Duration::from_secs(5), &mut transport).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "transport stopped with an error"),
+            Err(_) => {
+                warn!("connections did not close in time; stopping anyway");
+                transport.abort();
+            }
+            _ => {}
+        }
+        metrics_stop.cancel();
+        info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` in the Prometheus text format.
+async fn serve_metrics(listener: TcpListener, stop: tokio_util::sync::CancellationToken) {
+    let handle = observe::prometheus();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            handle.run_upkeep();
+            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
+        }),
+    );
+    let shutdown = async move { stop.cancelled().await };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        warn!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+/// Builds the registry (native nodes), binds and serves until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let server = bind(config, Registry::builtin()).await?;
+    server.serve(shutdown).await
+}

@@ -1,0 +1,214 @@
+//! `remotemedia.v1.PipelineService`: `ExecutePipeline`, `GetVersion`, and the entry of
+//! `StreamPipeline` (the session itself lives in [`super::stream`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, result_to_proto};
+use super::interceptors::version;
+use super::limits;
+use super::observe;
+use super::state::AppState;
+use super::status::ServiceError;
+use super::stream;
+use crate::graph::{ExecError, Mode, RequestShape, RunLimits, ValidationError};
+use crate::nodes::{DATA, INPUT, PortValue, Ports};
+use crate::proto::pipeline_service_server::PipelineService;
+use crate::proto::{
+    ExecuteRequest, ExecuteResponse, StreamRequest, VersionInfo, VersionRequest, VersionResponse, execute_response,
+};
+
+/// The service implementation; cheap to clone.
+#[derive(Clone)]
+pub struct Pipelines {
+    state: Arc<AppState>,
+}
+
+impl Pipelines {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    /// Runs one `ExecutePipeline` call. `Ok` carries either a result or an in-band error;
+    /// `Err` is a rejection answered with a status.
+    async fn execute(&self, request: ExecuteRequest) -> Result<ExecuteResponse, ServiceError> {
+        let received = Instant::now();
+        let state = &self.state;
+        if state.is_draining() {
+            return Err(ServiceError::Draining);
+        }
+        version::check(&request.client_version)?;
+        let _permit = state.acquire_execution()?;
+        let _inflight = state.inflight.enter();
+        let _active = observe::Active::new(observe::ACTIVE_EXECUTIONS);
+
+        match self.run(request, received).await {
+            Ok(result) => Ok(ExecuteResponse { outcome: Some(execute_response::Outcome::Result(result)) }),
+            Err(e @ (ServiceError::Exec(ExecError::Cancelled) | ServiceError::Cancelled(_))) => Err(e),
+            Err(e @ (ServiceError::Exec(_) | ServiceError::Limit { .. })) => {
+                Ok(ExecuteResponse { outcome: Some(execute_response::Outcome::Error(e.to_error_response())) })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run(&self, request: ExecuteRequest, received: Instant) -> Result<crate::proto::ExecutionResult, ServiceError> {
+        let state = &self.state;
+        let limits = limits::resolve(request.resource_limits.as_ref(), &state.config.limits)?;
+
+        let decode_started = Instant::now();
+        let manifest_proto = request.manifest.unwrap_or_default();
+        let (manifest, mut violations) = manifest_from_proto(&manifest_proto);
+        let mut inputs: BTreeMap<String, Ports> = BTreeMap::new();
+        for (node, buffer) in &request.audio_inputs {
+            let field = format!("audio_inputs[{node}]");
+            match audio_from_proto(buffer, &field) {
+                Ok(audio) => {
+                    limits::check_audio(&audio, &field, &limits)?;
+                    inputs.entry(node.clone()).or_default().insert(INPUT, PortValue::Audio(audio));
+                }
+                Err(v) => violations.push(v),
+            }
+        }
+        for (node, text) in &request.data_inputs {
+            match data_from_proto(text, node) {
+                Ok(value) => inputs.entry(node.clone()).or_default().insert(DATA, PortValue::data(value)),
+                Err(v) => violations.push(v),
+            }
+        }
+        let decode_time = decode_started.elapsed();
+
+        let shape = RequestShape {
+            audio_inputs: Some(request.audio_inputs.keys().cloned().collect::<BTreeSet<_>>()),
+            data_inputs: request.data_inputs.keys().cloned().collect(),
+            output_nodes: request.output_nodes.clone(),
+        };
+        let built = state.engine.build(&manifest, &shape).await;
+        let mut pipeline = match built {
+            Ok(p) if violations.is_empty() => p,
+            Ok(_) => return Err(ExecError::Validation(ValidationError { violations }).into()),
+            Err(mut e) => {
+                violations.append(&mut e.violations);
+                return Err(ExecError::Validation(ValidationError { violations }).into());
+            }
+        };
+
+        // Cancelled if the client goes away (this future is dropped) or shutdown runs out of time.
+        let cancel = state.abort.child_token();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let run_limits = RunLimits { timeout: Some(limits.timeout), max_memory_bytes: Some(limits.memory_bytes) };
+        let outcome = pipeline.run(inputs, Mode::Once, run_limits, &cancel).await;
+        let out = match outcome {
+            Ok(out) => out,
+            Err(e) => {
+                record_failure(&e);
+                return Err(e.into());
+            }
+        };
+        observe::nodes_ran(&out.nodes);
+
+        let encode_started = Instant::now();
+        let mut result = result_to_proto(&out, pipeline.enable_metrics(), Duration::ZERO, Duration::ZERO);
+        let serialization = decode_time + encode_started.elapsed();
+        if let Some(m) = result.metrics.as_mut() {
+            m.serialization_time_ms = super::convert::ms(serialization);
+            m.wall_time_ms = super::convert::ms(received.elapsed());
+        }
+        Ok(result)
+    }
+}
+
+/// Counts failures for metrics and logs them once, with the node concerned.
+pub(super) fn record_failure(e: &ExecError) {
+    match e {
+        ExecError::Node { node_type, .. } | ExecError::CircuitOpen { node_type, .. } => {
+            observe::node_failed(node_type);
+            warn!(error = %e, "node failed");
+        }
+        ExecError::Timeout { .. } => {
+            observe::limit_rejected("max_timeout_ms");
+            warn!(error = %e, "execution timed out");
+        }
+        ExecError::MemoryLimit { .. } => {
+            observe::limit_rejected("max_memory_bytes");
+            warn!(error = %e, "execution over its memory limit");
+        }
+        ExecError::Internal(_) => warn!(error = %e, "internal error"),
+        ExecError::Validation(_) | ExecError::Cancelled => {}
+    }
+}
+
+/// `VersionInfo` for this build.
+pub fn version_info(state: &AppState) -> VersionInfo {
+    VersionInfo {
+        protocol_version: version::CURRENT.to_owned(),
+        runtime_version: env!("CARGO_PKG_VERSION").to_owned(),
+        supported_node_types: state.engine.registry().node_types(),
+        supported_protocols: version::SUPPORTED.iter().map(|s| (*s).to_owned()).collect(),
+        build_timestamp: env!("REMOTEMEDIA_BUILD_TIMESTAMP").to_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl PipelineService for Pipelines {
+    async fn execute_pipeline(&self, request: Request<ExecuteRequest>) -> Result<Response<ExecuteResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let nodes = request.manifest.as_ref().map_or(0, |m| m.nodes.len());
+        let outcome = self.execute(request).await;
+        let code = match &outcome {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => e.to_status().code(),
+        };
+        observe::request_finished("ExecutePipeline", code, started.elapsed());
+        match outcome {
+            Ok(response) => {
+                let in_band = match &response.outcome {
+                    Some(execute_response::Outcome::Error(e)) => e.message.as_str(),
+                    _ => "",
+                };
+                info!(
+                    nodes,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    error = in_band,
+                    "ExecutePipeline finished"
+                );
+                Ok(Response::new(response))
+            }
+            Err(e) => {
+                info!(error = %e, code = ?code, "ExecutePipeline refused");
+                Err(e.to_status())
+            }
+        }
+    }
+
+    type StreamPipelineStream = stream::ResponseStream;
+
+    async fn stream_pipeline(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<Self::StreamPipelineStream>, Status> {
+        stream::start(self.state.clone(), request.into_inner()).map(Response::new).map_err(|e| {
+            observe::request_finished("StreamPipeline", e.to_status().code(), Duration::ZERO);
+            info!(error = %e, "StreamPipeline refused");
+            e.to_status()
+        })
+    }
+
+    async fn get_version(&self, request: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+        let started = Instant::now();
+        let client_version = request.into_inner().client_version;
+        let (compatible, compatibility_message) = match version::check(&client_version) {
+            Ok(()) => (true, format!("protocol {} is supported", version::CURRENT)),
+            Err(e) => (false, e.to_string()),
+        };
+        let response =
+            VersionResponse { version_info: Some(version_info(&self.state)), compatible, compatibility_message };
+        observe::request_finished("GetVersion", tonic::Code::Ok, started.elapsed());
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,281 @@
+//! The one place where internal errors become wire errors: an in-band [`ErrorResponse`] for
+//! pipeline errors, or a [`tonic::Status`] with `google.rpc` details (`ErrorInfo` whose `reason`
+//! is the `ErrorType` name, `RetryInfo`, `BadRequest`) for rejections.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::graph::{ExecError, ValidationError};
+use crate::nodes::NodeErrorKind;
+use crate::proto::{ErrorResponse, ErrorType};
+
+/// `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "remotemedia.v1";
+
+/// Everything the gRPC layer can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServiceError {
+    /// The pipeline could not be built or run.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+
+    /// A request asked for more than a server cap allows, or an input is over its limit.
+    #[error("{message}")]
+    Limit { message: String, limit: &'static str },
+
+    /// Missing or wrong bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// The client's protocol version is not supported.
+    #[error("protocol version `{requested}` is not supported; supported versions: {}", supported.join(", "))]
+    VersionMismatch { requested: String, supported: Vec<String> },
+
+    /// Too many concurrent executions or streams.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after: Duration },
+
+    /// The server is shutting down.
+    #[error("the server is shutting down; retry on another instance")]
+    Draining,
+
+    /// A stream message arrived in the wrong state (chunk before manifest, second manifest).
+    #[error("{0}")]
+    OutOfOrder(String),
+
+    /// A stream message names something that does not exist or cannot be used.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The client cancelled.
+    #[error("{0}")]
+    Cancelled(String),
+}
+
+impl ServiceError {
+    /// The `ErrorType` for this error.
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            ServiceError::Exec(e) => exec_error_type(e),
+            ServiceError::Limit { .. } | ServiceError::Overloaded { .. } => ErrorType::ResourceLimit,
+            ServiceError::Unauthenticated(_) => ErrorType::Authentication,
+            ServiceError::VersionMismatch { .. } => ErrorType::VersionMismatch,
+            ServiceError::OutOfOrder(_) | ServiceError::InvalidArgument(_) => ErrorType::Validation,
+            ServiceError::Draining | ServiceError::Cancelled(_) => ErrorType::Internal,
+        }
+    }
+
+    /// The in-band form, for `ExecuteResponse.error` and `StreamResponse.error`.
+    pub fn to_error_response(&self) -> ErrorResponse {
+        let mut resp = ErrorResponse {
+            error_type: self.error_type() as i32,
+            message: self.to_string(),
+            failing_node_id: String::new(),
+            context: String::new(),
+            stack_trace: String::new(),
+        };
+        let context = match self {
+            ServiceError::Exec(e) => {
+                resp.failing_node_id = e.node_id().unwrap_or_default().to_owned();
+                if let ExecError::Node { source, .. } = e {
+                    resp.stack_trace = source.stack_trace.clone().unwrap_or_default();
+                }
+                exec_context(e)
+            }
+            ServiceError::Limit { limit, .. } => json!({ "limit": limit }),
+            ServiceError::VersionMismatch { requested, supported } => {
+                json!({ "requested": requested, "supported_versions": supported })
+            }
+            ServiceError::Overloaded { retry_after, .. } => json!({ "retry_after_ms": retry_after.as_millis() as u64 }),
+            _ => Value::Null,
+        };
+        if !context.is_null() {
+            resp.context = context.to_string();
+        }
+        resp
+    }
+
+    /// The status form, with `ErrorInfo` and the details that fit the error.
+    pub fn to_status(&self) -> Status {
+        let error_type = self.error_type();
+        let code = match self {
+            ServiceError::Exec(ExecError::Validation(_)) => Code::InvalidArgument,
+            ServiceError::Exec(ExecError::Timeout { .. } | ExecError::MemoryLimit { .. }) => Code::ResourceExhausted,
+            ServiceError::Exec(ExecError::Cancelled) | ServiceError::Cancelled(_) => Code::Cancelled,
+            ServiceError::Exec(ExecError::Node { .. } | ExecError::CircuitOpen { .. }) => Code::Aborted,
+            ServiceError::Exec(ExecError::Internal(_)) => Code::Internal,
+            ServiceError::Limit { .. } | ServiceError::Overloaded { .. } => Code::ResourceExhausted,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::VersionMismatch { .. } | ServiceError::OutOfOrder(_) => Code::FailedPrecondition,
+            ServiceError::InvalidArgument(_) => Code::InvalidArgument,
+            ServiceError::Draining => Code::Unavailable,
+        };
+        let mut info = HashMap::new();
+        let mut details = ErrorDetails::new();
+        let mut metadata = MetadataMap::new();
+        match self {
+            ServiceError::Exec(ExecError::Validation(v)) => {
+                for violation in &v.violations {
+                    details.add_bad_request_violation(violation.field.clone(), violation.message.clone());
+                }
+                info.insert("violations".to_owned(), v.violations.len().to_string());
+            }
+            ServiceError::Exec(e) => {
+                if let Some(node) = e.node_id() {
+                    info.insert("failing_node_id".to_owned(), node.to_owned());
+                }
+                if let ExecError::CircuitOpen { retry_after, .. } = e {
+                    details.set_retry_info(Some(*retry_after));
+                }
+            }
+            ServiceError::Limit { limit, .. } => {
+                info.insert("limit".to_owned(), (*limit).to_owned());
+            }
+            ServiceError::VersionMismatch { requested, supported } => {
+                let list = supported.join(",");
+                info.insert("requested".to_owned(), requested.clone());
+                info.insert("supported_versions".to_owned(), list.clone());
+                if let Ok(v) = list.parse() {
+                    metadata.insert("remotemedia-supported-versions", v);
+                }
+            }
+            ServiceError::Overloaded { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            _ => {}
+        }
+        details.set_error_info(error_type.as_str_name().trim_start_matches("ERROR_TYPE_"), ERROR_DOMAIN, info);
+        Status::with_error_details_and_metadata(code, self.to_string(), details, metadata)
+    }
+}
+
+fn exec_error_type(e: &ExecError) -> ErrorType {
+    match e {
+        ExecError::Validation(_) => ErrorType::Validation,
+        ExecError::Node { source, .. } if source.kind == NodeErrorKind::Cancelled => ErrorType::Internal,
+        ExecError::Node { .. } | ExecError::CircuitOpen { .. } => ErrorType::NodeExecution,
+        ExecError::Timeout { .. } | ExecError::MemoryLimit { .. } => ErrorType::ResourceLimit,
+        ExecError::Cancelled | ExecError::Internal(_) => ErrorType::Internal,
+    }
+}
+
+/// JSON context for an execution error.
+fn exec_context(e: &ExecError) -> Value {
+    match e {
+        ExecError::Validation(v) => validation_context(v),
+        ExecError::Node { node_type, attempts, source, .. } => {
+            let mut ctx = json!({
+                "node_type": node_type,
+                "attempts": attempts,
+                "retryable": source.is_retryable(),
+            });
+            if let Some(field) = &source.field {
+                ctx["field"] = json!(field);
+            }
+            if let Some(Value::Object(extra)) = &source.context {
+                for (k, v) in extra {
+                    ctx[k] = v.clone();
+                }
+            }
+            ctx
+        }
+        ExecError::CircuitOpen { node_type, failures, retry_after, .. } => json!({
+            "node_type": node_type,
+            "circuit_breaker": "open",
+            "consecutive_failures": failures,
+            "retry_after_ms": retry_after.as_millis() as u64,
+        }),
+        ExecError::Timeout { limit, running } => json!({
+            "limit": "max_timeout_ms",
+            "limit_ms": limit.as_millis() as u64,
+            "running_nodes": running,
+        }),
+        ExecError::MemoryLimit { limit, needed, .. } => json!({
+            "limit": "max_memory_bytes",
+            "limit_bytes": limit,
+            "needed_bytes": needed,
+        }),
+        ExecError::Cancelled | ExecError::Internal(_) => Value::Null,
+    }
+}
+
+/// `{"violations": [{"field", "node_id", "description"}, ...]}`.
+pub fn validation_context(v: &ValidationError) -> Value {
+    json!({
+        "violations": v.violations.iter().map(|x| json!({
+            "field": x.field,
+            "node_id": x.node_id,
+            "description": x.message,
+        })).collect::<Vec<_>>()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Violation;
+    use crate::nodes::NodeError;
+
+    #[test]
+    fn validation_errors_carry_every_violation_in_band_and_as_bad_request() {
+        let err = ServiceError::Exec(ExecError::Validation(ValidationError {
+            violations: vec![
+                Violation::new("version", "manifest version must be \"v1\", got \"2\""),
+                Violation::new("nodes[0].node_type", "node `a`: unknown node type `X`").on_node("a"),
+            ],
+        }));
+        let resp = err.to_error_response();
+        assert_eq!(resp.error_type, ErrorType::Validation as i32);
+        let ctx: Value = serde_json::from_str(&resp.context).unwrap();
+        assert_eq!(ctx["violations"][1]["node_id"], json!("a"));
+        assert_eq!(ctx["violations"][0]["field"], json!("version"));
+
+        let status = err.to_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "VALIDATION");
+        assert_eq!(details.bad_request().unwrap().field_violations.len(), 2);
+    }
+
+    #[test]
+    fn node_errors_name_the_node_and_keep_the_traceback() {
+        let err = ServiceError::Exec(ExecError::Node {
+            node_id: "py".into(),
+            node_type: "LoudnessNode".into(),
+            attempts: 1,
+            source: NodeError::internal("ValueError: bad").with_stack_trace("Traceback ..."),
+        });
+        let resp = err.to_error_response();
+        assert_eq!(resp.error_type, ErrorType::NodeExecution as i32);
+        assert_eq!(resp.failing_node_id, "py");
+        assert_eq!(resp.stack_trace, "Traceback ...");
+        assert!(resp.message.contains("node `py` (LoudnessNode) failed: ValueError: bad"), "{}", resp.message);
+    }
+
+    #[test]
+    fn overload_has_retry_info_and_version_mismatch_lists_versions() {
+        let s = ServiceError::Overloaded { message: "busy".into(), retry_after: Duration::from_millis(250) }.to_status();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let d = s.get_error_details();
+        assert_eq!(d.error_info().unwrap().reason, "RESOURCE_LIMIT");
+        assert_eq!(d.retry_info().unwrap().retry_delay, Some(Duration::from_millis(250)));
+
+        let s = ServiceError::VersionMismatch { requested: "v2".into(), supported: vec!["v1".into()] }.to_status();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("supported versions: v1"));
+        assert_eq!(s.metadata().get("remotemedia-supported-versions").unwrap(), "v1");
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "VERSION_MISMATCH");
+    }
+
+    #[test]
+    fn draining_is_unavailable_with_reason_internal() {
+        let s = ServiceError::Draining.to_status();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "INTERNAL");
+    }
+}

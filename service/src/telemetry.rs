@@ -1,0 +1,19 @@
+//! Log output: JSON lines on stdout (`timestamp`, `level`, `message`, the request's
+//! `request_id` and `rpc`, and event fields), or human-readable lines.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `level` is a tracing filter (`info`, `remotemedia=debug`).
+pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log_level `{level}`: {e}"))?;
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry.with(tracing_flat_json::FlatJsonLayer::new(std::io::stdout)).try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout)).try_init(),
+    }
+    .map_err(|e| e.to_string())
+}
