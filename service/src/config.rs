@@ -34,9 +34,6 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("auth_tokens_file", "", "file with one bearer token per line (# comments allowed)"),
     ("allow_unauthenticated", "false", "allow a non-loopback listen address without tokens"),
     ("python_nodes_path", "", "comma-separated directories of Python node plug-ins"),
-    ("python", "true", "start the embedded Python interpreter and its nodes"),
-    ("python_home", "", "Python environment whose site-packages the interpreter uses (a venv)"),
-    ("python_workers", "2", "threads that run Python nodes"),
     ("grace_period_ms", "10000", "how long in-flight work may finish after SIGTERM"),
     ("default_timeout_ms", "5000", "execution time limit when a request sets none"),
     ("max_timeout_ms", "30000", "highest time limit a request may ask for"),
@@ -54,7 +51,6 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("keepalive_interval_ms", "30000", "HTTP/2 keepalive ping interval"),
     ("keepalive_timeout_ms", "10000", "close a connection whose keepalive ping is not answered"),
     ("max_connection_age_ms", "0", "close connections older than this (0 = never)"),
-    ("cors_allowed_origins", "", "comma-separated origins allowed for gRPC-Web from browsers"),
 ];
 
 /// Log output format.
@@ -109,10 +105,7 @@ pub struct Config {
     pub log_level: String,
     pub auth_tokens: Vec<Secret>,
     pub allow_unauthenticated: bool,
-    pub python_enabled: bool,
     pub python_nodes_paths: Vec<PathBuf>,
-    pub python_home: Option<PathBuf>,
-    pub python_workers: usize,
     pub grace_period: Duration,
     pub limits: Limits,
     pub stream_metrics_interval: Duration,
@@ -120,7 +113,6 @@ pub struct Config {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub max_connection_age: Option<Duration>,
-    pub cors_allowed_origins: Vec<String>,
 }
 
 /// A configuration problem, naming the key, where its value came from and what is expected.
@@ -169,7 +161,11 @@ impl Sources {
         let mut layer = Layer::new();
         for (key, value) in table {
             if !KEYS.iter().any(|(name, _, _)| *name == key) {
-                return Err(ConfigError::UnknownKey { key, origin: format!("config file {path}"), known: known_keys() });
+                return Err(ConfigError::UnknownKey {
+                    key,
+                    origin: format!("config file {path}"),
+                    known: known_keys(),
+                });
             }
             let text = match value {
                 toml::Value::String(s) => s,
@@ -298,7 +294,11 @@ impl Config {
             stream_max_duration: r.millis("stream_max_duration_ms")?,
         };
         for (default, cap, what) in [
-            (limits.default_timeout.as_millis() as u64, limits.max_timeout.as_millis() as u64, "default_timeout_ms exceeds max_timeout_ms"),
+            (
+                limits.default_timeout.as_millis() as u64,
+                limits.max_timeout.as_millis() as u64,
+                "default_timeout_ms exceeds max_timeout_ms",
+            ),
             (limits.default_memory_bytes, limits.max_memory_bytes, "default_memory_bytes exceeds max_memory_bytes"),
             (limits.default_audio_samples, limits.max_audio_samples, "default_audio_samples exceeds max_audio_samples"),
         ] {
@@ -307,7 +307,6 @@ impl Config {
             }
         }
 
-        let python_home = r.string("python_home");
         let max_age = r.u64("max_connection_age_ms")?;
         Ok(Self {
             listen: r.addr("listen")?,
@@ -316,10 +315,7 @@ impl Config {
             log_level: r.string("log_level"),
             auth_tokens,
             allow_unauthenticated: r.bool("allow_unauthenticated")?,
-            python_enabled: r.bool("python")?,
             python_nodes_paths: r.list("python_nodes_path").into_iter().map(PathBuf::from).collect(),
-            python_home: (!python_home.is_empty()).then(|| PathBuf::from(python_home)),
-            python_workers: usize::try_from(r.positive("python_workers")?).unwrap_or(1),
             grace_period: r.millis("grace_period_ms")?,
             limits,
             stream_metrics_interval: r.millis("stream_metrics_interval_ms")?,
@@ -327,7 +323,6 @@ impl Config {
             keepalive_interval: r.millis("keepalive_interval_ms")?,
             keepalive_timeout: r.millis("keepalive_timeout_ms")?,
             max_connection_age: (max_age > 0).then(|| Duration::from_millis(max_age)),
-            cors_allowed_origins: r.list("cors_allowed_origins"),
         })
     }
 
@@ -364,7 +359,12 @@ pub fn cli() -> clap::Command {
     cmd.subcommand(
         Command::new("probe")
             .about("Exit 0 when the server's health service reports SERVING (for container health checks)")
-            .arg(Arg::new("addr").long("addr").value_name("HOST:PORT").help("server address [default: the listen address]"))
+            .arg(
+                Arg::new("addr")
+                    .long("addr")
+                    .value_name("HOST:PORT")
+                    .help("server address [default: the listen address]"),
+            )
             .arg(Arg::new("service").long("service").value_name("NAME").default_value("").help("health service name"))
             .arg(Arg::new("timeout-ms").long("timeout-ms").value_name("MS").default_value("3000")),
     )
@@ -392,7 +392,10 @@ pub fn flags_layer(matches: &clap::ArgMatches) -> Layer {
 
 /// Loads the configuration for a command line and an environment: the file named by `--config`
 /// or `REMOTEMEDIA_CONFIG`, then the environment, then the flags.
-pub fn load(matches: &clap::ArgMatches, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+pub fn load(
+    matches: &clap::ArgMatches,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
     let env: Vec<(String, String)> = env.into_iter().collect();
     let path = matches
         .get_one::<String>("config")
@@ -491,7 +494,11 @@ mod tests {
 
     #[test]
     fn file_layer_reads_toml_and_rejects_unknown_keys() {
-        let l = Sources::file_layer("listen = \"127.0.0.1:7\"\ngrace_period_ms = 5\npython_nodes_path = [\"/a\", \"/b\"]\n", "c.toml").unwrap();
+        let l = Sources::file_layer(
+            "listen = \"127.0.0.1:7\"\ngrace_period_ms = 5\npython_nodes_path = [\"/a\", \"/b\"]\n",
+            "c.toml",
+        )
+        .unwrap();
         assert_eq!(l["grace_period_ms"], "5");
         assert_eq!(l["python_nodes_path"], "/a,/b");
         let err = Sources::file_layer("lisen = 1", "c.toml").unwrap_err();
@@ -525,7 +532,10 @@ mod tests {
             ])
             .unwrap();
         let l = flags_layer(&m);
-        assert_eq!(l, layer(&[("allow_unauthenticated", "true"), ("listen", "127.0.0.1:0"), ("python_nodes_path", "/a,/b")]));
+        assert_eq!(
+            l,
+            layer(&[("allow_unauthenticated", "true"), ("listen", "127.0.0.1:0"), ("python_nodes_path", "/a,/b")])
+        );
     }
 
     #[test]
@@ -538,6 +548,20 @@ mod tests {
         let c = load(&m, env).unwrap();
         assert_eq!(c.listen.port(), 7001);
         assert_eq!(c.log_format, LogFormat::Json, "the flag wins over the file");
+    }
+
+    #[test]
+    fn the_configuration_reference_lists_every_key_with_its_default() {
+        let doc = include_str!("../../docs/configuration.md");
+        for (key, default, _) in KEYS {
+            let shown = if default.is_empty() { "(none)".to_owned() } else { format!("`{default}`") };
+            let row = format!(
+                "| `{key}` | `--{}` | `{ENV_PREFIX}{}` | {shown} |",
+                key.replace('_', "-"),
+                key.to_ascii_uppercase()
+            );
+            assert!(doc.contains(&row), "docs/configuration.md lacks the row for {key}: {row}");
+        }
     }
 
     #[test]

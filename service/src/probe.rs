@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// Ok when the server at `addr` (`host:port` or a URL) reports SERVING for `service`.
 pub async fn probe(addr: &str, service: &str, timeout: Duration) -> Result<(), String> {

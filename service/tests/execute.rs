@@ -24,8 +24,12 @@ fn violations(e: &proto::ErrorResponse) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_gain_pipeline_returns_scaled_audio_and_metrics() {
     let s = start(&[]).await;
-    let m = manifest(vec![node("in", "PassThroughNode", ""), node("g", "GainNode", r#"{"gain": 0.5}"#)], vec![connect("in", "g")]);
-    let res = expect_result(execute(&s, execute_request(m, vec![("in", f32_audio(&[0.5, -1.0, 0.25], 16_000, 1))])).await);
+    let m = manifest(
+        vec![node("in", "PassThroughNode", ""), node("g", "GainNode", r#"{"gain": 0.5}"#)],
+        vec![connect("in", "g")],
+    );
+    let res =
+        expect_result(execute(&s, execute_request(m, vec![("in", f32_audio(&[0.5, -1.0, 0.25], 16_000, 1))])).await);
     assert_eq!(f32_samples(&res.audio_outputs["g"]), [0.25, -0.5, 0.125]);
     assert_eq!(res.audio_outputs["g"].sample_rate, 16_000);
     assert_eq!(res.status, proto::ExecutionStatus::Success as i32);
@@ -75,7 +79,10 @@ async fn a_diamond_delivers_both_branches_to_the_join() {
 #[tokio::test]
 async fn output_nodes_and_data_inputs_come_back() {
     let s = start(&[]).await;
-    let m = manifest(vec![node("a", "GainNode", r#"{"gain": 2}"#), node("b", "PassThroughNode", "")], vec![connect("a", "b")]);
+    let m = manifest(
+        vec![node("a", "GainNode", r#"{"gain": 2}"#), node("b", "PassThroughNode", "")],
+        vec![connect("a", "b")],
+    );
     let mut req = execute_request(m, vec![("a", f32_audio(&[0.25], 8_000, 1))]);
     req.output_nodes = vec!["a".into()];
     req.data_inputs.insert("b".into(), r#"{"label": "x"}"#.into());
@@ -98,11 +105,19 @@ async fn each_validation_rule_names_its_culprit() {
     let mut wasm = node("a", "GainNode", "");
     wasm.runtime_hint = RuntimeHint::CpythonWasm as i32;
     let cases: Vec<(&str, proto::ExecuteRequest, &str, &str)> = vec![
-        ("version", execute_request(wrong_version, vec![("a", audio())]), "version", "manifest version must be \"v1\", got \"v2\""),
+        (
+            "version",
+            execute_request(wrong_version, vec![("a", audio())]),
+            "version",
+            "manifest version must be \"v1\", got \"v2\"",
+        ),
         ("empty", execute_request(manifest(vec![], vec![]), vec![]), "nodes", "manifest has no nodes"),
         (
             "duplicate id",
-            execute_request(manifest(vec![node("a", "GainNode", ""), node("a", "GainNode", "")], vec![]), vec![("a", audio())]),
+            execute_request(
+                manifest(vec![node("a", "GainNode", ""), node("a", "GainNode", "")], vec![]),
+                vec![("a", audio())],
+            ),
             "nodes[1].id",
             "node id `a` is used by nodes[0] and nodes[1]",
         ),
@@ -120,13 +135,19 @@ async fn each_validation_rule_names_its_culprit() {
         ),
         (
             "bad param type",
-            execute_request(manifest(vec![node("a", "GainNode", r#"{"gain_db": "loud"}"#)], vec![]), vec![("a", audio())]),
+            execute_request(
+                manifest(vec![node("a", "GainNode", r#"{"gain_db": "loud"}"#)], vec![]),
+                vec![("a", audio())],
+            ),
             "nodes[0].params.gain_db",
             "node `a` (GainNode): parameter `gain_db` must be a number between -120 and 60, got \"loud\"",
         ),
         (
             "unknown connection target",
-            execute_request(manifest(vec![node("a", "GainNode", "")], vec![connect("a", "ghost")]), vec![("a", audio())]),
+            execute_request(
+                manifest(vec![node("a", "GainNode", "")], vec![connect("a", "ghost")]),
+                vec![("a", audio())],
+            ),
             "connections[0].to",
             "`to` names unknown node `ghost`",
         ),
@@ -140,7 +161,11 @@ async fn each_validation_rule_names_its_culprit() {
             "cycle",
             execute_request(
                 manifest(
-                    vec![node("s", "PassThroughNode", ""), node("a", "PassThroughNode", ""), node("b", "PassThroughNode", "")],
+                    vec![
+                        node("s", "PassThroughNode", ""),
+                        node("a", "PassThroughNode", ""),
+                        node("b", "PassThroughNode", ""),
+                    ],
                     vec![connect("s", "a"), connect("a", "b"), connect("b", "a")],
                 ),
                 vec![("s", audio())],
@@ -177,10 +202,7 @@ async fn each_validation_rule_names_its_culprit() {
         let e = expect_error(execute(&s, req).await);
         assert_eq!(e.error_type, ErrorType::Validation as i32, "{name}: {e:?}");
         let v = violations(&e);
-        assert!(
-            v.iter().any(|(f, d)| f == field && d.contains(text)),
-            "{name}: expected {field}: {text:?} in {v:?}"
-        );
+        assert!(v.iter().any(|(f, d)| f == field && d.contains(text)), "{name}: expected {field}: {text:?} in {v:?}");
         assert!(e.message.contains(text), "{name}: message {:?} should contain {text:?}", e.message);
     }
     s.stop().await;
@@ -270,7 +292,8 @@ async fn limits_above_the_caps_are_refused_naming_the_cap() {
 #[tokio::test]
 async fn an_unsupported_client_version_is_refused_with_the_supported_list() {
     let s = start(&[]).await;
-    let mut req = execute_request(manifest(vec![node("g", "GainNode", "")], vec![]), vec![("g", f32_audio(&[0.0], 8_000, 1))]);
+    let mut req =
+        execute_request(manifest(vec![node("g", "GainNode", "")], vec![]), vec![("g", f32_audio(&[0.0], 8_000, 1))]);
     req.client_version = "v2".into();
     let status = s.client().await.execute_pipeline(req).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -287,7 +310,8 @@ async fn gzip_requests_and_responses_work() {
         .send_compressed(tonic::codec::CompressionEncoding::Gzip)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     let m = manifest(vec![node("g", "GainNode", r#"{"gain": 2}"#)], vec![]);
-    let res = client.execute_pipeline(execute_request(m, vec![("g", f32_audio(&[0.125; 1000], 8_000, 1))])).await.unwrap();
+    let res =
+        client.execute_pipeline(execute_request(m, vec![("g", f32_audio(&[0.125; 1000], 8_000, 1))])).await.unwrap();
     assert_eq!(f32_samples(&expect_result(res.into_inner()).audio_outputs["g"]), vec![0.25; 1000]);
     s.stop().await;
 }

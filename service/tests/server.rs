@@ -11,9 +11,9 @@ use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, Param
 use remotemedia::proto::{self, execute_response};
 use serde_json::{Map, Value};
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
 /// A test-only node that holds its request until the test opens the gate (or it is cancelled).
@@ -180,7 +180,11 @@ async fn the_metrics_endpoint_counts_requests() {
     let after = s.metrics_text().await;
     let count = |text: &str| -> f64 {
         text.lines()
-            .find(|l| l.starts_with("remotemedia_requests_total{") && l.contains("rpc=\"GetVersion\"") && l.contains("code=\"OK\""))
+            .find(|l| {
+                l.starts_with("remotemedia_requests_total{")
+                    && l.contains("rpc=\"GetVersion\"")
+                    && l.contains("code=\"OK\"")
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)

@@ -227,7 +227,11 @@ async fn a_wrong_node_id_is_invalid_argument_listing_the_nodes() {
     match &seen[..] {
         [stream_response::Response::Error(e)] => {
             assert_eq!(e.error_type, ErrorType::Validation as i32);
-            assert!(e.message.contains("node_id `nope` is not a node of this pipeline (nodes: in, g)"), "{}", e.message);
+            assert!(
+                e.message.contains("node_id `nope` is not a node of this pipeline (nodes: in, g)"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -71,13 +71,7 @@ pub enum AudioError {
     #[error(
         "samples holds {actual} bytes but num_samples {num_samples} × {bytes_per_sample} bytes ({format}) needs {expected}"
     )]
-    LengthMismatch {
-        num_samples: u64,
-        format: SampleFormat,
-        bytes_per_sample: usize,
-        expected: u128,
-        actual: usize,
-    },
+    LengthMismatch { num_samples: u64, format: SampleFormat, bytes_per_sample: usize, expected: u128, actual: usize },
     #[error("num_samples {num_samples} is not a multiple of channels {channels}")]
     PartialFrame { num_samples: u64, channels: u32 },
     #[error("cannot join audio of {left} with audio of {right}")]
@@ -156,7 +150,7 @@ impl AudioBuffer {
                 actual: bytes.len(),
             });
         }
-        if num_samples % u64::from(channels) != 0 {
+        if !num_samples.is_multiple_of(u64::from(channels)) {
             return Err(AudioError::PartialFrame { num_samples, channels });
         }
         Ok(Self { bytes, format, sample_rate, channels })
@@ -271,22 +265,16 @@ impl AudioBuffer {
         match self.format {
             SampleFormat::F32 => match self.f32_slice() {
                 Some(s) => out.extend_from_slice(s),
-                None => out.extend(
-                    self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                ),
+                None => out.extend(self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
             },
             SampleFormat::I16 => match self.i16_slice() {
                 Some(s) => out.extend(s.iter().map(|&v| i16_to_f32(v))),
-                None => out.extend(
-                    self.bytes.chunks_exact(2).map(|b| i16_to_f32(i16::from_le_bytes([b[0], b[1]]))),
-                ),
+                None => out.extend(self.bytes.chunks_exact(2).map(|b| i16_to_f32(i16::from_le_bytes([b[0], b[1]])))),
             },
             SampleFormat::I32 => match self.i32_slice() {
                 Some(s) => out.extend(s.iter().map(|&v| i32_to_f32(v))),
                 None => out.extend(
-                    self.bytes
-                        .chunks_exact(4)
-                        .map(|b| i32_to_f32(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                    self.bytes.chunks_exact(4).map(|b| i32_to_f32(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
                 ),
             },
         }
@@ -302,9 +290,7 @@ impl AudioBuffer {
 
     /// Whether `other` has the same format, rate and channel count.
     pub fn same_layout(&self, other: &AudioBuffer) -> bool {
-        self.format == other.format
-            && self.sample_rate == other.sample_rate
-            && self.channels == other.channels
+        self.format == other.format && self.sample_rate == other.sample_rate && self.channels == other.channels
     }
 
     /// Appends `other` after `self` (one copy of both). Layouts must match.
@@ -336,10 +322,7 @@ impl AudioBuffer {
         let mut scratch = Vec::new();
         for b in buffers {
             if b.sample_rate != first.sample_rate || b.channels != first.channels {
-                return Err(AudioError::Incompatible {
-                    left: first.describe(),
-                    right: b.describe(),
-                });
+                return Err(AudioError::Incompatible { left: first.describe(), right: b.describe() });
             }
             b.read_f32_into(&mut scratch);
             if scratch.len() > acc.len() {
@@ -363,8 +346,7 @@ mod tests {
 
     #[test]
     fn from_wire_accepts_a_consistent_buffer() {
-        let b = AudioBuffer::from_wire(f32_bytes(&[0.0, 0.5, -0.5, 1.0]), SampleFormat::F32, 16_000, 2, 4)
-            .unwrap();
+        let b = AudioBuffer::from_wire(f32_bytes(&[0.0, 0.5, -0.5, 1.0]), SampleFormat::F32, 16_000, 2, 4).unwrap();
         assert_eq!(b.frames(), 2);
         assert_eq!(b.num_samples(), 4);
         assert_eq!(&*b.as_f32(), &[0.0, 0.5, -0.5, 1.0]);

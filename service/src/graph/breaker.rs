@@ -75,10 +75,7 @@ impl CircuitBreakers {
         let opened_at = *st.opened_at.get_or_insert_with(Instant::now);
         let open_for = opened_at.elapsed();
         if open_for < self.cooldown {
-            return Admission::Rejected {
-                retry_after: self.cooldown - open_for,
-                failures: st.consecutive_failures,
-            };
+            return Admission::Rejected { retry_after: self.cooldown - open_for, failures: st.consecutive_failures };
         }
         if st.trial_in_flight {
             // Another request holds the trial; try again once it has had time to finish.
@@ -142,7 +139,9 @@ mod tests {
         ));
 
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(matches!(b.admit("X", 5), Admission::Rejected { retry_after, .. } if retry_after == Duration::from_secs(1)));
+        assert!(
+            matches!(b.admit("X", 5), Admission::Rejected { retry_after, .. } if retry_after == Duration::from_secs(1))
+        );
 
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(b.admit("X", 5), Admission::Trial);

@@ -66,7 +66,7 @@ pub enum ExecError {
     Validation(#[from] ValidationError),
 
     #[error("node `{node_id}` ({node_type}) failed{}: {source}", attempts_note(*.attempts))]
-    Node { node_id: String, node_type: String, attempts: u32, source: NodeError },
+    Node { node_id: String, node_type: String, attempts: u32, source: Box<NodeError> },
 
     #[error(
         "node `{node_id}` skipped: the circuit breaker for {node_type} is open after {failures} consecutive failures; it half-opens in {} ms",

@@ -100,11 +100,8 @@ fn field_rank(field: &str) -> (u8, usize) {
         "connections" => 2,
         _ => 3,
     };
-    let index = field
-        .split_once('[')
-        .and_then(|(_, rest)| rest.split(']').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let index =
+        field.split_once('[').and_then(|(_, rest)| rest.split(']').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     (section, index)
 }
 
@@ -230,9 +227,7 @@ impl Pipeline {
     ) -> Result<RunOutput, ExecError> {
         let n = self.plan.nodes.len();
         let active = self.active_nodes(&external, mode);
-        let mut waiting: Vec<usize> = (0..n)
-            .map(|i| self.distinct_preds(i).filter(|&p| active[p]).count())
-            .collect();
+        let mut waiting: Vec<usize> = (0..n).map(|i| self.distinct_preds(i).filter(|&p| active[p]).count()).collect();
         let mut consumers_left: Vec<usize> =
             (0..n).map(|i| self.plan.outgoing[i].iter().filter(|&&s| active[s]).count()).collect();
         let mut produced: Vec<Option<Ports>> = vec![None; n];
@@ -267,12 +262,21 @@ impl Pipeline {
                         memory.release(&own);
                     }
                     reports.push(self.skipped_report(i));
-                    self.finish_node(i, &active, &mut waiting, &mut consumers_left, &mut produced, &mut kept, &mut memory, &mut ready);
+                    self.finish_node(
+                        i,
+                        &active,
+                        &mut waiting,
+                        &mut consumers_left,
+                        &mut produced,
+                        &mut kept,
+                        &mut memory,
+                        &mut ready,
+                    );
                     continue;
                 }
-                let instance = self.slots[i].take().ok_or_else(|| {
-                    ExecError::Internal(format!("node `{}` is not available", self.plan.nodes[i].id))
-                })?;
+                let instance = self.slots[i]
+                    .take()
+                    .ok_or_else(|| ExecError::Internal(format!("node `{}` is not available", self.plan.nodes[i].id)))?;
                 inflight.push(self.invoke(i, instance, inputs, mode, token.clone()));
             }
 
@@ -292,7 +296,16 @@ impl Pipeline {
                     }
                     reports.push(report);
                     produced[i] = Some(outputs);
-                    self.finish_node(i, &active, &mut waiting, &mut consumers_left, &mut produced, &mut kept, &mut memory, &mut ready);
+                    self.finish_node(
+                        i,
+                        &active,
+                        &mut waiting,
+                        &mut consumers_left,
+                        &mut produced,
+                        &mut kept,
+                        &mut memory,
+                        &mut ready,
+                    );
                 }
                 Err(e) => {
                     token.cancel();
@@ -369,9 +382,7 @@ impl Pipeline {
             }
             if let Some(ports) = produced[p].take() {
                 memory.release(&ports);
-                let consumed: BTreeSet<&str> = self
-                    .plan
-                    .outgoing[p]
+                let consumed: BTreeSet<&str> = self.plan.outgoing[p]
                     .iter()
                     .flat_map(|&s| self.plan.incoming[s].iter().filter(|l| l.from == p).map(|l| l.output_key.as_str()))
                     .collect();
@@ -405,7 +416,9 @@ impl Pipeline {
                 values.pop().expect("one value")
             } else if values.iter().all(|v| matches!(v, PortValue::Audio(_))) {
                 let buffers: Vec<AudioBuffer> = values.iter().filter_map(|v| v.as_audio().cloned()).collect();
-                PortValue::Audio(AudioBuffer::mix(&buffers).map_err(|source| PortError::Merge { port: port.clone(), source })?)
+                PortValue::Audio(
+                    AudioBuffer::mix(&buffers).map_err(|source| PortError::Merge { port: port.clone(), source })?,
+                )
             } else if values.iter().all(|v| matches!(v, PortValue::Data(_))) {
                 PortValue::data(Value::Array(values.iter().filter_map(|v| v.as_data().cloned()).collect()))
             } else {
@@ -434,7 +447,12 @@ impl Pipeline {
 
     fn node_error(&self, i: usize, attempts: u32, source: NodeError) -> ExecError {
         let node = &self.plan.nodes[i];
-        ExecError::Node { node_id: node.id.clone(), node_type: node.resolved.node_type.clone(), attempts, source }
+        ExecError::Node {
+            node_id: node.id.clone(),
+            node_type: node.resolved.node_type.clone(),
+            attempts,
+            source: Box::new(source),
+        }
     }
 
     /// Waits for in-flight nodes after a failure so their instances return to their slots.
@@ -511,7 +529,7 @@ impl Pipeline {
                             node_id: ctx.node_id.to_string(),
                             node_type: ctx.node_type.to_string(),
                             attempts: report.attempts,
-                            source: error,
+                            source: Box::new(error),
                         }
                     };
                     return (i, instance, Err(err));
@@ -558,7 +576,9 @@ async fn call(
                         let custom = node.custom_metrics();
                         (Some(NodeInstance::Native(node)), result, cpu, custom)
                     }
-                    Err(e) => (None, Err(NodeError::internal(format!("node task failed: {e}"))), Duration::ZERO, Map::new()),
+                    Err(e) => {
+                        (None, Err(NodeError::internal(format!("node task failed: {e}"))), Duration::ZERO, Map::new())
+                    }
                 }
             } else {
                 let (result, cpu) = call_native(node.as_mut(), inputs, mode, &ctx);

@@ -67,11 +67,7 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self {
-            enable_metrics: true,
-            retry: RetryPolicy::default(),
-            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
-        }
+        Self { enable_metrics: true, retry: RetryPolicy::default(), breaker_threshold: DEFAULT_BREAKER_THRESHOLD }
     }
 }
 

@@ -23,10 +23,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// Three retries after 100, 200 and 400 ms.
     fn default() -> Self {
-        Self {
-            max_retries: 3,
-            backoff: Backoff::Exponential { initial: Duration::from_millis(100), multiplier: 2.0 },
-        }
+        Self { max_retries: 3, backoff: Backoff::Exponential { initial: Duration::from_millis(100), multiplier: 2.0 } }
     }
 }
 
@@ -80,7 +77,10 @@ mod tests {
 
     #[test]
     fn fixed_and_none() {
-        assert_eq!(RetryPolicy { max_retries: 1, backoff: Backoff::Fixed(Duration::from_millis(7)) }.delay(3).as_millis(), 7);
+        assert_eq!(
+            RetryPolicy { max_retries: 1, backoff: Backoff::Fixed(Duration::from_millis(7)) }.delay(3).as_millis(),
+            7
+        );
         assert_eq!(RetryPolicy::none().delay(1), Duration::ZERO);
     }
 }

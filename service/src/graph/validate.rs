@@ -156,8 +156,11 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
         }
         if e.from == e.to {
             v.push(
-                Violation::new(format!("connections[{j}]"), format!("{label}: node `{}` is connected to itself", e.from))
-                    .on_node(&e.from),
+                Violation::new(
+                    format!("connections[{j}]"),
+                    format!("{label}: node `{}` is connected to itself", e.from),
+                )
+                .on_node(&e.from),
             );
             continue;
         }
@@ -183,8 +186,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
     for cycle in cycles {
         let path: Vec<&str> = cycle.iter().map(|&i| manifest.nodes[i].id.as_str()).collect();
         v.push(
-            Violation::new("connections", format!("connections form a cycle: {}", path.join(" → ")))
-                .on_node(path[0]),
+            Violation::new("connections", format!("connections form a cycle: {}", path.join(" → "))).on_node(path[0]),
         );
     }
 
@@ -220,7 +222,9 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
             Some(i) => {
                 output_nodes.insert(i);
             }
-            None => v.push(Violation::new(format!("output_nodes[{k}]"), format!("output_nodes names unknown node `{id}`"))),
+            None => {
+                v.push(Violation::new(format!("output_nodes[{k}]"), format!("output_nodes names unknown node `{id}`")))
+            }
         }
     }
 
@@ -376,11 +380,8 @@ fn distinct_preds(links: &[Link]) -> Vec<usize> {
 /// nodes downstream of further cycles.
 fn prune_acyclic(remaining: &mut BTreeSet<usize>, incoming: &[Vec<Link>]) {
     loop {
-        let drop: Vec<usize> = remaining
-            .iter()
-            .copied()
-            .filter(|&i| !incoming[i].iter().any(|l| remaining.contains(&l.from)))
-            .collect();
+        let drop: Vec<usize> =
+            remaining.iter().copied().filter(|&i| !incoming[i].iter().any(|l| remaining.contains(&l.from))).collect();
         if drop.is_empty() {
             return;
         }
@@ -402,10 +403,7 @@ mod tests {
     use crate::graph::{Edge, RuntimeHint};
 
     fn shape(audio: &[&str]) -> RequestShape {
-        RequestShape {
-            audio_inputs: Some(audio.iter().map(|s| s.to_string()).collect()),
-            ..RequestShape::default()
-        }
+        RequestShape { audio_inputs: Some(audio.iter().map(|s| s.to_string()).collect()), ..RequestShape::default() }
     }
 
     fn messages(m: &Manifest, s: &RequestShape) -> Vec<String> {
@@ -456,7 +454,10 @@ mod tests {
         let m = Manifest::new("t").node("x", "Reverb", "");
         let msgs = messages(&m, &shape(&["x"]));
         assert_eq!(msgs.len(), 1);
-        assert!(msgs[0].starts_with("node `x`: unknown node type `Reverb`; available types: GainNode, PassThroughNode"), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("node `x`: unknown node type `Reverb`; available types: GainNode, PassThroughNode"),
+            "{msgs:?}"
+        );
     }
 
     #[test]

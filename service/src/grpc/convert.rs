@@ -97,7 +97,10 @@ fn pipeline_config(c: &proto::PipelineConfig, violations: &mut Vec<Violation>) -
             Ok(proto::retry_policy::Backoff::Fixed) => Backoff::Fixed(initial),
             Ok(proto::retry_policy::Backoff::None) => Backoff::None,
             Err(_) => {
-                violations.push(Violation::new("config.retry.backoff", format!("config.retry.backoff {} is not a known strategy", r.backoff)));
+                violations.push(Violation::new(
+                    "config.retry.backoff",
+                    format!("config.retry.backoff {} is not a known strategy", r.backoff),
+                ));
                 Backoff::None
             }
         };
@@ -120,11 +123,16 @@ pub fn audio_from_proto(b: &proto::AudioBuffer, field: &str) -> Result<AudioBuff
         Ok(proto::AudioFormat::Unspecified) => {
             return Err(Violation::new(
                 format!("{field}.format"),
-                format!("{field}.format is AUDIO_FORMAT_UNSPECIFIED; set AUDIO_FORMAT_F32, AUDIO_FORMAT_I16 or AUDIO_FORMAT_I32"),
+                format!(
+                    "{field}.format is AUDIO_FORMAT_UNSPECIFIED; set AUDIO_FORMAT_F32, AUDIO_FORMAT_I16 or AUDIO_FORMAT_I32"
+                ),
             ));
         }
         Err(_) => {
-            return Err(Violation::new(format!("{field}.format"), format!("{field}.format {} is not a known AudioFormat", b.format)));
+            return Err(Violation::new(
+                format!("{field}.format"),
+                format!("{field}.format {} is not a known AudioFormat", b.format),
+            ));
         }
     };
     AudioBuffer::from_wire(b.samples.clone(), format, b.sample_rate, b.channels, b.num_samples)
@@ -147,8 +155,9 @@ pub fn audio_to_proto(a: &AudioBuffer) -> proto::AudioBuffer {
 
 /// Parses `data_inputs[node]` JSON text.
 pub fn data_from_proto(text: &str, node: &str) -> Result<Value, Violation> {
-    serde_json::from_str(text)
-        .map_err(|e| Violation::new(format!("data_inputs[{node}]"), format!("data_inputs[{node}] is not valid JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        Violation::new(format!("data_inputs[{node}]"), format!("data_inputs[{node}] is not valid JSON: {e}"))
+    })
 }
 
 /// Builds an `ExecutionResult` from a run: `output` audio into `audio_outputs`, other ports as
@@ -303,7 +312,11 @@ mod tests {
 
         pipeline_config(
             &proto::PipelineConfig {
-                retry: Some(proto::RetryPolicy { max_retries: Some(99), multiplier: Some(f64::NAN), ..Default::default() }),
+                retry: Some(proto::RetryPolicy {
+                    max_retries: Some(99),
+                    multiplier: Some(f64::NAN),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             &mut v,
@@ -316,7 +329,13 @@ mod tests {
     fn audio_round_trips_without_copying() {
         let samples = Bytes::from(vec![0u8; 8]);
         let ptr = samples.as_ptr();
-        let b = proto::AudioBuffer { samples, sample_rate: 16_000, channels: 1, format: proto::AudioFormat::I16 as i32, num_samples: 4 };
+        let b = proto::AudioBuffer {
+            samples,
+            sample_rate: 16_000,
+            channels: 1,
+            format: proto::AudioFormat::I16 as i32,
+            num_samples: 4,
+        };
         let a = audio_from_proto(&b, "audio_inputs[x]").unwrap();
         assert_eq!(a.bytes().as_ptr(), ptr);
         assert_eq!(audio_to_proto(&a), b);
@@ -324,7 +343,13 @@ mod tests {
 
     #[test]
     fn bad_audio_names_the_field() {
-        let b = proto::AudioBuffer { samples: Bytes::from(vec![0u8; 6]), sample_rate: 16_000, channels: 1, format: 1, num_samples: 2 };
+        let b = proto::AudioBuffer {
+            samples: Bytes::from(vec![0u8; 6]),
+            sample_rate: 16_000,
+            channels: 1,
+            format: 1,
+            num_samples: 2,
+        };
         let v = audio_from_proto(&b, "audio_inputs[mic]").unwrap_err();
         assert_eq!(v.field, "audio_inputs[mic]");
         assert!(v.message.starts_with("audio_inputs[mic]: samples holds 6 bytes but num_samples 2"), "{}", v.message);

@@ -17,7 +17,14 @@ pub struct Effective {
     pub audio_samples: u64,
 }
 
-fn pick(requested: u64, default: u64, cap: u64, field: &str, cap_key: &'static str, unit: &str) -> Result<u64, ServiceError> {
+fn pick(
+    requested: u64,
+    default: u64,
+    cap: u64,
+    field: &str,
+    cap_key: &'static str,
+    unit: &str,
+) -> Result<u64, ServiceError> {
     match requested {
         0 => Ok(default),
         r if r <= cap => Ok(r),
@@ -93,7 +100,10 @@ mod tests {
     #[test]
     fn unset_fields_take_the_defaults() {
         let e = resolve(None, &limits()).unwrap();
-        assert_eq!(e, Effective { timeout: Duration::from_secs(5), memory_bytes: 100 << 20, audio_samples: 10_000_000 });
+        assert_eq!(
+            e,
+            Effective { timeout: Duration::from_secs(5), memory_bytes: 100 << 20, audio_samples: 10_000_000 }
+        );
     }
 
     #[test]

@@ -25,8 +25,10 @@ pub const LIMIT_REJECTIONS_TOTAL: &str = "remotemedia_limit_rejections_total";
 pub const AUTH_REJECTIONS_TOTAL: &str = "remotemedia_auth_rejections_total";
 
 /// Latency buckets in seconds, dense below the 5 ms service objective.
-pub const LATENCY_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -130,12 +130,10 @@ impl BoundServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(pipelines);
-        let mut transport = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(self.listener),
-            async move {
+        let mut transport =
+            tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 let _ = transport_stopped.await;
-            },
-        ));
+            }));
 
         let metrics_stop = tokio_util::sync::CancellationToken::new();
         if let Some(listener) = self.metrics_listener {
@@ -163,7 +161,11 @@ impl BoundServer {
             }
         }
 
-        info!(grace_period_ms = config.grace_period.as_millis() as u64, in_flight = state.inflight.count(), "shutdown started; draining");
+        info!(
+            grace_period_ms = config.grace_period.as_millis() as u64,
+            in_flight = state.inflight.count(),
+            "shutdown started; draining"
+        );
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
         state.draining.cancel();

@@ -56,7 +56,11 @@ impl Pipelines {
         }
     }
 
-    async fn run(&self, request: ExecuteRequest, received: Instant) -> Result<crate::proto::ExecutionResult, ServiceError> {
+    async fn run(
+        &self,
+        request: ExecuteRequest,
+        received: Instant,
+    ) -> Result<crate::proto::ExecutionResult, ServiceError> {
         let state = &self.state;
         let limits = limits::resolve(request.resource_limits.as_ref(), &state.config.limits)?;
 

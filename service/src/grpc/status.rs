@@ -248,7 +248,7 @@ mod tests {
             node_id: "py".into(),
             node_type: "LoudnessNode".into(),
             attempts: 1,
-            source: NodeError::internal("ValueError: bad").with_stack_trace("Traceback ..."),
+            source: Box::new(NodeError::internal("ValueError: bad").with_stack_trace("Traceback ...")),
         });
         let resp = err.to_error_response();
         assert_eq!(resp.error_type, ErrorType::NodeExecution as i32);
@@ -259,7 +259,8 @@ mod tests {
 
     #[test]
     fn overload_has_retry_info_and_version_mismatch_lists_versions() {
-        let s = ServiceError::Overloaded { message: "busy".into(), retry_after: Duration::from_millis(250) }.to_status();
+        let s =
+            ServiceError::Overloaded { message: "busy".into(), retry_after: Duration::from_millis(250) }.to_status();
         assert_eq!(s.code(), Code::ResourceExhausted);
         let d = s.get_error_details();
         assert_eq!(d.error_info().unwrap().reason, "RESOURCE_LIMIT");

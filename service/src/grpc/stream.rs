@@ -121,7 +121,12 @@ impl Session {
             () = self.state.draining.cancelled() => return End::Failed { error: ServiceError::Draining, in_band: false },
         };
         let manifest = match first {
-            None => return End::Failed { error: ServiceError::Cancelled("the client closed the stream before sending a manifest".into()), in_band: false },
+            None => {
+                return End::Failed {
+                    error: ServiceError::Cancelled("the client closed the stream before sending a manifest".into()),
+                    in_band: false,
+                };
+            }
             Some(Err(status)) => return client_gone(&status),
             Some(Ok(StreamRequest { request: Some(stream_request::Request::Manifest(m)) })) => m,
             Some(Ok(StreamRequest { request: Some(other) })) => {
@@ -134,7 +139,9 @@ impl Session {
                 )));
             }
             Some(Ok(StreamRequest { request: None })) => {
-                return protocol_error(ServiceError::InvalidArgument("a StreamRequest must set manifest, audio_chunk or control".into()));
+                return protocol_error(ServiceError::InvalidArgument(
+                    "a StreamRequest must set manifest, audio_chunk or control".into(),
+                ));
             }
         };
 
@@ -209,7 +216,9 @@ impl Session {
                 Some(Err(status)) => return client_gone(&status),
                 Some(Ok(StreamRequest { request: Some(r) })) => r,
                 Some(Ok(StreamRequest { request: None })) => {
-                    return protocol_error(ServiceError::InvalidArgument("a StreamRequest must set manifest, audio_chunk or control".into()));
+                    return protocol_error(ServiceError::InvalidArgument(
+                        "a StreamRequest must set manifest, audio_chunk or control".into(),
+                    ));
                 }
             };
             match request {
@@ -222,7 +231,10 @@ impl Session {
                     Ok(stream_control::Command::Close) => return self.close(&mut pipeline, &cancel).await,
                     Ok(stream_control::Command::Cancel) => {
                         cancel.cancel();
-                        return End::Failed { error: ServiceError::Cancelled("the stream was cancelled by the client".into()), in_band: false };
+                        return End::Failed {
+                            error: ServiceError::Cancelled("the stream was cancelled by the client".into()),
+                            in_band: false,
+                        };
                     }
                     _ => {
                         return protocol_error(ServiceError::InvalidArgument(format!(
@@ -241,7 +253,12 @@ impl Session {
     }
 
     /// Processes one chunk. `Some(end)` stops the session.
-    async fn chunk(&mut self, pipeline: &mut Pipeline, chunk: proto::AudioChunk, cancel: &CancellationToken) -> Option<End> {
+    async fn chunk(
+        &mut self,
+        pipeline: &mut Pipeline,
+        chunk: proto::AudioChunk,
+        cancel: &CancellationToken,
+    ) -> Option<End> {
         let started = Instant::now();
         let sequence = chunk.sequence;
         if pipeline.index_of(&chunk.node_id).is_none() {
@@ -253,7 +270,9 @@ impl Session {
             ))));
         }
         let Some(buffer) = chunk.buffer else {
-            return Some(protocol_error(ServiceError::InvalidArgument(format!("audio_chunk {sequence} has no buffer"))));
+            return Some(protocol_error(ServiceError::InvalidArgument(format!(
+                "audio_chunk {sequence} has no buffer"
+            ))));
         };
         let field = format!("audio_chunk {sequence}");
         let audio = match audio_from_proto(&buffer, &field) {
@@ -266,7 +285,8 @@ impl Session {
         let samples = audio.num_samples() as u64;
         let decode_time = started.elapsed();
         let inputs = [(chunk.node_id, Ports::new().with(INPUT, PortValue::Audio(audio)))].into_iter().collect();
-        let run_limits = RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
+        let run_limits =
+            RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
 
         let outcome = tokio::select! {
             r = pipeline.run(inputs, Mode::Chunk, run_limits, cancel) => r,
@@ -310,7 +330,8 @@ impl Session {
     /// Flushes every node, sends what they emit and the final metrics, and ends with OK.
     async fn close(&mut self, pipeline: &mut Pipeline, cancel: &CancellationToken) -> End {
         let started = Instant::now();
-        let run_limits = RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
+        let run_limits =
+            RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
         let outcome = tokio::select! {
             r = pipeline.run(Default::default(), Mode::Flush, run_limits, cancel) => r,
             () = self.tx.closed() => return client_left(),
@@ -376,7 +397,10 @@ fn client_left() -> End {
 }
 
 fn client_gone(status: &Status) -> End {
-    End::Failed { error: ServiceError::Cancelled(format!("the client stream failed: {}", status.message())), in_band: false }
+    End::Failed {
+        error: ServiceError::Cancelled(format!("the client stream failed: {}", status.message())),
+        in_band: false,
+    }
 }
 
 fn idle_end(idle: Duration) -> End {

@@ -23,8 +23,9 @@ impl Node for GainNode {
     fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = inputs.audio(INPUT)?;
         if audio.is_empty() {
-            return Err(NodeError::invalid_input(format!("node `{}`: input audio is empty", ctx.node_id))
-                .with_field(INPUT));
+            return Err(
+                NodeError::invalid_input(format!("node `{}`: input audio is empty", ctx.node_id)).with_field(INPUT)
+            );
         }
         if let Some((index, value)) = audio.first_non_finite() {
             return Err(NodeError::invalid_input(format!(
@@ -44,8 +45,12 @@ impl Node for GainNode {
         let (rate, channels) = (audio.sample_rate(), audio.channels());
         let out = match audio.format() {
             SampleFormat::F32 => AudioBuffer::from_f32(std::mem::take(&mut self.scratch), rate, channels),
-            SampleFormat::I16 => AudioBuffer::from_i16(self.scratch.iter().map(|&s| f32_to_i16(s)).collect(), rate, channels),
-            SampleFormat::I32 => AudioBuffer::from_i32(self.scratch.iter().map(|&s| f32_to_i32(s)).collect(), rate, channels),
+            SampleFormat::I16 => {
+                AudioBuffer::from_i16(self.scratch.iter().map(|&s| f32_to_i16(s)).collect(), rate, channels)
+            }
+            SampleFormat::I32 => {
+                AudioBuffer::from_i32(self.scratch.iter().map(|&s| f32_to_i32(s)).collect(), rate, channels)
+            }
         };
         Ok(Ports::audio_output(out))
     }

@@ -67,11 +67,7 @@ impl NodeContext {
     /// Returns `Err(Cancelled)` once the execution has been cancelled or timed out. Long loops
     /// call this every few thousand samples.
     pub fn check_cancelled(&self) -> Result<(), NodeError> {
-        if self.cancel.is_cancelled() {
-            Err(NodeError::cancelled())
-        } else {
-            Ok(())
-        }
+        if self.cancel.is_cancelled() { Err(NodeError::cancelled()) } else { Ok(()) }
     }
 }
 

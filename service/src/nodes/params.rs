@@ -56,10 +56,7 @@ impl<'a> Params<'a> {
     }
 
     fn bad(&mut self, name: &str, expected: &str, v: &Value) {
-        self.errors.push(ParamError::new(
-            name,
-            format!("must be {expected}, got {} ({})", shown(v), type_name(v)),
-        ));
+        self.errors.push(ParamError::new(name, format!("must be {expected}, got {} ({})", shown(v), type_name(v))));
     }
 
     /// An optional positive integer; `min..=max` bounds it.
@@ -79,10 +76,7 @@ impl<'a> Params<'a> {
     pub fn required_u32_in(&mut self, name: &'static str, min: u32, max: u32) -> Option<u32> {
         if self.map.get(name).is_none_or(Value::is_null) {
             self.known.insert(name);
-            self.errors.push(ParamError::new(
-                name,
-                format!("is required (an integer between {min} and {max})"),
-            ));
+            self.errors.push(ParamError::new(name, format!("is required (an integer between {min} and {max})")));
             return None;
         }
         self.u32_in(name, min, max)

@@ -2,7 +2,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{DATA, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, OUTPUT, ParamError, Params};
+use super::{
+    DATA, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, OUTPUT, ParamError, Params,
+};
 
 /// Forwards `input` audio to `output` and `data` to `data`, sharing the buffers.
 pub struct PassThroughNode;
@@ -57,9 +59,7 @@ mod tests {
     fn forwards_audio_and_data_without_copying() {
         let audio = AudioBuffer::from_f32(vec![0.5; 8], 8_000, 1);
         let ptr = audio.bytes().as_ptr();
-        let inputs = Ports::new()
-            .with(INPUT, PortValue::Audio(audio))
-            .with(DATA, PortValue::data(json!({"k": 1})));
+        let inputs = Ports::new().with(INPUT, PortValue::Audio(audio)).with(DATA, PortValue::data(json!({"k": 1})));
         let ctx = NodeContext::new("p", "PassThroughNode", CancellationToken::new());
         let out = PassThroughNode.process(inputs, &ctx).unwrap();
         assert_eq!(out.audio(OUTPUT).unwrap().bytes().as_ptr(), ptr);

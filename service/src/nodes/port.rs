@@ -147,11 +147,7 @@ impl Ports {
     pub fn audio(&self, port: &str) -> Result<&AudioBuffer, PortError> {
         match self.values.get(port) {
             Some(PortValue::Audio(a)) => Ok(a),
-            Some(other) => Err(PortError::WrongKind {
-                port: port.to_owned(),
-                expected: "audio",
-                actual: other.kind(),
-            }),
+            Some(other) => Err(PortError::WrongKind { port: port.to_owned(), expected: "audio", actual: other.kind() }),
             None => Err(PortError::Missing(port.to_owned())),
         }
     }
@@ -179,9 +175,9 @@ impl Ports {
         for (port, value) in later.values {
             let merged = match (self.values.remove(&port), value) {
                 (None, v) => v,
-                (Some(PortValue::Audio(a)), PortValue::Audio(b)) => PortValue::Audio(
-                    a.concat(&b).map_err(|source| PortError::Merge { port: port.clone(), source })?,
-                ),
+                (Some(PortValue::Audio(a)), PortValue::Audio(b)) => {
+                    PortValue::Audio(a.concat(&b).map_err(|source| PortError::Merge { port: port.clone(), source })?)
+                }
                 (Some(PortValue::Data(a)), PortValue::Data(b)) => match (&*a, &*b) {
                     (Value::Array(x), Value::Array(y)) => {
                         PortValue::data(Value::Array(x.iter().chain(y).cloned().collect()))

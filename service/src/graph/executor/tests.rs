@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::*;
 use crate::graph::{Backoff, Edge, PipelineConfig};
-use crate::nodes::{AsyncNode, AsyncOutput, INPUT, Node, NodeFactory, NodeErrorKind, OUTPUT};
+use crate::nodes::{AsyncNode, AsyncOutput, INPUT, Node, NodeErrorKind, NodeFactory, OUTPUT};
 
 fn audio(samples: Vec<f32>) -> Ports {
     Ports::new().with(INPUT, PortValue::Audio(AudioBuffer::from_f32(samples, 8_000, 1)))
@@ -86,7 +86,10 @@ async fn a_diamond_mixes_both_branches_at_the_join() {
         .connect("b", "d")
         .connect("c", "d");
     let mut p = engine.build(&m, &shape(&["a"])).await.unwrap();
-    let out = p.run(inputs(&[("a", audio(vec![0.1, -0.1]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("a", audio(vec![0.1, -0.1]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     let d = out_audio(&out, "d");
     assert!((d[0] - 0.5).abs() < 1e-6 && (d[1] + 0.5).abs() < 1e-6, "{d:?}");
     assert_eq!(out.outputs.len(), 1, "only the sink is returned");
@@ -117,7 +120,10 @@ async fn fan_in_by_port_keeps_the_ports_apart() {
         .edge(Edge::new("loud", "cat").ports("output", "right"))
         .connect("src", "loud");
     let mut p = engine.build(&m, &shape(&["src"])).await.unwrap();
-    let out = p.run(inputs(&[("src", audio(vec![0.25]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("src", audio(vec![0.25]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(out_audio(&out, "cat"), [0.25, 0.5]);
 }
 
@@ -133,7 +139,8 @@ async fn fan_out_shares_the_buffer_with_every_consumer() {
     let input = audio(vec![0.5; 64]);
     let ptr = input.audio(INPUT).unwrap().bytes().as_ptr();
     let mut p = engine.build(&m, &shape(&["a"])).await.unwrap();
-    let out = p.run(inputs(&[("a", input)]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out =
+        p.run(inputs(&[("a", input)]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
     for id in ["b", "c"] {
         let o = out.outputs.iter().find(|o| o.node_id == id).unwrap();
         assert_eq!(o.ports.audio(OUTPUT).unwrap().bytes().as_ptr(), ptr, "{id} got a copy");
@@ -182,7 +189,10 @@ async fn independent_branches_run_concurrently_on_the_blocking_pool() {
         .connect("src", "x")
         .connect("src", "y");
     let mut p = engine.build(&m, &shape(&["src"])).await.unwrap();
-    let out = p.run(inputs(&[("src", audio(vec![1.0]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("src", audio(vec![1.0]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(out.outputs.len(), 2);
 }
 
@@ -206,7 +216,12 @@ impl crate::nodes::ForeignNodes for SleeperRuntime {
     fn node_types(&self) -> Vec<String> {
         vec!["Sleeper".into()]
     }
-    async fn create(&self, _t: &str, _id: &str, _p: &Map<String, Value>) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>> {
+    async fn create(
+        &self,
+        _t: &str,
+        _id: &str,
+        _p: &Map<String, Value>,
+    ) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>> {
         Ok(Arc::new(Sleeper))
     }
 }
@@ -224,7 +239,10 @@ async fn two_slow_async_branches_take_the_time_of_one() {
         .connect("x", "z");
     let mut p = engine.build(&m, &shape(&["src"])).await.unwrap();
     let start = tokio::time::Instant::now();
-    let out = p.run(inputs(&[("src", audio(vec![1.0]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("src", audio(vec![1.0]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     // x and y overlap (1 s), then z (1 s): 2 s of virtual time, not 3.
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert_eq!(out.outputs.len(), 2);
@@ -338,9 +356,11 @@ async fn retries_count_toward_the_breaker() {
 async fn a_node_that_checks_the_token_stops_on_cancel() {
     let engine = engine_with(|r| {
         register(r, "Spin", || {
-            Box::new(FnNode(|_: Ports, ctx: &NodeContext| loop {
-                ctx.check_cancelled()?;
-                std::thread::yield_now();
+            Box::new(FnNode(|_: Ports, ctx: &NodeContext| {
+                loop {
+                    ctx.check_cancelled()?;
+                    std::thread::yield_now();
+                }
             }))
         })
     });
@@ -365,19 +385,24 @@ async fn the_time_limit_cancels_running_nodes() {
         let flag = flag.clone();
         register(r, "Spin", move || {
             let flag = flag.clone();
-            Box::new(FnNode(move |_: Ports, ctx: &NodeContext| loop {
-                if ctx.check_cancelled().is_err() {
-                    flag.fetch_add(1, Ordering::SeqCst);
-                    return Err(NodeError::cancelled());
+            Box::new(FnNode(move |_: Ports, ctx: &NodeContext| {
+                loop {
+                    if ctx.check_cancelled().is_err() {
+                        flag.fetch_add(1, Ordering::SeqCst);
+                        return Err(NodeError::cancelled());
+                    }
+                    std::thread::yield_now();
                 }
-                std::thread::yield_now();
             }))
         })
     });
     let m = Manifest::new("spin").node("s", "Spin", "");
     let mut p = engine.build(&m, &shape(&["s"])).await.unwrap();
     let limits = RunLimits { timeout: Some(Duration::from_millis(20)), max_memory_bytes: None };
-    let err = p.run(inputs(&[("s", audio(vec![0.0; 100_000]))]), Mode::Once, limits, &CancellationToken::new()).await.unwrap_err();
+    let err = p
+        .run(inputs(&[("s", audio(vec![0.0; 100_000]))]), Mode::Once, limits, &CancellationToken::new())
+        .await
+        .unwrap_err();
     match &err {
         ExecError::Timeout { limit, running } => {
             assert_eq!(*limit, Duration::from_millis(20));
@@ -386,7 +411,10 @@ async fn the_time_limit_cancels_running_nodes() {
         other => panic!("{other:?}"),
     }
     assert!(err.to_string().contains("time limit of 20 ms (running: s)"), "{err}");
-    let again = p.run(inputs(&[("s", audio(vec![0.0]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap_err();
+    let again = p
+        .run(inputs(&[("s", audio(vec![0.0]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(matches!(again, ExecError::Internal(_)), "a pipeline that lost nodes refuses to run: {again:?}");
 }
 
@@ -396,8 +424,14 @@ async fn the_memory_limit_stops_a_pipeline_that_holds_too_much() {
     let m = Manifest::new("mem").node("a", "GainNode", &gain(2.0)).node("b", "GainNode", &gain(2.0)).connect("a", "b");
     let mut p = engine.build(&m, &shape(&["a"])).await.unwrap();
     let limits = RunLimits { timeout: None, max_memory_bytes: Some(6_000) };
-    let err = p.run(inputs(&[("a", audio(vec![0.1; 1_000]))]), Mode::Once, limits, &CancellationToken::new()).await.unwrap_err();
-    assert!(matches!(&err, ExecError::MemoryLimit { limit: 6_000, needed: 8_000, node_id } if node_id == "a"), "{err:?}");
+    let err = p
+        .run(inputs(&[("a", audio(vec![0.1; 1_000]))]), Mode::Once, limits, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ExecError::MemoryLimit { limit: 6_000, needed: 8_000, node_id } if node_id == "a"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -405,7 +439,10 @@ async fn metrics_are_recorded_per_node() {
     let engine = engine_with(|_| {});
     let m = Manifest::new("m").node("a", "GainNode", &gain(0.5)).node("b", "PassThroughNode", "").connect("a", "b");
     let mut p = engine.build(&m, &shape(&["a"])).await.unwrap();
-    let out = p.run(inputs(&[("a", audio(vec![0.5; 4_000]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("a", audio(vec![0.5; 4_000]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     let a = &out.nodes[0];
     assert_eq!(a.node_id, "a");
     assert_eq!(a.samples_processed, 4_000);
@@ -426,8 +463,15 @@ async fn building_reports_bad_parameters_of_every_node() {
         .connect("a", "b");
     let err = engine.build(&m, &shape(&["a"])).await.err().unwrap();
     let fields: Vec<&str> = err.violations.iter().map(|v| v.field.as_str()).collect();
-    assert_eq!(fields, ["nodes[0].params.gain_db", "nodes[1].params.unexpected", "nodes[2].node_type", "audio_inputs[c]"]);
-    assert!(err.violations[0].message.starts_with("node `a` (GainNode): parameter `gain_db` must be a number"), "{}", err.violations[0].message);
+    assert_eq!(
+        fields,
+        ["nodes[0].params.gain_db", "nodes[1].params.unexpected", "nodes[2].node_type", "audio_inputs[c]"]
+    );
+    assert!(
+        err.violations[0].message.starts_with("node `a` (GainNode): parameter `gain_db` must be a number"),
+        "{}",
+        err.violations[0].message
+    );
     assert!(err.to_string().starts_with("invalid pipeline, 4 problems: (1) node `a`"), "{err}");
 }
 
@@ -470,7 +514,10 @@ async fn a_chunk_runs_only_what_is_downstream_of_its_node() {
         .connect("a", "c")
         .connect("b", "c");
     let mut p = engine.build(&m, &RequestShape::stream()).await.unwrap();
-    let out = p.run(inputs(&[("b", audio(vec![0.5]))]), Mode::Chunk, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("b", audio(vec![0.5]))]), Mode::Chunk, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     let ran: Vec<&str> = out.nodes.iter().map(|r| r.node_id.as_str()).collect();
     assert_eq!(ran, ["b", "c"]);
     assert_eq!(out_audio(&out, "c"), [0.5]);
@@ -513,7 +560,10 @@ async fn data_outputs_that_nothing_consumes_are_returned() {
     });
     let m = Manifest::new("d").node("t", "Tagger", "").node("p", "PassThroughNode", "").connect("t", "p");
     let mut p = engine.build(&m, &shape(&["t"])).await.unwrap();
-    let out = p.run(inputs(&[("t", audio(vec![0.0; 3]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("t", audio(vec![0.0; 3]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     let t = out.outputs.iter().find(|o| o.node_id == "t").expect("t's unconsumed stats are returned");
     assert_eq!(t.ports.len(), 1);
     assert_eq!(t.ports.get("stats").unwrap().as_data().unwrap(), &json!({"n": 3}));
@@ -525,7 +575,10 @@ async fn requested_output_nodes_return_their_audio() {
     let m = Manifest::new("o").node("a", "GainNode", &gain(2.0)).node("b", "GainNode", &gain(2.0)).connect("a", "b");
     let s = RequestShape { output_nodes: vec!["a".into()], ..shape(&["a"]) };
     let mut p = engine.build(&m, &s).await.unwrap();
-    let out = p.run(inputs(&[("a", audio(vec![0.1]))]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
+    let out = p
+        .run(inputs(&[("a", audio(vec![0.1]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
     assert!((out_audio(&out, "a")[0] - 0.2).abs() < 1e-6);
     assert!((out_audio(&out, "b")[0] - 0.4).abs() < 1e-6);
 }

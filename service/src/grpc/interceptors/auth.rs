@@ -29,9 +29,7 @@ impl Tokens {
         }
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             observe::auth_rejected("missing");
-            return Err(ServiceError::Unauthenticated(
-                "missing `authorization: Bearer <token>` metadata".to_owned(),
-            ));
+            return Err(ServiceError::Unauthenticated("missing `authorization: Bearer <token>` metadata".to_owned()));
         };
         let presented = value
             .to_str()

@@ -1,0 +1,70 @@
+# RemoteMedia: two commands set everything up on a fresh machine.
+#   make run    builds the server (release) and starts it with the defaults
+#   make test   installs what the suites need and runs every one of them
+# Every install step lives here: the Python venv (.venv), Go tools (.tools/bin), cargo crates.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+VPY := $(abspath $(VENV))/bin/python
+TOOLS := $(abspath .tools/bin)
+CARGO ?= cargo
+CARGO_FLAGS := --manifest-path service/Cargo.toml --locked
+SERVER_DEBUG := service/target/debug/remotemedia-server
+SERVER_RELEASE := service/target/release/remotemedia-server
+GRPCURL_VERSION := v1.9.3
+
+export REMOTEMEDIA_SERVER_BIN := $(abspath $(SERVER_DEBUG))
+export GRPCURL := $(TOOLS)/grpcurl
+
+.PHONY: help venv tools build build-release run test test-rust test-proto test-python lint fmt proto bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create .venv with every Python dependency
+$(VENV)/.installed: requirements-dev.txt service/python/requirements.txt clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -r requirements-dev.txt -e clients/python
+	touch $@
+
+tools: $(TOOLS)/grpcurl ## install grpcurl with go install
+$(TOOLS)/grpcurl:
+	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+build: venv ## build the server (debug)
+	$(CARGO) build $(CARGO_FLAGS)
+
+build-release: venv ## build the server (release)
+	$(CARGO) build $(CARGO_FLAGS) --release
+
+run: build-release ## build and start the server with the defaults (ARGS="--listen ..." to override)
+	exec $(SERVER_RELEASE) $(ARGS)
+
+test: venv tools build test-rust test-proto test-python ## run every test suite
+
+test-rust: ## Rust unit and integration tests
+	$(CARGO) test $(CARGO_FLAGS)
+
+test-proto: venv ## check the generated Python stubs match proto/
+	$(VPY) clients/python/scripts/gen_proto.py --check
+
+test-python: venv tools build ## pytest against the real binary
+	$(VPY) -m pytest -q
+
+lint: venv ## rustfmt, clippy
+	$(CARGO) fmt --manifest-path service/Cargo.toml --check
+	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+
+fmt: ## format the Rust code
+	$(CARGO) fmt --manifest-path service/Cargo.toml
+
+proto: venv ## regenerate the Python stubs from proto/
+	$(VPY) clients/python/scripts/gen_proto.py
+
+clean: ## remove build outputs, the venv and the tools
+	$(CARGO) clean --manifest-path service/Cargo.toml
+	rm -rf $(VENV) .tools

@@ -1,0 +1,107 @@
+"""StreamPipeline session life cycle through grpc.aio against the real binary."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+
+from conftest import RunningServer
+from helpers import f32, manifest, node, samples
+from remotemedia_client import AsyncClient, pb
+
+
+def gain_manifest() -> pb.PipelineManifest:
+    return manifest([node("src", "PassThroughNode"), node("gain", "GainNode", gain=2.0)], [("src", "gain")])
+
+
+def chunk(seq: int, x: np.ndarray) -> pb.StreamRequest:
+    return pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="src", buffer=f32(x), sequence=seq))
+
+
+def control(cmd: int) -> pb.StreamRequest:
+    return pb.StreamRequest(control=pb.StreamControl(command=cmd))
+
+
+async def drain(call: grpc.aio.StreamStreamCall) -> list[pb.StreamResponse]:
+    """Reads responses until the server ends the stream (read/write style, never iteration)."""
+    out = []
+    try:
+        while (resp := await call.read()) is not grpc.aio.EOF:
+            out.append(resp)
+    except grpc.aio.AioRpcError:
+        pass  # the status is read with call.code()
+    return out
+
+
+async def wait_gauge_zero(server: RunningServer, name: str) -> None:
+    for _ in range(1_000):
+        if server.metric(name) == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} stayed at {server.metric(name)}")
+
+
+async def test_a_hundred_chunks_in_order_then_close_returns_final_metrics(server: RunningServer) -> None:
+    async with AsyncClient(server.address) as client:
+        call = client.stream()
+        await call.write(pb.StreamRequest(manifest=gain_manifest()))
+        ready = await call.read()
+        assert ready.WhichOneof("response") == "ready" and ready.ready.session_id
+
+        async def send() -> None:
+            for seq in range(100):
+                await call.write(chunk(seq, np.full(320, seq / 1000, dtype=np.float32)))
+            await call.write(control(pb.StreamControl.COMMAND_CLOSE))
+            await call.done_writing()
+
+        sender = asyncio.create_task(send())
+        results, metrics = [], []
+        for resp in await drain(call):
+            kind = resp.WhichOneof("response")
+            if kind == "result":
+                results.append(resp.result)
+            elif kind == "metrics":
+                metrics.append(resp.metrics)
+        await sender
+        assert await call.code() == grpc.StatusCode.OK
+    assert [r.sequence for r in results] == list(range(100))
+    for r in results:
+        np.testing.assert_allclose(samples(r.audio_outputs["gain"]), 2 * r.sequence / 1000, rtol=1e-6)
+    assert metrics[-1].chunks_processed == 100
+    assert metrics[-1].total_samples == 32_000
+
+
+async def test_cancel_ends_with_cancelled_and_frees_the_session(server: RunningServer) -> None:
+    async with AsyncClient(server.address) as client:
+        call = client.stream()
+        await call.write(pb.StreamRequest(manifest=gain_manifest()))
+        await call.read()
+        await call.write(chunk(1, np.zeros(160, dtype=np.float32)))
+        assert (await call.read()).result.sequence == 1
+        await call.write(control(pb.StreamControl.COMMAND_CANCEL))
+        await drain(call)
+        assert await call.code() == grpc.StatusCode.CANCELLED
+    await wait_gauge_zero(server, "remotemedia_active_streams")
+
+
+async def test_a_vanishing_client_leaves_no_session(server: RunningServer) -> None:
+    client = AsyncClient(server.address)
+    call = client.stream()
+    await call.write(pb.StreamRequest(manifest=gain_manifest()))
+    await call.read()
+    await call.write(chunk(0, np.zeros(160, dtype=np.float32)))
+    await call.read()
+    assert server.metric("remotemedia_active_streams") == 1
+    await client.close()
+    await wait_gauge_zero(server, "remotemedia_active_streams")
+
+
+async def test_a_chunk_before_the_manifest_is_refused(server: RunningServer) -> None:
+    async with AsyncClient(server.address) as client:
+        call = client.stream()
+        await call.write(chunk(0, np.zeros(4, dtype=np.float32)))
+        errors = [r.error for r in await drain(call) if r.WhichOneof("response") == "error"]
+        assert await call.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "must be the manifest" in errors[0].message
