@@ -58,7 +58,9 @@ def test_get_version_lists_protocols_and_node_types(server: RunningServer) -> No
     info = v["versionInfo"]
     assert info["protocolVersion"] == "v1"
     assert info["supportedProtocols"] == ["v1"]
-    assert {"GainNode", "PassThroughNode"} <= set(info["supportedNodeTypes"])
+    assert {
+        "AudioResampleNode", "VADNode", "FormatConverterNode", "ChannelMixerNode", "AudioChunkerNode", "GainNode", "PassThroughNode"
+    } <= set(info["supportedNodeTypes"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["buildTimestamp"])
 
 

@@ -125,7 +125,7 @@ async fn each_validation_rule_names_its_culprit() {
             "unknown type",
             execute_request(manifest(vec![node("a", "Reverb", "")], vec![]), vec![("a", audio())]),
             "nodes[0].node_type",
-            "unknown node type `Reverb`; available types: GainNode, PassThroughNode",
+            "unknown node type `Reverb`; available types: AudioChunkerNode, AudioResampleNode, ChannelMixerNode, FormatConverterNode, GainNode, PassThroughNode, VADNode",
         ),
         (
             "params not JSON",

@@ -91,7 +91,19 @@ async fn get_version_lists_every_node_type_and_answers_compatibility() {
         let info = r.version_info.unwrap();
         assert_eq!(info.protocol_version, "v1");
         assert_eq!(info.supported_protocols, ["v1"]);
-        assert_eq!(info.supported_node_types, ["GainNode", "PassThroughNode", "TestGate"]);
+        assert_eq!(
+            info.supported_node_types,
+            [
+                "AudioChunkerNode",
+                "AudioResampleNode",
+                "ChannelMixerNode",
+                "FormatConverterNode",
+                "GainNode",
+                "PassThroughNode",
+                "TestGate",
+                "VADNode"
+            ]
+        );
         assert_eq!(info.runtime_version, env!("CARGO_PKG_VERSION"));
         assert!(info.build_timestamp.ends_with('Z') && info.build_timestamp.len() == 20, "{}", info.build_timestamp);
         if !ok {

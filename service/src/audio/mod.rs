@@ -5,8 +5,10 @@
 //! response never copy the samples. Typed views ([`AudioBuffer::as_f32`], ...) reinterpret the
 //! bytes in place with `bytemuck` when they are aligned and fall back to one copy when not.
 
+mod arena;
 mod convert;
 
+pub use arena::OutputArena;
 pub use convert::{f32_to_i16, f32_to_i32, i16_to_f32, i32_to_f32};
 
 use std::borrow::Cow;

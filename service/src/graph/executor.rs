@@ -23,7 +23,7 @@ use super::retry::RetryPolicy;
 use super::validate::{Plan, RequestShape, validate};
 use crate::audio::AudioBuffer;
 use crate::nodes::{
-    NodeContext, NodeError, NodeInstance, ParamError, PortError, PortValue, Ports, Registry, RuntimeChoice,
+    NodeContext, NodeError, NodeInstance, ParamError, PortError, PortName, PortValue, Ports, Registry, RuntimeChoice,
 };
 
 /// The node registry and the server-wide circuit breakers: everything needed to build pipelines.
@@ -384,11 +384,11 @@ impl Pipeline {
                 memory.release(&ports);
                 let consumed: BTreeSet<&str> = self.plan.outgoing[p]
                     .iter()
-                    .flat_map(|&s| self.plan.incoming[s].iter().filter(|l| l.from == p).map(|l| l.output_key.as_str()))
+                    .flat_map(|&s| self.plan.incoming[s].iter().filter(|l| l.from == p).map(|l| l.output_key.as_ref()))
                     .collect();
                 let leftover: Ports = ports
                     .into_iter()
-                    .filter(|(port, v)| matches!(v, PortValue::Data(_)) && !consumed.contains(port.as_str()))
+                    .filter(|(port, v)| matches!(v, PortValue::Data(_)) && !consumed.contains(port.as_ref()))
                     .collect();
                 if !leftover.is_empty() {
                     memory.hold(&leftover);
@@ -401,13 +401,18 @@ impl Pipeline {
     /// The inputs of node `i`: its own external inputs plus every connected output, with
     /// several connections into one port mixed (audio) or collected into an array (data).
     fn gather(&self, i: usize, own: Option<Ports>, produced: &[Option<Ports>]) -> Result<Ports, PortError> {
-        let mut by_port: BTreeMap<String, Vec<PortValue>> = BTreeMap::new();
+        // Port order: the node's own inputs first, then connections in manifest order.
+        let mut by_port: Vec<(PortName, Vec<PortValue>)> = Vec::new();
+        let mut add = |port: PortName, value: PortValue| match by_port.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, values)) => values.push(value),
+            None => by_port.push((port, vec![value])),
+        };
         for (port, value) in own.into_iter().flatten() {
-            by_port.entry(port).or_default().push(value);
+            add(port, value);
         }
         for link in &self.plan.incoming[i] {
             if let Some(value) = produced[link.from].as_ref().and_then(|p| p.get(&link.output_key)) {
-                by_port.entry(link.input_key.clone()).or_default().push(value.clone());
+                add(link.input_key.clone(), value.clone());
             }
         }
         let mut inputs = Ports::new();
@@ -417,12 +422,16 @@ impl Pipeline {
             } else if values.iter().all(|v| matches!(v, PortValue::Audio(_))) {
                 let buffers: Vec<AudioBuffer> = values.iter().filter_map(|v| v.as_audio().cloned()).collect();
                 PortValue::Audio(
-                    AudioBuffer::mix(&buffers).map_err(|source| PortError::Merge { port: port.clone(), source })?,
+                    AudioBuffer::mix(&buffers).map_err(|source| PortError::Merge { port: port.to_string(), source })?,
                 )
             } else if values.iter().all(|v| matches!(v, PortValue::Data(_))) {
                 PortValue::data(Value::Array(values.iter().filter_map(|v| v.as_data().cloned()).collect()))
             } else {
-                return Err(PortError::WrongKind { port, expected: "values of one kind", actual: "audio and data" });
+                return Err(PortError::WrongKind {
+                    port: port.to_string(),
+                    expected: "values of one kind",
+                    actual: "audio and data",
+                });
             };
             inputs.insert(port, value);
         }

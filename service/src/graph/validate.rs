@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::error::{ValidationError, Violation};
 use super::manifest::{MANIFEST_VERSION, Manifest, PipelineConfig};
-use crate::nodes::{INPUT, Registry, ResolveError, Resolved, RuntimeChoice};
+use crate::nodes::{INPUT, PortName, Registry, ResolveError, Resolved, RuntimeChoice, port_name};
 
 /// What the request feeds into the pipeline, for the checks that depend on it.
 #[derive(Debug, Clone, Default)]
@@ -30,8 +30,8 @@ impl RequestShape {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub from: usize,
-    pub output_key: String,
-    pub input_key: String,
+    pub output_key: PortName,
+    pub input_key: PortName,
 }
 
 /// A node that passed validation, before it is instantiated.
@@ -176,7 +176,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
         }
         check_port(&nodes[from], output_key, true, &e.from, &format!("connections[{j}].output_key"), &label, &mut v);
         check_port(&nodes[to], input_key, false, &e.to, &format!("connections[{j}].input_key"), &label, &mut v);
-        incoming[to].push(Link { from, output_key: output_key.to_owned(), input_key: input_key.to_owned() });
+        incoming[to].push(Link { from, output_key: port_name(output_key), input_key: port_name(input_key) });
         outgoing[from].insert(to);
     }
 
@@ -455,7 +455,8 @@ mod tests {
         let msgs = messages(&m, &shape(&["x"]));
         assert_eq!(msgs.len(), 1);
         assert!(
-            msgs[0].starts_with("node `x`: unknown node type `Reverb`; available types: GainNode, PassThroughNode"),
+            msgs[0]
+                == "node `x`: unknown node type `Reverb`; available types: AudioChunkerNode, AudioResampleNode, ChannelMixerNode, FormatConverterNode, GainNode, PassThroughNode, VADNode",
             "{msgs:?}"
         );
     }

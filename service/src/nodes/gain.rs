@@ -2,38 +2,27 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports};
-use crate::audio::{AudioBuffer, SampleFormat, f32_to_i16, f32_to_i32};
+use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
+use crate::audio::OutputArena;
 
 /// Multiplies every sample by `factor`. Integer audio is scaled in float and converted back
 /// with rounding and saturation, so a boost clips instead of wrapping around.
 pub struct GainNode {
     factor: f32,
     scratch: Vec<f32>,
+    arena: OutputArena,
     clipped: u64,
 }
 
 impl GainNode {
     pub fn new(factor: f32) -> Self {
-        Self { factor, scratch: Vec::new(), clipped: 0 }
+        Self { factor, scratch: Vec::new(), arena: OutputArena::new(), clipped: 0 }
     }
 }
 
 impl Node for GainNode {
     fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
-        let audio = inputs.audio(INPUT)?;
-        if audio.is_empty() {
-            return Err(
-                NodeError::invalid_input(format!("node `{}`: input audio is empty", ctx.node_id)).with_field(INPUT)
-            );
-        }
-        if let Some((index, value)) = audio.first_non_finite() {
-            return Err(NodeError::invalid_input(format!(
-                "node `{}`: input sample {index} is {value}; audio must be finite",
-                ctx.node_id
-            ))
-            .with_field(INPUT));
-        }
+        let audio = check::audio_input(&inputs, ctx)?;
         audio.read_f32_into(&mut self.scratch);
         let factor = self.factor;
         let mut clipped = 0u64;
@@ -42,16 +31,7 @@ impl Node for GainNode {
             clipped += u64::from(s.abs() > 1.0);
         }
         self.clipped += clipped;
-        let (rate, channels) = (audio.sample_rate(), audio.channels());
-        let out = match audio.format() {
-            SampleFormat::F32 => AudioBuffer::from_f32(std::mem::take(&mut self.scratch), rate, channels),
-            SampleFormat::I16 => {
-                AudioBuffer::from_i16(self.scratch.iter().map(|&s| f32_to_i16(s)).collect(), rate, channels)
-            }
-            SampleFormat::I32 => {
-                AudioBuffer::from_i32(self.scratch.iter().map(|&s| f32_to_i32(s)).collect(), rate, channels)
-            }
-        };
+        let out = self.arena.write(&self.scratch, audio.format(), audio.sample_rate(), audio.channels());
         Ok(Ports::audio_output(out))
     }
 
@@ -91,7 +71,8 @@ impl NodeFactory for GainFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nodes::{OUTPUT, PortValue};
+    use crate::audio::{AudioBuffer, SampleFormat};
+    use crate::nodes::{INPUT, OUTPUT, PortValue};
     use tokio_util::sync::CancellationToken;
 
     fn ctx() -> NodeContext {

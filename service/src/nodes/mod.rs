@@ -5,21 +5,32 @@
 //! [`Registry::builtin`]. Nodes implemented outside Rust (the embedded Python interpreter)
 //! come in through [`ForeignNodes`] and run as [`AsyncNode`]s.
 
+pub mod check;
 mod error;
 mod params;
 mod port;
 mod registry;
 
+mod chunker;
+mod format;
 mod gain;
+mod mixer;
 mod passthrough;
+mod resample;
+mod vad;
 
 pub use error::{NodeError, NodeErrorKind, ParamError};
 pub use params::Params;
-pub use port::{DATA, INPUT, NodeInputs, NodeOutputs, OUTPUT, PortError, PortValue, Ports};
+pub use port::{DATA, INPUT, NodeInputs, NodeOutputs, OUTPUT, PortError, PortName, PortValue, Ports, port_name};
 pub use registry::{ForeignNodes, Registry, ResolveError, Resolved, RuntimeChoice};
 
+pub use chunker::AudioChunkerNode;
+pub use format::{FormatConverterNode, convert as convert_format};
 pub use gain::GainNode;
+pub use mixer::ChannelMixerNode;
 pub use passthrough::PassThroughNode;
+pub use resample::{Quality as ResampleQuality, ResampleNode};
+pub use vad::{Segment as VadSegment, VadNode};
 
 use std::sync::Arc;
 use std::time::Duration;

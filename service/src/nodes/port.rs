@@ -1,7 +1,12 @@
 //! Values on node ports: named inputs and outputs, audio or JSON.
+//!
+//! [`Ports`] keeps up to four ports inline with `'static` names, so building a node's outputs on
+//! the streaming hot path allocates nothing.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use serde_json::Value;
 
@@ -85,10 +90,23 @@ pub enum PortError {
     Merge { port: String, source: AudioError },
 }
 
-/// Named values, used both for a node's inputs and for its outputs.
+/// A port name; the built-in ones are `'static` and never allocate.
+pub type PortName = Cow<'static, str>;
+
+/// The name of a port, borrowed from the built-in names when it is one of them so that cloning
+/// it is free.
+pub fn port_name(name: &str) -> PortName {
+    const KNOWN: &[&str] = &[INPUT, OUTPUT, DATA, "segments", "left", "right"];
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
+/// Named values, used both for a node's inputs and for its outputs, in insertion order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ports {
-    values: BTreeMap<String, PortValue>,
+    values: SmallVec<[(PortName, PortValue); 4]>,
 }
 
 pub type NodeInputs = Ports;
@@ -106,25 +124,31 @@ impl Ports {
         p
     }
 
-    pub fn insert(&mut self, port: impl Into<String>, value: PortValue) {
-        self.values.insert(port.into(), value);
+    /// Sets `port`, replacing any value it had.
+    pub fn insert(&mut self, port: impl Into<PortName>, value: PortValue) {
+        let port = port.into();
+        match self.values.iter_mut().find(|(k, _)| *k == port) {
+            Some(slot) => slot.1 = value,
+            None => self.values.push((port, value)),
+        }
     }
 
-    pub fn with(mut self, port: impl Into<String>, value: PortValue) -> Self {
+    pub fn with(mut self, port: impl Into<PortName>, value: PortValue) -> Self {
         self.insert(port, value);
         self
     }
 
     pub fn get(&self, port: &str) -> Option<&PortValue> {
-        self.values.get(port)
+        self.values.iter().find(|(k, _)| k == port).map(|(_, v)| v)
     }
 
     pub fn remove(&mut self, port: &str) -> Option<PortValue> {
-        self.values.remove(port)
+        let i = self.values.iter().position(|(k, _)| k == port)?;
+        Some(self.values.remove(i).1)
     }
 
     pub fn contains(&self, port: &str) -> bool {
-        self.values.contains_key(port)
+        self.get(port).is_some()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,16 +160,16 @@ impl Ports {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &PortValue)> {
-        self.values.iter().map(|(k, v)| (k.as_str(), v))
+        self.values.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     pub fn ports(&self) -> impl Iterator<Item = &str> {
-        self.values.keys().map(String::as_str)
+        self.values.iter().map(|(k, _)| k.as_ref())
     }
 
     /// The audio on `port`, or an error naming the port.
     pub fn audio(&self, port: &str) -> Result<&AudioBuffer, PortError> {
-        match self.values.get(port) {
+        match self.get(port) {
             Some(PortValue::Audio(a)) => Ok(a),
             Some(other) => Err(PortError::WrongKind { port: port.to_owned(), expected: "audio", actual: other.kind() }),
             None => Err(PortError::Missing(port.to_owned())),
@@ -154,18 +178,18 @@ impl Ports {
 
     /// The audio on `port` if there is any; an error if the port carries data.
     pub fn optional_audio(&self, port: &str) -> Result<Option<&AudioBuffer>, PortError> {
-        match self.values.get(port) {
+        match self.get(port) {
             None => Ok(None),
             Some(_) => self.audio(port).map(Some),
         }
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.values.values().map(PortValue::size_bytes).sum()
+        self.values.iter().map(|(_, v)| v.size_bytes()).sum()
     }
 
     pub fn samples(&self) -> u64 {
-        self.values.values().map(PortValue::samples).sum()
+        self.values.iter().map(|(_, v)| v.samples()).sum()
     }
 
     /// Appends `later` after `self`, port by port: audio is concatenated, JSON arrays are joined,
@@ -173,11 +197,11 @@ impl Ports {
     /// outputs.
     pub fn append(&mut self, later: Ports) -> Result<(), PortError> {
         for (port, value) in later.values {
-            let merged = match (self.values.remove(&port), value) {
+            let merged = match (self.remove(&port), value) {
                 (None, v) => v,
-                (Some(PortValue::Audio(a)), PortValue::Audio(b)) => {
-                    PortValue::Audio(a.concat(&b).map_err(|source| PortError::Merge { port: port.clone(), source })?)
-                }
+                (Some(PortValue::Audio(a)), PortValue::Audio(b)) => PortValue::Audio(
+                    a.concat(&b).map_err(|source| PortError::Merge { port: port.to_string(), source })?,
+                ),
                 (Some(PortValue::Data(a)), PortValue::Data(b)) => match (&*a, &*b) {
                     (Value::Array(x), Value::Array(y)) => {
                         PortValue::data(Value::Array(x.iter().chain(y).cloned().collect()))
@@ -186,21 +210,25 @@ impl Ports {
                 },
                 (Some(_), v) => v,
             };
-            self.values.insert(port, merged);
+            self.values.push((port, merged));
         }
         Ok(())
     }
 }
 
-impl FromIterator<(String, PortValue)> for Ports {
-    fn from_iter<I: IntoIterator<Item = (String, PortValue)>>(iter: I) -> Self {
-        Self { values: iter.into_iter().collect() }
+impl<K: Into<PortName>> FromIterator<(K, PortValue)> for Ports {
+    fn from_iter<I: IntoIterator<Item = (K, PortValue)>>(iter: I) -> Self {
+        let mut p = Ports::new();
+        for (k, v) in iter {
+            p.insert(k, v);
+        }
+        p
     }
 }
 
 impl IntoIterator for Ports {
-    type Item = (String, PortValue);
-    type IntoIter = std::collections::btree_map::IntoIter<String, PortValue>;
+    type Item = (PortName, PortValue);
+    type IntoIter = smallvec::IntoIter<[(PortName, PortValue); 4]>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.values.into_iter()

@@ -86,6 +86,11 @@ impl Registry {
         let mut r = Self::new();
         r.register(super::passthrough::PassThroughFactory);
         r.register(super::gain::GainFactory);
+        r.register(super::resample::ResampleFactory);
+        r.register(super::vad::VadFactory);
+        r.register(super::format::FormatConverterFactory);
+        r.register(super::mixer::ChannelMixerFactory);
+        r.register(super::chunker::AudioChunkerFactory);
         r
     }
 

@@ -1,0 +1,50 @@
+//! Input checks shared by the audio nodes, with errors that name the node, the input and the
+//! offending value.
+
+use super::{INPUT, NodeContext, NodeError, Ports};
+use crate::audio::AudioBuffer;
+
+/// The node's `input` audio, refused if it is missing, empty or holds NaN/Inf samples.
+pub fn audio_input<'a>(inputs: &'a Ports, ctx: &NodeContext) -> Result<&'a AudioBuffer, NodeError> {
+    let audio = inputs
+        .audio(INPUT)
+        .map_err(|e| NodeError::invalid_input(format!("node `{}`: {e}", ctx.node_id)).with_field(INPUT))?;
+    if audio.is_empty() {
+        return Err(NodeError::invalid_input(format!("node `{}`: input audio is empty", ctx.node_id)).with_field(INPUT));
+    }
+    if let Some(samples) = audio.f32_slice() {
+        // The common case: a vectorised scan, then the slow search only on failure.
+        if samples.iter().all(|s| s.is_finite()) {
+            return Ok(audio);
+        }
+    }
+    if let Some((index, value)) = audio.first_non_finite() {
+        return Err(NodeError::invalid_input(format!(
+            "node `{}`: input sample {index} is {value}; audio must be finite",
+            ctx.node_id
+        ))
+        .with_field(INPUT));
+    }
+    Ok(audio)
+}
+
+/// Refuses a chunk whose rate or channel count differs from the stream's first chunk.
+pub fn same_layout(ctx: &NodeContext, audio: &AudioBuffer, rate: u32, channels: u32) -> Result<(), NodeError> {
+    if audio.sample_rate() != rate {
+        return Err(NodeError::invalid_input(format!(
+            "node `{}`: input sample_rate changed from {rate} Hz to {} Hz within the stream",
+            ctx.node_id,
+            audio.sample_rate()
+        ))
+        .with_field("input.sample_rate"));
+    }
+    if audio.channels() != channels {
+        return Err(NodeError::invalid_input(format!(
+            "node `{}`: input channels changed from {channels} to {} within the stream",
+            ctx.node_id,
+            audio.channels()
+        ))
+        .with_field("input.channels"));
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `ChannelMixerNode`: changes the channel count. Downmixing averages, upmixing duplicates:
+//! output channel `j` of `M` is the average of the input channels `i` with `i % M == j` when
+//! there are more inputs than outputs (so stereo → mono averages L and R, and 5.1 → stereo
+//! averages channels 0, 2, 4 into L and 1, 3, 5 into R), and a copy of input channel `j % N`
+//! when there are fewer.
+
+use serde_json::{Map, Value};
+
+use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
+use crate::audio::{MAX_CHANNELS, OutputArena};
+
+pub struct ChannelMixerNode {
+    output_channels: u32,
+    arena: OutputArena,
+    scratch: Vec<f32>,
+    mixed: Vec<f32>,
+}
+
+impl Node for ChannelMixerNode {
+    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+        let audio = check::audio_input(&inputs, ctx)?;
+        let (n, m) = (audio.channels() as usize, self.output_channels as usize);
+        if n == m {
+            return Ok(Ports::audio_output(audio.clone()));
+        }
+        let frames = audio.frames();
+        if m > n {
+            // Duplication copies whole samples, so every format is copied exactly.
+            let width = audio.format().bytes_per_sample();
+            let src = audio.bytes();
+            let out = self.arena.write_raw(frames * m * width, audio.format(), audio.sample_rate(), m as u32, |out| {
+                for (f, dst) in out.chunks_exact_mut(m * width).enumerate() {
+                    for (j, sample) in dst.chunks_exact_mut(width).enumerate() {
+                        let i = f * n + j % n;
+                        sample.copy_from_slice(&src[i * width..(i + 1) * width]);
+                    }
+                }
+            });
+            return Ok(Ports::audio_output(out));
+        }
+        audio.read_f32_into(&mut self.scratch);
+        self.mixed.clear();
+        self.mixed.resize(frames * m, 0.0);
+        for (frame, out) in self.scratch.chunks_exact(n).zip(self.mixed.chunks_exact_mut(m)) {
+            for (i, s) in frame.iter().enumerate() {
+                out[i % m] += s;
+            }
+            for (j, o) in out.iter_mut().enumerate() {
+                // Channels j, j + m, j + 2m, ... below n.
+                let count = (n - j).div_ceil(m);
+                *o /= count as f32;
+            }
+        }
+        Ok(Ports::audio_output(self.arena.write(&self.mixed, audio.format(), audio.sample_rate(), m as u32)))
+    }
+}
+
+pub(super) struct ChannelMixerFactory;
+
+impl NodeFactory for ChannelMixerFactory {
+    fn node_type(&self) -> &'static str {
+        "ChannelMixerNode"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["ChannelMixer"]
+    }
+
+    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
+        let mut p = Params::new(params);
+        let output_channels = p.required_u32_in("output_channels", 1, MAX_CHANNELS);
+        p.finish()?;
+        Ok(Box::new(ChannelMixerNode {
+            output_channels: output_channels.expect("finish() fails when output_channels is missing"),
+            arena: OutputArena::new(),
+            scratch: Vec::new(),
+            mixed: Vec::new(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{AudioBuffer, SampleFormat};
+    use crate::nodes::{INPUT, OUTPUT, PortValue};
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    fn run(channels: u32, audio: AudioBuffer) -> AudioBuffer {
+        let mut n = ChannelMixerFactory.create(json!({"output_channels": channels}).as_object().unwrap()).unwrap();
+        let ctx = NodeContext::new("mix", "ChannelMixerNode", CancellationToken::new());
+        n.process(Ports::new().with(INPUT, PortValue::Audio(audio)), &ctx).unwrap().audio(OUTPUT).unwrap().clone()
+    }
+
+    #[test]
+    fn stereo_to_mono_averages() {
+        let out = run(1, AudioBuffer::from_f32(vec![1.0, 0.0, 0.5, -0.5, -1.0, -1.0], 8_000, 2));
+        assert_eq!((out.channels(), out.f32_slice().unwrap()), (1, &[0.5, 0.0, -1.0][..]));
+    }
+
+    #[test]
+    fn six_channels_to_stereo_average_alternate_channels() {
+        let frame = [1.0, 10.0, 2.0, 20.0, 3.0, 30.0];
+        let out = run(2, AudioBuffer::from_f32(frame.to_vec(), 48_000, 6));
+        assert_eq!(out.f32_slice().unwrap(), &[2.0, 20.0]);
+    }
+
+    #[test]
+    fn mono_to_stereo_duplicates_exactly_in_every_format() {
+        let out = run(2, AudioBuffer::from_i16(vec![1, -2, i16::MAX], 8_000, 1));
+        assert_eq!(
+            (out.format(), out.i16_slice().unwrap()),
+            (SampleFormat::I16, &[1, 1, -2, -2, i16::MAX, i16::MAX][..])
+        );
+        let out = run(3, AudioBuffer::from_i32(vec![7, 8], 8_000, 2));
+        assert_eq!(out.i32_slice().unwrap(), &[7, 8, 7]);
+    }
+
+    #[test]
+    fn integer_downmix_rounds_back_to_the_format() {
+        let out = run(1, AudioBuffer::from_i16(vec![100, 201, i16::MIN, i16::MIN], 8_000, 2));
+        assert_eq!(out.i16_slice().unwrap(), &[150, i16::MIN]);
+    }
+
+    #[test]
+    fn same_count_passes_through_and_bad_params_are_named() {
+        let a = AudioBuffer::from_f32(vec![0.1, 0.2], 8_000, 2);
+        let ptr = a.bytes().as_ptr();
+        assert_eq!(run(2, a).bytes().as_ptr(), ptr);
+        let errs = ChannelMixerFactory.create(json!({"output_channels": 0}).as_object().unwrap()).err().unwrap();
+        assert!(
+            errs[0].to_string().contains("`output_channels` must be an integer between 1 and 256, got 0"),
+            "{}",
+            errs[0]
+        );
+    }
+}

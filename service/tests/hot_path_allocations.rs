@@ -1,0 +1,120 @@
+//! In steady state, processing a stream chunk allocates nothing: every native node reuses its
+//! buffers, and its outputs come from an arena whose memory is reclaimed once the previous
+//! outputs are dropped. A counting allocator, switched on for the calling thread only around
+//! `process`, proves it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use remotemedia::audio::AudioBuffer;
+use remotemedia::nodes::{INPUT, Node, NodeContext, PortValue, Ports, Registry};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note() {
+    if COUNTING.with(Cell::get) {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counters are plain
+// thread-local cells that never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Allocations made by `process` over the measured chunks (after a warm-up), and how many of
+/// those calls produced output audio.
+fn steady_state_allocations(node_type: &str, params: Value, chunk: impl Fn(usize) -> AudioBuffer) -> (u64, usize) {
+    let registry = Registry::builtin();
+    let factory = registry.native_factory(node_type).unwrap();
+    let mut node: Box<dyn Node> = factory.create(params.as_object().unwrap()).unwrap();
+    let ctx = NodeContext::new("n", node_type, CancellationToken::new());
+    let (warmup, measured) = (100, 400);
+    let mut total = 0;
+    let mut produced = 0;
+    for i in 0..warmup + measured {
+        let inputs = Ports::new().with(INPUT, PortValue::Audio(chunk(i)));
+        COUNTING.with(|c| c.set(i >= warmup));
+        let before = ALLOCATIONS.with(Cell::get);
+        let outputs = node.process(inputs, &ctx).unwrap();
+        total += ALLOCATIONS.with(Cell::get) - before;
+        COUNTING.with(|c| c.set(false));
+        if i >= warmup && outputs.audio(remotemedia::nodes::OUTPUT).is_ok_and(|a| !a.is_empty()) {
+            produced += 1;
+        }
+        drop(outputs);
+    }
+    (total, produced)
+}
+
+/// A 20 ms chunk of a 440 Hz tone at `rate`, continuing across chunks.
+fn tone(rate: u32, channels: u32) -> impl Fn(usize) -> AudioBuffer {
+    move |i| {
+        let n = rate as usize / 50;
+        let samples = (0..n * channels as usize)
+            .map(|k| {
+                let t = (i * n + k / channels as usize) as f32 / rate as f32;
+                0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+            })
+            .collect();
+        AudioBuffer::from_f32(samples, rate, channels)
+    }
+}
+
+type ChunkSource = Box<dyn Fn(usize) -> AudioBuffer>;
+
+#[test]
+fn native_nodes_do_not_allocate_per_chunk() {
+    let cases: Vec<(&str, Value, ChunkSource)> = vec![
+        ("AudioResampleNode", json!({"output_rate": 16_000}), Box::new(tone(48_000, 1))),
+        ("AudioResampleNode", json!({"output_rate": 44_100, "quality": "medium"}), Box::new(tone(48_000, 2))),
+        ("VADNode", json!({}), Box::new(tone(16_000, 1))),
+        ("FormatConverterNode", json!({"target_format": "i16"}), Box::new(tone(16_000, 1))),
+        ("ChannelMixerNode", json!({"output_channels": 1}), Box::new(tone(48_000, 2))),
+        ("ChannelMixerNode", json!({"output_channels": 2}), Box::new(tone(48_000, 1))),
+        ("AudioChunkerNode", json!({"chunk_ms": 50}), Box::new(tone(16_000, 1))),
+        ("GainNode", json!({"gain_db": -3}), Box::new(tone(16_000, 1))),
+        ("PassThroughNode", json!({}), Box::new(tone(16_000, 1))),
+    ];
+    for (node_type, params, chunk) in cases {
+        let (n, produced) = steady_state_allocations(node_type, params.clone(), chunk);
+        assert_eq!(n, 0, "{node_type} {params} allocated {n} times in 400 chunks");
+        assert!(produced >= 100, "{node_type} {params} produced output on only {produced} of 400 chunks");
+    }
+}
+
+#[test]
+fn the_counter_does_count() {
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.with(Cell::get);
+    let v = std::hint::black_box(vec![1u8; 64]);
+    let after = ALLOCATIONS.with(Cell::get);
+    COUNTING.with(|c| c.set(false));
+    drop(v);
+    assert_eq!(after - before, 1);
+}
