@@ -19,7 +19,7 @@ GRPCURL_VERSION := v1.9.3
 export REMOTEMEDIA_SERVER_BIN := $(abspath $(SERVER_DEBUG))
 export GRPCURL := $(TOOLS)/grpcurl
 
-.PHONY: help venv tools build build-release run test test-rust test-proto test-python lint fmt proto bench clean
+.PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,15 @@ tools: $(TOOLS)/grpcurl ## install grpcurl with go install
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
+SYSTEM_TOOLS := espeak-ng sox
+system-deps: ## install espeak-ng and sox (Debian packages) for the audio tests
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
 build: venv ## build the server (debug)
 	$(CARGO) build $(CARGO_FLAGS)
 
@@ -44,7 +53,7 @@ build-release: venv ## build the server (release)
 run: build-release ## build and start the server with the defaults (ARGS="--listen ..." to override)
 	exec $(SERVER_RELEASE) $(ARGS)
 
-test: venv tools build test-rust test-proto test-python ## run every test suite
+test: venv tools system-deps build test-rust test-proto test-python ## run every test suite
 
 test-rust: ## Rust unit and integration tests
 	$(CARGO) test $(CARGO_FLAGS)
@@ -52,7 +61,7 @@ test-rust: ## Rust unit and integration tests
 test-proto: venv ## check the generated Python stubs match proto/
 	$(VPY) clients/python/scripts/gen_proto.py --check
 
-test-python: venv tools build ## pytest against the real binary
+test-python: venv tools system-deps build ## pytest against the real binary
 	$(VPY) -m pytest -q
 
 lint: venv ## rustfmt, clippy
@@ -61,6 +70,9 @@ lint: venv ## rustfmt, clippy
 
 fmt: ## format the Rust code
 	$(CARGO) fmt --manifest-path service/Cargo.toml
+
+bench: venv ## criterion benches, then the same operations in Python tools, with ratios
+	$(VPY) bench/compare_python.py
 
 proto: venv ## regenerate the Python stubs from proto/
 	$(VPY) clients/python/scripts/gen_proto.py

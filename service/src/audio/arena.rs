@@ -8,8 +8,9 @@ use bytes::BytesMut;
 
 use super::{AudioBuffer, SampleFormat, f32_to_i16, f32_to_i32};
 
-/// Starts of outputs are kept at this alignment so typed views never need a copy.
-const ALIGN: usize = 16;
+/// Starts of outputs are kept at cache-line alignment, so typed views never need a copy and
+/// vector loads never split a line.
+const ALIGN: usize = 64;
 
 #[derive(Default)]
 pub struct OutputArena {
@@ -25,25 +26,50 @@ impl OutputArena {
     /// the integer formats.
     pub fn write(&mut self, samples: &[f32], format: SampleFormat, sample_rate: u32, channels: u32) -> AudioBuffer {
         match format {
-            SampleFormat::F32 => self.write_typed(samples.len(), format, sample_rate, channels, |out: &mut [f32]| {
-                out.copy_from_slice(samples)
-            }),
-            SampleFormat::I16 => self.write_typed(samples.len(), format, sample_rate, channels, |out: &mut [i16]| {
-                for (o, s) in out.iter_mut().zip(samples) {
-                    *o = f32_to_i16(*s);
-                }
-            }),
-            SampleFormat::I32 => self.write_typed(samples.len(), format, sample_rate, channels, |out: &mut [i32]| {
-                for (o, s) in out.iter_mut().zip(samples) {
-                    *o = f32_to_i32(*s);
-                }
-            }),
+            SampleFormat::F32 => self.write_map(samples, format, sample_rate, channels, |s| s),
+            SampleFormat::I16 => self.write_map(samples, format, sample_rate, channels, f32_to_i16),
+            SampleFormat::I32 => self.write_map(samples, format, sample_rate, channels, f32_to_i32),
         }
+    }
+
+    /// Writes `f(s)` for every sample of `src` as a buffer of `format` (whose sample type must be
+    /// `T`), straight into fresh memory: nothing is zeroed first and nothing is copied twice.
+    pub fn write_map<S: Copy, T: bytemuck::Pod>(
+        &mut self,
+        src: &[S],
+        format: SampleFormat,
+        sample_rate: u32,
+        channels: u32,
+        f: impl Fn(S) -> T,
+    ) -> AudioBuffer {
+        debug_assert_eq!(size_of::<T>(), format.bytes_per_sample(), "sample type must match the format");
+        if cfg!(target_endian = "big") {
+            return self.write_typed(src.len(), format, sample_rate, channels, |out: &mut [T]| {
+                for (o, s) in out.iter_mut().zip(src) {
+                    *o = f(*s);
+                }
+            });
+        }
+        let len = src.len() * size_of::<T>();
+        self.reserve_aligned(len);
+        let spare = self.buf.spare_capacity_mut();
+        assert!(spare.len() >= len && (spare.as_ptr() as usize).is_multiple_of(align_of::<T>()));
+        // SAFETY: the spare capacity holds at least `len` bytes (asserted), starts at an address
+        // aligned for `T` (asserted; reserve_aligned aligns to 16), and `MaybeUninit<T>` has the
+        // layout of `T`, so it may be viewed as `src.len()` uninitialised `T`s.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<std::mem::MaybeUninit<T>>(), src.len()) };
+        map_into(dst, src, f);
+        // SAFETY: map_into initialised every element, that is all `len` bytes.
+        unsafe { self.buf.set_len(len) };
+        self.freeze(format, sample_rate, channels)
     }
 
     /// Copies little-endian sample bytes of `format` into a new buffer.
     pub fn write_bytes(&mut self, bytes: &[u8], format: SampleFormat, sample_rate: u32, channels: u32) -> AudioBuffer {
-        self.write_raw(bytes.len(), format, sample_rate, channels, |out| out.copy_from_slice(bytes))
+        self.reserve_aligned(bytes.len());
+        self.buf.extend_from_slice(bytes);
+        self.freeze(format, sample_rate, channels)
     }
 
     /// Gives `fill` `len` zeroed bytes to fill with little-endian samples of `format`.
@@ -86,8 +112,9 @@ impl OutputArena {
         self.freeze(format, sample_rate, channels)
     }
 
-    /// Makes the arena's pending region `len` zeroed bytes starting at an aligned address.
-    fn aligned_region(&mut self, len: usize) -> &mut [u8] {
+    /// Makes room for `len` bytes starting at an aligned address (reclaiming memory of dropped
+    /// outputs when it can).
+    fn reserve_aligned(&mut self, len: usize) {
         debug_assert!(self.buf.is_empty(), "the previous output was frozen");
         self.buf.reserve(len + ALIGN);
         let misalign = self.buf.as_ptr() as usize % ALIGN;
@@ -97,6 +124,11 @@ impl OutputArena {
             self.buf.resize(pad, 0);
             drop(self.buf.split_to(pad));
         }
+    }
+
+    /// Makes the arena's pending region `len` zeroed bytes starting at an aligned address.
+    fn aligned_region(&mut self, len: usize) -> &mut [u8] {
+        self.reserve_aligned(len);
         self.buf.resize(len, 0);
         &mut self.buf[..]
     }
@@ -106,6 +138,28 @@ impl OutputArena {
         let count = (bytes.len() / format.bytes_per_sample()) as u64;
         AudioBuffer::from_wire(bytes, format, sample_rate, channels, count)
             .expect("the arena writes whole frames of a valid layout")
+    }
+}
+
+/// `dst[i] = f(src[i])`, compiled twice on x86_64: for AVX2 (picked at run time when the CPU
+/// has it) and for the baseline, so the same scalar code vectorises as wide as the machine allows.
+fn map_into<S: Copy, T>(dst: &mut [std::mem::MaybeUninit<T>], src: &[S], f: impl Fn(S) -> T) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { map_into_avx2(dst, src, f) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(f(*s));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn map_into_avx2<S: Copy, T>(dst: &mut [std::mem::MaybeUninit<T>], src: &[S], f: impl Fn(S) -> T) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(f(*s));
     }
 }
 

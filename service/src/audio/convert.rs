@@ -26,14 +26,21 @@ pub fn i32_to_f32(v: i32) -> f32 {
 
 #[inline]
 pub fn f32_to_i16(v: f32) -> i16 {
-    let scaled = (v * I16_SCALE).clamp(-32_768.0, 32_767.0);
-    ((scaled + F32_ROUND_MAGIC) - F32_ROUND_MAGIC) as i16
+    let scaled = v * I16_SCALE;
+    // NaN is mapped to 0 first, so the clamp sees only numbers and compiles to min/max.
+    let scaled = if scaled.is_nan() { 0.0 } else { scaled.clamp(-32_768.0, 32_767.0) };
+    let rounded = (scaled + F32_ROUND_MAGIC) - F32_ROUND_MAGIC;
+    // SAFETY: `rounded` is finite and within [-32768, 32767], so it fits an i32 exactly.
+    unsafe { rounded.to_int_unchecked::<i32>() as i16 }
 }
 
 #[inline]
 pub fn f32_to_i32(v: f32) -> i32 {
-    let scaled = (f64::from(v) * I32_SCALE).clamp(-2_147_483_648.0, 2_147_483_647.0);
-    ((scaled + F64_ROUND_MAGIC) - F64_ROUND_MAGIC) as i32
+    let scaled = f64::from(v) * I32_SCALE;
+    let scaled = if scaled.is_nan() { 0.0 } else { scaled.clamp(-2_147_483_648.0, 2_147_483_647.0) };
+    let rounded = (scaled + F64_ROUND_MAGIC) - F64_ROUND_MAGIC;
+    // SAFETY: `rounded` is finite and within the i32 range.
+    unsafe { rounded.to_int_unchecked::<i32>() }
 }
 
 #[cfg(test)]

@@ -21,43 +21,20 @@ fn i32_to_i16(v: i32) -> i16 {
 
 /// Converts `audio` to `target`, writing the result into `arena`.
 pub fn convert(audio: &AudioBuffer, target: SampleFormat, arena: &mut OutputArena) -> AudioBuffer {
-    let (rate, ch, n) = (audio.sample_rate(), audio.channels(), audio.num_samples());
+    let (rate, ch) = (audio.sample_rate(), audio.channels());
     if audio.format() == target {
         return audio.clone();
     }
     match (audio.format(), target) {
-        (SampleFormat::I16, SampleFormat::F32) => {
-            let src = typed::<i16>(audio);
-            arena.write_typed(n, target, rate, ch, |out: &mut [f32]| map(&src, out, i16_to_f32))
-        }
-        (SampleFormat::I32, SampleFormat::F32) => {
-            let src = typed::<i32>(audio);
-            arena.write_typed(n, target, rate, ch, |out: &mut [f32]| map(&src, out, i32_to_f32))
-        }
-        (SampleFormat::F32, SampleFormat::I16) => {
-            let src = typed::<f32>(audio);
-            arena.write_typed(n, target, rate, ch, |out: &mut [i16]| map(&src, out, f32_to_i16))
-        }
-        (SampleFormat::F32, SampleFormat::I32) => {
-            let src = typed::<f32>(audio);
-            arena.write_typed(n, target, rate, ch, |out: &mut [i32]| map(&src, out, f32_to_i32))
-        }
+        (SampleFormat::I16, SampleFormat::F32) => arena.write_map(&typed::<i16>(audio), target, rate, ch, i16_to_f32),
+        (SampleFormat::I32, SampleFormat::F32) => arena.write_map(&typed::<i32>(audio), target, rate, ch, i32_to_f32),
+        (SampleFormat::F32, SampleFormat::I16) => arena.write_map(&typed::<f32>(audio), target, rate, ch, f32_to_i16),
+        (SampleFormat::F32, SampleFormat::I32) => arena.write_map(&typed::<f32>(audio), target, rate, ch, f32_to_i32),
         (SampleFormat::I16, SampleFormat::I32) => {
-            let src = typed::<i16>(audio);
-            arena.write_typed(n, target, rate, ch, |out: &mut [i32]| map(&src, out, |v| i32::from(v) << 16))
+            arena.write_map(&typed::<i16>(audio), target, rate, ch, |v| i32::from(v) << 16)
         }
-        (SampleFormat::I32, SampleFormat::I16) => {
-            let src = typed::<i32>(audio);
-            arena.write_typed(n, target, rate, ch, |out: &mut [i16]| map(&src, out, i32_to_i16))
-        }
+        (SampleFormat::I32, SampleFormat::I16) => arena.write_map(&typed::<i32>(audio), target, rate, ch, i32_to_i16),
         _ => unreachable!("equal formats returned above"),
-    }
-}
-
-#[inline]
-fn map<A: Copy, B>(src: &[A], out: &mut [B], f: impl Fn(A) -> B) {
-    for (o, s) in out.iter_mut().zip(src) {
-        *o = f(*s);
     }
 }
 

@@ -11,16 +11,20 @@
 //! sets the FFT block length, which trades latency against how close to Nyquist the passband
 //! stays flat:
 //!
-//! | quality | block (input frames, about) | flat within 0.1 dB up to | delay at 48 → 16 kHz |
+//! | quality | block (input frames) | flat within 0.1 dB up to | block + delay at 48 → 16 kHz |
 //! | --- | --- | --- | --- |
-//! | `high` | 2048 | 0.95 × the lower Nyquist | ~21 ms |
-//! | `medium` | 512 | 0.85 × | ~5 ms |
-//! | `low` | 256 | 0.75 × | ~3 ms |
+//! | `high` | 1024 – 2048 | 0.92 × the lower Nyquist | 32 + 16 ms |
+//! | `medium` | 512 – 1024 | 0.85 × | 16 + 8 ms |
+//! | `low` | 256 – 512 | 0.75 × | 8 + 4 ms |
+//!
+//! Within each range the length with the fastest FFT is chosen. Built resamplers are pooled and
+//! reused by later requests with the same rates, quality and channels.
 //!
 //! Blocks are a multiple of `input_rate / gcd(input_rate, output_rate)` frames, so unusual rate
 //! pairs (44 101 → 16 000 Hz) get long blocks and more latency; the output still lines up.
 
-use audioadapter_buffers::direct::InterleavedSlice;
+use audioadapter_buffers::direct::{InterleavedSlice, SequentialSlice};
+use rubato::audioadapter::{Adapter, AdapterMut};
 use rubato::{Fft, FixedSync, Indexing, Resampler, WindowFunction};
 use serde_json::{Map, Value, json};
 
@@ -33,7 +37,7 @@ pub const MAX_RATE: u32 = 768_000;
 pub const MIN_RATE: u32 = 1_000;
 
 /// Resampling quality.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quality {
     Low,
     Medium,
@@ -49,10 +53,10 @@ impl Quality {
         }
     }
 
-    /// Target FFT block length in input frames.
+    /// Shortest FFT block, in input frames, that keeps the passband of this quality flat.
     fn block(self) -> usize {
         match self {
-            Quality::High => 2048,
+            Quality::High => 1024,
             Quality::Medium => 512,
             Quality::Low => 256,
         }
@@ -63,31 +67,55 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-fn is_smooth(mut n: usize) -> bool {
-    for p in [2, 3, 5] {
-        while n.is_multiple_of(p) {
-            n /= p;
-        }
-    }
-    n == 1
-}
-
-/// Blocks per FFT for a rate pair: at least the quality's target length, always an even count
-/// of minimal blocks (so the filter's centre, and with it the delay, is a whole number of
-/// frames on both sides), preferring FFT lengths with only the factors 2, 3 and 5 (fastest).
+/// Minimal blocks per FFT for a rate pair: at least the quality's block length, always an even
+/// count (so the filter's centre, and with it the delay, is a whole number of frames on both
+/// sides), and among the counts up to twice that, the one whose FFT length has the most factors
+/// of two (the fastest transforms).
 fn blocks_per_fft(min_block: usize, target: usize) -> usize {
     let first = target.div_ceil(min_block).max(1);
     let first = first + first % 2;
-    (first..=first + first / 2).step_by(2).find(|k| is_smooth(2 * k * min_block)).unwrap_or(first)
+    (first..=2 * first)
+        .step_by(2)
+        .max_by_key(|k| ((2 * k * min_block).trailing_zeros(), std::cmp::Reverse(*k)))
+        .unwrap_or(first)
 }
 
-/// Builds the rubato resampler for a rate pair, quality and channel count.
+/// Key of a reusable resampler: rates, quality and channels.
+type PoolKey = (u32, u32, Quality, usize);
+type Pool = std::collections::HashMap<PoolKey, Vec<Box<dyn Resampler<f32>>>>;
+
+/// Built resamplers waiting for reuse. Planning the FFTs and the filter costs about as much as
+/// resampling a second of audio, so a finished stream hands its resampler back here, reset,
+/// for the next request with the same rates, quality and channel count.
+static POOL: std::sync::LazyLock<std::sync::Mutex<Pool>> = std::sync::LazyLock::new(Default::default);
+/// Most resamplers kept per key, and in all.
+const POOL_PER_KEY: usize = 8;
+const POOL_TOTAL: usize = 64;
+
+fn pooled(key: PoolKey) -> Option<Box<dyn Resampler<f32>>> {
+    POOL.lock().ok()?.get_mut(&key)?.pop()
+}
+
+fn give_back(key: PoolKey, mut r: Box<dyn Resampler<f32>>) {
+    r.reset();
+    let Ok(mut pool) = POOL.lock() else { return };
+    let total: usize = pool.values().map(Vec::len).sum();
+    let slot = pool.entry(key).or_default();
+    if slot.len() < POOL_PER_KEY && total < POOL_TOTAL {
+        slot.push(r);
+    }
+}
+
+/// The rubato resampler for a rate pair, quality and channel count: from the pool, or built.
 fn build_resampler(
     input_rate: u32,
     output_rate: u32,
     quality: Quality,
     channels: usize,
 ) -> Result<Box<dyn Resampler<f32>>, String> {
+    if let Some(r) = pooled((input_rate, output_rate, quality, channels)) {
+        return Ok(r);
+    }
     let (fin, fout) = (input_rate as usize, output_rate as usize);
     let min_block = fin / gcd(fin, fout);
     let block = blocks_per_fft(min_block, quality.block()) * min_block;
@@ -98,6 +126,7 @@ fn build_resampler(
 
 /// Resampling state of one stream (or one request).
 struct Stream {
+    key: PoolKey,
     input_rate: u32,
     channels: usize,
     format: SampleFormat,
@@ -105,8 +134,6 @@ struct Stream {
     resampler: Option<Box<dyn Resampler<f32>>>,
     /// Input frames not yet consumed by the resampler, interleaved.
     pending: Vec<f32>,
-    /// One resampler call's output, interleaved.
-    block_out: Vec<f32>,
     /// Output of the current node call, interleaved.
     collected: Vec<f32>,
     /// Leading output frames still to drop (the resampler delay).
@@ -126,11 +153,11 @@ impl Stream {
         let (block_in, block_out, delay) =
             resampler.as_ref().map_or((0, 0, 0), |r| (r.input_frames_max(), r.output_frames_max(), r.output_delay()));
         Ok(Self {
+            key: (input_rate, output_rate, quality, channels),
             input_rate,
             channels,
             format: audio.format(),
             pending: Vec::with_capacity(2 * block_in * channels),
-            block_out: vec![0.0; block_out * channels],
             collected: Vec::with_capacity(2 * block_out * channels),
             to_trim: delay,
             resampler,
@@ -139,49 +166,52 @@ impl Stream {
         })
     }
 
-    /// Runs the resampler over as many whole blocks as `pending` holds; `partial` feeds the last,
-    /// short block (padding it with silence) when flushing.
-    fn pump(&mut self, partial: bool, ctx: &NodeContext) -> Result<(), NodeError> {
-        let Some(r) = self.resampler.as_mut() else { return Ok(()) };
+    /// Resamples new input. Whole blocks are read straight from `input` when nothing is pending
+    /// (no copy); only the remainder that does not fill a block is kept for the next call.
+    fn feed(&mut self, input: &[f32], ctx: &NodeContext) -> Result<(), NodeError> {
+        let ch = self.channels;
+        if self.pending.is_empty() {
+            let consumed = self.whole_blocks(input, ctx)?;
+            self.pending.extend_from_slice(&input[consumed * ch..]);
+        } else {
+            self.pending.extend_from_slice(input);
+            // Moved out while the resampler reads it, then put back, keeping its allocation.
+            let pending = std::mem::take(&mut self.pending);
+            let consumed = self.whole_blocks(&pending, ctx);
+            self.pending = pending;
+            self.pending.drain(..consumed? * ch);
+        }
+        Ok(())
+    }
+
+    /// Runs the resampler over as many whole blocks as `data` (interleaved) holds; returns the
+    /// frames consumed.
+    fn whole_blocks(&mut self, data: &[f32], ctx: &NodeContext) -> Result<usize, NodeError> {
+        let Some(r) = self.resampler.as_mut() else { return Ok(0) };
         let ch = self.channels;
         let mut consumed = 0;
-        loop {
-            let available = self.pending.len() / ch - consumed;
-            let needed = r.input_frames_next();
-            let indexing = if available >= needed {
-                Indexing::new().input_offset(consumed)
-            } else if partial && available > 0 {
-                Indexing::new().input_offset(consumed).partial_len(available)
-            } else {
-                break;
-            };
-            // The adapter must span `needed` frames even for a partial block; pad with zeros.
-            let end = (consumed + needed) * ch;
-            if self.pending.len() < end {
-                self.pending.resize(end, 0.0);
-            }
-            let frames_total = self.pending.len() / ch;
-            let input = InterleavedSlice::new(&self.pending[..], ch, frames_total)
-                .map_err(|e| NodeError::internal(format!("node `{}`: {e}", ctx.node_id)))?;
-            let out_frames = self.block_out.len() / ch;
-            let mut output = InterleavedSlice::new_mut(&mut self.block_out[..], ch, out_frames)
-                .map_err(|e| NodeError::internal(format!("node `{}`: {e}", ctx.node_id)))?;
-            let (used, written) = r
-                .process_into_buffer(&input, &mut output, Some(&indexing))
+        while data.len() / ch - consumed >= r.input_frames_next() {
+            let indexing = Indexing::new().input_offset(consumed);
+            consumed += resample_block(r.as_mut(), data, ch, &indexing, &mut self.collected, &mut self.to_trim)
                 .map_err(|e| NodeError::internal(format!("node `{}`: resampler failed: {e}", ctx.node_id)))?;
-            consumed += used.min(available);
-            let skip = written.min(self.to_trim);
-            self.to_trim -= skip;
-            self.collected.extend_from_slice(&self.block_out[skip * ch..written * ch]);
-            if indexing.partial_len.is_some() {
-                break;
-            }
             ctx.check_cancelled()?;
         }
-        self.pending.drain(..(consumed * ch).min(self.pending.len()));
-        if partial {
-            self.pending.clear();
+        Ok(consumed)
+    }
+
+    /// Feeds the pending remainder as a last, short block (the resampler pads it with silence).
+    fn last_block(&mut self, ctx: &NodeContext) -> Result<(), NodeError> {
+        let Some(r) = self.resampler.as_mut() else { return Ok(()) };
+        let ch = self.channels;
+        let available = self.pending.len() / ch;
+        if available > 0 {
+            // The adapter must span a whole block even though only `available` frames are read.
+            self.pending.resize(r.input_frames_next().max(available) * ch, 0.0);
+            let indexing = Indexing::new().partial_len(available);
+            resample_block(r.as_mut(), &self.pending, ch, &indexing, &mut self.collected, &mut self.to_trim)
+                .map_err(|e| NodeError::internal(format!("node `{}`: resampler failed: {e}", ctx.node_id)))?;
         }
+        self.pending.clear();
         Ok(())
     }
 
@@ -189,24 +219,58 @@ impl Stream {
     fn finish(&mut self, target: u64, ctx: &NodeContext) -> Result<(), NodeError> {
         let ch = self.channels;
         let Some(r) = self.resampler.as_mut() else { return Ok(()) };
-        let needed_in = r.input_frames_max();
-        let silence = vec![0.0f32; needed_in * ch];
-        let out_frames = self.block_out.len() / ch;
+        let silence = vec![0.0f32; r.input_frames_max() * ch];
+        let zeros = Indexing::new().partial_len(0);
         while self.frames_out + ((self.collected.len() / ch) as u64) < target {
-            let input = InterleavedSlice::new(&silence[..], ch, needed_in)
-                .map_err(|e| NodeError::internal(format!("node `{}`: {e}", ctx.node_id)))?;
-            let mut output = InterleavedSlice::new_mut(&mut self.block_out[..], ch, out_frames)
-                .map_err(|e| NodeError::internal(format!("node `{}`: {e}", ctx.node_id)))?;
-            let (_, written) = r
-                .process_into_buffer(&input, &mut output, Some(&Indexing::new().partial_len(0)))
+            resample_block(r.as_mut(), &silence, ch, &zeros, &mut self.collected, &mut self.to_trim)
                 .map_err(|e| NodeError::internal(format!("node `{}`: resampler failed: {e}", ctx.node_id)))?;
-            let skip = written.min(self.to_trim);
-            self.to_trim -= skip;
-            self.collected.extend_from_slice(&self.block_out[skip * ch..written * ch]);
         }
         let keep = (target - self.frames_out) as usize * ch;
         self.collected.truncate(keep);
         Ok(())
+    }
+}
+
+/// One resampler call over interleaved `input`, appending its output to `out` after dropping
+/// any of the delay still to trim. Returns the input frames consumed. Mono audio goes through
+/// the sequential adapters, whose copies are plain `memcpy`s.
+fn resample_block(
+    r: &mut dyn Resampler<f32>,
+    input: &[f32],
+    ch: usize,
+    indexing: &Indexing,
+    out: &mut Vec<f32>,
+    to_trim: &mut usize,
+) -> Result<usize, String> {
+    let frames_in = input.len() / ch;
+    let start = out.len();
+    let frames_out = r.output_frames_next();
+    out.resize(start + frames_out * ch, 0.0);
+    let (seq_in, inter_in, mut seq_out, mut inter_out);
+    let (adapter_in, adapter_out): (&dyn Adapter<f32>, &mut dyn AdapterMut<f32>) = if ch == 1 {
+        seq_in = SequentialSlice::new(input, 1, frames_in).map_err(|e| e.to_string())?;
+        seq_out = SequentialSlice::new_mut(&mut out[start..], 1, frames_out).map_err(|e| e.to_string())?;
+        (&seq_in, &mut seq_out)
+    } else {
+        inter_in = InterleavedSlice::new(input, ch, frames_in).map_err(|e| e.to_string())?;
+        inter_out = InterleavedSlice::new_mut(&mut out[start..], ch, frames_out).map_err(|e| e.to_string())?;
+        (&inter_in, &mut inter_out)
+    };
+    let (used, written) = r.process_into_buffer(adapter_in, adapter_out, Some(indexing)).map_err(|e| e.to_string())?;
+    out.truncate(start + written * ch);
+    let skip = written.min(*to_trim);
+    if skip > 0 {
+        *to_trim -= skip;
+        out.drain(start..start + skip * ch);
+    }
+    Ok(used)
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(r) = self.resampler.take() {
+            give_back(self.key, r);
+        }
     }
 }
 
@@ -283,13 +347,12 @@ impl Node for ResampleNode {
             return Ok(Ports::audio_output(audio.clone()));
         }
         match audio.f32_slice() {
-            Some(s) => st.pending.extend_from_slice(s),
+            Some(s) => st.feed(s, ctx)?,
             None => {
                 audio.read_f32_into(&mut self.converted);
-                st.pending.extend_from_slice(&self.converted);
+                st.feed(&self.converted, ctx)?;
             }
         }
-        st.pump(false, ctx)?;
         Ok(self.emit())
     }
 
@@ -298,7 +361,7 @@ impl Node for ResampleNode {
         if st.resampler.is_none() {
             return Ok(Ports::new());
         }
-        st.pump(true, ctx)?;
+        st.last_block(ctx)?;
         let target = (st.frames_in as f64 * f64::from(self.output_rate) / f64::from(st.input_rate)).round() as u64;
         st.finish(target, ctx)?;
         Ok(self.emit())

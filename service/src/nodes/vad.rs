@@ -2,12 +2,14 @@
 //!
 //! Each frame (10, 20 or 30 ms of the channel average) is speech-like when all of these hold:
 //! - its level is at least `threshold_db` (RMS, dBFS);
-//! - it stands at least 6 dB above the noise floor: the lowest level among the last 1.5 s of
-//!   frames judged not to be speech (minimum statistics), so steady noise of any level is never
-//!   speech, and a long utterance does not lift the floor to its own level;
-//! - its spectrum between 150 Hz and 4 kHz is not flat (spectral flatness ≤ 0.3): voiced speech
-//!   is harmonic (median flatness about 0.02 in recorded speech), while white noise (about 0.55),
-//!   pink noise (about 0.4) and clicks are flat;
+//! - its energy in the speech band (150 Hz – 4 kHz) stands at least 6 dB above the noise floor:
+//!   the lowest such level among the last 1.5 s of frames judged not to be speech (minimum
+//!   statistics). Measured over a band of many FFT bins, stationary noise of any colour (white,
+//!   pink, brown, hum) varies little from frame to frame, so it never rises 6 dB above its own
+//!   floor, and a long utterance does not lift the floor to its own level;
+//! - its spectrum in that band is not flat (spectral flatness ≤ 0.3): voiced speech is harmonic
+//!   (median flatness about 0.02 in recorded speech), while white noise (about 0.55), pink noise
+//!   (about 0.4) and clicks are flat;
 //! - most of its energy (≥ 30 %) lies in that band, which rules out hum and rumble.
 //!
 //! A segment opens after `min_speech_ms` of consecutive speech-like frames (starting at the
@@ -47,7 +49,10 @@ const FLOOR_DB: f32 = -120.0;
 /// Measurements of one frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FrameFeatures {
+    /// RMS level of the frame, dBFS.
     pub energy_db: f32,
+    /// Level of the frame's speech band, in dB relative to the same scale.
+    pub band_db: f32,
     pub flatness: f32,
     pub band_ratio: f32,
 }
@@ -93,7 +98,7 @@ impl Analyzer {
         let filled = frame.len().min(self.input.len());
         self.input[filled..].fill(0.0);
         if self.fft.process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch).is_err() {
-            return FrameFeatures { energy_db, flatness: 1.0, band_ratio: 0.0 };
+            return FrameFeatures { energy_db, band_db: FLOOR_DB, flatness: 1.0, band_ratio: 0.0 };
         }
         // A tiny offset keeps ln() finite for empty bins without changing real spectra.
         const EPS: f32 = 1e-20;
@@ -110,7 +115,9 @@ impl Analyzer {
         let bins = self.band.len() as f32;
         let flatness = if band_sum > 0.0 { ((band_log / bins).exp() / (band_sum / bins + EPS)).min(1.0) } else { 1.0 };
         let band_ratio = if total > 0.0 { band_sum / total } else { 0.0 };
-        FrameFeatures { energy_db, flatness, band_ratio }
+        // The band's share of the frame's mean square, on the same dB scale as `energy_db`.
+        let band_db = if band_sum > 0.0 { (10.0 * (mean_square * band_ratio).log10()).max(FLOOR_DB) } else { FLOOR_DB };
+        FrameFeatures { energy_db, band_db, flatness, band_ratio }
     }
 }
 
@@ -205,9 +212,9 @@ impl Detector {
     fn finish_frame(&mut self) {
         let f = self.analyzer.analyze(&self.frame);
         self.last = Some(f);
-        let noise_floor = self.recent.iter().copied().fold(f.energy_db, f32::min);
+        let noise_floor = self.recent.iter().copied().fold(f.band_db, f32::min);
         let speech = f.energy_db >= self.threshold_db
-            && f.energy_db >= noise_floor + NOISE_MARGIN_DB
+            && f.band_db >= noise_floor + NOISE_MARGIN_DB
             && f.flatness <= MAX_FLATNESS
             && f.band_ratio >= MIN_BAND_RATIO;
         if !speech {
@@ -216,7 +223,7 @@ impl Detector {
             if self.recent.len() == self.noise_window {
                 self.recent.pop_front();
             }
-            self.recent.push_back(f.energy_db);
+            self.recent.push_back(f.band_db);
         }
         let i = self.frames_done;
         self.frames_done += 1;

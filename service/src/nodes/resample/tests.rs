@@ -311,3 +311,28 @@ fn inputs_are_checked() {
     let err = feed(&mut n, AudioBuffer::from_f32(vec![], 48_000, 1)).unwrap_err();
     assert!(err.message.contains("input audio is empty"), "{}", err.message);
 }
+
+#[test]
+fn a_pooled_resampler_gives_the_same_output_as_a_fresh_one() {
+    let x = sine(1_234.0, 44_100, 30_000, 0.5, 0.2);
+    let p = json!({"output_rate": 22_050, "quality": "medium"});
+    let first = once(p.clone(), &x, 44_100, 1).as_f32().into_owned();
+    // The first node's resampler went back to the pool; the next request reuses it.
+    let noise: Vec<f32> = (0..10_000).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    once(p.clone(), &noise, 44_100, 1);
+    let again = once(p, &x, 44_100, 1).as_f32().into_owned();
+    assert!(first == again, "a reset resampler carries no state from earlier requests");
+}
+
+#[test]
+fn reported_latencies_match_the_docs() {
+    // docs/nodes.md states the block and filter delay per quality at 48 -> 16 kHz.
+    for (q, block_ms, delay_ms) in [(Quality::High, 32.0, 16.0), (Quality::Medium, 16.0, 8.0), (Quality::Low, 8.0, 4.0)]
+    {
+        let r = build_resampler(48_000, 16_000, q, 1).unwrap();
+        let block = r.input_frames_next() as f64 / 48.0;
+        let delay = r.output_delay() as f64 / 16.0;
+        assert!((block - block_ms).abs() < 1.0, "{q:?}: block {block:.1} ms");
+        assert!((delay - delay_ms).abs() < 1.0, "{q:?}: delay {delay:.1} ms");
+    }
+}

@@ -131,6 +131,18 @@ fn finds_one_segment_with_accurate_boundaries() {
     assert!((s.energy_db - -20.0).abs() < 2.0, "energy {}", s.energy_db);
 }
 
+/// Brown noise (integrated white noise, leaky so it stays bounded).
+fn brown(n: usize, seed: u64) -> Vec<f32> {
+    let mut acc = 0.0f32;
+    white(n, seed)
+        .into_iter()
+        .map(|w| {
+            acc = 0.998 * acc + 0.05 * w;
+            acc
+        })
+        .collect()
+}
+
 #[test]
 fn steady_white_pink_noise_and_hum_are_not_speech() {
     let n = seconds(4.0);
@@ -140,7 +152,9 @@ fn steady_white_pink_noise_and_hum_are_not_speech() {
     scale_to_dbfs(&mut p, -15.0);
     let mut hum: Vec<f32> = (0..n).map(|i| (2.0 * PI * 50.0 * i as f32 / RATE as f32).sin()).collect();
     scale_to_dbfs(&mut hum, -10.0);
-    for (name, x) in [("white", w), ("pink", p), ("hum", hum)] {
+    let mut b = brown(n, 3);
+    scale_to_dbfs(&mut b, -15.0);
+    for (name, x) in [("white", w), ("pink", p), ("brown", b), ("hum", hum)] {
         let lead = [silence(seconds(0.5)), x].concat();
         assert_eq!(segments(json!({}), &lead, 0), [], "{name}");
     }
@@ -148,7 +162,9 @@ fn steady_white_pink_noise_and_hum_are_not_speech() {
 
 #[test]
 fn speech_in_noise_at_10_db_snr_is_found_and_noise_alone_is_not() {
-    for (name, noise) in [("white", white(seconds(5.0), 7)), ("pink", pink(seconds(5.0), 9))] {
+    for (name, noise) in
+        [("white", white(seconds(5.0), 7)), ("pink", pink(seconds(5.0), 9)), ("brown", brown(seconds(5.0), 11))]
+    {
         let mut v = voiced(seconds(1.5));
         scale_to_dbfs(&mut v, -20.0);
         let mut x = noise;
@@ -251,5 +267,6 @@ fn features_separate_harmonic_sound_from_noise() {
     scale_to_dbfs(&mut w, -20.0);
     let f = a.analyze(&w);
     assert!(f.flatness > 0.4, "{f:?}");
+    assert!(f.band_db < f.energy_db, "the band holds part of the energy: {f:?}");
     assert_eq!(a.analyze(&[0.0; 480]).energy_db, FLOOR_DB);
 }

@@ -1,0 +1,201 @@
+"""Audio correctness through the real server: resampling against soxr, VAD on real speech,
+format conversion against numpy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from conftest import RunningServer
+from helpers import f32, manifest, node, samples
+from remotemedia_client import AsyncClient, Client, pb
+
+RNG = np.random.default_rng(1234)
+
+
+def run(server: RunningServer, nodes: list[pb.NodeManifest], edges: list[tuple[str, str]], source: str, audio: pb.AudioBuffer) -> pb.ExecutionResult:
+    with Client(server.address) as client:
+        resp = client.execute(pb.ExecuteRequest(manifest=manifest(nodes, edges), audio_inputs={source: audio}))
+    assert resp.WhichOneof("outcome") == "result", resp.error
+    return resp.result
+
+
+def multitone(rate: int, seconds: float, top_hz: float) -> np.ndarray:
+    """Twenty tones with random phases, all below `top_hz`."""
+    t = np.arange(int(rate * seconds)) / rate
+    freqs = np.linspace(50.0, top_hz, 20)
+    x = sum(np.sin(2 * np.pi * f * t + RNG.uniform(0, 2 * np.pi)) for f in freqs)
+    return (0.5 * x / np.max(np.abs(x))).astype(np.float32)
+
+
+# soxr "VHQ" is the independent reference. Both resamplers are flat and delay-free below 0.8 of
+# the lower Nyquist frequency, so on band-limited input they must agree to within their float32
+# noise floors; 80 dB SNR leaves margin above that floor and fails on any misalignment by more
+# than a tiny fraction of a sample or any passband error above about 0.001 dB.
+SNR_FLOOR_DB = 80.0
+
+
+@pytest.mark.parametrize(("fin", "fout"), [(48_000, 16_000), (44_100, 16_000), (16_000, 48_000), (44_100, 48_000), (22_050, 16_000), (96_000, 44_100)])
+def test_resampling_matches_soxr_vhq(server: RunningServer, fin: int, fout: int) -> None:
+    x = multitone(fin, 2.0, 0.8 * min(fin, fout) / 2)
+    out = samples(run(server, [node("rs", "AudioResampleNode", output_rate=fout)], [], "rs", f32(x, fin)).audio_outputs["rs"])
+    ref = soxr.resample(x, fin, fout, quality="VHQ")
+    assert len(out) == round(len(x) * fout / fin)
+    n = min(len(out), len(ref))
+    edge = fout // 10  # both treat the clip's edges differently; compare the steady middle
+    a, b = out[edge : n - edge].astype(np.float64), ref[edge : n - edge].astype(np.float64)
+    snr = 10 * np.log10(np.sum(b**2) / np.sum((a - b) ** 2))
+    assert snr >= SNR_FLOOR_DB, f"{fin}->{fout}: SNR against soxr VHQ {snr:.1f} dB"
+
+
+def test_multichannel_resampling_matches_soxr(server: RunningServer) -> None:
+    x = np.stack([multitone(48_000, 1.0, 6_000), multitone(48_000, 1.0, 6_000)], axis=1)
+    out = samples(run(server, [node("rs", "AudioResampleNode", output_rate=16_000)], [], "rs", f32(x.reshape(-1), 48_000, 2)).audio_outputs["rs"])
+    out = out.reshape(-1, 2)
+    ref = soxr.resample(x, 48_000, 16_000, quality="VHQ")
+    for ch in range(2):
+        a, b = out[1_600:-1_600, ch].astype(np.float64), ref[1_600:-1_600, ch].astype(np.float64)
+        assert 10 * np.log10(np.sum(b**2) / np.sum((a - b) ** 2)) >= SNR_FLOOR_DB
+
+
+async def stream_outputs(server: RunningServer, m: pb.PipelineManifest, source: str, x: np.ndarray, rate: int, chunk: int) -> list[pb.ExecutionResult]:
+    async with AsyncClient(server.address) as client:
+        call = client.stream()
+        await call.write(pb.StreamRequest(manifest=m))
+        assert (await call.read()).WhichOneof("response") == "ready"
+        results = []
+        for seq, start in enumerate(range(0, len(x), chunk)):
+            await call.write(pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=source, buffer=f32(x[start : start + chunk], rate), sequence=seq)))
+        await call.write(pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE)))
+        await call.done_writing()
+        while (resp := await call.read()) is not grpc.aio.EOF:
+            if resp.WhichOneof("response") == "result":
+                results.append(resp.result)
+        assert await call.code() == grpc.StatusCode.OK
+    return results
+
+
+async def test_streamed_resampling_equals_the_one_shot_output(server: RunningServer) -> None:
+    x = multitone(48_000, 1.5, 7_000)
+    m = manifest([node("rs", "AudioResampleNode", output_rate=16_000)])
+    whole = samples(run(server, list(m.nodes), [], "rs", f32(x, 48_000)).audio_outputs["rs"])
+    results = await stream_outputs(server, m, "rs", x, 48_000, 960)
+    streamed = np.concatenate([samples(r.audio_outputs["rs"]) for r in results if "rs" in r.audio_outputs])
+    np.testing.assert_array_equal(streamed, whole)
+
+
+def test_format_conversion_matches_numpy(server: RunningServer) -> None:
+    x = np.concatenate([RNG.uniform(-1.2, 1.2, 10_000), [1.0, -1.0, 0.5 / 32768, 1.5 / 32768]]).astype(np.float32)
+    res = run(server, [node("fc", "FormatConverterNode", target_format="i16")], [], "fc", f32(x))
+    got = samples(res.audio_outputs["fc"])
+    want = np.clip(np.round(x.astype(np.float64) * 32768), -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(got, want)
+    ints = RNG.integers(-32768, 32768, 5_000, dtype=np.int16)
+    buf = pb.AudioBuffer(samples=ints.tobytes(), sample_rate=16_000, channels=1, format=pb.AUDIO_FORMAT_I16, num_samples=ints.size)
+    back = samples(run(server, [node("fc", "FormatConverterNode", target_format="f32")], [], "fc", buf).audio_outputs["fc"])
+    np.testing.assert_array_equal(back, ints.astype(np.float32) / 32768)
+
+
+# --- VAD on real speech ---------------------------------------------------------------------
+
+RATE = 16_000
+PHRASES = ["Open the window and let the light in", "Many hands make light work"]
+LEAD, GAP, TAIL = 1.0, 1.2, 1.0
+# Boundary tolerance: frames are 30 ms, so a boundary is quantised by up to one frame; and
+# unvoiced sounds (the "th", "s", "f" at a word's edge) are noise-like, which the detector
+# deliberately does not call speech, so an edge may move inward by one such sound (about
+# 100 ms in espeak's voice). Hence 130 ms.
+TOLERANCE_S = 0.13
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[np.ndarray, list[tuple[float, float]]]]:
+    """Two spoken phrases between known silences, and where their speech really is."""
+    for tool in ("espeak-ng", "sox"):
+        assert shutil.which(tool), f"{tool} is missing; `make system-deps` installs it"
+    d = tmp_path_factory.mktemp("speech")
+    padded, truth, t = [], [], LEAD
+    for i, (text, before, after) in enumerate([(PHRASES[0], LEAD, GAP), (PHRASES[1], 0.0, TAIL)]):
+        raw, wav, pad = d / f"{i}.raw.wav", d / f"{i}.wav", d / f"{i}.pad.wav"
+        subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
+        subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(wav)], check=True)
+        y, sr = sf.read(wav, dtype="float32")
+        assert sr == RATE
+        # Ground truth: 10 ms frames within 45 dB of the phrase's loudest frame.
+        frames = y[: len(y) // 160 * 160].reshape(-1, 160)
+        level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+        active = np.flatnonzero(level > level.max() - 45)
+        truth.append((t + active[0] * 0.01, t + (active[-1] + 1) * 0.01))
+        t += len(y) / RATE + after
+        # sox inserts the known silences around each phrase.
+        subprocess.run(["sox", str(wav), str(pad), "pad", str(before), str(after)], check=True)
+        padded.append(str(pad))
+    joined = d / "speech.wav"
+    subprocess.run(["sox", *padded, str(joined)], check=True)
+    x, _ = sf.read(joined, dtype="float32")
+    yield x, truth
+
+
+def noise(kind: str, n: int, tmp: Path) -> np.ndarray:
+    """sox-synthesised noise (repeatable, `-R`), normalised to unit power."""
+    path = tmp / f"{kind}.wav"
+    cmd = ["sox", "-R", "-n", "-r", str(RATE), "-c", "1", "-b", "32", "-e", "floating-point", str(path), "synth", f"{n / RATE + 0.1}", kind]
+    subprocess.run(cmd, check=True)
+    y, _ = sf.read(path, dtype="float32")
+    y = y[:n]
+    return (y / np.sqrt(np.mean(y**2))).astype(np.float32)
+
+
+def mix_at_snr(x: np.ndarray, truth: list[tuple[float, float]], n: np.ndarray, snr_db: float) -> np.ndarray:
+    active = np.concatenate([x[int(a * RATE) : int(b * RATE)] for a, b in truth])
+    speech_power = np.mean(active**2)
+    return (x + n * np.sqrt(speech_power / 10 ** (snr_db / 10))).astype(np.float32)
+
+
+def vad_segments(server: RunningServer, x: np.ndarray) -> list[dict[str, float]]:
+    res = run(server, [node("vad", "VADNode")], [], "vad", f32(x, RATE))
+    np.testing.assert_array_equal(samples(res.audio_outputs["vad"]), x)
+    return list(json.loads(res.data_outputs["vad"])["segments"])
+
+
+def assert_matches(segments: list[dict[str, float]], truth: list[tuple[float, float]], label: str) -> None:
+    assert len(segments) == len(truth), f"{label}: {segments} vs truth {truth}"
+    for s, (a, b) in zip(segments, truth):
+        assert abs(s["start_s"] - a) <= TOLERANCE_S, f"{label}: start {s['start_s']:.3f} vs {a:.3f}"
+        assert abs(s["end_s"] - b) <= TOLERANCE_S, f"{label}: end {s['end_s']:.3f} vs {b:.3f}"
+
+
+def test_vad_finds_the_phrases_in_clean_speech(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]]) -> None:
+    x, truth = speech
+    assert_matches(vad_segments(server, x), truth, "clean")
+
+
+@pytest.mark.parametrize(("kind", "snr_db"), [("whitenoise", 20), ("whitenoise", 10), ("pinknoise", 10), ("brownnoise", 10)])
+def test_vad_in_noise_finds_the_phrases_and_nothing_in_the_noise(
+    server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], tmp_path: Path, kind: str, snr_db: float
+) -> None:
+    x, truth = speech
+    mixed = mix_at_snr(x, truth, noise(kind, len(x), tmp_path), snr_db)
+    segments = vad_segments(server, mixed)
+    for s in segments:
+        overlaps = any(s["start_s"] < b and s["end_s"] > a for a, b in truth)
+        assert overlaps, f"{kind} at {snr_db} dB: segment {s} lies in a noise-only stretch"
+    assert_matches(segments, truth, f"{kind} at {snr_db} dB")
+
+
+async def test_vad_gives_the_same_segments_streamed_in_20_ms_chunks(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], tmp_path: Path) -> None:
+    x, truth = speech
+    mixed = mix_at_snr(x, truth, noise("whitenoise", len(x), tmp_path), 15)
+    whole = vad_segments(server, mixed)
+    results = await stream_outputs(server, manifest([node("vad", "VADNode")]), "vad", mixed, RATE, RATE // 50)
+    streamed = [s for r in results if "vad" in r.data_outputs for s in json.loads(r.data_outputs["vad"]).get("segments", [])]
+    assert streamed == whole
