@@ -16,6 +16,9 @@ SERVER_DEBUG := service/target/debug/remotemedia-server
 SERVER_RELEASE := service/target/release/remotemedia-server
 GRPCURL_VERSION := v1.9.3
 
+# The server embeds this venv's Python: pyo3 links its libpython (with an rpath) and the binary
+# defaults python_home to it.
+export PYO3_PYTHON := $(VPY)
 export REMOTEMEDIA_SERVER_BIN := $(abspath $(SERVER_DEBUG))
 export GRPCURL := $(TOOLS)/grpcurl
 
@@ -25,10 +28,10 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## create .venv with every Python dependency
-$(VENV)/.installed: requirements-dev.txt service/python/requirements.txt clients/python/pyproject.toml
+$(VENV)/.installed: requirements-dev.txt service/python/requirements.txt service/python/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -r requirements-dev.txt -e clients/python
+	$(VPY) -m pip install --quiet -r requirements-dev.txt -e service/python -e clients/python
 	touch $@
 
 tools: $(TOOLS)/grpcurl ## install grpcurl with go install
@@ -71,8 +74,9 @@ lint: venv ## rustfmt, clippy
 fmt: ## format the Rust code
 	$(CARGO) fmt --manifest-path service/Cargo.toml
 
-bench: venv ## criterion benches, then the same operations in Python tools, with ratios
-	$(VPY) bench/compare_python.py
+bench: venv ## criterion benches (nodes, Python nodes), then the same operations in Python tools
+	$(CARGO) bench $(CARGO_FLAGS)
+	$(VPY) bench/compare_python.py --no-cargo
 
 proto: venv ## regenerate the Python stubs from proto/
 	$(VPY) clients/python/scripts/gen_proto.py

@@ -2,6 +2,10 @@
 //! `protoc` is needed on the machine), generates the prost messages and tonic stubs into
 //! `OUT_DIR`, writes the encoded descriptor set used by gRPC reflection, and stamps the build
 //! time into `REMOTEMEDIA_BUILD_TIMESTAMP`.
+//!
+//! For the embedded interpreter it adds an rpath to the libpython pyo3 links against (so the
+//! binary never loads another Python's library) and records that interpreter's `sys.prefix` as
+//! the default `python_home` (`REMOTEMEDIA_DEFAULT_PYTHON_HOME`).
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +34,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Audio samples stay in the request's buffer: `bytes::Bytes` slices instead of `Vec<u8>` copies.
         .bytes(".remotemedia.v1.AudioBuffer.samples")
         .compile_fds(descriptors)?;
+
+    pyo3_build_config::add_libpython_rpath_link_args();
+    println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+    let interpreter = pyo3_build_config::get();
+    let prefix = interpreter
+        .executable()
+        .and_then(|exe| std::process::Command::new(exe).args(["-c", "import sys; print(sys.prefix)"]).output().ok())
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=REMOTEMEDIA_DEFAULT_PYTHON_HOME={prefix}");
 
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) => s.trim().parse::<u64>()?,

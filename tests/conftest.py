@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SERVER_BIN = Path(os.environ.get("REMOTEMEDIA_SERVER_BIN", REPO / "service" / "target" / "debug" / "remotemedia-server"))
 GRPCURL = Path(os.environ.get("GRPCURL", REPO / ".tools" / "bin" / "grpcurl"))
+PLUGINS = Path(__file__).resolve().parent / "plugins"
 READY_TIMEOUT = 120.0
 
 
@@ -115,6 +116,14 @@ def start_server(*args: str, env: dict[str, str] | None = None, defaults: bool =
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
     s = start_server()
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def plugin_server() -> Iterator[RunningServer]:
+    """A server that also loads the test-only plug-in nodes of tests/plugins."""
+    s = start_server("--python-nodes-path", str(PLUGINS))
     yield s
     assert s.stop() == 0
 

@@ -18,6 +18,7 @@ pub mod graph;
 pub mod grpc;
 pub mod nodes;
 pub mod probe;
+pub mod python;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -97,6 +97,7 @@ fn native_nodes_do_not_allocate_per_chunk() {
         ("FormatConverterNode", json!({"target_format": "i16"}), Box::new(tone(16_000, 1))),
         ("ChannelMixerNode", json!({"output_channels": 1}), Box::new(tone(48_000, 2))),
         ("ChannelMixerNode", json!({"output_channels": 2}), Box::new(tone(48_000, 1))),
+        ("ChannelMixerNode", json!({"output_channels": 2}), Box::new(tone(48_000, 6))),
         ("AudioChunkerNode", json!({"chunk_ms": 50}), Box::new(tone(16_000, 1))),
         ("GainNode", json!({"gain_db": -3}), Box::new(tone(16_000, 1))),
         ("PassThroughNode", json!({}), Box::new(tone(16_000, 1))),

@@ -647,7 +647,7 @@ fn call_native(
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        Err(NodeError::internal(format!("node `{}` panicked: {what}", ctx.node_id)))
+        Err(NodeError::internal(format!("panicked: {what}")))
     });
     (result, thread_cpu_time().saturating_sub(cpu_start))
 }

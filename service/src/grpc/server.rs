@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::graph::{CircuitBreakers, Engine};
 use crate::nodes::Registry;
 use crate::proto::pipeline_service_server::PipelineServiceServer;
+use crate::python::PythonRuntime;
 
 /// Name under which health reports the pipeline service.
 pub const SERVICE_NAME: &str = "remotemedia.v1.PipelineService";
@@ -205,8 +206,19 @@ async fn serve_metrics(listener: TcpListener, stop: tokio_util::sync::Cancellati
     }
 }
 
-/// Builds the registry (native nodes), binds and serves until `shutdown` resolves.
+/// Builds the registry (native nodes, and the Python runtime unless `python` is off), binds and
+/// serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let server = bind(config, Registry::builtin()).await?;
+    let mut registry = Registry::builtin();
+    if config.python_enabled {
+        let (home, workers, paths) =
+            (config.python_home.clone(), config.python_workers, config.python_nodes_paths.clone());
+        let runtime = tokio::task::spawn_blocking(move || PythonRuntime::start(home.as_deref(), workers, &paths))
+            .await
+            .map_err(|e| ServerError::Startup(format!("python start-up task failed: {e}")))?
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        registry.attach_foreign(runtime);
+    }
+    let server = bind(config, registry).await?;
     server.serve(shutdown).await
 }

@@ -1,16 +1,14 @@
-//! Input checks shared by the audio nodes, with errors that name the node, the input and the
-//! offending value.
+//! Input checks shared by the audio nodes, with errors that name the input and the offending
+//! value (the executor adds the node).
 
-use super::{INPUT, NodeContext, NodeError, Ports};
+use super::{INPUT, NodeError, Ports};
 use crate::audio::AudioBuffer;
 
 /// The node's `input` audio, refused if it is missing, empty or holds NaN/Inf samples.
-pub fn audio_input<'a>(inputs: &'a Ports, ctx: &NodeContext) -> Result<&'a AudioBuffer, NodeError> {
-    let audio = inputs
-        .audio(INPUT)
-        .map_err(|e| NodeError::invalid_input(format!("node `{}`: {e}", ctx.node_id)).with_field(INPUT))?;
+pub fn audio_input(inputs: &Ports) -> Result<&AudioBuffer, NodeError> {
+    let audio = inputs.audio(INPUT).map_err(|e| NodeError::invalid_input(format!("{e}")).with_field(INPUT))?;
     if audio.is_empty() {
-        return Err(NodeError::invalid_input(format!("node `{}`: input audio is empty", ctx.node_id)).with_field(INPUT));
+        return Err(NodeError::invalid_input("input audio is empty".to_owned()).with_field(INPUT));
     }
     if let Some(samples) = audio.f32_slice() {
         // The common case: a branch-free (vectorised) scan, then the slow search only on failure.
@@ -19,29 +17,24 @@ pub fn audio_input<'a>(inputs: &'a Ports, ctx: &NodeContext) -> Result<&'a Audio
         }
     }
     if let Some((index, value)) = audio.first_non_finite() {
-        return Err(NodeError::invalid_input(format!(
-            "node `{}`: input sample {index} is {value}; audio must be finite",
-            ctx.node_id
-        ))
-        .with_field(INPUT));
+        return Err(NodeError::invalid_input(format!("input sample {index} is {value}; audio must be finite"))
+            .with_field(INPUT));
     }
     Ok(audio)
 }
 
 /// Refuses a chunk whose rate or channel count differs from the stream's first chunk.
-pub fn same_layout(ctx: &NodeContext, audio: &AudioBuffer, rate: u32, channels: u32) -> Result<(), NodeError> {
+pub fn same_layout(audio: &AudioBuffer, rate: u32, channels: u32) -> Result<(), NodeError> {
     if audio.sample_rate() != rate {
         return Err(NodeError::invalid_input(format!(
-            "node `{}`: input sample_rate changed from {rate} Hz to {} Hz within the stream",
-            ctx.node_id,
+            "input sample_rate changed from {rate} Hz to {} Hz within the stream",
             audio.sample_rate()
         ))
         .with_field("input.sample_rate"));
     }
     if audio.channels() != channels {
         return Err(NodeError::invalid_input(format!(
-            "node `{}`: input channels changed from {channels} to {} within the stream",
-            ctx.node_id,
+            "input channels changed from {channels} to {} within the stream",
             audio.channels()
         ))
         .with_field("input.channels"));

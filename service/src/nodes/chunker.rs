@@ -28,15 +28,14 @@ pub struct AudioChunkerNode {
 }
 
 impl Node for AudioChunkerNode {
-    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
-        let audio = check::audio_input(&inputs, ctx)?;
+    fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+        let audio = check::audio_input(&inputs)?;
         let (format, rate, channels, chunk_frames) = match self.layout {
             Some((format, rate, channels, frames)) => {
-                check::same_layout(ctx, audio, rate, channels)?;
+                check::same_layout(audio, rate, channels)?;
                 if audio.format() != format {
                     return Err(NodeError::invalid_input(format!(
-                        "node `{}`: input format changed from {format} to {} within the stream",
-                        ctx.node_id,
+                        "input format changed from {format} to {} within the stream",
                         audio.format()
                     ))
                     .with_field("input.format"));

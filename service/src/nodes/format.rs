@@ -67,8 +67,8 @@ pub struct FormatConverterNode {
 }
 
 impl Node for FormatConverterNode {
-    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
-        let audio = check::audio_input(&inputs, ctx)?;
+    fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+        let audio = check::audio_input(&inputs)?;
         self.converted += audio.num_samples() as u64;
         Ok(Ports::audio_output(convert(audio, self.target, &mut self.arena)))
     }

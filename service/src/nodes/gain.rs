@@ -21,8 +21,8 @@ impl GainNode {
 }
 
 impl Node for GainNode {
-    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
-        let audio = check::audio_input(&inputs, ctx)?;
+    fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+        let audio = check::audio_input(&inputs)?;
         audio.read_f32_into(&mut self.scratch);
         let factor = self.factor;
         let mut clipped = 0u64;
@@ -118,7 +118,7 @@ mod tests {
         let mut node = create(json!({})).unwrap();
         let err = run(&mut node, AudioBuffer::from_f32(vec![0.0, f32::NAN], 8_000, 1)).unwrap_err();
         assert_eq!(err.kind, crate::nodes::NodeErrorKind::InvalidInput);
-        assert!(err.message.contains("node `g`: input sample 1 is NaN"), "{}", err.message);
+        assert!(err.message.contains("input sample 1 is NaN"), "{}", err.message);
     }
 
     #[test]

@@ -193,14 +193,14 @@ impl Stream {
         while data.len() / ch - consumed >= r.input_frames_next() {
             let indexing = Indexing::new().input_offset(consumed);
             consumed += resample_block(r.as_mut(), data, ch, &indexing, &mut self.collected, &mut self.to_trim)
-                .map_err(|e| NodeError::internal(format!("node `{}`: resampler failed: {e}", ctx.node_id)))?;
+                .map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
             ctx.check_cancelled()?;
         }
         Ok(consumed)
     }
 
     /// Feeds the pending remainder as a last, short block (the resampler pads it with silence).
-    fn last_block(&mut self, ctx: &NodeContext) -> Result<(), NodeError> {
+    fn last_block(&mut self) -> Result<(), NodeError> {
         let Some(r) = self.resampler.as_mut() else { return Ok(()) };
         let ch = self.channels;
         let available = self.pending.len() / ch;
@@ -209,21 +209,21 @@ impl Stream {
             self.pending.resize(r.input_frames_next().max(available) * ch, 0.0);
             let indexing = Indexing::new().partial_len(available);
             resample_block(r.as_mut(), &self.pending, ch, &indexing, &mut self.collected, &mut self.to_trim)
-                .map_err(|e| NodeError::internal(format!("node `{}`: resampler failed: {e}", ctx.node_id)))?;
+                .map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
         }
         self.pending.clear();
         Ok(())
     }
 
     /// Feeds silence until the output reaches `target` frames, then cuts it there.
-    fn finish(&mut self, target: u64, ctx: &NodeContext) -> Result<(), NodeError> {
+    fn finish(&mut self, target: u64) -> Result<(), NodeError> {
         let ch = self.channels;
         let Some(r) = self.resampler.as_mut() else { return Ok(()) };
         let silence = vec![0.0f32; r.input_frames_max() * ch];
         let zeros = Indexing::new().partial_len(0);
         while self.frames_out + ((self.collected.len() / ch) as u64) < target {
             resample_block(r.as_mut(), &silence, ch, &zeros, &mut self.collected, &mut self.to_trim)
-                .map_err(|e| NodeError::internal(format!("node `{}`: resampler failed: {e}", ctx.node_id)))?;
+                .map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
         }
         let keep = (target - self.frames_out) as usize * ch;
         self.collected.truncate(keep);
@@ -311,31 +311,28 @@ impl ResampleNode {
 
 impl Node for ResampleNode {
     fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
-        let audio = check::audio_input(&inputs, ctx)?;
+        let audio = check::audio_input(&inputs)?;
         if let Some(expected) = self.expected_input_rate
             && audio.sample_rate() != expected
         {
             return Err(NodeError::invalid_input(format!(
-                "node `{}`: input audio is {} Hz but parameter input_rate is {expected} Hz",
-                ctx.node_id,
+                "input audio is {} Hz but parameter input_rate is {expected} Hz",
                 audio.sample_rate()
             ))
             .with_field("input.sample_rate"));
         }
         if !(MIN_RATE..=MAX_RATE).contains(&audio.sample_rate()) {
             return Err(NodeError::invalid_input(format!(
-                "node `{}`: input sample_rate {} Hz is outside {MIN_RATE}..={MAX_RATE} Hz",
-                ctx.node_id,
+                "input sample_rate {} Hz is outside {MIN_RATE}..={MAX_RATE} Hz",
                 audio.sample_rate()
             ))
             .with_field("input.sample_rate"));
         }
         match &self.stream {
-            Some(st) => check::same_layout(ctx, audio, st.input_rate, st.channels as u32)?,
+            Some(st) => check::same_layout(audio, st.input_rate, st.channels as u32)?,
             None => {
-                let st = Stream::new(audio.sample_rate(), self.output_rate, self.quality, audio).map_err(|e| {
-                    NodeError::internal(format!("node `{}`: cannot build the resampler: {e}", ctx.node_id))
-                })?;
+                let st = Stream::new(audio.sample_rate(), self.output_rate, self.quality, audio)
+                    .map_err(|e| NodeError::internal(format!("cannot build the resampler: {e}")))?;
                 self.stream = Some(st);
             }
         }
@@ -356,14 +353,14 @@ impl Node for ResampleNode {
         Ok(self.emit())
     }
 
-    fn flush(&mut self, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+    fn flush(&mut self, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let Some(st) = self.stream.as_mut() else { return Ok(Ports::new()) };
         if st.resampler.is_none() {
             return Ok(Ports::new());
         }
-        st.last_block(ctx)?;
+        st.last_block()?;
         let target = (st.frames_in as f64 * f64::from(self.output_rate) / f64::from(st.input_rate)).round() as u64;
-        st.finish(target, ctx)?;
+        st.finish(target)?;
         Ok(self.emit())
     }
 

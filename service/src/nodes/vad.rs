@@ -304,19 +304,18 @@ pub struct VadNode {
 }
 
 impl Node for VadNode {
-    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
-        let audio = check::audio_input(&inputs, ctx)?;
+    fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+        let audio = check::audio_input(&inputs)?;
         if audio.sample_rate() < MIN_RATE {
             return Err(NodeError::invalid_input(format!(
-                "node `{}`: input sample_rate {} Hz is below the {MIN_RATE} Hz the speech band needs",
-                ctx.node_id,
+                "input sample_rate {} Hz is below the {MIN_RATE} Hz the speech band needs",
                 audio.sample_rate(),
             ))
             .with_field("input.sample_rate"));
         }
         let det = match &mut self.detector {
             Some(d) => {
-                check::same_layout(ctx, audio, d.sample_rate, d.channels)?;
+                check::same_layout(audio, d.sample_rate, d.channels)?;
                 d
             }
             None => self.detector.insert(Detector::new(&self.cfg, audio.sample_rate(), audio.channels())),

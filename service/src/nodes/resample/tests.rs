@@ -295,11 +295,7 @@ fn inputs_are_checked() {
     let feed = |n: &mut Box<dyn Node>, a: AudioBuffer| n.process(Ports::new().with(INPUT, PortValue::Audio(a)), &c);
     let mut n = node(json!({"output_rate": 16_000, "input_rate": 48_000}));
     let err = feed(&mut n, AudioBuffer::from_f32(vec![0.0; 10], 44_100, 1)).unwrap_err();
-    assert!(
-        err.message.contains("node `rs`: input audio is 44100 Hz but parameter input_rate is 48000 Hz"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("input audio is 44100 Hz but parameter input_rate is 48000 Hz"), "{}", err.message);
     assert_eq!(err.field.as_deref(), Some("input.sample_rate"));
 
     let mut n = node(json!({"output_rate": 16_000}));

@@ -1,0 +1,44 @@
+"""BandpassFilterNode: a Butterworth band-pass (scipy.signal), its state kept across chunks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import signal
+
+from remotemedia_nodes.audio import from_float
+from remotemedia_nodes.builtin.basic import audio_input, shaped
+from remotemedia_nodes.errors import InvalidInput, ParamError
+from remotemedia_nodes.registry import Node, node
+
+
+@node("BandpassFilterNode")
+class BandpassFilter(Node):
+    """Passes `low_hz`..`high_hz` (Butterworth of `order`, as second-order sections)."""
+
+    def __init__(self, low_hz: float, high_hz: float, order: int = 4) -> None:
+        if not isinstance(low_hz, (int, float)) or low_hz <= 0:
+            raise ParamError("low_hz", f"must be a positive number of Hz, got {low_hz}")
+        if not isinstance(high_hz, (int, float)) or high_hz <= low_hz:
+            raise ParamError("high_hz", f"must be a number of Hz above low_hz ({low_hz}), got {high_hz}")
+        if not isinstance(order, int) or not 1 <= order <= 12:
+            raise ParamError("order", f"must be an integer between 1 and 12, got {order}")
+        self.low, self.high, self.order = float(low_hz), float(high_hz), order
+        self.sos: np.ndarray | None = None
+        self.state: np.ndarray | None = None
+        self.rate = 0
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        a = audio_input(inputs, "BandpassFilterNode")
+        if self.sos is None:
+            if self.high >= a.sample_rate / 2:
+                raise InvalidInput(f"BandpassFilterNode: high_hz {self.high} must be below the Nyquist frequency ({a.sample_rate / 2} Hz)")
+            self.rate = a.sample_rate
+            self.sos = signal.butter(self.order, [self.low, self.high], btype="bandpass", fs=a.sample_rate, output="sos")
+            self.state = np.zeros((self.sos.shape[0], 2, a.channels))
+        elif a.sample_rate != self.rate:
+            raise InvalidInput(f"BandpassFilterNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
+        x = a.as_float().astype(np.float64)
+        y, self.state = signal.sosfilt(self.sos, x, axis=0, zi=self.state)
+        return {"output": from_float(shaped(y.astype(np.float32), a.channels), a.sample_rate, a.samples.dtype.type)}

@@ -1,0 +1,105 @@
+"""Python twins of PassThroughNode, GainNode, FormatConverterNode and ChannelMixerNode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from remotemedia_nodes.audio import Audio, from_float
+from remotemedia_nodes.errors import InvalidInput, ParamError
+from remotemedia_nodes.registry import Node, node
+
+_FORMATS = {"f32": np.float32, "i16": np.int16, "i32": np.int32}
+
+
+def audio_input(inputs: dict[str, Any], node_name: str) -> Audio:
+    """The `input` audio, refused when missing, empty or not finite (as the native nodes do)."""
+    audio = inputs.get("input")
+    if not isinstance(audio, Audio):
+        raise InvalidInput(f"{node_name}: missing input port `input`")
+    if audio.frames == 0:
+        raise InvalidInput(f"{node_name}: input audio is empty")
+    if audio.samples.dtype == np.float32 and not np.all(np.isfinite(audio.samples)):
+        index = int(np.flatnonzero(~np.isfinite(audio.samples.reshape(-1)))[0])
+        raise InvalidInput(f"{node_name}: input sample {index} is {audio.samples.reshape(-1)[index]}; audio must be finite")
+    return audio
+
+
+def shaped(x: np.ndarray, channels: int) -> np.ndarray:
+    """Frames × channels as mono 1-D when there is one channel (how outputs are returned)."""
+    return x[:, 0] if channels == 1 and x.ndim == 2 else x
+
+
+@node("PassThroughNode")
+class PassThrough(Node):
+    """Forwards `input` to `output` and `data` to `data`."""
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        out = {("output" if k == "input" else k): v for k, v in inputs.items()}
+        return out
+
+
+@node("GainNode")
+class Gain(Node):
+    """Scales audio by `gain_db` decibels or a linear `gain`, keeping its format."""
+
+    def __init__(self, gain_db: float | None = None, gain: float | None = None) -> None:
+        if gain_db is not None and gain is not None:
+            raise ParamError("gain", "cannot be combined with `gain_db`; give one of them")
+        if gain is not None and not (0 <= float(gain) <= 1000):
+            raise ParamError("gain", f"must be a number between 0 and 1000, got {gain}")
+        if gain_db is not None and not (-120 <= float(gain_db) <= 60):
+            raise ParamError("gain_db", f"must be a number between -120 and 60, got {gain_db}")
+        self.factor = float(gain) if gain is not None else 10 ** (float(gain_db or 0.0) / 20)
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        a = audio_input(inputs, "GainNode")
+        y = a.as_float() * np.float32(self.factor)
+        return {"output": from_float(shaped(y, a.channels), a.sample_rate, a.samples.dtype.type)}
+
+
+@node("FormatConverterNode")
+class FormatConverter(Node):
+    """Converts between f32, i16 and i32 (round to nearest, saturate; integers scale by 2^15 / 2^31)."""
+
+    def __init__(self, target_format: str) -> None:
+        if target_format not in _FORMATS:
+            raise ParamError("target_format", f'must be one of "f32", "i16", "i32", got "{target_format}"')
+        self.target = _FORMATS[target_format]
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        a = audio_input(inputs, "FormatConverterNode")
+        src, dst = a.samples.dtype.type, self.target
+        if src is dst:
+            return {"output": a}
+        if src is np.int16 and dst is np.int32:
+            return {"output": Audio(a.samples.astype(np.int32) << 16, a.sample_rate)}
+        if src is np.int32 and dst is np.int16:
+            rounded = np.round(a.samples.astype(np.float64) / 65536.0)
+            return {"output": Audio(np.clip(rounded, -32768, 32767).astype(np.int16), a.sample_rate)}
+        if dst is np.float32:
+            return {"output": Audio(shaped(a.as_float(), a.channels), a.sample_rate)}
+        return {"output": from_float(a.samples, a.sample_rate, dst)}
+
+
+@node("ChannelMixerNode")
+class ChannelMixer(Node):
+    """Downmixes by averaging channels `i % M == j`, upmixes by duplicating channel `j % N`."""
+
+    def __init__(self, output_channels: int) -> None:
+        if not isinstance(output_channels, int) or not 1 <= output_channels <= 256:
+            raise ParamError("output_channels", f"must be an integer between 1 and 256, got {output_channels}")
+        self.m = output_channels
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        a = audio_input(inputs, "ChannelMixerNode")
+        n, m = a.channels, self.m
+        if n == m:
+            return {"output": a}
+        x = a.samples if a.samples.ndim == 2 else a.samples[:, None]
+        if m > n:
+            return {"output": Audio(np.ascontiguousarray(x[:, [j % n for j in range(m)]]), a.sample_rate)}
+        f = a.as_float()
+        y = np.stack([f[:, j::m].mean(axis=1) for j in range(m)], axis=1)
+        return {"output": from_float(shaped(y, m), a.sample_rate, a.samples.dtype.type)}

@@ -1,0 +1,47 @@
+"""Python twin of AudioChunkerNode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from remotemedia_nodes.audio import Audio
+from remotemedia_nodes.builtin.basic import audio_input
+from remotemedia_nodes.errors import InvalidInput, ParamError
+from remotemedia_nodes.registry import Node, node
+
+
+@node("AudioChunkerNode")
+class AudioChunker(Node):
+    """Emits whole chunks of `chunk_samples` frames (or `chunk_ms`); the remainder on flush."""
+
+    def __init__(self, chunk_samples: int | None = None, chunk_ms: int | None = None) -> None:
+        if (chunk_samples is None) == (chunk_ms is None):
+            raise ParamError("chunk_samples", "or `chunk_ms` is required (exactly one of them)")
+        self.frames = chunk_samples
+        self.ms = chunk_ms
+        self.pending: np.ndarray | None = None
+        self.rate = 0
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        a = audio_input(inputs, "AudioChunkerNode")
+        if self.pending is None:
+            self.rate = a.sample_rate
+            if self.frames is None:
+                self.frames = max(1, -(-a.sample_rate * int(self.ms) // 1000))
+            self.pending = a.samples[:0].copy()
+        elif a.sample_rate != self.rate or a.samples.dtype != self.pending.dtype or a.samples.shape[1:] != self.pending.shape[1:]:
+            raise InvalidInput("AudioChunkerNode: input layout changed within the stream")
+        self.pending = np.concatenate([self.pending, a.samples])
+        whole = len(self.pending) // self.frames * self.frames
+        if whole == 0:
+            return {}
+        out, self.pending = self.pending[:whole], self.pending[whole:]
+        return {"output": Audio(out, self.rate)}
+
+    def flush(self) -> dict[str, Any]:
+        if self.pending is None or len(self.pending) == 0:
+            return {}
+        out, self.pending = self.pending, self.pending[:0]
+        return {"output": Audio(out, self.rate)}

@@ -1,0 +1,40 @@
+"""LoudnessNode: ITU-R BS.1770 integrated loudness (pyloudnorm), reported as `lufs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyloudnorm
+
+from remotemedia_nodes.builtin.basic import audio_input
+from remotemedia_nodes.errors import InvalidInput
+from remotemedia_nodes.registry import Node, node
+
+
+@node("LoudnessNode")
+class Loudness(Node):
+    """Passes the audio through and, at the end, reports its integrated loudness on port `lufs`
+    (LUFS; null for silence). Needs at least 0.4 s of audio (one gating block)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.rate = 0
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        a = audio_input(inputs, "LoudnessNode")
+        if self.rate and a.sample_rate != self.rate:
+            raise InvalidInput(f"LoudnessNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
+        self.rate = a.sample_rate
+        self.parts.append(a.as_float().astype(np.float64))
+        return {"output": a}
+
+    def flush(self) -> dict[str, Any]:
+        if not self.parts:
+            return {}
+        x = np.concatenate(self.parts)
+        self.parts = []
+        if len(x) < 0.4 * self.rate:
+            raise InvalidInput(f"LoudnessNode: integrated loudness needs at least 0.4 s of audio, got {len(x) / self.rate:.3f} s")
+        lufs = pyloudnorm.Meter(self.rate).integrated_loudness(x if x.shape[1] > 1 else x[:, 0])
+        return {"lufs": float(lufs) if np.isfinite(lufs) else None}

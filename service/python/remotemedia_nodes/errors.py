@@ -1,0 +1,48 @@
+"""Exceptions a node raises, and how the server treats each.
+
+| raised | error type | retried |
+| --- | --- | --- |
+| ``InvalidInput``, ``ValueError``, ``TypeError``, ``KeyError``, ``IndexError`` | bad input: NODE_EXECUTION | no |
+| ``TransientError``, ``TimeoutError``, ``ConnectionError`` | may pass: NODE_EXECUTION | yes, with backoff |
+| any other exception | a node failure: NODE_EXECUTION | no (counts toward the circuit breaker) |
+| ``ParamError`` (from ``__init__``) | bad parameters: VALIDATION | no |
+"""
+
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Base class of the exceptions nodes raise on purpose."""
+
+
+class InvalidInput(NodeError, ValueError):
+    """The node's input is unusable (wrong rate, missing port, ...). Not retried."""
+
+
+class TransientError(NodeError):
+    """A failure that may pass on its own (a busy dependency, a timeout). Retried with backoff."""
+
+
+class ParamError(NodeError, ValueError):
+    """A bad parameter, raised from a node's ``__init__``; names the parameter."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"parameter `{param}` {message}")
+        self.param = param
+        self.message = message
+
+
+class ParamErrors(NodeError, ValueError):
+    """Every parameter problem of one node, reported together."""
+
+    def __init__(self, errors: list[ParamError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class Cancelled(BaseException):
+    """Raised inside a node when its execution is cancelled or runs past its time limit.
+
+    It derives from ``BaseException`` so that ``except Exception`` in node code does not
+    swallow it.
+    """

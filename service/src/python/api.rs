@@ -1,0 +1,40 @@
+//! The Python objects the server calls, looked up once after the node package is imported.
+
+use pyo3::prelude::*;
+
+/// Functions and classes of `remotemedia_nodes` (and `json.loads`).
+pub struct Api {
+    pub create: Py<PyAny>,
+    pub call: Py<PyAny>,
+    pub node_types: Py<PyAny>,
+    pub format_exception: Py<PyAny>,
+    pub load_dir: Py<PyAny>,
+    pub audio: Py<PyAny>,
+    pub json_loads: Py<PyAny>,
+    pub invalid_input: Py<PyAny>,
+    pub transient: Py<PyAny>,
+    pub cancelled: Py<PyAny>,
+    pub param_errors: Py<PyAny>,
+}
+
+impl Api {
+    pub fn load(py: Python<'_>) -> PyResult<Self> {
+        let pkg = py.import("remotemedia_nodes")?;
+        let registry = py.import("remotemedia_nodes.registry")?;
+        let plugins = py.import("remotemedia_nodes.plugins")?;
+        let get = |m: &Bound<'_, PyModule>, name: &str| -> PyResult<Py<PyAny>> { Ok(m.getattr(name)?.unbind()) };
+        Ok(Self {
+            create: get(&registry, "create")?,
+            call: get(&registry, "call")?,
+            node_types: get(&registry, "node_types")?,
+            format_exception: get(&registry, "format_exception")?,
+            load_dir: get(&plugins, "load_dir")?,
+            audio: get(&pkg, "Audio")?,
+            json_loads: get(&py.import("json")?, "loads")?,
+            invalid_input: get(&pkg, "InvalidInput")?,
+            transient: get(&pkg, "TransientError")?,
+            cancelled: get(&pkg, "Cancelled")?,
+            param_errors: get(&pkg, "ParamErrors")?,
+        })
+    }
+}

@@ -1,0 +1,134 @@
+//! Tests against the real embedded interpreter (the project's Python environment).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use numpy::{PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use super::worker::JobError;
+use super::*;
+use crate::audio::{AudioBuffer, SampleFormat};
+use crate::graph::{CircuitBreakers, Engine, Manifest, Mode, RequestShape, RunLimits, RuntimeHint};
+use crate::nodes::{DATA, INPUT, OUTPUT, PortValue, Ports, Registry};
+
+fn runtime() -> Arc<PythonRuntime> {
+    PythonRuntime::start(None, 2, &[]).expect("the project's Python environment is set up (make venv)")
+}
+
+fn data_pointer(array: &Bound<'_, PyUntypedArray>) -> usize {
+    array.getattr("ctypes").and_then(|c| c.getattr("data")).and_then(|d| d.extract()).unwrap()
+}
+
+#[test]
+fn numpy_views_point_at_the_buffer_and_are_read_only() {
+    runtime();
+    let audio = AudioBuffer::from_f32((0..960).map(|i| i as f32 / 960.0).collect(), 48_000, 2);
+    Python::attach(|py| {
+        let array = bridge::array(py, &audio).unwrap();
+        assert_eq!(data_pointer(&array), audio.bytes().as_ptr() as usize, "no copy");
+        assert_eq!(array.shape(), [480, 2]);
+        let writeable: bool = array.getattr("flags").unwrap().getattr("writeable").unwrap().extract().unwrap();
+        assert!(!writeable);
+        assert!(array.call_method1("__setitem__", (0, 1.0)).is_err(), "Python cannot write into the server's buffer");
+        let first: f32 = array.call_method1("__getitem__", ((1, 0),)).unwrap().extract().unwrap();
+        assert_eq!(first, 2.0 / 960.0);
+    });
+}
+
+#[test]
+fn misaligned_integer_buffers_are_copied_once() {
+    runtime();
+    let mut raw = vec![0u8];
+    for v in [1i16, -2, 3] {
+        raw.extend_from_slice(&v.to_le_bytes());
+    }
+    let audio = AudioBuffer::from_wire(Bytes::from(raw).slice(1..), SampleFormat::I16, 8_000, 1, 3).unwrap();
+    Python::attach(|py| {
+        let array = bridge::array(py, &audio).unwrap();
+        let values: Vec<i16> = array.call_method0("ravel").unwrap().call_method0("tolist").unwrap().extract().unwrap();
+        assert_eq!(values, [1, -2, 3]);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_python_loop_is_interrupted_and_the_worker_serves_again() {
+    let rt = runtime();
+    let cancel = CancellationToken::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let job = {
+        let (cancel, started) = (cancel.clone(), started.clone());
+        let workers = rt.workers.clone();
+        tokio::spawn(async move {
+            workers
+                .run(&cancel, move |py| {
+                    started.notify_one();
+                    py.run(c"while True:\n    pass\n", None, None).map_err(|e| e.to_string())
+                })
+                .await
+        })
+    };
+    started.notified().await;
+    cancel.cancel();
+    assert_eq!(job.await.unwrap().unwrap_err(), JobError::Cancelled);
+    // Every worker takes jobs again (the interrupted one included), with no stray exception.
+    for _ in 0..4 {
+        let r = rt
+            .workers
+            .run(&CancellationToken::new(), |py| {
+                py.eval(c"sum(range(10))", None, None).unwrap().extract::<i64>().unwrap()
+            })
+            .await;
+        assert_eq!(r.unwrap(), 45);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_nodes_run_through_the_executor_with_their_errors_classified() {
+    let mut registry = Registry::builtin();
+    registry.attach_foreign(runtime());
+    let engine = Engine::new(registry, CircuitBreakers::default());
+    let mut m = Manifest::new("py").node("g", "GainNode", r#"{"gain": 0.5}"#);
+    m.nodes[0].runtime = RuntimeHint::CPython;
+    let shape = RequestShape { audio_inputs: Some(["g".to_owned()].into()), ..RequestShape::default() };
+    let mut p = engine.build(&m, &shape).await.unwrap();
+    let input = Ports::new().with(INPUT, PortValue::Audio(AudioBuffer::from_i16(vec![1_000, -1_000, 7], 8_000, 1)));
+    let out = p
+        .run([("g".to_owned(), input)].into(), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap();
+    let audio = out.outputs[0].ports.audio(OUTPUT).unwrap();
+    assert_eq!(audio.i16_slice().unwrap(), &[500, -500, 4], "ties to even: 3.5 -> 4");
+    assert_eq!(out.nodes[0].runtime, crate::nodes::Runtime::Python);
+    assert!(out.nodes[0].cpu_time > Duration::ZERO);
+
+    let only_data = Ports::new().with(DATA, PortValue::data(serde_json::json!({"not": "audio"})));
+    let err = p
+        .run([("g".to_owned(), only_data)].into(), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    match err {
+        crate::graph::ExecError::Node { source, attempts, .. } => {
+            assert_eq!(source.kind, crate::nodes::NodeErrorKind::InvalidInput, "{source:?}");
+            assert!(source.message.contains("missing input port `input`"), "{}", source.message);
+            assert!(source.stack_trace.as_deref().unwrap_or_default().contains("Traceback"), "{source:?}");
+            assert_eq!(attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_parameters_are_checked_by_name() {
+    let rt = runtime();
+    let params = serde_json::json!({"low_hz": 100, "hihg_hz": 200}).as_object().unwrap().clone();
+    let errors = rt.create("BandpassFilterNode", "bp", &params).await.err().unwrap();
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter().any(|t| t.contains("parameter `hihg_hz` is not accepted (accepted: high_hz, low_hz, order)")),
+        "{text:?}"
+    );
+    assert!(text.iter().any(|t| t.contains("parameter `high_hz` is required")), "{text:?}");
+}

@@ -1,0 +1,115 @@
+"""Test-only plug-in nodes: loaded by the integration tests with --python-nodes-path, never
+shipped in the server's registry."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy
+import scipy
+
+from remotemedia_nodes import InvalidInput, Node, TransientError, node
+
+
+@node("InterpreterInfoNode")
+class InterpreterInfo(Node):
+    """Reports the interpreter it runs in."""
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        libpython = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libpython" in line})
+        return {
+            "info": {
+                "version": sys.version,
+                "prefix": sys.prefix,
+                "base_prefix": sys.base_prefix,
+                "numpy": numpy.__version__,
+                "scipy": scipy.__version__,
+                "libpython": libpython,
+                "pid": os.getpid(),
+            }
+        }
+
+
+@node("ZeroCopyProbeNode")
+class ZeroCopyProbe(Node):
+    """Describes the numpy array it receives."""
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        a = inputs["input"].samples
+        base = a.base
+        return {
+            "probe": {
+                "data_address": a.__array_interface__["data"][0],
+                "base_type": type(base).__name__,
+                "base_address": getattr(base, "address", None),
+                "base_nbytes": getattr(base, "nbytes", None),
+                "nbytes": a.nbytes,
+                "writeable": bool(a.flags.writeable),
+                "owndata": bool(a.flags.owndata),
+                "shape": list(a.shape),
+                "dtype": str(a.dtype),
+            }
+        }
+
+
+@node("SpinNode")
+class Spin(Node):
+    """Busy-loops in pure Python (holding the GIL except at switch points) for `seconds`
+    (forever if negative), writing `marker` when it starts, then passes audio through."""
+
+    def __init__(self, seconds: float = 2.0, marker: str = "") -> None:
+        self.seconds = seconds
+        self.marker = marker
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.marker:
+            Path(self.marker).write_text("spinning")
+        end = time.monotonic() + self.seconds
+        n = 0
+        while self.seconds < 0 or time.monotonic() < end:
+            n += 1
+        return {"output": inputs["input"], "iterations": n}
+
+
+@node("GateNode")
+class Gate(Node):
+    """Writes `marker`, then waits until the file `release` exists, then passes audio through."""
+
+    def __init__(self, marker: str, release: str) -> None:
+        self.marker = Path(marker)
+        self.release = Path(release)
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.marker.write_text("waiting")
+        while not self.release.exists():
+            time.sleep(0.002)
+        return {"output": inputs["input"]}
+
+
+@node("RaiseNode")
+class Raise(Node):
+    """Raises `kind` with `message` (for error-path tests); counts its calls in `counter`."""
+
+    KINDS = {"ValueError": ValueError, "RuntimeError": RuntimeError, "TransientError": TransientError, "InvalidInput": InvalidInput}
+
+    def __init__(self, kind: str = "RuntimeError", message: str = "boom", counter: str = "") -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {sorted(self.KINDS)}")
+        self.kind = self.KINDS[kind]
+        self.message = message
+        self.counter = Path(counter) if counter else None
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.counter is not None:
+            calls = int(self.counter.read_text()) if self.counter.exists() else 0
+            self.counter.write_text(str(calls + 1))
+        helper_that_fails(self.kind, self.message)
+        return {}
+
+
+def helper_that_fails(kind: type[BaseException], message: str) -> None:
+    raise kind(message)
