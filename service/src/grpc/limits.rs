@@ -72,6 +72,32 @@ pub fn resolve(requested: Option<&proto::ResourceLimits>, limits: &Limits) -> Re
     })
 }
 
+/// Refuses a manifest with more nodes, or more connections, than the server builds.
+pub fn check_manifest_size(m: &proto::PipelineManifest, limits: &Limits) -> Result<(), ServiceError> {
+    let max_nodes = limits.max_pipeline_nodes;
+    let max_connections = 4 * max_nodes;
+    let too_many = if m.nodes.len() > max_nodes {
+        Some(format!(
+            "the manifest has {} nodes; this server builds at most {max_nodes} (max_pipeline_nodes)",
+            m.nodes.len()
+        ))
+    } else if m.connections.len() > max_connections {
+        Some(format!(
+            "the manifest has {} connections; this server accepts at most {max_connections} (4 × max_pipeline_nodes)",
+            m.connections.len()
+        ))
+    } else {
+        None
+    };
+    match too_many {
+        Some(message) => {
+            observe::limit_rejected("max_pipeline_nodes");
+            Err(ServiceError::Limit { message, limit: "max_pipeline_nodes" })
+        }
+        None => Ok(()),
+    }
+}
+
 /// Refuses a buffer with more samples than the execution allows.
 pub fn check_audio(buffer: &AudioBuffer, field: &str, limits: &Effective) -> Result<(), ServiceError> {
     let n = buffer.num_samples() as u64;
@@ -124,6 +150,22 @@ mod tests {
         );
         let r = proto::ResourceLimits { max_memory_bytes: 2 << 30, ..Default::default() };
         assert!(resolve(Some(&r), &limits()).unwrap_err().to_string().contains("(max_memory_bytes)"));
+    }
+
+    #[test]
+    fn oversized_manifests_are_refused_naming_the_limit() {
+        let mut m =
+            proto::PipelineManifest { nodes: vec![proto::NodeManifest::default(); 4_097], ..Default::default() };
+        let err = check_manifest_size(&m, &limits()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the manifest has 4097 nodes; this server builds at most 4096 (max_pipeline_nodes)"
+        );
+        m.nodes.truncate(10);
+        assert!(check_manifest_size(&m, &limits()).is_ok());
+        m.connections = vec![proto::Connection::default(); 4 * 4096 + 1];
+        let err = check_manifest_size(&m, &limits()).unwrap_err();
+        assert!(err.to_string().starts_with("the manifest has 16385 connections"), "{err}");
     }
 
     #[test]

@@ -88,6 +88,42 @@ pub fn request_finished(rpc: &'static str, code: Code, elapsed: Duration) {
     histogram!(REQUEST_DURATION, "rpc" => rpc).record(elapsed.as_secs_f64());
 }
 
+/// Records an RPC's outcome exactly once: with its code when it finishes, or as CANCELLED if its
+/// handler is dropped first (the client went away or its deadline passed).
+pub struct RpcRecord {
+    rpc: &'static str,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl RpcRecord {
+    pub fn start(rpc: &'static str) -> Self {
+        Self { rpc, started: std::time::Instant::now(), done: false }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn finish(mut self, code: Code) {
+        self.done = true;
+        request_finished(self.rpc, code, self.started.elapsed());
+    }
+}
+
+impl Drop for RpcRecord {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::info!(
+                rpc = self.rpc,
+                elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,
+                "abandoned by the client; work cancelled"
+            );
+            request_finished(self.rpc, Code::Cancelled, self.started.elapsed());
+        }
+    }
+}
+
 /// Adds one to a gauge for as long as it lives, so every exit path takes it back off.
 pub struct Active(&'static str);
 

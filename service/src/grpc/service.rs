@@ -66,6 +66,7 @@ impl Pipelines {
 
         let decode_started = Instant::now();
         let manifest_proto = request.manifest.unwrap_or_default();
+        limits::check_manifest_size(&manifest_proto, &state.config.limits)?;
         let (manifest, mut violations) = manifest_from_proto(&manifest_proto);
         let mut inputs: BTreeMap<String, Ports> = BTreeMap::new();
         for (node, buffer) in &request.audio_inputs {
@@ -160,6 +161,7 @@ pub fn version_info(state: &AppState) -> VersionInfo {
 #[tonic::async_trait]
 impl PipelineService for Pipelines {
     async fn execute_pipeline(&self, request: Request<ExecuteRequest>) -> Result<Response<ExecuteResponse>, Status> {
+        let record = observe::RpcRecord::start("ExecutePipeline");
         let started = Instant::now();
         let request = request.into_inner();
         let nodes = request.manifest.as_ref().map_or(0, |m| m.nodes.len());
@@ -168,7 +170,7 @@ impl PipelineService for Pipelines {
             Ok(_) => tonic::Code::Ok,
             Err(e) => e.to_status().code(),
         };
-        observe::request_finished("ExecutePipeline", code, started.elapsed());
+        record.finish(code);
         match outcome {
             Ok(response) => {
                 let in_band = match &response.outcome {

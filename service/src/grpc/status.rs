@@ -154,6 +154,31 @@ impl ServiceError {
     }
 }
 
+/// Rewrites the statuses tonic's codec produces for bad request messages into this service's
+/// errors: an oversized message is RESOURCE_EXHAUSTED (`RESOURCE_LIMIT`, naming
+/// `max_message_bytes`) and a message that does not decode is INVALID_ARGUMENT (`VALIDATION`).
+/// Other statuses are left alone (`None`).
+pub fn from_codec(status: &Status) -> Option<ServiceError> {
+    let msg = status.message();
+    match status.code() {
+        Code::OutOfRange if msg.contains("decoded message length too large") => Some(ServiceError::Limit {
+            message: format!(
+                "the request message is larger than the server accepts (max_message_bytes): {}",
+                msg.trim_start_matches("Error, ")
+            ),
+            limit: "max_message_bytes",
+        }),
+        Code::Internal
+            if msg.contains("failed to decode Protobuf message")
+                || msg.contains("Unexpected EOF decoding stream")
+                || msg.starts_with("protocol error") =>
+        {
+            Some(ServiceError::InvalidArgument(format!("the request message is malformed: {msg}")))
+        }
+        _ => None,
+    }
+}
+
 fn exec_error_type(e: &ExecError) -> ErrorType {
     match e {
         ExecError::Validation(_) => ErrorType::Validation,
@@ -271,6 +296,28 @@ mod tests {
         assert!(s.message().contains("supported versions: v1"));
         assert_eq!(s.metadata().get("remotemedia-supported-versions").unwrap(), "v1");
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "VERSION_MISMATCH");
+    }
+
+    #[test]
+    fn codec_errors_become_service_errors() {
+        let big = Status::out_of_range(
+            "Error, decoded message length too large: found 2000000 bytes, the limit is: 1048576 bytes",
+        );
+        let s = from_codec(&big).unwrap().to_status();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message().contains("max_message_bytes") && s.message().contains("found 2000000 bytes"),
+            "{}",
+            s.message()
+        );
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "RESOURCE_LIMIT");
+
+        let garbage = Status::internal("failed to decode Protobuf message: invalid varint");
+        let s = from_codec(&garbage).unwrap().to_status();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "VALIDATION");
+
+        assert!(from_codec(&Status::internal("something else")).is_none());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::limits::{self, Effective};
 use super::observe;
 use super::service::record_failure;
 use super::state::{AppState, SessionInfo};
-use super::status::ServiceError;
+use super::status::{self, ServiceError};
 use crate::graph::{ExecError, Mode, Pipeline, RequestShape, RunLimits, RunOutput, ValidationError};
 use crate::nodes::{INPUT, PortValue, Ports};
 use crate::proto::{
@@ -145,6 +145,9 @@ impl Session {
             }
         };
 
+        if let Err(e) = limits::check_manifest_size(&manifest, &self.state.config.limits) {
+            return End::Failed { error: e, in_band: true };
+        }
         let (manifest, violations) = manifest_from_proto(&manifest);
         let mut pipeline = match self.state.engine.build(&manifest, &RequestShape::stream()).await {
             Ok(_) if !violations.is_empty() => {
@@ -396,10 +399,15 @@ fn client_left() -> End {
     End::Failed { error: ServiceError::Cancelled("the client went away".into()), in_band: false }
 }
 
+/// The inbound stream yielded an error: a message the codec refused (too large, malformed) is
+/// answered in band and with its status; anything else means the client went away.
 fn client_gone(status: &Status) -> End {
-    End::Failed {
-        error: ServiceError::Cancelled(format!("the client stream failed: {}", status.message())),
-        in_band: false,
+    match status::from_codec(status) {
+        Some(error) => End::Failed { error, in_band: true },
+        None => End::Failed {
+            error: ServiceError::Cancelled(format!("the client stream failed: {}", status.message())),
+            in_band: false,
+        },
     }
 }
 

@@ -2,6 +2,10 @@
 //! authentication ([`auth`]) and the protocol version header ([`version`]). Health,
 //! reflection and `GetVersion` pass through untouched. Because the layer sits in front of the
 //! service, a stream is refused before its first message is read.
+//!
+//! On the way out the same layer rewrites the codec's statuses for bad request messages
+//! (oversized, undecodable) into the service's documented errors (see
+//! [`status::from_codec`](super::status::from_codec)).
 
 pub mod auth;
 pub mod version;
@@ -9,10 +13,11 @@ pub mod version;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::{Either, Ready, ready};
+use futures::FutureExt;
+use futures::future::{BoxFuture, ready};
 use tower::{Layer, Service};
 
-use super::status::ServiceError;
+use super::status::{self, ServiceError};
 
 /// Path prefix of the pipeline service's methods.
 const SERVICE_PREFIX: &str = "/remotemedia.v1.PipelineService/";
@@ -66,26 +71,45 @@ pub struct Guard<S> {
 impl<S, B> Service<http::Request<B>> for Guard<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Self::Response, S::Error>>, S::Future>;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let rpc = super::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
         match self.guards.check(request.uri().path(), request.headers()) {
-            Ok(()) => Either::Right(self.inner.call(request)),
+            Ok(()) => {
+                self.inner.call(request).map(move |r| r.map(|response| rewrite_codec_status(rpc, response))).boxed()
+            }
             Err(e) => {
                 tracing::info!(error = %e, "request refused");
-                let rpc = request.uri().path().rsplit('/').next().unwrap_or_default();
-                super::observe::request_finished(super::rpc_name(rpc), e.to_status().code(), std::time::Duration::ZERO);
-                Either::Left(ready(Ok(e.to_status().into_http())))
+                super::observe::request_finished(rpc, e.to_status().code(), std::time::Duration::ZERO);
+                ready(Ok(e.to_status().into_http())).boxed()
             }
         }
     }
+}
+
+/// A unary call whose request could not be decoded is answered by the codec with a
+/// trailers-only response; its status is replaced by the service's own error.
+fn rewrite_codec_status(
+    rpc: &'static str,
+    response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let Some(error) = tonic::Status::from_header_map(response.headers()).as_ref().and_then(status::from_codec) else {
+        return response;
+    };
+    tracing::info!(error = %error, "request message refused");
+    let status = error.to_status();
+    super::observe::request_finished(rpc, status.code(), std::time::Duration::ZERO);
+    status.into_http()
 }
 
 #[cfg(test)]

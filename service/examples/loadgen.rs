@@ -1,0 +1,345 @@
+//! Load driver for the benchmarks (`bench/load.py` runs it; see BENCHMARKS.md).
+//!
+//! ```text
+//! loadgen stream --addr 127.0.0.1:50051 --streams 1000 --rate 50 --seconds 60 [--server-pid PID]
+//! loadgen pingpong --addr 127.0.0.1:50051 --chunks 5000
+//! loadgen unary --addr 127.0.0.1:50051 --seconds 10 [--audio-seconds 1]
+//! ```
+//!
+//! `stream`: real-time streams of 20 ms 48 kHz chunks through resample (→ 16 kHz) + VAD, each
+//! sending `rate` chunks per second; reports errors, out-of-order results and the round trip of
+//! every chunk (send → its result). `pingpong`: one stream, each chunk sent when the previous
+//! result arrives. `unary`: back-to-back ExecutePipeline of `audio-seconds` of 48 kHz audio
+//! through the resampler, reporting latency and the server's serialization / wall time ratio.
+//! Output: one JSON object on stdout.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use remotemedia::proto::pipeline_service_client::PipelineServiceClient;
+use remotemedia::proto::{self, stream_request, stream_response};
+use tokio::sync::Mutex;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+#[derive(Clone)]
+struct Args {
+    mode: String,
+    addr: String,
+    streams: usize,
+    rate: u64,
+    seconds: u64,
+    chunks: u64,
+    connections: usize,
+    audio_seconds: u64,
+    server_pid: Option<u32>,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        mode: String::new(),
+        addr: "127.0.0.1:50051".into(),
+        streams: 100,
+        rate: 50,
+        seconds: 10,
+        chunks: 2_000,
+        connections: 16,
+        audio_seconds: 1,
+        server_pid: None,
+    };
+    let mut it = std::env::args().skip(1);
+    a.mode = it.next().unwrap_or_default();
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--addr" => a.addr = value,
+            "--streams" => a.streams = value.parse().unwrap(),
+            "--rate" => a.rate = value.parse().unwrap(),
+            "--seconds" => a.seconds = value.parse().unwrap(),
+            "--chunks" => a.chunks = value.parse().unwrap(),
+            "--connections" => a.connections = value.parse().unwrap(),
+            "--audio-seconds" => a.audio_seconds = value.parse().unwrap(),
+            "--server-pid" => a.server_pid = Some(value.parse().unwrap()),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+fn audio(frames: usize) -> proto::AudioBuffer {
+    let samples: Vec<u8> = (0..frames)
+        .flat_map(|i| ((i as f32 * 0.0575).sin() * 0.3 + (i as f32 * 0.39).sin() * 0.1).to_le_bytes())
+        .collect();
+    proto::AudioBuffer {
+        samples: Bytes::from(samples),
+        sample_rate: 48_000,
+        channels: 1,
+        format: proto::AudioFormat::F32 as i32,
+        num_samples: frames as u64,
+    }
+}
+
+fn node(id: &str, node_type: &str, params: &str) -> proto::NodeManifest {
+    proto::NodeManifest { id: id.into(), node_type: node_type.into(), params: params.into(), ..Default::default() }
+}
+
+fn stream_manifest() -> proto::PipelineManifest {
+    proto::PipelineManifest {
+        version: "v1".into(),
+        metadata: None,
+        nodes: vec![node("rs", "AudioResampleNode", r#"{"output_rate": 16000}"#), node("vad", "VADNode", "")],
+        connections: vec![proto::Connection { from: "rs".into(), to: "vad".into(), ..Default::default() }],
+        config: Some(proto::PipelineConfig { enable_metrics: Some(false), ..Default::default() }),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(latencies_ms: &mut [f64]) -> serde_json::Value {
+    latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    serde_json::json!({
+        "count": latencies_ms.len(),
+        "p50_ms": percentile(latencies_ms, 0.50),
+        "p90_ms": percentile(latencies_ms, 0.90),
+        "p99_ms": percentile(latencies_ms, 0.99),
+        "max_ms": latencies_ms.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+async fn channels(addr: &str, n: usize) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(8 << 20)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    out
+}
+
+#[derive(Default)]
+struct Totals {
+    errors: AtomicU64,
+    out_of_order: AtomicU64,
+    results: AtomicU64,
+}
+
+/// One real-time stream: sends a chunk every 1/rate s, matches results to send times.
+async fn realtime_stream(
+    channel: Channel,
+    args: Args,
+    totals: Arc<Totals>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    ready: Arc<tokio::sync::Barrier>,
+) {
+    let mut client = PipelineServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let _ = tx.send(proto::StreamRequest { request: Some(stream_request::Request::Manifest(stream_manifest())) }).await;
+    let mut responses = match client.stream_pipeline(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(_) => {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+            ready.wait().await;
+            return;
+        }
+    };
+    let _ = responses.next().await; // ready
+    ready.wait().await;
+    let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::new(Mutex::new(VecDeque::new()));
+    let chunk = audio(960);
+    let total = args.rate * args.seconds;
+    let sender = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for seq in 0..total {
+                ticker.tick().await;
+                sent.lock().await.push_back((seq, Instant::now()));
+                let msg = proto::AudioChunk { node_id: "rs".into(), buffer: Some(chunk.clone()), sequence: seq };
+                if tx
+                    .send(proto::StreamRequest { request: Some(stream_request::Request::AudioChunk(msg)) })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let close = proto::StreamControl { command: proto::stream_control::Command::Close as i32 };
+            let _ = tx.send(proto::StreamRequest { request: Some(stream_request::Request::Control(close)) }).await;
+        })
+    };
+    let mut local = Vec::with_capacity(total as usize);
+    let mut expected = 0;
+    while let Some(message) = responses.next().await {
+        match message {
+            Ok(proto::StreamResponse { response: Some(stream_response::Response::Result(r)) }) if expected < total => {
+                let at = Instant::now();
+                if let Some((seq, when)) = sent.lock().await.pop_front() {
+                    if seq != r.sequence {
+                        totals.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
+                    local.push(at.duration_since(when).as_secs_f64() * 1e3);
+                }
+                expected += 1;
+                totals.results.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(proto::StreamResponse { response: Some(stream_response::Response::Error(_)) }) | Err(_) => {
+                totals.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+        }
+    }
+    let _ = sender.await;
+    if expected != total {
+        totals.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    latencies.lock().await.extend(local);
+}
+
+async fn stream_mode(args: Args) -> serde_json::Value {
+    let chans = channels(&args.addr, args.connections).await;
+    let idle_rss = args.server_pid.and_then(rss_bytes);
+    let totals = Arc::new(Totals::default());
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let ready = Arc::new(tokio::sync::Barrier::new(args.streams + 1));
+    let tasks: Vec<_> = (0..args.streams)
+        .map(|i| {
+            tokio::spawn(realtime_stream(
+                chans[i % chans.len()].clone(),
+                args.clone(),
+                totals.clone(),
+                latencies.clone(),
+                ready.clone(),
+            ))
+        })
+        .collect();
+    ready.wait().await;
+    let started = Instant::now();
+    // Sample the server's memory halfway through, with every stream open.
+    tokio::time::sleep(Duration::from_secs(args.seconds / 2)).await;
+    let busy_rss = args.server_pid.and_then(rss_bytes);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut all = std::mem::take(&mut *latencies.lock().await);
+    serde_json::json!({
+        "mode": "stream",
+        "streams": args.streams,
+        "chunks_per_second_each": args.rate,
+        "seconds": started.elapsed().as_secs_f64(),
+        "results": totals.results.load(Ordering::Relaxed),
+        "errors": totals.errors.load(Ordering::Relaxed),
+        "out_of_order": totals.out_of_order.load(Ordering::Relaxed),
+        "round_trip": summary(&mut all),
+        "server_rss_idle_bytes": idle_rss,
+        "server_rss_busy_bytes": busy_rss,
+        "rss_per_stream_bytes": match (idle_rss, busy_rss) {
+            (Some(i), Some(b)) => Some(b.saturating_sub(i) / args.streams as u64),
+            _ => None,
+        },
+    })
+}
+
+async fn pingpong_mode(args: Args) -> serde_json::Value {
+    let mut client = PipelineServiceClient::new(channels(&args.addr, 1).await.remove(0));
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(proto::StreamRequest { request: Some(stream_request::Request::Manifest(stream_manifest())) })
+        .await
+        .unwrap();
+    let mut responses = client.stream_pipeline(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    responses.next().await.unwrap().unwrap();
+    let chunk = audio(960);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for seq in 0..args.chunks + 200 {
+        let start = Instant::now();
+        let msg = proto::AudioChunk { node_id: "rs".into(), buffer: Some(chunk.clone()), sequence: seq };
+        tx.send(proto::StreamRequest { request: Some(stream_request::Request::AudioChunk(msg)) }).await.unwrap();
+        match responses.next().await {
+            Some(Ok(proto::StreamResponse { response: Some(stream_response::Response::Result(r)) }))
+                if r.sequence == seq =>
+            {
+                if seq >= 200 {
+                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            _ => errors += 1,
+        }
+    }
+    serde_json::json!({ "mode": "pingpong", "errors": errors, "round_trip": summary(&mut latencies) })
+}
+
+async fn unary_mode(args: Args) -> serde_json::Value {
+    let mut client = PipelineServiceClient::new(channels(&args.addr, 1).await.remove(0));
+    let request = proto::ExecuteRequest {
+        manifest: Some(proto::PipelineManifest {
+            version: "v1".into(),
+            metadata: None,
+            nodes: vec![node("rs", "AudioResampleNode", r#"{"output_rate": 16000}"#)],
+            connections: vec![],
+            config: None,
+        }),
+        audio_inputs: [("rs".to_owned(), audio(48_000 * args.audio_seconds as usize))].into(),
+        ..Default::default()
+    };
+    let mut latencies = Vec::new();
+    let (mut serialization, mut wall) = (0.0, 0.0);
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let mut errors = 0;
+    let mut n = 0;
+    while Instant::now() < until {
+        let start = Instant::now();
+        match client.execute_pipeline(request.clone()).await.map(|r| r.into_inner().outcome) {
+            Ok(Some(proto::execute_response::Outcome::Result(r))) => {
+                if n >= 50 {
+                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                    let m = r.metrics.unwrap_or_default();
+                    serialization += m.serialization_time_ms;
+                    wall += m.wall_time_ms;
+                }
+                n += 1;
+            }
+            _ => errors += 1,
+        }
+    }
+    serde_json::json!({
+        "mode": "unary",
+        "audio_seconds": args.audio_seconds,
+        "errors": errors,
+        "latency": summary(&mut latencies),
+        "server_serialization_over_wall": serialization / wall,
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse();
+    let result = match args.mode.as_str() {
+        "stream" => stream_mode(args).await,
+        "pingpong" => pingpong_mode(args).await,
+        "unary" => unary_mode(args).await,
+        other => panic!("mode must be stream, pingpong or unary, got {other:?}"),
+    };
+    println!("{result}");
+}

@@ -1,0 +1,189 @@
+//! Garbage in: raw HTTP/2 requests with broken gRPC framing and random bytes, and property tests
+//! of the decode and validation paths. Every case gets a clear answer, the server keeps
+//! serving, and nothing is left running.
+
+mod common;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::*;
+use proptest::prelude::*;
+use prost::Message;
+use remotemedia::graph::{CircuitBreakers, Engine, RequestShape};
+use remotemedia::grpc::convert::{audio_from_proto, manifest_from_proto};
+use remotemedia::nodes::Registry;
+use remotemedia::proto;
+
+const EXECUTE: &str = "/remotemedia.v1.PipelineService/ExecutePipeline";
+const STREAM: &str = "/remotemedia.v1.PipelineService/StreamPipeline";
+
+/// What the server answered a raw request with.
+#[derive(Debug)]
+struct Answer {
+    http_status: u16,
+    grpc_status: Option<i32>,
+    grpc_message: String,
+}
+
+/// Sends one raw HTTP/2 request and reads the whole answer (headers, body, trailers).
+async fn raw(addr: std::net::SocketAddr, path: &str, content_type: &str, body: Bytes) -> Answer {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(body, true).unwrap();
+    let response = response.await.unwrap();
+    let (parts, mut body) = response.into_parts();
+    let header = |map: &http::HeaderMap, name: &str| map.get(name).map(|v| v.to_str().unwrap().to_owned());
+    let mut grpc_status = header(&parts.headers, "grpc-status").map(|s| s.parse().unwrap());
+    let mut grpc_message = header(&parts.headers, "grpc-message").unwrap_or_default();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if let Ok(Some(trailers)) = body.trailers().await {
+        grpc_status = header(&trailers, "grpc-status").map(|s| s.parse().unwrap()).or(grpc_status);
+        grpc_message = header(&trailers, "grpc-message").unwrap_or(grpc_message);
+    }
+    Answer { http_status: parts.status.as_u16(), grpc_status, grpc_message }
+}
+
+/// A gRPC length-prefixed frame around `payload`, with `declared` as its length field.
+fn frame(payload: &[u8], declared: u32, compressed: u8) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(compressed);
+    b.put_u32(declared);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+async fn still_serving(s: &TestServer) {
+    let req =
+        execute_request(manifest(vec![node("g", "GainNode", "")], vec![]), vec![("g", f32_audio(&[0.1; 4], 8_000, 1))]);
+    expect_result(s.client().await.execute_pipeline(req).await.unwrap().into_inner());
+    assert_eq!(s.state.inflight.count(), 0);
+}
+
+#[tokio::test]
+async fn broken_frames_get_clear_statuses_and_the_server_keeps_serving() {
+    let s = start(&[]).await;
+    let valid =
+        execute_request(manifest(vec![node("g", "GainNode", "")], vec![]), vec![("g", f32_audio(&[0.1; 4], 8_000, 1))])
+            .encode_to_vec();
+    let invalid_argument = tonic::Code::InvalidArgument as i32;
+    let cases: Vec<(&str, Bytes, i32, &str)> = vec![
+        ("truncated frame", frame(&valid[..valid.len() / 2], valid.len() as u32, 0), invalid_argument, "malformed"),
+        (
+            "random bytes",
+            frame(&[0xde, 0xad, 0xbe, 0xef, 0x13, 0x37, 0xff, 0x00, 0x42], 9, 0),
+            invalid_argument,
+            "malformed",
+        ),
+        (
+            "huge varint",
+            frame(&[0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 12, 0),
+            invalid_argument,
+            "malformed",
+        ),
+        ("length beyond the cap", frame(&[], u32::MAX, 0), tonic::Code::ResourceExhausted as i32, "max_message_bytes"),
+        ("compressed flag without encoding", frame(&valid, valid.len() as u32, 1), invalid_argument, "malformed"),
+        ("invalid compression flag", frame(&valid, valid.len() as u32, 7), invalid_argument, "malformed"),
+    ];
+    for (name, body, code, text) in cases {
+        let a = raw(s.addr, EXECUTE, "application/grpc", body).await;
+        assert_eq!(a.grpc_status, Some(code), "{name}: {a:?}");
+        assert!(a.grpc_message.contains(text), "{name}: {a:?}");
+        still_serving(&s).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
+    let s = start(&[]).await;
+    let a = raw(s.addr, EXECUTE, "text/plain", Bytes::from_static(b"hello")).await;
+    assert!(a.http_status == 415 || a.grpc_status.is_some_and(|c| c != 0), "{a:?}");
+    let a = raw(s.addr, "/remotemedia.v1.PipelineService/NoSuchMethod", "application/grpc", frame(&[], 0, 0)).await;
+    assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{a:?}");
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_on_a_stream_ends_it_with_an_error_and_frees_the_session() {
+    let s = start(&[]).await;
+    let manifest_msg = proto::StreamRequest {
+        request: Some(proto::stream_request::Request::Manifest(manifest(vec![node("g", "GainNode", "")], vec![]))),
+    }
+    .encode_to_vec();
+    let mut body = BytesMut::new();
+    body.put_slice(&frame(&manifest_msg, manifest_msg.len() as u32, 0));
+    body.put_slice(&frame(&[0xff; 7], 7, 0));
+    let a = raw(s.addr, STREAM, "application/grpc", body.freeze()).await;
+    assert_eq!(a.grpc_status, Some(tonic::Code::InvalidArgument as i32), "{a:?}");
+    s.wait_sessions(0).await;
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+fn engine() -> Engine {
+    Engine::new(Registry::builtin(), CircuitBreakers::default())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes either fail to decode or convert and validate to errors: never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decode_and_validation_paths(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(req) = proto::ExecuteRequest::decode(&bytes[..]) {
+            let (m, _) = manifest_from_proto(&req.manifest.unwrap_or_default());
+            for (k, b) in &req.audio_inputs {
+                let _ = audio_from_proto(b, k);
+            }
+            let shape = RequestShape { audio_inputs: Some(req.audio_inputs.keys().cloned().collect()), ..RequestShape::default() };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = rt.block_on(engine().build(&m, &shape));
+        }
+    }
+
+    /// Random manifests over a small alphabet of ids and types: validation reports problems with
+    /// a field and a message, and accepts exactly the manifests it can run.
+    #[test]
+    fn random_manifests_validate_without_panics(
+        nodes in proptest::collection::vec((0u8..6, prop_oneof![Just("GainNode"), Just("PassThroughNode"), Just("VAD"), Just("Nope"), Just("")], prop_oneof![Just(""), Just("{}"), Just("{"), Just("[]"), Just(r#"{"gain": 2}"#), Just(r#"{"gain_db": "x"}"#)], 0i32..7), 0..8),
+        edges in proptest::collection::vec((0u8..7, 0u8..7, prop_oneof![Just(""), Just("output"), Just("segments")], prop_oneof![Just(""), Just("input"), Just("data")]), 0..12),
+        version in prop_oneof![Just("v1"), Just("v2"), Just("")],
+    ) {
+        let m = proto::PipelineManifest {
+            version: version.to_string(),
+            metadata: None,
+            nodes: nodes.iter().map(|(id, t, p, hint)| proto::NodeManifest {
+                id: format!("n{id}"), node_type: t.to_string(), params: p.to_string(), runtime_hint: *hint, ..Default::default()
+            }).collect(),
+            connections: edges.iter().map(|(a, b, o, i)| proto::Connection {
+                from: format!("n{a}"), to: format!("n{b}"), output_key: o.to_string(), input_key: i.to_string(),
+            }).collect(),
+            config: None,
+        };
+        let (manifest, _) = manifest_from_proto(&m);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        match rt.block_on(engine().build(&manifest, &RequestShape::stream())) {
+            Ok(p) => prop_assert_eq!(p.len(), m.nodes.len()),
+            Err(e) => {
+                prop_assert!(!e.violations.is_empty());
+                for v in &e.violations {
+                    prop_assert!(!v.field.is_empty() && !v.message.is_empty(), "{:?}", v);
+                }
+            }
+        }
+    }
+}
