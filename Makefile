@@ -24,6 +24,11 @@ export GRPCURL := $(TOOLS)/grpcurl
 
 .PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench clean
 
+# Each client package brings its own targets and adds them to these lists.
+CLIENT_TEST_TARGETS :=
+CLIENT_LINT_TARGETS :=
+-include clients/python/client.mk clients/typescript/client.mk
+
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
@@ -56,7 +61,7 @@ build-release: venv ## build the server (release)
 run: build-release ## build and start the server with the defaults (ARGS="--listen ..." to override)
 	exec $(SERVER_RELEASE) $(ARGS)
 
-test: venv tools system-deps build test-rust test-proto test-python ## run every test suite
+test: venv tools system-deps build test-rust test-proto test-python $(CLIENT_TEST_TARGETS) ## run every test suite
 
 test-rust: ## Rust unit and integration tests
 	$(CARGO) test $(CARGO_FLAGS)
@@ -67,7 +72,7 @@ test-proto: venv ## check the generated Python stubs match proto/
 test-python: venv tools system-deps build ## pytest against the real binary
 	$(VPY) -m pytest -q
 
-lint: venv ## rustfmt, clippy
+lint: venv $(CLIENT_LINT_TARGETS) ## rustfmt, clippy and every client's linters
 	$(CARGO) fmt --manifest-path service/Cargo.toml --check
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 
