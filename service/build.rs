@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("remotemedia_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
 
     tonic_prost_build::configure()
+        // prost's codec with encode/decode timed into the server's metrics.
+        .codec_path("crate::grpc::codec::TimedCodec")
         // Audio samples stay in the request's buffer: `bytes::Bytes` slices instead of `Vec<u8>` copies.
         .bytes(".remotemedia.v1.AudioBuffer.samples")
         .compile_fds(descriptors)?;

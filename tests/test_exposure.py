@@ -203,9 +203,16 @@ def test_metrics_parse_as_prometheus_text_and_move_with_requests(limited: Runnin
     for name in ("remotemedia_requests", "remotemedia_request_duration_seconds", "remotemedia_active_executions", "remotemedia_active_streams"):
         assert name in families, sorted(families)
     before = metric(limited, "remotemedia_requests_total", rpc="ExecutePipeline", code="OK")
+    decoded = metric(limited, "remotemedia_codec_duration_seconds_count", direction="decode")
+    encoded = metric(limited, "remotemedia_codec_duration_seconds_count", direction="encode")
+    converted = metric(limited, "remotemedia_conversion_duration_seconds_count", rpc="ExecutePipeline")
     for _ in range(3):
         served_next(limited)
     assert metric(limited, "remotemedia_requests_total", rpc="ExecutePipeline", code="OK") == before + 3
+    # One request message decoded and one response encoded per call, each converted once.
+    assert metric(limited, "remotemedia_codec_duration_seconds_count", direction="decode") == decoded + 3
+    assert metric(limited, "remotemedia_codec_duration_seconds_count", direction="encode") == encoded + 3
+    assert metric(limited, "remotemedia_conversion_duration_seconds_count", rpc="ExecutePipeline") == converted + 3
     buckets = [s for s in families["remotemedia_request_duration_seconds"].samples if s.name.endswith("_bucket")]
     assert any(s.labels["le"] == "0.005" for s in buckets), "a bucket at the 5 ms objective"
 

@@ -55,6 +55,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("keepalive_interval_ms", "30000", "HTTP/2 keepalive ping interval"),
     ("keepalive_timeout_ms", "10000", "close a connection whose keepalive ping is not answered"),
     ("max_connection_age_ms", "0", "close connections older than this (0 = never)"),
+    ("cors_allowed_origins", "", "comma-separated browser origins allowed to call over gRPC-Web (none by default)"),
 ];
 
 /// Log output format.
@@ -122,6 +123,8 @@ pub struct Config {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub max_connection_age: Option<Duration>,
+    /// Origins (`scheme://host[:port]`) whose pages may call the service over gRPC-Web.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// A configuration problem, naming the key, where its value came from and what is expected.
@@ -237,6 +240,23 @@ impl Reader<'_> {
         self.sources.lookup(key).0.trim().to_owned()
     }
 
+    /// A list of browser origins, each `http(s)://host[:port]` with nothing after the authority.
+    /// `*` is refused: the service takes bearer tokens, so every origin is named.
+    fn origins(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let origins = self.list(key);
+        match origins.iter().find(|o| !is_origin(o)) {
+            None => Ok(origins),
+            Some(bad) => Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                origin: describe(key, self.sources.lookup(key).1),
+                message: format!(
+                    "`{bad}` is not an origin; expected scheme://host[:port] such as https://app.example.com \
+                     (no path, no wildcard)"
+                ),
+            }),
+        }
+    }
+
     fn list(&self, key: &str) -> Vec<String> {
         self.string(key).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
     }
@@ -318,6 +338,7 @@ impl Config {
         }
 
         let max_age = r.u64("max_connection_age_ms")?;
+        let cors_allowed_origins = r.origins("cors_allowed_origins")?;
         Ok(Self {
             listen: r.addr("listen")?,
             metrics_listen,
@@ -336,6 +357,7 @@ impl Config {
             keepalive_interval: r.millis("keepalive_interval_ms")?,
             keepalive_timeout: r.millis("keepalive_timeout_ms")?,
             max_connection_age: (max_age > 0).then(|| Duration::from_millis(max_age)),
+            cors_allowed_origins,
         })
     }
 
@@ -441,6 +463,16 @@ pub fn probe_address(listen: SocketAddr) -> String {
 }
 
 /// Reads one token per line; blank lines and `#` comments are skipped.
+fn is_origin(s: &str) -> bool {
+    let Ok(uri) = s.parse::<http::Uri>() else { return false };
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme @ ("http" | "https")), Some(authority)) => {
+            !authority.as_str().contains('@') && s == format!("{scheme}://{authority}")
+        }
+        _ => false,
+    }
+}
+
 fn read_tokens_file(path: &str) -> Result<Vec<Secret>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         what: "auth tokens file",
@@ -516,6 +548,19 @@ mod tests {
         assert_eq!(l["python_nodes_path"], "/a,/b");
         let err = Sources::file_layer("lisen = 1", "c.toml").unwrap_err();
         assert!(err.to_string().starts_with("unknown configuration key `lisen` in config file c.toml"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_named_exactly() {
+        let c = Config::with(&[("cors_allowed_origins", "https://app.example.com, http://localhost:5173")]).unwrap();
+        assert_eq!(c.cors_allowed_origins, ["https://app.example.com", "http://localhost:5173"]);
+        assert!(Config::from_sources(&Sources::default()).unwrap().cors_allowed_origins.is_empty());
+        for bad in
+            ["*", "app.example.com", "https://app.example.com/", "https://a.com/path", "ftp://a.com", "https://u@a.com"]
+        {
+            let err = Config::with(&[("cors_allowed_origins", bad)]).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{bad}` is not an origin")), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`convert`]: wire messages ↔ executor types; [`status`]: every error → wire error
 //! - [`observe`]: Prometheus metrics and request spans; [`state`]: shared server state
 
+pub mod codec;
 pub mod convert;
 pub mod interceptors;
 pub mod limits;

@@ -23,6 +23,8 @@ pub const NODE_DURATION: &str = "remotemedia_node_duration_seconds";
 pub const NODE_FAILURES_TOTAL: &str = "remotemedia_node_failures_total";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "remotemedia_limit_rejections_total";
 pub const AUTH_REJECTIONS_TOTAL: &str = "remotemedia_auth_rejections_total";
+pub const CODEC_DURATION: &str = "remotemedia_codec_duration_seconds";
+pub const CONVERSION_DURATION: &str = "remotemedia_conversion_duration_seconds";
 
 /// Latency buckets in seconds, dense below the 5 ms service objective.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -58,6 +60,16 @@ fn describe() {
     describe_counter!(NODE_FAILURES_TOTAL, "node failures, by node type");
     describe_counter!(LIMIT_REJECTIONS_TOTAL, "requests refused or stopped by a resource limit, by limit");
     describe_counter!(AUTH_REJECTIONS_TOTAL, "requests refused by authentication, by reason");
+    describe_histogram!(
+        CODEC_DURATION,
+        metrics::Unit::Seconds,
+        "protobuf encode and decode of one message, by direction"
+    );
+    describe_histogram!(
+        CONVERSION_DURATION,
+        metrics::Unit::Seconds,
+        "turning request messages into pipeline inputs and results into responses, by rpc"
+    );
 }
 
 /// gRPC status code names as Prometheus label values.
@@ -150,6 +162,14 @@ pub fn nodes_ran(reports: &[NodeReport]) {
         histogram!(NODE_DURATION, "node_type" => r.node_type.clone(), "runtime" => r.runtime.name())
             .record(r.execution_time.as_secs_f64());
     }
+}
+
+pub fn codec(direction: &'static str, elapsed: Duration) {
+    histogram!(CODEC_DURATION, "direction" => direction).record(elapsed.as_secs_f64());
+}
+
+pub fn converted(rpc: &'static str, elapsed: Duration) {
+    histogram!(CONVERSION_DURATION, "rpc" => rpc).record(elapsed.as_secs_f64());
 }
 
 pub fn node_failed(node_type: &str) {

@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
@@ -112,12 +114,16 @@ impl BoundServer {
             .max_encoding_message_size(usize::MAX);
 
         let layers = ServiceBuilder::new()
+            .layer(cors(&config.cors_allowed_origins))
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(SetRequestIdLayer::x_request_id(NewRequestId))
             .layer(TraceLayer::new_for_grpc().make_span_with(observe::rpc_span))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(GuardLayer::new(Guards { tokens: Tokens::new(config.auth_tokens.clone()) }));
 
+        // HTTP/1.1 carries gRPC-Web from browsers; HTTP/2 gRPC is unchanged.
         let mut builder = tonic::transport::Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .tcp_nodelay(true);
@@ -188,6 +194,37 @@ impl BoundServer {
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// CORS for gRPC-Web callers: only the configured origins, the headers the protocol and the
+/// service use, and the response headers a client needs to read statuses and request ids.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
+    let allow = [
+        "authorization",
+        "content-type",
+        "grpc-accept-encoding",
+        "grpc-encoding",
+        "grpc-timeout",
+        "remotemedia-protocol-version",
+        "x-grpc-web",
+        "x-request-id",
+        "x-user-agent",
+    ];
+    let expose = [
+        "grpc-encoding",
+        "grpc-message",
+        "grpc-status",
+        "grpc-status-details-bin",
+        "remotemedia-supported-versions",
+        "x-request-id",
+    ];
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST])
+        .allow_headers(allow.map(HeaderName::from_static))
+        .expose_headers(expose.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// Serves `GET /metrics` in the Prometheus text format.

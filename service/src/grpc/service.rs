@@ -119,6 +119,7 @@ impl Pipelines {
         let encode_started = Instant::now();
         let mut result = result_to_proto(&out, pipeline.enable_metrics(), Duration::ZERO, Duration::ZERO);
         let serialization = decode_time + encode_started.elapsed();
+        observe::converted("ExecutePipeline", serialization);
         if let Some(m) = result.metrics.as_mut() {
             m.serialization_time_ms = super::convert::ms(serialization);
             m.wall_time_ms = super::convert::ms(received.elapsed());

@@ -371,8 +371,10 @@ impl Session {
         let encode_started = Instant::now();
         let mut result = result_to_proto(out, enable_metrics, Duration::ZERO, Duration::ZERO);
         result.sequence = sequence;
+        let serialization = decode_time + encode_started.elapsed();
+        observe::converted("StreamPipeline", serialization);
         if let Some(m) = result.metrics.as_mut() {
-            m.serialization_time_ms = ms(decode_time + encode_started.elapsed());
+            m.serialization_time_ms = ms(serialization);
             m.wall_time_ms = ms(started.elapsed());
         }
         response(stream_response::Response::Result(result))

@@ -1,0 +1,136 @@
+"""gRPC-Web on the gRPC port: HTTP/1.1 calls as a browser makes them, CORS limited to the
+configured origins, and authentication unchanged."""
+
+from __future__ import annotations
+
+import http.client
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from conftest import RunningServer, start_server
+from helpers import f32, manifest, node, samples
+from remotemedia_client import pb
+
+ORIGIN = "http://localhost:8123"
+TOKEN = "web-token-5d2e"
+SERVICE = "/remotemedia.v1.PipelineService"
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[RunningServer]:
+    s = start_server("--cors-allowed-origins", f"{ORIGIN},https://app.example.com", "--auth-tokens", TOKEN)
+    yield s
+    assert s.stop() == 0
+
+
+def frame(message: bytes) -> bytes:
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def unframe(body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    """Splits a gRPC-Web response body into its messages and its trailer frame."""
+    messages: list[bytes] = []
+    trailers: dict[str, str] = {}
+    while body:
+        flag, length = body[0], struct.unpack(">I", body[1:5])[0]
+        payload, body = body[5 : 5 + length], body[5 + length :]
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if line:
+                    k, _, v = line.partition(":")
+                    trailers[k.strip().lower()] = v.strip()
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
+def call(s: RunningServer, method: str, message: bytes, headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+    host, port = s.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request(
+        "POST",
+        f"{SERVICE}/{method}",
+        body=frame(message),
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "origin": ORIGIN, **headers},
+    )
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def status_of(response: http.client.HTTPResponse, trailers: dict[str, str]) -> str | None:
+    # A trailers-only answer carries grpc-status in the HTTP headers.
+    return trailers.get("grpc-status") or response.getheader("grpc-status")
+
+
+def test_get_version_over_grpc_web_from_an_allowed_origin(web: RunningServer) -> None:
+    response, body = call(web, "GetVersion", pb.VersionRequest(client_version="v1").SerializeToString(), {})
+    assert response.status == 200
+    assert response.getheader("content-type", "").startswith("application/grpc-web")
+    assert response.getheader("access-control-allow-origin") == ORIGIN
+    messages, trailers = unframe(body)
+    assert status_of(response, trailers) == "0"
+    version = pb.VersionResponse.FromString(messages[0])
+    assert version.compatible and "v1" in version.version_info.supported_protocols
+    assert "GainNode" in version.version_info.supported_node_types
+
+
+def test_execute_over_grpc_web_needs_the_token_and_runs_the_pipeline(web: RunningServer) -> None:
+    request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode", gain_db=-6.0)]), audio_inputs={"g": f32(np.full(8, 0.5))})
+
+    response, body = call(web, "ExecutePipeline", request.SerializeToString(), {})
+    messages, trailers = unframe(body)
+    assert status_of(response, trailers) == "16", (response.headers, trailers)
+    assert not messages
+
+    response, body = call(web, "ExecutePipeline", request.SerializeToString(), {"authorization": f"Bearer {TOKEN}"})
+    messages, trailers = unframe(body)
+    assert status_of(response, trailers) == "0", trailers
+    result = pb.ExecuteResponse.FromString(messages[0]).result
+    np.testing.assert_allclose(samples(result.audio_outputs["g"]), 0.5 * 10 ** (-6 / 20), rtol=1e-5)
+
+
+def preflight(s: RunningServer, origin: str) -> http.client.HTTPResponse:
+    host, port = s.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request(
+        "OPTIONS",
+        f"{SERVICE}/ExecutePipeline",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type,x-grpc-web,remotemedia-protocol-version",
+        },
+    )
+    response = conn.getresponse()
+    response.read()
+    return response
+
+
+def test_cors_preflight_allows_only_the_configured_origins(web: RunningServer) -> None:
+    allowed = preflight(web, "https://app.example.com")
+    assert allowed.getheader("access-control-allow-origin") == "https://app.example.com"
+    allow_headers = (allowed.getheader("access-control-allow-headers") or "").lower()
+    for h in ("authorization", "content-type", "x-grpc-web", "remotemedia-protocol-version"):
+        assert h in allow_headers
+    assert "POST" in (allowed.getheader("access-control-allow-methods") or "")
+
+    refused = preflight(web, "https://evil.example.net")
+    assert refused.getheader("access-control-allow-origin") is None
+
+
+def test_without_configured_origins_no_origin_is_allowed(server: RunningServer) -> None:
+    assert preflight(server, ORIGIN).getheader("access-control-allow-origin") is None
+    # Same-origin and non-browser callers still reach the service over gRPC-Web.
+    response, body = call(server, "GetVersion", pb.VersionRequest().SerializeToString(), {})
+    messages, trailers = unframe(body)
+    assert status_of(response, trailers) == "0"
+    assert response.getheader("access-control-allow-origin") is None
+    assert pb.VersionResponse.FromString(messages[0]).compatible
+
+
+def test_a_bad_origin_setting_stops_start_up() -> None:
+    with pytest.raises(AssertionError, match="is not an origin"):
+        start_server("--cors-allowed-origins", "*")
