@@ -88,7 +88,9 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_server(*args: str, env: dict[str, str] | None = None, defaults: bool = True) -> RunningServer:
+def start_server(
+    *args: str, env: dict[str, str] | None = None, defaults: bool = True, preexec_fn: Any = None
+) -> RunningServer:
     if not SERVER_BIN.exists():
         raise AssertionError(f"{SERVER_BIN} is missing; run `make build` (make test does)")
     base = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"] if defaults else []
@@ -98,6 +100,7 @@ def start_server(*args: str, env: dict[str, str] | None = None, defaults: bool =
         stderr=subprocess.PIPE,
         text=True,
         env=server_env(env),
+        preexec_fn=preexec_fn,
     )
     lines: list[str] = []
     events: queue.Queue[str | None] = queue.Queue()

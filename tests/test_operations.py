@@ -34,6 +34,16 @@ def test_sigint_exits_zero() -> None:
     assert s.stop(signal.SIGINT) == 0
 
 
+def test_sigint_stops_a_server_started_with_sigint_ignored() -> None:
+    # A background job of a non-interactive shell inherits SIGINT ignored; the server installs its
+    # own handler before it announces itself, so a SIGINT sent right after that line still stops it.
+    s = start_server(preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert s.stop(signal.SIGINT) == 0
+    messages = [r.get("message") for r in s.records()]
+    assert "signal received" in messages
+    assert messages[-1] == "shutdown complete"
+
+
 def test_probe_exits_zero_when_serving_and_nonzero_when_down() -> None:
     s = start_server()
     ok = subprocess.run([str(SERVER_BIN), "probe", "--addr", s.address], capture_output=True, text=True, timeout=30)

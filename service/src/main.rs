@@ -48,7 +48,14 @@ fn main() -> ExitCode {
         eprintln!("remotemedia-server: {e}");
         return ExitCode::from(2);
     }
-    match runtime.block_on(remotemedia::run(config, shutdown::signal())) {
+    let signal = match runtime.block_on(async { shutdown::signal() }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("remotemedia-server: cannot install the SIGTERM/SIGINT handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(remotemedia::run(config, signal)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server stopped");

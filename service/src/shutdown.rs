@@ -1,25 +1,33 @@
 //! The process's shutdown signal: SIGTERM or SIGINT.
+//!
+//! The handlers are installed when [`signal`] is called, not when its future is first polled:
+//! a signal that arrives while the server is still starting (the embedded Python interpreter can
+//! take seconds to import its nodes) is remembered and stops the server as soon as it serves. A
+//! process started with SIGINT ignored (a background job of a non-interactive shell) would
+//! otherwise drop a SIGINT sent right after the "listening" log line.
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+use std::future::Future;
+
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them.
+///
+/// Must be called inside a Tokio runtime.
+pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT will stop the server");
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => tracing::info!(signal = "SIGINT", "signal received"),
-            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
