@@ -69,7 +69,7 @@ def test_multichannel_resampling_matches_soxr(server: RunningServer) -> None:
 
 async def stream_outputs(server: RunningServer, m: pb.PipelineManifest, source: str, x: np.ndarray, rate: int, chunk: int) -> list[pb.ExecutionResult]:
     async with AsyncClient(server.address) as client:
-        call = client.stream()
+        call = client.stream_call()
         await call.write(pb.StreamRequest(manifest=m))
         assert (await call.read()).WhichOneof("response") == "ready"
         results = []

@@ -68,7 +68,7 @@ def test_no_token_a_wrong_token_and_a_stream_without_one_are_unauthenticated(sec
 
     async def stream_without_token() -> grpc.aio.AioRpcError:
         async with AsyncClient(secured.address) as client:
-            call = client.stream()
+            call = client.stream_call()
             try:
                 await call.read()  # nothing was sent: the refusal does not wait for a message
             except grpc.aio.AioRpcError as e:
@@ -176,7 +176,7 @@ def test_over_the_concurrency_cap_is_resource_exhausted_with_retry_info(limited:
 def test_an_idle_stream_is_closed(limited: RunningServer) -> None:
     async def idle() -> grpc.StatusCode:
         async with AsyncClient(limited.address) as client:
-            call = client.stream()
+            call = client.stream_call()
             await call.write(pb.StreamRequest(manifest=manifest([node("g", "GainNode")])))
             await call.read()
             try:

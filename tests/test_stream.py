@@ -45,7 +45,7 @@ async def wait_gauge_zero(server: RunningServer, name: str) -> None:
 
 async def test_a_hundred_chunks_in_order_then_close_returns_final_metrics(server: RunningServer) -> None:
     async with AsyncClient(server.address) as client:
-        call = client.stream()
+        call = client.stream_call()
         await call.write(pb.StreamRequest(manifest=gain_manifest()))
         ready = await call.read()
         assert ready.WhichOneof("response") == "ready" and ready.ready.session_id
@@ -75,7 +75,7 @@ async def test_a_hundred_chunks_in_order_then_close_returns_final_metrics(server
 
 async def test_cancel_ends_with_cancelled_and_frees_the_session(server: RunningServer) -> None:
     async with AsyncClient(server.address) as client:
-        call = client.stream()
+        call = client.stream_call()
         await call.write(pb.StreamRequest(manifest=gain_manifest()))
         await call.read()
         await call.write(chunk(1, np.zeros(160, dtype=np.float32)))
@@ -88,7 +88,7 @@ async def test_cancel_ends_with_cancelled_and_frees_the_session(server: RunningS
 
 async def test_a_vanishing_client_leaves_no_session(server: RunningServer) -> None:
     client = AsyncClient(server.address)
-    call = client.stream()
+    call = client.stream_call()
     await call.write(pb.StreamRequest(manifest=gain_manifest()))
     await call.read()
     await call.write(chunk(0, np.zeros(160, dtype=np.float32)))
@@ -100,7 +100,7 @@ async def test_a_vanishing_client_leaves_no_session(server: RunningServer) -> No
 
 async def test_a_chunk_before_the_manifest_is_refused(server: RunningServer) -> None:
     async with AsyncClient(server.address) as client:
-        call = client.stream()
+        call = client.stream_call()
         await call.write(chunk(0, np.zeros(4, dtype=np.float32)))
         errors = [r.error for r in await drain(call) if r.WhichOneof("response") == "error"]
         assert await call.code() == grpc.StatusCode.FAILED_PRECONDITION

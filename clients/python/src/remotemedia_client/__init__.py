@@ -1,7 +1,90 @@
-"""Python client for the RemoteMedia pipeline service."""
+"""Python client for the RemoteMedia pipeline service (``remotemedia.v1`` over gRPC).
+
+>>> from remotemedia_client import Client, Pipeline, GainNode
+>>> pipeline = Pipeline.chain(GainNode("gain", gain_db=-6), name="quieter")
+
+``Client`` blocks, ``AsyncClient`` is for asyncio; both take the same settings, build the same
+requests and raise the same :mod:`~remotemedia_client.errors`.
+"""
 
 from remotemedia_client import pb
-from remotemedia_client.client import PROTOCOL_VERSION, AsyncClient, Client
+from remotemedia_client._core import PROTOCOL_VERSION, TLS, ResourceLimits
+from remotemedia_client._log import enable_logging
+from remotemedia_client.aio import AsyncClient, AsyncStream
+from remotemedia_client.audio import AudioBuffer
+from remotemedia_client.client import Client, Stream
+from remotemedia_client.errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    InternalError,
+    NodeExecutionError,
+    PipelineCancelledError,
+    RemoteMediaError,
+    ResourceLimitError,
+    ServiceUnavailableError,
+    ValidationError,
+    VersionMismatchError,
+    Violation,
+)
+from remotemedia_client.nodes import (
+    AudioChunkerNode,
+    AudioResampleNode,
+    BandpassFilterNode,
+    ChannelMixerNode,
+    FormatConverterNode,
+    GainNode,
+    LoudnessNode,
+    PassThroughNode,
+    VADNode,
+)
+from remotemedia_client.pipeline import Connection, Node, Pipeline, PipelineConfig, Port, Runtime
+from remotemedia_client.results import Metrics, NodeMetrics, NodeResult, Result, Segment, StreamStats
+from remotemedia_client.retry import RetryPolicy
 
-__all__ = ["PROTOCOL_VERSION", "AsyncClient", "Client", "pb"]
 __version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "TLS",
+    "AsyncClient",
+    "AsyncStream",
+    "AudioBuffer",
+    "AudioChunkerNode",
+    "AudioResampleNode",
+    "AuthenticationError",
+    "BandpassFilterNode",
+    "ChannelMixerNode",
+    "Client",
+    "Connection",
+    "DeadlineExceededError",
+    "FormatConverterNode",
+    "GainNode",
+    "InternalError",
+    "LoudnessNode",
+    "Metrics",
+    "Node",
+    "NodeExecutionError",
+    "NodeMetrics",
+    "NodeResult",
+    "PassThroughNode",
+    "Pipeline",
+    "PipelineCancelledError",
+    "PipelineConfig",
+    "Port",
+    "RemoteMediaError",
+    "ResourceLimitError",
+    "ResourceLimits",
+    "Result",
+    "RetryPolicy",
+    "Runtime",
+    "Segment",
+    "ServiceUnavailableError",
+    "Stream",
+    "StreamStats",
+    "VADNode",
+    "ValidationError",
+    "VersionMismatchError",
+    "Violation",
+    "enable_logging",
+    "pb",
+]

@@ -1,0 +1,403 @@
+"""Everything the sync and async clients share that is not I/O: settings and metadata, request
+building, response and error mapping, retry bookkeeping, and the stream protocol's state."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from remotemedia_client import pb
+from remotemedia_client._log import log
+from remotemedia_client.audio import AudioBuffer
+from remotemedia_client.errors import (
+    DeadlineExceededError,
+    PipelineCancelledError,
+    RemoteMediaError,
+    ValidationError,
+    VersionMismatchError,
+    Violation,
+    from_error_response,
+    from_rpc_error,
+    merge,
+)
+from remotemedia_client.pipeline import Node, Pipeline
+from remotemedia_client.results import Result, StreamStats
+from remotemedia_client.retry import RetryPolicy
+
+#: Protocol version this client speaks, sent in the ``remotemedia-protocol-version`` header.
+PROTOCOL_VERSION = "v1"
+VERSION_HEADER = "remotemedia-protocol-version"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: Environment variables read when the constructor is not given an address or a token.
+ADDRESS_ENV, TOKEN_ENV = "REMOTEMEDIA_ADDRESS", "REMOTEMEDIA_TOKEN"
+DEFAULT_TIMEOUT = 60.0
+
+AudioInput = AudioBuffer | npt.NDArray[Any]
+Compression = Literal["gzip", "deflate"]
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS settings: ``root_certificates`` to trust (PEM; the system's when ``None``), and a
+    client certificate chain and private key for servers that require mutual TLS.
+    ``server_name`` overrides the name checked against the server's certificate."""
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("a client certificate needs its private key, and a key its certificate")
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        *,
+        server_name: str | None = None,
+    ) -> TLS:
+        """Reads PEM files: the CA bundle to trust, the client certificate and its key."""
+
+        def read(p: str | os.PathLike[str] | None) -> bytes | None:
+            return Path(p).read_bytes() if p is not None else None
+
+        return cls(read(ca), read(cert), read(key), server_name)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A client's connection and call settings."""
+
+    address: str
+    token: str | None = None
+    tls: TLS | None = None
+    timeout: float | None = DEFAULT_TIMEOUT
+    compression: Compression | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    protocol_version: str = PROTOCOL_VERSION
+    channel_options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        address: str | None,
+        token: str | None,
+        tls: TLS | bool | None,
+        timeout: float | None,
+        compression: Compression | None,
+        retry: RetryPolicy | None,
+        protocol_version: str,
+        channel_options: Sequence[tuple[str, Any]] | None,
+    ) -> Settings:
+        if compression not in (None, "gzip", "deflate"):
+            raise ValueError(f"compression must be 'gzip', 'deflate' or None, got {compression!r}")
+        return cls(
+            address=address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS,
+            token=token if token is not None else (os.environ.get(TOKEN_ENV) or None),
+            tls=TLS() if tls is True else (tls or None),
+            timeout=timeout,
+            compression=compression,
+            retry=retry or RetryPolicy(),
+            protocol_version=protocol_version,
+            channel_options=tuple(channel_options or ()),
+        )
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        md = [(VERSION_HEADER, self.protocol_version)]
+        if self.token:
+            md.append(("authorization", f"Bearer {self.token}"))
+        return tuple(md)
+
+    def options(self) -> list[tuple[str, Any]]:
+        # The server enforces its own message cap (64 MiB by default); gRPC's 4 MiB receive
+        # default would refuse a few seconds of multichannel output.
+        opts: dict[str, Any] = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
+        if self.tls is not None and self.tls.server_name:
+            opts["grpc.ssl_target_name_override"] = self.tls.server_name
+        opts.update(self.channel_options)
+        return list(opts.items())
+
+    def grpc_compression(self) -> grpc.Compression | None:
+        return {None: None, "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[self.compression]
+
+    def __repr__(self) -> str:
+        token = ", token=<set>" if self.token else ""
+        return f"Settings(address={self.address!r}{token}, tls={self.tls is not None}, timeout={self.timeout})"
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Per-request limits; ``None`` takes the server's default, and a value above the server's
+    cap is refused with :class:`~remotemedia_client.errors.ResourceLimitError`."""
+
+    max_memory_bytes: int | None = None
+    max_timeout_ms: int | None = None
+    max_audio_samples: int | None = None
+
+    def to_pb(self) -> pb.ResourceLimits:
+        return pb.ResourceLimits(
+            max_memory_bytes=self.max_memory_bytes or 0,
+            max_timeout_ms=self.max_timeout_ms or 0,
+            max_audio_samples=self.max_audio_samples or 0,
+        )
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def as_pipeline(pipeline: Pipeline | pb.PipelineManifest) -> Pipeline:
+    return Pipeline.from_manifest(pipeline) if isinstance(pipeline, pb.PipelineManifest) else pipeline
+
+
+def to_audio(value: AudioInput, sample_rate: int | None, what: str) -> AudioBuffer:
+    if isinstance(value, AudioBuffer):
+        return value
+    if sample_rate is None:
+        raise ValidationError.of([Violation(what, "a numpy array needs sample_rate= (or pass an AudioBuffer)")])
+    return AudioBuffer.from_numpy(value, sample_rate)
+
+
+def default_source(pipeline: Pipeline, what: str) -> str:
+    sources = [n.id for n in pipeline.sources]
+    if len(sources) != 1:
+        raise ValidationError.of(
+            [Violation(what, f"the pipeline has {len(sources)} source nodes ({', '.join(sources) or 'none'}); name the node to feed")]
+        )
+    return sources[0]
+
+
+def execute_request(
+    settings: Settings,
+    pipeline: Pipeline | pb.PipelineManifest,
+    inputs: AudioInput | Mapping[str, AudioInput] | None,
+    *,
+    sample_rate: int | None,
+    data: Mapping[str, Any] | None,
+    output_nodes: Sequence[Node | str],
+    limits: ResourceLimits | None,
+) -> pb.ExecuteRequest:
+    """Builds an ``ExecuteRequest`` after checking what can be checked here; a problem raises
+    :class:`ValidationError` listing every one."""
+    p = as_pipeline(pipeline)
+    problems = p.violations()
+    audio: dict[str, AudioBuffer] = {}
+    if isinstance(inputs, (AudioBuffer, np.ndarray)):
+        try:
+            audio[default_source(p, "inputs")] = to_audio(inputs, sample_rate, "inputs")
+        except ValidationError as e:
+            problems += e.violations
+    else:
+        for node_id, value in (inputs or {}).items():
+            try:
+                audio[node_id] = to_audio(value, sample_rate, f"audio_inputs[{node_id}]")
+            except ValidationError as e:
+                problems += [Violation(f"audio_inputs[{node_id}]", v.description, node_id) for v in e.violations]
+    data_text: dict[str, str] = {}
+    for node_id, value in (data or {}).items():
+        try:
+            data_text[node_id] = json.dumps(value)
+        except (TypeError, ValueError) as e:
+            problems.append(Violation(f"data_inputs[{node_id}]", f"is not JSON-serialisable: {e}", node_id))
+    ids = {n.id for n in p.nodes}
+    for what, names in (("audio_inputs", audio), ("data_inputs", data_text)):
+        problems += [Violation(f"{what}[{n}]", f"no node {n!r} in this pipeline", n) for n in names if n not in ids]
+    outputs = [n.id if isinstance(n, Node) else n for n in output_nodes]
+    problems += [Violation("output_nodes", f"no node {n!r} in this pipeline", n) for n in outputs if n not in ids]
+    if not any(v.field == "inputs" for v in problems):
+        problems += [
+            Violation(f"nodes[{p.nodes.index(n)}]", f"source node {n.id!r} has no input (give it audio or data)", n.id)
+            for n in p.sources
+            if n.id not in audio and n.id not in data_text
+        ]
+    if problems:
+        raise ValidationError.of(problems)
+    request = pb.ExecuteRequest(
+        manifest=p.to_manifest(),
+        audio_inputs={k: v.to_pb() for k, v in audio.items()},
+        data_inputs=data_text,
+        client_version=settings.protocol_version,
+        output_nodes=outputs,
+    )
+    if limits is not None:
+        request.resource_limits.CopyFrom(limits.to_pb())
+    return request
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def execute_result(response: pb.ExecuteResponse) -> Result:
+    """The result, or the in-band error raised."""
+    if response.WhichOneof("outcome") == "error":
+        raise from_error_response(response.error)
+    return Result.from_pb(response.result)
+
+
+def check_version(response: pb.VersionResponse, asked: str) -> pb.VersionResponse:
+    if not response.compatible:
+        supported = list(response.version_info.supported_protocols)
+        message = response.compatibility_message or (
+            f"protocol version {asked!r} is not supported; supported versions: {', '.join(supported)}"
+        )
+        raise VersionMismatchError(message, supported_versions=supported, context={"requested": asked})
+    return response
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+class Attempts:
+    """Retry bookkeeping for one logical call: the overall deadline shared by all attempts and
+    the policy's decision after each failure."""
+
+    def __init__(self, rpc: str, policy: RetryPolicy, timeout: float | None) -> None:
+        self.rpc = rpc
+        self.policy = policy
+        self.deadline = time.monotonic() + timeout if timeout is not None else None
+        self.number = 0
+
+    def start(self) -> float | None:
+        """Begins an attempt; returns the time it may take."""
+        self.number += 1
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError(f"{self.rpc}: the deadline passed", code=grpc.StatusCode.DEADLINE_EXCEEDED)
+        return left
+
+    def retry_after(self, error: grpc.RpcError | RemoteMediaError) -> tuple[RemoteMediaError, float | None]:
+        """The mapped error, and how long to wait before the next attempt (``None``: raise it)."""
+        err = from_rpc_error(error) if isinstance(error, grpc.RpcError) else error
+        delay = self.policy.delay(self.number, err)
+        if delay is not None and self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            delay = None
+        if delay is None:
+            log.debug("call failed", rpc=self.rpc, attempt=self.number, code=err.code.name if err.code else None)
+        else:
+            log.info("retrying", rpc=self.rpc, attempt=self.number, delay_s=round(delay, 3), code=err.code.name if err.code else None)
+        return err, delay
+
+
+# --- streams --------------------------------------------------------------------------------
+
+Item = Result | RemoteMediaError
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The last item a stream delivers: how it ended (``error`` is ``None`` for OK)."""
+
+    error: RemoteMediaError | None
+
+
+class StreamCore:
+    """The stream protocol without the I/O: the messages to send, and what the responses mean.
+
+    The first message is the manifest; the server answers ``ready`` once the pipeline is built.
+    Each chunk gets a sequence number and exactly one answer, a result or an error carrying
+    that sequence; closing flushes the nodes, whose output comes back as one more result
+    numbered after the last chunk. Answers are handed out in sequence order.
+    """
+
+    def __init__(self, pipeline: Pipeline | pb.PipelineManifest, *, source: str | None, sample_rate: int | None) -> None:
+        p = as_pipeline(pipeline)
+        p.validate()
+        self.pipeline = p
+        self.manifest = p.to_manifest()
+        self.node_ids = {n.id for n in p.nodes}
+        if source is not None and source not in self.node_ids:
+            raise ValidationError.of([Violation("source", f"no node {source!r} in this pipeline", source)])
+        self.source = source
+        self.sample_rate = sample_rate
+        self.session_id: str | None = None
+        self.stats = StreamStats()
+        self.sent = 0
+        self._next = 0  # the sequence to hand out next
+        self._held: dict[int, Item] = {}
+        self._fatal: RemoteMediaError | None = None
+
+    def manifest_request(self) -> pb.StreamRequest:
+        return pb.StreamRequest(manifest=self.manifest)
+
+    def chunk_request(self, chunk: AudioInput, node_id: str | None, sample_rate: int | None) -> pb.StreamRequest:
+        target = node_id or self.source or default_source(self.pipeline, "node_id")
+        if target not in self.node_ids:
+            raise ValidationError.of([Violation("node_id", f"no node {target!r} in this pipeline", target)])
+        audio = to_audio(chunk, sample_rate or self.sample_rate, "chunk")
+        request = pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=target, buffer=audio.to_pb(), sequence=self.sent))
+        self.sent += 1
+        return request
+
+    @staticmethod
+    def control_request(command: int) -> pb.StreamRequest:
+        return pb.StreamRequest(control=pb.StreamControl(command=command))  # type: ignore[arg-type]
+
+    def on_first(self, response: pb.StreamResponse) -> None:
+        """Checks the answer to the manifest: ``ready``, or the error that refused it."""
+        kind = response.WhichOneof("response")
+        if kind == "ready":
+            self.session_id = response.ready.session_id
+            log.debug("stream ready", session_id=self.session_id, pipeline=self.pipeline.name)
+            return
+        if kind == "error":
+            self._fatal = from_error_response(response.error)
+            raise self._fatal
+        raise RemoteMediaError(f"the server answered the manifest with {kind!r} instead of ready")
+
+    def on_response(self, response: pb.StreamResponse) -> list[Item]:
+        """What ``response`` makes deliverable, in sequence order."""
+        kind = response.WhichOneof("response")
+        if kind == "metrics":
+            self.stats = StreamStats.from_pb(response.metrics)
+            return []
+        if kind == "result":
+            seq = response.result.sequence
+            self._held[seq] = Result.from_pb(response.result, sequence=seq)
+        elif kind == "error":
+            err = from_error_response(response.error)
+            if err.sequence is None:
+                # No sequence: the error ends the stream; its status follows.
+                self._fatal = err
+                return []
+            self._held[err.sequence] = err
+        return self._release()
+
+    def _release(self) -> list[Item]:
+        out = []
+        while self._next in self._held:
+            out.append(self._held.pop(self._next))
+            self._next += 1
+        return out
+
+    def on_end(self, status_error: grpc.RpcError | RemoteMediaError | None, *, cancelled: bool) -> list[Item | Ended]:
+        """The items still held, in order, then how the stream ended. ``cancelled``: this client
+        cancelled it, so a failure it caused reads as the cancellation."""
+        rest: list[Item | Ended] = [self._held[k] for k in sorted(self._held)]
+        self._held.clear()
+        err = self._fatal
+        if status_error is not None:
+            status = from_rpc_error(status_error) if isinstance(status_error, grpc.RpcError) else status_error
+            err = merge(err, status) if err is not None else status
+        if cancelled and err is not None and not isinstance(err, PipelineCancelledError):
+            err = PipelineCancelledError("the stream was cancelled", code=grpc.StatusCode.CANCELLED)
+        log.debug("stream ended", session_id=self.session_id, code=err.code.name if err is not None and err.code else "OK")
+        rest.append(Ended(err))
+        return rest

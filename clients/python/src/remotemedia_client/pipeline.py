@@ -1,0 +1,620 @@
+"""Pipelines as Python objects: nodes, connections, client-side validation and the JSON manifest.
+
+>>> p = Pipeline("quieter")
+>>> src = p.add(Node("PassThroughNode", id="in"))
+>>> gain = src >> Node("GainNode", id="gain", gain_db=-6)
+>>> [(c.source, c.target) for c in p.connections]
+[('in', 'gain')]
+
+The JSON form is the manifest of the executor's data model (``params`` as a JSON object,
+``runtime_hint`` in lower case, ``edges`` naming both ports, flat ``config``)::
+
+    {"version": "v1", "metadata": {"name": "quieter"},
+     "nodes": [{"id": "in", "node_type": "PassThroughNode", "params": {}, "runtime_hint": "auto"},
+               {"id": "gain", "node_type": "GainNode", "params": {"gain_db": -6}, "runtime_hint": "auto"}],
+     "edges": [{"from": "in", "to": "gain", "output_key": "output", "input_key": "input"}]}
+
+Reading also accepts ``type`` for ``node_type``, ``connections`` for ``edges``, ``params`` as
+JSON text, ``runtime_hint`` as ``"RUNTIME_HINT_AUTO"`` or a number, versions ``"1.0"`` and
+``"v1"``, and ``config.retry`` as an object (the protobuf JSON mapping, as grpcurl writes it).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from remotemedia_client import pb
+from remotemedia_client._params import check_params
+from remotemedia_client.errors import ValidationError, Violation
+
+#: The manifest schema version the service accepts.
+MANIFEST_VERSION = "v1"
+#: Port names a connection uses when none are given.
+OUTPUT, INPUT = "output", "input"
+
+N = TypeVar("N", bound="Node")
+
+
+class Runtime(str, enum.Enum):
+    """Where a node runs: ``AUTO`` prefers the native implementation, ``RUST`` requires it,
+    ``CPYTHON`` requires the Python one (run by the server's embedded interpreter)."""
+
+    AUTO = "auto"
+    RUST = "rust"
+    CPYTHON = "cpython"
+
+    @classmethod
+    def parse(cls, value: Runtime | str | int | None) -> Runtime:
+        if isinstance(value, Runtime):
+            return value
+        if value is None:
+            return cls.AUTO
+        if isinstance(value, int):
+            name = pb.RuntimeHint.Name(value) if value in pb.RuntimeHint.values() else str(value)
+            return _RUNTIME_FROM_PB.get(value) or _unsupported_runtime(name)
+        key = value.strip().lower().removeprefix("runtime_hint_")
+        return _RUNTIME_NAMES.get(key) or _unsupported_runtime(value)
+
+    def to_pb(self) -> int:
+        return {Runtime.AUTO: pb.RUNTIME_HINT_AUTO, Runtime.RUST: pb.RUNTIME_HINT_RUST, Runtime.CPYTHON: pb.RUNTIME_HINT_CPYTHON}[self]
+
+
+_RUNTIME_FROM_PB: dict[int, Runtime] = {
+    pb.RUNTIME_HINT_UNSPECIFIED: Runtime.AUTO,
+    pb.RUNTIME_HINT_AUTO: Runtime.AUTO,
+    pb.RUNTIME_HINT_RUST: Runtime.RUST,
+    pb.RUNTIME_HINT_CPYTHON: Runtime.CPYTHON,
+}
+
+
+_RUNTIME_NAMES = {
+    "": Runtime.AUTO,
+    "auto": Runtime.AUTO,
+    "unspecified": Runtime.AUTO,
+    "rust": Runtime.RUST,
+    "native": Runtime.RUST,
+    "cpython": Runtime.CPYTHON,
+    "python": Runtime.CPYTHON,
+}
+
+
+def _unsupported_runtime(name: str) -> Runtime:
+    raise ValidationError.of([Violation("runtime_hint", f"runtime {name!r} is not supported; use auto, rust or cpython")])
+
+
+def _snake(node_type: str) -> str:
+    base = node_type.removesuffix("Node") or node_type
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", base).lower()
+
+
+class Port:
+    """One named port of a node, for connecting ports other than ``output`` → ``input``:
+    ``vad["segments"] >> sink["data"]``."""
+
+    __slots__ = ("name", "node")
+
+    def __init__(self, node: Node, name: str) -> None:
+        self.node = node
+        self.name = name
+
+    def __rshift__(self, other: Node | Port) -> Node:
+        target, input_key = (other.node, other.name) if isinstance(other, Port) else (other, INPUT)
+        _pipeline_of(self.node, target).connect(self.node, target, output_key=self.name, input_key=input_key)
+        return target
+
+    def __repr__(self) -> str:
+        return f"{self.node.id}[{self.name!r}]"
+
+
+class Node:
+    """A node of any registered type: ``Node("GainNode", id="gain", gain_db=-6)``.
+
+    Parameters are keyword arguments (or ``params={...}`` for names that clash with the
+    constructor's). Without an ``id`` the node gets one from its type when it is added to a
+    pipeline (``GainNode`` → ``gain``, then ``gain_2``, ...). The typed classes in
+    :mod:`remotemedia_client.nodes` spell out the built-in nodes' parameters.
+    """
+
+    def __init__(
+        self,
+        node_type: str,
+        id: str | None = None,
+        *,
+        runtime: Runtime | str = Runtime.AUTO,
+        params: Mapping[str, Any] | None = None,
+        **kw_params: Any,
+    ) -> None:
+        self.type = node_type
+        self.id: str = id or ""
+        self.runtime = Runtime.parse(runtime)
+        self.params: dict[str, Any] = {**(params or {}), **kw_params}
+        self.pipeline: Pipeline | None = None
+
+    def __getitem__(self, port: str) -> Port:
+        return Port(self, port)
+
+    @overload
+    def __rshift__(self, other: N) -> N: ...
+    @overload
+    def __rshift__(self, other: Port) -> Node: ...
+    @overload
+    def __rshift__(self, other: Sequence[N]) -> list[N]: ...
+    def __rshift__(self, other: Node | Port | Sequence[N]) -> Node | list[N]:
+        """``a >> b`` connects a's ``output`` to b's ``input`` and returns b, so chains read
+        ``a >> b >> c``; ``a >> [b, c]`` fans out. b joins a's pipeline if it is in none."""
+        if isinstance(other, Port):
+            return self[OUTPUT] >> other
+        if isinstance(other, Node):
+            _pipeline_of(self, other).connect(self, other)
+            return other
+        targets = list(other)
+        for t in targets:
+            _pipeline_of(self, t).connect(self, t)
+        return targets
+
+    def __rrshift__(self, other: Sequence[Node]) -> Node:
+        """``[a, b] >> c``: fan-in (audio into one port is mixed, data collected)."""
+        for source in other:
+            _pipeline_of(source, self).connect(source, self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "node_type": self.type, "params": dict(self.params), "runtime_hint": self.runtime.value}
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        runtime = f", runtime={self.runtime.value!r}" if self.runtime is not Runtime.AUTO else ""
+        return f"{type(self).__name__}({self.type!r}, id={self.id!r}{params}{runtime})"
+
+
+def _pipeline_of(a: Node, b: Node) -> Pipeline:
+    if a.pipeline is not None and b.pipeline is not None and a.pipeline is not b.pipeline:
+        raise ValueError(f"nodes {a.id!r} and {b.id!r} belong to different pipelines")
+    pipeline = a.pipeline or b.pipeline
+    if pipeline is None:
+        raise ValueError("add a node to a Pipeline before connecting it: `pipeline.add(node)`")
+    for n in (a, b):
+        if n.pipeline is None:
+            pipeline.add(n)
+    return pipeline
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An edge from ``source``'s ``output_key`` port to ``target``'s ``input_key`` port."""
+
+    source: str
+    target: str
+    output_key: str = OUTPUT
+    input_key: str = INPUT
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"from": self.source, "to": self.target, "output_key": self.output_key, "input_key": self.input_key}
+
+
+_BACKOFFS = {"exponential": 1, "fixed": 2, "none": 3}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the service runs the pipeline; ``None`` leaves the service default.
+
+    The service retries failing nodes (``max_retries`` after the first failure, default 3,
+    with ``backoff`` delays from ``initial_delay_ms``, default 100 ms, times ``multiplier``,
+    default 2), and opens a node type's circuit breaker after ``circuit_breaker_threshold``
+    consecutive failures (default 5, 0 disables it).
+    """
+
+    enable_metrics: bool | None = None
+    max_retries: int | None = None
+    backoff: str | None = None
+    initial_delay_ms: int | None = None
+    multiplier: float | None = None
+    circuit_breaker_threshold: int | None = None
+
+    def violations(self) -> list[Violation]:
+        out = []
+        if self.max_retries is not None and not 0 <= self.max_retries <= 10:
+            out.append(Violation("config.retry.max_retries", f"must be between 0 and 10, got {self.max_retries}"))
+        if self.initial_delay_ms is not None and not 0 <= self.initial_delay_ms <= 30_000:
+            out.append(Violation("config.retry.initial_delay_ms", f"must be between 0 and 30000, got {self.initial_delay_ms}"))
+        if self.multiplier is not None and not 1 <= self.multiplier <= 10:
+            out.append(Violation("config.retry.multiplier", f"must be between 1 and 10, got {self.multiplier}"))
+        if self.backoff is not None and self.backoff not in _BACKOFFS:
+            out.append(Violation("config.retry.backoff", f"must be one of {', '.join(_BACKOFFS)}, got {self.backoff!r}"))
+        if self.circuit_breaker_threshold is not None and self.circuit_breaker_threshold < 0:
+            out.append(Violation("config.circuit_breaker_threshold", "must not be negative"))
+        return out
+
+    def is_default(self) -> bool:
+        return self == PipelineConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that are set, flat (``retry_policy`` is the backoff)."""
+        fields = (
+            ("enable_metrics", self.enable_metrics),
+            ("retry_policy", self.backoff),
+            ("max_retries", self.max_retries),
+            ("initial_delay_ms", self.initial_delay_ms),
+            ("multiplier", self.multiplier),
+            ("circuit_breaker_threshold", self.circuit_breaker_threshold),
+        )
+        return {k: v for k, v in fields if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PipelineConfig:
+        """Reads the flat form, or the protobuf form with a nested ``retry`` object."""
+        retry = d.get("retry")
+        nested: Mapping[str, Any] = retry if isinstance(retry, Mapping) else {}
+        backoff = nested.get("backoff", d.get("retry_policy", d.get("backoff")))
+        if isinstance(backoff, str):
+            backoff = backoff.lower().removeprefix("backoff_")
+        return cls(
+            enable_metrics=d.get("enable_metrics"),
+            max_retries=nested.get("max_retries", d.get("max_retries")),
+            backoff=backoff,
+            initial_delay_ms=nested.get("initial_delay_ms", d.get("initial_delay_ms")),
+            multiplier=nested.get("multiplier", d.get("multiplier")),
+            circuit_breaker_threshold=d.get("circuit_breaker_threshold"),
+        )
+
+    def to_pb(self) -> pb.PipelineConfig | None:
+        if self.is_default():
+            return None
+        config = pb.PipelineConfig()
+        if self.enable_metrics is not None:
+            config.enable_metrics = self.enable_metrics
+        if self.circuit_breaker_threshold is not None:
+            config.circuit_breaker_threshold = self.circuit_breaker_threshold
+        if self.max_retries is not None:
+            config.retry.max_retries = self.max_retries
+        if self.backoff is not None:
+            config.retry.backoff = _BACKOFFS.get(self.backoff, 0)  # type: ignore[assignment]
+        if self.initial_delay_ms is not None:
+            config.retry.initial_delay_ms = self.initial_delay_ms
+        if self.multiplier is not None:
+            config.retry.multiplier = self.multiplier
+        return config
+
+    @classmethod
+    def from_pb(cls, config: pb.PipelineConfig) -> PipelineConfig:
+        r = config.retry
+        names = {v: k for k, v in _BACKOFFS.items()}
+        return cls(
+            enable_metrics=config.enable_metrics if config.HasField("enable_metrics") else None,
+            max_retries=r.max_retries if r.HasField("max_retries") else None,
+            backoff=names.get(r.backoff),
+            initial_delay_ms=r.initial_delay_ms if r.HasField("initial_delay_ms") else None,
+            multiplier=r.multiplier if r.HasField("multiplier") else None,
+            circuit_breaker_threshold=config.circuit_breaker_threshold if config.HasField("circuit_breaker_threshold") else None,
+        )
+
+
+@dataclass
+class Pipeline:
+    """A directed acyclic graph of nodes, sent to the service as a ``PipelineManifest``."""
+
+    name: str = "pipeline"
+    description: str = ""
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+    nodes: list[Node] = field(default_factory=list)
+    connections: list[Connection] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        pending, self.nodes = self.nodes, []
+        for n in pending:
+            self.add(n)
+
+    @classmethod
+    def chain(cls, *nodes: Node, name: str = "pipeline", config: PipelineConfig | None = None) -> Pipeline:
+        """A linear pipeline: each node feeds the next."""
+        p = cls(name=name, config=config or PipelineConfig())
+        for n in nodes:
+            p.add(n)
+        for a, b in itertools.pairwise(nodes):
+            p.connect(a, b)
+        return p
+
+    def add(self, node: N) -> N:
+        """Adds ``node`` (giving it an id from its type if it has none) and returns it."""
+        if node.pipeline is self:
+            return node
+        if node.pipeline is not None:
+            raise ValueError(f"node {node.id!r} already belongs to another pipeline")
+        if not node.id:
+            base = _snake(node.type)
+            taken = {n.id for n in self.nodes}
+            node.id = base
+            n = 2
+            while node.id in taken:
+                node.id = f"{base}_{n}"
+                n += 1
+        node.pipeline = self
+        self.nodes.append(node)
+        return node
+
+    def _adopt(self, nodes: Iterable[Node]) -> None:
+        """Takes nodes read from a manifest as they are: ids stay as written, even when empty
+        or duplicated, so validation reports them."""
+        for n in nodes:
+            n.pipeline = self
+            self.nodes.append(n)
+
+    def connect(self, source: Node | str, target: Node | str, *, output_key: str = OUTPUT, input_key: str = INPUT) -> Connection:
+        """Connects ``source``'s ``output_key`` port to ``target``'s ``input_key`` port."""
+        for n in (source, target):
+            if isinstance(n, Node):
+                self.add(n)
+        c = Connection(_id(source), _id(target), output_key or OUTPUT, input_key or INPUT)
+        self.connections.append(c)
+        return c
+
+    def node(self, node_id: str) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(f"no node {node_id!r} in pipeline {self.name!r} (nodes: {', '.join(n.id for n in self.nodes)})")
+
+    __getitem__ = node
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def sources(self) -> list[Node]:
+        """Nodes nothing connects into: each needs an input."""
+        fed = {c.target for c in self.connections}
+        return [n for n in self.nodes if n.id not in fed]
+
+    @property
+    def sinks(self) -> list[Node]:
+        """Nodes that feed nothing: their outputs are the results."""
+        feeding = {c.source for c in self.connections}
+        return [n for n in self.nodes if n.id not in feeding]
+
+    # --- validation -------------------------------------------------------------------------
+
+    def violations(self) -> list[Violation]:
+        """Every rule the pipeline breaks that can be checked without the server."""
+        out: list[Violation] = []
+        if not self.nodes:
+            out.append(Violation("nodes", "a pipeline needs at least one node"))
+        index: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            if not n.id:
+                out.append(Violation(f"nodes[{i}].id", "node ids must not be empty"))
+            elif n.id in index:
+                out.append(Violation(f"nodes[{i}].id", f"duplicate node id {n.id!r} (also nodes[{index[n.id]}])", n.id))
+            else:
+                index[n.id] = i
+            if not n.type:
+                out.append(Violation(f"nodes[{i}].node_type", "node_type must not be empty", n.id or None))
+            out += [
+                Violation(f"nodes[{i}].params.{param}", f"node {n.id!r} ({n.type}): `{param}` {problem}", n.id or None)
+                for param, problem in check_params(n.type, n.params)
+            ]
+        seen: dict[tuple[str, str, str, str], int] = {}
+        for j, c in enumerate(self.connections):
+            for end, node_id in (("from", c.source), ("to", c.target)):
+                if node_id not in index:
+                    out.append(Violation(f"connections[{j}].{end}", f"no node {node_id!r} in this pipeline"))
+            if c.source == c.target:
+                out.append(Violation(f"connections[{j}]", f"node {c.source!r} connects to itself", c.source))
+            key = (c.source, c.output_key, c.target, c.input_key)
+            if key in seen:
+                out.append(Violation(f"connections[{j}]", f"duplicate of connections[{seen[key]}]", c.source))
+            else:
+                seen[key] = j
+        out += [Violation("connections", f"connections form a cycle: {' → '.join(path)}") for path in self._cycles(index)]
+        out += self.config.violations()
+        return out
+
+    def _cycles(self, index: Mapping[str, int]) -> list[list[str]]:
+        """Each cycle once, as a path starting and ending at its node listed first."""
+        graph: dict[str, list[str]] = {n: [] for n in index}
+        for c in self.connections:
+            if c.source in graph and c.target in graph and c.source != c.target and c.target not in graph[c.source]:
+                graph[c.source].append(c.target)
+        found: dict[frozenset[str], list[str]] = {}
+        state: dict[str, int] = {}  # 1 on the current path, 2 finished
+        path: list[str] = []
+
+        def visit(node: str) -> None:
+            state[node] = 1
+            path.append(node)
+            for nxt in graph[node]:
+                if state.get(nxt) == 1:
+                    cycle = path[path.index(nxt) :]
+                    first = min(range(len(cycle)), key=lambda k: index[cycle[k]])
+                    ordered = cycle[first:] + cycle[:first]
+                    found.setdefault(frozenset(cycle), [*ordered, ordered[0]])
+                elif nxt not in state:
+                    visit(nxt)
+            path.pop()
+            state[node] = 2
+
+        for node in sorted(graph, key=index.__getitem__):
+            if node not in state:
+                visit(node)
+        return list(found.values())
+
+    def validate(self) -> None:
+        """Raises :class:`ValidationError` listing every violation, if there is any."""
+        problems = self.violations()
+        if problems:
+            raise ValidationError.of(problems)
+
+    # --- wire and JSON forms ----------------------------------------------------------------
+
+    def to_manifest(self) -> pb.PipelineManifest:
+        """The ``remotemedia.v1.PipelineManifest`` message."""
+        manifest = pb.PipelineManifest(
+            version=MANIFEST_VERSION,
+            metadata=pb.ManifestMetadata(name=self.name, description=self.description),
+            nodes=[
+                pb.NodeManifest(
+                    id=n.id,
+                    node_type=n.type,
+                    params=json.dumps(n.params) if n.params else "",
+                    runtime_hint=n.runtime.to_pb(),  # type: ignore[arg-type]
+                )
+                for n in self.nodes
+            ],
+            connections=[
+                pb.Connection(**{"from": c.source, "to": c.target, "output_key": c.output_key, "input_key": c.input_key})
+                for c in self.connections
+            ],
+        )
+        config = self.config.to_pb()
+        if config is not None:
+            manifest.config.CopyFrom(config)
+        return manifest
+
+    @classmethod
+    def from_manifest(cls, manifest: pb.PipelineManifest) -> Pipeline:
+        nodes = []
+        problems: list[Violation] = []
+        for i, n in enumerate(manifest.nodes):
+            try:
+                params = json.loads(n.params) if n.params else {}
+            except json.JSONDecodeError as e:
+                problems.append(Violation(f"nodes[{i}].params", f"params are not valid JSON: {e}", n.id))
+                continue
+            try:
+                runtime = Runtime.parse(int(n.runtime_hint))
+            except ValidationError as e:
+                problems += [Violation(f"nodes[{i}].runtime_hint", v.description, n.id) for v in e.violations]
+                continue
+            nodes.append(Node(n.node_type, n.id, runtime=runtime, params=params))
+        if problems:
+            raise ValidationError.of(problems)
+        p = cls(
+            name=manifest.metadata.name or "pipeline",
+            description=manifest.metadata.description,
+            config=PipelineConfig.from_pb(manifest.config),
+        )
+        p._adopt(nodes)
+        p.connections = [Connection(getattr(c, "from"), c.to, c.output_key or OUTPUT, c.input_key or INPUT) for c in manifest.connections]
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": MANIFEST_VERSION, "metadata": {"name": self.name}}
+        if self.description:
+            out["metadata"]["description"] = self.description
+        out["nodes"] = [n.to_dict() for n in self.nodes]
+        out["edges"] = [c.to_dict() for c in self.connections]
+        config = self.config.to_dict()
+        if config:
+            out["config"] = config
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Pipeline:
+        """Reads a manifest dictionary; problems with its shape raise :class:`ValidationError`."""
+        problems: list[Violation] = []
+        version = str(d.get("version", MANIFEST_VERSION))
+        if not re.fullmatch(r"v?1(\.\d+){0,2}", version.strip(), flags=re.IGNORECASE):
+            problems.append(Violation("version", f"manifest version must be {MANIFEST_VERSION!r}, got {version!r}"))
+        meta = d.get("metadata") or {}
+        if not isinstance(meta, Mapping):
+            problems.append(Violation("metadata", "must be an object"))
+            meta = {}
+        raw_nodes = d.get("nodes", [])
+        if not isinstance(raw_nodes, list):
+            problems.append(Violation("nodes", "must be a list"))
+            raw_nodes = []
+        nodes = []
+        for i, raw in enumerate(raw_nodes):
+            if not isinstance(raw, Mapping):
+                problems.append(Violation(f"nodes[{i}]", "must be an object"))
+                continue
+            node_id = str(raw.get("id", ""))
+            params: Any = raw.get("params") or {}
+            if isinstance(params, str):
+                try:
+                    params = json.loads(params) if params.strip() else {}
+                except json.JSONDecodeError as e:
+                    problems.append(Violation(f"nodes[{i}].params", f"params are not valid JSON: {e}", node_id or None))
+                    continue
+            if not isinstance(params, Mapping):
+                problems.append(Violation(f"nodes[{i}].params", "params must be a JSON object", node_id or None))
+                continue
+            try:
+                runtime = Runtime.parse(raw.get("runtime_hint"))
+            except ValidationError as e:
+                problems += [Violation(f"nodes[{i}].runtime_hint", v.description, node_id or None) for v in e.violations]
+                continue
+            node_type = raw.get("node_type", raw.get("type", ""))
+            nodes.append(Node(str(node_type), node_id, runtime=runtime, params=params))
+        raw_edges = d.get("edges", d.get("connections", []))
+        connections = []
+        for j, raw in enumerate(raw_edges if isinstance(raw_edges, list) else []):
+            if not isinstance(raw, Mapping) or "from" not in raw or "to" not in raw:
+                problems.append(Violation(f"connections[{j}]", "must be an object with `from` and `to`"))
+                continue
+            connections.append(Connection(str(raw["from"]), str(raw["to"]), raw.get("output_key") or OUTPUT, raw.get("input_key") or INPUT))
+        config = d.get("config") or {}
+        if not isinstance(config, Mapping):
+            problems.append(Violation("config", "must be an object"))
+            config = {}
+        if problems:
+            raise ValidationError.of(problems)
+        p = cls(
+            name=str(meta.get("name") or d.get("name") or "pipeline"),
+            description=str(meta.get("description", "")),
+            config=PipelineConfig.from_dict(config),
+        )
+        p._adopt(nodes)
+        p.connections = connections
+        return p
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Pipeline:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValidationError.of([Violation("manifest", f"not valid JSON: {e}")]) from None
+        if not isinstance(data, Mapping):
+            raise ValidationError.of([Violation("manifest", "a manifest is a JSON object")])
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the JSON manifest to ``path``."""
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Pipeline:
+        """Reads a JSON manifest file."""
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, {len(self.nodes)} nodes, {len(self.connections)} connections)"
+
+
+def _id(node: Node | str) -> str:
+    return node.id if isinstance(node, Node) else node
+
+
+def node_ids(nodes: Iterable[Node | str]) -> list[str]:
+    return [_id(n) for n in nodes]

@@ -1,0 +1,175 @@
+"""What a pipeline run returns, as Python objects: audio as :class:`AudioBuffer`, data outputs
+parsed from JSON (VAD segments as :class:`Segment`), metrics and per-node results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from remotemedia_client import pb
+from remotemedia_client.audio import AudioBuffer
+from remotemedia_client.errors import RemoteMediaError, from_error_response
+
+NodeStatus = Literal["success", "skipped", "failed", "unspecified"]
+RunStatus = Literal["success", "partial_success", "failed", "unspecified"]
+
+
+def _json(text: str) -> Any:
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"raw": text}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech found by a VADNode, in seconds from the start of the input."""
+
+    start_s: float
+    end_s: float
+    energy_db: float
+
+    @property
+    def duration(self) -> float:
+        return self.end_s - self.start_s
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Segment:
+        return cls(float(d["start_s"]), float(d["end_s"]), float(d.get("energy_db", float("nan"))))
+
+
+@dataclass(frozen=True)
+class NodeMetrics:
+    """One node's figures: time in the node, bytes of its outputs, input samples processed,
+    and node-specific ``custom`` figures (``custom["runtime"]`` is ``"rust"`` or ``"python"``)."""
+
+    execution_time_ms: float
+    memory_bytes: int
+    samples_processed: int
+    custom: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> str | None:
+        value = self.custom.get("runtime")
+        return str(value) if value is not None else None
+
+    @classmethod
+    def from_pb(cls, m: pb.NodeMetrics) -> NodeMetrics:
+        custom = _json(m.custom_metrics)
+        return cls(m.execution_time_ms, m.memory_bytes, m.samples_processed, custom if isinstance(custom, dict) else {})
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """A run's figures: wall and CPU time, peak memory, serialisation time, and per node."""
+
+    wall_time_ms: float = 0.0
+    cpu_time_ms: float = 0.0
+    memory_used_bytes: int = 0
+    serialization_time_ms: float = 0.0
+    nodes: dict[str, NodeMetrics] = field(default_factory=dict)
+
+    @classmethod
+    def from_pb(cls, m: pb.ExecutionMetrics) -> Metrics:
+        return cls(
+            m.wall_time_ms,
+            m.cpu_time_ms,
+            m.memory_used_bytes,
+            m.serialization_time_ms,
+            {k: NodeMetrics.from_pb(v) for k, v in sorted(m.node_metrics.items())},
+        )
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """How one node fared: ``status``, the ``error`` when it failed, and output metadata."""
+
+    node_id: str
+    status: NodeStatus
+    error: RemoteMediaError | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_pb(cls, r: pb.NodeResult) -> NodeResult:
+        status = pb.NodeStatus.Name(r.status).removeprefix("NODE_STATUS_").lower() if r.status in pb.NodeStatus.values() else "unspecified"
+        meta = _json(r.output_metadata)
+        return cls(
+            r.node_id,
+            status,  # type: ignore[arg-type]
+            from_error_response(r.error) if r.HasField("error") and r.error.message else None,
+            meta if isinstance(meta, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outputs of one run, or of one stream chunk (``sequence`` set).
+
+    ``audio[node_id]`` is the ``output`` audio of each sink (and requested output node);
+    ``data[node_id]`` the node's other outputs keyed by port (``{"segments": [...]}``);
+    ``segments[node_id]`` the VAD segments of nodes that reported any, as :class:`Segment`.
+    """
+
+    audio: dict[str, AudioBuffer]
+    data: dict[str, dict[str, Any]]
+    metrics: Metrics
+    nodes: dict[str, NodeResult]
+    status: RunStatus = "success"
+    sequence: int | None = None
+
+    @property
+    def segments(self) -> dict[str, list[Segment]]:
+        out = {}
+        for node_id, ports in self.data.items():
+            raw = ports.get("segments")
+            if isinstance(raw, list) and all(isinstance(s, dict) and "start_s" in s and "end_s" in s for s in raw):
+                out[node_id] = [Segment.from_dict(s) for s in raw]
+        return out
+
+    def output(self, node_id: str | None = None) -> AudioBuffer:
+        """The audio output of ``node_id``, or the only audio output when there is one."""
+        if node_id is not None:
+            try:
+                return self.audio[node_id]
+            except KeyError:
+                raise KeyError(f"no audio output from {node_id!r} (outputs: {', '.join(self.audio) or 'none'})") from None
+        if len(self.audio) != 1:
+            raise KeyError(f"name the node: this result has {len(self.audio)} audio outputs ({', '.join(self.audio) or 'none'})")
+        return next(iter(self.audio.values()))
+
+    @classmethod
+    def from_pb(cls, r: pb.ExecutionResult, *, sequence: int | None = None) -> Result:
+        data = {}
+        for node_id, text in sorted(r.data_outputs.items()):
+            value = _json(text)
+            data[node_id] = value if isinstance(value, dict) else {"value": value}
+        status = (
+            pb.ExecutionStatus.Name(r.status).removeprefix("EXECUTION_STATUS_").lower()
+            if r.status in pb.ExecutionStatus.values()
+            else "unspecified"
+        )
+        return cls(
+            audio={k: AudioBuffer.from_pb(v) for k, v in sorted(r.audio_outputs.items())},
+            data=data,
+            metrics=Metrics.from_pb(r.metrics),
+            nodes={n.node_id: NodeResult.from_pb(n) for n in r.node_results},
+            status=status,  # type: ignore[arg-type]
+            sequence=sequence,
+        )
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """A stream's running totals, from the server's periodic and final ``metrics`` messages."""
+
+    chunks_processed: int = 0
+    average_latency_ms: float = 0.0
+    total_samples: int = 0
+
+    @classmethod
+    def from_pb(cls, m: pb.StreamMetrics) -> StreamStats:
+        return cls(m.chunks_processed, m.average_latency_ms, m.total_samples)
