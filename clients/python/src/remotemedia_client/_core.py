@@ -40,6 +40,8 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 #: Environment variables read when the constructor is not given an address or a token.
 ADDRESS_ENV, TOKEN_ENV = "REMOTEMEDIA_ADDRESS", "REMOTEMEDIA_TOKEN"
 DEFAULT_TIMEOUT = 60.0
+# How early, at most, a server may see a deadline pass: the grpc-timeout header it gets is rounded.
+DEADLINE_SLACK = 0.01
 
 AudioInput = AudioBuffer | npt.NDArray[Any]
 Compression = Literal["gzip", "deflate"]
@@ -202,7 +204,7 @@ def execute_request(
         try:
             audio[default_source(p, "inputs")] = to_audio(inputs, sample_rate, "inputs")
         except ValidationError as e:
-            problems += e.violations
+            problems += [Violation("inputs", v.description, v.node_id) for v in e.violations]
     else:
         for node_id, value in (inputs or {}).items():
             try:
@@ -286,6 +288,10 @@ class Attempts:
     def retry_after(self, error: grpc.RpcError | RemoteMediaError) -> tuple[RemoteMediaError, float | None]:
         """The mapped error, and how long to wait before the next attempt (``None``: raise it)."""
         err = from_rpc_error(error) if isinstance(error, grpc.RpcError) else error
+        if isinstance(err, PipelineCancelledError) and self.deadline is not None and time.monotonic() >= self.deadline - DEADLINE_SLACK:
+            # A server that enforces the call's deadline itself (tonic does) may end it with
+            # CANCELLED ("Timeout expired") a moment before this client's own DEADLINE_EXCEEDED.
+            err = DeadlineExceededError(f"{self.rpc}: the deadline passed ({err.message})", code=grpc.StatusCode.DEADLINE_EXCEEDED)
         delay = self.policy.delay(self.number, err)
         if delay is not None and self.deadline is not None and time.monotonic() + delay >= self.deadline:
             delay = None

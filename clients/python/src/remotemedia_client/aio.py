@@ -370,28 +370,41 @@ class AsyncStream:
         while True:
             left = attempts.start()
             call = self._client.stub.StreamPipeline(metadata=settings.metadata(), timeout=left, compression=settings.grpc_compression())
-            try:
-                await call.write(self._core.manifest_request())
-                first = await _next(call)
-                if first is None:
-                    ended = await _status_error(call)
-                    raise ended or RemoteMediaError("the server ended the stream without answering the manifest")
-                self._core.on_first(first)
+            refused = await self._handshake(call)
+            if refused is None:
                 break
-            except grpc.aio.AioRpcError as e:
-                err, delay = attempts.retry_after(e)
-                if delay is None:
-                    raise err from None
-            except RemoteMediaError as refused:
-                if refused.code is not None:
-                    raise
-                status = await _status_error(call)
-                raise (merge(refused, status) if status is not None else refused) from None
+            err, delay = attempts.retry_after(refused)
+            if delay is None:
+                raise err
             await asyncio.sleep(delay)
         self._call = call
         self._writer = asyncio.create_task(self._write())
         self._reader = asyncio.create_task(self._read())
         return self
+
+    async def _handshake(self, call: Any) -> RemoteMediaError | None:
+        """Sends the manifest and reads the answer: ``None`` once the server is ready, else the
+        error it refused the stream with."""
+        try:
+            # Refusals of the call itself (token, protocol version, concurrency) end it before the
+            # server reads anything. A write racing with such an ending makes grpc.aio replace the
+            # server's status with its own INTERNAL one, so the headers are awaited first.
+            await call.initial_metadata()
+            if not call.done():
+                await call.write(self._core.manifest_request())
+            first = await _next(call)
+        except grpc.aio.AioRpcError as e:
+            return from_rpc_error(e)
+        except asyncio.InvalidStateError:
+            first = None  # the call ended between the check and the write
+        if first is None:
+            return await _status_error(call) or RemoteMediaError("the server ended the stream without answering the manifest")
+        try:
+            self._core.on_first(first)
+        except RemoteMediaError as in_band:
+            status = await _status_error(call)
+            return merge(in_band, status) if status is not None else in_band
+        return None
 
     async def _write(self) -> None:
         try:

@@ -1,0 +1,106 @@
+"""The Python client's numpy audio, sound files and retry decisions (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import soundfile
+
+from remotemedia_client import (
+    AudioBuffer,
+    DeadlineExceededError,
+    PipelineCancelledError,
+    ResourceLimitError,
+    RetryPolicy,
+    ServiceUnavailableError,
+    ValidationError,
+    pb,
+)
+from remotemedia_client._core import Attempts
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fmt", "wire"),
+    [("<f4", "f32", pb.AUDIO_FORMAT_F32), ("<i2", "i16", pb.AUDIO_FORMAT_I16), ("<i4", "i32", pb.AUDIO_FORMAT_I32)],
+)
+def test_arrays_go_to_the_wire_little_endian_interleaved_and_back(dtype: str, fmt: str, wire: int) -> None:
+    frames = np.arange(12).reshape(6, 2).astype(dtype)
+    buf = AudioBuffer.from_numpy(frames, 44_100)
+    assert (buf.format, buf.channels, buf.frames, buf.num_samples) == (fmt, 2, 6, 12)
+    message = buf.to_pb()
+    assert message.format == wire and message.channels == 2 and message.num_samples == 12 and message.sample_rate == 44_100
+    assert message.samples == frames.astype(dtype).tobytes()  # interleaved: frame 0 left, frame 0 right, ...
+    back = AudioBuffer.from_pb(message)
+    assert back == buf and back.to_numpy().dtype == np.dtype(dtype)
+
+
+def test_mono_is_1d_unless_asked_and_big_endian_and_float64_are_converted() -> None:
+    mono = AudioBuffer.from_numpy(np.array([0.5, -0.5]), 8_000)
+    assert mono.format == "f32" and mono.to_numpy().shape == (2,) and mono.to_numpy(always_2d=True).shape == (2, 1)
+    swapped = AudioBuffer.from_numpy(np.array([1, 2, 3], dtype=">i2"), 8_000)
+    assert swapped.to_pb().samples == np.array([1, 2, 3], dtype="<i2").tobytes()
+
+
+@pytest.mark.parametrize(
+    ("array", "rate", "message"),
+    [
+        (np.zeros(4, np.int64), 8_000, "float32, int16 or int32"),
+        (np.zeros(4, np.float32), 0, "positive integer"),
+        (np.zeros((2, 2, 2), np.float32), 8_000, r"1-D \(mono\) or frames × channels"),
+        (np.zeros((4, 0), np.float32), 8_000, "channels must be between 1 and 256"),
+        (np.array([0.0, np.nan], np.float32), 8_000, "sample 1 is nan"),
+    ],
+)
+def test_arrays_the_service_would_refuse_raise_validation_error(array: np.ndarray, rate: int, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AudioBuffer.from_numpy(array, rate)
+
+
+def test_a_wire_buffer_whose_length_disagrees_is_refused() -> None:
+    bad = pb.AudioBuffer(samples=b"\x00" * 6, sample_rate=8_000, channels=1, format=pb.AUDIO_FORMAT_F32, num_samples=2)
+    with pytest.raises(ValidationError, match="6 bytes do not hold 2 f32 samples"):
+        AudioBuffer.from_pb(bad)
+
+
+@pytest.mark.parametrize(("suffix", "fmt"), [(".wav", "f32"), (".wav", "i16"), (".flac", "i16")])
+def test_sound_files_round_trip(tmp_path: Path, suffix: str, fmt: str) -> None:
+    rng = np.random.default_rng(7)
+    samples = (rng.uniform(-0.5, 0.5, (1_000, 2)) * (32767 if fmt == "i16" else 1)).astype("<i2" if fmt == "i16" else "<f4")
+    path = tmp_path / f"x{suffix}"
+    AudioBuffer.from_numpy(samples, 22_050).to_file(path)
+    info = soundfile.info(str(path))
+    assert (info.samplerate, info.channels, info.frames) == (22_050, 2, 1_000)
+    back = AudioBuffer.from_file(path, dtype=fmt)  # type: ignore[arg-type]
+    assert back.sample_rate == 22_050
+    np.testing.assert_array_equal(back.to_numpy(), samples)
+
+
+def test_a_file_is_read_in_chunks_of_the_asked_length(tmp_path: Path) -> None:
+    path = tmp_path / "x.wav"
+    soundfile.write(path, np.zeros(16_000 + 100, np.float32), 16_000)
+    chunks = list(AudioBuffer.iter_file(path, chunk_ms=20))
+    assert [c.frames for c in chunks] == [320] * 50 + [100]
+    assert AudioBuffer.concatenate(chunks).frames == 16_100
+
+
+def test_retries_wait_at_least_what_the_server_asked_and_stop_at_the_attempt_limit() -> None:
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.1, jitter=0.0)
+    busy = ResourceLimitError("busy", code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.25)
+    too_big = ResourceLimitError("too big", code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+    down = ServiceUnavailableError("down")
+    assert policy.delay(1, busy) == 0.25
+    assert policy.delay(2, down) == pytest.approx(0.2)
+    assert policy.delay(3, down) is None
+    assert policy.delay(1, too_big) is None  # the same request would fail the same way
+    assert RetryPolicy.none().delay(1, down) is None
+
+
+def test_a_cancellation_at_the_deadline_reads_as_the_deadline_passing() -> None:
+    timeout_expired = PipelineCancelledError("Timeout expired", code=grpc.StatusCode.CANCELLED)
+    err, delay = Attempts("ExecutePipeline", RetryPolicy(), 0.0).retry_after(timeout_expired)
+    assert isinstance(err, DeadlineExceededError) and err.code == grpc.StatusCode.DEADLINE_EXCEEDED and delay is None
+    err, _ = Attempts("ExecutePipeline", RetryPolicy(), 60.0).retry_after(timeout_expired)
+    assert err is timeout_expired

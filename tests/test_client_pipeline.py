@@ -1,0 +1,176 @@
+"""The Python client's pipeline builder, client-side validation and JSON manifests (no server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from remotemedia_client import (
+    AudioChunkerNode,
+    AudioResampleNode,
+    Client,
+    Connection,
+    GainNode,
+    Node,
+    PassThroughNode,
+    Pipeline,
+    PipelineConfig,
+    RetryPolicy,
+    Runtime,
+    VADNode,
+    ValidationError,
+    pb,
+)
+
+# The manifest of the executor's data model (seed 000), as written there: `type`, `edges`,
+# version "1.0", a flat config.
+SEED_MANIFEST = """
+{
+  "version": "1.0",
+  "nodes": [
+    {"id": "source-1", "type": "PassThroughNode", "params": {}, "runtime_hint": "auto"},
+    {"id": "resample-1", "type": "AudioResampleNode",
+     "params": {"input_rate": 48000, "output_rate": 16000, "quality": "high"}, "runtime_hint": "auto"}
+  ],
+  "edges": [{"from": "source-1", "to": "resample-1", "output_key": "output", "input_key": "input"}],
+  "config": {"enable_metrics": true, "retry_policy": "exponential", "max_retries": 3}
+}
+"""
+
+
+def test_shift_connects_nodes_fans_out_and_in_and_names_ports() -> None:
+    p = Pipeline("graph")
+    src = p.add(PassThroughNode("in"))
+    vad, gain = src >> [VADNode("vad"), GainNode("gain", gain_db=-3)]
+    mix = [vad, gain] >> PassThroughNode("mix")
+    vad["segments"] >> Node("PassThroughNode", "log")["data"]
+    assert [n.id for n in p] == ["in", "vad", "gain", "mix", "log"]
+    assert p.connections == [
+        Connection("in", "vad"),
+        Connection("in", "gain"),
+        Connection("vad", "mix"),
+        Connection("gain", "mix"),
+        Connection("vad", "log", "segments", "data"),
+    ]
+    assert [n.id for n in p.sources] == ["in"] and [n.id for n in p.sinks] == ["mix", "log"]
+    assert mix is p["mix"]
+    p.validate()
+
+
+def test_nodes_without_ids_are_named_after_their_type() -> None:
+    p = Pipeline.chain(
+        GainNode(gain_db=1), GainNode(gain_db=2), AudioResampleNode(output_rate=8_000), Node("ChannelMixerNode", output_channels=1)
+    )
+    assert [n.id for n in p] == ["gain", "gain_2", "audio_resample", "channel_mixer"]
+
+
+def test_connecting_a_node_outside_any_pipeline_says_how_to_fix_it() -> None:
+    with pytest.raises(ValueError, match=r"pipeline\.add"):
+        GainNode("a") >> GainNode("b")
+
+
+def test_typed_nodes_spell_out_their_parameters() -> None:
+    assert AudioResampleNode("r", output_rate=16_000, quality="low").params == {"output_rate": 16_000, "quality": "low"}
+    assert VADNode("v", threshold_db=-40, frame_ms=20).params == {"threshold_db": -40, "frame_ms": 20}
+    assert AudioChunkerNode("c", chunk_ms=20).params == {"chunk_ms": 20}
+    assert GainNode("g", runtime="cpython").runtime is Runtime.CPYTHON
+
+
+def test_validation_reports_every_violation_at_once() -> None:
+    p = Pipeline("broken")
+    a, b, c = p.add(GainNode("a", gain_db=500)), p.add(Node("VADNode", "b", frame_ms=25, colour="red")), p.add(Node("X", "c"))
+    a >> b >> c >> a
+    p.add(Node("AudioChunkerNode", "a"))
+    p.connect("a", "ghost")
+    with pytest.raises(ValidationError) as info:
+        p.validate()
+    assert [str(v) for v in info.value.violations] == [
+        "nodes[0].params.gain_db: node 'a' (GainNode): `gain_db` must be a finite number between -120 and 60, got 500",
+        "nodes[1].params.frame_ms: node 'b' (VADNode): `frame_ms` must be one of 10, 20, 30, got 25",
+        "nodes[1].params.colour: node 'b' (VADNode): `colour` is not a parameter of this node "
+        "(parameters: `threshold_db`, `frame_ms`, `min_speech_ms`, `min_silence_ms`)",
+        "nodes[3].id: duplicate node id 'a' (also nodes[0])",
+        "nodes[3].params.chunk_samples: node 'a' (AudioChunkerNode): `chunk_samples` or `chunk_ms` is required",
+        "connections[3].to: no node 'ghost' in this pipeline",
+        "connections: connections form a cycle: a → b → c → a",
+    ]
+    assert str(info.value).startswith("7 validation errors:\n  - nodes[0].params.gain_db")
+
+
+def test_inputs_are_checked_with_the_pipeline_before_any_call() -> None:
+    p = Pipeline("broken")
+    a, b = p.add(GainNode("a", gain_db=500)), p.add(Node("VADNode", "b"))
+    a >> b
+    # Nothing listens on port 9, so a call that were made would fail differently.
+    with Client("127.0.0.1:9", retry=RetryPolicy.none()) as client, pytest.raises(ValidationError) as info:
+        client.run(p, np.zeros(4, np.int64), sample_rate=16_000, data={"nowhere": 1}, output_nodes=["gone"])
+    assert [v.field for v in info.value.violations] == ["nodes[0].params.gain_db", "inputs", "data_inputs[nowhere]", "output_nodes"]
+    assert "int64" in info.value.violations[1].description
+
+    with Client("127.0.0.1:9") as client, pytest.raises(ValidationError) as info:
+        client.run(Pipeline.chain(GainNode("g")), np.zeros(4, np.float32))
+    assert "sample_rate" in str(info.value)
+
+
+def test_a_seed_manifest_loads_and_round_trips_through_json_and_protobuf(tmp_path: Path) -> None:
+    p = Pipeline.from_json(SEED_MANIFEST)
+    assert [n.type for n in p] == ["PassThroughNode", "AudioResampleNode"]
+    assert p["resample-1"].params == {"input_rate": 48000, "output_rate": 16000, "quality": "high"}
+    assert p.config == PipelineConfig(enable_metrics=True, backoff="exponential", max_retries=3)
+
+    written = json.loads(p.to_json())
+    assert written["edges"] == [{"from": "source-1", "to": "resample-1", "output_key": "output", "input_key": "input"}]
+    assert written["nodes"][1] == {
+        "id": "resample-1",
+        "node_type": "AudioResampleNode",
+        "params": {"input_rate": 48000, "output_rate": 16000, "quality": "high"},
+        "runtime_hint": "auto",
+    }
+    assert written["config"] == {"enable_metrics": True, "retry_policy": "exponential", "max_retries": 3}
+
+    p.save(tmp_path / "p.json")
+    assert Pipeline.load(tmp_path / "p.json") == p
+    manifest = p.to_manifest()
+    assert manifest.version == "v1" and manifest.config.retry.backoff == pb.RetryPolicy.BACKOFF_EXPONENTIAL
+    assert json.loads(manifest.nodes[1].params) == {"input_rate": 48000, "output_rate": 16000, "quality": "high"}
+    assert Pipeline.from_manifest(manifest) == p
+
+
+def test_the_protobuf_json_form_grpcurl_uses_loads_too() -> None:
+    text = json.dumps(
+        {
+            "version": "v1",
+            "metadata": {"name": "denoise"},
+            "nodes": [
+                {"id": "in", "node_type": "PassThroughNode"},
+                {"id": "gain", "node_type": "GainNode", "params": '{"gain_db": -3}', "runtime_hint": "RUNTIME_HINT_RUST"},
+            ],
+            "connections": [{"from": "in", "to": "gain"}],
+            "config": {"retry": {"max_retries": 1, "backoff": "BACKOFF_FIXED"}, "circuit_breaker_threshold": 0},
+        }
+    )
+    p = Pipeline.from_json(text)
+    assert p.name == "denoise" and p["gain"].params == {"gain_db": -3} and p["gain"].runtime is Runtime.RUST
+    assert p.connections == [Connection("in", "gain")]
+    assert p.config == PipelineConfig(max_retries=1, backoff="fixed", circuit_breaker_threshold=0)
+
+
+def test_a_malformed_manifest_reports_every_problem() -> None:
+    text = json.dumps(
+        {
+            "version": "v3",
+            "nodes": [
+                {"id": "a", "type": "GainNode", "params": "{not json"},
+                {"id": "b", "type": "GainNode", "runtime_hint": "rustpython"},
+            ],
+            "edges": [{"from": "a"}],
+        }
+    )
+    with pytest.raises(ValidationError) as info:
+        Pipeline.from_json(text)
+    assert [v.field for v in info.value.violations] == ["version", "nodes[0].params", "nodes[1].runtime_hint", "connections[0]"]
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        Pipeline.from_json("{")
