@@ -1,0 +1,141 @@
+"""The ``remotemedia`` command line (installed by the Python client) against the real binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import RunningServer, start_server
+
+from remotemedia_client import AudioResampleNode, GainNode, Node, PassThroughNode, Pipeline, VADNode
+
+CLI = Path(sys.executable).parent / "remotemedia"
+TOKEN = "cli-test-token-91ab"
+
+
+def remotemedia(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEMEDIA_")}
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, env={**clean, **(env or {})}, timeout=120, check=False)
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(done.stdout)
+
+
+def tone(seconds: float, rate: int, *, start: float, stop: float) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * 440 * t) * ((t >= start) & (t < stop))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def secured() -> Iterator[RunningServer]:
+    s = start_server("--auth-tokens", TOKEN)
+    yield s
+    assert s.stop() == 0
+
+
+def test_version_health_and_nodes(server: RunningServer) -> None:
+    version = remotemedia("--address", server.address, "--json", "version")
+    assert version.returncode == 0, version.stderr
+    assert as_json(version)["compatible"] is True and as_json(version)["supported_protocols"] == ["v1"]
+
+    health = remotemedia("--address", server.address, "--json", "health")
+    assert health.returncode == 0 and as_json(health) == {"service": "", "status": "SERVING"}
+    unknown = remotemedia("--address", server.address, "health", "--service", "no.such.Service")
+    assert unknown.returncode == 3 and unknown.stdout.strip() == "SERVICE_UNKNOWN"
+
+    nodes = remotemedia("--address", server.address, "--json", "nodes")
+    assert nodes.returncode == 0 and {"GainNode", "VADNode", "LoudnessNode"} <= set(as_json(nodes))
+    plain = remotemedia("nodes", env={"REMOTEMEDIA_ADDRESS": server.address})
+    assert plain.returncode == 0 and plain.stdout.splitlines() == as_json(nodes)
+
+
+def test_run_writes_each_requested_output(server: RunningServer, tmp_path: Path) -> None:
+    p = Pipeline("down")
+    vad = p.add(AudioResampleNode("rs", output_rate=16_000)) >> VADNode("vad")
+    vad >> GainNode("quiet", gain_db=-20)
+    p.save(tmp_path / "down.json")
+    stereo = np.stack([tone(1.0, 48_000, start=0.2, stop=0.6)] * 2, axis=1)
+    soundfile.write(tmp_path / "in.wav", stereo, 48_000, subtype="PCM_16")
+
+    done = remotemedia(
+        "--address", server.address, "--json", "run", str(tmp_path / "down.json"),
+        "--input", str(tmp_path / "in.wav"), "--output", str(tmp_path / "quiet.flac"), "--output", f"vad={tmp_path / 'vad.wav'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = as_json(done)
+    assert summary["audio"]["quiet"]["path"] == str(tmp_path / "quiet.flac")
+    assert [round(s["start_s"], 1) for s in summary["data"]["vad"]["segments"]] == [0.2]
+    assert summary["metrics"]["nodes"]["rs"]["runtime"] == "rust"
+    for name in ("quiet.flac", "vad.wav"):
+        info = soundfile.info(str(tmp_path / name))
+        assert (info.samplerate, info.channels, info.frames) == (16_000, 2, 16_000), name
+
+    text = remotemedia("--address", server.address, "run", str(tmp_path / "down.json"), "-i", str(tmp_path / "in.wav"))
+    assert text.returncode == 0 and "quiet: 16000 frames × 2 ch at 16000 Hz" in text.stdout
+
+
+def test_stream_writes_a_minute_long_wav_that_reads_back_whole(server: RunningServer, tmp_path: Path) -> None:
+    soundfile.write(tmp_path / "minute.wav", tone(60.0, 16_000, start=10, stop=20), 16_000, subtype="PCM_16")
+    Pipeline.chain(AudioResampleNode("rs", output_rate=8_000), VADNode("vad")).save(tmp_path / "vad.json")
+
+    done = remotemedia(
+        "--address", server.address, "--json", "stream", str(tmp_path / "vad.json"),
+        "--input", str(tmp_path / "minute.wav"), "--output", str(tmp_path / "out.wav"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = as_json(done)
+    assert summary["chunks"] == 3_000 and summary["results"] == 3_001
+    assert [(round(s["start_s"]), round(s["end_s"])) for s in summary["segments"]["vad"]] == [(10, 20)]
+    out, rate = soundfile.read(str(tmp_path / "out.wav"), dtype="float32")
+    assert rate == 8_000 and out.shape == (480_000,)
+    assert np.abs(out[: 9 * 8_000]).max() == 0 and np.abs(out[11 * 8_000 : 19 * 8_000]).max() > 0.4
+
+
+def test_a_long_stream_shows_progress_on_a_terminal(server: RunningServer, tmp_path: Path) -> None:
+    soundfile.write(tmp_path / "long.wav", np.zeros(12 * 8_000, np.float32), 8_000)
+    Pipeline.chain(PassThroughNode("p")).save(tmp_path / "p.json")
+    args = ("--address", server.address, "stream", str(tmp_path / "p.json"), "--input", str(tmp_path / "long.wav"))
+    shown = remotemedia(*args, env={"TTY_COMPATIBLE": "1", "COLUMNS": "100"})
+    assert shown.returncode == 0, shown.stderr
+    assert "streaming long.wav" in shown.stderr and "600 chunks" in shown.stdout
+    hidden = remotemedia(*args, "--no-progress", env={"TTY_COMPATIBLE": "1"})
+    assert hidden.returncode == 0 and "streaming long.wav" not in hidden.stderr
+
+
+def test_exit_codes_tell_usage_connection_refusal_and_pipeline_errors_apart(
+    server: RunningServer, secured: RunningServer, tmp_path: Path
+) -> None:
+    good = tmp_path / "gain.json"
+    Pipeline.chain(GainNode("g", gain_db=-1)).save(good)
+    soundfile.write(tmp_path / "in.wav", np.zeros(160, np.float32), 16_000)
+    wav = str(tmp_path / "in.wav")
+
+    assert remotemedia("--address", server.address, "run").returncode == 2  # argparse: the manifest is missing
+    missing = remotemedia("--address", server.address, "--json", "run", str(tmp_path / "nope.json"), "-i", wav)
+    assert missing.returncode == 2 and as_json(missing)["error"]["kind"] == "usage"
+    unreadable = remotemedia("--address", server.address, "run", str(good), "-i", str(good))
+    assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr
+
+    unreachable = remotemedia("--address", "127.0.0.1:9", "--json", "run", str(good), "-i", wav)
+    assert unreachable.returncode == 3 and as_json(unreachable)["error"]["type"] == "ServiceUnavailableError"
+
+    no_token = remotemedia("--address", secured.address, "--json", "run", str(good), "-i", wav)
+    assert no_token.returncode == 4 and as_json(no_token)["error"]["type"] == "AuthenticationError"
+    with_token = remotemedia("--address", secured.address, "--token", TOKEN, "run", str(good), "-i", wav)
+    assert with_token.returncode == 0, with_token.stderr
+
+    bad = tmp_path / "bad.json"
+    Pipeline.chain(Node("NoSuchNode", "x")).save(bad)
+    failed = remotemedia("--address", server.address, "--json", "run", str(bad), "-i", wav)
+    assert failed.returncode == 5
+    error = as_json(failed)["error"]
+    assert error["type"] == "ValidationError" and error["violations"][0]["field"] == "nodes[0].node_type"
