@@ -1,0 +1,32 @@
+// Options of createClient and of each call.
+import type { RetryOptions } from "./retry.js";
+import type { TransportKind } from "./transport-settings.js";
+
+export interface ClientOptions {
+  /** `host:port` of the server, reached over plain HTTP (`http://host:port`). */
+  address?: string;
+  /** Full URL of the server (`https://media.example.com`); takes precedence over `address`. */
+  baseUrl?: string;
+  /** Bearer token sent as `authorization: Bearer <token>`. */
+  token?: string;
+  /** Protocol version declared in the `remotemedia-protocol-version` header and in requests (default "v1"). */
+  protocolVersion?: string;
+  /** Default deadline of unary calls, retries included (none when unset). */
+  timeoutMs?: number;
+  /**
+   * "gzip" compresses requests and asks for compressed responses (Node only; browsers send
+   * uncompressed). Default "none": audio rarely compresses enough to pay for the CPU.
+   */
+  compression?: "gzip" | "none";
+  /** "grpc" (HTTP/2, Node's default) or "grpc-web" (browsers' default and only choice). */
+  transport?: TransportKind;
+  /** Retries of unary calls; `false` disables them. */
+  retry?: RetryOptions | false;
+}
+
+export interface CallOptions {
+  /** Aborts the call (it then fails with a CANCELLED error). */
+  signal?: AbortSignal;
+  /** Deadline of this call, overriding the client's timeoutMs. */
+  timeoutMs?: number;
+}

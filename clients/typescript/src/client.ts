@@ -1,0 +1,142 @@
+// createClient: the RemoteMedia client over a Connect transport (gRPC in Node, gRPC-Web in browsers).
+import { create } from "@bufbuild/protobuf";
+import { type Client, createClient as createConnectClient } from "@connectrpc/connect";
+import type { Audio } from "./audio.js";
+import type { CallOptions, ClientOptions } from "./client-options.js";
+import { RemoteMediaError } from "./error.js";
+import { type ExecuteInputs, type PipelineLike, executeRequest, sourceNodes, toManifest } from "./execute-request.js";
+import { PipelineService, VersionRequestSchema } from "./gen/remotemedia/v1/service_pb.js";
+import { headersInterceptor } from "./headers.js";
+import { PROTOCOL_VERSION } from "./protocol.js";
+import { PipelineResult } from "./result.js";
+import { retryPolicy, withRetry } from "./retry.js";
+import { type StreamOptions, StreamSession } from "./stream-session.js";
+import { fromErrorResponse } from "./to-error.js";
+import { DEFAULT_TRANSPORT, openTransport } from "./transport-node.js";
+import { type VersionInfo, versionInfo } from "./version-info.js";
+
+export interface RemoteMediaClient {
+  /** The server URL calls go to. */
+  readonly baseUrl: string;
+  /**
+   * Runs `pipeline` once over `inputs` (or over one Audio for the pipeline's only source node).
+   * Pipeline errors, rejections and transport failures are thrown as RemoteMediaError.
+   */
+  execute(pipeline: PipelineLike, inputs?: ExecuteInputs | Audio, options?: CallOptions): Promise<PipelineResult>;
+  /** What the server runs and whether it supports `clientVersion` (default: the client's protocol version). */
+  getVersion(options?: CallOptions & { clientVersion?: string }): Promise<VersionInfo>;
+  /**
+   * Asks the server whether it serves this client's protocol version; throws a VERSION_MISMATCH
+   * RemoteMediaError listing the versions it supports when it does not.
+   */
+  checkCompatibility(options?: CallOptions): Promise<VersionInfo>;
+  /**
+   * Opens a StreamPipeline session; resolves once every node is built. Opening is retried as
+   * unary calls are; an open stream never is. Needs the "grpc" transport.
+   */
+  stream(pipeline: PipelineLike, options?: StreamOptions): Promise<StreamSession>;
+  /** Closes the client's connections. */
+  close(): void;
+}
+
+export function createClient(options: ClientOptions): RemoteMediaClient {
+  const baseUrl = resolveBaseUrl(options);
+  const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
+  const kind = options.transport ?? DEFAULT_TRANSPORT;
+  const policy = retryPolicy(options.retry);
+  const opened = openTransport({
+    kind,
+    baseUrl,
+    interceptors: [headersInterceptor(options.token, protocolVersion)],
+    gzip: options.compression === "gzip",
+  });
+  const rpc: Client<typeof PipelineService> = createConnectClient(PipelineService, opened.transport);
+
+  const unary = <T>(call: (timeoutMs: number | undefined) => Promise<T>, callOptions: CallOptions): Promise<T> =>
+    withRetry(call, {
+      policy,
+      timeoutMs: callOptions.timeoutMs ?? options.timeoutMs,
+      signal: callOptions.signal,
+    });
+
+  return {
+    baseUrl,
+
+    async execute(pipeline, inputs = {}, callOptions = {}) {
+      const request = executeRequest(toManifest(pipeline), inputs, protocolVersion);
+      const response = await unary(
+        (timeoutMs) => rpc.executePipeline(request, callArgs(callOptions.signal, timeoutMs)),
+        callOptions,
+      );
+      switch (response.outcome.case) {
+        case "result":
+          return new PipelineResult(response.outcome.value);
+        case "error":
+          throw fromErrorResponse(response.outcome.value);
+        default:
+          throw new RemoteMediaError({
+            kind: "INTERNAL",
+            message: "the server answered ExecutePipeline with neither a result nor an error",
+          });
+      }
+    },
+
+    async getVersion(callOptions = {}) {
+      const request = create(VersionRequestSchema, { clientVersion: callOptions.clientVersion ?? protocolVersion });
+      const response = await unary(
+        (timeoutMs) => rpc.getVersion(request, callArgs(callOptions.signal, timeoutMs)),
+        callOptions,
+      );
+      return versionInfo(response);
+    },
+
+    async checkCompatibility(callOptions = {}) {
+      const info = await this.getVersion(callOptions);
+      if (info.compatible) return info;
+      const supported = info.supportedProtocols.join(", ");
+      throw new RemoteMediaError({
+        kind: "VERSION_MISMATCH",
+        message:
+          info.compatibilityMessage ||
+          `protocol version "${protocolVersion}" is not supported; supported versions: ${supported}`,
+        context: { requested: protocolVersion },
+        supportedVersions: info.supportedProtocols,
+      });
+    },
+
+    async stream(pipeline, streamOptions = {}) {
+      if (kind !== "grpc") {
+        throw new TypeError('bidirectional streams need the "grpc" transport (HTTP/2); gRPC-Web carries unary calls only');
+      }
+      const manifest = toManifest(pipeline);
+      const sources = sourceNodes(manifest);
+      const inputNode = streamOptions.inputNode ?? (sources.length === 1 ? sources[0] : undefined);
+      return withRetry(
+        (timeoutMs) =>
+          StreamSession.open(
+            (requests, callOptions) => rpc.streamPipeline(requests, callOptions),
+            manifest,
+            inputNode,
+            { ...streamOptions, ...(timeoutMs === undefined ? {} : { timeoutMs }) },
+          ),
+        { policy, timeoutMs: streamOptions.timeoutMs, signal: streamOptions.signal },
+      );
+    },
+
+    close() {
+      opened.close();
+    },
+  };
+}
+
+function callArgs(signal: AbortSignal | undefined, timeoutMs: number | undefined): CallOptions {
+  return { ...(signal === undefined ? {} : { signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) };
+}
+
+function resolveBaseUrl(options: ClientOptions): string {
+  if (options.baseUrl !== undefined && options.baseUrl !== "") return options.baseUrl.replace(/\/+$/, "");
+  if (options.address !== undefined && options.address !== "") {
+    return /^[a-z]+:\/\//i.test(options.address) ? options.address : `http://${options.address}`;
+  }
+  throw new TypeError("createClient needs an address (host:port) or a baseUrl");
+}

@@ -1,0 +1,108 @@
+// The inputs of one ExecutePipeline call and the request built from them.
+import { create, isMessage } from "@bufbuild/protobuf";
+import { Audio } from "./audio.js";
+import { type Violation, validationError } from "./error.js";
+import { type ExecuteRequest, ExecuteRequestSchema } from "./gen/remotemedia/v1/execution_pb.js";
+import { type PipelineManifest, PipelineManifestSchema } from "./gen/remotemedia/v1/manifest_pb.js";
+import { type ManifestJson, Pipeline } from "./pipeline.js";
+
+/** A pipeline as a builder, a JSON manifest (text or parsed) or the wire message. */
+export type PipelineLike = Pipeline | PipelineManifest | ManifestJson | string;
+
+export interface ResourceLimits {
+  maxMemoryBytes?: number;
+  maxTimeoutMs?: number;
+  maxAudioSamples?: number;
+}
+
+export interface ExecuteInputs {
+  /** Audio for each source node's "input" port, keyed by node id. */
+  audio?: Record<string, Audio>;
+  /** JSON values for nodes' "data" port, keyed by node id (serialised with JSON.stringify). */
+  data?: Record<string, unknown>;
+  /** Non-sink nodes whose outputs are returned as well. */
+  outputNodes?: string[];
+  /** Per-request limits; unset fields take the server defaults. */
+  limits?: ResourceLimits;
+}
+
+export function toManifest(pipeline: PipelineLike): PipelineManifest {
+  if (pipeline instanceof Pipeline) return pipeline.toProto();
+  if (isMessage(pipeline, PipelineManifestSchema)) return pipeline;
+  return Pipeline.fromJSON(pipeline).toProto();
+}
+
+/** Ids of the manifest's nodes that nothing connects into, in manifest order. */
+export function sourceNodes(manifest: PipelineManifest): string[] {
+  const fed = new Set(manifest.connections.map((c) => c.to));
+  return manifest.nodes.map((n) => n.id).filter((id) => !fed.has(id));
+}
+
+/**
+ * The request for `inputs` (a bare Audio feeds the pipeline's only source node), after the
+ * checks that need no server: inputs and output nodes name nodes of the pipeline, and every
+ * source node has an input. Problems are thrown together as one VALIDATION error.
+ */
+export function executeRequest(
+  manifest: PipelineManifest,
+  inputs: ExecuteInputs | Audio,
+  clientVersion: string,
+): ExecuteRequest {
+  const resolved: ExecuteInputs = inputs instanceof Audio ? { audio: { [onlySource(manifest, "inputs")]: inputs } } : inputs;
+  const ids = new Set(manifest.nodes.map((n) => n.id));
+  const problems: Violation[] = [];
+  const audioInputs: ExecuteRequest["audioInputs"] = {};
+  for (const [id, audio] of Object.entries(resolved.audio ?? {})) audioInputs[id] = audio.toProto();
+  const dataInputs: Record<string, string> = {};
+  for (const [id, value] of Object.entries(resolved.data ?? {})) {
+    const text = JSON.stringify(value) as string | undefined;
+    if (text === undefined) problems.push({ field: `data_inputs[${id}]`, description: "is not JSON-serialisable", nodeId: id });
+    else dataInputs[id] = text;
+  }
+  for (const [what, names] of [["audio_inputs", Object.keys(audioInputs)], ["data_inputs", Object.keys(dataInputs)]] as const) {
+    for (const id of names) {
+      if (!ids.has(id)) problems.push({ field: `${what}[${id}]`, description: `no node "${id}" in this pipeline`, nodeId: id });
+    }
+  }
+  const outputNodes = resolved.outputNodes ?? [];
+  for (const id of outputNodes) {
+    if (!ids.has(id)) problems.push({ field: "output_nodes", description: `no node "${id}" in this pipeline`, nodeId: id });
+  }
+  manifest.nodes.forEach((n, i) => {
+    if (sourceNodes(manifest).includes(n.id) && !(n.id in audioInputs) && !(n.id in dataInputs)) {
+      problems.push({ field: `nodes[${i}]`, description: `source node "${n.id}" has no input (give it audio or data)`, nodeId: n.id });
+    }
+  });
+  if (problems.length > 0) throw validationError(problems);
+  const limits = resolved.limits;
+  return create(ExecuteRequestSchema, {
+    manifest,
+    audioInputs,
+    dataInputs,
+    clientVersion,
+    outputNodes,
+    ...(limits === undefined
+      ? {}
+      : {
+          resourceLimits: {
+            maxMemoryBytes: BigInt(limits.maxMemoryBytes ?? 0),
+            maxTimeoutMs: BigInt(limits.maxTimeoutMs ?? 0),
+            maxAudioSamples: BigInt(limits.maxAudioSamples ?? 0),
+          },
+        }),
+  });
+}
+
+/** The pipeline's only source node; `field` names what needed it in the error otherwise. */
+export function onlySource(manifest: PipelineManifest, field: string): string {
+  const sources = sourceNodes(manifest);
+  if (sources.length !== 1 || sources[0] === undefined) {
+    throw validationError([
+      {
+        field,
+        description: `the pipeline has ${sources.length} source nodes (${sources.join(", ") || "none"}); name the node to feed`,
+      },
+    ]);
+  }
+  return sources[0];
+}

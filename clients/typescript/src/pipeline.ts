@@ -1,0 +1,416 @@
+// Pipeline: a builder for pipeline manifests. Its JSON form is the Python client's: the
+// executor's manifest model with `params` as a JSON object, `runtime_hint` in lower case, `edges`
+// naming both ports and a flat `config`.
+import { create } from "@bufbuild/protobuf";
+import { type Violation, validationError } from "./error.js";
+import {
+  type PipelineManifest,
+  PipelineManifestSchema,
+  RetryPolicy_Backoff,
+  RuntimeHint,
+} from "./gen/remotemedia/v1/manifest_pb.js";
+import type {
+  AudioChunkerParams,
+  AudioResampleParams,
+  ChannelMixerParams,
+  FormatConverterParams,
+  GainParams,
+  Runtime,
+  VADParams,
+} from "./nodes.js";
+
+/** The only manifest schema version the service accepts. */
+export const MANIFEST_VERSION = "v1";
+const OUTPUT = "output";
+const INPUT = "input";
+
+export interface PipelineNode {
+  id: string;
+  type: string;
+  params: Record<string, unknown>;
+  runtime: Runtime;
+}
+
+export interface PipelineEdge {
+  from: string;
+  to: string;
+  /** Output port of `from` (default "output"). */
+  outputKey: string;
+  /** Input port of `to` (default "input"). */
+  inputKey: string;
+}
+
+export type Backoff = "exponential" | "fixed" | "none";
+
+/** How the service runs the pipeline; unset fields keep the service defaults. */
+export interface PipelineConfig {
+  /** Collect per-node metrics (default true). */
+  enableMetrics?: boolean;
+  /** Retries after a node's first retryable failure (default 3, at most 10). */
+  maxRetries?: number;
+  /** Delay growth between retries (default exponential). */
+  backoff?: Backoff;
+  /** First retry delay in ms (default 100). */
+  initialDelayMs?: number;
+  /** Exponential multiplier (default 2). */
+  multiplier?: number;
+  /** Consecutive failures that open a node type's circuit breaker (default 5, 0 disables). */
+  circuitBreakerThreshold?: number;
+}
+
+export interface NodeOptions {
+  runtime?: Runtime;
+}
+
+/**
+ * The JSON manifest, as the Python client writes it: what `JSON.stringify(pipeline)` writes and
+ * `Pipeline.fromJSON` reads. `config` holds only the settings that are set.
+ */
+export interface ManifestJson {
+  version: string;
+  metadata: { name: string; description?: string };
+  nodes: { id: string; node_type: string; params: Record<string, unknown>; runtime_hint: Runtime }[];
+  edges: { from: string; to: string; output_key: string; input_key: string }[];
+  config?: {
+    enable_metrics?: boolean;
+    /** The retry backoff. */
+    retry_policy?: Backoff;
+    max_retries?: number;
+    initial_delay_ms?: number;
+    multiplier?: number;
+    circuit_breaker_threshold?: number;
+  };
+}
+
+const RUNTIME_HINTS: Record<Runtime, RuntimeHint> = {
+  auto: RuntimeHint.AUTO,
+  rust: RuntimeHint.RUST,
+  cpython: RuntimeHint.CPYTHON,
+};
+
+const BACKOFFS: Record<Backoff, RetryPolicy_Backoff> = {
+  exponential: RetryPolicy_Backoff.EXPONENTIAL,
+  fixed: RetryPolicy_Backoff.FIXED,
+  none: RetryPolicy_Backoff.NONE,
+};
+
+/**
+ * A pipeline: nodes and the connections between them. Builder methods return the pipeline, so
+ * calls chain:
+ *
+ * ```ts
+ * const p = new Pipeline("to-16k")
+ *   .passThrough("in")
+ *   .resample("rs", { output_rate: 16000 })
+ *   .connect("in", "rs");
+ * ```
+ */
+export class Pipeline {
+  name: string;
+  description: string;
+  config: PipelineConfig = {};
+  readonly #nodes: PipelineNode[] = [];
+  readonly #edges: PipelineEdge[] = [];
+
+  constructor(name = "pipeline", description = "") {
+    this.name = name;
+    this.description = description;
+  }
+
+  get nodes(): readonly PipelineNode[] {
+    return this.#nodes;
+  }
+
+  get connections(): readonly PipelineEdge[] {
+    return this.#edges;
+  }
+
+  /** Adds a node of any registered type; `params` is the node's JSON parameter object. */
+  node(type: string, id: string, params: Record<string, unknown> = {}, options: NodeOptions = {}): this {
+    const index = this.#nodes.length;
+    if (id === "") throw validationError([{ field: `nodes[${index}].id`, description: "node ids must not be empty" }]);
+    const other = this.#nodes.findIndex((n) => n.id === id);
+    if (other >= 0) {
+      throw validationError([
+        { field: `nodes[${index}].id`, description: `duplicate node id "${id}" (also nodes[${other}])`, nodeId: id },
+      ]);
+    }
+    this.#nodes.push({ id, type, params: { ...params }, runtime: options.runtime ?? "auto" });
+    return this;
+  }
+
+  resample(id: string, params: AudioResampleParams, options?: NodeOptions): this {
+    return this.node("AudioResampleNode", id, { ...params }, options);
+  }
+
+  vad(id: string, params: VADParams = {}, options?: NodeOptions): this {
+    return this.node("VADNode", id, { ...params }, options);
+  }
+
+  formatConverter(id: string, params: FormatConverterParams, options?: NodeOptions): this {
+    return this.node("FormatConverterNode", id, { ...params }, options);
+  }
+
+  channelMixer(id: string, params: ChannelMixerParams, options?: NodeOptions): this {
+    return this.node("ChannelMixerNode", id, { ...params }, options);
+  }
+
+  chunker(id: string, params: AudioChunkerParams, options?: NodeOptions): this {
+    return this.node("AudioChunkerNode", id, { ...params }, options);
+  }
+
+  gain(id: string, params: GainParams = {}, options?: NodeOptions): this {
+    return this.node("GainNode", id, { ...params }, options);
+  }
+
+  passThrough(id: string, options?: NodeOptions): this {
+    return this.node("PassThroughNode", id, {}, options);
+  }
+
+  /** Connects `from`'s output port to `to`'s input port (default ports "output" and "input"). */
+  connect(from: string, to: string, ports: { outputKey?: string; inputKey?: string } = {}): this {
+    const index = this.#edges.length;
+    const missing: Violation[] = [];
+    for (const [end, id] of [["from", from], ["to", to]] as const) {
+      if (!this.#nodes.some((n) => n.id === id)) {
+        missing.push({ field: `connections[${index}].${end}`, description: `no node "${id}" in this pipeline` });
+      }
+    }
+    if (missing.length > 0) throw validationError(missing);
+    this.#edges.push({ from, to, outputKey: ports.outputKey || OUTPUT, inputKey: ports.inputKey || INPUT });
+    return this;
+  }
+
+  /** Sets the execution configuration; fields left out keep the service defaults. */
+  configure(config: PipelineConfig): this {
+    this.config = { ...config };
+    return this;
+  }
+
+  /** Nodes nothing connects into: each needs an input. */
+  sources(): string[] {
+    const fed = new Set(this.#edges.map((e) => e.to));
+    return this.#nodes.filter((n) => !fed.has(n.id)).map((n) => n.id);
+  }
+
+  /** Nodes that feed nothing: their outputs are the results. */
+  sinks(): string[] {
+    const feeding = new Set(this.#edges.map((e) => e.from));
+    return this.#nodes.filter((n) => !feeding.has(n.id)).map((n) => n.id);
+  }
+
+  toJSON(): ManifestJson {
+    const metadata: ManifestJson["metadata"] = { name: this.name };
+    if (this.description !== "") metadata.description = this.description;
+    const json: ManifestJson = {
+      version: MANIFEST_VERSION,
+      metadata,
+      nodes: this.#nodes.map((n) => ({ id: n.id, node_type: n.type, params: { ...n.params }, runtime_hint: n.runtime })),
+      edges: this.#edges.map((e) => ({ from: e.from, to: e.to, output_key: e.outputKey, input_key: e.inputKey })),
+    };
+    const c = this.config;
+    const config = defined({
+      enable_metrics: c.enableMetrics,
+      retry_policy: c.backoff,
+      max_retries: c.maxRetries,
+      initial_delay_ms: c.initialDelayMs,
+      multiplier: c.multiplier,
+      circuit_breaker_threshold: c.circuitBreakerThreshold,
+    });
+    if (Object.keys(config).length > 0) json.config = config;
+    return json;
+  }
+
+  /**
+   * Reads a JSON manifest (text or parsed). Besides what `toJSON` writes it accepts `type` for
+   * `node_type`, `connections` for `edges`, `params` as JSON text, `runtime_hint` as
+   * "RUNTIME_HINT_AUTO" or a number, versions "1.0" and "v1", and `config.retry` as an object
+   * (the protobuf JSON mapping, as grpcurl writes it). Every problem is reported at once, as a
+   * VALIDATION RemoteMediaError.
+   */
+  static fromJSON(json: string | ManifestJson | Record<string, unknown>): Pipeline {
+    const problems: Violation[] = [];
+    let doc: unknown = json;
+    if (typeof json === "string") {
+      try {
+        doc = JSON.parse(json);
+      } catch (e) {
+        throw validationError([{ field: "manifest", description: `not valid JSON: ${(e as Error).message}` }]);
+      }
+    }
+    if (!isRecord(doc)) throw validationError([{ field: "manifest", description: "a manifest is a JSON object" }]);
+    const version = text(doc["version"] ?? MANIFEST_VERSION);
+    if (!/^v?1(\.\d+){0,2}$/i.test(version.trim())) {
+      problems.push({ field: "version", description: `manifest version must be "v1", got "${version}"` });
+    }
+    const meta = doc["metadata"] ?? {};
+    if (!isRecord(meta)) problems.push({ field: "metadata", description: "must be an object" });
+    const name = isRecord(meta) && typeof meta["name"] === "string" && meta["name"] !== "" ? meta["name"] : undefined;
+    const p = new Pipeline(
+      name ?? (typeof doc["name"] === "string" ? doc["name"] : "pipeline"),
+      isRecord(meta) && typeof meta["description"] === "string" ? meta["description"] : "",
+    );
+    // Ids as declared, with their manifest index: problems name manifest positions even when
+    // earlier nodes were skipped for their own problems.
+    const declared = new Map<string, number>();
+    const nodes = doc["nodes"] ?? [];
+    if (!Array.isArray(nodes)) problems.push({ field: "nodes", description: "must be a list" });
+    (Array.isArray(nodes) ? nodes : []).forEach((raw: unknown, i) => {
+      if (!isRecord(raw)) {
+        problems.push({ field: `nodes[${i}]`, description: "must be an object" });
+        return;
+      }
+      const id = text(raw["id"]);
+      const other = declared.get(id);
+      if (id === "") problems.push({ field: `nodes[${i}].id`, description: "node ids must not be empty" });
+      else if (other !== undefined) {
+        problems.push({ field: `nodes[${i}].id`, description: `duplicate node id "${id}" (also nodes[${other}])`, nodeId: id });
+      } else declared.set(id, i);
+      const params = nodeParams(raw["params"], `nodes[${i}].params`, id, problems);
+      const runtime = runtimeOf(raw["runtime_hint"], `nodes[${i}].runtime_hint`, id, problems);
+      if (declared.get(id) === i && params !== undefined && runtime !== undefined) {
+        p.node(text(raw["node_type"] ?? raw["type"]), id, params, { runtime });
+      }
+    });
+    const added = new Set(p.nodes.map((n) => n.id));
+    const edges = doc["edges"] ?? doc["connections"] ?? [];
+    if (!Array.isArray(edges)) problems.push({ field: "edges", description: "must be a list" });
+    (Array.isArray(edges) ? edges : []).forEach((raw: unknown, j) => {
+      if (!isRecord(raw) || raw["from"] === undefined || raw["to"] === undefined) {
+        problems.push({ field: `connections[${j}]`, description: "must be an object with `from` and `to`" });
+        return;
+      }
+      const from = text(raw["from"]);
+      const to = text(raw["to"]);
+      for (const [end, id] of [["from", from], ["to", to]] as const) {
+        if (!declared.has(id)) problems.push({ field: `connections[${j}].${end}`, description: `no node "${id}" in this pipeline` });
+      }
+      if (added.has(from) && added.has(to)) {
+        p.connect(from, to, {
+          outputKey: typeof raw["output_key"] === "string" ? raw["output_key"] : OUTPUT,
+          inputKey: typeof raw["input_key"] === "string" ? raw["input_key"] : INPUT,
+        });
+      }
+    });
+    const config = doc["config"] ?? {};
+    if (isRecord(config)) p.configure(configOf(config, problems));
+    else problems.push({ field: "config", description: "must be an object" });
+    if (problems.length > 0) throw validationError(problems);
+    return p;
+  }
+
+  /** The wire PipelineManifest. */
+  toProto(): PipelineManifest {
+    const c = this.config;
+    const retry = {
+      ...(c.maxRetries === undefined ? {} : { maxRetries: c.maxRetries }),
+      ...(c.backoff === undefined ? {} : { backoff: BACKOFFS[c.backoff] }),
+      ...(c.initialDelayMs === undefined ? {} : { initialDelayMs: BigInt(c.initialDelayMs) }),
+      ...(c.multiplier === undefined ? {} : { multiplier: c.multiplier }),
+    };
+    const config = {
+      ...(c.enableMetrics === undefined ? {} : { enableMetrics: c.enableMetrics }),
+      ...(c.circuitBreakerThreshold === undefined ? {} : { circuitBreakerThreshold: c.circuitBreakerThreshold }),
+      ...(Object.keys(retry).length === 0 ? {} : { retry }),
+    };
+    return create(PipelineManifestSchema, {
+      version: MANIFEST_VERSION,
+      metadata: { name: this.name, description: this.description },
+      nodes: this.#nodes.map((n) => ({
+        id: n.id,
+        nodeType: n.type,
+        params: Object.keys(n.params).length > 0 ? JSON.stringify(n.params) : "",
+        runtimeHint: RUNTIME_HINTS[n.runtime],
+      })),
+      connections: this.#edges.map((e) => ({ from: e.from, to: e.to, outputKey: e.outputKey, inputKey: e.inputKey })),
+      ...(Object.keys(config).length === 0 ? {} : { config }),
+    });
+  }
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** A JSON scalar as text ("" for null, undefined, objects and lists). */
+function text(value: unknown): string {
+  return typeof value === "string" || typeof value === "number" || typeof value === "boolean" ? String(value) : "";
+}
+
+/** `obj` without its undefined fields. */
+function defined<T extends Record<string, unknown>>(obj: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(obj).filter(([, v]) => v !== undefined)) as {
+    [K in keyof T]?: Exclude<T[K], undefined>;
+  };
+}
+
+function nodeParams(value: unknown, field: string, nodeId: string, problems: Violation[]): Record<string, unknown> | undefined {
+  let params: unknown = value ?? {};
+  if (typeof params === "string") {
+    try {
+      params = params.trim() === "" ? {} : (JSON.parse(params) as unknown);
+    } catch (e) {
+      problems.push({ field, description: `params are not valid JSON: ${(e as Error).message}`, nodeId });
+      return undefined;
+    }
+  }
+  if (!isRecord(params)) {
+    problems.push({ field, description: "params must be a JSON object", nodeId });
+    return undefined;
+  }
+  return params;
+}
+
+/** RuntimeHint numbers the service runs (RUSTPYTHON and CPYTHON_WASM it refuses). */
+const RUNTIME_NUMBERS: Partial<Record<number, Runtime>> = {
+  [RuntimeHint.UNSPECIFIED]: "auto",
+  [RuntimeHint.AUTO]: "auto",
+  [RuntimeHint.RUST]: "rust",
+  [RuntimeHint.CPYTHON]: "cpython",
+};
+
+function runtimeOf(value: unknown, field: string, nodeId: string, problems: Violation[]): Runtime | undefined {
+  const runtime = typeof value === "number" ? RUNTIME_NUMBERS[value] : runtimeNamed(text(value));
+  if (runtime === undefined) {
+    problems.push({ field, description: `runtime ${JSON.stringify(value)} is not supported; use auto, rust or cpython`, nodeId });
+  }
+  return runtime;
+}
+
+function runtimeNamed(name: string): Runtime | undefined {
+  switch (name.trim().toLowerCase().replace(/^runtime_hint_/, "")) {
+    case "":
+    case "auto":
+    case "unspecified":
+      return "auto";
+    case "rust":
+    case "native":
+      return "rust";
+    case "cpython":
+    case "python":
+      return "cpython";
+    default:
+      return undefined;
+  }
+}
+
+/** The flat config `toJSON` writes, or the protobuf form with a nested `retry` object. */
+function configOf(c: Record<string, unknown>, problems: Violation[]): PipelineConfig {
+  const retry = isRecord(c["retry"]) ? c["retry"] : {};
+  const setting = (name: string): unknown => retry[name] ?? c[name];
+  const number = (value: unknown): number | undefined => (typeof value === "number" ? value : undefined);
+  const config: PipelineConfig = defined({
+    enableMetrics: typeof c["enable_metrics"] === "boolean" ? c["enable_metrics"] : undefined,
+    maxRetries: number(setting("max_retries")),
+    initialDelayMs: number(setting("initial_delay_ms")),
+    multiplier: number(setting("multiplier")),
+    circuitBreakerThreshold: number(c["circuit_breaker_threshold"]),
+  });
+  const backoffName = retry["backoff"] ?? c["retry_policy"] ?? c["backoff"];
+  if (typeof backoffName === "string") {
+    const b = backoffName.toLowerCase().replace(/^backoff_/, "");
+    if (b === "exponential" || b === "fixed" || b === "none") config.backoff = b;
+    else problems.push({ field: "config.retry_policy", description: `must be one of exponential, fixed, none, got "${backoffName}"` });
+  }
+  return config;
+}

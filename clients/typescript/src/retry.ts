@@ -1,0 +1,125 @@
+// Retries of unary calls, as the Python client retries them: UNAVAILABLE (unreachable or
+// draining), and RESOURCE_EXHAUSTED only with a google.rpc.RetryInfo (a concurrency cap that says
+// when to come back). Other rejections would fail the same way again; in-band pipeline errors are
+// never retried (the service retries failing nodes itself), and neither is an open stream.
+import { Code } from "@connectrpc/connect";
+import { RemoteMediaError } from "./error.js";
+import { toRemoteMediaError } from "./to-error.js";
+
+export interface RetryOptions {
+  /** Attempts in all, the first included (default 4: three retries). 1 disables retries. */
+  maxAttempts?: number;
+  /** Backoff after the first failure (default 100 ms), times `multiplier` after each further one. */
+  initialBackoffMs?: number;
+  /** Longest backoff (default 5000 ms). */
+  maxBackoffMs?: number;
+  /** Growth of the backoff per attempt (default 2). */
+  multiplier?: number;
+  /** Spread of each backoff, ± this fraction (default 0.2), so clients do not retry in step. */
+  jitter?: number;
+}
+
+export type RetryPolicy = Required<RetryOptions>;
+
+export const DEFAULT_RETRY: RetryPolicy = {
+  maxAttempts: 4,
+  initialBackoffMs: 100,
+  maxBackoffMs: 5000,
+  multiplier: 2,
+  jitter: 0.2,
+};
+
+export function retryPolicy(options: RetryOptions | false | undefined): RetryPolicy {
+  if (options === false) return { ...DEFAULT_RETRY, maxAttempts: 1 };
+  const policy = { ...DEFAULT_RETRY, ...options };
+  if (!Number.isInteger(policy.maxAttempts) || policy.maxAttempts < 1) {
+    throw new RangeError(`retry.maxAttempts must be an integer >= 1, got ${policy.maxAttempts}`);
+  }
+  if (policy.initialBackoffMs < 0 || policy.maxBackoffMs < 0) throw new RangeError("retry backoffs must not be negative");
+  if (policy.multiplier < 1) throw new RangeError(`retry.multiplier must be at least 1, got ${policy.multiplier}`);
+  if (!(policy.jitter >= 0 && policy.jitter < 1)) throw new RangeError(`retry.jitter must be in [0, 1), got ${policy.jitter}`);
+  return policy;
+}
+
+/** Whether the same call may pass if it is made again. */
+export function isRetryable(error: RemoteMediaError): boolean {
+  return error.code === Code.Unavailable || (error.code === Code.ResourceExhausted && error.retryDelayMs !== undefined);
+}
+
+/**
+ * Milliseconds to wait after attempt `attempt` (1-based) failed with `error`, or undefined when
+ * the call must not be tried again: the jittered backoff, never shorter than a RetryInfo delay.
+ */
+export function retryDelay(
+  error: RemoteMediaError,
+  attempt: number,
+  policy: RetryPolicy,
+  random: () => number = Math.random,
+): number | undefined {
+  if (attempt >= policy.maxAttempts || !isRetryable(error)) return undefined;
+  const backoff = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * policy.multiplier ** (attempt - 1));
+  const jittered = backoff * (1 + policy.jitter * (2 * random() - 1));
+  return Math.max(jittered, error.retryDelayMs ?? 0);
+}
+
+/** Waits `ms` milliseconds, or less when `signal` aborts first. */
+export type Sleep = (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+
+export const sleep: Sleep = (ms, signal) =>
+  new Promise((resolve) => {
+    if (signal?.aborted) {
+      resolve();
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+
+export interface RetryContext {
+  policy: RetryPolicy;
+  /** Overall deadline of the call, all attempts and delays included. */
+  timeoutMs: number | undefined;
+  signal: AbortSignal | undefined;
+  sleep?: Sleep;
+  now?: () => number;
+}
+
+/**
+ * Runs `attempt` until it succeeds, fails for good, or the deadline would pass. Each attempt gets
+ * the time left of the deadline. Failures are thrown as RemoteMediaError.
+ */
+export async function withRetry<T>(attempt: (timeoutMs: number | undefined) => Promise<T>, ctx: RetryContext): Promise<T> {
+  const now = ctx.now ?? Date.now;
+  const wait = ctx.sleep ?? sleep;
+  const deadline = ctx.timeoutMs === undefined ? undefined : now() + ctx.timeoutMs;
+  const aborted = (): boolean => ctx.signal?.aborted === true;
+  for (let n = 1; ; n++) {
+    const left = deadline === undefined ? undefined : Math.max(1, deadline - now());
+    try {
+      return await attempt(left);
+    } catch (e) {
+      const error = toRemoteMediaError(e);
+      const delay = retryDelay(error, n, ctx.policy);
+      if (delay === undefined || aborted()) throw error;
+      if (deadline !== undefined && now() + delay >= deadline) throw error;
+      await wait(delay, ctx.signal);
+      if (aborted()) throw cancelledError(error);
+    }
+  }
+}
+
+function cancelledError(last: RemoteMediaError): RemoteMediaError {
+  return new RemoteMediaError({
+    kind: "CANCELLED",
+    code: Code.Canceled,
+    message: `the call was cancelled while waiting to retry (last attempt: ${last.message})`,
+    cause: last,
+  });
+}

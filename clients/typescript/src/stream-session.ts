@@ -1,0 +1,280 @@
+// StreamSession: one StreamPipeline call. `send` queues audio chunks through a bounded queue
+// (waiting while it is full), iteration yields the results in the order the server answers them
+// (chunk sequence order), `close` flushes the pipeline and `cancel` stops it at once.
+//
+// The server answers every chunk and waits while its answers are not read, so results must be
+// read while chunks are sent (two loops, or one that alternates); otherwise `send` waits forever.
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Audio } from "./audio.js";
+import { RemoteMediaError } from "./error.js";
+import type { ErrorResponse } from "./gen/remotemedia/v1/common_pb.js";
+import type { PipelineManifest } from "./gen/remotemedia/v1/manifest_pb.js";
+import {
+  StreamControl_Command,
+  type StreamRequest,
+  StreamRequestSchema,
+  type StreamResponse,
+} from "./gen/remotemedia/v1/streaming_pb.js";
+import { type StreamMetrics, streamMetrics } from "./metrics.js";
+import { RequestQueue } from "./request-queue.js";
+import { PipelineResult } from "./result.js";
+import { fromErrorResponse, mergeStatus, toRemoteMediaError } from "./to-error.js";
+
+export interface StreamOptions {
+  /** Cancels the stream when aborted. */
+  signal?: AbortSignal;
+  /** Deadline of the whole stream (none unless given; the client's timeoutMs applies to unary calls). */
+  timeoutMs?: number;
+  /** Node that receives chunks sent without a `nodeId` (default: the pipeline's only source node). */
+  inputNode?: string;
+  /** Chunks `send` may queue ahead of the transport before it waits (default 8). */
+  maxBufferedChunks?: number;
+}
+
+export interface SendOptions {
+  /** Node whose "input" port receives the chunk (default: the session's input node). */
+  nodeId?: string;
+  /** Sequence number echoed by the result (default: one more than the previous chunk's, from 0). */
+  sequence?: number;
+}
+
+/** Starts the call: sends `requests`, returns the responses. */
+export type StreamCall = (
+  requests: AsyncIterable<StreamRequest>,
+  options: { signal: AbortSignal; timeoutMs?: number },
+) => AsyncIterable<StreamResponse>;
+
+const DEFAULT_MAX_BUFFERED_CHUNKS = 8;
+
+export class StreamSession implements AsyncIterable<PipelineResult> {
+  /** The server's id for the session (StreamReady.session_id). */
+  readonly sessionId: string;
+  readonly #queue: RequestQueue<StreamRequest>;
+  readonly #responses: AsyncIterator<StreamResponse>;
+  readonly #abort: AbortController;
+  readonly #inputNode: string | undefined;
+  readonly #unlinkSignal: () => void;
+  #nextSequence = 0;
+  #metrics: StreamMetrics | undefined;
+  #state: "open" | "closing" | "ended" = "open";
+  #error: RemoteMediaError | undefined;
+  /** A protocol error received in-band; the status that ends the stream follows it. */
+  #fatal: ErrorResponse | undefined;
+
+  private constructor(
+    sessionId: string,
+    queue: RequestQueue<StreamRequest>,
+    responses: AsyncIterator<StreamResponse>,
+    abort: AbortController,
+    inputNode: string | undefined,
+    signal: AbortSignal | undefined,
+  ) {
+    this.sessionId = sessionId;
+    this.#queue = queue;
+    this.#responses = responses;
+    this.#abort = abort;
+    this.#inputNode = inputNode;
+    const onAbort = (): void => {
+      this.cancel();
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    this.#unlinkSignal = () => signal?.removeEventListener("abort", onAbort);
+  }
+
+  /** Sends the manifest and resolves once the server has built every node (`ready`). */
+  static async open(
+    call: StreamCall,
+    manifest: PipelineManifest,
+    inputNode: string | undefined,
+    options: StreamOptions = {},
+  ): Promise<StreamSession> {
+    const { signal } = options;
+    if (signal?.aborted === true) throw cancelledError("the stream was cancelled before it opened");
+    const queue = new RequestQueue<StreamRequest>(options.maxBufferedChunks ?? DEFAULT_MAX_BUFFERED_CHUNKS);
+    const abort = new AbortController();
+    const onAbort = (): void => {
+      abort.abort(cancelledReason());
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const fail = (error: RemoteMediaError): RemoteMediaError => {
+      signal?.removeEventListener("abort", onAbort);
+      queue.fail(error);
+      abort.abort(cancelledReason());
+      return error;
+    };
+    queue.pushNow(create(StreamRequestSchema, { request: { case: "manifest", value: manifest } }));
+    const responses = call(queue, {
+      signal: abort.signal,
+      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+    })[Symbol.asyncIterator]();
+    let first: IteratorResult<StreamResponse>;
+    try {
+      first = await responses.next();
+    } catch (e) {
+      throw fail(toRemoteMediaError(e));
+    }
+    if (first.done !== true && first.value.response.case === "ready") {
+      signal?.removeEventListener("abort", onAbort);
+      return new StreamSession(first.value.response.value.sessionId, queue, responses, abort, inputNode, signal);
+    }
+    if (first.done !== true && first.value.response.case === "error") {
+      let error = fromErrorResponse(first.value.response.value);
+      try {
+        while ((await responses.next()).done !== true);
+      } catch (e) {
+        error = mergeStatus(error, toRemoteMediaError(e));
+      }
+      throw fail(error);
+    }
+    throw fail(
+      new RemoteMediaError({ kind: "INTERNAL", message: "the stream ended before the server reported it ready" }),
+    );
+  }
+
+  /** The latest StreamMetrics; the final ones once iteration has finished. */
+  get metrics(): StreamMetrics | undefined {
+    return this.#metrics;
+  }
+
+  /** Chunks queued by `send` and not yet taken by the transport (at most maxBufferedChunks). */
+  get bufferedChunks(): number {
+    return this.#queue.length;
+  }
+
+  /** Sample bytes of the queued chunks. */
+  get bufferedBytes(): number {
+    return this.#queue.bytes;
+  }
+
+  /** `send` calls waiting for room in the queue. */
+  get pendingSends(): number {
+    return this.#queue.waiting;
+  }
+
+  /** "open", "closing" after close(), "ended" once the stream finished or was cancelled. */
+  get state(): "open" | "closing" | "ended" {
+    return this.#state;
+  }
+
+  /**
+   * Queues one chunk and resolves with its sequence number once it is queued; waits while
+   * maxBufferedChunks chunks are already waiting for the transport.
+   */
+  async send(audio: Audio, options: SendOptions = {}): Promise<number> {
+    this.#assertOpen();
+    const nodeId = options.nodeId ?? this.#inputNode;
+    if (nodeId === undefined) {
+      throw new TypeError("the pipeline has several source nodes: pass the chunk's nodeId or the stream's inputNode");
+    }
+    const sequence = options.sequence ?? this.#nextSequence;
+    this.#nextSequence = sequence + 1;
+    const buffer = audio.toProto();
+    const request = create(StreamRequestSchema, {
+      request: { case: "audioChunk", value: { nodeId, buffer, sequence: BigInt(sequence) } },
+    });
+    await this.#queue.push(request, buffer.samples.byteLength);
+    return sequence;
+  }
+
+  /**
+   * Asks the server to flush the pipeline and finish: the remaining results, then the final
+   * metrics, then the end of iteration. Resolves once the request is queued.
+   */
+  async close(): Promise<void> {
+    if (this.#state !== "open") return;
+    this.#state = "closing";
+    const request = create(StreamRequestSchema, {
+      request: { case: "control", value: { command: StreamControl_Command.CLOSE } },
+    });
+    await this.#queue.push(request);
+    this.#queue.end();
+  }
+
+  /**
+   * Stops the stream at once: queued chunks are dropped, pending sends and iteration fail with a
+   * CANCELLED error, and the call is reset so the server frees the session.
+   */
+  cancel(): void {
+    if (this.#state === "ended") return;
+    this.#finish(cancelledError("the stream was cancelled by the client"));
+    this.#abort.abort(cancelledReason());
+  }
+
+  /**
+   * Results in the server's order. A node that failed on one chunk throws that chunk's
+   * NODE_EXECUTION error (with its `sequence`); the session goes on, and a new `for await` over
+   * the session continues with the next result. Leaving a loop early with `break` cancels the
+   * stream.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<PipelineResult> {
+    return {
+      next: () => this.#next(),
+      return: () => {
+        this.cancel();
+        return Promise.resolve({ done: true, value: undefined });
+      },
+    };
+  }
+
+  async #next(): Promise<IteratorResult<PipelineResult>> {
+    for (;;) {
+      if (this.#state === "ended") {
+        if (this.#error !== undefined) throw this.#error;
+        return { done: true, value: undefined };
+      }
+      let r: IteratorResult<StreamResponse>;
+      try {
+        r = await this.#responses.next();
+      } catch (e) {
+        const status = toRemoteMediaError(e);
+        const error = this.#fatal === undefined ? status : mergeStatus(fromErrorResponse(this.#fatal), status);
+        this.#finish(error);
+        // A cancel() while waiting has already recorded its own error.
+        throw this.#error ?? error;
+      }
+      if (r.done === true) {
+        this.#finish(this.#fatal === undefined ? undefined : fromErrorResponse(this.#fatal));
+        continue;
+      }
+      const message = r.value.response;
+      switch (message.case) {
+        case "result":
+          return { done: false, value: new PipelineResult(message.value, Number(message.value.sequence)) };
+        case "metrics":
+          this.#metrics = streamMetrics(message.value);
+          continue;
+        case "error": {
+          const error = fromErrorResponse(message.value);
+          // A node that failed on one chunk: that chunk's answer; the session goes on.
+          if (error.sequence !== undefined) throw error;
+          this.#fatal = message.value;
+          continue;
+        }
+        default:
+          continue;
+      }
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#state === "open") return;
+    throw this.#error ?? new TypeError("the stream session is closed");
+  }
+
+  #finish(error: RemoteMediaError | undefined): void {
+    if (this.#state === "ended") return;
+    this.#state = "ended";
+    this.#error = error;
+    this.#queue.fail(error ?? new TypeError("the stream session has ended"));
+    this.#unlinkSignal();
+  }
+}
+
+function cancelledReason(): ConnectError {
+  return new ConnectError("the stream was cancelled by the client", Code.Canceled);
+}
+
+function cancelledError(message: string): RemoteMediaError {
+  return new RemoteMediaError({ kind: "CANCELLED", code: Code.Canceled, message });
+}

@@ -1,0 +1,141 @@
+// Pipeline: the builder, the JSON manifest shared with the Python client, and the wire form.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Pipeline, RemoteMediaError, pb } from "../src/index.js";
+
+/** A manifest as the Python client's `Pipeline.to_json()` writes it. */
+const FROM_PYTHON = `{"version": "v1", "metadata": {"name": "voice", "description": "mic to 16 kHz speech"},
+ "nodes": [{"id": "mic", "node_type": "PassThroughNode", "params": {}, "runtime_hint": "auto"},
+           {"id": "rs", "node_type": "AudioResampleNode", "params": {"output_rate": 16000, "quality": "medium"}, "runtime_hint": "auto"},
+           {"id": "vad", "node_type": "VADNode", "params": {"threshold_db": -40}, "runtime_hint": "cpython"},
+           {"id": "gain", "node_type": "GainNode", "params": {"gain_db": -6}, "runtime_hint": "auto"},
+           {"id": "log", "node_type": "PassThroughNode", "params": {}, "runtime_hint": "auto"}],
+ "edges": [{"from": "mic", "to": "rs", "output_key": "output", "input_key": "input"},
+           {"from": "rs", "to": "vad", "output_key": "output", "input_key": "input"},
+           {"from": "vad", "to": "gain", "output_key": "output", "input_key": "input"},
+           {"from": "vad", "to": "log", "output_key": "segments", "input_key": "data"}],
+ "config": {"enable_metrics": false, "retry_policy": "fixed", "max_retries": 2, "initial_delay_ms": 50, "circuit_breaker_threshold": 0}}`;
+
+function voice(): Pipeline {
+  return new Pipeline("voice", "mic to 16 kHz speech")
+    .passThrough("mic")
+    .resample("rs", { output_rate: 16_000, quality: "medium" })
+    .vad("vad", { threshold_db: -40 }, { runtime: "cpython" })
+    .gain("gain", { gain_db: -6 })
+    .passThrough("log")
+    .connect("mic", "rs")
+    .connect("rs", "vad")
+    .connect("vad", "gain")
+    .connect("vad", "log", { outputKey: "segments", inputKey: "data" })
+    .configure({ enableMetrics: false, backoff: "fixed", maxRetries: 2, initialDelayMs: 50, circuitBreakerThreshold: 0 });
+}
+
+function violationsOf(build: () => unknown): RemoteMediaError {
+  try {
+    build();
+  } catch (e) {
+    assert.ok(e instanceof RemoteMediaError);
+    assert.equal(e.kind, "VALIDATION");
+    return e;
+  }
+  assert.fail("expected a VALIDATION error");
+}
+
+test("the builder writes the JSON manifest the Python client writes, and reads it back", () => {
+  const python: unknown = JSON.parse(FROM_PYTHON);
+  assert.deepEqual(JSON.parse(JSON.stringify(voice())), python);
+  assert.deepEqual(Pipeline.fromJSON(FROM_PYTHON).toJSON(), python);
+  assert.deepEqual(Pipeline.fromJSON(FROM_PYTHON).toProto(), voice().toProto());
+});
+
+test("sources and sinks", () => {
+  assert.deepEqual(voice().sources(), ["mic"]);
+  assert.deepEqual(voice().sinks(), ["gain", "log"]);
+});
+
+test("the wire manifest carries params as JSON text, runtime hints and the config", () => {
+  const m = voice().toProto();
+  assert.equal(m.version, "v1");
+  assert.equal(m.metadata?.name, "voice");
+  const rs = m.nodes[1];
+  assert.deepEqual(JSON.parse(rs?.params ?? ""), { output_rate: 16_000, quality: "medium" });
+  assert.equal(m.nodes[0]?.params, "");
+  assert.deepEqual(
+    m.nodes.map((n) => n.runtimeHint),
+    [pb.RuntimeHint.AUTO, pb.RuntimeHint.AUTO, pb.RuntimeHint.CPYTHON, pb.RuntimeHint.AUTO, pb.RuntimeHint.AUTO],
+  );
+  assert.deepEqual(
+    m.connections.map((c) => [c.from, c.outputKey, c.to, c.inputKey]),
+    [
+      ["mic", "output", "rs", "input"],
+      ["rs", "output", "vad", "input"],
+      ["vad", "output", "gain", "input"],
+      ["vad", "segments", "log", "data"],
+    ],
+  );
+  const config = m.config;
+  assert.ok(config?.retry);
+  assert.equal(config.enableMetrics, false);
+  assert.equal(config.circuitBreakerThreshold, 0);
+  assert.equal(config.retry.backoff, pb.RetryPolicy_Backoff.FIXED);
+  assert.equal(config.retry.maxRetries, 2);
+  assert.equal(config.retry.initialDelayMs, 50n);
+  assert.equal(config.retry.multiplier, undefined);
+  assert.equal(new Pipeline("plain").passThrough("a").toProto().config, undefined);
+});
+
+test("other spellings are read: connections, params as text, enum names and numbers, nested retry", () => {
+  const p = Pipeline.fromJSON({
+    version: "1.0",
+    name: "legacy",
+    nodes: [
+      { id: "a", type: "PassThroughNode", params: "", runtime_hint: "RUNTIME_HINT_RUST" },
+      { id: "b", node_type: "GainNode", params: '{"gain": 2}', runtime_hint: pb.RuntimeHint.CPYTHON },
+    ],
+    connections: [{ from: "a", to: "b" }],
+    config: { retry: { backoff: "BACKOFF_EXPONENTIAL", max_retries: 1, multiplier: 3 } },
+  });
+  assert.equal(p.name, "legacy");
+  assert.deepEqual(
+    p.nodes.map((n) => [n.id, n.type, n.runtime, n.params]),
+    [
+      ["a", "PassThroughNode", "rust", {}],
+      ["b", "GainNode", "cpython", { gain: 2 }],
+    ],
+  );
+  assert.deepEqual(p.connections, [{ from: "a", to: "b", outputKey: "output", inputKey: "input" }]);
+  assert.deepEqual(p.config, { backoff: "exponential", maxRetries: 1, multiplier: 3 });
+});
+
+test("every problem of a manifest is reported at once", () => {
+  const e = violationsOf(() =>
+    Pipeline.fromJSON({
+      version: "v2",
+      nodes: [
+        { id: "a", node_type: "PassThroughNode", params: "{oops" },
+        { id: "b", node_type: "GainNode", runtime_hint: "RUNTIME_HINT_RUSTPYTHON" },
+        { id: "c", node_type: "GainNode", params: [1] },
+        { id: "d", node_type: "GainNode" },
+        { id: "d", node_type: "GainNode" },
+      ],
+      edges: [{ from: "d", to: "zz" }, { from: "d" }],
+      config: { retry_policy: "sometimes" },
+    }),
+  );
+  assert.deepEqual(
+    e.violations.map((v) => v.field),
+    ["version", "nodes[0].params", "nodes[1].runtime_hint", "nodes[2].params", "nodes[4].id", "connections[0].to", "connections[1]", "config.retry_policy"],
+  );
+  assert.match(e.message, /^8 validation errors:/);
+  violationsOf(() => Pipeline.fromJSON("{not json"));
+  violationsOf(() => Pipeline.fromJSON("[1, 2]"));
+});
+
+test("the builder refuses duplicate ids and connections to missing nodes as it goes", () => {
+  const p = new Pipeline().passThrough("a");
+  assert.match(violationsOf(() => p.passThrough("a")).message, /duplicate node id "a"/);
+  assert.deepEqual(
+    violationsOf(() => p.connect("x", "y")).violations.map((v) => v.field),
+    ["connections[0].from", "connections[0].to"],
+  );
+});
