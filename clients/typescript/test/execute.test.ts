@@ -1,0 +1,224 @@
+// ExecutePipeline and GetVersion against the real server: audio in and out in every sample
+// format, and the error kinds of validation, authentication and version refusals.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { Audio, Code, Pipeline, RemoteMediaError, type RemoteMediaClient, createClient } from "../src/index.js";
+import { RunningServer } from "./server.js";
+
+const TOKEN = "ts-client-token-81f3";
+
+let server: RunningServer;
+let client: RemoteMediaClient;
+
+before(async () => {
+  server = await RunningServer.start(["--auth-tokens", TOKEN]);
+  client = createClient({ address: server.address, token: TOKEN, timeoutMs: 30_000 });
+});
+
+after(async () => {
+  client.close();
+  assert.equal(await server.stop(), 0);
+});
+
+/** Runs `call`, which must fail, and returns its RemoteMediaError. */
+async function failure(call: () => Promise<unknown>): Promise<RemoteMediaError> {
+  try {
+    await call();
+  } catch (e) {
+    assert.ok(e instanceof RemoteMediaError, `expected a RemoteMediaError, got ${String(e)}`);
+    return e;
+  }
+  assert.fail("the call succeeded");
+}
+
+describe("execute", () => {
+  test("f32 audio in, gained f32 audio out, with metrics", async () => {
+    const input = new Audio(Float32Array.from({ length: 480 }, (_, i) => Math.sin(i / 10) / 4), 48_000);
+    const pipeline = new Pipeline("louder").passThrough("in").gain("gain", { gain: 2 }).connect("in", "gain");
+
+    const result = await client.execute(pipeline, input);
+
+    const out: Audio = result.output("gain");
+    assert.ok(out.samples instanceof Float32Array);
+    assert.equal(out.sampleRate, 48_000);
+    assert.equal(out.channels, 1);
+    assert.deepEqual(Array.from(out.samples), Array.from(input.samples, (x) => Math.fround(2 * x)));
+    assert.equal(result.status, "success");
+    assert.equal(result.sequence, undefined);
+    const gain = result.metrics.nodes["gain"];
+    assert.ok(gain);
+    assert.equal(gain.samplesProcessed, 480);
+    assert.equal(gain.custom["runtime"], "rust");
+    assert.ok(result.metrics.wallTimeMs > 0);
+  });
+
+  test("i16 interleaved stereo in, f32 mono out", async () => {
+    const left = Int16Array.from([0, 16_384, -16_384, 32_767]);
+    const right = Int16Array.from([16_384, 16_384, 0, 32_767]);
+    const input = Audio.fromChannels([left, right], 16_000);
+    assert.deepEqual(Array.from(input.samples), [0, 16_384, 16_384, 16_384, -16_384, 0, 32_767, 32_767]);
+
+    const pipeline = new Pipeline("mono-float")
+      .channelMixer("mix", { output_channels: 1 })
+      .formatConverter("f32", { target_format: "f32" })
+      .connect("mix", "f32");
+    const out = (await client.execute(pipeline, { audio: { mix: input } })).output();
+
+    assert.ok(out.samples instanceof Float32Array);
+    assert.equal(out.channels, 1);
+    assert.equal(out.format, "f32");
+    const expected = [8_192, 16_384, -8_192, 32_767].map((x) => x / 2 ** 15);
+    out.samples.forEach((x, i) => {
+      assert.ok(Math.abs(x - (expected[i] ?? NaN)) < 1e-4, `sample ${i}: ${x} vs ${expected[i]}`);
+    });
+  });
+
+  test("f32 in, i32 and i16 out, both outputs of a fan-out", async () => {
+    const input = new Audio(Float32Array.from([0, 0.5, -0.5, 2]), 8_000);
+    const pipeline = new Pipeline("fan-out")
+      .passThrough("in")
+      .formatConverter("to_i32", { target_format: "i32" })
+      .formatConverter("to_i16", { target_format: "i16" })
+      .connect("in", "to_i32")
+      .connect("in", "to_i16");
+
+    const result = await client.execute(pipeline, input);
+
+    const i32 = result.output("to_i32");
+    const i16 = result.output("to_i16");
+    assert.ok(i32.samples instanceof Int32Array);
+    assert.ok(i16.samples instanceof Int16Array);
+    assert.deepEqual(Array.from(i16.samples), [0, 16_384, -16_384, 32_767]);
+    assert.deepEqual(Array.from(i32.samples), [0, 2 ** 30, -(2 ** 30), 2 ** 31 - 1]);
+    assert.deepEqual(Array.from(i16.toFloat32().samples), [0, 0.5, -0.5, 32_767 / 2 ** 15]);
+  });
+
+  test("a JSON manifest runs like the builder that wrote it", async () => {
+    const pipeline = new Pipeline("halve").passThrough("in").gain("gain", { gain: 0.5 }).connect("in", "gain");
+    const text = JSON.stringify(pipeline);
+    const result = await client.execute(text, new Audio(Float32Array.from([1, -1]), 8_000));
+    assert.deepEqual(Array.from(result.output().samples), [0.5, -0.5]);
+  });
+
+  test("the gRPC-Web transport runs unary calls from Node too, and refuses streams", async () => {
+    const web = createClient({ address: server.address, token: TOKEN, transport: "grpc-web" });
+    try {
+      assert.equal((await web.getVersion()).compatible, true);
+      const result = await web.execute(new Pipeline("web").passThrough("in"), new Audio(Int32Array.from([7, -7]), 8_000));
+      assert.deepEqual(Array.from(result.output().samples), [7, -7]);
+      await assert.rejects(web.stream(new Pipeline("web").passThrough("in")), TypeError);
+    } finally {
+      web.close();
+    }
+  });
+
+  test("gzip-compressed requests are accepted", async () => {
+    const gzip = createClient({ address: server.address, token: TOKEN, compression: "gzip" });
+    try {
+      const input = new Audio(new Float32Array(16_000), 16_000);
+      const result = await gzip.execute(new Pipeline("quiet").passThrough("in"), input);
+      assert.equal(result.output().samples.length, 16_000);
+    } finally {
+      gzip.close();
+    }
+  });
+});
+
+describe("errors", () => {
+  test("an invalid pipeline is a VALIDATION error listing every violation", async () => {
+    const pipeline = new Pipeline("broken")
+      .passThrough("in")
+      .node("NoSuchNode", "ghost")
+      .gain("a", { gain: 2 })
+      .gain("b", { gain: 2 })
+      .connect("in", "a")
+      .connect("a", "b")
+      .connect("b", "a")
+      .connect("in", "ghost");
+
+    const error = await failure(() => client.execute(pipeline, new Audio(new Float32Array(4), 8_000)));
+
+    assert.equal(error.kind, "VALIDATION");
+    assert.ok(error.violations.length >= 2, JSON.stringify(error.violations));
+    const text = error.violations.map((v) => `${v.field}: ${v.description}`).join("\n");
+    assert.match(text, /NoSuchNode/);
+    assert.match(text, /GainNode/, "an unknown type lists the available types");
+    assert.match(text, /a → b → a|b → a → b/);
+    assert.ok(error.violations.some((v) => v.nodeId === "ghost"));
+  });
+
+  test("bad node parameters name the node and the parameter", async () => {
+    const pipeline = new Pipeline("bad-rate").resample("rs", { output_rate: -5 });
+    const error = await failure(() => client.execute(pipeline, new Audio(new Float32Array(4), 8_000)));
+    assert.equal(error.kind, "VALIDATION");
+    assert.ok(error.violations.some((v) => v.nodeId === "rs" && /output_rate/.test(`${v.field} ${v.description}`)));
+  });
+
+  test("inputs for nodes the pipeline does not have are refused before sending", async () => {
+    const error = await failure(() =>
+      client.execute(new Pipeline("p").passThrough("in"), { audio: { in: new Audio(new Float32Array(2), 8_000), nope: new Audio(new Float32Array(2), 8_000) } }),
+    );
+    assert.equal(error.kind, "VALIDATION");
+    assert.equal(error.code, undefined);
+    assert.deepEqual(
+      error.violations.map((v) => v.field),
+      ["audio_inputs[nope]"],
+    );
+  });
+
+  test("a missing or wrong token is an AUTHENTICATION error; GetVersion needs none", async () => {
+    const pipeline = new Pipeline("p").passThrough("in");
+    const input = new Audio(new Float32Array(2), 8_000);
+    for (const token of [undefined, "wrong-token"]) {
+      const anonymous = createClient({ address: server.address, ...(token === undefined ? {} : { token }) });
+      try {
+        const error = await failure(() => anonymous.execute(pipeline, input));
+        assert.equal(error.kind, "AUTHENTICATION");
+        assert.equal(error.code, Code.Unauthenticated);
+        assert.equal(error.reason, "AUTHENTICATION");
+        assert.equal(error.domain, "remotemedia.v1");
+        assert.doesNotMatch(error.message, new RegExp(TOKEN));
+        assert.equal((await anonymous.getVersion()).compatible, true);
+      } finally {
+        anonymous.close();
+      }
+    }
+  });
+
+  test("an unsupported protocol version is a VERSION_MISMATCH error listing the supported ones", async () => {
+    const future = createClient({ address: server.address, token: TOKEN, protocolVersion: "v9" });
+    try {
+      const error = await failure(() => future.execute(new Pipeline("p").passThrough("in"), new Audio(new Float32Array(2), 8_000)));
+      assert.equal(error.kind, "VERSION_MISMATCH");
+      assert.equal(error.code, Code.FailedPrecondition);
+      assert.equal(error.reason, "VERSION_MISMATCH");
+      assert.deepEqual(error.supportedVersions, ["v1"]);
+      assert.match(error.message, /v1/);
+
+      // A stream carries no client_version field: the refusal comes from the header.
+      const stream = await failure(() => future.stream(new Pipeline("p").passThrough("in")));
+      assert.equal(stream.kind, "VERSION_MISMATCH");
+      assert.deepEqual(stream.supportedVersions, ["v1"]);
+
+      const version = await future.getVersion();
+      assert.equal(version.compatible, false);
+      const refused = await failure(() => future.checkCompatibility());
+      assert.equal(refused.kind, "VERSION_MISMATCH");
+      assert.deepEqual(refused.supportedVersions, ["v1"]);
+    } finally {
+      future.close();
+    }
+  });
+});
+
+test("getVersion reports the protocols and every node type", async () => {
+  const version = await client.getVersion();
+  assert.equal(version.compatible, true);
+  assert.equal(version.protocolVersion, "v1");
+  assert.ok(version.supportedProtocols.includes("v1"));
+  for (const type of ["AudioResampleNode", "VADNode", "FormatConverterNode", "ChannelMixerNode", "AudioChunkerNode"]) {
+    assert.ok(version.supportedNodeTypes.includes(type), `${type} in ${version.supportedNodeTypes.join(", ")}`);
+  }
+  assert.notEqual(version.runtimeVersion, "");
+  await client.checkCompatibility();
+});

@@ -1,0 +1,149 @@
+// StreamPipeline sessions against the real server: ordered results and final metrics, cancel()
+// and AbortSignal freeing the server's session, and send() waiting behind a slow consumer.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Audio, Code, Pipeline, RemoteMediaError, type RemoteMediaClient, createClient } from "../src/index.js";
+import { RunningServer, waitFor } from "./server.js";
+
+const ACTIVE_STREAMS = "remotemedia_active_streams";
+
+let server: RunningServer;
+let client: RemoteMediaClient;
+
+before(async () => {
+  server = await RunningServer.start();
+  client = createClient({ address: server.address });
+});
+
+after(async () => {
+  client.close();
+  assert.equal(await server.stop(), 0);
+});
+
+function doubling(): Pipeline {
+  return new Pipeline("double").passThrough("src").gain("gain", { gain: 2 }).connect("src", "gain");
+}
+
+async function cancelledError(promise: Promise<unknown>): Promise<RemoteMediaError> {
+  try {
+    await promise;
+  } catch (e) {
+    assert.ok(e instanceof RemoteMediaError, `expected a RemoteMediaError, got ${String(e)}`);
+    return e;
+  }
+  assert.fail("expected the stream to fail");
+}
+
+async function streamsDrainTo(count: number): Promise<void> {
+  await waitFor(`${ACTIVE_STREAMS} == ${count}`, async () => (await server.metric(ACTIVE_STREAMS)) === count);
+}
+
+test("200 chunks come back as 200 results in sequence order, then the final metrics", async () => {
+  const session = await client.stream(doubling());
+  assert.notEqual(session.sessionId, "");
+  const sender = (async () => {
+    for (let i = 0; i < 200; i++) {
+      const sequence = await session.send(new Audio(new Float32Array(320).fill(i / 1000), 16_000));
+      assert.equal(sequence, i);
+    }
+    await session.close();
+  })();
+
+  const sequences: number[] = [];
+  for await (const result of session) {
+    const seq = result.sequence ?? -1;
+    sequences.push(seq);
+    const out = result.output("gain");
+    assert.ok(out.samples instanceof Float32Array);
+    assert.equal(out.samples.length, 320);
+    assert.ok(out.samples.every((x) => x === Math.fround(2 * Math.fround(seq / 1000))), `chunk ${seq}`);
+  }
+  await sender;
+
+  assert.deepEqual(sequences, Array.from({ length: 200 }, (_, i) => i));
+  assert.equal(session.state, "ended");
+  assert.deepEqual(
+    { chunks: session.metrics?.chunksProcessed, samples: session.metrics?.totalSamples },
+    { chunks: 200, samples: 200 * 320 },
+  );
+  await streamsDrainTo(0);
+});
+
+test("cancel() ends the stream with the CANCELLED kind and the server frees the session", async () => {
+  const session = await client.stream(doubling());
+  const results = session[Symbol.asyncIterator]();
+  await session.send(new Audio(new Float32Array(160), 16_000));
+  const first = await results.next();
+  assert.equal(first.done, false);
+  assert.equal(await server.metric(ACTIVE_STREAMS), 1);
+
+  const waiting = results.next();
+  session.cancel();
+
+  const error = await cancelledError(waiting);
+  assert.equal(error.kind, "CANCELLED");
+  assert.equal(error.code, Code.Canceled);
+  assert.equal((await cancelledError(session.send(new Audio(new Float32Array(160), 16_000)))).kind, "CANCELLED");
+  assert.equal(session.state, "ended");
+  await streamsDrainTo(0);
+});
+
+test("an AbortSignal cancels the stream like cancel()", async () => {
+  const controller = new AbortController();
+  const session = await client.stream(doubling(), { signal: controller.signal });
+  await session.send(new Audio(new Float32Array(160), 16_000));
+  const results = session[Symbol.asyncIterator]();
+  assert.equal((await results.next()).done, false);
+
+  controller.abort();
+
+  assert.equal((await cancelledError(results.next())).kind, "CANCELLED");
+  await streamsDrainTo(0);
+  const late = await cancelledError(client.stream(doubling(), { signal: controller.signal }));
+  assert.equal(late.kind, "CANCELLED");
+});
+
+test("a slow consumer makes send() wait instead of buffering without bound", async () => {
+  // 256 KiB chunks: a handful fill the HTTP/2 windows, so the transport stops taking chunks
+  // soon after the consumer stops reading.
+  const frames = 65_536;
+  const total = 120;
+  const queue = 4;
+  const session = await client.stream(doubling(), { maxBufferedChunks: queue });
+  let sent = 0;
+  let received = 0;
+  let mostAhead = 0;
+  const progress = { senderDone: false };
+  const sender = (async () => {
+    for (let i = 0; i < total; i++) {
+      await session.send(new Audio(new Float32Array(frames).fill(i), 48_000));
+      sent++;
+      mostAhead = Math.max(mostAhead, sent - received);
+      assert.ok(session.bufferedChunks <= queue);
+    }
+    await session.close();
+    progress.senderDone = true;
+  })();
+
+  // The consumer takes a result only while the sender is stuck waiting for room, so a send()
+  // that never waited would run `total` chunks ahead of it.
+  let stalls = 0;
+  const results = session[Symbol.asyncIterator]();
+  for (;;) {
+    await waitFor("send() to wait for room", () => session.pendingSends > 0 || progress.senderDone);
+    if (!progress.senderDone) stalls++;
+    const r = await results.next();
+    if (r.done === true) break;
+    assert.equal(r.value.sequence, received);
+    assert.equal(r.value.output().samples[0], 2 * received);
+    received++;
+  }
+  await sender;
+
+  assert.equal(received, total);
+  assert.ok(stalls > 0, "send() never waited");
+  // What may be in flight: the session's queue, about 1 MiB of HTTP/2 window (4 chunks), the
+  // server's 8 buffered results and the chunks being read and processed: about 20.
+  assert.ok(mostAhead <= 40, `the sender ran ${mostAhead} chunks ahead of the consumer`);
+  assert.equal(session.metrics?.chunksProcessed, total);
+});
