@@ -1,0 +1,78 @@
+// The example page, served locally and opened in headless Chromium (Debian's package, driven by
+// playwright-core), calls GetVersion and ExecutePipeline over gRPC-Web with CORS.
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, test } from "node:test";
+import { type Browser, chromium } from "playwright-core";
+import { PACKAGE, RunningServer } from "./server.js";
+
+const TOKEN = "browser-token-2c7e";
+const CHROMIUM = process.env["REMOTEMEDIA_CHROMIUM"] ?? "/usr/bin/chromium";
+
+let page: ChildProcess;
+let pageUrl: string;
+let server: RunningServer;
+let browser: Browser;
+
+/** Builds the example page and serves it on a free port; resolves with its address. */
+async function serveExample(): Promise<string> {
+  page = spawn(process.execPath, [join(PACKAGE, "examples", "browser", "build.mjs"), "--serve", "0"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const lines = createInterface({ input: page.stdout as NodeJS.ReadableStream });
+  for await (const line of lines) {
+    const match = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(line);
+    if (match?.[1] !== undefined) return match[1];
+  }
+  throw new Error("the example page server exited without serving");
+}
+
+before(async () => {
+  pageUrl = await serveExample();
+  const origin = new URL(pageUrl).origin;
+  server = await RunningServer.start(["--cors-allowed-origins", origin, "--auth-tokens", TOKEN]);
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
+});
+
+after(async () => {
+  await browser.close();
+  page.kill();
+  assert.equal(await server.stop(), 0);
+});
+
+/** Opens the page for `token`, waits for it to finish and returns what it shows. */
+async function open(token: string): Promise<{ version: string; result: string; error: string }> {
+  const tab = await browser.newPage();
+  try {
+    const query = new URLSearchParams({ server: server.url, token });
+    await tab.goto(`${pageUrl}?${query.toString()}`);
+    await tab.waitForFunction(() => {
+      const text = (id: string): string => document.getElementById(id)?.textContent ?? "";
+      return (text("result") !== "" && text("result") !== "…") || text("error") !== "";
+    });
+    const text = async (id: string): Promise<string> => (await tab.locator(`#${id}`).textContent()) ?? "";
+    return { version: await text("version"), result: await text("result"), error: await text("error") };
+  } finally {
+    await tab.close();
+  }
+}
+
+test("the page shows the server's version and the result of a pipeline run", async () => {
+  const shown = await open(TOKEN);
+  assert.equal(shown.error, "");
+  assert.match(shown.version, /^remotemedia-server \S+, protocols v1, compatible, \d+ node types$/);
+  const result = /^(\d+) samples at (\d+) Hz, peak ([\d.]+)/.exec(shown.result);
+  assert.ok(result, shown.result);
+  assert.equal(Number(result[1]), 1_600);
+  assert.equal(Number(result[2]), 16_000);
+  // A 0.5 tone 6 dB down.
+  assert.ok(Math.abs(Number(result[3]) - 0.5 * 10 ** (-6 / 20)) < 0.01, shown.result);
+});
+
+test("without the token the page shows the AUTHENTICATION error, after the version (which needs none)", async () => {
+  const shown = await open("");
+  assert.match(shown.version, /compatible/);
+  assert.match(shown.error, /^AUTHENTICATION: /);
+});
