@@ -56,7 +56,25 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("keepalive_timeout_ms", "10000", "close a connection whose keepalive ping is not answered"),
     ("max_connection_age_ms", "0", "close connections older than this (0 = never)"),
     ("cors_allowed_origins", "", "comma-separated browser origins allowed to call over gRPC-Web (none by default)"),
+    (
+        "response_compression",
+        "mirror",
+        "gzip responses: `mirror` (when the request was gzip), `accepted` (whenever the client accepts gzip) or `off`",
+    ),
 ];
+
+/// When responses are gzip-compressed.
+///
+/// Audio samples barely compress, and gzip costs more CPU than the rest of a typical call, so by
+/// default a response is compressed only when the client compressed its request. Most gRPC
+/// libraries (grpcio, grpc-go) advertise gzip in `grpc-accept-encoding` on every call whether or
+/// not the application wants it, which is why `accepted` is not the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseCompression {
+    Mirror,
+    Accepted,
+    Off,
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +143,7 @@ pub struct Config {
     pub max_connection_age: Option<Duration>,
     /// Origins (`scheme://host[:port]`) whose pages may call the service over gRPC-Web.
     pub cors_allowed_origins: Vec<String>,
+    pub response_compression: ResponseCompression,
 }
 
 /// A configuration problem, naming the key, where its value came from and what is expected.
@@ -337,6 +356,12 @@ impl Config {
             }
         }
 
+        let response_compression = r.parse("response_compression", "`mirror`, `accepted` or `off`", |s| match s {
+            "mirror" => Some(ResponseCompression::Mirror),
+            "accepted" => Some(ResponseCompression::Accepted),
+            "off" => Some(ResponseCompression::Off),
+            _ => None,
+        })?;
         let max_age = r.u64("max_connection_age_ms")?;
         let cors_allowed_origins = r.origins("cors_allowed_origins")?;
         Ok(Self {
@@ -358,6 +383,7 @@ impl Config {
             keepalive_timeout: r.millis("keepalive_timeout_ms")?,
             max_connection_age: (max_age > 0).then(|| Duration::from_millis(max_age)),
             cors_allowed_origins,
+            response_compression,
         })
     }
 

@@ -312,8 +312,29 @@ async fn gzip_requests_and_responses_work() {
     let m = manifest(vec![node("g", "GainNode", r#"{"gain": 2}"#)], vec![]);
     let res =
         client.execute_pipeline(execute_request(m, vec![("g", f32_audio(&[0.125; 1000], 8_000, 1))])).await.unwrap();
+    assert_eq!(res.metadata().get("grpc-encoding").unwrap(), "gzip", "a gzip request gets a gzip response");
     assert_eq!(f32_samples(&expect_result(res.into_inner()).audio_outputs["g"]), vec![0.25; 1000]);
     s.stop().await;
+}
+
+/// The encoding of the response to a plain request from a client that accepts gzip.
+async fn response_encoding(policy: Option<&str>) -> Option<String> {
+    let overrides: Vec<(&str, &str)> = policy.map(|p| ("response_compression", p)).into_iter().collect();
+    let s = start(&overrides).await;
+    let mut client = s.client().await.accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let m = manifest(vec![node("g", "GainNode", "")], vec![]);
+    let res = client.execute_pipeline(execute_request(m, vec![("g", f32_audio(&[0.5; 100], 8_000, 1))])).await.unwrap();
+    let encoding = res.metadata().get("grpc-encoding").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(f32_samples(&expect_result(res.into_inner()).audio_outputs["g"]), vec![0.5; 100]);
+    s.stop().await;
+    encoding
+}
+
+#[tokio::test]
+async fn responses_are_compressed_only_as_the_policy_says() {
+    assert_eq!(response_encoding(None).await, None, "default `mirror`: a plain request gets a plain response");
+    assert_eq!(response_encoding(Some("off")).await, None);
+    assert_eq!(response_encoding(Some("accepted")).await.as_deref(), Some("gzip"));
 }
 
 #[tokio::test]

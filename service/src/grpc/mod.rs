@@ -4,10 +4,12 @@
 //! - [`service`]: `ExecutePipeline` and `GetVersion`; [`stream`]: `StreamPipeline` sessions
 //! - [`interceptors`]: auth and protocol version checks in front of the service
 //! - [`limits`]: per-request limits against server caps
+//! - [`compression`]: when responses are gzip-compressed
 //! - [`convert`]: wire messages ↔ executor types; [`status`]: every error → wire error
 //! - [`observe`]: Prometheus metrics and request spans; [`state`]: shared server state
 
 pub mod codec;
+pub mod compression;
 pub mod convert;
 pub mod interceptors;
 pub mod limits;
