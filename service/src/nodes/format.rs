@@ -74,8 +74,8 @@ impl Node for FormatConverterNode {
     }
 
     fn is_heavy(&self, inputs: &NodeInputs) -> bool {
-        // About a nanosecond per sample.
-        inputs.samples() > 64 * super::INLINE_MAX_SAMPLES
+        // About a nanosecond per sample: up to a millisecond inline.
+        inputs.samples() > 16 * super::INLINE_MAX_SAMPLES
     }
 
     fn custom_metrics(&self) -> Map<String, Value> {

@@ -347,7 +347,7 @@ impl Node for VadNode {
 
     fn is_heavy(&self, inputs: &NodeInputs) -> bool {
         // About 3 µs per frame: a second of 16 kHz audio takes ~100 µs.
-        inputs.samples() > 16 * super::INLINE_MAX_SAMPLES
+        inputs.samples() > super::INLINE_MAX_SAMPLES
     }
 
     fn custom_metrics(&self) -> Map<String, Value> {
