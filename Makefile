@@ -15,14 +15,18 @@ CARGO_FLAGS := --manifest-path service/Cargo.toml --locked
 SERVER_DEBUG := service/target/debug/remotemedia-server
 SERVER_RELEASE := service/target/release/remotemedia-server
 GRPCURL_VERSION := v1.9.3
+GHZ_VERSION := v0.120.0
 
 # The server embeds this venv's Python: pyo3 links its libpython (with an rpath) and the binary
 # defaults python_home to it.
 export PYO3_PYTHON := $(VPY)
 export REMOTEMEDIA_SERVER_BIN := $(abspath $(SERVER_DEBUG))
+export REMOTEMEDIA_RELEASE_BIN := $(abspath $(SERVER_RELEASE))
 export GRPCURL := $(TOOLS)/grpcurl
 
-.PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench clean
+
+.PHONY: deploy-tools test-deployed compose-check docker-tokens
+.PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench bench-tools bench-load clean
 
 # Each client package brings its own targets and adds them to these lists.
 CLIENT_TEST_TARGETS :=
@@ -43,14 +47,21 @@ tools: $(TOOLS)/grpcurl ## install grpcurl with go install
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-SYSTEM_TOOLS := espeak-ng sox
-system-deps: ## install espeak-ng and sox (Debian packages) for the audio tests
-	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+# Installs the Debian packages whose commands are named in $(1) and missing.
+define apt_install
+	@missing=$$(for t in $(1); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing with apt-get"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+system-deps: ## install espeak-ng and sox (Debian packages) for the audio tests
+	$(call apt_install,espeak-ng sox)
+
+deploy-tools: ## install docker-compose (validates the compose file, no engine needed) and tini
+	$(call apt_install,docker-compose tini)
 
 build: venv ## build the server (debug)
 	$(CARGO) build $(CARGO_FLAGS)
@@ -61,7 +72,7 @@ build-release: venv ## build the server (release)
 run: build-release ## build and start the server with the defaults (ARGS="--listen ..." to override)
 	exec $(SERVER_RELEASE) $(ARGS)
 
-test: venv tools system-deps build test-rust test-proto test-python $(CLIENT_TEST_TARGETS) ## run every test suite
+test: venv tools system-deps deploy-tools build build-release test-rust test-proto test-python $(CLIENT_TEST_TARGETS) ## run every test suite
 
 test-rust: ## Rust unit and integration tests
 	$(CARGO) test $(CARGO_FLAGS)
@@ -69,8 +80,18 @@ test-rust: ## Rust unit and integration tests
 test-proto: venv ## check the generated Python stubs match proto/
 	$(VPY) clients/python/scripts/gen_proto.py --check
 
-test-python: venv tools system-deps build ## pytest against the real binary
+test-python: venv tools system-deps deploy-tools build build-release ## pytest against the real binaries
 	$(VPY) -m pytest -q
+
+test-deployed: venv tools ## the checks of a deployed service (REMOTEMEDIA_TARGET=host:port, or the image's entrypoint here)
+	$(VPY) -m pytest -q tests/test_deployed.py
+
+compose-check: deploy-tools ## validate docker-compose.yml with docker-compose config
+	docker-compose -f docker-compose.yml config -q
+
+docker-tokens: ## write docker/tokens (one random bearer token) for docker compose
+	@umask 022; test -e docker/tokens || $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > docker/tokens
+	@echo "docker/tokens holds the bearer token; the container's user (uid 10001) must be able to read it"
 
 lint: venv $(CLIENT_LINT_TARGETS) ## rustfmt, clippy and every client's linters
 	$(CARGO) fmt --manifest-path service/Cargo.toml --check
@@ -79,9 +100,16 @@ lint: venv $(CLIENT_LINT_TARGETS) ## rustfmt, clippy and every client's linters
 fmt: ## format the Rust code
 	$(CARGO) fmt --manifest-path service/Cargo.toml
 
-bench: venv ## criterion benches (nodes, Python nodes), then the same operations in Python tools
+bench: venv bench-load ## every benchmark: criterion, the Python tools side by side, the load driver
 	$(CARGO) bench $(CARGO_FLAGS)
 	$(VPY) bench/compare_python.py --no-cargo
+
+bench-tools: $(TOOLS)/ghz ## install ghz (the gRPC load driver) with go install
+$(TOOLS)/ghz:
+	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+bench-load: venv bench-tools ## load benchmarks of the release server against a grpcio baseline
+	$(VPY) bench/load.py $(BENCH_ARGS)
 
 proto: venv ## regenerate the Python stubs from proto/
 	$(VPY) clients/python/scripts/gen_proto.py

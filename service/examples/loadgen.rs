@@ -3,14 +3,15 @@
 //! ```text
 //! loadgen stream --addr 127.0.0.1:50051 --streams 1000 --rate 50 --seconds 60 [--server-pid PID]
 //! loadgen pingpong --addr 127.0.0.1:50051 --chunks 5000
-//! loadgen unary --addr 127.0.0.1:50051 --seconds 10 [--audio-seconds 1]
+//! loadgen unary --addr 127.0.0.1:50051 --seconds 10 [--audio-seconds 1] [--concurrency 16]
 //! ```
 //!
 //! `stream`: real-time streams of 20 ms 48 kHz chunks through resample (→ 16 kHz) + VAD, each
 //! sending `rate` chunks per second; reports errors, out-of-order results and the round trip of
 //! every chunk (send → its result). `pingpong`: one stream, each chunk sent when the previous
 //! result arrives. `unary`: back-to-back ExecutePipeline of `audio-seconds` of 48 kHz audio
-//! through the resampler, reporting latency and the server's serialization / wall time ratio.
+//! through the resampler from `concurrency` callers spread over up to `connections` connections,
+//! reporting latency, requests per second and the server's serialization / wall time ratio.
 //! Output: one JSON object on stdout.
 
 use std::collections::VecDeque;
@@ -36,6 +37,7 @@ struct Args {
     chunks: u64,
     connections: usize,
     audio_seconds: u64,
+    concurrency: usize,
     server_pid: Option<u32>,
 }
 
@@ -49,6 +51,7 @@ fn parse() -> Args {
         chunks: 2_000,
         connections: 16,
         audio_seconds: 1,
+        concurrency: 1,
         server_pid: None,
     };
     let mut it = std::env::args().skip(1);
@@ -63,6 +66,7 @@ fn parse() -> Args {
             "--chunks" => a.chunks = value.parse().unwrap(),
             "--connections" => a.connections = value.parse().unwrap(),
             "--audio-seconds" => a.audio_seconds = value.parse().unwrap(),
+            "--concurrency" => a.concurrency = value.parse().unwrap(),
             "--server-pid" => a.server_pid = Some(value.parse().unwrap()),
             other => panic!("unknown flag {other}"),
         }
@@ -290,8 +294,46 @@ async fn pingpong_mode(args: Args) -> serde_json::Value {
     serde_json::json!({ "mode": "pingpong", "errors": errors, "round_trip": summary(&mut latencies) })
 }
 
+/// What one unary caller saw.
+#[derive(Default)]
+struct UnaryTally {
+    latencies: Vec<f64>,
+    serialization_ms: f64,
+    wall_ms: f64,
+    errors: u64,
+    calls: u64,
+}
+
+async fn unary_caller(
+    mut client: PipelineServiceClient<Channel>,
+    request: proto::ExecuteRequest,
+    warmup: usize,
+    until: Instant,
+) -> UnaryTally {
+    let mut t = UnaryTally::default();
+    let mut n = 0;
+    while Instant::now() < until {
+        let start = Instant::now();
+        match client.execute_pipeline(request.clone()).await.map(|r| r.into_inner().outcome) {
+            Ok(Some(proto::execute_response::Outcome::Result(r))) => {
+                if n >= warmup {
+                    t.latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                    let m = r.metrics.unwrap_or_default();
+                    t.serialization_ms += m.serialization_time_ms;
+                    t.wall_ms += m.wall_time_ms;
+                }
+                n += 1;
+            }
+            _ => t.errors += 1,
+        }
+    }
+    t.calls = n as u64;
+    t
+}
+
 async fn unary_mode(args: Args) -> serde_json::Value {
-    let mut client = PipelineServiceClient::new(channels(&args.addr, 1).await.remove(0));
+    let concurrency = args.concurrency.max(1);
+    let conns = channels(&args.addr, args.connections.clamp(1, concurrency)).await;
     let request = proto::ExecuteRequest {
         manifest: Some(proto::PipelineManifest {
             version: "v1".into(),
@@ -303,32 +345,33 @@ async fn unary_mode(args: Args) -> serde_json::Value {
         audio_inputs: [("rs".to_owned(), audio(48_000 * args.audio_seconds as usize))].into(),
         ..Default::default()
     };
-    let mut latencies = Vec::new();
-    let (mut serialization, mut wall) = (0.0, 0.0);
-    let until = Instant::now() + Duration::from_secs(args.seconds);
-    let mut errors = 0;
-    let mut n = 0;
-    while Instant::now() < until {
-        let start = Instant::now();
-        match client.execute_pipeline(request.clone()).await.map(|r| r.into_inner().outcome) {
-            Ok(Some(proto::execute_response::Outcome::Result(r))) => {
-                if n >= 50 {
-                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
-                    let m = r.metrics.unwrap_or_default();
-                    serialization += m.serialization_time_ms;
-                    wall += m.wall_time_ms;
-                }
-                n += 1;
-            }
-            _ => errors += 1,
-        }
+    // The first calls of each caller warm connections and the server's resampler pool.
+    let warmup = (50 / concurrency).max(3);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let callers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let client = PipelineServiceClient::new(conns[i % conns.len()].clone());
+            tokio::spawn(unary_caller(client, request.clone(), warmup, until))
+        })
+        .collect();
+    let mut all = UnaryTally::default();
+    for caller in callers {
+        let t = caller.await.expect("unary caller panicked");
+        all.latencies.extend(t.latencies);
+        all.serialization_ms += t.serialization_ms;
+        all.wall_ms += t.wall_ms;
+        all.errors += t.errors;
+        all.calls += t.calls;
     }
     serde_json::json!({
         "mode": "unary",
         "audio_seconds": args.audio_seconds,
-        "errors": errors,
-        "latency": summary(&mut latencies),
-        "server_serialization_over_wall": serialization / wall,
+        "concurrency": concurrency,
+        "errors": all.errors,
+        "rps": all.calls as f64 / started.elapsed().as_secs_f64(),
+        "latency": summary(&mut all.latencies),
+        "server_serialization_over_wall": if all.wall_ms > 0.0 { all.serialization_ms / all.wall_ms } else { 0.0 },
     })
 }
 
