@@ -27,6 +27,7 @@ class RunningServer:
 
     def __init__(self, proc: subprocess.Popen[str], lines: list[str], events: queue.Queue[str | None]) -> None:
         self.proc = proc
+        self.env: dict[str, str] = {}
         self.lines = lines
         self._events = events
         ready = self.wait_for(lambda rec: str(rec.get("message", "")).startswith("remotemedia-server listening"))
@@ -94,8 +95,14 @@ def start_server(
     if not SERVER_BIN.exists():
         raise AssertionError(f"{SERVER_BIN} is missing; run `make build` (make test does)")
     base = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"] if defaults else []
+    return start_process([str(SERVER_BIN), *base, *args], env, preexec_fn=preexec_fn)
+
+
+def start_process(argv: list[str], env: dict[str, str] | None, preexec_fn: Any = None) -> RunningServer:
+    """Starts `argv` (a server command line) with `env` over an environment free of
+    REMOTEMEDIA_* variables, and waits for its listening line."""
     proc = subprocess.Popen(
-        [str(SERVER_BIN), *base, *args],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -113,7 +120,9 @@ def start_server(
         events.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    return RunningServer(proc, lines, events)
+    running = RunningServer(proc, lines, events)
+    running.env = server_env(env)
+    return running
 
 
 @pytest.fixture(scope="module")
