@@ -57,8 +57,8 @@ define apt_install
 	fi
 endef
 
-system-deps: ## install espeak-ng and sox (Debian packages) for the audio tests
-	$(call apt_install,espeak-ng sox)
+system-deps: ## install espeak-ng and sox (audio tests) and openssl (TLS test certificates), Debian packages
+	$(call apt_install,espeak-ng sox openssl)
 
 deploy-tools: ## install docker-compose (validates the compose file, no engine needed) and tini
 	$(call apt_install,docker-compose tini)
