@@ -64,6 +64,45 @@ async fn a_stream_without_a_token_is_refused_before_its_first_message() {
     s.stop().await;
 }
 
+/// Sends one gRPC-Web call over HTTP/1.1 with a body of `body_len` bytes and no token; returns
+/// the response head.
+async fn grpc_web_call_without_token(conn: &mut tokio::net::TcpStream, body_len: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /remotemedia.v1.PipelineService/ExecutePipeline HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {body_len}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&vec![0u8; body_len]).await.unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            conn.read(&mut byte).await.unwrap(),
+            1,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&response)
+        );
+        response.push(byte[0]);
+    }
+    String::from_utf8(response).unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_http1_call_is_answered_and_keeps_its_connection() {
+    // Browsers upload the whole body before reading the answer; refusing before the body is
+    // read would close the connection under them (a "failed to fetch" instead of the status).
+    let s = start(&[("auth_tokens", "secret")]).await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    for _ in 0..2 {
+        let head = grpc_web_call_without_token(&mut conn, 256 * 1024).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("grpc-status: 16"), "{head}");
+        assert!(head.contains("content-length: 0"), "{head}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn the_version_header_is_checked_and_every_spelling_of_v1_passes() {
     let s = start(&[]).await;

@@ -3,6 +3,12 @@
 //! reflection and `GetVersion` pass through untouched. Because the layer sits in front of the
 //! service, a stream is refused before its first message is read.
 //!
+//! A refused HTTP/1.1 call (gRPC-Web from a browser) has its request body read and discarded,
+//! up to [`DRAIN_LIMIT_BYTES`] and [`DRAIN_TIMEOUT`], before the refusal is sent: answering
+//! while the browser still uploads makes the server close the connection under it, and the
+//! browser reports a network failure instead of the status. HTTP/2 calls are refused at once
+//! (the stream is reset after the answer, the connection stays up).
+//!
 //! On the way out the same layer rewrites the codec's statuses for bad request messages
 //! (oversized, undecodable) into the service's documented errors (see
 //! [`status::from_codec`](super::status::from_codec)).
@@ -12,6 +18,7 @@ pub mod version;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, ready};
@@ -23,6 +30,11 @@ use super::status::{self, ServiceError};
 const SERVICE_PREFIX: &str = "/remotemedia.v1.PipelineService/";
 /// Methods open to everyone (the version handshake).
 const PUBLIC_METHODS: &[&str] = &["GetVersion"];
+
+/// The most of a refused HTTP/1.1 request body read before answering.
+pub const DRAIN_LIMIT_BYTES: usize = 1 << 20;
+/// The longest a refused HTTP/1.1 request body is read before answering.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the guard checks.
 #[derive(Clone, Default)]
@@ -70,6 +82,8 @@ pub struct Guard<S> {
 
 impl<S, B> Service<http::Request<B>> for Guard<S>
 where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
@@ -90,9 +104,31 @@ where
             }
             Err(e) => {
                 tracing::info!(error = %e, "request refused");
-                super::observe::request_finished(rpc, e.to_status().code(), std::time::Duration::ZERO);
-                ready(Ok(e.to_status().into_http())).boxed()
+                super::observe::request_finished(rpc, e.to_status().code(), Duration::ZERO);
+                let refusal = e.to_status().into_http();
+                if request.version() >= http::Version::HTTP_2 {
+                    return ready(Ok(refusal)).boxed();
+                }
+                let body = request.into_body();
+                async move {
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, discard(body, DRAIN_LIMIT_BYTES)).await;
+                    Ok(refusal)
+                }
+                .boxed()
             }
+        }
+    }
+}
+
+/// Reads and drops up to `limit` bytes of `body`.
+async fn discard<B: http_body::Body>(body: B, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0;
+    while seen < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, bytes::Buf::remaining),
+            _ => return,
         }
     }
 }
@@ -108,7 +144,7 @@ fn rewrite_codec_status(
     };
     tracing::info!(error = %error, "request message refused");
     let status = error.to_status();
-    super::observe::request_finished(rpc, status.code(), std::time::Duration::ZERO);
+    super::observe::request_finished(rpc, status.code(), Duration::ZERO);
     status.into_http()
 }
 
