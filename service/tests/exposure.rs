@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, ParamError, Ports, Registry};
 use remotemedia::proto::{self, ErrorType, StreamRequest, stream_request, stream_response};
-use serde_json::{Map, Value};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
@@ -236,54 +233,12 @@ async fn streams_over_the_cap_get_retry_info_and_long_streams_end_at_the_maximum
     s.stop().await;
 }
 
-/// Holds its call until the execution is cancelled; counts entries and cancellations.
-#[derive(Clone, Default)]
-struct Hold {
-    entered: Arc<AtomicUsize>,
-    cancelled: Arc<AtomicUsize>,
-    released: Arc<AtomicBool>,
-}
-
-struct HoldNode(Hold);
-
-impl Node for HoldNode {
-    fn process(&mut self, inputs: Ports, ctx: &NodeContext) -> Result<Ports, NodeError> {
-        self.0.entered.fetch_add(1, Ordering::SeqCst);
-        while !self.0.released.load(Ordering::SeqCst) {
-            if ctx.check_cancelled().is_err() {
-                self.0.cancelled.fetch_add(1, Ordering::SeqCst);
-                return Err(NodeError::cancelled());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(Ports::audio_output(inputs.audio(INPUT)?.clone()))
-    }
-
-    fn is_heavy(&self, _: &Ports) -> bool {
-        true
-    }
-}
-
-struct HoldFactory(Hold);
-
-impl NodeFactory for HoldFactory {
-    fn node_type(&self) -> &'static str {
-        "TestHold"
-    }
-    fn create(&self, _: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        Ok(Box::new(HoldNode(self.0.clone())))
-    }
-}
-
 #[tokio::test]
 async fn a_passed_deadline_stops_the_work_and_every_gauge_returns_to_zero() {
-    let hold = Hold::default();
-    let mut registry = Registry::builtin();
-    registry.register(HoldFactory(hold.clone()));
-    let s = start_with(&[], registry).await;
+    let (s, gate) = gated_server(&[]).await;
     let before = counter(&s.metrics_text().await, "ExecutePipeline", "CANCELLED");
     let mut req = Request::new(execute_request(
-        manifest(vec![node("h", "TestHold", "")], vec![]),
+        manifest(vec![node("h", "TestGate", "")], vec![]),
         vec![("h", f32_audio(&[0.1; 8], 8_000, 1))],
     ));
     req.set_timeout(Duration::from_millis(200));
@@ -291,7 +246,7 @@ async fn a_passed_deadline_stops_the_work_and_every_gauge_returns_to_zero() {
     // grpcio and connect clients enforce the deadline themselves and report DEADLINE_EXCEEDED; a
     // tonic client without a local timeout sees the server's CANCELLED ("Timeout expired").
     assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
-    wait_until(|| hold.cancelled.load(Ordering::SeqCst) == 1, "the node to see the cancellation").await;
+    wait_until(|| gate.cancelled.load(Ordering::SeqCst) == 1, "the node to see the cancellation").await;
     wait_until(|| s.state.inflight.count() == 0, "in-flight work to end").await;
     // Gauges are process-wide and other tests run beside this one; the real binary's gauges are
     // checked by the pytest suite. The abandoned call is counted here.

@@ -2,65 +2,17 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, ParamError, Ports, Registry};
+use remotemedia::nodes::Registry;
 use remotemedia::proto::{self, execute_response};
-use serde_json::{Map, Value};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
-
-/// A test-only node that holds its request until the test opens the gate (or it is cancelled).
-#[derive(Clone, Default)]
-struct Gate {
-    entered: Arc<AtomicUsize>,
-    open: Arc<AtomicBool>,
-    cancelled: Arc<AtomicUsize>,
-}
-
-struct GateNode(Gate);
-
-impl Node for GateNode {
-    fn process(&mut self, inputs: Ports, ctx: &NodeContext) -> Result<Ports, NodeError> {
-        self.0.entered.fetch_add(1, Ordering::SeqCst);
-        while !self.0.open.load(Ordering::SeqCst) {
-            if ctx.check_cancelled().is_err() {
-                self.0.cancelled.fetch_add(1, Ordering::SeqCst);
-                return Err(NodeError::cancelled());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(Ports::audio_output(inputs.audio(INPUT)?.clone()))
-    }
-
-    fn is_heavy(&self, _inputs: &Ports) -> bool {
-        true
-    }
-}
-
-struct GateFactory(Gate);
-
-impl NodeFactory for GateFactory {
-    fn node_type(&self) -> &'static str {
-        "TestGate"
-    }
-    fn create(&self, _params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        Ok(Box::new(GateNode(self.0.clone())))
-    }
-}
-
-async fn gated_server(overrides: &[(&str, &str)]) -> (TestServer, Gate) {
-    let gate = Gate::default();
-    let mut registry = Registry::builtin();
-    registry.register(GateFactory(gate.clone()));
-    (start_with(overrides, registry).await, gate)
-}
 
 fn gate_request() -> proto::ExecuteRequest {
     execute_request(manifest(vec![node("gate", "TestGate", "")], vec![]), vec![("gate", f32_audio(&[0.5], 8_000, 1))])

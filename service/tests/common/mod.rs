@@ -7,10 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use remotemedia::Config;
 use remotemedia::grpc::state::AppState;
-use remotemedia::nodes::Registry;
+use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, ParamError, Ports, Registry};
 use remotemedia::proto::pipeline_service_client::PipelineServiceClient;
 use remotemedia::proto::{self, AudioBuffer, AudioFormat, Connection, NodeManifest, PipelineManifest};
+use serde_json::{Map, Value};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -167,4 +169,51 @@ pub fn expect_error(r: proto::ExecuteResponse) -> proto::ErrorResponse {
         Some(proto::execute_response::Outcome::Error(e)) => e,
         other => panic!("expected an error, got {other:?}"),
     }
+}
+
+/// A test-only node that holds its request until the test opens the gate (or it is cancelled).
+#[derive(Clone, Default)]
+pub struct Gate {
+    pub entered: Arc<AtomicUsize>,
+    pub open: Arc<AtomicBool>,
+    pub cancelled: Arc<AtomicUsize>,
+}
+
+struct GateNode(Gate);
+
+impl Node for GateNode {
+    fn process(&mut self, inputs: Ports, ctx: &NodeContext) -> Result<Ports, NodeError> {
+        self.0.entered.fetch_add(1, Ordering::SeqCst);
+        while !self.0.open.load(Ordering::SeqCst) {
+            if ctx.check_cancelled().is_err() {
+                self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+                return Err(NodeError::cancelled());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(Ports::audio_output(inputs.audio(INPUT)?.clone()))
+    }
+
+    fn is_heavy(&self, _inputs: &Ports) -> bool {
+        true
+    }
+}
+
+pub struct GateFactory(pub Gate);
+
+impl NodeFactory for GateFactory {
+    fn node_type(&self) -> &'static str {
+        "TestGate"
+    }
+    fn create(&self, _params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
+        Ok(Box::new(GateNode(self.0.clone())))
+    }
+}
+
+/// A server whose registry also has the `TestGate` node.
+pub async fn gated_server(overrides: &[(&str, &str)]) -> (TestServer, Gate) {
+    let gate = Gate::default();
+    let mut registry = Registry::builtin();
+    registry.register(GateFactory(gate.clone()));
+    (start_with(overrides, registry).await, gate)
 }
