@@ -2,18 +2,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Audio, RemoteMediaError, pb } from "../src/index.js";
-
-function validationOf(build: () => unknown): RemoteMediaError {
-  try {
-    build();
-  } catch (e) {
-    assert.ok(e instanceof RemoteMediaError);
-    assert.equal(e.kind, "VALIDATION");
-    return e;
-  }
-  assert.fail("expected a VALIDATION error");
-}
+import { Audio, pb } from "../src/index.js";
+import { validationOf } from "./expect.js";
 
 test("the typed array decides the sample format", () => {
   assert.equal(new Audio(new Float32Array(2), 8_000).format, "f32");

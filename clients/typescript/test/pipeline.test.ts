@@ -1,7 +1,8 @@
 // Pipeline: the builder, the JSON manifest shared with the Python client, and the wire form.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Pipeline, RemoteMediaError, pb } from "../src/index.js";
+import { Pipeline, pb } from "../src/index.js";
+import { validationOf } from "./expect.js";
 
 /** A manifest as the Python client's `Pipeline.to_json()` writes it. */
 const FROM_PYTHON = `{"version": "v1", "metadata": {"name": "voice", "description": "mic to 16 kHz speech"},
@@ -28,17 +29,6 @@ function voice(): Pipeline {
     .connect("vad", "gain")
     .connect("vad", "log", { outputKey: "segments", inputKey: "data" })
     .configure({ enableMetrics: false, backoff: "fixed", maxRetries: 2, initialDelayMs: 50, circuitBreakerThreshold: 0 });
-}
-
-function violationsOf(build: () => unknown): RemoteMediaError {
-  try {
-    build();
-  } catch (e) {
-    assert.ok(e instanceof RemoteMediaError);
-    assert.equal(e.kind, "VALIDATION");
-    return e;
-  }
-  assert.fail("expected a VALIDATION error");
 }
 
 test("the builder writes the JSON manifest the Python client writes, and reads it back", () => {
@@ -108,7 +98,7 @@ test("other spellings are read: connections, params as text, enum names and numb
 });
 
 test("every problem of a manifest is reported at once", () => {
-  const e = violationsOf(() =>
+  const e = validationOf(() =>
     Pipeline.fromJSON({
       version: "v2",
       nodes: [
@@ -127,15 +117,15 @@ test("every problem of a manifest is reported at once", () => {
     ["version", "nodes[0].params", "nodes[1].runtime_hint", "nodes[2].params", "nodes[4].id", "connections[0].to", "connections[1]", "config.retry_policy"],
   );
   assert.match(e.message, /^8 validation errors:/);
-  violationsOf(() => Pipeline.fromJSON("{not json"));
-  violationsOf(() => Pipeline.fromJSON("[1, 2]"));
+  validationOf(() => Pipeline.fromJSON("{not json"));
+  validationOf(() => Pipeline.fromJSON("[1, 2]"));
 });
 
 test("the builder refuses duplicate ids and connections to missing nodes as it goes", () => {
   const p = new Pipeline().passThrough("a");
-  assert.match(violationsOf(() => p.passThrough("a")).message, /duplicate node id "a"/);
+  assert.match(validationOf(() => p.passThrough("a")).message, /duplicate node id "a"/);
   assert.deepEqual(
-    violationsOf(() => p.connect("x", "y")).violations.map((v) => v.field),
+    validationOf(() => p.connect("x", "y")).violations.map((v) => v.field),
     ["connections[0].from", "connections[0].to"],
   );
 });
