@@ -1,12 +1,16 @@
-"""Checks of a deployed service: the probes of docs/operations.md, auth, a pipeline run, metrics.
+"""Checks of a deployed service: the probes of docs/operations.md, auth, pipeline runs with a
+native and a Python node, metrics.
 
-Against the composed service (`docker compose --profile tests run --rm tests` sets
-REMOTEMEDIA_TARGET, REMOTEMEDIA_TARGET_METRICS and REMOTEMEDIA_TARGET_TOKENS_FILE), or, when
-those are not set, against the release binary started exactly as the image's entrypoint would.
+Run three ways: against the release binary started exactly as the image's entrypoint would (by
+`make test-python`); against the composed container (tests/test_container.py collects these
+tests and gives them its `target`, under `make test-docker`); against any deployed service
+named by REMOTEMEDIA_TARGET, REMOTEMEDIA_TARGET_METRICS and REMOTEMEDIA_TARGET_TOKENS_FILE
+(`docker compose --profile tests run --rm tests` sets them).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pyloudnorm
 import pytest
 
 from conftest import GRPCURL, REPO
@@ -86,7 +91,23 @@ def test_pipelines_need_the_token(target: Target) -> None:
     np.testing.assert_allclose(samples(reply.result.audio_outputs["g"]), [0.5, -1.0])
 
 
+def test_a_python_node_runs_in_the_embedded_interpreter(target: Target) -> None:
+    rate = 16_000
+    tone = (0.5 * np.sin(2 * np.pi * 997 * np.arange(rate) / rate)).astype(np.float32)
+    request = pb.ExecuteRequest(manifest=manifest([node("loudness", "LoudnessNode")]), audio_inputs={"loudness": f32(tone, rate)})
+    with grpc.insecure_channel(target.address) as channel:
+        stub = service_pb2_grpc.PipelineServiceStub(channel)
+        reply = stub.ExecutePipeline(request, timeout=30, metadata=[("authorization", f"Bearer {target.token}")])
+    assert reply.WhichOneof("outcome") == "result", reply.error
+    # LoudnessNode exists only in Python: pyloudnorm in the server's venv measured this.
+    assert json.loads(reply.result.metrics.node_metrics["loudness"].custom_metrics)["runtime"] == "python"
+    expected = pyloudnorm.Meter(rate).integrated_loudness(tone.astype(np.float64))
+    assert json.loads(reply.result.data_outputs["loudness"])["lufs"] == pytest.approx(expected, abs=0.01)
+
+
 def test_metrics_are_served_and_count_requests(target: Target) -> None:
+    with grpc.insecure_channel(target.address) as channel:
+        service_pb2_grpc.PipelineServiceStub(channel).GetVersion(pb.VersionRequest(client_version="v1"), timeout=30)
     with urllib.request.urlopen(f"http://{target.metrics_address}/metrics", timeout=10) as r:
         text = r.read().decode()
     assert 'remotemedia_requests_total{rpc="GetVersion",code="OK"}' in text
