@@ -24,8 +24,22 @@ export REMOTEMEDIA_SERVER_BIN := $(abspath $(SERVER_DEBUG))
 export REMOTEMEDIA_RELEASE_BIN := $(abspath $(SERVER_RELEASE))
 export GRPCURL := $(TOOLS)/grpcurl
 
+# The image (docker/Dockerfile) and what its `prebuilt` route is made from.
+DOCKER ?= docker
+DOCKER_IMAGE := remotemedia/server:0.1.0
+DOCKER_DIST := docker/dist
+# Debian bookworm made from Debian's packages by `make docker-base`, for machines that reach no
+# container registry; DOCKER_BASE_IMAGE=debian:bookworm-slim builds on the public image instead.
+LOCAL_BASE_IMAGE := remotemedia/bookworm:local
+DOCKER_BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
+# As in debian:bookworm-slim: no manuals, documentation or translations, in the base image and
+# in whatever apt installs on it later (mmdebstrap keeps these dpkg options in the image).
+SLIM_DPKG_OPTIONS := $(foreach p,/usr/share/man/* /usr/share/doc/* /usr/share/info/* /usr/share/locale/*,--dpkgopt='path-exclude=$(p)') \
+	--dpkgopt='path-include=/usr/share/doc/*/copyright'
+
 
 .PHONY: deploy-tools test-deployed compose-check docker-tokens
+.PHONY: docker-base docker-dist docker-image test-docker test-container
 .PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench bench-tools bench-load clean
 
 # Each client package brings its own targets and adds them to these lists.
@@ -47,9 +61,10 @@ tools: $(TOOLS)/grpcurl ## install grpcurl with go install
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-# Installs the Debian packages whose commands are named in $(1) and missing.
+# Installs the Debian packages whose commands are named in $(1) and missing; `command:package`
+# where the package has another name.
 define apt_install
-	@missing=$$(for t in $(1); do command -v $$t >/dev/null || echo $$t; done); \
+	@missing=$$(for t in $(1); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing with apt-get"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -60,8 +75,8 @@ endef
 system-deps: ## install espeak-ng and sox (audio tests) and openssl (TLS test certificates), Debian packages
 	$(call apt_install,espeak-ng sox openssl)
 
-deploy-tools: ## install docker-compose (validates the compose file, no engine needed) and tini
-	$(call apt_install,docker-compose tini)
+deploy-tools: ## install the Docker engine, docker-compose, tini, mmdebstrap and patchelf (image builds), Debian packages
+	$(call apt_install,dockerd:docker.io docker-compose tini mmdebstrap patchelf)
 
 build: venv ## build the server (debug)
 	$(CARGO) build $(CARGO_FLAGS)
@@ -72,7 +87,7 @@ build-release: venv ## build the server (release)
 run: build-release ## build and start the server with the defaults (ARGS="--listen ..." to override)
 	exec $(SERVER_RELEASE) $(ARGS)
 
-test: venv tools system-deps deploy-tools build build-release test-rust test-proto test-python $(CLIENT_TEST_TARGETS) ## run every test suite
+test: venv tools system-deps deploy-tools build build-release test-rust test-proto test-python $(CLIENT_TEST_TARGETS) test-docker ## run every test suite
 
 test-rust: ## Rust unit and integration tests
 	$(CARGO) test $(CARGO_FLAGS)
@@ -88,6 +103,47 @@ test-deployed: venv tools ## the checks of a deployed service (REMOTEMEDIA_TARGE
 
 compose-check: deploy-tools ## validate docker-compose.yml with docker-compose config
 	docker-compose -f docker-compose.yml config -q
+
+docker-base: deploy-tools ## make remotemedia/bookworm:local, Debian bookworm from Debian's packages (once; docker rmi it to refresh)
+	@set -o pipefail; $(DOCKER) image inspect $(LOCAL_BASE_IMAGE) >/dev/null 2>&1 || { \
+		echo "making $(LOCAL_BASE_IMAGE) with mmdebstrap"; \
+		mmdebstrap --variant=minbase --quiet --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr $(SLIM_DPKG_OPTIONS) \
+			bookworm - | $(DOCKER) import - $(LOCAL_BASE_IMAGE); }
+
+docker-dist: build-release $(DOCKER_DIST)/remotemedia-server $(DOCKER_DIST)/wheels/requirements.txt ## docker/dist: the release binary and wheels of service/python and its requirements
+
+# The binary loads the libpython of the system it is installed on: the rpath into this
+# machine's Python goes, and so does the debug information (symbols stay, for backtraces).
+$(DOCKER_DIST)/remotemedia-server: $(SERVER_RELEASE)
+	$(call apt_install,patchelf)
+	@mkdir -p $(@D)
+	cp $< $@.tmp
+	patchelf --remove-rpath $@.tmp
+	strip --strip-debug $@.tmp
+	mv $@.tmp $@
+
+# Every wheel the embedded interpreter's venv needs, so the image build asks no package index.
+$(DOCKER_DIST)/wheels/requirements.txt: service/python/requirements.txt service/python/pyproject.toml $(shell find service/python/remotemedia_nodes -name '*.py') | $(VENV)/.installed
+	rm -rf $(@D)
+	$(VPY) -m pip wheel --quiet --wheel-dir $(@D) -r service/python/requirements.txt ./service/python
+	cp service/python/requirements.txt $@
+
+# Builds with the engine's layer cache (the base image and the venv's layer stay until their
+# inputs change), then removes what earlier builds left untagged.
+docker-image: docker-dist $(if $(filter $(LOCAL_BASE_IMAGE),$(DOCKER_BASE_IMAGE)),docker-base) ## build remotemedia/server:0.1.0 from docker/dist on DOCKER_BASE_IMAGE; prints build time and size
+	@start=$$(date +%s); \
+	$(DOCKER) build --force-rm --network host --file docker/Dockerfile --target prebuilt \
+		--build-arg BASE_IMAGE=$(DOCKER_BASE_IMAGE) --tag $(DOCKER_IMAGE) . && \
+	echo "$(DOCKER_IMAGE): built in $$(( $$(date +%s) - start )) s;" \
+		"$$($(DOCKER) image inspect --format '{{.Size}}' $(DOCKER_IMAGE) | awk '{ printf "%.0f MB", $$1 / 1e6 }')" && \
+	$(DOCKER) image prune --force --filter label=org.opencontainers.image.title=remotemedia-server \
+		--filter until=$$start >/dev/null
+
+test-docker: venv tools deploy-tools build-release ## build the image and test it under docker-compose (starts dockerd if none runs, stops what it started)
+	docker/with-engine.sh $(MAKE) --no-print-directory docker-image test-container
+
+test-container: venv tools ## the tests of the composed image (tests/test_container.py); needs an engine and the image
+	REMOTEMEDIA_IMAGE=$(DOCKER_IMAGE) $(VPY) -m pytest -q -rs tests/test_container.py
 
 docker-tokens: ## write docker/tokens (one random bearer token) for docker compose
 	@umask 022; test -e docker/tokens || $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > docker/tokens

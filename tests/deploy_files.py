@@ -36,6 +36,7 @@ class Stage:
     cmd: list[str] = field(default_factory=list)
     healthcheck: list[str] = field(default_factory=list)
     user: str = ""
+    parent: str = ""  # the stage this one is FROM, if it is one
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
@@ -73,8 +74,12 @@ def dockerfile_stages(path: Path = DOCKERFILE) -> dict[str, Stage]:
             assert m, rest
             base = re.sub(r"\$\{(\w+)\}", lambda v: args.get(v.group(1), ""), m.group(1))
             stage = Stage(name=m.group(2) or base, base=stages[base].base if base in stages else base)
-            if base in stages:  # FROM an earlier stage inherits its environment
-                stage.env = dict(stages[base].env)
+            if base in stages:  # FROM an earlier stage inherits its image configuration
+                parent = stages[base]
+                stage.parent = parent.name
+                stage.env, stage.expose = dict(parent.env), list(parent.expose)
+                stage.entrypoint, stage.cmd = list(parent.entrypoint), list(parent.cmd)
+                stage.healthcheck, stage.user = list(parent.healthcheck), parent.user
             stages[stage.name] = stage
         elif stage is None:
             continue

@@ -1,12 +1,14 @@
 """The deployment files agree with the server and with CI, and the image's entrypoint works.
 
-No Docker engine runs here: the compose file goes through a real parser, the Dockerfile,
-compose file and Kubernetes manifests are read and cross-checked against `remotemedia-server
---help`, and the release binary is started exactly as the image's entrypoint would start it.
+Without an engine: the compose files go through a real parser, the Dockerfile, compose file and
+Kubernetes manifests are read and cross-checked against `remotemedia-server --help`, and the
+release binary is started exactly as the image's entrypoint would start it. The image itself is
+built and run under docker-compose by tests/test_container.py (`make test-docker`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -15,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO
 from deploy_files import (
@@ -38,29 +41,71 @@ def env_entries_of(container: dict) -> dict[str, str]:
     return {e["name"]: str(e.get("value", "")) for e in container.get("env", [])}
 
 
-def test_docker_compose_config_accepts_the_compose_file() -> None:
+def test_docker_compose_config_accepts_the_compose_files() -> None:
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is missing; run `make deploy-tools` (make test does)"
     out = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     services = subprocess.run([exe, "-f", str(COMPOSE), "config", "--services"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert set(services.stdout.split()) == {"remotemedia", "prometheus", "tests"}
+    # With the test's override, as tests/test_container.py composes the service.
+    override = REPO / "tests" / "docker-compose.test.yml"
+    env = {
+        **os.environ,
+        "REMOTEMEDIA_PUBLISH_GRPC": "127.0.0.1:50051",
+        "REMOTEMEDIA_PUBLISH_METRICS": "127.0.0.1:9464",
+        "REMOTEMEDIA_TEST_TOKENS_FILE": "/dev/null",
+        "REMOTEMEDIA_TEST_GATE_DIR": "/tmp",
+    }
+    out = subprocess.run([exe, "-f", str(COMPOSE), "-f", str(override), "config"], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    service = yaml.safe_load(out.stdout)["services"]["remotemedia"]
+    published = {tuple(p.split("/")[0].rsplit(":", 2)[:2]) for p in service["ports"]}
+    assert published == {("127.0.0.1", "50051"), ("127.0.0.1", "9464")}, service["ports"]
 
 
-def test_the_image_builds_with_the_make_targets_ci_runs() -> None:
-    builder = dockerfile_stages()["builder"]
-    targets = [t for cmd in builder.run for t in re.findall(r"\bmake\s+([a-z-]+)", cmd)]
-    assert targets == ["venv", "build-release"], builder.run
-    makefile = (REPO / "Makefile").read_text()
-    test_prereqs = re.search(r"^test:([^#\n]*)", makefile, flags=re.M)
-    assert test_prereqs, "the Makefile has no test target"
-    assert set(targets) <= set(test_prereqs.group(1).split()), "`make test` (CI) must build what the image builds"
-    ci = (REPO / ".ci" / "run").read_text()
-    assert "make test" in ci
-    # Builder and runtime start from the same Python image: the rpath into /usr/local/lib holds.
+def make_rule(makefile: str, target: str) -> tuple[list[str], str]:
+    """The prerequisites and the recipe of `target` in the Makefile (continued lines joined)."""
+    m = re.search(rf"^{re.escape(target)}:([^#\n]*)(?:##[^\n]*)?\n((?:\t[^\n]*\n)*)", makefile, flags=re.M)
+    assert m, f"the Makefile has no {target} target"
+    return m.group(1).split(), re.sub(r"\\\n\s*", " ", m.group(2))
+
+
+def test_both_routes_build_one_image_with_the_make_targets_ci_runs() -> None:
     stages = dockerfile_stages()
-    assert stages["builder"].base == stages["runtime"].base
-    assert stages["builder"].base.startswith("python:3.11")
+    names = list(stages)
+    # `runtime` (compiled in the builder) and `prebuilt` (from the build machine's docker/dist):
+    # the base stage's settings plus the venv and the binary, installed by one script from what
+    # `make docker-dist` made.
+    for final, installer in (("prebuilt", "prebuilt-install"), ("runtime", "builder")):
+        assert stages[final].parent == stages[installer].parent == "base"
+        assert sorted(c.split()[-1] for c in stages[final].copies) == ["/opt/remotemedia/venv", "/usr/local/bin/remotemedia-server"]
+        assert all(c.startswith(f"--from={installer} ") for c in stages[final].copies)
+        installs = " ".join(stages[installer].run)
+        assert "install-dist.sh venv" in installs and "install-dist.sh server" in installs, installer
+        assert stages[final].user == "remotemedia"
+    runtime, prebuilt = stages["runtime"], stages["prebuilt"]
+    assert (runtime.env, runtime.expose, runtime.entrypoint, runtime.healthcheck) == (prebuilt.env, prebuilt.expose, prebuilt.entrypoint, prebuilt.healthcheck)
+    assert {c.split()[0] for c in stages["prebuilt-install"].copies} >= {"docker/dist/wheels/", "docker/dist/remotemedia-server"}
+    builder_targets = [t for cmd in stages["builder"].run for t in re.findall(r"(?:^|&&)\s*make\s+([a-z-]+)", cmd)]
+    assert builder_targets == ["docker-dist"], stages["builder"].run
+
+    # The legacy builder builds every stage before its target: up to `prebuilt`, only the base
+    # image is pulled, which is Debian bookworm, public or made by `make docker-base`.
+    assert all(stages[n].base == "debian:bookworm-slim" for n in names[: names.index("prebuilt") + 1])
+    makefile = (REPO / "Makefile").read_text()
+    _, base_recipe = make_rule(makefile, "docker-base")
+    assert re.search(r"mmdebstrap .*\bbookworm\b", base_recipe) and "$(DOCKER) import" in base_recipe
+
+    # CI (`make test`) runs test-docker, which builds the `prebuilt` image from docker-dist,
+    # made from the release binary `make test` builds.
+    test_prereqs, _ = make_rule(makefile, "test")
+    assert {"build-release", "test-docker"} <= set(test_prereqs)
+    assert "build-release" in make_rule(makefile, "docker-dist")[0]
+    image_prereqs, image_recipe = make_rule(makefile, "docker-image")
+    assert "docker-dist" in image_prereqs and "--target prebuilt" in image_recipe
+    assert "docker-image" in make_rule(makefile, "test-docker")[1]
+    assert "make test" in (REPO / ".ci" / "run").read_text()
 
 
 def test_dockerfile_compose_and_kubernetes_agree_with_the_server() -> None:
