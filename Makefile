@@ -48,7 +48,7 @@ CLIENT_LINT_TARGETS :=
 -include clients/python/client.mk clients/typescript/client.mk
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## create .venv with every Python dependency
 $(VENV)/.installed: requirements-dev.txt service/python/requirements.txt service/python/pyproject.toml clients/python/pyproject.toml
