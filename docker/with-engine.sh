@@ -11,6 +11,7 @@
 #
 #   docker/with-engine.sh make docker-image test-container
 set -euo pipefail
+command_line="$*"
 
 skip() {
     echo "docker/with-engine.sh: no Docker engine can run here: $1" >&2
@@ -18,7 +19,7 @@ skip() {
         echo "docker/with-engine.sh: REMOTEMEDIA_REQUIRE_DOCKER=1, so this fails" >&2
         exit 1
     fi
-    echo "SKIPPED: $*"
+    echo "SKIPPED: $command_line"
     exit 0
 }
 
