@@ -92,6 +92,23 @@ def test_execute_over_grpc_web_needs_the_token_and_runs_the_pipeline(web: Runnin
     np.testing.assert_allclose(samples(result.audio_outputs["g"]), 0.5 * 10 ** (-6 / 20), rtol=1e-5)
 
 
+def test_a_request_refused_while_it_is_still_being_sent_gets_its_status() -> None:
+    """HTTP/1.1 cannot stop an upload: the server reads the rest of a refused request while it
+    answers, so a client that sends its whole body before reading (as http.client and browsers
+    do) gets the refusal instead of a broken pipe."""
+    s = start_server("--max-message-bytes", "262144", "--auth-tokens", TOKEN)
+    try:
+        request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(1_000_000))})
+        too_large = request.SerializeToString()  # 4 MB, 16 × the cap
+        response, body = call(s, "ExecutePipeline", too_large, {"authorization": f"Bearer {TOKEN}"})
+        assert status_of(response, unframe(body)[1]) == "8", response.headers
+        assert "max_message_bytes" in (response.getheader("grpc-message") or "")
+        response, body = call(s, "ExecutePipeline", too_large, {})
+        assert status_of(response, unframe(body)[1]) == "16", response.headers
+    finally:
+        assert s.stop() == 0
+
+
 def preflight(s: RunningServer, origin: str) -> http.client.HTTPResponse:
     host, port = s.address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)

@@ -3,11 +3,12 @@
 //! reflection and `GetVersion` pass through untouched. Because the layer sits in front of the
 //! service, a stream is refused before its first message is read.
 //!
-//! A refused HTTP/1.1 call (gRPC-Web from a browser) has its request body read and discarded,
-//! up to [`DRAIN_LIMIT_BYTES`] and [`DRAIN_TIMEOUT`], before the refusal is sent: answering
-//! while the browser still uploads makes the server close the connection under it, and the
-//! browser reports a network failure instead of the status. HTTP/2 calls are refused at once
-//! (the stream is reset after the answer, the connection stays up).
+//! Refusals are answered at once. An HTTP/2 stream is then reset with NO_ERROR, which stops the
+//! client's upload while the connection stays up. HTTP/1.1 (gRPC-Web) has no way to stop an
+//! upload but closing the connection, and a client still sending then fails with a broken pipe
+//! before it reads the answer; so the unread rest of a refused HTTP/1.1 request (refused here,
+//! or by the codec for its size) is read and discarded in the background, up to
+//! [`LINGER_LIMIT_BYTES`] and [`LINGER_TIMEOUT`], while the answer goes out.
 //!
 //! On the way out the same layer rewrites the codec's statuses for bad request messages
 //! (oversized, undecodable) into the service's documented errors (see
@@ -16,12 +17,16 @@
 pub mod auth;
 pub mod version;
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, ready};
+use http_body::{Body as _, Frame, SizeHint};
+use tonic::body::Body;
 use tower::{Layer, Service};
 
 use super::status::{self, ServiceError};
@@ -31,10 +36,11 @@ const SERVICE_PREFIX: &str = "/remotemedia.v1.PipelineService/";
 /// Methods open to everyone (the version handshake).
 const PUBLIC_METHODS: &[&str] = &["GetVersion"];
 
-/// The most of a refused HTTP/1.1 request body read before answering.
-pub const DRAIN_LIMIT_BYTES: usize = 1 << 20;
-/// The longest a refused HTTP/1.1 request body is read before answering.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most of a refused HTTP/1.1 request's unread body that is read and discarded, so the
+/// client can finish sending and read the answer.
+pub const LINGER_LIMIT_BYTES: usize = 256 << 20;
+/// The longest a refused HTTP/1.1 request's unread body is read and discarded.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the guard checks.
 #[derive(Clone, Default)]
@@ -80,15 +86,13 @@ pub struct Guard<S> {
     guards: Arc<Guards>,
 }
 
-impl<S, B> Service<http::Request<B>> for Guard<S>
+impl<S> Service<http::Request<Body>> for Guard<S>
 where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<Body>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
 
@@ -96,28 +100,95 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let rpc = super::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
-        match self.guards.check(request.uri().path(), request.headers()) {
-            Ok(()) => {
-                self.inner.call(request).map(move |r| r.map(|response| rewrite_codec_status(rpc, response))).boxed()
+        if let Err(e) = self.guards.check(request.uri().path(), request.headers()) {
+            tracing::info!(error = %e, "request refused");
+            super::observe::request_finished(rpc, e.to_status().code(), Duration::ZERO);
+            if request.version() < http::Version::HTTP_2 {
+                linger(request.into_body());
             }
-            Err(e) => {
-                tracing::info!(error = %e, "request refused");
-                super::observe::request_finished(rpc, e.to_status().code(), Duration::ZERO);
-                let refusal = e.to_status().into_http();
-                if request.version() >= http::Version::HTTP_2 {
-                    return ready(Ok(refusal)).boxed();
-                }
-                let body = request.into_body();
-                async move {
-                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, discard(body, DRAIN_LIMIT_BYTES)).await;
-                    Ok(refusal)
-                }
-                .boxed()
-            }
+            return ready(Ok(e.to_status().into_http())).boxed();
+        }
+        if request.version() >= http::Version::HTTP_2 {
+            return self
+                .inner
+                .call(request)
+                .map(move |r| r.map(|response| rewrite_codec_status(rpc, response)))
+                .boxed();
+        }
+        // HTTP/1.1: the handler reads the body through a handle kept here, so that what a refused
+        // call leaves unread can be drained once the refusal is known.
+        let (parts, body) = request.into_parts();
+        let shared = SharedBody(Arc::new(Mutex::new(Some(body))));
+        let rest = SharedBody(shared.0.clone());
+        self.inner
+            .call(http::Request::from_parts(parts, Body::new(shared)))
+            .map(move |r| {
+                r.map(|response| {
+                    if is_refusal(&response) {
+                        if let Some(body) = rest.take() {
+                            linger(body);
+                        }
+                    }
+                    rewrite_codec_status(rpc, response)
+                })
+            })
+            .boxed()
+    }
+}
+
+/// A request body shared between the handler, which reads it, and the guard, which takes what is
+/// left of it when the call is refused. Once taken, the handler sees the body end.
+struct SharedBody(Arc<Mutex<Option<Body>>>);
+
+impl SharedBody {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Body>> {
+        // A panic while polling leaves the body as it was; reading on is as safe as before.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Option<Body> {
+        self.lock().take()
+    }
+}
+
+impl http_body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let mut body = self.lock();
+        match body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.lock().as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.lock().as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// A response that ends the call with an error before anything else (trailers-only): the
+/// handler is done with the request body.
+fn is_refusal(response: &http::Response<Body>) -> bool {
+    tonic::Status::from_header_map(response.headers()).is_some_and(|s| s.code() != tonic::Code::Ok)
+}
+
+/// Reads and drops the rest of a refused HTTP/1.1 request in the background, bounded by
+/// [`LINGER_LIMIT_BYTES`] and [`LINGER_TIMEOUT`]; the connection stays open meanwhile.
+fn linger(body: Body) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LINGER_TIMEOUT, discard(body, LINGER_LIMIT_BYTES)).await;
+    });
 }
 
 /// Reads and drops up to `limit` bytes of `body`.
