@@ -11,7 +11,8 @@ import { PROTOCOL_VERSION } from "./protocol.js";
 import { PipelineResult } from "./result.js";
 import { retryPolicy, withRetry } from "./retry.js";
 import { type StreamOptions, StreamSession } from "./stream-session.js";
-import { fromErrorResponse } from "./to-error.js";
+import { explainLengthLimit } from "./length-limit.js";
+import { fromErrorResponse, toRemoteMediaError } from "./to-error.js";
 import { DEFAULT_TRANSPORT, openTransport } from "./transport-node.js";
 import { type VersionInfo, versionInfo } from "./version-info.js";
 
@@ -20,7 +21,9 @@ export interface RemoteMediaClient {
   readonly baseUrl: string;
   /**
    * Runs `pipeline` once over `inputs` (or over one Audio for the pipeline's only source node).
-   * Pipeline errors, rejections and transport failures are thrown as RemoteMediaError.
+   * Pipeline errors, rejections and transport failures are thrown as RemoteMediaError. Input
+   * too long for one request (message size, samples, memory, time) is a RESOURCE_LIMIT error
+   * whose `hint` names the ways past it: `stream()`, and `inputs.limits`.
    */
   execute(pipeline: PipelineLike, inputs?: ExecuteInputs | Audio, options?: CallOptions): Promise<PipelineResult>;
   /** What the server runs and whether it supports `clientVersion` (default: the client's protocol version). */
@@ -64,15 +67,17 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
 
     async execute(pipeline, inputs = {}, callOptions = {}) {
       const request = executeRequest(toManifest(pipeline), inputs, protocolVersion);
-      const response = await unary(
-        (timeoutMs) => rpc.executePipeline(request, callArgs(callOptions.signal, timeoutMs)),
-        callOptions,
-      );
+      let response;
+      try {
+        response = await unary((timeoutMs) => rpc.executePipeline(request, callArgs(callOptions.signal, timeoutMs)), callOptions);
+      } catch (e) {
+        throw explainLengthLimit(toRemoteMediaError(e), request);
+      }
       switch (response.outcome.case) {
         case "result":
           return new PipelineResult(response.outcome.value);
         case "error":
-          throw fromErrorResponse(response.outcome.value);
+          throw explainLengthLimit(fromErrorResponse(response.outcome.value), request);
         default:
           throw new RemoteMediaError({
             kind: "INTERNAL",

@@ -80,6 +80,8 @@ export class RemoteMediaError extends Error {
   readonly stackTrace: string | undefined;
   /** In a stream: the sequence of the chunk the error answers. */
   readonly sequence: number | undefined;
+  /** What the client suggests doing about it, when it has something to add; `message` ends with it. */
+  hint: string | undefined;
 
   constructor(init: RemoteMediaErrorInit) {
     super(init.message, init.cause === undefined ? undefined : { cause: init.cause });
@@ -95,6 +97,7 @@ export class RemoteMediaError extends Error {
     this.supportedVersions = init.supportedVersions ?? [];
     this.stackTrace = init.stackTrace || undefined;
     this.sequence = init.sequence;
+    this.hint = undefined;
   }
 
   /** The limit a RESOURCE_LIMIT error names (`max_timeout_ms`, `max_message_bytes`, ...), when it names one. */
