@@ -18,6 +18,13 @@ import {
 export const MAX_CHANNELS = 256;
 
 /**
+ * `Audio.fromChannels` refuses more arrays than this when they are shorter than their count:
+ * those are frames (one array per sample instant), not channels. Up to 7.1 (8 channels), a
+ * short chunk passes as it is.
+ */
+export const LAYOUT_CHECK_CHANNELS = 8;
+
+/**
  * Interleaved multi-channel audio (L, R, L, R, ... for stereo). The typed array decides the
  * sample format: `Float32Array` is f32, `Int16Array` i16, `Int32Array` i32.
  */
@@ -42,11 +49,22 @@ export class Audio<S extends Samples = Samples> {
     this.channels = channels;
   }
 
-  /** Interleaves one array per channel (all of the same length and type). */
+  /**
+   * Interleaves one array per channel (all of the same length and type): channels first, as Web
+   * Audio's `getChannelData(i)` and most decoders give them. More than 8 arrays, each shorter
+   * than their count, are refused as one array per frame; interleave those into `new Audio`.
+   */
   static fromChannels<S extends Samples>(channels: readonly S[], sampleRate: number): Audio<S> {
     const first = channels[0];
     if (first === undefined) throw invalid("at least one channel is required");
     const frames = first.length;
+    if (channels.length > LAYOUT_CHECK_CHANNELS && frames < channels.length) {
+      throw invalid(
+        `Audio.fromChannels takes one array per channel, but got ${channels.length} arrays of ${frames} samples: ` +
+          `these look like frames (one array per sample instant); pass one array per channel, or the ` +
+          `interleaved samples with their channel count: new Audio(samples, rate, ${frames})`,
+      );
+    }
     const out = new (first.constructor as new (n: number) => S)(frames * channels.length);
     channels.forEach((channel, c) => {
       if (channel.length !== frames || channel.constructor !== first.constructor) {

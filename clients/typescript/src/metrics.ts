@@ -9,7 +9,9 @@ export interface NodeMetrics {
   memoryBytes: number;
   /** Input samples processed, all channels. */
   samplesProcessed: number;
-  /** Node-specific figures; always has `runtime` ("rust" or "python"). */
+  /** Node-specific figures (the wire's `custom_metrics`); always has `runtime` ("rust" or "python"). */
+  customMetrics: Record<string, unknown>;
+  /** The same object as `customMetrics`, by its shorter name. */
   custom: Record<string, unknown>;
 }
 
@@ -34,11 +36,13 @@ export function executionMetrics(m: WireExecutionMetrics | undefined): Execution
   if (m === undefined) return { wallTimeMs: 0, cpuTimeMs: 0, memoryUsedBytes: 0, serializationTimeMs: 0, nodes: {} };
   const nodes: Record<string, NodeMetrics> = {};
   for (const [id, n] of Object.entries(m.nodeMetrics)) {
+    const custom = jsonObject(n.customMetrics);
     nodes[id] = {
       executionTimeMs: n.executionTimeMs,
       memoryBytes: Number(n.memoryBytes),
       samplesProcessed: Number(n.samplesProcessed),
-      custom: jsonObject(n.customMetrics),
+      customMetrics: custom,
+      custom,
     };
   }
   return {

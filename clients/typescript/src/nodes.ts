@@ -38,6 +38,18 @@ export type AudioChunkerParams = { chunk_ms: number; chunk_samples?: never } | {
 
 export type GainParams = { gain_db?: number; gain?: never } | { gain: number; gain_db?: never };
 
+/** The built-in node types, by their full names (each also has an alias without "Node", except the Python-only ones). */
+export type BuiltinNodeType =
+  | "AudioResampleNode"
+  | "VADNode"
+  | "FormatConverterNode"
+  | "ChannelMixerNode"
+  | "AudioChunkerNode"
+  | "GainNode"
+  | "PassThroughNode"
+  | "BandpassFilterNode"
+  | "LoudnessNode";
+
 /**
  * Where a node runs: "auto" prefers the native implementation, "rust" requires it, "cpython"
  * requires the Python one (run by the server's embedded interpreter).

@@ -12,6 +12,7 @@ import {
 import type {
   AudioChunkerParams,
   AudioResampleParams,
+  BuiltinNodeType,
   ChannelMixerParams,
   FormatConverterParams,
   GainParams,
@@ -61,6 +62,18 @@ export interface PipelineConfig {
 export interface NodeOptions {
   runtime?: Runtime;
 }
+
+/** A node type: a built-in one (offered by editors) or any other registered type, such as a plug-in. */
+export type NodeType = BuiltinNodeType | (string & {});
+
+/**
+ * The id argument of `Pipeline.node`: any string except a built-in node type's name, so that
+ * `node("GainNode", "gain")` (the type first, as in the Python client's `Node(type, id)`) fails
+ * to compile instead of making a node of type "gain".
+ */
+export type NodeId<I extends string> = I extends BuiltinNodeType
+  ? `the node id comes first: node(id, type, params); "${I}" is a node type`
+  : I;
 
 /**
  * The JSON manifest, as the Python client writes it: what `JSON.stringify(pipeline)` writes and
@@ -125,8 +138,17 @@ export class Pipeline {
     return this.#edges;
   }
 
-  /** Adds a node of any registered type; `params` is the node's JSON parameter object. */
-  node(type: string, id: string, params: Record<string, unknown> = {}, options: NodeOptions = {}): this {
+  /**
+   * Adds node `id` of any registered `type`; `params` is the node's JSON parameter object. The
+   * id comes first, as in the typed helpers (`gain(id, params)`); a built-in type's name given
+   * as the id is a compile error.
+   */
+  node<const I extends string>(
+    id: NodeId<I>,
+    type: NodeType,
+    params: Record<string, unknown> = {},
+    options: NodeOptions = {},
+  ): this {
     const index = this.#nodes.length;
     if (id === "") throw validationError([{ field: `nodes[${index}].id`, description: "node ids must not be empty" }]);
     const other = this.#nodes.findIndex((n) => n.id === id);
@@ -140,31 +162,31 @@ export class Pipeline {
   }
 
   resample(id: string, params: AudioResampleParams, options?: NodeOptions): this {
-    return this.node("AudioResampleNode", id, { ...params }, options);
+    return this.node(id, "AudioResampleNode", { ...params }, options);
   }
 
   vad(id: string, params: VADParams = {}, options?: NodeOptions): this {
-    return this.node("VADNode", id, { ...params }, options);
+    return this.node(id, "VADNode", { ...params }, options);
   }
 
   formatConverter(id: string, params: FormatConverterParams, options?: NodeOptions): this {
-    return this.node("FormatConverterNode", id, { ...params }, options);
+    return this.node(id, "FormatConverterNode", { ...params }, options);
   }
 
   channelMixer(id: string, params: ChannelMixerParams, options?: NodeOptions): this {
-    return this.node("ChannelMixerNode", id, { ...params }, options);
+    return this.node(id, "ChannelMixerNode", { ...params }, options);
   }
 
   chunker(id: string, params: AudioChunkerParams, options?: NodeOptions): this {
-    return this.node("AudioChunkerNode", id, { ...params }, options);
+    return this.node(id, "AudioChunkerNode", { ...params }, options);
   }
 
   gain(id: string, params: GainParams = {}, options?: NodeOptions): this {
-    return this.node("GainNode", id, { ...params }, options);
+    return this.node(id, "GainNode", { ...params }, options);
   }
 
   passThrough(id: string, options?: NodeOptions): this {
-    return this.node("PassThroughNode", id, {}, options);
+    return this.node(id, "PassThroughNode", {}, options);
   }
 
   /** Connects `from`'s output port to `to`'s input port (default ports "output" and "input"). */
@@ -269,7 +291,7 @@ export class Pipeline {
       const params = nodeParams(raw["params"], `nodes[${i}].params`, id, problems);
       const runtime = runtimeOf(raw["runtime_hint"], `nodes[${i}].runtime_hint`, id, problems);
       if (declared.get(id) === i && params !== undefined && runtime !== undefined) {
-        p.node(text(raw["node_type"] ?? raw["type"]), id, params, { runtime });
+        p.node(id, text(raw["node_type"] ?? raw["type"]), params, { runtime });
       }
     });
     const added = new Set(p.nodes.map((n) => n.id));

@@ -14,7 +14,14 @@ export function formatOf(samples: Samples): SampleFormat {
   if (samples instanceof Float32Array) return "f32";
   if (samples instanceof Int16Array) return "i16";
   if (samples instanceof Int32Array) return "i32";
-  throw validationError([{ field: "audio", description: "samples must be a Float32Array, Int16Array or Int32Array" }]);
+  const given: unknown = samples;
+  let hint = "";
+  if (Array.isArray(given)) {
+    hint = given.some((x) => ArrayBuffer.isView(x) || Array.isArray(x))
+      ? ": for one array per channel, use Audio.fromChannels(channels, rate)"
+      : ": wrap a plain array of numbers, e.g. Float32Array.from(values)";
+  }
+  throw validationError([{ field: "audio", description: `samples must be a Float32Array, Int16Array or Int32Array${hint}` }]);
 }
 
 export function toWireFormat(format: SampleFormat): AudioFormat {

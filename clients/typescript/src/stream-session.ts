@@ -202,10 +202,11 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
   }
 
   /**
-   * Results in the server's order. A node that failed on one chunk throws that chunk's
-   * NODE_EXECUTION error (with its `sequence`); the session goes on, and a new `for await` over
-   * the session continues with the next result. Leaving a loop early with `break` cancels the
-   * stream.
+   * Results in the server's order. A node that failed on one chunk makes `next()` throw that
+   * chunk's NODE_EXECUTION error (with its `sequence`). Like any exception, that ends a
+   * `for await` loop, but not the session: it stays open, and iterating again (another
+   * `for await`, or `next()`) continues with the next chunk's result. Leaving a loop early
+   * (`break`, `return`, or an exception thrown by the loop's body) cancels the stream.
    */
   [Symbol.asyncIterator](): AsyncIterator<PipelineResult> {
     return {

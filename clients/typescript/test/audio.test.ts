@@ -77,3 +77,22 @@ test("toFloat32 scales integers as the server's format converter does", () => {
   assert.equal(f.toFloat32(), f);
   assert.equal(new Audio(new Float32Array(8_000 * 2), 8_000, 2).durationSeconds, 1);
 });
+
+test("fromChannels refuses one array per frame, the layout of frames-first data, and says what to pass", () => {
+  // 160 frames of stereo given as 160 arrays of 2 samples would be 160 channels of 2 frames.
+  const frames = Array.from({ length: 160 }, (_, i) => Float32Array.from([i / 160, -i / 160]));
+  const e = validationOf(() => Audio.fromChannels(frames, 16_000));
+  assert.match(e.message, /160 arrays of 2 samples/);
+  assert.match(e.message, /one array per channel/);
+  assert.match(e.message, /new Audio\(samples, rate, 2\)/);
+  // Short chunks of real layouts pass: one frame of stereo, two frames of 7.1.
+  assert.equal(Audio.fromChannels([Float32Array.of(0.1), Float32Array.of(0.2)], 48_000).frames, 1);
+  assert.equal(Audio.fromChannels(Array.from({ length: 8 }, () => new Float32Array(2)), 48_000).channels, 8);
+});
+
+test("plain arrays are refused with what to pass instead", () => {
+  const numbers = validationOf(() => new Audio([0.1, 0.2] as unknown as Float32Array, 8_000));
+  assert.match(numbers.message, /Float32Array\.from\(values\)/);
+  const channels = validationOf(() => new Audio([new Float32Array(2), new Float32Array(2)] as unknown as Float32Array, 8_000));
+  assert.match(channels.message, /Audio\.fromChannels/);
+});

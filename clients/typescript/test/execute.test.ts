@@ -48,7 +48,8 @@ describe("execute", () => {
     const gain = result.metrics.nodes["gain"];
     assert.ok(gain);
     assert.equal(gain.samplesProcessed, 480);
-    assert.equal(gain.custom["runtime"], "rust");
+    assert.equal(gain.customMetrics["runtime"], "rust");
+    assert.equal(gain.custom, gain.customMetrics, "custom is the same object by its shorter name");
     assert.ok(result.metrics.wallTimeMs > 0);
   });
 
@@ -128,7 +129,7 @@ describe("errors", () => {
   test("an invalid pipeline is a VALIDATION error listing every violation", async () => {
     const pipeline = new Pipeline("broken")
       .passThrough("in")
-      .node("NoSuchNode", "ghost")
+      .node("ghost", "NoSuchNode")
       .gain("a", { gain: 2 })
       .gain("b", { gain: 2 })
       .connect("in", "a")

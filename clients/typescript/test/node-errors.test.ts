@@ -18,7 +18,7 @@ after(async () => {
   assert.equal(await server.stop(), 0);
 });
 
-const raising = new Pipeline("raising").node("RaiseNode", "boom", { kind: "ValueError", message: "bad chunk" }).configure({ maxRetries: 0 });
+const raising = new Pipeline("raising").node("boom", "RaiseNode", { kind: "ValueError", message: "bad chunk" }).configure({ maxRetries: 0 });
 const input = new Audio(new Float32Array(32), 16_000);
 
 function assertNodeFailure(e: unknown): asserts e is RemoteMediaError {
@@ -43,6 +43,8 @@ test("a node failing on one chunk fails that chunk only; iteration goes on to th
   for (let i = 0; i < 3; i++) await session.send(input);
   await session.close();
 
+  // Each chunk's error ends the `for await` loop it is thrown into, not the session: iterating
+  // again goes on with the next chunk.
   const failed: number[] = [];
   for (;;) {
     try {
@@ -51,6 +53,7 @@ test("a node failing on one chunk fails that chunk only; iteration goes on to th
     } catch (e) {
       assertNodeFailure(e);
       failed.push(e.sequence ?? -1);
+      if (e.sequence !== 2) assert.notEqual(session.state, "ended", `the session went on after chunk ${e.sequence}`);
     }
   }
 

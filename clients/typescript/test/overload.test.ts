@@ -28,7 +28,7 @@ after(async () => {
 async function occupy(client: RemoteMediaClient, name: string): Promise<{ done: Promise<unknown>; release: () => void }> {
   const marker = join(dir, `${name}.started`);
   const release = join(dir, `${name}.release`);
-  const gated = new Pipeline(name).node("GateNode", "gate", { marker, release });
+  const gated = new Pipeline(name).node("gate", "GateNode", { marker, release });
   const done = client.execute(gated, { audio: { gate: new Audio(new Float32Array(16), 8_000) }, limits: { maxTimeoutMs: 30_000 } });
   await waitFor("the gate to hold the execution slot", () => existsSync(marker));
   return {
@@ -88,7 +88,7 @@ test("the client's default deadline ends a call that runs too long as DEADLINE_E
   const client = createClient({ address: server.address, timeoutMs: 300, retry: false });
   const release = join(dir, "deadline.release");
   try {
-    const gated = new Pipeline("slow").node("GateNode", "gate", { marker: join(dir, "deadline.started"), release });
+    const gated = new Pipeline("slow").node("gate", "GateNode", { marker: join(dir, "deadline.started"), release });
     await assert.rejects(client.execute(gated, { audio: { gate: input }, limits: { maxTimeoutMs: 30_000 } }), (e: unknown) => {
       assert.ok(e instanceof RemoteMediaError);
       assert.equal(e.kind, "DEADLINE_EXCEEDED");

@@ -129,3 +129,20 @@ test("the builder refuses duplicate ids and connections to missing nodes as it g
     ["connections[0].from", "connections[0].to"],
   );
 });
+
+test("node() takes the id first, as the typed helpers do, and a built-in type given as the id does not compile", () => {
+  const p = new Pipeline("any").node("gate", "GateNode", { release: "x" }).node("gain", "GainNode", { gain_db: -6 });
+  assert.deepEqual(
+    p.nodes.map((n) => [n.id, n.type]),
+    [
+      ["gate", "GateNode"],
+      ["gain", "GainNode"],
+    ],
+  );
+  assert.deepEqual(p.toProto().nodes[1], new Pipeline("any").gain("gain", { gain_db: -6 }).toProto().nodes[0]);
+  // The Python client's order, Node(type, id), is a type error here (checked by the build).
+  // @ts-expect-error the node id comes first
+  new Pipeline("swapped").node("GainNode", "gain");
+  // @ts-expect-error the node id comes first
+  new Pipeline("swapped").node("AudioResampleNode", "rs", { output_rate: 16_000 });
+});
