@@ -161,6 +161,15 @@ async def test_numpy_formats_and_layouts_come_back_as_sent(api: Api) -> None:
     np.testing.assert_array_equal(out.to_numpy()[:, 0], np.round(mono.astype(np.float64) * 2**31).clip(-(2**31), 2**31 - 1))
 
 
+async def test_plain_lists_run_and_channels_first_arrays_are_refused_before_any_call(api: Api) -> None:
+    result = await api.call("run", Pipeline.chain(GainNode("g", gain=2)), [0.25, -0.125], sample_rate=8_000)
+    np.testing.assert_array_equal(result.output().to_numpy(), np.array([0.5, -0.25], np.float32))
+    stereo = np.stack([tone(0.01), tone(0.01)])  # (2, 160): channels first
+    with pytest.raises(ValidationError) as info:
+        await api.call("run", Pipeline.chain(PassThroughNode("p")), stereo, sample_rate=RATE)
+    assert info.value.code is None and "look channels-first" in info.value.violations[0].description
+
+
 async def test_output_nodes_return_intermediate_audio(api: Api) -> None:
     x = tone(0.1)
     result = await api.call("run", speech_pipeline(), {"in": x}, sample_rate=RATE, output_nodes=["vad"])
@@ -290,6 +299,31 @@ async def test_stream_file_returns_a_minute_of_audio_in_order(api: Api, tmp_path
     assert [(round(seg.start_s), round(seg.end_s)) for seg in segments] == [(10, 20)]
 
 
+async def test_a_ten_minute_file_too_large_for_one_request_names_both_ways_out(api: Api, tmp_path: Path) -> None:
+    path = tmp_path / "ten-minutes.wav"
+    soundfile.write(path, np.zeros(600 * 48_000, np.int16), 48_000, subtype="PCM_16")
+    p = Pipeline.chain(GainNode("g", gain_db=-6))
+    with pytest.raises(ResourceLimitError) as info:
+        await api.call("run", p, AudioBuffer.from_file(path))  # 28.8 M float32 samples: 110 MiB
+    e = info.value
+    assert e.limit == "max_message_bytes" and e.hint is not None
+    assert str(e) == f"{e.message}\n{e.hint}"
+    assert "client.stream_file(path, pipeline)" in e.hint and "limits=ResourceLimits(" in e.hint
+    # The first way out: the same file, streamed.
+    results = await api.stream_file(path, p, chunk_ms=1_000, dtype=AudioBuffer.file_format(path))
+    out = AudioBuffer.concatenate([r.audio["g"] for r in results if "g" in r.audio])
+    assert (out.frames, out.format) == (600 * 48_000, "i16")
+
+    # Four minutes as int16 fit in one message but not in the default samples limit; the second
+    # way out: a higher limit for the request.
+    four = AudioBuffer.from_file(path, dtype="i16").samples[: 240 * 48_000]
+    with pytest.raises(ResourceLimitError) as info:
+        await api.call("run", p, four, sample_rate=48_000)
+    assert info.value.limit == "max_audio_samples" and "limits=ResourceLimits(max_audio_samples=...)" in str(info.value)
+    result = await api.call("run", p, four, sample_rate=48_000, limits=ResourceLimits(max_audio_samples=12_000_000))
+    assert result.output().frames == 240 * 48_000
+
+
 # --- errors: every class from a real server answer ---------------------------------------------
 
 PRODUCED: set[type[RemoteMediaError]] = set()
@@ -334,6 +368,7 @@ async def test_a_limit_above_the_servers_cap_names_the_cap(api: Api) -> None:
     with pytest.raises(ResourceLimitError) as info:
         await api.call("run", Pipeline.chain(GainNode("g")), tone(0.01), sample_rate=RATE, limits=ResourceLimits(max_timeout_ms=10**7))
     assert info.value.limit == "max_timeout_ms" and info.value.retry_delay is None
+    assert info.value.hint is None  # the request's own limit is the problem, not its length
 
 
 @produces(ResourceLimitError)

@@ -59,6 +59,48 @@ def test_arrays_the_service_would_refuse_raise_validation_error(array: np.ndarra
         AudioBuffer.from_numpy(array, rate)
 
 
+@pytest.mark.parametrize("frames", [160, 16_000])
+def test_a_channels_first_array_is_refused_with_what_to_do(frames: int) -> None:
+    left, right = np.zeros(frames, np.float32), np.full(frames, 0.5, np.float32)
+    stacked = np.stack([left, right])  # (2, frames), as torchaudio and librosa return
+    with pytest.raises(ValidationError) as info:
+        AudioBuffer.from_numpy(stacked, 16_000)
+    message = str(info.value)
+    assert f"shape (2, {frames}) look channels-first" in message
+    assert "audio.T" in message and "channels_first=True" in message
+
+
+def test_the_layout_can_be_stated_and_short_frames_by_channels_chunks_pass() -> None:
+    left, right = np.zeros(160, np.float32), np.full(160, 0.5, np.float32)
+    stereo = AudioBuffer.from_numpy(np.stack([left, right]), 16_000, channels_first=True)
+    assert (stereo.frames, stereo.channels) == (160, 2)
+    np.testing.assert_array_equal(stereo.to_numpy()[:, 1], right)
+    assert stereo.to_pb().samples[:8] == np.array([0.0, 0.5], "<f4").tobytes()  # interleaved L, R
+    wide = AudioBuffer.from_numpy(np.zeros((2, 160), np.float32), 16_000, channels_first=False)
+    assert (wide.frames, wide.channels) == (2, 160)
+    # The last chunk of a file may have fewer frames than channels: up to 8 channels, it passes.
+    assert AudioBuffer.from_numpy(np.zeros((1, 2), np.float32), 48_000).channels == 2
+    assert AudioBuffer.from_numpy(np.zeros((2, 8), np.int16), 48_000).channels == 8
+
+
+def test_a_file_with_more_channels_than_its_last_chunk_has_frames_reads_whole(tmp_path: Path) -> None:
+    path = tmp_path / "array.wav"
+    soundfile.write(path, np.zeros((321, 16), np.float32), 16_000)
+    chunks = list(AudioBuffer.iter_file(path, chunk_ms=20))
+    assert [(c.frames, c.channels) for c in chunks] == [(320, 16), (1, 16)]
+
+
+def test_plain_lists_are_samples_and_lists_of_ints_say_what_to_pass() -> None:
+    mono = AudioBuffer.from_numpy([0.5, -0.5, 0.25], 8_000)
+    assert (mono.format, mono.frames, mono.channels) == ("f32", 3, 1)
+    frames = AudioBuffer.from_numpy([[0.5, -0.5], [0.25, 0.0]], 8_000)
+    assert (frames.frames, frames.channels) == (2, 2)
+    with pytest.raises(ValidationError, match=r"a list of Python ints has no sample format.*np\.int16"):
+        AudioBuffer.from_numpy([0, 1000, -1000], 8_000)
+    with pytest.raises(ValidationError, match="a numpy array or a list of numbers"):
+        AudioBuffer.from_numpy([[0.5, 0.5], [0.5]], 8_000)
+
+
 def test_a_wire_buffer_whose_length_disagrees_is_refused() -> None:
     bad = pb.AudioBuffer(samples=b"\x00" * 6, sample_rate=8_000, channels=1, format=pb.AUDIO_FORMAT_F32, num_samples=2)
     with pytest.raises(ValidationError, match="6 bytes do not hold 2 f32 samples"):
@@ -76,6 +118,29 @@ def test_sound_files_round_trip(tmp_path: Path, suffix: str, fmt: str) -> None:
     back = AudioBuffer.from_file(path, dtype=fmt)  # type: ignore[arg-type]
     assert back.sample_rate == 22_050
     np.testing.assert_array_equal(back.to_numpy(), samples)
+
+
+@pytest.mark.parametrize(
+    ("subtype", "fmt"),
+    [("PCM_U8", "i16"), ("PCM_16", "i16"), ("PCM_24", "i32"), ("PCM_32", "i32"), ("FLOAT", "f32"), ("ULAW", "i16")],
+)
+def test_a_files_own_sample_format_is_the_one_that_holds_it(tmp_path: Path, subtype: str, fmt: str) -> None:
+    path = tmp_path / "x.wav"
+    soundfile.write(path, np.zeros(100, np.float32), 8_000, subtype=subtype)
+    assert AudioBuffer.file_format(path) == fmt
+
+
+def test_any_format_soundfile_writes_is_written_keeping_the_sample_format_where_it_can(tmp_path: Path) -> None:
+    buf = AudioBuffer.from_numpy((np.sin(np.arange(8_000) / 8) * 10_000).astype(np.int16), 16_000)
+    for name, subtype in [("x.wav", "PCM_16"), ("x.flac", "PCM_16"), ("x.ogg", "VORBIS"), ("x.aiff", "PCM_16")]:
+        buf.to_file(tmp_path / name)
+        assert soundfile.info(str(tmp_path / name)).subtype == subtype, name
+    buf.to_file(tmp_path / "y.wav", subtype="FLOAT")
+    assert soundfile.info(str(tmp_path / "y.wav")).subtype == "FLOAT"
+    with pytest.raises(ValueError, match="OGG files cannot hold subtype 'PCM_16'; OGG takes: VORBIS, OPUS"):
+        buf.to_file(tmp_path / "z.ogg", subtype="PCM_16")
+    with pytest.raises(ValueError, match=r"cannot tell which sound file format to write for .*z\.audio.*WAV"):
+        buf.to_file(tmp_path / "z.audio")
 
 
 def test_a_file_is_read_in_chunks_of_the_asked_length(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from remotemedia_client import (
     Connection,
     GainNode,
     Node,
+    NodeMetrics,
     PassThroughNode,
     Pipeline,
     PipelineConfig,
@@ -77,6 +78,24 @@ def test_typed_nodes_spell_out_their_parameters() -> None:
     assert VADNode("v", threshold_db=-40, frame_ms=20).params == {"threshold_db": -40, "frame_ms": 20}
     assert AudioChunkerNode("c", chunk_ms=20).params == {"chunk_ms": 20}
     assert GainNode("g", runtime="cpython").runtime is Runtime.CPYTHON
+
+
+def test_the_runtime_is_runtime_and_the_manifests_name_for_it_points_there() -> None:
+    assert Node("GainNode", "g", runtime="rust", gain_db=-6).to_dict() == {
+        "id": "g",
+        "node_type": "GainNode",
+        "params": {"gain_db": -6},
+        "runtime_hint": "rust",
+    }
+    with pytest.raises(TypeError, match=r"runtime_hint is the manifest's name .* pass runtime='rust'"):
+        Node("GainNode", "g", runtime_hint="rust")
+    assert Node("PlugInNode", "p", params={"runtime_hint": 1}).params == {"runtime_hint": 1}
+
+
+def test_node_metrics_carry_custom_metrics_under_the_wires_name_and_as_custom() -> None:
+    m = NodeMetrics.from_pb(pb.NodeMetrics(execution_time_ms=0.5, custom_metrics='{"runtime": "rust", "samples_over_full_scale": 3}'))
+    assert m.custom_metrics == {"runtime": "rust", "samples_over_full_scale": 3}
+    assert m.custom is m.custom_metrics and m.runtime == "rust"
 
 
 def test_validation_reports_every_violation_at_once() -> None:

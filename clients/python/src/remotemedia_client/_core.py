@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
-import numpy as np
 import numpy.typing as npt
 
 from remotemedia_client import pb
@@ -22,6 +21,7 @@ from remotemedia_client.errors import (
     DeadlineExceededError,
     PipelineCancelledError,
     RemoteMediaError,
+    ResourceLimitError,
     ValidationError,
     VersionMismatchError,
     Violation,
@@ -43,7 +43,8 @@ DEFAULT_TIMEOUT = 60.0
 # How early, at most, a server may see a deadline pass: the grpc-timeout header it gets is rounded.
 DEADLINE_SLACK = 0.01
 
-AudioInput = AudioBuffer | npt.NDArray[Any]
+#: Audio for one node: an AudioBuffer, or samples (a numpy array or a list of floats) with a sample rate.
+AudioInput = AudioBuffer | npt.NDArray[Any] | Sequence[float] | Sequence[Sequence[float]]
 Compression = Literal["gzip", "deflate"]
 
 
@@ -172,7 +173,7 @@ def to_audio(value: AudioInput, sample_rate: int | None, what: str) -> AudioBuff
     if isinstance(value, AudioBuffer):
         return value
     if sample_rate is None:
-        raise ValidationError.of([Violation(what, "a numpy array needs sample_rate= (or pass an AudioBuffer)")])
+        raise ValidationError.of([Violation(what, "samples given as an array or a list need sample_rate= (or pass an AudioBuffer)")])
     return AudioBuffer.from_numpy(value, sample_rate)
 
 
@@ -200,7 +201,8 @@ def execute_request(
     p = as_pipeline(pipeline)
     problems = p.violations()
     audio: dict[str, AudioBuffer] = {}
-    if isinstance(inputs, (AudioBuffer, np.ndarray)):
+    if inputs is not None and not isinstance(inputs, Mapping):
+        # One input (an AudioBuffer, an array, a list of samples) for the only source node.
         try:
             audio[default_source(p, "inputs")] = to_audio(inputs, sample_rate, "inputs")
         except ValidationError as e:
@@ -240,6 +242,41 @@ def execute_request(
     if limits is not None:
         request.resource_limits.CopyFrom(limits.to_pb())
     return request
+
+
+# Limits a long input runs into, and the ResourceLimits field that raises each (None: only the
+# server's operator can).
+_LENGTH_LIMITS: dict[str, str | None] = {
+    "max_message_bytes": None,
+    "max_audio_samples": "max_audio_samples",
+    "max_memory_bytes": "max_memory_bytes",
+    "max_timeout_ms": "max_timeout_ms",
+}
+
+
+def explain_length_limit(err: RemoteMediaError, request: pb.ExecuteRequest) -> RemoteMediaError:
+    """Sets the ``hint`` of a :class:`ResourceLimitError` that a long input ran into (message
+    size, samples, memory, time) to the ways past it: streaming, and
+    ``limits=ResourceLimits(...)`` where a request may raise that limit itself. A limit the
+    request set itself gets no hint: its value, or the server's cap on it, is the problem.
+    Returns ``err``."""
+    if not isinstance(err, ResourceLimitError) or err.limit not in _LENGTH_LIMITS:
+        return err
+    field = _LENGTH_LIMITS[err.limit or ""]
+    if field is not None and request.HasField("resource_limits") and getattr(request.resource_limits, field):
+        return err
+    samples = sum(b.num_samples for b in request.audio_inputs.values())
+    size = sum(len(b.samples) for b in request.audio_inputs.values())
+    stream = "send long audio in chunks instead: client.stream_file(path, pipeline) for a file, client.stream(pipeline) for arrays"
+    if field is None:
+        raise_it = (
+            "limits=ResourceLimits(max_audio_samples=..., max_memory_bytes=..., max_timeout_ms=...) raises the other "
+            "per-request limits up to the server's caps, but not the message size, which is the server's --max-message-bytes"
+        )
+    else:
+        raise_it = f"or raise the limit for this request with limits=ResourceLimits({field}=...), up to the server's cap"
+    err.hint = f"The request carries {samples:,} samples ({size / 2**20:.1f} MiB): {stream}; {raise_it}."
+    return err
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -33,10 +33,11 @@ from remotemedia_client._core import (
     check_version,
     execute_request,
     execute_result,
+    explain_length_limit,
 )
 from remotemedia_client._log import log
-from remotemedia_client.audio import AudioBuffer
-from remotemedia_client.errors import PipelineCancelledError, RemoteMediaError, from_rpc_error, merge
+from remotemedia_client.audio import AudioBuffer, SampleFormat
+from remotemedia_client.errors import PipelineCancelledError, RemoteMediaError, ResourceLimitError, from_rpc_error, merge
 from remotemedia_client.pipeline import Node, Pipeline
 from remotemedia_client.results import Result, StreamStats
 from remotemedia_client.retry import RetryPolicy
@@ -135,7 +136,10 @@ class AsyncClient:
             )
             return response
 
-        return execute_result(await self._call("ExecutePipeline", attempt, timeout, retry))
+        try:
+            return execute_result(await self._call("ExecutePipeline", attempt, timeout, retry))
+        except ResourceLimitError as e:
+            raise explain_length_limit(e, request) from None
 
     async def execute(self, request: pb.ExecuteRequest, *, timeout: float | None = None) -> pb.ExecuteResponse:
         """The raw ``ExecutePipeline`` call; see :meth:`remotemedia_client.Client.execute`."""
@@ -179,6 +183,7 @@ class AsyncClient:
         source: str | None = None,
         timeout: float | None = None,
         max_pending: int = 8,
+        dtype: SampleFormat = "f32",
     ) -> AsyncIterator[Result]:
         """Streams a sound file through ``pipeline`` in chunks of ``chunk_ms`` and yields the
         results in order; see :meth:`remotemedia_client.Client.stream_file`."""
@@ -187,7 +192,7 @@ class AsyncClient:
 
             async def feed() -> None:
                 try:
-                    chunks = AudioBuffer.iter_file(path, chunk_ms=chunk_ms)
+                    chunks = AudioBuffer.iter_file(path, chunk_ms=chunk_ms, dtype=dtype)
                     for chunk in chunks:
                         await s.send(chunk)
                     await s.close()

@@ -7,6 +7,7 @@ arrays are shaped frames × channels (or 1-D for mono), dtype float32, int16 or 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ _FROM_PB: dict[int, SampleFormat] = {pb.AUDIO_FORMAT_F32: "f32", pb.AUDIO_FORMAT
 # soundfile reads and writes these dtypes; the names double as its `dtype` argument.
 _SOUNDFILE_DTYPE: dict[str, str] = {"f32": "float32", "i16": "int16", "i32": "int32"}
 MAX_CHANNELS = 256
+#: A 2-D array with more columns than this, and fewer rows than columns, is taken for
+#: channels × frames and refused unless ``channels_first`` says which layout it is. Up to 7.1
+#: (8 channels) a short frames × channels array (the last chunk of a file) passes as it is.
+LAYOUT_CHECK_CHANNELS = 8
 
 
 def _format_of(dtype: np.dtype[Any]) -> SampleFormat | None:
@@ -36,6 +41,29 @@ def _format_of(dtype: np.dtype[Any]) -> SampleFormat | None:
         if dtype.kind == want.kind and dtype.itemsize == want.itemsize:
             return name  # type: ignore[return-value]
     return None
+
+
+def sound_file_format(path: str | os.PathLike[str], *, subtype: str | None = None, format: str | None = None) -> str:
+    """The soundfile format :meth:`AudioBuffer.to_file` writes ``path`` in: ``format``, else the
+    one its extension names (``"OGG"`` for ``x.ogg``). Raises ``ValueError`` naming the choices
+    when that is no format soundfile writes, or ``subtype`` is not one the format takes."""
+    name = os.fspath(path)
+    container = (format or os.path.splitext(name)[1].lstrip(".")).upper()
+    formats = soundfile.available_formats()
+    if container not in formats:
+        raise ValueError(
+            f"cannot tell which sound file format to write for {name!r}: "
+            f"use an extension or a format soundfile writes ({', '.join(sorted(formats))})"
+        )
+    if subtype is not None and not soundfile.check_format(container, subtype.upper()):
+        choices = ", ".join(soundfile.available_subtypes(container))
+        raise ValueError(f"{container} files cannot hold subtype {subtype!r}; {container} takes: {choices}")
+    return container
+
+
+def _looks_channels_first(shape: tuple[int, ...]) -> bool:
+    rows, cols = shape
+    return cols > LAYOUT_CHECK_CHANNELS and rows < cols
 
 
 def _bad(description: str) -> ValidationError:
@@ -60,25 +88,51 @@ class AudioBuffer:
     # --- construction -----------------------------------------------------------------------
 
     @classmethod
-    def from_numpy(cls, array: npt.ArrayLike, sample_rate: int) -> AudioBuffer:
-        """Wraps an array of samples: 1-D (mono) or frames × channels.
+    def from_numpy(cls, array: npt.ArrayLike, sample_rate: int, *, channels_first: bool | None = None) -> AudioBuffer:
+        """Wraps samples: a 1-D array (mono) or a 2-D array shaped frames × channels.
 
-        float32, int16 and int32 are kept as they are; float64 is converted to float32. Any other
-        dtype, a sample rate that is not positive, no channels, more than 256 channels, or NaN/Inf
-        samples raise :class:`ValidationError`.
+        ``array`` may be a numpy array or a plain list of floats (a list of lists is read as
+        rows of the 2-D layout). float32, int16 and int32 are kept as they are; float64 is
+        converted to float32.
+
+        ``channels_first`` states the layout of a 2-D array: ``True`` for channels × frames (what
+        torchaudio and librosa return; it is transposed), ``False`` for frames × channels. Left
+        ``None``, frames × channels is assumed, and an array with more than
+        :data:`LAYOUT_CHECK_CHANNELS` columns and fewer rows than columns (``(2, 16000)``) is
+        refused as most likely channels-first: say which layout it is.
+
+        Raises :class:`ValidationError` for any other dtype (plain Python ints included, which
+        carry no sample format), a sample rate that is not a positive integer, a channels-first
+        looking array, no channels, more than 256 channels, or NaN/Inf samples.
         """
-        arr = np.asarray(array)
+        try:
+            arr = np.asarray(array)
+        except ValueError as e:
+            raise _bad(f"samples must be a numpy array or a list of numbers; {e}") from None
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         fmt = _format_of(arr.dtype)
         if fmt is None:
-            raise _bad(f"samples must be float32, int16 or int32 (or float64, converted to float32), got {arr.dtype}")
+            hint = ""
+            if not isinstance(array, np.ndarray) and arr.dtype.kind in "iu":
+                hint = " (a list of Python ints has no sample format: pass floats in [-1, 1], or np.array(values, dtype=np.int16))"
+            raise _bad(f"samples must be float32, int16 or int32 (or float64, converted to float32), got {arr.dtype}{hint}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
             raise _bad(f"sample_rate must be a positive integer, got {sample_rate!r}")
         if arr.ndim == 1:
             arr = arr.reshape(-1, 1)
         elif arr.ndim != 2:
             raise _bad(f"samples must be 1-D (mono) or frames × channels, got shape {arr.shape}")
+        elif channels_first:
+            arr = arr.T
+        elif channels_first is None and _looks_channels_first(arr.shape):
+            rows, cols = arr.shape
+            raise _bad(
+                f"samples of shape {arr.shape} look channels-first ({rows} channels × {cols} frames, as torchaudio and "
+                f"librosa return them), but arrays are read as frames × channels: pass audio.T, or "
+                f"AudioBuffer.from_numpy(audio, rate, channels_first=True); channels_first=False takes them as "
+                f"{cols} channels of {rows} frames"
+            )
         if not 1 <= arr.shape[1] <= MAX_CHANNELS:
             raise _bad(f"channels must be between 1 and {MAX_CHANNELS}, got {arr.shape[1]}")
         if fmt == "f32" and arr.size and not np.isfinite(arr).all():
@@ -106,7 +160,7 @@ class AudioBuffer:
         """Reads a sound file (WAV, FLAC, anything libsndfile reads) through soundfile."""
 
         data, rate = soundfile.read(os.fspath(path), dtype=_SOUNDFILE_DTYPE[dtype], always_2d=True)
-        return cls.from_numpy(data, int(rate))
+        return cls.from_numpy(data, int(rate), channels_first=False)
 
     @staticmethod
     def iter_file(path: str | os.PathLike[str], *, chunk_ms: float = 20, dtype: SampleFormat = "f32") -> Iterator[AudioBuffer]:
@@ -117,21 +171,44 @@ class AudioBuffer:
             rate = int(f.samplerate)
             for block in f.blocks(blocksize=frames, dtype=_SOUNDFILE_DTYPE[dtype], always_2d=True):
                 if len(block):
-                    yield AudioBuffer.from_numpy(block, rate)
+                    yield AudioBuffer.from_numpy(block, rate, channels_first=False)
 
-    def to_file(self, path: str | os.PathLike[str], *, subtype: str | None = None) -> None:
-        """Writes a sound file; the container follows the extension (``.wav``, ``.flac``).
+    def to_file(self, path: str | os.PathLike[str], *, subtype: str | None = None, format: str | None = None) -> None:
+        """Writes a sound file in any format soundfile writes (WAV, FLAC, OGG, AIFF, MP3, ...):
+        ``format`` (soundfile's name, ``"OGG"``), else the one the extension names.
 
-        ``subtype`` is soundfile's (``"PCM_16"``, ``"FLOAT"``, ...); by default WAV keeps the
-        sample format (float32 → FLOAT, int16 → PCM_16, int32 → PCM_32) and FLAC, which has no
-        float samples, uses PCM_24 for float32 and int32.
+        ``subtype`` is soundfile's (``"PCM_16"``, ``"FLOAT"``, ``"VORBIS"``, ...). By default the
+        sample format is kept where the format can hold it (float32 → FLOAT, int16 → PCM_16,
+        int32 → PCM_32; FLAC, which has no float samples, takes PCM_24 for float32 and int32),
+        and otherwise the format's own default is used (VORBIS for OGG). Raises ``ValueError``
+        naming the choices when the format or the subtype is not one soundfile writes.
         """
 
         name = os.fspath(path)
+        container = sound_file_format(name, subtype=subtype, format=format)
         if subtype is None:
-            flac = name.lower().endswith(".flac")
+            flac = container == "FLAC"
             subtype = {"f32": "PCM_24" if flac else "FLOAT", "i16": "PCM_16", "i32": "PCM_24" if flac else "PCM_32"}[self.format]
-        soundfile.write(name, self._samples, self._sample_rate, subtype=subtype)
+            if not soundfile.check_format(container, subtype):
+                subtype = soundfile.default_subtype(container)
+            if subtype is None:
+                choices = ", ".join(soundfile.available_subtypes(container))
+                raise ValueError(f"{container} files have no default subtype; name one of: {choices}")
+        soundfile.write(name, self._samples, self._sample_rate, subtype=subtype.upper(), format=container)
+
+    @staticmethod
+    def file_format(path: str | os.PathLike[str]) -> SampleFormat:
+        """The sample format that holds a sound file's samples without loss or waste: ``"i16"``
+        for 8- and 16-bit integer files (and μ-law, A-law, ADPCM), ``"i32"`` for 20- to 32-bit
+        integer files, ``"f32"`` for float and lossy formats (FLOAT, DOUBLE, VORBIS, MP3, ...)."""
+
+        subtype = soundfile.info(os.fspath(path)).subtype
+        bits = re.fullmatch(r"(?:PCM|ALAC|DPCM|DWVW)_(?:S|U)?(\d+)", subtype)
+        if bits is not None:
+            return "i16" if int(bits.group(1)) <= 16 else "i32"
+        if subtype in ("ULAW", "ALAW") or subtype.endswith("ADPCM") or subtype.startswith(("G72", "GSM")):
+            return "i16"
+        return "f32"
 
     # --- views ------------------------------------------------------------------------------
 

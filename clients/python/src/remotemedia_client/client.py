@@ -33,10 +33,11 @@ from remotemedia_client._core import (
     check_version,
     execute_request,
     execute_result,
+    explain_length_limit,
 )
 from remotemedia_client._log import log
-from remotemedia_client.audio import AudioBuffer
-from remotemedia_client.errors import PipelineCancelledError, RemoteMediaError, from_rpc_error, merge
+from remotemedia_client.audio import AudioBuffer, SampleFormat
+from remotemedia_client.errors import PipelineCancelledError, RemoteMediaError, ResourceLimitError, from_rpc_error, merge
 from remotemedia_client.pipeline import Node, Pipeline
 from remotemedia_client.results import Result, StreamStats
 from remotemedia_client.retry import RetryPolicy
@@ -140,24 +141,33 @@ class Client:
         """Runs ``pipeline`` once and returns its :class:`Result`.
 
         ``inputs`` is the audio for the pipeline's only source node (an :class:`AudioBuffer`,
-        or a numpy array with ``sample_rate``), or a mapping of node id to audio. ``data``
-        maps node ids to JSON-serialisable values for their ``data`` port. ``output_nodes``
-        returns the outputs of non-sink nodes too. Errors raise
-        :class:`~remotemedia_client.errors.RemoteMediaError` subclasses; the pipeline is
-        checked here first, so a broken one raises ``ValidationError`` without a call.
+        or samples with ``sample_rate``: a numpy array, 1-D or frames × channels, or a list of
+        floats), or a mapping of node id to audio. ``data`` maps node ids to JSON-serialisable
+        values for their ``data`` port. ``output_nodes`` returns the outputs of non-sink nodes
+        too. ``limits`` lowers or raises this request's memory, time and samples-per-buffer
+        limits up to the server's caps (``ResourceLimits(max_audio_samples=30_000_000)``).
+
+        Errors raise :class:`~remotemedia_client.errors.RemoteMediaError` subclasses; the
+        pipeline is checked here first, so a broken one raises ``ValidationError`` without a
+        call. Input too long for one request (message size, samples, memory or time) raises
+        ``ResourceLimitError`` whose ``hint`` names the ways past it: :meth:`stream_file` or
+        :meth:`stream`, and ``limits``.
         """
         request = execute_request(
             self.settings, pipeline, inputs, sample_rate=sample_rate, data=data, output_nodes=output_nodes, limits=limits
         )
-        response = self._call(
-            "ExecutePipeline",
-            lambda t: self._stub.ExecutePipeline(
-                request, metadata=self.settings.metadata(), timeout=t, compression=self.settings.grpc_compression()
-            ),
-            timeout,
-            retry,
-        )
-        return execute_result(response)
+        try:
+            response = self._call(
+                "ExecutePipeline",
+                lambda t: self._stub.ExecutePipeline(
+                    request, metadata=self.settings.metadata(), timeout=t, compression=self.settings.grpc_compression()
+                ),
+                timeout,
+                retry,
+            )
+            return execute_result(response)
+        except ResourceLimitError as e:
+            raise explain_length_limit(e, request) from None
 
     def execute(self, request: pb.ExecuteRequest, *, timeout: float | None = None) -> pb.ExecuteResponse:
         """The raw ``ExecutePipeline`` call with a hand-built request: the client's headers,
@@ -209,15 +219,18 @@ class Client:
         source: str | None = None,
         timeout: float | None = None,
         max_pending: int = 8,
+        dtype: SampleFormat = "f32",
     ) -> Iterator[Result]:
         """Streams a sound file through ``pipeline`` in chunks of ``chunk_ms`` and yields the
-        results in order (one per chunk, then the flushed remainder, if any)."""
+        results in order (one per chunk, then the flushed remainder, if any). The file is read
+        as ``dtype`` samples (``AudioBuffer.file_format(path)`` keeps its own format). Files of
+        any length go through: each request carries one chunk."""
         with self.stream(pipeline, source=source, timeout=timeout, max_pending=max_pending) as s:
             failure: list[BaseException] = []
 
             def feed() -> None:
                 try:
-                    for chunk in AudioBuffer.iter_file(path, chunk_ms=chunk_ms):
+                    for chunk in AudioBuffer.iter_file(path, chunk_ms=chunk_ms, dtype=dtype):
                         s.send(chunk)
                     s.close()
                 except BaseException as e:  # noqa: BLE001 - handed to the consumer below

@@ -64,6 +64,8 @@ class RemoteMediaError(Exception):
         context: the error's JSON context (in-band) or ``ErrorInfo.metadata`` (statuses).
         retry_delay: seconds the server asked the client to wait before retrying, when it did.
         sequence: for a stream, the chunk sequence the error answers.
+        hint: what this client suggests doing about it (``None`` when it has nothing to add);
+            ``str(error)`` is the message followed by the hint.
     """
 
     def __init__(
@@ -85,9 +87,10 @@ class RemoteMediaError(Exception):
         self.context: dict[str, Any] = dict(context or {})
         self.retry_delay = retry_delay
         self.sequence = sequence
+        self.hint: str | None = None
 
     def __str__(self) -> str:
-        return self.message
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
 
     def __repr__(self) -> str:
         code = f", code={self.code.name}" if self.code is not None else ""

@@ -118,9 +118,12 @@ class Node:
     """A node of any registered type: ``Node("GainNode", id="gain", gain_db=-6)``.
 
     Parameters are keyword arguments (or ``params={...}`` for names that clash with the
-    constructor's). Without an ``id`` the node gets one from its type when it is added to a
-    pipeline (``GainNode`` → ``gain``, then ``gain_2``, ...). The typed classes in
-    :mod:`remotemedia_client.nodes` spell out the built-in nodes' parameters.
+    constructor's). ``runtime`` says where the node runs (:class:`Runtime` or its name:
+    ``"auto"``, ``"rust"``, ``"cpython"``); the manifest calls it ``runtime_hint``, and
+    ``runtime_hint=`` here raises ``TypeError`` pointing at ``runtime=``. Without an ``id`` the
+    node gets one from its type when it is added to a pipeline (``GainNode`` → ``gain``, then
+    ``gain_2``, ...). The typed classes in :mod:`remotemedia_client.nodes` spell out the
+    built-in nodes' parameters.
     """
 
     def __init__(
@@ -132,6 +135,11 @@ class Node:
         params: Mapping[str, Any] | None = None,
         **kw_params: Any,
     ) -> None:
+        if "runtime_hint" in kw_params:
+            raise TypeError(
+                f"runtime_hint is the manifest's name for where a node runs; pass runtime={kw_params['runtime_hint']!r} "
+                "(auto, rust or cpython), or params={'runtime_hint': ...} for a node parameter of that name"
+            )
         self.type = node_type
         self.id: str = id or ""
         self.runtime = Runtime.parse(runtime)

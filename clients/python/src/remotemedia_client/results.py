@@ -44,17 +44,25 @@ class Segment:
 
 @dataclass(frozen=True)
 class NodeMetrics:
-    """One node's figures: time in the node, bytes of its outputs, input samples processed,
-    and node-specific ``custom`` figures (``custom["runtime"]`` is ``"rust"`` or ``"python"``)."""
+    """One node's figures, named as the wire's ``NodeMetrics`` names them: time in the node
+    (ms), bytes of its outputs, input samples processed (all channels), and the node-specific
+    ``custom_metrics`` (``custom_metrics["runtime"]`` is ``"rust"`` or ``"python"``; ``custom``
+    is the same dict)."""
 
     execution_time_ms: float
     memory_bytes: int
     samples_processed: int
-    custom: dict[str, Any] = field(default_factory=dict)
+    custom_metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def custom(self) -> dict[str, Any]:
+        """``custom_metrics``, by its shorter name."""
+        return self.custom_metrics
 
     @property
     def runtime(self) -> str | None:
-        value = self.custom.get("runtime")
+        """Where the node ran: ``"rust"`` or ``"python"``."""
+        value = self.custom_metrics.get("runtime")
         return str(value) if value is not None else None
 
     @classmethod
