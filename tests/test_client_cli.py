@@ -139,3 +139,75 @@ def test_exit_codes_tell_usage_connection_refusal_and_pipeline_errors_apart(
     assert failed.returncode == 5
     error = as_json(failed)["error"]
     assert error["type"] == "ValidationError" and error["violations"][0]["field"] == "nodes[0].node_type"
+
+
+def test_a_ten_minute_16_bit_file_stays_16_bit_and_an_over_limit_run_names_the_ways_out(server: RunningServer, tmp_path: Path) -> None:
+    ten = tmp_path / "ten.wav"
+    soundfile.write(ten, np.full(600 * 48_000, 1_000, np.int16), 48_000, subtype="PCM_16")
+    Pipeline.chain(GainNode("g", gain_db=-6)).save(tmp_path / "gain.json")
+    args = ("--address", server.address, "--json", "run", str(tmp_path / "gain.json"), "-i", str(ten), "-o", str(tmp_path / "out.wav"))
+
+    # 28.8 M int16 samples fit in one message (float32 would not), but not in the samples limit.
+    refused = remotemedia(*args)
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    error = as_json(refused)["error"]
+    assert error["type"] == "ResourceLimitError" and error["limit"] == "max_audio_samples"
+    assert f"remotemedia stream {tmp_path / 'gain.json'} --input {ten}" in error["hint"]
+    assert "--max-audio-samples N" in error["hint"]
+
+    done = remotemedia(*args, "--max-audio-samples", "30000000", "--max-memory-bytes", "400000000", "--max-timeout-ms", "30000")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert as_json(done)["audio"]["g"]["format"] == "i16"
+    info = soundfile.info(str(tmp_path / "out.wav"))
+    assert (info.subtype, info.frames) == ("PCM_16", 600 * 48_000)
+    assert np.all(soundfile.read(str(tmp_path / "out.wav"), dtype="int16", frames=1_000)[0] == 501)  # 1000 × 10^(-6/20)
+
+
+def test_output_files_take_any_format_and_subtype_soundfile_writes(server: RunningServer, tmp_path: Path) -> None:
+    soundfile.write(tmp_path / "in.wav", tone(0.5, 16_000, start=0, stop=0.5), 16_000, subtype="PCM_16")
+    Pipeline.chain(GainNode("g", gain_db=-6)).save(tmp_path / "gain.json")
+    base = ("--address", server.address, "run", str(tmp_path / "gain.json"), "-i", str(tmp_path / "in.wav"))
+
+    for output, options, subtype in [
+        ("out.ogg", (), "VORBIS"),
+        ("out.flac", (), "PCM_16"),
+        ("f32.wav", ("--sample-format", "f32"), "FLOAT"),
+        ("24.wav", ("--subtype", "PCM_24"), "PCM_24"),
+    ]:
+        done = remotemedia(*base, "-o", str(tmp_path / output), *options)
+        assert done.returncode == 0, done.stderr
+        assert soundfile.info(str(tmp_path / output)).subtype == subtype, output
+
+    streamed = remotemedia(
+        "--address", server.address, "stream", str(tmp_path / "gain.json"), "-i", str(tmp_path / "in.wav"),
+        "-o", str(tmp_path / "streamed.wav"), "--subtype", "PCM_U8",
+    )  # fmt: skip
+    assert streamed.returncode == 0, streamed.stderr
+    assert soundfile.info(str(tmp_path / "streamed.wav")).subtype == "PCM_U8"
+
+    # Impossible outputs are usage errors before anything runs, naming the choices.
+    wrong_subtype = remotemedia(*base, "-o", str(tmp_path / "x.ogg"), "--subtype", "PCM_16")
+    assert wrong_subtype.returncode == 2 and "OGG takes: VORBIS, OPUS" in " ".join(wrong_subtype.stderr.split())
+    unknown = remotemedia(*base, "-o", str(tmp_path / "x.sound"))
+    said = " ".join(unknown.stderr.split())
+    assert unknown.returncode == 2 and "cannot tell which sound file format" in said and "FLAC" in said
+
+
+@pytest.mark.parametrize("args", [("nodes",), ("--json", "nodes"), ("version",), ("health",)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(server: RunningServer, args: tuple[str, ...]) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `remotemedia nodes | head -1` once head has exited: every write fails with EPIPE
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEMEDIA_")}
+    try:
+        done = subprocess.run(
+            [str(CLI), "--address", server.address, *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")

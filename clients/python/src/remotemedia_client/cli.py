@@ -10,7 +10,14 @@ Exit codes (also in ``remotemedia --help``):
 4  refused: a missing or wrong token, or a protocol version the server does not speak
 5  pipeline error: the pipeline or its inputs are invalid, a node failed, a limit was hit,
    or the work was cancelled
+141 the reader of stdout went away (``remotemedia nodes | head -1``): stopped quietly, as a
+   Unix tool that SIGPIPE ends
 == ======================================================================================
+
+``run`` sends each input file whole, in one request, and never streams on its own: a stream
+runs the nodes chunk by chunk, which changes what some of them report (loudness, per-chunk
+data) and cannot carry ``--data`` or several inputs. A file over the server's limits fails with
+exit code 5 and a message naming ``remotemedia stream`` and the ``--max-*`` options.
 """
 
 from __future__ import annotations
@@ -30,14 +37,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from remotemedia_client import __version__
-from remotemedia_client._core import ADDRESS_ENV, DEFAULT_ADDRESS, TLS, TOKEN_ENV
+from remotemedia_client._core import ADDRESS_ENV, DEFAULT_ADDRESS, TLS, TOKEN_ENV, ResourceLimits
 from remotemedia_client._log import enable_logging
-from remotemedia_client.audio import AudioBuffer
+from remotemedia_client.audio import AudioBuffer, SampleFormat, sound_file_format
 from remotemedia_client.client import Client
 from remotemedia_client.errors import (
     AuthenticationError,
     DeadlineExceededError,
     RemoteMediaError,
+    ResourceLimitError,
     ServiceUnavailableError,
     ValidationError,
     VersionMismatchError,
@@ -46,6 +54,9 @@ from remotemedia_client.pipeline import Pipeline
 from remotemedia_client.results import Result, Segment
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_CONNECTION, EXIT_REFUSED, EXIT_PIPELINE = 0, 1, 2, 3, 4, 5
+#: Exit status when the reader of stdout went away: what a shell reports for a tool that
+#: SIGPIPE ended (128 + 13).
+EXIT_BROKEN_PIPE = 141
 #: Files at least this long get a progress bar while they stream.
 PROGRESS_MIN_SECONDS = 10.0
 
@@ -61,6 +72,10 @@ exit codes:
   3  connection error: server unreachable, draining or not serving, deadline passed
   4  refused: missing or wrong token, unsupported protocol version
   5  pipeline error: invalid pipeline or inputs, node failure, limit hit, cancelled
+  141 stdout closed early (| head): stopped quietly
+
+run sends each file whole, in one request; files over the server's limits need
+--max-audio-samples (and the other --max-* options) or `remotemedia stream`.
 """
 
 
@@ -106,9 +121,16 @@ def _parser() -> argparse.ArgumentParser:
         help="sound file for the source node (repeat for several sources)",
     )
     run.add_argument(
-        "--output", "-o", action="append", default=[], metavar="[NODE=]PATH", help="write a node's audio output to a WAV/FLAC file"
+        "--output", "-o", action="append", default=[], metavar="[NODE=]PATH", help="write a node's audio output to a sound file"
     )
     run.add_argument("--data", action="append", default=[], metavar="NODE=JSON", help="JSON value for a node's data port")
+    _audio_options(run)
+    limits = run.add_argument_group(
+        "limits", "raise (or lower) this request's limits, up to the server's caps; files over them are better streamed"
+    )
+    limits.add_argument("--max-audio-samples", type=_positive_int, metavar="N", help="samples per input buffer, all channels")
+    limits.add_argument("--max-memory-bytes", type=_positive_int, metavar="N", help="memory the pipeline may hold")
+    limits.add_argument("--max-timeout-ms", type=_positive_int, metavar="MS", help="time the pipeline may take")
 
     stream = sub.add_parser(
         "stream",
@@ -117,10 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("manifest", help="pipeline manifest (JSON)")
     stream.add_argument("--input", "-i", required=True, metavar="PATH", help="sound file to stream")
-    stream.add_argument("--output", "-o", metavar="[NODE=]PATH", help="write the streamed audio output to a WAV/FLAC file")
+    stream.add_argument("--output", "-o", metavar="[NODE=]PATH", help="write the streamed audio output to a sound file")
     stream.add_argument("--node", metavar="NODE", help="node the chunks go to (default: the only source node)")
     stream.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length in milliseconds (default: %(default)s)")
     stream.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    _audio_options(stream)
 
     sub.add_parser("version", help="the server's versions and whether it speaks this client's protocol")
     health = sub.add_parser("health", help="the server's health status (exit 0 when SERVING, else 3)")
@@ -129,11 +152,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _audio_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group("sound files")
+    group.add_argument(
+        "--sample-format",
+        choices=("file", "f32", "i16", "i32"),
+        default="file",
+        help="samples sent to the server: the input file's own (default: 16-bit stays 16-bit), or this format",
+    )
+    group.add_argument(
+        "--subtype",
+        metavar="SUBTYPE",
+        help="sample encoding of the output file, as soundfile names it (PCM_16, PCM_24, FLOAT, VORBIS, ...); "
+        "default: the output's sample format where the file format holds it, else the format's default",
+    )
+
+
+#: The limits `run` can raise with options, by the name the server gives them.
+_LIMIT_OPTIONS = {
+    "max_audio_samples": "--max-audio-samples",
+    "max_memory_bytes": "--max-memory-bytes",
+    "max_timeout_ms": "--max-timeout-ms",
+}
+
+
+class _Console(Console):
+    """rich's Console, with a reader that went away reported as ``BrokenPipeError``, which
+    :func:`main` turns into the quiet exit every command makes then (rich would exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 class _Cli:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False)
+        self.out = _Console(highlight=False, soft_wrap=True)
+        self.err = _Console(stderr=True, highlight=False)
 
     def client(self) -> Client:
         a = self.args
@@ -201,7 +267,7 @@ class _Cli:
         inputs: dict[str, AudioBuffer] = {}
         for spec in self.args.input:
             node, path = self.target(spec, ids, pipeline, "--input")
-            inputs[node] = self.read(path)
+            inputs[node] = self.read(path, self.args.sample_format)
         data = {}
         for spec in self.args.data:
             node, _, text = spec.partition("=")
@@ -210,8 +276,21 @@ class _Cli:
             except json.JSONDecodeError as e:
                 raise UsageError(f"--data {spec!r}: not JSON: {e}") from None
         outputs = [self.target(spec, ids, pipeline, "--output", sinks=True) for spec in self.args.output]
+        for _, path in outputs:
+            self.check_output(path)
+        a = self.args
+        limits = None
+        if a.max_audio_samples or a.max_memory_bytes or a.max_timeout_ms:
+            limits = ResourceLimits(
+                max_audio_samples=a.max_audio_samples, max_memory_bytes=a.max_memory_bytes, max_timeout_ms=a.max_timeout_ms
+            )
         with self.client() as c:
-            result = c.run(pipeline, inputs, data=data, output_nodes=[n for n, _ in outputs if n in ids])
+            try:
+                result = c.run(pipeline, inputs, data=data, output_nodes=[n for n, _ in outputs if n in ids], limits=limits)
+            except ResourceLimitError as e:
+                if e.hint is not None:
+                    e.hint = self.limit_hint(e)
+                raise
         written = {}
         for node, path in outputs:
             if node not in result.audio:
@@ -237,6 +316,8 @@ class _Cli:
         if self.args.node is not None and self.args.node not in ids:
             raise UsageError(f"--node {self.args.node!r}: no such node (nodes: {', '.join(sorted(ids))})")
         output = self.target(self.args.output, ids, pipeline, "--output", sinks=True) if self.args.output else None
+        if output is not None:
+            self.check_output(output[1])
         chunk_frames = max(1, round(info.samplerate * self.args.chunk_ms / 1000))
         chunks = -(-info.frames // chunk_frames)
         show = not self.args.json and not self.args.no_progress and info.duration >= PROGRESS_MIN_SECONDS
@@ -255,7 +336,8 @@ class _Cli:
         )
         with self.client() as c, progress:
             task = progress.add_task(Path(path).name, total=chunks)
-            for result in c.stream_file(path, pipeline, chunk_ms=self.args.chunk_ms, source=self.args.node):
+            dtype = self.sample_format(path, self.args.sample_format)
+            for result in c.stream_file(path, pipeline, chunk_ms=self.args.chunk_ms, source=self.args.node, dtype=dtype):
                 results += 1
                 progress.update(task, completed=min(chunks, results))
                 if output is not None and output[0] in result.audio:
@@ -313,18 +395,46 @@ class _Cli:
         return candidates[0], spec
 
     @staticmethod
-    def read(path: str) -> AudioBuffer:
+    def sample_format(path: str, choice: str) -> SampleFormat:
+        """``--sample-format``: the file's own format for ``file``, else the one named."""
+        if choice != "file":
+            return choice  # type: ignore[return-value]
         try:
-            return AudioBuffer.from_file(path)
+            return AudioBuffer.file_format(path)
         except Exception as e:  # noqa: BLE001 - soundfile raises several types for unreadable files
             raise UsageError(f"cannot read {path}: {e}") from None
 
-    @staticmethod
-    def write(buf: AudioBuffer, path: str) -> None:
+    def read(self, path: str, choice: str) -> AudioBuffer:
+        dtype = self.sample_format(path, choice)
         try:
-            buf.to_file(path)
+            return AudioBuffer.from_file(path, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - soundfile raises several types for unreadable files
+            raise UsageError(f"cannot read {path}: {e}") from None
+
+    def check_output(self, path: str) -> None:
+        """Refuses an output file that cannot be written before any work is done."""
+        try:
+            sound_file_format(path, subtype=self.args.subtype)
+        except ValueError as e:
+            raise UsageError(f"--output {path}: {e}") from None
+
+    def write(self, buf: AudioBuffer, path: str) -> None:
+        try:
+            buf.to_file(path, subtype=self.args.subtype)
         except Exception as e:  # noqa: BLE001 - soundfile raises several types
             raise UsageError(f"cannot write {path}: {e}") from None
+
+    def limit_hint(self, e: ResourceLimitError) -> str:
+        """What to do about a file too long for one request, in this command's terms."""
+        inputs = " ".join(f"--input {spec}" for spec in self.args.input)
+        stream = f"stream the file instead (remotemedia stream {self.args.manifest} {inputs} ...), which sends it in chunks"
+        option = _LIMIT_OPTIONS.get(e.limit or "")
+        if option is None:
+            others = ", ".join(_LIMIT_OPTIONS.values())
+            return (
+                f"{stream}; {others} raise the other limits of a request, but the message size is the server's own (--max-message-bytes)."
+            )
+        return f"{stream}, or raise the limit with {option} N (up to the server's cap)."
 
     @staticmethod
     def summary(result: Result, written: dict[str, str]) -> dict[str, Any]:
@@ -368,6 +478,25 @@ class _Cli:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`remotemedia nodes | head -1`): stop quietly, as Unix tools do,
+        # and keep the interpreter's final flush of stdout from reporting the same pipe again.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (an embedding); nothing will flush into a pipe
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.verbose:
         enable_logging("DEBUG" if args.verbose > 1 else "INFO")
@@ -383,7 +512,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra["violations"] = [{"field": v.field, "description": v.description} for v in e.violations]
         if isinstance(e, VersionMismatchError):
             extra["supported_versions"] = e.supported_versions
-        message = str(e)
+        if isinstance(e, ResourceLimitError):
+            extra["limit"] = e.limit
+        if e.hint is not None:
+            extra["hint"] = e.hint
+        message = str(e) if not args.json else e.message
         trace = getattr(e, "traceback", None)
         if trace and not args.json:
             message += "\n" + str(trace).rstrip()
