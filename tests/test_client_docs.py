@@ -1,5 +1,7 @@
-"""The Python client's documentation runs as written: the README's examples and the files in
-clients/python/examples, against a started server found through REMOTEMEDIA_ADDRESS."""
+"""The Python documentation runs as written: the READMEs' client examples and the files in
+clients/python/examples, against a started server found through REMOTEMEDIA_ADDRESS, and the
+plug-in node of docs/python-nodes.md, loaded by a server. (The TypeScript blocks are run by
+clients/typescript/test/docs.test.ts.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import REPO, RunningServer
+from conftest import REPO, RunningServer, start_server
+
+from remotemedia_client import Client, Node, Pipeline
 
 EXAMPLES = REPO / "clients" / "python" / "examples"
 
@@ -21,6 +25,10 @@ def readme_python_blocks() -> list[str]:
     text = (REPO / "README.md").read_text()
     section = text.split("\n## Python client\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
 def run_python(code: str, server: RunningServer, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -50,6 +58,27 @@ def test_the_readme_streaming_example_runs_unchanged(server: RunningServer, tmp_
     # 50 chunks of 20 ms at 48 kHz, resampled to 16 kHz: one result per chunk and the flushed tail.
     assert [int(sequence) for sequence, _ in rows] == list(range(51))
     assert sum(int(frames) for _, frames in rows) == 16_000
+
+
+def test_the_package_readme_example_runs_unchanged(server: RunningServer, tmp_path: Path) -> None:
+    [block] = python_blocks(REPO / "clients" / "python" / "README.md")
+    done = run_python(block, server, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["(16000,) []"]
+
+
+def test_the_plug_in_node_of_the_python_nodes_guide_loads_and_runs(tmp_path: Path) -> None:
+    [block] = python_blocks(REPO / "docs" / "python-nodes.md")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "invert.py").write_text(block)
+    s = start_server("--python-nodes-path", str(plugins))
+    try:
+        with Client(s.address) as client:
+            result = client.run(Pipeline.chain(Node("Invert", "inv", strength=0.5)), np.array([0.5, -0.25], np.float32), sample_rate=8_000)
+        np.testing.assert_array_equal(result.output().to_numpy(), np.array([-0.25, 0.125], np.float32))
+    finally:
+        assert s.stop() == 0
 
 
 @pytest.mark.parametrize("name", ["speech_segments.py", "stream_async.py"])
