@@ -126,10 +126,10 @@ where
             .call(http::Request::from_parts(parts, Body::new(shared)))
             .map(move |r| {
                 r.map(|response| {
-                    if is_refusal(&response) {
-                        if let Some(body) = rest.take() {
-                            linger(body);
-                        }
+                    if is_refusal(&response)
+                        && let Some(body) = rest.take()
+                    {
+                        linger(body);
                     }
                     rewrite_codec_status(rpc, response)
                 })
