@@ -81,6 +81,15 @@ def test_the_plug_in_node_of_the_python_nodes_guide_loads_and_runs(tmp_path: Pat
         assert s.stop() == 0
 
 
+def test_the_manifest_of_the_pipelines_guide_loads_and_runs(server: RunningServer, tmp_path: Path) -> None:
+    [block] = re.findall(r"```json\n(.*?)```", (REPO / "docs" / "pipelines.md").read_text(), flags=re.DOTALL)
+    (tmp_path / "denoise.json").write_text(block)
+    pipeline = Pipeline.load(tmp_path / "denoise.json")
+    with Client(server.address) as client:
+        result = client.run(pipeline, np.full(4, 0.5, np.float32), sample_rate=16_000)
+    np.testing.assert_allclose(result.output("gain").to_numpy(), 0.5 * 10 ** (-3 / 20), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["speech_segments.py", "stream_async.py"])
 def test_the_examples_run_as_written(server: RunningServer, tmp_path: Path, name: str) -> None:
     done = run_python((EXAMPLES / name).read_text(), server, tmp_path)
