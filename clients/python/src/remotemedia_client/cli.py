@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import soundfile
 from rich.console import Console
@@ -398,7 +398,7 @@ class _Cli:
     def sample_format(path: str, choice: str) -> SampleFormat:
         """``--sample-format``: the file's own format for ``file``, else the one named."""
         if choice != "file":
-            return choice  # type: ignore[return-value]
+            return cast(SampleFormat, choice)  # argparse's choices are the three formats and "file"
         try:
             return AudioBuffer.file_format(path)
         except Exception as e:  # noqa: BLE001 - soundfile raises several types for unreadable files
