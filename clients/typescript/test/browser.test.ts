@@ -76,3 +76,33 @@ test("without the token the page shows the AUTHENTICATION error, after the versi
   assert.match(shown.version, /compatible/);
   assert.match(shown.error, /^AUTHENTICATION: /);
 });
+
+test("a 69 MB gRPC-Web request from the page is answered with its RESOURCE_EXHAUSTED status", async () => {
+  const tab = await browser.newPage();
+  try {
+    await tab.goto(pageUrl);
+    // 180 s of 48 kHz stereo f32 in one message frame, past the server's 64 MiB cap.
+    const answer = await tab.evaluate(
+      async ({ url, token }) => {
+        const size = 180 * 48_000 * 2 * 4 + 79;
+        const body = new Uint8Array(5 + size);
+        new DataView(body.buffer).setUint32(1, size);
+        try {
+          const r = await fetch(`${url}/remotemedia.v1.PipelineService/ExecutePipeline`, {
+            method: "POST",
+            headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", authorization: `Bearer ${token}` },
+            body,
+          });
+          return { status: r.headers.get("grpc-status"), message: decodeURIComponent(r.headers.get("grpc-message") ?? "") };
+        } catch (e) {
+          return { status: null, message: String(e) };
+        }
+      },
+      { url: server.url, token: TOKEN },
+    );
+    assert.equal(answer.status, "8", answer.message);
+    assert.match(answer.message, /max_message_bytes/);
+  } finally {
+    await tab.close();
+  }
+});
