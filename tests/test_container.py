@@ -51,9 +51,9 @@ PROJECT = "remotemedia-test"
 SERVICE = "remotemedia"
 # The compose health check's start period (30 s) and interval (10 s), with room to spare.
 HEALTHY_WITHIN_S = 120.0
-# Budget for the image (Debian, Python 3.11, numpy, scipy, the server): catches build inputs
-# left in its layers.
-IMAGE_SIZE_BUDGET = 600_000_000
+# The image's size budget (389 MB measured, BENCHMARKS.md): outgrowing it is a decision to make
+# when adding a dependency, not something to find out later.
+IMAGE_SIZE_BUDGET = 500_000_000
 
 pytestmark = pytest.mark.skipif(not IMAGE, reason="needs the built image and a Docker engine: make test-docker")
 
@@ -192,7 +192,7 @@ def call_metadata(target: Target) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {target.token}")]
 
 
-def test_the_image_runs_the_built_image_with_its_settings(composed: Composed) -> None:
+def test_the_container_runs_the_built_image_with_its_settings(composed: Composed) -> None:
     container = json.loads(subprocess.run(["docker", "inspect", composed.container], capture_output=True, text=True, check=True).stdout)[0]
     image = json.loads(subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, text=True, check=True).stdout)[0]
     assert container["Image"] == image["Id"]
