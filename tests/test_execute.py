@@ -41,7 +41,8 @@ def test_validation_errors_are_in_band_with_every_violation(server: RunningServe
     assert err.error_type == pb.ERROR_TYPE_VALIDATION
     fields = {v["field"] for v in violations(err)}
     assert fields == {"nodes[0].node_type", "nodes[1].params.gain_db", "connections[0].to"}
-    assert "available types:" in err.message
+    assert err.message.count("available node types:") == 1
+    assert "GainNode" in json.loads(err.context)["available_node_types"]
 
 
 def test_params_that_are_not_json_are_an_error(server: RunningServer) -> None:

@@ -7,6 +7,8 @@
 //! - [`grpc`]: the tonic service, interceptors, limits, error mapping, server life cycle
 //! - [`config`]: typed configuration from flags, environment and a TOML file
 //! - [`telemetry`], [`shutdown`], [`probe`]: logging, signals, the health probe
+//! - [`json`]: strict parsing of client JSON (duplicate keys refused)
+//! - [`text`]: bounded text for messages that quote what clients sent
 //! - `proto`: the generated `remotemedia.v1` messages and service stubs
 //!
 //! [`run`] serves until a shutdown future resolves; tests call [`grpc::bind`] with port 0 and
@@ -16,11 +18,13 @@ pub mod audio;
 pub mod config;
 pub mod graph;
 pub mod grpc;
+pub mod json;
 pub mod nodes;
 pub mod probe;
 pub mod python;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 
 pub use config::Config;
 pub use grpc::{BoundServer, ServerError, bind, run};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::nodes::NodeError;
+use crate::text;
 
 /// One thing wrong with a manifest or a request, with the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,43 +18,89 @@ pub struct Violation {
 }
 
 impl Violation {
+    /// A violation of `field`. Both are cut to a bounded length ([`text`]): they often quote
+    /// what the client sent.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), node_id: None, message: message.into() }
+        Self {
+            field: bounded(field.into(), 2 * text::MAX_QUOTED_BYTES),
+            node_id: None,
+            message: bounded(message.into(), text::MAX_MESSAGE_BYTES),
+        }
     }
 
     pub fn on_node(mut self, node_id: impl Into<String>) -> Self {
-        self.node_id = Some(node_id.into());
+        self.node_id = Some(bounded(node_id.into(), text::MAX_QUOTED_BYTES));
         self
     }
 }
 
+fn bounded(s: String, max: usize) -> String {
+    match text::clip(&s, max) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
+/// Violations named in an error's message; the rest are counted (all of them are in the
+/// error's details).
+const LISTED_VIOLATIONS: usize = 8;
+/// Node types named in an error's message.
+const LISTED_NODE_TYPES: usize = 64;
+
 /// Every violation found in a manifest and its inputs, reported together.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ValidationError {
     pub violations: Vec<Violation>,
+    /// The node types the server knows, when a violation names an unknown one: listed once per
+    /// error, not once per violation.
+    pub available_node_types: Vec<String>,
 }
 
 impl ValidationError {
+    pub fn new(violations: Vec<Violation>) -> Self {
+        Self { violations, available_node_types: Vec::new() }
+    }
+
     pub fn single(v: Violation) -> Self {
-        Self { violations: vec![v] }
+        Self::new(vec![v])
+    }
+
+    /// Puts `earlier` (problems found while decoding the request) before this error's own.
+    pub fn after(mut self, mut earlier: Vec<Violation>) -> Self {
+        earlier.append(&mut self.violations);
+        self.violations = earlier;
+        self
+    }
+}
+
+impl From<Vec<Violation>> for ValidationError {
+    fn from(violations: Vec<Violation>) -> Self {
+        Self::new(violations)
     }
 }
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.violations.as_slice() {
-            [one] => write!(f, "invalid pipeline: {}", one.message),
+            [one] => write!(f, "invalid pipeline: {}", one.message)?,
             many => {
                 write!(f, "invalid pipeline, {} problems:", many.len())?;
-                for (i, v) in many.iter().enumerate() {
-                    write!(f, " ({}) {}", i + 1, v.message)?;
+                let listed = many.len().min(LISTED_VIOLATIONS);
+                for (i, v) in many[..listed].iter().enumerate() {
+                    write!(f, " ({}) {}", i + 1, text::clip(&v.message, text::MAX_MESSAGE_BYTES / 4))?;
                     if i + 1 < many.len() {
                         f.write_str(";")?;
                     }
                 }
-                Ok(())
+                if many.len() > listed {
+                    write!(f, " and {} more", many.len() - listed)?;
+                }
             }
         }
+        if !self.available_node_types.is_empty() {
+            write!(f, " (available node types: {})", text::list(&self.available_node_types, LISTED_NODE_TYPES))?;
+        }
+        Ok(())
     }
 }
 

@@ -49,8 +49,8 @@ impl Engine {
     /// Validates `manifest` against the request and builds every node, reporting all problems
     /// (structure and parameters) together.
     pub async fn build(&self, manifest: &Manifest, shape: &RequestShape) -> Result<Pipeline, ValidationError> {
-        let (plan, mut violations) = validate(manifest, &self.registry, shape);
-        let Some(plan) = plan else { return Err(violations.into()) };
+        let (plan, mut error) = validate(manifest, &self.registry, shape);
+        let Some(plan) = plan else { return Err(error) };
 
         let created = futures::future::join_all(plan.nodes.iter().map(|n| async move {
             match &n.resolved.choice {
@@ -75,7 +75,7 @@ impl Engine {
                         } else {
                             format!("nodes[{i}].params.{}", e.param)
                         };
-                        violations.push(
+                        error.violations.push(
                             Violation::new(field, format!("node `{}` ({}): {e}", node.id, node.resolved.node_type))
                                 .on_node(&node.id),
                         );
@@ -83,10 +83,10 @@ impl Engine {
                 }
             }
         }
-        if !violations.is_empty() {
+        if !error.violations.is_empty() {
             // Report in manifest order, as the user reads the manifest.
-            violations.sort_by_key(|v| field_rank(&v.field));
-            return Err(violations.into());
+            error.violations.sort_by_key(|v| field_rank(&v.field));
+            return Err(error);
         }
         Ok(Pipeline { plan, slots, breakers: self.breakers.clone(), lost_nodes: false })
     }

@@ -7,6 +7,11 @@ use serde_json::{Map, Value};
 use super::error::{ValidationError, Violation};
 use super::manifest::{MANIFEST_VERSION, Manifest, PipelineConfig};
 use crate::nodes::{INPUT, PortName, Registry, ResolveError, Resolved, RuntimeChoice, port_name};
+use crate::text::quoted;
+
+/// Longest node id, in bytes. Ids appear in every message about their node, in logs and in
+/// metrics-free places such as `data_outputs` keys; a bound keeps all of those bounded.
+pub const MAX_NAME_BYTES: usize = 256;
 
 /// What the request feeds into the pipeline, for the checks that depend on it.
 #[derive(Debug, Clone, Default)]
@@ -66,14 +71,24 @@ impl Plan {
 }
 
 /// Checks everything that can be checked without building nodes, collecting every violation.
-/// Returns the plan for the nodes that resolved, plus the violations found.
-pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Option<Plan>, Vec<Violation>) {
+/// Returns the plan for the nodes that resolved, plus the violations found (with the available
+/// node types when one was unknown).
+pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Option<Plan>, ValidationError) {
+    let (plan, violations) = check(manifest, registry, shape);
+    let mut error = ValidationError::new(violations);
+    if manifest.nodes.iter().any(|n| !n.node_type.is_empty() && !registry.knows(&n.node_type)) {
+        error.available_node_types = registry.node_types();
+    }
+    (plan, error)
+}
+
+fn check(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Option<Plan>, Vec<Violation>) {
     let mut v = Vec::new();
 
     if manifest.version != MANIFEST_VERSION {
         v.push(Violation::new(
             "version",
-            format!("manifest version must be \"{MANIFEST_VERSION}\", got \"{}\"", manifest.version),
+            format!("manifest version must be \"{MANIFEST_VERSION}\", got \"{}\"", quoted(&manifest.version)),
         ));
     }
     if manifest.nodes.is_empty() {
@@ -91,14 +106,30 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
             v.push(
                 Violation::new(
                     field("id"),
-                    format!("node id `{}` is used by nodes[{prev}] and nodes[{i}]; ids must be unique", spec.id),
+                    format!(
+                        "node id `{}` is used by nodes[{prev}] and nodes[{i}]; ids must be unique",
+                        quoted(&spec.id)
+                    ),
                 )
                 .on_node(&spec.id),
             );
         } else {
+            if spec.id.len() > MAX_NAME_BYTES {
+                v.push(
+                    Violation::new(
+                        field("id"),
+                        format!(
+                            "node id `{}` is {} bytes long; ids may have at most {MAX_NAME_BYTES}",
+                            quoted(&spec.id),
+                            spec.id.len()
+                        ),
+                    )
+                    .on_node(&spec.id),
+                );
+            }
             first_index.insert(&spec.id, i);
         }
-        let who = if spec.id.is_empty() { format!("nodes[{i}]") } else { format!("node `{}`", spec.id) };
+        let who = if spec.id.is_empty() { format!("nodes[{i}]") } else { format!("node `{}`", quoted(&spec.id)) };
 
         let resolved = if spec.node_type.is_empty() {
             v.push(Violation::new(field("node_type"), format!("{who} has an empty node_type")).on_node(&spec.id));
@@ -108,7 +139,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
                 Ok(r) => Some(r),
                 Err(e) => {
                     let f = match e {
-                        ResolveError::UnknownType(_) => field("node_type"),
+                        ResolveError::UnknownType { .. } => field("node_type"),
                         ResolveError::Runtime(_) => field("runtime_hint"),
                     };
                     v.push(Violation::new(f, format!("{who}: {e}")).on_node(&spec.id));
@@ -137,7 +168,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
     let mut outgoing: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); manifest.nodes.len()];
     let mut seen_edges = BTreeMap::new();
     for (j, e) in manifest.connections.iter().enumerate() {
-        let label = format!("connections[{j}] ({} → {})", or_empty(&e.from), or_empty(&e.to));
+        let label = format!("connections[{j}] ({} → {})", quoted(or_empty(&e.from)), quoted(or_empty(&e.to)));
         let mut ok = true;
         for (end, id) in [("from", &e.from), ("to", &e.to)] {
             if id.is_empty() {
@@ -146,7 +177,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
             } else if index(id).is_none() {
                 v.push(Violation::new(
                     format!("connections[{j}].{end}"),
-                    format!("{label}: `{end}` names unknown node `{id}`"),
+                    format!("{label}: `{end}` names unknown node `{}`", quoted(id)),
                 ));
                 ok = false;
             }
@@ -158,7 +189,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
             v.push(
                 Violation::new(
                     format!("connections[{j}]"),
-                    format!("{label}: node `{}` is connected to itself", e.from),
+                    format!("{label}: node `{}` is connected to itself", quoted(&e.from)),
                 )
                 .on_node(&e.from),
             );
@@ -195,7 +226,10 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
         for (map, keys) in [("audio_inputs", audio), ("data_inputs", &shape.data_inputs)] {
             for id in keys {
                 if index(id).is_none() {
-                    v.push(Violation::new(format!("{map}[{id}]"), format!("{map} names unknown node `{id}`")));
+                    v.push(Violation::new(
+                        format!("{map}[{id}]"),
+                        format!("{map} names unknown node `{}`", quoted(id)),
+                    ));
                 }
             }
         }
@@ -205,10 +239,10 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
             if incoming[i].is_empty() && !fed && first_of_its_id {
                 v.push(
                     Violation::new(
-                        format!("audio_inputs[{}]", spec.id),
+                        format!("audio_inputs[{}]", quoted(&spec.id)),
                         format!(
                             "node `{}` is a source (nothing connects into it) but the request has no audio_inputs or data_inputs for it",
-                            spec.id
+                            quoted(&spec.id)
                         ),
                     )
                     .on_node(&spec.id),
@@ -222,9 +256,10 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
             Some(i) => {
                 output_nodes.insert(i);
             }
-            None => {
-                v.push(Violation::new(format!("output_nodes[{k}]"), format!("output_nodes names unknown node `{id}`")))
-            }
+            None => v.push(Violation::new(
+                format!("output_nodes[{k}]"),
+                format!("output_nodes names unknown node `{}`", quoted(id)),
+            )),
         }
     }
 
@@ -268,7 +303,7 @@ fn parse_params(text: &str) -> Result<Map<String, Value>, String> {
     if text.trim().is_empty() {
         return Ok(Map::new());
     }
-    match serde_json::from_str::<Value>(text) {
+    match crate::json::parse(text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(other) => Err(format!(
             "params must be a JSON object, got {}",
@@ -280,6 +315,7 @@ fn parse_params(text: &str) -> Result<Map<String, Value>, String> {
                 _ => "null",
             }
         )),
+        Err(e) if e.is_data() => Err(format!("params have a {e}")),
         Err(e) => Err(format!("params are not valid JSON: {e}")),
     }
 }
@@ -305,7 +341,9 @@ fn check_port(
             Violation::new(
                 field,
                 format!(
-                    "{label}: node `{id}` ({node_type}) has no {dir} port `{port}`; its {dir} ports are: {}",
+                    "{label}: node `{}` ({node_type}) has no {dir} port `{}`; its {dir} ports are: {}",
+                    quoted(id),
+                    quoted(port),
                     ports.join(", ")
                 ),
             )
@@ -391,12 +429,6 @@ fn prune_acyclic(remaining: &mut BTreeSet<usize>, incoming: &[Vec<Link>]) {
     }
 }
 
-impl From<Vec<Violation>> for ValidationError {
-    fn from(violations: Vec<Violation>) -> Self {
-        Self { violations }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,7 +440,7 @@ mod tests {
 
     fn messages(m: &Manifest, s: &RequestShape) -> Vec<String> {
         let (_, v) = validate(m, &Registry::builtin(), s);
-        v.into_iter().map(|v| v.message).collect()
+        v.violations.into_iter().map(|v| v.message).collect()
     }
 
     #[test]
@@ -420,7 +452,7 @@ mod tests {
             .connect("a", "b")
             .connect("b", "c");
         let (plan, v) = validate(&m, &Registry::builtin(), &shape(&["a"]));
-        assert!(v.is_empty(), "{v:?}");
+        assert!(v.violations.is_empty(), "{v:?}");
         let plan = plan.unwrap();
         let ids: Vec<&str> = plan.order.iter().map(|&i| plan.nodes[i].id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
@@ -432,6 +464,33 @@ mod tests {
         let mut m = Manifest::new("t").node("a", "GainNode", "");
         m.version = "1.0".into();
         assert_eq!(messages(&m, &shape(&["a"])), [r#"manifest version must be "v1", got "1.0""#]);
+    }
+
+    #[test]
+    fn long_ids_are_refused_and_quoted_within_bounds() {
+        let id = "a→".repeat(10_000);
+        let m = Manifest::new("t").node(&id, "GainNode", "").node("b", "GainNode", "").connect(&id, "b");
+        let msgs = messages(&m, &shape(&[&id]));
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].contains("is 40000 bytes long; ids may have at most 256"), "{msgs:?}");
+        assert!(msgs[0].len() < 400, "{}", msgs[0].len());
+    }
+
+    #[test]
+    fn many_unknown_types_name_the_available_types_once() {
+        let mut m = Manifest::new("t");
+        for i in 0..20 {
+            m = m.node(&format!("n{i}"), "NoSuchNode", "");
+        }
+        let ids: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let (_, error) = validate(&m, &Registry::builtin(), &shape(&ids));
+        assert_eq!(error.violations.len(), 20);
+        assert!(error.violations.iter().all(|v| !v.message.contains("GainNode")), "{error:?}");
+        assert_eq!(error.available_node_types, Registry::builtin().node_types());
+        let text = error.to_string();
+        assert_eq!(text.matches("GainNode").count(), 1, "{text}");
+        assert!(text.contains("unknown node type `NoSuchNode`"), "{text}");
     }
 
     #[test]
@@ -452,13 +511,20 @@ mod tests {
     #[test]
     fn unknown_type_lists_available_types() {
         let m = Manifest::new("t").node("x", "Reverb", "");
-        let msgs = messages(&m, &shape(&["x"]));
-        assert_eq!(msgs.len(), 1);
-        assert!(
-            msgs[0]
-                == "node `x`: unknown node type `Reverb`; available types: AudioChunkerNode, AudioResampleNode, ChannelMixerNode, FormatConverterNode, GainNode, PassThroughNode, VADNode",
-            "{msgs:?}"
+        let (_, error) = validate(&m, &Registry::builtin(), &shape(&["x"]));
+        assert_eq!(
+            error.to_string(),
+            "invalid pipeline: node `x`: unknown node type `Reverb` (available node types: AudioChunkerNode, \
+             AudioResampleNode, ChannelMixerNode, FormatConverterNode, GainNode, PassThroughNode, VADNode)"
         );
+    }
+
+    #[test]
+    fn duplicate_param_keys_are_an_error_naming_the_key() {
+        let m = Manifest::new("t").node("r", "AudioResampleNode", r#"{"output_rate": 16000, "output_rate": 8000}"#);
+        let msgs = messages(&m, &shape(&["r"]));
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].starts_with("node `r`: params have a duplicate key `output_rate`"), "{msgs:?}");
     }
 
     #[test]
@@ -510,6 +576,7 @@ mod tests {
             .connect("b", "a")
             .connect("b", "d");
         let (_, v) = validate(&m, &Registry::builtin(), &RequestShape::stream());
+        let v = v.violations;
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].message, "connections form a cycle: a → b → a");
     }
@@ -547,6 +614,7 @@ mod tests {
         let mut m = Manifest::new("t").node("a", "GainNode", "");
         m.nodes[0].runtime = RuntimeHint::Unsupported("RUNTIME_HINT_CPYTHON_WASM");
         let (_, v) = validate(&m, &Registry::builtin(), &shape(&["a"]));
+        let v = v.violations;
         assert_eq!(v[0].field, "nodes[0].runtime_hint");
         assert!(v[0].message.contains("RUNTIME_HINT_CPYTHON_WASM is unsupported"), "{}", v[0].message);
     }
@@ -561,7 +629,7 @@ mod tests {
             .connect("c", "c");
         m.version = "v9".into();
         let (_, v) = validate(&m, &Registry::builtin(), &shape(&[]));
-        let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<&str> = v.violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(
             fields,
             [

@@ -155,8 +155,16 @@ pub fn audio_to_proto(a: &AudioBuffer) -> proto::AudioBuffer {
 
 /// Parses `data_inputs[node]` JSON text.
 pub fn data_from_proto(text: &str, node: &str) -> Result<Value, Violation> {
-    serde_json::from_str(text).map_err(|e| {
-        Violation::new(format!("data_inputs[{node}]"), format!("data_inputs[{node}] is not valid JSON: {e}"))
+    crate::json::parse(text).map_err(|e| {
+        let node = crate::text::quoted(node);
+        Violation::new(
+            format!("data_inputs[{node}]"),
+            if e.is_data() {
+                format!("data_inputs[{node}] has a {e}")
+            } else {
+                format!("data_inputs[{node}] is not valid JSON: {e}")
+            },
+        )
     })
 }
 

@@ -70,7 +70,7 @@ impl Pipelines {
         let (manifest, mut violations) = manifest_from_proto(&manifest_proto);
         let mut inputs: BTreeMap<String, Ports> = BTreeMap::new();
         for (node, buffer) in &request.audio_inputs {
-            let field = format!("audio_inputs[{node}]");
+            let field = format!("audio_inputs[{}]", crate::text::quoted(node));
             match audio_from_proto(buffer, &field) {
                 Ok(audio) => {
                     limits::check_audio(&audio, &field, &limits)?;
@@ -95,11 +95,8 @@ impl Pipelines {
         let built = state.engine.build(&manifest, &shape).await;
         let mut pipeline = match built {
             Ok(p) if violations.is_empty() => p,
-            Ok(_) => return Err(ExecError::Validation(ValidationError { violations }).into()),
-            Err(mut e) => {
-                violations.append(&mut e.violations);
-                return Err(ExecError::Validation(ValidationError { violations }).into());
-            }
+            Ok(_) => return Err(ExecError::Validation(ValidationError::new(violations)).into()),
+            Err(e) => return Err(ExecError::Validation(e.after(violations)).into()),
         };
 
         // Cancelled if the client goes away (this future is dropped) or shutdown runs out of time.

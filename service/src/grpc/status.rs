@@ -10,12 +10,26 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::observe::outcome;
 use crate::graph::{ExecError, ValidationError};
 use crate::nodes::NodeErrorKind;
 use crate::proto::{ErrorResponse, ErrorType};
+use crate::text;
 
 /// `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "remotemedia.v1";
+
+/// Longest `grpc-message`, in bytes before percent-encoding (which can triple non-ASCII text).
+/// With the details below, a status stays under 7 KiB of response metadata whatever the client
+/// sent, within the 8 KiB the strictest gRPC clients accept.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 768;
+/// Most `BadRequest` violations in a status, and the longest description of each; the in-band
+/// error (in the response body) lists every violation in full.
+const MAX_STATUS_VIOLATIONS: usize = 8;
+const MAX_STATUS_VIOLATION_BYTES: usize = 160;
+const MAX_STATUS_FIELD_BYTES: usize = 80;
+/// Longest in-band error message.
+const MAX_IN_BAND_MESSAGE_BYTES: usize = 8 * 1_024;
 
 /// Everything the gRPC layer can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,7 +47,7 @@ pub enum ServiceError {
     Unauthenticated(String),
 
     /// The client's protocol version is not supported.
-    #[error("protocol version `{requested}` is not supported; supported versions: {}", supported.join(", "))]
+    #[error("protocol version `{}` is not supported; supported versions: {}", text::quoted(requested), supported.join(", "))]
     VersionMismatch { requested: String, supported: Vec<String> },
 
     /// Too many concurrent executions or streams.
@@ -120,14 +134,26 @@ impl ServiceError {
         let mut metadata = MetadataMap::new();
         match self {
             ServiceError::Exec(ExecError::Validation(v)) => {
-                for violation in &v.violations {
-                    details.add_bad_request_violation(violation.field.clone(), violation.message.clone());
+                for violation in v.violations.iter().take(MAX_STATUS_VIOLATIONS) {
+                    details.add_bad_request_violation(
+                        text::clip(&violation.field, MAX_STATUS_FIELD_BYTES),
+                        text::clip(&violation.message, MAX_STATUS_VIOLATION_BYTES),
+                    );
+                }
+                if v.violations.len() > MAX_STATUS_VIOLATIONS {
+                    details.add_bad_request_violation(
+                        "violations",
+                        format!(
+                            "{} more violations are not listed here; the in-band error lists every one",
+                            v.violations.len() - MAX_STATUS_VIOLATIONS
+                        ),
+                    );
                 }
                 info.insert("violations".to_owned(), v.violations.len().to_string());
             }
             ServiceError::Exec(e) => {
                 if let Some(node) = e.node_id() {
-                    info.insert("failing_node_id".to_owned(), node.to_owned());
+                    info.insert("failing_node_id".to_owned(), text::quoted(node).into_owned());
                 }
                 if let ExecError::CircuitOpen { retry_after, .. } = e {
                     details.set_retry_info(Some(*retry_after));
@@ -138,7 +164,7 @@ impl ServiceError {
             }
             ServiceError::VersionMismatch { requested, supported } => {
                 let list = supported.join(",");
-                info.insert("requested".to_owned(), requested.clone());
+                info.insert("requested".to_owned(), text::quoted(requested).into_owned());
                 info.insert("supported_versions".to_owned(), list.clone());
                 if let Ok(v) = list.parse() {
                     metadata.insert("remotemedia-supported-versions", v);
@@ -150,7 +176,8 @@ impl ServiceError {
             _ => {}
         }
         details.set_error_info(error_type.as_str_name().trim_start_matches("ERROR_TYPE_"), ERROR_DOMAIN, info);
-        Status::with_error_details_and_metadata(code, self.to_string(), details, metadata)
+        let message = text::clip(&self.to_string(), MAX_STATUS_MESSAGE_BYTES).into_owned();
+        Status::with_error_details_and_metadata(code, message, details, metadata)
     }
 }
 
@@ -229,15 +256,20 @@ fn exec_context(e: &ExecError) -> Value {
     }
 }
 
-/// `{"violations": [{"field", "node_id", "description"}, ...]}`.
+/// `{"violations": [{"field", "node_id", "description"}, ...]}`, plus `available_node_types`
+/// when a violation names an unknown type.
 pub fn validation_context(v: &ValidationError) -> Value {
-    json!({
+    let mut ctx = json!({
         "violations": v.violations.iter().map(|x| json!({
             "field": x.field,
             "node_id": x.node_id,
             "description": x.message,
         })).collect::<Vec<_>>()
-    })
+    });
+    if !v.available_node_types.is_empty() {
+        ctx["available_node_types"] = json!(v.available_node_types);
+    }
+    ctx
 }
 
 #[cfg(test)]
@@ -248,12 +280,10 @@ mod tests {
 
     #[test]
     fn validation_errors_carry_every_violation_in_band_and_as_bad_request() {
-        let err = ServiceError::Exec(ExecError::Validation(ValidationError {
-            violations: vec![
-                Violation::new("version", "manifest version must be \"v1\", got \"2\""),
-                Violation::new("nodes[0].node_type", "node `a`: unknown node type `X`").on_node("a"),
-            ],
-        }));
+        let err = ServiceError::Exec(ExecError::Validation(ValidationError::new(vec![
+            Violation::new("version", "manifest version must be \"v1\", got \"2\""),
+            Violation::new("nodes[0].node_type", "node `a`: unknown node type `X`").on_node("a"),
+        ])));
         let resp = err.to_error_response();
         assert_eq!(resp.error_type, ErrorType::Validation as i32);
         let ctx: Value = serde_json::from_str(&resp.context).unwrap();
@@ -318,6 +348,60 @@ mod tests {
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "VALIDATION");
 
         assert!(from_codec(&Status::internal("something else")).is_none());
+    }
+
+    /// Everything a status carries in response metadata, in bytes.
+    fn metadata_size(status: Status) -> usize {
+        let response = status.into_http::<()>();
+        response.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
+    }
+
+    #[test]
+    fn statuses_stay_under_8_kib_whatever_the_client_sent() {
+        let huge = "n→".repeat(50_000);
+        let violations: Vec<Violation> = (0..4_096)
+            .map(|i| {
+                Violation::new(format!("nodes[{i}].{huge}"), format!("node `{huge}`: unknown node type `{huge}`"))
+                    .on_node(&huge)
+            })
+            .collect();
+        let mut invalid = ValidationError::new(violations);
+        invalid.available_node_types = (0..5_000).map(|i| format!("Plugin{i}{huge}")).collect();
+        let errors = [
+            ServiceError::Exec(ExecError::Validation(invalid)),
+            ServiceError::VersionMismatch { requested: huge.clone(), supported: vec!["v1".into()] },
+            ServiceError::OutOfOrder(huge.clone()),
+            ServiceError::InvalidArgument(huge.clone()),
+            ServiceError::Exec(ExecError::Node {
+                node_id: huge.clone(),
+                node_type: "GainNode".into(),
+                attempts: 1,
+                source: Box::new(NodeError::internal(huge.clone()).with_stack_trace(huge.clone())),
+            }),
+        ];
+        for e in errors {
+            let code = e.to_status().code();
+            let size = metadata_size(e.to_status());
+            assert!(size < 7 * 1_024, "{code:?}: {size} bytes of metadata");
+            let in_band = e.to_error_response();
+            assert!(in_band.message.len() <= MAX_IN_BAND_MESSAGE_BYTES + 64, "{}", in_band.message.len());
+        }
+    }
+
+    #[test]
+    fn the_available_types_are_named_once_per_error() {
+        let violations = (0..20)
+            .map(|i| Violation::new(format!("nodes[{i}].node_type"), format!("node `n{i}`: unknown node type `X`")))
+            .collect();
+        let mut invalid = ValidationError::new(violations);
+        invalid.available_node_types = vec!["GainNode".into(), "VADNode".into()];
+        let status = ServiceError::Exec(ExecError::Validation(invalid)).to_status();
+        assert_eq!(status.message().matches("GainNode").count(), 1, "{}", status.message());
+        assert!(status.message().contains("and 12 more"), "{}", status.message());
+        let details = status.get_error_details();
+        let listed = &details.bad_request().unwrap().field_violations;
+        assert_eq!(listed.len(), MAX_STATUS_VIOLATIONS + 1);
+        assert!(listed.iter().all(|v| !v.description.contains("GainNode")));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::nodes::{INPUT, PortValue, Ports};
 use crate::proto::{
     self, StreamMetrics, StreamReady, StreamRequest, StreamResponse, stream_control, stream_request, stream_response,
 };
+use crate::text;
 
 /// Responses buffered per session before the session waits for the client to read.
 const RESPONSE_BUFFER: usize = 8;
@@ -151,14 +152,10 @@ impl Session {
         let (manifest, violations) = manifest_from_proto(&manifest);
         let mut pipeline = match self.state.engine.build(&manifest, &RequestShape::stream()).await {
             Ok(_) if !violations.is_empty() => {
-                return protocol_error(ExecError::Validation(ValidationError { violations }).into());
+                return protocol_error(ExecError::Validation(ValidationError::new(violations)).into());
             }
             Ok(p) => p,
-            Err(mut e) => {
-                let mut all = violations;
-                all.append(&mut e.violations);
-                return protocol_error(ExecError::Validation(ValidationError { violations: all }).into());
-            }
+            Err(e) => return protocol_error(ExecError::Validation(e.after(violations)).into()),
         };
 
         let session_id = uuid::Uuid::new_v4().to_string();
@@ -265,11 +262,10 @@ impl Session {
         let started = Instant::now();
         let sequence = chunk.sequence;
         if pipeline.index_of(&chunk.node_id).is_none() {
-            let nodes: Vec<&str> = pipeline.node_ids().collect();
             return Some(protocol_error(ServiceError::InvalidArgument(format!(
                 "audio_chunk {sequence}: node_id `{}` is not a node of this pipeline (nodes: {})",
-                chunk.node_id,
-                nodes.join(", ")
+                text::quoted(&chunk.node_id),
+                text::list(pipeline.node_ids(), text::MAX_LISTED)
             ))));
         }
         let Some(buffer) = chunk.buffer else {

@@ -6,6 +6,11 @@ use serde_json::Value;
 
 use super::port::PortError;
 use crate::audio::AudioError;
+use crate::text;
+
+/// Longest traceback kept from a Python node. A longer one keeps its start (the outer frames)
+/// and its end (the innermost frame and the exception) and leaves out the middle.
+pub const MAX_STACK_TRACE_BYTES: usize = 16 * 1024;
 
 /// One bad parameter: which one, what was expected, what was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,8 +20,15 @@ pub struct ParamError {
 }
 
 impl ParamError {
+    /// A problem with `param`. Both are cut to a bounded length: a parameter name or a value
+    /// quoted in the message comes from the client.
     pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { param: param.into(), message: message.into() }
+        let param = param.into();
+        let message = message.into();
+        Self {
+            param: text::clip(&param, text::MAX_QUOTED_BYTES).into_owned(),
+            message: text::clip(&message, text::MAX_MESSAGE_BYTES).into_owned(),
+        }
     }
 }
 
@@ -54,8 +66,11 @@ pub struct NodeError {
 }
 
 impl NodeError {
+    /// A failure of `kind`; the message is cut to a bounded length (a node may quote its input).
     pub fn new(kind: NodeErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), field: None, stack_trace: None, context: None }
+        let message = message.into();
+        let message = text::clip(&message, text::MAX_MESSAGE_BYTES).into_owned();
+        Self { kind, message, field: None, stack_trace: None, context: None }
     }
 
     pub fn invalid_input(message: impl Into<String>) -> Self {
@@ -84,8 +99,16 @@ impl NodeError {
         self
     }
 
+    /// Adds a traceback of at most [`MAX_STACK_TRACE_BYTES`], its middle left out if need be.
     pub fn with_stack_trace(mut self, trace: impl Into<String>) -> Self {
-        self.stack_trace = Some(trace.into());
+        let trace = trace.into();
+        self.stack_trace = Some(if trace.len() <= MAX_STACK_TRACE_BYTES {
+            trace
+        } else {
+            let head = trace.floor_char_boundary(MAX_STACK_TRACE_BYTES / 2);
+            let tail = trace.ceil_char_boundary(trace.len() - MAX_STACK_TRACE_BYTES / 2);
+            format!("{}\n… ({} bytes of traceback left out) …\n{}", &trace[..head], tail - head, &trace[tail..])
+        });
         self
     }
 

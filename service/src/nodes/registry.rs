@@ -27,9 +27,10 @@ pub trait ForeignNodes: Send + Sync + 'static {
 /// Why a node type could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
-    /// No runtime implements the type.
-    #[error("{0}")]
-    UnknownType(String),
+    /// No runtime implements the type. The list of available types is given once per error by
+    /// the caller, not here: a manifest with many unknown nodes would repeat it per node.
+    #[error("unknown node type `{}`{}", crate::text::quoted(.name), .suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownType { name: String, suggestion: Option<String> },
     /// The type exists but not for the requested runtime hint.
     #[error("{0}")]
     Runtime(String),
@@ -121,6 +122,25 @@ impl Registry {
         self.native.get(self.canonical(name))
     }
 
+    /// Whether `name` (a type or an alias) is implemented by any runtime.
+    pub fn knows(&self, name: &str) -> bool {
+        let canonical = self.canonical(name);
+        self.native.contains_key(canonical) || self.has_python(canonical)
+    }
+
+    /// The known type or alias closest to `name`, if one is close enough to be a typo of it.
+    fn closest(&self, name: &str) -> Option<String> {
+        const MIN_SIMILARITY: f64 = 0.75;
+        let lower = name.to_ascii_lowercase();
+        self.node_types()
+            .into_iter()
+            .chain(self.aliases.keys().cloned())
+            .map(|t| (strsim::normalized_damerau_levenshtein(&lower, &t.to_ascii_lowercase()), t))
+            .filter(|(score, _)| *score >= MIN_SIMILARITY)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, t)| self.canonical(&t).to_owned())
+    }
+
     fn has_python(&self, canonical: &str) -> bool {
         self.foreign_types.iter().any(|t| t == canonical)
     }
@@ -191,10 +211,20 @@ mod tests {
     }
 
     #[test]
-    fn unknown_types_list_the_available_ones() {
-        let err = Registry::builtin().resolve("Nope", RuntimeHint::Auto).unwrap_err().to_string();
-        assert!(err.contains("unknown node type `Nope`"), "{err}");
-        assert!(err.contains("GainNode") && err.contains("PassThroughNode"), "{err}");
+    fn unknown_types_suggest_the_closest_known_one() {
+        let r = Registry::builtin();
+        assert_eq!(r.resolve("Nope", RuntimeHint::Auto).unwrap_err().to_string(), "unknown node type `Nope`");
+        let err = r.resolve("GainNod", RuntimeHint::Auto).unwrap_err().to_string();
+        assert_eq!(err, "unknown node type `GainNod`; did you mean `GainNode`?");
+        let err = r.resolve("vad", RuntimeHint::Auto).unwrap_err().to_string();
+        assert!(err.ends_with("did you mean `VADNode`?"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_type_is_quoted_within_bounds() {
+        let long = "N".repeat(100_000);
+        let err = Registry::builtin().resolve(&long, RuntimeHint::Auto).unwrap_err().to_string();
+        assert!(err.len() < 300, "{}", err.len());
     }
 
     #[test]

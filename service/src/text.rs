@@ -1,0 +1,93 @@
+//! Bounded text for error messages, status details and log lines.
+//!
+//! gRPC clients refuse response metadata over 16 KiB (some over 8 KiB), and a status message or
+//! its details travel there. Any text a client supplied (node ids, types, parameter names and
+//! values, version strings) and any list (node types, node ids, violations) is cut with these
+//! helpers before it reaches a message, so no input can make an error unreadable. The full
+//! detail stays where it has room: in-band errors in the response body.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+
+/// Longest piece of client-supplied text (an id, a type name, a value) quoted in a message.
+pub const MAX_QUOTED_BYTES: usize = 128;
+/// Longest single message of a violation, parameter error or node error.
+pub const MAX_MESSAGE_BYTES: usize = 1_024;
+/// Most items of a list named in one message.
+pub const MAX_LISTED: usize = 16;
+
+/// `s` cut to at most `max_bytes` bytes at a character boundary, with a note saying how much
+/// was left out. Borrowed when `s` already fits.
+///
+/// ```
+/// # use remotemedia::text::clip;
+/// assert_eq!(clip("short", 10), "short");
+/// assert_eq!(clip("ab→cd", 4), "ab… (5 more bytes)");
+/// ```
+pub fn clip(s: &str, max_bytes: usize) -> Cow<'_, str> {
+    if s.len() <= max_bytes {
+        return Cow::Borrowed(s);
+    }
+    let cut = s.floor_char_boundary(max_bytes);
+    Cow::Owned(format!("{}… ({} more bytes)", &s[..cut], s.len() - cut))
+}
+
+/// Client-supplied text for quoting in a message: cut to [`MAX_QUOTED_BYTES`].
+pub fn quoted(s: &str) -> Cow<'_, str> {
+    clip(s, MAX_QUOTED_BYTES)
+}
+
+/// The first `max_items` items joined with `", "`, then `"and N more"` for the rest. Each item
+/// is cut to [`MAX_QUOTED_BYTES`].
+///
+/// ```
+/// # use remotemedia::text::list;
+/// assert_eq!(list(["a", "b", "c"], 2), "a, b and 1 more");
+/// assert_eq!(list(["a", "b"], 2), "a, b");
+/// ```
+pub fn list<I>(items: I, max_items: usize) -> String
+where
+    I: IntoIterator,
+    I::Item: Display,
+{
+    let mut out = String::new();
+    let mut more = 0usize;
+    for (i, item) in items.into_iter().enumerate() {
+        if i >= max_items {
+            more += 1;
+            continue;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&quoted(&item.to_string()));
+    }
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_never_splits_a_character_and_says_what_it_left_out() {
+        let s = "é".repeat(100);
+        for max in 0..20 {
+            let c = clip(&s, max);
+            assert!(c.starts_with(&"é".repeat(max / 2)), "{c}");
+            assert!(c.ends_with(&format!("({} more bytes)", 200 - max / 2 * 2)), "{c}");
+        }
+    }
+
+    #[test]
+    fn list_cuts_long_items_and_long_lists() {
+        let long = "x".repeat(1_000);
+        let text = list([long.as_str(), "b"], 1);
+        assert!(text.len() < MAX_QUOTED_BYTES + 64, "{text}");
+        assert!(text.ends_with("and 1 more"), "{text}");
+        assert_eq!(list(Vec::<String>::new(), 3), "");
+    }
+}
