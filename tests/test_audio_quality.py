@@ -199,3 +199,89 @@ async def test_vad_gives_the_same_segments_streamed_in_20_ms_chunks(server: Runn
     results = await stream_outputs(server, manifest([node("vad", "VADNode")]), "vad", mixed, RATE, RATE // 50)
     streamed = [s for r in results if "vad" in r.data_outputs for s in json.loads(r.data_outputs["vad"]).get("segments", [])]
     assert streamed == whole
+
+
+# --- VAD under the conditions recorded audio really has ------------------------------------
+
+RUNTIMES = [pytest.param(pb.RUNTIME_HINT_RUST, id="rust"), pytest.param(pb.RUNTIME_HINT_CPYTHON, id="python")]
+
+
+def vad_segments_on(server: RunningServer, x: np.ndarray, runtime: int, **params: object) -> list[dict[str, float]]:
+    res = run(server, [node("vad", "VADNode", runtime=runtime, **params)], [], "vad", f32(x, RATE))
+    return list(json.loads(res.data_outputs["vad"])["segments"])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("offset", [0.1, 0.2, 0.3, -0.2])
+def test_a_dc_offset_changes_no_segment(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int, offset: float) -> None:
+    x, truth = speech
+    assert_matches(vad_segments_on(server, (x + offset).astype(np.float32), runtime), truth, f"DC {offset:+}")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_speech_from_the_first_sample_is_found(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int) -> None:
+    x, truth = speech
+    cut = int(truth[0][0] * RATE)
+    shifted = [(a - cut / RATE, b - cut / RATE) for a, b in truth]
+    assert_matches(vad_segments_on(server, x[cut:], runtime), shifted, "speech at sample 0")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_sudden_rise_of_the_background_is_not_speech(
+    server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], tmp_path: Path, runtime: int
+) -> None:
+    x, truth = speech
+    # Pink noise 20 dB louder from the middle of the gap between the phrases on (10 dB SNR after
+    # the step, 30 dB before it): a door opened, a fan started.
+    step = int((truth[0][1] + truth[1][0]) / 2 * RATE)
+    n = noise("pinknoise", len(x), tmp_path)
+    n[:step] *= 0.1
+    mixed = mix_at_snr(x, truth, n, 10)
+    assert_matches(vad_segments_on(server, mixed, runtime), truth, "background step")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("gain_db", [12, -12])
+def test_a_sudden_change_of_level_keeps_both_phrases(
+    server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], tmp_path: Path, runtime: int, gain_db: int
+) -> None:
+    x, truth = speech
+    # Speech in white noise at 20 dB SNR; between the phrases the whole recording changes level
+    # at once (a gain knob turned, an automatic gain control reacting).
+    y = mix_at_snr(x, truth, noise("whitenoise", len(x), tmp_path), 20)
+    step = int((truth[0][1] + truth[1][0]) / 2 * RATE)
+    y[step:] *= 10 ** (gain_db / 20)
+    # The threshold is an absolute level: set it for the quietest part, as a user would.
+    found = vad_segments_on(server, y.astype(np.float32), runtime, threshold_db=-45)
+    assert_matches(found, truth, f"level step {gain_db:+} dB")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_padding_widens_segments_within_the_audio(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int) -> None:
+    x, truth = speech
+    plain = vad_segments_on(server, x, runtime)
+    padded = vad_segments_on(server, x, runtime, speech_pad_ms=200)
+    assert len(plain) == len(padded) == 2
+    for p, q in zip(plain, padded):
+        assert q["start_s"] == pytest.approx(max(p["start_s"] - 0.2, 0), abs=1e-6)
+        assert q["end_s"] == pytest.approx(min(p["end_s"] + 0.2, len(x) / RATE), abs=1e-6)
+    # Padding never makes segments overlap or leave the audio.
+    wide = vad_segments_on(server, x, runtime, speech_pad_ms=2000)
+    assert wide[0]["start_s"] == 0 and wide[-1]["end_s"] == pytest.approx(len(x) / RATE)
+    assert all(a["end_s"] <= b["start_s"] for a, b in zip(wide, wide[1:]))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_tone_bursts_from_the_first_sample_each_give_a_segment_in_a_stream(server: RunningServer, runtime: int) -> None:
+    rate = 48_000
+    t = np.arange(10 * rate) / rate
+    bursts = (0.4 * np.sin(2 * np.pi * 300 * t) * (t % 1 < 0.5)).astype(np.float32)
+    m = manifest([node("down", "AudioResampleNode", runtime=runtime, output_rate=16_000), node("vad", "VADNode", runtime=runtime)], [("down", "vad")])
+    results = await stream_outputs(server, m, "down", bursts, rate, rate // 50)
+    found = [s for r in results if "vad" in r.data_outputs for s in json.loads(r.data_outputs["vad"]).get("segments", [])]
+    assert len(found) == 10, found
+    for i, s in enumerate(found):
+        assert abs(s["start_s"] - i) <= 0.04 and abs(s["end_s"] - (i + 0.5)) <= 0.04, s
+    # Every chunk's result carries the VAD's output, empty while the resampler fills its delay.
+    assert all("vad" in r.audio_outputs for r in results)
+    assert sum(len(samples(r.audio_outputs["vad"])) for r in results) == 10 * 16_000

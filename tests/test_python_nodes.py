@@ -241,3 +241,58 @@ def test_sigterm_lets_an_in_flight_python_request_finish(tmp_path: Path) -> None
     np.testing.assert_array_equal(samples(outcome[0].result.audio_outputs["gate"]), np.full(32, 0.25, dtype=np.float32))
     assert s.proc.wait(timeout=30) == 0
     channel.close()
+
+
+# Every node that runs returns its `output` audio, even when that holds no samples: an empty
+# buffer in the node's output layout. Both runtimes, every built-in audio node.
+EMPTY_CASES = [
+    ("PassThroughNode", {}, 44_100, 1),
+    ("GainNode", {"gain_db": -6}, 44_100, 1),
+    ("AudioResampleNode", {"output_rate": 16_000}, 16_000, 1),
+    ("VADNode", {}, 44_100, 1),
+    ("FormatConverterNode", {"target_format": "i16"}, 44_100, 1),
+    ("ChannelMixerNode", {"output_channels": 2}, 44_100, 2),
+    ("AudioChunkerNode", {"chunk_samples": 160}, 44_100, 1),
+    ("BandpassFilterNode", {"low_hz": 100, "high_hz": 1_000}, 44_100, 1),
+]
+
+
+@pytest.mark.parametrize("runtime", [pb.RUNTIME_HINT_AUTO, pb.RUNTIME_HINT_CPYTHON], ids=["auto", "cpython"])
+@pytest.mark.parametrize(("node_type", "params", "rate", "channels"), EMPTY_CASES, ids=[c[0] for c in EMPTY_CASES])
+@pytest.mark.parametrize("frames", [0, 1])
+def test_a_node_with_no_output_samples_still_returns_its_output(
+    server: RunningServer, runtime: int, node_type: str, params: dict, rate: int, channels: int, frames: int
+) -> None:
+    res = result(execute(server, [node("n", node_type, runtime=runtime, **params)], [], {"n": f32(np.full(frames, 0.25, np.float32), 44_100)}))
+    assert "n" in res.audio_outputs, f"{node_type} returned no output for {frames} frame(s)"
+    out = res.audio_outputs["n"]
+    assert (out.sample_rate, out.channels) == (rate, channels)
+    expected = 0 if node_type == "AudioResampleNode" else frames * channels
+    assert out.num_samples == expected
+
+
+def test_one_sample_resampled_to_16k_is_an_empty_buffer_at_16k(server: RunningServer) -> None:
+    res = result(execute(server, [node("r", "AudioResampleNode", output_rate=16_000)], [], {"r": f32(np.array([0.5], np.float32), 44_100)}))
+    out = res.audio_outputs["r"]
+    assert (out.num_samples, out.sample_rate, out.format) == (0, 16_000, pb.AUDIO_FORMAT_F32)
+
+
+@pytest.mark.parametrize("runtime", [pb.RUNTIME_HINT_RUST, pb.RUNTIME_HINT_CPYTHON], ids=["rust", "cpython"])
+def test_duplicate_param_keys_are_refused_naming_the_key(server: RunningServer, runtime: int) -> None:
+    m = manifest([pb.NodeManifest(id="r", node_type="AudioResampleNode", runtime_hint=runtime, params='{"output_rate": 16000, "output_rate": 8000}')])
+    resp = execute_manifest(server, m, {"r": f32(np.zeros(480, np.float32), 48_000)})
+    assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION
+    assert "duplicate key `output_rate`" in resp.error.message
+
+
+def test_duplicate_keys_in_data_inputs_are_refused_naming_the_key(server: RunningServer) -> None:
+    m = manifest([node("p", "PassThroughNode")])
+    with Client(server.address) as client:
+        resp = client.execute(pb.ExecuteRequest(manifest=m, data_inputs={"p": '{"text": "a", "text": "b"}'}))
+    assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION
+    assert "duplicate key `text`" in resp.error.message
+
+
+def execute_manifest(server: RunningServer, m: pb.PipelineManifest, inputs: dict[str, pb.AudioBuffer]) -> pb.ExecuteResponse:
+    with Client(server.address) as client:
+        return client.execute(pb.ExecuteRequest(manifest=m, audio_inputs=inputs))

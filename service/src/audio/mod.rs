@@ -184,6 +184,11 @@ impl AudioBuffer {
         Self { bytes: vec_into_bytes(samples), format, sample_rate, channels }
     }
 
+    /// A buffer of no samples in the given layout (what a node returns when it has no output yet).
+    pub fn empty(format: SampleFormat, sample_rate: u32, channels: u32) -> Self {
+        Self { bytes: Bytes::new(), format, sample_rate, channels }
+    }
+
     /// A buffer with the same rate and layout over other bytes of the same format.
     pub fn with_bytes(&self, bytes: Bytes) -> Self {
         Self { bytes, ..self.clone() }
@@ -245,6 +250,10 @@ impl AudioBuffer {
     fn typed_slice<T: bytemuck::Pod>(&self, format: SampleFormat) -> Option<&[T]> {
         if self.format != format || cfg!(target_endian = "big") {
             return None;
+        }
+        if self.bytes.is_empty() {
+            // An empty `Bytes` may point anywhere; an empty slice is always a valid view.
+            return Some(&[]);
         }
         bytemuck::try_cast_slice(&self.bytes).ok()
     }

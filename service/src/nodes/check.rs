@@ -4,12 +4,10 @@
 use super::{INPUT, NodeError, Ports};
 use crate::audio::AudioBuffer;
 
-/// The node's `input` audio, refused if it is missing, empty or holds NaN/Inf samples.
+/// The node's `input` audio, refused if it is missing or holds NaN/Inf samples. Empty audio is
+/// valid: a node given none returns an empty `output` in its output layout.
 pub fn audio_input(inputs: &Ports) -> Result<&AudioBuffer, NodeError> {
     let audio = inputs.audio(INPUT).map_err(|e| NodeError::invalid_input(format!("{e}")).with_field(INPUT))?;
-    if audio.is_empty() {
-        return Err(NodeError::invalid_input("input audio is empty".to_owned()).with_field(INPUT));
-    }
     if let Some(samples) = audio.f32_slice() {
         // The common case: a branch-free (vectorised) scan, then the slow search only on failure.
         if all_finite(samples) {

@@ -10,7 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
-use crate::audio::{OutputArena, SampleFormat};
+use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
 #[derive(Debug, Clone, Copy)]
 enum Length {
@@ -63,7 +63,7 @@ impl Node for AudioChunkerNode {
         self.pending.extend_from_slice(audio.bytes());
         let whole = self.pending.len() / chunk_bytes * chunk_bytes;
         if whole == 0 {
-            return Ok(Ports::new());
+            return Ok(Ports::audio_output(AudioBuffer::empty(format, rate, channels)));
         }
         self.chunks += (whole / chunk_bytes) as u64;
         let out = self.arena.write_bytes(&self.pending[..whole], format, rate, channels);
@@ -79,7 +79,8 @@ impl Node for AudioChunkerNode {
                 self.chunks += 1;
                 Ok(Ports::audio_output(out))
             }
-            _ => Ok(Ports::new()),
+            Some((format, rate, channels, _)) => Ok(Ports::audio_output(AudioBuffer::empty(format, rate, channels))),
+            None => Ok(Ports::new()),
         }
     }
 
@@ -155,10 +156,10 @@ mod tests {
     #[test]
     fn reframes_a_stream_and_flushes_the_remainder() {
         let mut n = chunker(json!({"chunk_samples": 4}));
-        assert_eq!(feed(&mut n, vec![1, 2, 3]), None);
+        assert_eq!(feed(&mut n, vec![1, 2, 3]), Some(vec![]), "no whole chunk yet: an empty output");
         assert_eq!(feed(&mut n, vec![4, 5]), Some(vec![1, 2, 3, 4]));
         assert_eq!(feed(&mut n, vec![6, 7, 8, 9, 10, 11, 12]), Some(vec![5, 6, 7, 8, 9, 10, 11, 12]));
-        assert_eq!(feed(&mut n, vec![13]), None);
+        assert_eq!(feed(&mut n, vec![13]), Some(vec![]));
         let ctx = NodeContext::new("ch", "AudioChunkerNode", CancellationToken::new());
         let tail = n.flush(&ctx).unwrap();
         assert_eq!(tail.audio(OUTPUT).unwrap().i16_slice().unwrap(), &[13]);

@@ -296,11 +296,12 @@ impl ResampleNode {
         }
     }
 
-    /// Hands out what the stream collected in this call as one buffer.
+    /// Hands out what the stream collected in this call as one buffer, empty when the filter
+    /// delay has not been filled yet.
     fn emit(&mut self) -> Ports {
         let Some(st) = self.stream.as_mut() else { return Ports::new() };
         if st.collected.is_empty() {
-            return Ports::new();
+            return Ports::audio_output(AudioBuffer::empty(st.format, self.output_rate, st.channels as u32));
         }
         let out = self.arena.write(&st.collected, st.format, self.output_rate, st.channels as u32);
         st.frames_out += (st.collected.len() / st.channels) as u64;
@@ -356,7 +357,7 @@ impl Node for ResampleNode {
     fn flush(&mut self, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let Some(st) = self.stream.as_mut() else { return Ok(Ports::new()) };
         if st.resampler.is_none() {
-            return Ok(Ports::new());
+            return Ok(Ports::audio_output(AudioBuffer::empty(st.format, self.output_rate, st.channels as u32)));
         }
         st.last_block()?;
         let target = (st.frames_in as f64 * f64::from(self.output_rate) / f64::from(st.input_rate)).round() as u64;

@@ -1,12 +1,20 @@
 //! `VADNode`: voice activity detection from frame energy and spectral shape.
 //!
-//! Each frame (10, 20 or 30 ms of the channel average) is speech-like when all of these hold:
+//! The channel average first goes through a DC blocker (a one-pole high-pass at 5 Hz, started
+//! at the first sample's level so it has no start-up transient), so a DC offset or a slow drift
+//! (artefacts of cheap converters and of signal conditioning) changes none of the features; a
+//! per-frame mean would also remove real low-frequency content, the rumble the band ratio below
+//! relies on. Each frame (10, 20 or 30 ms) is speech-like when all of these hold:
 //! - its level is at least `threshold_db` (RMS, dBFS);
-//! - its energy in the speech band (150 Hz – 4 kHz) stands at least 6 dB above the noise floor:
-//!   the lowest such level among the last 1.5 s of frames judged not to be speech (minimum
-//!   statistics). Measured over a band of many FFT bins, stationary noise of any colour (white,
-//!   pink, brown, hum) varies little from frame to frame, so it never rises 6 dB above its own
-//!   floor, and a long utterance does not lift the floor to its own level;
+//! - its energy in the speech band (150 Hz – 4 kHz) stands at least 6 dB above the noise floor
+//!   (minimum statistics): the lowest band level among the last 1.5 s of frames judged not to be
+//!   speech. Measured over a band of many FFT bins, stationary noise of any colour (white, pink,
+//!   brown, hum) varies little from frame to frame, so it never rises 6 dB above its own floor,
+//!   and a long utterance does not lift the floor to its own level. Until a frame has been judged
+//!   not to be speech there is no floor, so speech at the very first sample is found; a stream
+//!   that starts with 3 s of speech-like sound and no pause (a steady buzz, say) takes the lowest
+//!   band level of those 3 s as its floor instead, so a background present from the start is
+//!   not speech for ever;
 //! - its spectrum in that band is not flat (spectral flatness ≤ 0.3): voiced speech is harmonic
 //!   (median flatness about 0.02 in recorded speech), while white noise (about 0.55), pink noise
 //!   (about 0.4) and clicks are flat;
@@ -14,9 +22,11 @@
 //!
 //! A segment opens after `min_speech_ms` of consecutive speech-like frames (starting at the
 //! first of them) and closes after `min_silence_ms` without one (ending at the last speech-like
-//! frame). Segments carry their start, end and mean level. In a stream a segment is emitted on
-//! the chunk where it closes, and an open one is emitted when the stream is flushed. The audio
-//! itself passes through untouched.
+//! frame). `speech_pad_ms` then widens it on both sides, as neural VADs do, without letting two
+//! segments overlap or a segment reach outside the audio. Segments carry their start, end and
+//! mean level. In a stream a segment is emitted on the chunk where it has closed and its padding
+//! has been seen, and an open one is emitted when the stream is flushed. The audio itself passes
+//! through untouched.
 //!
 //! The spectrum comes from a real FFT (`realfft`, the real-input front end of `rustfft`).
 
@@ -33,8 +43,15 @@ use super::{
 
 /// Margin above the noise floor a speech frame needs, in dB.
 const NOISE_MARGIN_DB: f32 = 6.0;
-/// How far back the noise floor looks.
+/// How far back the noise floor looks among non-speech frames.
 const NOISE_WINDOW_MS: u32 = 1_500;
+/// How long a stream may be speech-like from its start before its quietest frames become the
+/// floor.
+const ADAPT_WINDOW_MS: u32 = 3_000;
+/// Longest padding added around a segment, in ms.
+const MAX_PAD_MS: u32 = 2_000;
+/// Cut-off of the DC blocker, in Hz: far below the speech band, above any drift.
+const DC_CUTOFF_HZ: f32 = 5.0;
 /// Flatness at or above which a frame is noise-like.
 const MAX_FLATNESS: f32 = 0.3;
 /// Share of the frame's energy that must lie in the speech band.
@@ -135,29 +152,102 @@ impl Segment {
     }
 }
 
+/// The minimum of the last `len` values pushed (a monotonic queue: O(1) amortised per value).
+struct SlidingMin {
+    len: u64,
+    pushed: u64,
+    /// (index, value), values increasing from front to back.
+    queue: VecDeque<(u64, f32)>,
+}
+
+impl SlidingMin {
+    fn new(len: usize) -> Self {
+        Self { len: len.max(1) as u64, pushed: 0, queue: VecDeque::with_capacity(len + 1) }
+    }
+
+    fn push(&mut self, value: f32) {
+        while self.queue.back().is_some_and(|&(_, v)| v >= value) {
+            self.queue.pop_back();
+        }
+        self.queue.push_back((self.pushed, value));
+        self.pushed += 1;
+        while self.queue.front().is_some_and(|&(i, _)| i + self.len < self.pushed) {
+            self.queue.pop_front();
+        }
+    }
+
+    /// The minimum of the window, once it has been filled at least once.
+    fn full_min(&self) -> Option<f32> {
+        (self.pushed >= self.len).then(|| self.min()).flatten()
+    }
+
+    fn min(&self) -> Option<f32> {
+        self.queue.front().map(|&(_, v)| v)
+    }
+}
+
+/// A one-pole DC blocker, `y[n] = x[n] - x[n-1] + r·y[n-1]`, started at the first sample's
+/// level so a constant offset gives exactly zero from the start.
+struct DcBlocker {
+    r: f32,
+    last_in: Option<f32>,
+    last_out: f32,
+}
+
+impl DcBlocker {
+    fn new(sample_rate: u32) -> Self {
+        let r = (-2.0 * std::f32::consts::PI * DC_CUTOFF_HZ / sample_rate as f32).exp();
+        Self { r, last_in: None, last_out: 0.0 }
+    }
+
+    fn filter(&mut self, x: f32) -> f32 {
+        let previous = *self.last_in.get_or_insert(x);
+        let y = x - previous + self.r * self.last_out;
+        self.last_in = Some(x);
+        self.last_out = y;
+        y
+    }
+}
+
+/// A closed segment waiting until its padding has been seen, in samples.
+#[derive(Debug, Clone, Copy)]
+struct Closed {
+    start: u64,
+    end: u64,
+    energy_db: f64,
+}
+
 /// Segmentation state for one stream.
 struct Detector {
     sample_rate: u32,
     channels: u32,
     frame_len: usize,
     analyzer: Analyzer,
-    /// Mono samples of the frame being filled.
+    dc: DcBlocker,
+    /// Mono samples of the frame being filled (after the DC blocker).
     frame: Vec<f32>,
     /// Frames analysed so far.
     frames_done: u64,
     /// Mono samples of the frames analysed so far.
     samples_done: u64,
-    /// Levels of recent non-speech frames, for the noise floor.
-    recent: VecDeque<f32>,
-    noise_window: usize,
+    /// Band levels of recent non-speech frames: the noise floor.
+    quiet: SlidingMin,
+    /// Band levels of every recent frame: the floor of a stream with no non-speech frame yet.
+    all: SlidingMin,
     min_speech_frames: u64,
     min_silence_frames: u64,
     threshold_db: f32,
+    /// Padding added on each side of a segment, in samples.
+    pad: u64,
     /// First frame of the current run of speech-like frames.
     run_start: Option<u64>,
     /// The open segment: first frame, last speech-like frame, summed mean squares and count.
     open: Option<(u64, u64, f64, u64)>,
-    closed: Vec<Segment>,
+    /// Closed segments whose end padding has not been seen yet.
+    closing: VecDeque<Closed>,
+    /// Where the last emitted segment ended (padding included), in samples.
+    emitted_end: u64,
+    ready: Vec<Segment>,
     last: Option<FrameFeatures>,
     speech_frames: u64,
 }
@@ -166,32 +256,34 @@ impl Detector {
     fn new(cfg: &VadConfig, sample_rate: u32, channels: u32) -> Self {
         let frame_len = (sample_rate as usize * cfg.frame_ms as usize / 1_000).max(1);
         let frames_for = |ms: u32| u64::from(ms).div_ceil(u64::from(cfg.frame_ms)).max(1);
-        let noise_window = (NOISE_WINDOW_MS / cfg.frame_ms) as usize;
         Self {
             sample_rate,
             channels,
             frame_len,
             analyzer: Analyzer::new(frame_len, sample_rate),
+            dc: DcBlocker::new(sample_rate),
             frame: Vec::with_capacity(frame_len),
             frames_done: 0,
             samples_done: 0,
-            recent: VecDeque::with_capacity(noise_window + 1),
-            noise_window,
+            quiet: SlidingMin::new((NOISE_WINDOW_MS / cfg.frame_ms) as usize),
+            all: SlidingMin::new((ADAPT_WINDOW_MS / cfg.frame_ms) as usize),
             min_speech_frames: frames_for(cfg.min_speech_ms),
             min_silence_frames: frames_for(cfg.min_silence_ms),
             threshold_db: cfg.threshold_db,
+            pad: u64::from(sample_rate) * u64::from(cfg.speech_pad_ms) / 1_000,
             run_start: None,
             open: None,
-            closed: Vec::with_capacity(8),
+            closing: VecDeque::with_capacity(4),
+            emitted_end: 0,
+            ready: Vec::with_capacity(8),
             last: None,
             speech_frames: 0,
         }
     }
 
-    /// The time at the start of frame `frames`, never past the audio seen so far.
-    fn seconds(&self, frames: u64) -> f64 {
-        let samples = (frames * self.frame_len as u64).min(self.samples_done + self.frame.len() as u64);
-        samples as f64 / f64::from(self.sample_rate)
+    /// Mono samples seen so far, analysed or not.
+    fn seen(&self) -> u64 {
+        self.samples_done + self.frame.len() as u64
     }
 
     /// Adds interleaved samples, analysing every frame they complete.
@@ -200,31 +292,35 @@ impl Detector {
         let scale = 1.0 / ch as f32;
         for frame in samples.chunks_exact(ch) {
             let mono = if ch == 1 { frame[0] } else { frame.iter().sum::<f32>() * scale };
-            self.frame.push(mono);
+            self.frame.push(self.dc.filter(mono));
             if self.frame.len() == self.frame_len {
                 self.finish_frame();
                 self.samples_done += self.frame_len as u64;
                 self.frame.clear();
             }
         }
+        self.release(false);
+    }
+
+    /// The noise floor for the next frame, if one has been measured.
+    fn noise_floor(&self) -> Option<f32> {
+        self.quiet.min().or_else(|| self.all.full_min())
     }
 
     fn finish_frame(&mut self) {
         let f = self.analyzer.analyze(&self.frame);
         self.last = Some(f);
-        let noise_floor = self.recent.iter().copied().fold(f.band_db, f32::min);
+        let above_floor = self.noise_floor().is_none_or(|floor| f.band_db >= floor + NOISE_MARGIN_DB);
         let speech = f.energy_db >= self.threshold_db
-            && f.band_db >= noise_floor + NOISE_MARGIN_DB
+            && above_floor
             && f.flatness <= MAX_FLATNESS
             && f.band_ratio >= MIN_BAND_RATIO;
         if !speech {
             // Only frames judged not to be speech feed the floor, so a long utterance does not
             // raise it to its own quietest syllables.
-            if self.recent.len() == self.noise_window {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(f.band_db);
+            self.quiet.push(f.band_db);
         }
+        self.all.push(f.band_db);
         let i = self.frames_done;
         self.frames_done += 1;
         let power = 10f64.powf(f64::from(f.energy_db) / 10.0);
@@ -258,31 +354,60 @@ impl Detector {
     fn close(&mut self) {
         if let Some((start, last, sum, n)) = self.open.take() {
             let energy_db = 10.0 * (sum / n as f64).log10();
-            self.closed.push(Segment {
-                start_s: self.seconds(start),
-                end_s: self.seconds(last + 1),
+            let frame = self.frame_len as u64;
+            self.closing.push_back(Closed {
+                start: start * frame,
+                end: ((last + 1) * frame).min(self.seen()),
                 energy_db: (energy_db * 100.0).round() / 100.0,
             });
         }
     }
 
+    /// Emits the closed segments whose end padding has been seen (all of them when `all`),
+    /// padded on both sides but never overlapping each other, the open segment, or the end of
+    /// the audio.
+    fn release(&mut self, all: bool) {
+        let seen = self.seen();
+        let open_start = self.open.map(|(start, ..)| start * self.frame_len as u64);
+        while let Some(c) = self.closing.front().copied() {
+            let padded_end = c.end + self.pad;
+            // Wait for the padding to be seen, and for a run of speech inside it to become a
+            // segment (or not), so the padding never overlaps the next segment.
+            let padding_seen = padded_end <= seen && self.run_start.is_none();
+            if !all && open_start.is_none() && !padding_seen {
+                break;
+            }
+            self.closing.pop_front();
+            let mut end = padded_end.min(seen);
+            if let Some(next) = self.closing.front().map(|n| n.start).or(open_start) {
+                // Segments closer than twice the padding share the silence between them.
+                end = end.min(c.end + (next - c.end).min(2 * self.pad) / 2);
+            }
+            let start = c.start.saturating_sub(self.pad).max(self.emitted_end).min(c.start);
+            self.emitted_end = end;
+            let rate = f64::from(self.sample_rate);
+            self.ready.push(Segment { start_s: start as f64 / rate, end_s: end as f64 / rate, energy_db: c.energy_db });
+        }
+    }
+
     /// Analyses a final partial frame (if it is at least half a frame; the FFT pads it with
-    /// silence) and closes the open segment.
+    /// silence), closes the open segment and emits every closed one.
     fn finish(&mut self) {
         let tail = self.frame.len();
         if tail * 2 >= self.frame_len {
             self.finish_frame();
         }
+        self.close();
         self.samples_done += tail as u64;
         self.frame.clear();
-        self.close();
+        self.release(true);
     }
 
     fn take_segments(&mut self) -> Option<PortValue> {
-        if self.closed.is_empty() {
+        if self.ready.is_empty() {
             return None;
         }
-        let list = self.closed.drain(..).map(Segment::to_json).collect();
+        let list = self.ready.drain(..).map(Segment::to_json).collect();
         Some(PortValue::data(Value::Array(list)))
     }
 }
@@ -293,6 +418,7 @@ struct VadConfig {
     frame_ms: u32,
     min_speech_ms: u32,
     min_silence_ms: u32,
+    speech_pad_ms: u32,
 }
 
 /// Detects speech in `input`, passing the audio through on `output` and the segments on
@@ -388,8 +514,9 @@ impl NodeFactory for VadFactory {
         }
         let min_speech_ms = p.u32_in("min_speech_ms", 0, 10_000).unwrap_or(90);
         let min_silence_ms = p.u32_in("min_silence_ms", 0, 10_000).unwrap_or(300);
+        let speech_pad_ms = p.u32_in("speech_pad_ms", 0, MAX_PAD_MS).unwrap_or(0);
         p.finish()?;
-        let cfg = VadConfig { threshold_db, frame_ms, min_speech_ms, min_silence_ms };
+        let cfg = VadConfig { threshold_db, frame_ms, min_speech_ms, min_silence_ms, speech_pad_ms };
         Ok(Box::new(VadNode { cfg, detector: None, converted: Vec::new() }))
     }
 }

@@ -39,6 +39,8 @@ class BandpassFilter(Node):
             self.state = np.zeros((self.sos.shape[0], 2, a.channels))
         elif a.sample_rate != self.rate:
             raise InvalidInput(f"BandpassFilterNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
+        if a.frames == 0:
+            return {"output": a}
         x = a.as_float().astype(np.float64)
         y, self.state = signal.sosfilt(self.sos, x, axis=0, zi=self.state)
         return {"output": from_float(shaped(y.astype(np.float32), a.channels), a.sample_rate, a.samples.dtype.type)}

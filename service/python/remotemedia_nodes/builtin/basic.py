@@ -14,12 +14,11 @@ _FORMATS = {"f32": np.float32, "i16": np.int16, "i32": np.int32}
 
 
 def audio_input(inputs: dict[str, Any], node_name: str) -> Audio:
-    """The `input` audio, refused when missing, empty or not finite (as the native nodes do)."""
+    """The `input` audio, refused when missing or not finite (as the native nodes do). Empty
+    audio is valid: a node given none returns an empty `output` in its output layout."""
     audio = inputs.get("input")
     if not isinstance(audio, Audio):
         raise InvalidInput(f"{node_name}: missing input port `input`")
-    if audio.frames == 0:
-        raise InvalidInput(f"{node_name}: input audio is empty")
     if audio.samples.dtype == np.float32 and not np.all(np.isfinite(audio.samples)):
         index = int(np.flatnonzero(~np.isfinite(audio.samples.reshape(-1)))[0])
         raise InvalidInput(f"{node_name}: input sample {index} is {audio.samples.reshape(-1)[index]}; audio must be finite")

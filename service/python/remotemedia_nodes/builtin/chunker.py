@@ -35,13 +35,11 @@ class AudioChunker(Node):
             raise InvalidInput("AudioChunkerNode: input layout changed within the stream")
         self.pending = np.concatenate([self.pending, a.samples])
         whole = len(self.pending) // self.frames * self.frames
-        if whole == 0:
-            return {}
         out, self.pending = self.pending[:whole], self.pending[whole:]
         return {"output": Audio(out, self.rate)}
 
     def flush(self) -> dict[str, Any]:
-        if self.pending is None or len(self.pending) == 0:
+        if self.pending is None:
             return {}
         out, self.pending = self.pending, self.pending[:0]
         return {"output": Audio(out, self.rate)}

@@ -1,4 +1,4 @@
-"""Python twin of VADNode: the same frame features and segmentation, in numpy."""
+"""Python twin of VADNode: the same DC blocker, frame features and segmentation, in numpy."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from scipy import signal
 
 from remotemedia_nodes.builtin.basic import audio_input
 from remotemedia_nodes.errors import InvalidInput, ParamError
@@ -13,40 +14,81 @@ from remotemedia_nodes.registry import Node, node
 
 NOISE_MARGIN_DB = 6.0
 NOISE_WINDOW_MS = 1500
+ADAPT_WINDOW_MS = 3000
+MAX_PAD_MS = 2000
+DC_CUTOFF_HZ = 5.0
 MAX_FLATNESS = 0.3
 MIN_BAND_RATIO = 0.3
 BAND_LOW_HZ, BAND_HIGH_HZ = 150.0, 4000.0
 FLOOR_DB = -120.0
 
 
+class _SlidingMin:
+    """The minimum of the last `size` values pushed (a monotonic queue)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.pushed = 0
+        self.queue: deque[tuple[int, float]] = deque()
+
+    def push(self, value: float) -> None:
+        while self.queue and self.queue[-1][1] >= value:
+            self.queue.pop()
+        self.queue.append((self.pushed, value))
+        self.pushed += 1
+        while self.queue and self.queue[0][0] + self.size < self.pushed:
+            self.queue.popleft()
+
+    def min(self) -> float | None:
+        return self.queue[0][1] if self.queue else None
+
+    def full_min(self) -> float | None:
+        return self.min() if self.pushed >= self.size else None
+
+
 @node("VADNode")
 class Vad(Node):
     """Voice activity: passes `input` through on `output` and reports `segments`."""
 
-    def __init__(self, threshold_db: float = -30.0, frame_ms: int = 30, min_speech_ms: int = 90, min_silence_ms: int = 300) -> None:
+    def __init__(
+        self,
+        threshold_db: float = -30.0,
+        frame_ms: int = 30,
+        min_speech_ms: int = 90,
+        min_silence_ms: int = 300,
+        speech_pad_ms: int = 0,
+    ) -> None:
         if frame_ms not in (10, 20, 30):
             raise ParamError("frame_ms", f"must be 10, 20 or 30, got {frame_ms}")
         if not -100 <= float(threshold_db) <= 0:
             raise ParamError("threshold_db", f"must be a number between -100 and 0, got {threshold_db}")
-        for name, v in (("min_speech_ms", min_speech_ms), ("min_silence_ms", min_silence_ms)):
-            if not isinstance(v, int) or not 0 <= v <= 10_000:
-                raise ParamError(name, f"must be an integer between 0 and 10000, got {v}")
+        for name, v, high in (("min_speech_ms", min_speech_ms, 10_000), ("min_silence_ms", min_silence_ms, 10_000), ("speech_pad_ms", speech_pad_ms, MAX_PAD_MS)):
+            if not isinstance(v, int) or not 0 <= v <= high:
+                raise ParamError(name, f"must be an integer between 0 and {high}, got {v}")
         self.threshold_db = float(threshold_db)
         self.frame_ms = frame_ms
         self.min_speech = max(1, -(-min_speech_ms // frame_ms))
         self.min_silence = max(1, -(-min_silence_ms // frame_ms))
+        self.pad_ms = speech_pad_ms
         self.rate = 0
         self.buffer = np.zeros(0, dtype=np.float32)
-        self.recent: deque[float] = deque(maxlen=NOISE_WINDOW_MS // frame_ms)
+        self.quiet = _SlidingMin(NOISE_WINDOW_MS // frame_ms)
+        self.all = _SlidingMin(ADAPT_WINDOW_MS // frame_ms)
         self.frames_done = 0
         self.samples_done = 0
         self.run_start: int | None = None
         self.open: list[float] | None = None  # [start frame, last speech frame, power sum, count]
-        self.closed: list[dict[str, float]] = []
+        self.closing: deque[tuple[int, int, float]] = deque()  # (start, end sample, energy_db)
+        self.emitted_end = 0
+        self.ready: list[dict[str, float]] = []
+        self.dc_state: np.ndarray | None = None
 
     def _setup(self, rate: int) -> None:
         self.rate = rate
         self.frame_len = max(1, rate * self.frame_ms // 1000)
+        self.pad = rate * self.pad_ms // 1000
+        # y[n] = x[n] - x[n-1] + r·y[n-1]: a one-pole high-pass at DC_CUTOFF_HZ.
+        self.dc_r = float(np.exp(-2 * np.pi * DC_CUTOFF_HZ / rate))
         self.nfft = max(64, 1 << (self.frame_len - 1).bit_length())
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.frame_len) / self.frame_len)).astype(np.float32)
         bin_hz = rate / self.nfft
@@ -55,8 +97,18 @@ class Vad(Node):
         hi = min(max(int(np.floor(min(BAND_HIGH_HZ, rate / 2) / bin_hz)), lo + 1), nyq + 1)
         self.band = slice(lo, hi)
 
+    def _dc_block(self, x: np.ndarray) -> np.ndarray:
+        """The DC blocker, started at the first sample's level (no start-up transient)."""
+        if len(x) == 0:
+            return x
+        if self.dc_state is None:
+            self.dc_state = np.array([-float(x[0])])
+        y, self.dc_state = signal.lfilter([1.0, -1.0], [1.0, -self.dc_r], x.astype(np.float64), zi=self.dc_state)
+        return y.astype(np.float32)
+
     def _features(self, frame: np.ndarray) -> tuple[float, float, float, float]:
-        ms = float(np.mean(frame.astype(np.float64) ** 2))
+        frame = frame.astype(np.float64)
+        ms = float(np.mean(frame**2)) if len(frame) else 0.0
         energy_db = max(10 * np.log10(ms), FLOOR_DB) if ms > 0 else FLOOR_DB
         spectrum = np.abs(np.fft.rfft(frame * self.window[: len(frame)], self.nfft)) ** 2
         total = float(spectrum[1:].sum())
@@ -67,15 +119,21 @@ class Vad(Node):
         band_db = max(10 * np.log10(ms * ratio), FLOOR_DB) if band_sum > 0 and ms * ratio > 0 else FLOOR_DB
         return energy_db, band_db, flatness, ratio
 
-    def _seconds(self, frames: int) -> float:
-        return min(frames * self.frame_len, self.samples_done + len(self.buffer)) / self.rate
+    def _seen(self) -> int:
+        return self.samples_done + len(self.buffer)
+
+    def _noise_floor(self) -> float | None:
+        q = self.quiet.min()
+        return q if q is not None else self.all.full_min()
 
     def _frame(self, frame: np.ndarray) -> None:
         energy_db, band_db, flatness, ratio = self._features(frame)
-        floor = min([band_db, *self.recent])
-        speech = energy_db >= self.threshold_db and band_db >= floor + NOISE_MARGIN_DB and flatness <= MAX_FLATNESS and ratio >= MIN_BAND_RATIO
+        floor = self._noise_floor()
+        above_floor = floor is None or band_db >= floor + NOISE_MARGIN_DB
+        speech = energy_db >= self.threshold_db and above_floor and flatness <= MAX_FLATNESS and ratio >= MIN_BAND_RATIO
         if not speech:
-            self.recent.append(band_db)
+            self.quiet.push(band_db)
+        self.all.push(band_db)
         i = self.frames_done
         self.frames_done += 1
         power = 10 ** (energy_db / 10)
@@ -96,12 +154,29 @@ class Vad(Node):
     def _close(self) -> None:
         if self.open is not None:
             start, last, total, n = self.open
-            self.closed.append({
-                "start_s": self._seconds(int(start)),
-                "end_s": self._seconds(int(last) + 1),
-                "energy_db": round(10 * np.log10(total / n), 2),
-            })
+            end = min((int(last) + 1) * self.frame_len, self._seen())
+            self.closing.append((int(start) * self.frame_len, end, round(10 * np.log10(total / n), 2)))
             self.open = None
+
+    def _release(self, everything: bool) -> None:
+        """Emits the closed segments whose end padding has been seen (all when `everything`),
+        padded on both sides without overlapping each other, the open segment or the audio's end."""
+        seen = self._seen()
+        open_start = int(self.open[0]) * self.frame_len if self.open is not None else None
+        while self.closing:
+            start, end, energy_db = self.closing[0]
+            padded_end = end + self.pad
+            padding_seen = padded_end <= seen and self.run_start is None
+            if not everything and open_start is None and not padding_seen:
+                break
+            self.closing.popleft()
+            out_end = min(padded_end, seen)
+            following = self.closing[0][0] if self.closing else open_start
+            if following is not None:
+                out_end = min(out_end, end + min(following - end, 2 * self.pad) // 2)
+            out_start = min(max(start - self.pad, self.emitted_end, 0), start)
+            self.emitted_end = out_end
+            self.ready.append({"start_s": out_start / self.rate, "end_s": out_end / self.rate, "energy_db": energy_db})
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "VADNode")
@@ -111,22 +186,25 @@ class Vad(Node):
             self._setup(a.sample_rate)
         elif a.sample_rate != self.rate:
             raise InvalidInput(f"VADNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
-        mono = a.as_float().mean(axis=1).astype(np.float32)
+        mono = self._dc_block(a.as_float().mean(axis=1).astype(np.float32))
         self.buffer = np.concatenate([self.buffer, mono])
         while len(self.buffer) >= self.frame_len:
             frame, self.buffer = self.buffer[: self.frame_len], self.buffer[self.frame_len :]
             self._frame(frame)
             self.samples_done += self.frame_len
+        self._release(False)
         out: dict[str, Any] = {"output": a}
-        if self.closed:
-            out["segments"], self.closed = self.closed, []
+        if self.ready:
+            out["segments"], self.ready = self.ready, []
         return out
 
     def flush(self) -> dict[str, Any]:
         if self.rate and len(self.buffer) * 2 >= self.frame_len:
             self._frame(self.buffer)
-        self.samples_done += len(self.buffer)
-        self.buffer = self.buffer[:0]
-        self._close()
-        segments, self.closed = self.closed, []
+        if self.rate:
+            self._close()
+            self.samples_done += len(self.buffer)
+            self.buffer = self.buffer[:0]
+            self._release(True)
+        segments, self.ready = self.ready, []
         return {"segments": segments}

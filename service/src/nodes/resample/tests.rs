@@ -262,7 +262,8 @@ fn equal_rates_pass_the_buffer_through_without_copying() {
     let ptr = a.bytes().as_ptr();
     let out = n.process(Ports::new().with(INPUT, PortValue::Audio(a)), &ctx()).unwrap();
     assert_eq!(out.audio(OUTPUT).unwrap().bytes().as_ptr(), ptr);
-    assert!(n.flush(&ctx()).unwrap().is_empty());
+    let tail = n.flush(&ctx()).unwrap();
+    assert_eq!(tail.audio(OUTPUT).unwrap(), &AudioBuffer::from_f32(vec![], 16_000, 1), "an empty tail");
 }
 
 #[test]
@@ -298,8 +299,19 @@ fn inputs_are_checked() {
     assert!(err.message.contains("input channels changed from 1 to 2 within the stream"), "{}", err.message);
     let err = feed(&mut n, AudioBuffer::from_f32(vec![0.0, f32::INFINITY], 48_000, 1)).unwrap_err();
     assert!(err.message.contains("input sample 1 is inf"), "{}", err.message);
-    let err = feed(&mut n, AudioBuffer::from_f32(vec![], 48_000, 1)).unwrap_err();
-    assert!(err.message.contains("input audio is empty"), "{}", err.message);
+    // Empty input is valid: an empty output at the output rate.
+    let out = feed(&mut n, AudioBuffer::from_f32(vec![], 48_000, 1)).unwrap();
+    assert_eq!(out.audio(OUTPUT).unwrap(), &AudioBuffer::from_f32(vec![], 16_000, 1));
+}
+
+#[test]
+fn a_call_with_no_output_yet_returns_an_empty_buffer_at_the_output_rate() {
+    let mut n = node(json!({"output_rate": 16_000}));
+    let input = PortValue::Audio(AudioBuffer::from_f32(vec![0.5], 44_100, 1));
+    let out = n.process(Ports::new().with(INPUT, input), &ctx()).unwrap();
+    assert_eq!(out.audio(OUTPUT).unwrap(), &AudioBuffer::from_f32(vec![], 16_000, 1));
+    let tail = n.flush(&ctx()).unwrap();
+    assert_eq!(tail.audio(OUTPUT).unwrap().frames(), 0, "round(1 × 16000 / 44100) = 0 frames in all");
 }
 
 #[test]

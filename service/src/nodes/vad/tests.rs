@@ -270,3 +270,118 @@ fn features_separate_harmonic_sound_from_noise() {
     assert!(f.band_db < f.energy_db, "the band holds part of the energy: {f:?}");
     assert_eq!(a.analyze(&[0.0; 480]).energy_db, FLOOR_DB);
 }
+
+#[test]
+fn a_dc_offset_changes_no_feature_and_no_segment() {
+    let x = speech_between_silences(1.5, 1.0, 1.0, -20.0);
+    let clean = segments(json!({}), &x, 0);
+    assert_eq!(clean.len(), 1, "{clean:?}");
+    for offset in [0.1f32, 0.2, 0.3, -0.25] {
+        let shifted: Vec<f32> = x.iter().map(|v| v + offset).collect();
+        let found = segments(json!({}), &shifted, 0);
+        assert_eq!(found.len(), 1, "DC {offset}: {found:?}");
+        assert!((found[0].start_s - clean[0].start_s).abs() < 1e-9, "DC {offset}: {found:?}");
+        assert!((found[0].end_s - clean[0].end_s).abs() < 1e-9, "DC {offset}: {found:?}");
+        assert!((found[0].energy_db - clean[0].energy_db).abs() < 0.05, "DC {offset}: {found:?}");
+    }
+    // Pure offset is silence from the first sample on.
+    let mut dc = DcBlocker::new(RATE);
+    assert!((0..1_000).all(|_| dc.filter(0.2) == 0.0));
+    // A slow drift is removed too, and a 150 Hz tone, the bottom of the speech band, is kept.
+    let mut dc = DcBlocker::new(RATE);
+    let drift: Vec<f32> = (0..seconds(20.0)).map(|i| 0.3 * (2.0 * PI * 0.1 * i as f32 / RATE as f32).sin()).collect();
+    let out: Vec<f32> = drift.iter().map(|&x| dc.filter(x)).collect();
+    assert!(rms(&out) < 0.03 * rms(&drift), "drift left: {}", rms(&out) / rms(&drift));
+    let mut dc = DcBlocker::new(RATE);
+    let tone: Vec<f32> = (0..seconds(1.0)).map(|i| (2.0 * PI * 150.0 * i as f32 / RATE as f32).sin()).collect();
+    let out: Vec<f32> = tone.iter().map(|&x| dc.filter(x)).collect();
+    assert!((rms(&out[seconds(0.5)..]) / rms(&tone[seconds(0.5)..]) - 1.0).abs() < 0.01);
+}
+
+#[test]
+fn speech_at_the_very_first_sample_is_found() {
+    let x = speech_between_silences(1.0, 0.0, 1.0, -20.0);
+    let found = segments(json!({}), &x, 0);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].start_s < 0.001 && (found[0].end_s - 1.0).abs() <= 0.03, "{found:?}");
+    // The same streamed in 20 ms chunks.
+    assert_eq!(segments(json!({}), &x, seconds(0.02)), found);
+}
+
+#[test]
+fn bursts_that_start_the_stream_each_give_a_segment() {
+    let burst = speech_between_silences(0.5, 0.0, 0.5, -12.0);
+    let x: Vec<f32> = burst.iter().copied().cycle().take(burst.len() * 5).collect();
+    let found = segments(json!({}), &x, seconds(0.02));
+    assert_eq!(found.len(), 5, "{found:?}");
+    for (i, s) in found.iter().enumerate() {
+        assert!((s.start_s - i as f64).abs() <= 0.03, "{found:?}");
+    }
+}
+
+#[test]
+fn a_speech_like_background_from_the_start_becomes_the_floor() {
+    // A steady harmonic buzz (a machine: harmonic, in the speech band, above the threshold, so
+    // speech-like in every feature of a single frame) from the first sample on. With no pause to
+    // measure a floor from, its own quietest level becomes the floor after 3 s, and speech above
+    // it is still found.
+    let n = seconds(12.0);
+    let mut x: Vec<f32> = (0..n)
+        .map(|i| {
+            let t = i as f32 / RATE as f32;
+            (1..=30).map(|k| (2.0 * PI * 100.0 * k as f32 * t).sin() / (1.0 + (k as f32 - 8.0).abs())).sum()
+        })
+        .collect();
+    scale_to_dbfs(&mut x, -28.0);
+    let mut talk = voiced(seconds(1.0));
+    scale_to_dbfs(&mut talk, -8.0);
+    for (i, v) in talk.iter().enumerate() {
+        x[seconds(9.0) + i] += *v;
+    }
+    let found = segments(json!({}), &x, 0);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].start_s < 0.001 && (found[0].end_s - 3.0).abs() <= 0.1, "{found:?}");
+    assert!((found[1].start_s - 9.0).abs() <= 0.1 && (found[1].end_s - 10.0).abs() <= 0.1, "{found:?}");
+}
+
+#[test]
+fn padding_widens_segments_without_overlap_or_leaving_the_audio() {
+    let x = [speech_between_silences(0.6, 0.5, 0.5, -20.0), speech_between_silences(0.6, 0.0, 0.3, -20.0)].concat();
+    let plain = segments(json!({}), &x, 0);
+    assert_eq!(plain.len(), 2, "{plain:?}");
+    let padded = segments(json!({"speech_pad_ms": 100}), &x, 0);
+    for (p, q) in plain.iter().zip(&padded) {
+        assert!((q.start_s - (p.start_s - 0.1)).abs() < 1e-9 && (q.end_s - (p.end_s + 0.1)).abs() < 1e-9, "{padded:?}");
+    }
+    let wide = segments(json!({"speech_pad_ms": 2000}), &x, 0);
+    let total = x.len() as f64 / f64::from(RATE);
+    assert_eq!(wide.len(), 2, "{wide:?}");
+    assert_eq!(wide[0].start_s, 0.0);
+    assert!((wide[1].end_s - total).abs() < 1e-9, "{wide:?}");
+    assert!(wide[0].end_s <= wide[1].start_s, "padding shares the gap: {wide:?}");
+    let gap_middle = (plain[0].end_s + plain[1].start_s) / 2.0;
+    assert!((wide[0].end_s - gap_middle).abs() < 1e-3, "{wide:?}");
+    for chunk in [160, 320, 7] {
+        assert_eq!(segments(json!({"speech_pad_ms": 2000}), &x, chunk), wide, "chunks of {chunk}");
+        assert_eq!(segments(json!({"speech_pad_ms": 100}), &x, chunk), padded, "chunks of {chunk}");
+    }
+}
+
+#[test]
+fn a_padded_segment_is_emitted_once_its_padding_has_been_seen() {
+    let x = speech_between_silences(0.6, 0.5, 2.0, -20.0);
+    let mut n = node(json!({"min_silence_ms": 300, "speech_pad_ms": 500}));
+    let c = ctx();
+    let mut when = None;
+    for (i, part) in x.chunks(seconds(0.02)).enumerate() {
+        let out = n
+            .process(Ports::new().with(INPUT, PortValue::Audio(AudioBuffer::from_f32(part.to_vec(), RATE, 1))), &c)
+            .unwrap();
+        if out.contains("segments") {
+            when = Some((i + 1) as f64 * 0.02);
+        }
+    }
+    // Speech ends at 1.1 s; the segment is out once 500 ms of padding has followed it.
+    let when = when.expect("emitted during the stream");
+    assert!((1.6..=1.7).contains(&when), "emitted at {when}");
+}
