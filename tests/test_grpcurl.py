@@ -84,3 +84,31 @@ def test_the_readme_grpcurl_examples_work_as_written(server: RunningServer, tmp_
         out = subprocess.run(real, shell=True, capture_output=True, text=True, timeout=30, cwd=REPO)
         assert out.returncode == 0, f"{cmd}\n{out.stderr}"
         assert out.stdout.strip(), cmd
+
+
+def grpcurl_error(*args: str, data: str) -> str:
+    out = subprocess.run([str(GRPCURL), "-plaintext", "-d", data, *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0, out.stdout
+    return out.stdout + out.stderr
+
+
+def test_grpcurl_decodes_the_error_details_with_no_proto_files(server: RunningServer) -> None:
+    text = grpcurl_error(
+        "-H", "remotemedia-protocol-version: v2", server.address, "remotemedia.v1.PipelineService/ExecutePipeline", data="{}"
+    )
+    assert "is not recognized" not in text, text
+    assert "FailedPrecondition" in text
+    assert '"@type": "type.googleapis.com/google.rpc.ErrorInfo"' in text and '"reason": "VERSION_MISMATCH"' in text
+
+
+def test_grpcurl_decodes_bad_request_violations(server: RunningServer) -> None:
+    manifest = {"manifest": {"version": "v1", "nodes": [{"id": "a", "node_type": "NoSuchNode"}]}}
+    text = grpcurl_error(server.address, "remotemedia.v1.PipelineService/StreamPipeline", data=json.dumps(manifest))
+    assert "is not recognized" not in text, text
+    assert '"@type": "type.googleapis.com/google.rpc.BadRequest"' in text
+    assert "unknown node type `NoSuchNode`" in text
+
+
+@pytest.mark.parametrize("symbol", ["google.rpc.ErrorInfo", "google.rpc.RetryInfo", "google.rpc.BadRequest", "google.rpc.Status"])
+def test_reflection_describes_the_error_detail_types(server: RunningServer, symbol: str) -> None:
+    assert f"{symbol} is a message" in grpcurl(server.address, "describe", symbol)

@@ -16,55 +16,6 @@ use remotemedia::proto;
 const EXECUTE: &str = "/remotemedia.v1.PipelineService/ExecutePipeline";
 const STREAM: &str = "/remotemedia.v1.PipelineService/StreamPipeline";
 
-/// What the server answered a raw request with.
-#[derive(Debug)]
-struct Answer {
-    http_status: u16,
-    grpc_status: Option<i32>,
-    grpc_message: String,
-}
-
-/// Sends one raw HTTP/2 request and reads the whole answer (headers, body, trailers).
-async fn raw(addr: std::net::SocketAddr, path: &str, content_type: &str, body: Bytes) -> Answer {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", content_type)
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    send.send_data(body, true).unwrap();
-    let response = response.await.unwrap();
-    let (parts, mut body) = response.into_parts();
-    let header = |map: &http::HeaderMap, name: &str| map.get(name).map(|v| v.to_str().unwrap().to_owned());
-    let mut grpc_status = header(&parts.headers, "grpc-status").map(|s| s.parse().unwrap());
-    let mut grpc_message = header(&parts.headers, "grpc-message").unwrap_or_default();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-    }
-    if let Ok(Some(trailers)) = body.trailers().await {
-        grpc_status = header(&trailers, "grpc-status").map(|s| s.parse().unwrap()).or(grpc_status);
-        grpc_message = header(&trailers, "grpc-message").unwrap_or(grpc_message);
-    }
-    Answer { http_status: parts.status.as_u16(), grpc_status, grpc_message }
-}
-
-/// A gRPC length-prefixed frame around `payload`, with `declared` as its length field.
-fn frame(payload: &[u8], declared: u32, compressed: u8) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_u8(compressed);
-    b.put_u32(declared);
-    b.put_slice(payload);
-    b.freeze()
-}
-
 async fn still_serving(s: &TestServer) {
     let req =
         execute_request(manifest(vec![node("g", "GainNode", "")], vec![]), vec![("g", f32_audio(&[0.1; 4], 8_000, 1))]);
@@ -98,7 +49,7 @@ async fn broken_frames_get_clear_statuses_and_the_server_keeps_serving() {
         ("invalid compression flag", frame(&valid, valid.len() as u32, 7), invalid_argument, "malformed"),
     ];
     for (name, body, code, text) in cases {
-        let a = raw(s.addr, EXECUTE, "application/grpc", body).await;
+        let a = raw(s.addr, EXECUTE, &[("content-type", "application/grpc")], body).await;
         assert_eq!(a.grpc_status, Some(code), "{name}: {a:?}");
         assert!(a.grpc_message.contains(text), "{name}: {a:?}");
         still_serving(&s).await;
@@ -109,9 +60,15 @@ async fn broken_frames_get_clear_statuses_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     let s = start(&[]).await;
-    let a = raw(s.addr, EXECUTE, "text/plain", Bytes::from_static(b"hello")).await;
+    let a = raw(s.addr, EXECUTE, &[("content-type", "text/plain")], Bytes::from_static(b"hello")).await;
     assert!(a.http_status == 415 || a.grpc_status.is_some_and(|c| c != 0), "{a:?}");
-    let a = raw(s.addr, "/remotemedia.v1.PipelineService/NoSuchMethod", "application/grpc", frame(&[], 0, 0)).await;
+    let a = raw(
+        s.addr,
+        "/remotemedia.v1.PipelineService/NoSuchMethod",
+        &[("content-type", "application/grpc")],
+        frame(&[], 0, 0),
+    )
+    .await;
     assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{a:?}");
     still_serving(&s).await;
     s.stop().await;
@@ -127,7 +84,7 @@ async fn garbage_on_a_stream_ends_it_with_an_error_and_frees_the_session() {
     let mut body = BytesMut::new();
     body.put_slice(&frame(&manifest_msg, manifest_msg.len() as u32, 0));
     body.put_slice(&frame(&[0xff; 7], 7, 0));
-    let a = raw(s.addr, STREAM, "application/grpc", body.freeze()).await;
+    let a = raw(s.addr, STREAM, &[("content-type", "application/grpc")], body.freeze()).await;
     assert_eq!(a.grpc_status, Some(tonic::Code::InvalidArgument as i32), "{a:?}");
     s.wait_sessions(0).await;
     still_serving(&s).await;

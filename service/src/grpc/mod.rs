@@ -1,6 +1,7 @@
 //! The gRPC layer: `remotemedia.v1.PipelineService` over the executor.
 //!
 //! - [`server`]: binding, the tower layer stack, health, reflection, graceful shutdown
+//! - [`transport`]: the HTTP/1.1 + HTTP/2 connection server; [`lifetime`]: deadlines and drain
 //! - [`service`]: `ExecutePipeline` and `GetVersion`; [`stream`]: `StreamPipeline` sessions
 //! - [`interceptors`]: auth and protocol version checks in front of the service
 //! - [`limits`]: per-request limits against server caps
@@ -12,6 +13,7 @@ pub mod codec;
 pub mod compression;
 pub mod convert;
 pub mod interceptors;
+pub mod lifetime;
 pub mod limits;
 pub mod observe;
 pub mod server;
@@ -19,6 +21,7 @@ pub mod service;
 pub mod state;
 pub mod status;
 pub mod stream;
+pub mod transport;
 
 pub use server::{BoundServer, SERVICE_NAME, ServerError, bind, run};
 

@@ -1,7 +1,10 @@
 //! Prometheus metrics and per-request tracing spans.
 //!
-//! Every label value comes from a closed set (RPC names, status codes, registered node types,
-//! limit names), so no label can grow without bound.
+//! Every label value comes from a closed set (RPC names, status codes, outcomes, registered node
+//! types, limit names), so no label can grow without bound. Every family is registered at
+//! start-up ([`init`]): counters and gauges at 0 for the label values known up front, so
+//! `rate()` and absence alerts work from the first scrape. Process metrics (`process_*`, from
+//! `metrics-process`) are refreshed on each scrape.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -25,6 +28,60 @@ pub const LIMIT_REJECTIONS_TOTAL: &str = "remotemedia_limit_rejections_total";
 pub const AUTH_REJECTIONS_TOTAL: &str = "remotemedia_auth_rejections_total";
 pub const CODEC_DURATION: &str = "remotemedia_codec_duration_seconds";
 pub const CONVERSION_DURATION: &str = "remotemedia_conversion_duration_seconds";
+pub const BUILD_INFO: &str = "remotemedia_build_info";
+
+/// The RPCs, as label values.
+pub const RPCS: &[&str] = &["ExecutePipeline", "StreamPipeline", "GetVersion"];
+
+/// What a call came to, as a user sees it: `success`, or what went wrong. In-band failures
+/// (the call ended with status OK but carries an error) count as failures.
+pub mod outcome {
+    pub const SUCCESS: &str = "success";
+    pub const VALIDATION: &str = "validation";
+    pub const NODE_EXECUTION: &str = "node_execution";
+    pub const RESOURCE_LIMIT: &str = "resource_limit";
+    pub const AUTHENTICATION: &str = "authentication";
+    pub const VERSION_MISMATCH: &str = "version_mismatch";
+    pub const INTERNAL: &str = "internal";
+    pub const CANCELLED: &str = "cancelled";
+    pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+/// The (status code, outcome) pairs the service produces, registered at 0 for every RPC.
+const KNOWN_RESULTS: &[(Code, &str)] = &[
+    (Code::Ok, outcome::SUCCESS),
+    (Code::Ok, outcome::VALIDATION),
+    (Code::Ok, outcome::NODE_EXECUTION),
+    (Code::Ok, outcome::RESOURCE_LIMIT),
+    (Code::Ok, outcome::INTERNAL),
+    (Code::InvalidArgument, outcome::VALIDATION),
+    (Code::FailedPrecondition, outcome::VALIDATION),
+    (Code::FailedPrecondition, outcome::VERSION_MISMATCH),
+    (Code::Aborted, outcome::NODE_EXECUTION),
+    (Code::ResourceExhausted, outcome::RESOURCE_LIMIT),
+    (Code::Unauthenticated, outcome::AUTHENTICATION),
+    (Code::Unavailable, outcome::UNAVAILABLE),
+    (Code::Cancelled, outcome::CANCELLED),
+    (Code::DeadlineExceeded, outcome::DEADLINE_EXCEEDED),
+    (Code::Internal, outcome::INTERNAL),
+];
+
+/// Limit names, as label values of [`LIMIT_REJECTIONS_TOTAL`].
+pub const LIMITS: &[&str] = &[
+    "max_timeout_ms",
+    "max_memory_bytes",
+    "max_audio_samples",
+    "max_message_bytes",
+    "max_pipeline_nodes",
+    "max_concurrent_executions",
+    "max_concurrent_streams",
+    "stream_idle_timeout_ms",
+    "stream_max_duration_ms",
+];
+
+/// Reasons of [`AUTH_REJECTIONS_TOTAL`].
+pub const AUTH_REASONS: &[&str] = &["missing", "malformed", "invalid"];
 
 /// Latency buckets in seconds, dense below the 5 ms service objective.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +90,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -49,12 +107,71 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// Registers every family with its known label values at 0, and the build information.
+/// `implementations` are the registered node types with their runtimes (the values of the
+/// `node_type` and `runtime` labels).
+pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
+    prometheus();
+    for rpc in RPCS {
+        for (code, outcome) in KNOWN_RESULTS {
+            counter!(REQUESTS_TOTAL, "rpc" => *rpc, "code" => code_label(*code), "outcome" => *outcome).absolute(0);
+        }
+        let _ = histogram!(REQUEST_DURATION, "rpc" => *rpc);
+    }
+    for rpc in &RPCS[..2] {
+        let _ = histogram!(CONVERSION_DURATION, "rpc" => *rpc);
+    }
+    gauge!(ACTIVE_EXECUTIONS).increment(0.0);
+    gauge!(ACTIVE_STREAMS).increment(0.0);
+    for outcome in [outcome::SUCCESS, outcome::NODE_EXECUTION] {
+        counter!(STREAM_CHUNKS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    let _ = histogram!(STREAM_CHUNK_DURATION);
+    for (node_type, runtime) in implementations {
+        counter!(NODE_FAILURES_TOTAL, "node_type" => node_type.clone()).absolute(0);
+        let _ = histogram!(NODE_DURATION, "node_type" => node_type.clone(), "runtime" => runtime.name());
+    }
+    for limit in LIMITS {
+        counter!(LIMIT_REJECTIONS_TOTAL, "limit" => *limit).absolute(0);
+    }
+    for reason in AUTH_REASONS {
+        counter!(AUTH_REJECTIONS_TOTAL, "reason" => *reason).absolute(0);
+    }
+    for direction in ["encode", "decode"] {
+        let _ = histogram!(CODEC_DURATION, "direction" => direction);
+    }
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "protocol" => crate::grpc::interceptors::version::CURRENT,
+        "build_timestamp" => env!("REMOTEMEDIA_BUILD_TIMESTAMP"),
+    )
+    .set(1.0);
+    process().describe();
+    process().collect();
+}
+
+fn process() -> &'static metrics_process::Collector {
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
+
+/// The metrics in the Prometheus text format, with the process metrics refreshed.
+pub fn render() -> String {
+    let handle = prometheus();
+    process().collect();
+    handle.run_upkeep();
+    handle.render()
+}
+
 fn describe() {
-    describe_counter!(REQUESTS_TOTAL, "RPCs finished, by rpc and gRPC status code");
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "RPCs finished, by rpc, gRPC status code and outcome (success, or the kind of failure, in-band failures included)"
+    );
     describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "RPC latency by rpc (streams: whole session)");
     describe_gauge!(ACTIVE_EXECUTIONS, "ExecutePipeline calls running now");
     describe_gauge!(ACTIVE_STREAMS, "StreamPipeline sessions open now");
-    describe_counter!(STREAM_CHUNKS_TOTAL, "audio chunks processed by streams");
+    describe_counter!(STREAM_CHUNKS_TOTAL, "audio chunks processed by streams, by outcome");
     describe_histogram!(STREAM_CHUNK_DURATION, metrics::Unit::Seconds, "time to process one stream chunk");
     describe_histogram!(NODE_DURATION, metrics::Unit::Seconds, "time inside nodes, by node type and runtime");
     describe_counter!(NODE_FAILURES_TOTAL, "node failures, by node type");
@@ -70,6 +187,7 @@ fn describe() {
         metrics::Unit::Seconds,
         "turning request messages into pipeline inputs and results into responses, by rpc"
     );
+    describe_gauge!(BUILD_INFO, "always 1; the labels name the server's version, protocol and build time");
 }
 
 /// gRPC status code names as Prometheus label values.
@@ -95,43 +213,80 @@ pub fn code_label(code: Code) -> &'static str {
     }
 }
 
-pub fn request_finished(rpc: &'static str, code: Code, elapsed: Duration) {
-    counter!(REQUESTS_TOTAL, "rpc" => rpc, "code" => code_label(code)).increment(1);
+/// Counts a finished RPC with its status code and outcome (see [`outcome`]).
+pub fn request_finished(rpc: &'static str, code: Code, outcome: &'static str, elapsed: Duration) {
+    counter!(REQUESTS_TOTAL, "rpc" => rpc, "code" => code_label(code), "outcome" => outcome).increment(1);
     histogram!(REQUEST_DURATION, "rpc" => rpc).record(elapsed.as_secs_f64());
 }
 
-/// Records an RPC's outcome exactly once: with its code when it finishes, or as CANCELLED if its
-/// handler is dropped first (the client went away or its deadline passed).
+/// Records an RPC's outcome exactly once: when it finishes, or if its handler is dropped first,
+/// as DEADLINE_EXCEEDED when its deadline had passed and as CANCELLED otherwise (the client went
+/// away).
 pub struct RpcRecord {
     rpc: &'static str,
     started: std::time::Instant,
+    deadline: Option<tokio::time::Instant>,
     done: bool,
 }
 
 impl RpcRecord {
-    pub fn start(rpc: &'static str) -> Self {
-        Self { rpc, started: std::time::Instant::now(), done: false }
+    pub fn start(rpc: &'static str, deadline: Option<tokio::time::Instant>) -> Self {
+        Self { rpc, started: std::time::Instant::now(), deadline, done: false }
     }
 
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 
-    pub fn finish(mut self, code: Code) {
+    pub fn finish(mut self, code: Code, outcome: &'static str) {
         self.done = true;
-        request_finished(self.rpc, code, self.started.elapsed());
+        request_finished(self.rpc, code, outcome, self.started.elapsed());
     }
 }
 
 impl Drop for RpcRecord {
     fn drop(&mut self) {
-        if !self.done {
-            tracing::info!(
-                rpc = self.rpc,
-                elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,
-                "abandoned by the client; work cancelled"
-            );
-            request_finished(self.rpc, Code::Cancelled, self.started.elapsed());
+        if self.done {
+            return;
+        }
+        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        if crate::grpc::lifetime::CallDeadline::passed(self.deadline) {
+            tracing::info!(rpc = self.rpc, elapsed_ms, "deadline passed; work cancelled");
+            request_finished(self.rpc, Code::DeadlineExceeded, outcome::DEADLINE_EXCEEDED, self.started.elapsed());
+        } else {
+            tracing::info!(rpc = self.rpc, elapsed_ms, "abandoned by the client; work cancelled");
+            request_finished(self.rpc, Code::Cancelled, outcome::CANCELLED, self.started.elapsed());
+        }
+    }
+}
+
+/// Logs a call that failed at the level its cause deserves: ERROR only for the server's own
+/// faults (UNKNOWN, INTERNAL, DATA_LOSS, a broken response body). A client's mistake, a refusal
+/// or a shutdown is an expected outcome; the handlers log those at INFO with their reason.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogFailure;
+
+impl tower_http::trace::OnFailure<tower_http::classify::GrpcFailureClass> for LogFailure {
+    fn on_failure(
+        &mut self,
+        failure: tower_http::classify::GrpcFailureClass,
+        latency: Duration,
+        _span: &tracing::Span,
+    ) {
+        use tower_http::classify::GrpcFailureClass;
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        match failure {
+            GrpcFailureClass::Code(code) => {
+                let code = Code::from_i32(code.get());
+                if matches!(code, Code::Unknown | Code::Internal | Code::DataLoss) {
+                    tracing::error!(code = code_label(code), latency_ms, "call failed");
+                } else {
+                    tracing::debug!(code = code_label(code), latency_ms, "call ended with an error status");
+                }
+            }
+            GrpcFailureClass::Error(error) => {
+                tracing::warn!(error = %crate::text::clip(&error, crate::text::MAX_MESSAGE_BYTES), latency_ms, "call failed");
+            }
         }
     }
 }
@@ -152,8 +307,10 @@ impl Drop for Active {
     }
 }
 
-pub fn chunk_processed(elapsed: Duration) {
-    counter!(STREAM_CHUNKS_TOTAL).increment(1);
+/// Counts a stream chunk by its outcome (`success`, or `node_execution` when a node failed on it
+/// and the session went on).
+pub fn chunk_processed(outcome: &'static str, elapsed: Duration) {
+    counter!(STREAM_CHUNKS_TOTAL, "outcome" => outcome).increment(1);
     histogram!(STREAM_CHUNK_DURATION).record(elapsed.as_secs_f64());
 }
 

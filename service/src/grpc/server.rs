@@ -1,8 +1,9 @@
 //! Server assembly and life cycle: bind, serve, and the one shutdown path.
 //!
 //! Shutdown: the signal arrives → health reports NOT_SERVING → new pipeline RPCs are refused
-//! with UNAVAILABLE and open streams wind down → in-flight work gets the grace period to finish
-//! → whatever still runs is cancelled → the transport stops.
+//! with UNAVAILABLE, open streams wind down and idle health watches end → in-flight work gets
+//! the grace period to finish → whatever still runs is cancelled → connections get what is left
+//! of the grace period to close → the server returns.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,9 +12,10 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tonic_reflection::server::Builder;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
@@ -22,10 +24,12 @@ use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
 use super::compression;
-use super::interceptors::{GuardLayer, Guards, auth::Tokens};
+use super::interceptors::{GuardLayer, Guards, PIPELINE_PATH_PREFIX, auth::Tokens};
+use super::lifetime::{DeadlineLayer, DrainLayer};
 use super::observe::{self, NewRequestId};
 use super::service::Pipelines;
 use super::state::AppState;
+use super::transport;
 use crate::config::Config;
 use crate::graph::{CircuitBreakers, Engine};
 use crate::nodes::Registry;
@@ -50,8 +54,6 @@ pub enum ServerError {
          listen on a loopback address, or pass --allow-unauthenticated"
     )]
     Unauthenticated(SocketAddr),
-    #[error("the gRPC transport failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Startup(String),
 }
@@ -75,7 +77,7 @@ pub async fn bind(config: Config, registry: Registry) -> Result<BoundServer, Ser
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?),
         None => None,
     };
-    observe::prometheus();
+    observe::init(&registry.implementations());
     let engine = Engine::new(registry, CircuitBreakers::new(config.breaker_cooldown));
     Ok(BoundServer { state: Arc::new(AppState::new(engine, config)), listener, metrics_listener })
 }
@@ -104,53 +106,42 @@ impl BoundServer {
         let config = &state.config;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| ServerError::Startup(format!("reflection: {e}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| ServerError::Startup(format!("reflection: {e}")))?;
-        let pipelines = PipelineServiceServer::new(Pipelines::new(state.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(config.limits.max_message_bytes)
-            .max_encoding_message_size(usize::MAX);
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(health_service)
+            .add_service(reflection(Builder::build_v1)?)
+            .add_service(reflection(Builder::build_v1alpha)?)
+            .add_service(
+                PipelineServiceServer::new(Pipelines::new(state.clone()))
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(config.limits.max_message_bytes)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        let routes = routes.routes().prepare();
 
-        let layers = ServiceBuilder::new()
+        let service = ServiceBuilder::new()
             .layer(cors(&config.cors_allowed_origins))
+            // HTTP/1.1 carries gRPC-Web from browsers; HTTP/2 gRPC passes through unchanged.
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(SetRequestHeaderLayer::overriding(compression::GRPC_ACCEPT_ENCODING, {
                 let policy = config.response_compression;
                 move |req: &http::Request<tonic::body::Body>| compression::accept_encoding(policy, req.headers())
             }))
             .layer(SetRequestIdLayer::x_request_id(NewRequestId))
-            .layer(TraceLayer::new_for_grpc().make_span_with(observe::rpc_span))
+            .layer(TraceLayer::new_for_grpc().make_span_with(observe::rpc_span).on_failure(observe::LogFailure))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(GuardLayer::new(Guards { tokens: Tokens::new(config.auth_tokens.clone()) }));
-
-        // HTTP/1.1 carries gRPC-Web from browsers; HTTP/2 gRPC is unchanged.
-        let mut builder = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .http2_keepalive_interval(Some(config.keepalive_interval))
-            .http2_keepalive_timeout(Some(config.keepalive_timeout))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
-        if let Some(age) = config.max_connection_age {
-            builder = builder.max_connection_age(age);
-        }
-        let (stop_transport, transport_stopped) = tokio::sync::oneshot::channel::<()>();
-        let router = builder
-            .layer(layers)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(pipelines);
-        let mut transport = tokio::spawn(router.serve_with_incoming_shutdown(incoming(self.listener), async move {
-            let _ = transport_stopped.await;
-        }));
+            .layer(DeadlineLayer)
+            .layer(DrainLayer::new(state.draining.clone(), PIPELINE_PATH_PREFIX))
+            .layer(GuardLayer::new(Guards { tokens: Tokens::new(config.auth_tokens.clone()) }))
+            .service(routes);
+        let settings = transport::Settings {
+            keepalive_interval: config.keepalive_interval,
+            keepalive_timeout: config.keepalive_timeout,
+            max_frame_size: MAX_FRAME_BYTES,
+            max_connection_age: config.max_connection_age,
+        };
+        let transport = transport::spawn(self.listener, service, settings);
 
         let metrics_stop = tokio_util::sync::CancellationToken::new();
         if let Some(listener) = self.metrics_listener {
@@ -167,17 +158,8 @@ impl BoundServer {
             "remotemedia-server listening on {addr}"
         );
 
-        tokio::select! {
-            () = shutdown => {}
-            result = &mut transport => {
-                metrics_stop.cancel();
-                return match result {
-                    Ok(r) => r.map_err(ServerError::from),
-                    Err(e) => Err(ServerError::Startup(format!("transport task failed: {e}"))),
-                };
-            }
-        }
-
+        shutdown.await;
+        let started = Instant::now();
         info!(
             grace_period_ms = config.grace_period.as_millis() as u64,
             in_flight = state.inflight.count(),
@@ -189,28 +171,35 @@ impl BoundServer {
         if tokio::time::timeout(config.grace_period, state.inflight.wait_idle()).await.is_err() {
             warn!(in_flight = state.inflight.count(), "grace period over; cancelling what still runs");
             state.abort.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), state.inflight.wait_idle()).await;
+            let _ = tokio::time::timeout(CANCEL_WAIT, state.inflight.wait_idle()).await;
         }
-        let _ = stop_transport.send(());
-        match tokio::time::timeout(Duration::from_secs(5), &mut transport).await {
-            Ok(Ok(Err(e))) => warn!(error = %e, "transport stopped with an error"),
-            Err(_) => {
-                warn!("connections did not close in time; stopping anyway");
-                transport.abort();
-            }
-            _ => {}
+        // Connections get what is left of the grace period to deliver the last responses (and
+        // at least a moment, when the work used all of it).
+        let left = config.grace_period.saturating_sub(started.elapsed()).max(CLOSE_WAIT_MIN.min(config.grace_period));
+        if !transport.shutdown(left).await {
+            warn!(waited_ms = left.as_millis() as u64, "connections did not close in time; closed them");
         }
         metrics_stop.cancel();
-        info!("shutdown complete");
+        info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "shutdown complete");
         Ok(())
     }
 }
 
-/// Accepted connections with Nagle's algorithm off. The builder's `tcp_nodelay` applies only to
-/// listeners tonic binds itself; without this, a small response waits for the peer's delayed
-/// ACK (about 40 ms on Linux) before it leaves.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// How long cancelled work may take to unwind once the grace period is over.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+/// The least time connections get to deliver their last responses at shutdown.
+const CLOSE_WAIT_MIN: Duration = Duration::from_millis(500);
+
+/// The reflection service (v1 or v1alpha), serving the service's own descriptors, health's, and
+/// the `google.rpc` error-detail types its statuses carry, so grpcurl decodes those too.
+fn reflection<S>(
+    build: impl FnOnce(Builder<'static>) -> Result<S, tonic_reflection::server::Error>,
+) -> Result<S, ServerError> {
+    let builder = Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+    build(builder).map_err(|e| ServerError::Startup(format!("reflection: {e}")))
 }
 
 /// CORS for gRPC-Web callers: only the configured origins, the headers the protocol and the
@@ -246,12 +235,10 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 /// Serves `GET /metrics` in the Prometheus text format.
 async fn serve_metrics(listener: TcpListener, stop: tokio_util::sync::CancellationToken) {
-    let handle = observe::prometheus();
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || async move {
-            handle.run_upkeep();
-            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
+        axum::routing::get(|| async {
+            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], observe::render())
         }),
     );
     let shutdown = async move { stop.cancelled().await };
@@ -275,20 +262,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let server = bind(config, registry).await?;
     server.serve(shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio_stream::StreamExt;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut accepted = incoming(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let conn = accepted.next().await.unwrap().unwrap();
-        assert!(conn.nodelay().unwrap());
-    }
 }

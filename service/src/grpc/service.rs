@@ -10,16 +10,18 @@ use tracing::{info, warn};
 
 use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, result_to_proto};
 use super::interceptors::version;
+use super::lifetime::CallDeadline;
 use super::limits;
 use super::observe;
 use super::state::AppState;
-use super::status::ServiceError;
+use super::status::{self, ServiceError};
 use super::stream;
 use crate::graph::{ExecError, Mode, RequestShape, RunLimits, ValidationError};
 use crate::nodes::{DATA, INPUT, PortValue, Ports};
 use crate::proto::pipeline_service_server::PipelineService;
 use crate::proto::{
-    ExecuteRequest, ExecuteResponse, StreamRequest, VersionInfo, VersionRequest, VersionResponse, execute_response,
+    ErrorType, ExecuteRequest, ExecuteResponse, StreamRequest, VersionInfo, VersionRequest, VersionResponse,
+    execute_response,
 };
 
 /// The service implementation; cheap to clone.
@@ -159,16 +161,19 @@ pub fn version_info(state: &AppState) -> VersionInfo {
 #[tonic::async_trait]
 impl PipelineService for Pipelines {
     async fn execute_pipeline(&self, request: Request<ExecuteRequest>) -> Result<Response<ExecuteResponse>, Status> {
-        let record = observe::RpcRecord::start("ExecutePipeline");
+        let record = observe::RpcRecord::start("ExecutePipeline", CallDeadline::of(&request));
         let started = Instant::now();
         let request = request.into_inner();
         let nodes = request.manifest.as_ref().map_or(0, |m| m.nodes.len());
         let outcome = self.execute(request).await;
-        let code = match &outcome {
-            Ok(_) => tonic::Code::Ok,
-            Err(e) => e.to_status().code(),
-        };
-        record.finish(code);
+        match &outcome {
+            Ok(ExecuteResponse { outcome: Some(execute_response::Outcome::Error(e)) }) => {
+                let error_type = ErrorType::try_from(e.error_type).unwrap_or(ErrorType::Internal);
+                record.finish(tonic::Code::Ok, status::outcome_of(error_type));
+            }
+            Ok(_) => record.finish(tonic::Code::Ok, observe::outcome::SUCCESS),
+            Err(e) => record.finish(e.to_status().code(), e.outcome()),
+        }
         match outcome {
             Ok(response) => {
                 let in_band = match &response.outcome {
@@ -184,8 +189,9 @@ impl PipelineService for Pipelines {
                 Ok(Response::new(response))
             }
             Err(e) => {
-                info!(error = %e, code = ?code, "ExecutePipeline refused");
-                Err(e.to_status())
+                let status = e.to_status();
+                info!(error = %e, code = ?status.code(), "ExecutePipeline refused");
+                Err(status)
             }
         }
     }
@@ -196,8 +202,9 @@ impl PipelineService for Pipelines {
         &self,
         request: Request<Streaming<StreamRequest>>,
     ) -> Result<Response<Self::StreamPipelineStream>, Status> {
-        stream::start(self.state.clone(), request.into_inner()).map(Response::new).map_err(|e| {
-            observe::request_finished("StreamPipeline", e.to_status().code(), Duration::ZERO);
+        let deadline = CallDeadline::of(&request);
+        stream::start(self.state.clone(), request.into_inner(), deadline).map(Response::new).map_err(|e| {
+            observe::request_finished("StreamPipeline", e.to_status().code(), e.outcome(), Duration::ZERO);
             info!(error = %e, "StreamPipeline refused");
             e.to_status()
         })
@@ -212,7 +219,7 @@ impl PipelineService for Pipelines {
         };
         let response =
             VersionResponse { version_info: Some(version_info(&self.state)), compatible, compatibility_message };
-        observe::request_finished("GetVersion", tonic::Code::Ok, started.elapsed());
+        observe::request_finished("GetVersion", tonic::Code::Ok, observe::outcome::SUCCESS, started.elapsed());
         Ok(Response::new(response))
     }
 }

@@ -84,11 +84,20 @@ impl ServiceError {
         }
     }
 
+    /// The call's outcome, as the `outcome` metric label (see [`observe::outcome`]).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ServiceError::Exec(ExecError::Cancelled) | ServiceError::Cancelled(_) => outcome::CANCELLED,
+            ServiceError::Draining => outcome::UNAVAILABLE,
+            _ => outcome_of(self.error_type()),
+        }
+    }
+
     /// The in-band form, for `ExecuteResponse.error` and `StreamResponse.error`.
     pub fn to_error_response(&self) -> ErrorResponse {
         let mut resp = ErrorResponse {
             error_type: self.error_type() as i32,
-            message: self.to_string(),
+            message: text::clip(&self.to_string(), MAX_IN_BAND_MESSAGE_BYTES).into_owned(),
             failing_node_id: String::new(),
             context: String::new(),
             stack_trace: String::new(),
@@ -203,6 +212,18 @@ pub fn from_codec(status: &Status) -> Option<ServiceError> {
             Some(ServiceError::InvalidArgument(format!("the request message is malformed: {msg}")))
         }
         _ => None,
+    }
+}
+
+/// The `outcome` metric label of a failure of `error_type`.
+pub fn outcome_of(error_type: ErrorType) -> &'static str {
+    match error_type {
+        ErrorType::Validation => outcome::VALIDATION,
+        ErrorType::NodeExecution => outcome::NODE_EXECUTION,
+        ErrorType::ResourceLimit => outcome::RESOURCE_LIMIT,
+        ErrorType::Authentication => outcome::AUTHENTICATION,
+        ErrorType::VersionMismatch => outcome::VERSION_MISMATCH,
+        ErrorType::Internal | ErrorType::Unspecified => outcome::INTERNAL,
     }
 }
 

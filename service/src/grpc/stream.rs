@@ -22,6 +22,7 @@ use tonic::{Code, Status, Streaming};
 use tracing::{Instrument, info};
 
 use super::convert::{audio_from_proto, manifest_from_proto, ms, result_to_proto};
+use super::lifetime::CallDeadline;
 use super::limits::{self, Effective};
 use super::observe;
 use super::service::record_failure;
@@ -41,14 +42,18 @@ pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<StreamResponse, Statu
 
 /// Starts a session task and returns its response stream. Refusals (draining, too many
 /// streams) happen here, before any message is read.
-pub fn start(state: Arc<AppState>, inbound: Streaming<StreamRequest>) -> Result<ResponseStream, ServiceError> {
+pub fn start(
+    state: Arc<AppState>,
+    inbound: Streaming<StreamRequest>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<ResponseStream, ServiceError> {
     if state.is_draining() {
         return Err(ServiceError::Draining);
     }
     let permit = state.acquire_stream()?;
     let limits = limits::resolve(None, &state.config.limits)?;
     let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-    let session = Session { state, tx, inbound, limits, stats: Stats::default(), last_sequence: None };
+    let session = Session { state, tx, inbound, limits, deadline, stats: Stats::default(), last_sequence: None };
     tokio::spawn(session.run(permit).instrument(tracing::Span::current()));
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
@@ -75,6 +80,8 @@ struct Session {
     tx: mpsc::Sender<Result<StreamResponse, Status>>,
     inbound: Streaming<StreamRequest>,
     limits: Effective,
+    /// The client's deadline for the whole stream, if it set one.
+    deadline: Option<tokio::time::Instant>,
     stats: Stats,
     last_sequence: Option<u64>,
 }
@@ -93,8 +100,12 @@ impl Session {
         let state = self.state.clone();
         let _inflight = state.inflight.enter();
         let end = self.serve().await;
-        let code = match &end {
-            End::Closed => Code::Ok,
+        let (code, outcome) = match &end {
+            End::Closed => (Code::Ok, observe::outcome::SUCCESS),
+            // The call's deadline ended the response; the client saw DEADLINE_EXCEEDED.
+            End::Failed { error: ServiceError::Cancelled(_), .. } if CallDeadline::passed(self.deadline) => {
+                (Code::DeadlineExceeded, observe::outcome::DEADLINE_EXCEEDED)
+            }
             End::Failed { error, in_band } => {
                 if *in_band {
                     let _ = self.send(response(stream_response::Response::Error(error.to_error_response()))).await;
@@ -102,10 +113,10 @@ impl Session {
                 let status = error.to_status();
                 let code = status.code();
                 let _ = self.tx.send(Err(status)).await;
-                code
+                (code, error.outcome())
             }
         };
-        observe::request_finished("StreamPipeline", code, started.elapsed());
+        observe::request_finished("StreamPipeline", code, outcome, started.elapsed());
         info!(
             code = ?code,
             chunks = self.stats.chunks,
@@ -301,7 +312,7 @@ impl Session {
             Ok(out) => {
                 let message = self.result_message(&out, pipeline.enable_metrics(), sequence, started, decode_time);
                 self.stats.latency_total += started.elapsed();
-                observe::chunk_processed(started.elapsed());
+                observe::chunk_processed(observe::outcome::SUCCESS, started.elapsed());
                 if self.send(message).await.is_err() {
                     return Some(client_left());
                 }
@@ -311,6 +322,7 @@ impl Session {
                 // The chunk failed but the session can go on: say so in-band and keep reading.
                 record_failure(&e);
                 self.stats.latency_total += started.elapsed();
+                observe::chunk_processed(observe::outcome::NODE_EXECUTION, started.elapsed());
                 let mut error = ServiceError::from(e).to_error_response();
                 error.context = with_sequence(&error.context, sequence);
                 if self.send(response(stream_response::Response::Error(error))).await.is_err() {
@@ -401,7 +413,12 @@ fn client_left() -> End {
 /// answered in band and with its status; anything else means the client went away.
 fn client_gone(status: &Status) -> End {
     match status::from_codec(status) {
-        Some(error) => End::Failed { error, in_band: true },
+        Some(error) => {
+            if let ServiceError::Limit { limit, .. } = &error {
+                observe::limit_rejected(limit);
+            }
+            End::Failed { error, in_band: true }
+        }
         None => End::Failed {
             error: ServiceError::Cancelled(format!("the client stream failed: {}", status.message())),
             in_band: false,

@@ -153,16 +153,22 @@ impl Registry {
         all
     }
 
+    /// Every (node type, runtime) pair that can run.
+    pub fn implementations(&self) -> Vec<(String, Runtime)> {
+        let native = self.native.keys().map(|t| (t.clone(), Runtime::Rust));
+        let python = self.foreign_types.iter().map(|t| (t.clone(), Runtime::Python));
+        let mut all: Vec<(String, Runtime)> = native.chain(python).collect();
+        all.sort_by(|a, b| (&a.0, a.1.name()).cmp(&(&b.0, b.1.name())));
+        all
+    }
+
     /// Chooses the implementation for `node_type` under `hint`, or explains why none fits.
     pub fn resolve(&self, node_type: &str, hint: RuntimeHint) -> Result<Resolved, ResolveError> {
         let canonical = self.canonical(node_type).to_owned();
         let native = self.native.get(&canonical).cloned();
         let python = self.has_python(&canonical);
         if native.is_none() && !python {
-            return Err(ResolveError::UnknownType(format!(
-                "unknown node type `{node_type}`; available types: {}",
-                self.node_types().join(", ")
-            )));
+            return Err(ResolveError::UnknownType { name: node_type.to_owned(), suggestion: self.closest(node_type) });
         }
         let choice = match hint {
             RuntimeHint::Auto => match native {

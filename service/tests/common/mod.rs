@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use remotemedia::Config;
 use remotemedia::grpc::state::AppState;
 use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, ParamError, Ports, Registry};
@@ -216,4 +216,53 @@ pub async fn gated_server(overrides: &[(&str, &str)]) -> (TestServer, Gate) {
     let mut registry = Registry::builtin();
     registry.register(GateFactory(gate.clone()));
     (start_with(overrides, registry).await, gate)
+}
+
+/// What the server answered a raw request with.
+#[derive(Debug)]
+pub struct Answer {
+    pub http_status: u16,
+    pub grpc_status: Option<i32>,
+    pub grpc_message: String,
+}
+
+/// Sends one raw HTTP/2 request with `headers` (besides `te: trailers`) and reads the whole
+/// answer (headers, body, trailers). Unlike a gRPC client, it keeps no clock of its own, so a
+/// status is always the server's.
+pub async fn raw(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request =
+        http::Request::builder().method("POST").uri(format!("http://{addr}{path}")).header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    send.send_data(body, true).unwrap();
+    let response = response.await.unwrap();
+    let (parts, mut body) = response.into_parts();
+    let header = |map: &http::HeaderMap, name: &str| map.get(name).map(|v| v.to_str().unwrap().to_owned());
+    let mut grpc_status = header(&parts.headers, "grpc-status").map(|s| s.parse().unwrap());
+    let mut grpc_message = header(&parts.headers, "grpc-message").unwrap_or_default();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if let Ok(Some(trailers)) = body.trailers().await {
+        grpc_status = header(&trailers, "grpc-status").map(|s| s.parse().unwrap()).or(grpc_status);
+        grpc_message = header(&trailers, "grpc-message").unwrap_or(grpc_message);
+    }
+    Answer { http_status: parts.status.as_u16(), grpc_status, grpc_message }
+}
+
+/// A gRPC length-prefixed frame around `payload`, with `declared` as its length field.
+pub fn frame(payload: &[u8], declared: u32, compressed: u8) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(compressed);
+    b.put_u32(declared);
+    b.put_slice(payload);
+    b.freeze()
 }

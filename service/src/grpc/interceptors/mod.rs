@@ -32,7 +32,7 @@ use tower::{Layer, Service};
 use super::status::{self, ServiceError};
 
 /// Path prefix of the pipeline service's methods.
-const SERVICE_PREFIX: &str = "/remotemedia.v1.PipelineService/";
+pub const PIPELINE_PATH_PREFIX: &str = "/remotemedia.v1.PipelineService/";
 /// Methods open to everyone (the version handshake).
 const PUBLIC_METHODS: &[&str] = &["GetVersion"];
 
@@ -51,7 +51,7 @@ pub struct Guards {
 impl Guards {
     /// Runs every check that applies to `path`.
     pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<(), ServiceError> {
-        let Some(method) = path.strip_prefix(SERVICE_PREFIX) else { return Ok(()) };
+        let Some(method) = path.strip_prefix(PIPELINE_PATH_PREFIX) else { return Ok(()) };
         if PUBLIC_METHODS.contains(&method) {
             return Ok(());
         }
@@ -104,11 +104,12 @@ where
         let rpc = super::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
         if let Err(e) = self.guards.check(request.uri().path(), request.headers()) {
             tracing::info!(error = %e, "request refused");
-            super::observe::request_finished(rpc, e.to_status().code(), Duration::ZERO);
+            let status = e.to_status();
+            super::observe::request_finished(rpc, status.code(), e.outcome(), Duration::ZERO);
             if request.version() < http::Version::HTTP_2 {
                 linger(request.into_body());
             }
-            return ready(Ok(e.to_status().into_http())).boxed();
+            return ready(Ok(status.into_http())).boxed();
         }
         if request.version() >= http::Version::HTTP_2 {
             return self
@@ -214,8 +215,11 @@ fn rewrite_codec_status(
         return response;
     };
     tracing::info!(error = %error, "request message refused");
+    if let ServiceError::Limit { limit, .. } = &error {
+        super::observe::limit_rejected(limit);
+    }
     let status = error.to_status();
-    super::observe::request_finished(rpc, status.code(), Duration::ZERO);
+    super::observe::request_finished(rpc, status.code(), error.outcome(), Duration::ZERO);
     status.into_http()
 }
 

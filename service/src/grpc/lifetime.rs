@@ -1,0 +1,274 @@
+//! How long a call may live: its deadline, and the server's shutdown.
+//!
+//! - [`DeadlineLayer`] enforces the client's `grpc-timeout` on the whole call, the response
+//!   future and (for streams) the response body. A call whose deadline passes ends with
+//!   DEADLINE_EXCEEDED, on every transport: the layer sits inside the gRPC-Web translation, so
+//!   browsers see the same status. The handler future is dropped, which cancels its work.
+//!   Handlers read the deadline from the request's [`CallDeadline`] extension.
+//! - [`DrainLayer`] ends the long-lived streams of the health and reflection services when
+//!   shutdown starts, once they have nothing more to send: a `Health/Watch` sees its
+//!   NOT_SERVING update and then UNAVAILABLE, so idle watchers never hold the shutdown for the
+//!   whole grace period. Pipeline streams drain themselves (they finish the chunk in flight).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tower::{Layer, Service};
+
+/// The request header carrying the client's deadline.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The instant a call's deadline passes; set as a request extension by [`DeadlineLayer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDeadline(pub Instant);
+
+impl CallDeadline {
+    /// The deadline of a tonic request, if the client set one.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<Instant> {
+        request.extensions().get::<CallDeadline>().map(|d| d.0)
+    }
+
+    /// Whether `deadline` (if any) has passed.
+    pub fn passed(deadline: Option<Instant>) -> bool {
+        deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+pub fn parse_timeout(value: &str) -> Option<Duration> {
+    let unit = value.chars().last()?;
+    let digits = &value[..value.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(n * 3_600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Enforces `grpc-timeout`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer;
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Deadline<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<Cutoff<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let timeout = request.headers().get(GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_timeout);
+        let Some(timeout) = timeout else {
+            return self.inner.call(request).map(|r| r.map(|res| res.map(Cutoff::never))).boxed();
+        };
+        let deadline = Instant::now() + timeout;
+        request.extensions_mut().insert(CallDeadline(deadline));
+        let response = self.inner.call(request);
+        async move {
+            tokio::select! {
+                r = response => r.map(|res| {
+                    res.map(|body| Cutoff::new(body, async move {
+                        tokio::time::sleep_until(deadline).await;
+                        deadline_exceeded(timeout)
+                    }))
+                }),
+                () = tokio::time::sleep_until(deadline) => {
+                    Ok(deadline_exceeded(timeout).into_http().map(|()| Cutoff::empty()))
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+fn deadline_exceeded(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the call's deadline passed (grpc-timeout {} ms); its work was cancelled",
+        timeout.as_millis()
+    ))
+}
+
+/// Ends idle health and reflection streams when shutdown starts.
+#[derive(Debug, Clone)]
+pub struct DrainLayer {
+    draining: CancellationToken,
+    /// Calls under this path prefix are left alone (they drain themselves).
+    exempt: &'static str,
+}
+
+impl DrainLayer {
+    pub fn new(draining: CancellationToken, exempt: &'static str) -> Self {
+        Self { draining, exempt }
+    }
+}
+
+impl<S> Layer<S> for DrainLayer {
+    type Service = Drain<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Drain { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Drain<S> {
+    inner: S,
+    layer: DrainLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Drain<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<Cutoff<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if request.uri().path().starts_with(self.layer.exempt) {
+            return self.inner.call(request).map(|r| r.map(|res| res.map(Cutoff::never))).boxed();
+        }
+        let draining = self.layer.draining.clone();
+        self.inner
+            .call(request)
+            .map(move |r| {
+                r.map(|res| {
+                    res.map(|body| {
+                        Cutoff::new(body, async move {
+                            draining.cancelled().await;
+                            Status::unavailable("the server is shutting down; reconnect to another instance")
+                        })
+                    })
+                })
+            })
+            .boxed()
+    }
+}
+
+/// A response body that ends early, with the status its trigger yields, if the trigger fires
+/// while the inner body has nothing ready. Whatever the inner body has ready is sent first.
+pub struct Cutoff<B> {
+    /// `None` once the body has ended (or was cut).
+    inner: Option<B>,
+    trigger: Option<BoxFuture<'static, Status>>,
+}
+
+impl<B> Cutoff<B> {
+    fn new(inner: B, trigger: impl Future<Output = Status> + Send + 'static) -> Self {
+        Self { inner: Some(inner), trigger: Some(trigger.boxed()) }
+    }
+
+    fn never(inner: B) -> Self {
+        Self { inner: Some(inner), trigger: None }
+    }
+
+    fn empty() -> Self {
+        Self { inner: None, trigger: None }
+    }
+}
+
+impl<B> Body for Cutoff<B>
+where
+    B: Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame.map_err(Into::into))),
+            Poll::Ready(None) => {
+                self.inner = None;
+                self.trigger = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        let Some(trigger) = self.trigger.as_mut() else { return Poll::Pending };
+        let status = ready!(trigger.as_mut().poll(cx));
+        self.trigger = None;
+        self.inner = None;
+        let mut trailers = HeaderMap::new();
+        match status.add_header(&mut trailers) {
+            Ok(()) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Err(_) => {
+                trailers.insert("grpc-status", HeaderValue::from(status.code() as i32));
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_says() {
+        assert_eq!(parse_timeout("50m"), Some(Duration::from_millis(50)));
+        assert_eq!(parse_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_timeout("2H"), Some(Duration::from_secs(7_200)));
+        assert_eq!(parse_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "5x", "-5m", "5.0S", "五m"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+"""A call whose deadline passes ends with DEADLINE_EXCEEDED (status 4), on every transport:
+grpcio, gRPC-Web, unary and streaming. The server's metrics count it as such."""
+
+from __future__ import annotations
+
+import http.client
+import struct
+import threading
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import PLUGINS, RunningServer, start_server
+from helpers import f32, manifest, node
+from remotemedia_client import pb
+from remotemedia_client._proto.remotemedia.v1 import service_pb2_grpc
+
+ORIGIN = "http://localhost:8123"
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[RunningServer]:
+    s = start_server("--python-nodes-path", str(PLUGINS), "--cors-allowed-origins", ORIGIN)
+    yield s
+    assert s.stop() == 0
+
+
+def slow_request(seconds: float = 0.3) -> pb.ExecuteRequest:
+    """A pipeline that takes about `seconds` (a Python node busy-looping)."""
+    return pb.ExecuteRequest(manifest=manifest([node("spin", "SpinNode", seconds=seconds)]), audio_inputs={"spin": f32(np.zeros(160, np.float32))})
+
+
+def grpc_web_status(s: RunningServer, message: bytes, timeout: str) -> str | None:
+    host, port = s.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request(
+        "POST",
+        "/remotemedia.v1.PipelineService/ExecutePipeline",
+        body=b"\x00" + struct.pack(">I", len(message)) + message,
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "origin": ORIGIN, "grpc-timeout": timeout},
+    )
+    response = conn.getresponse()
+    body = response.read()
+    status = response.getheader("grpc-status")
+    while body and status is None:
+        flag, length = body[0], struct.unpack(">I", body[1:5])[0]
+        payload, body = body[5 : 5 + length], body[5 + length :]
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                key, _, value = line.partition(":")
+                if key.strip().lower() == "grpc-status":
+                    status = value.strip()
+    return status
+
+
+def test_grpc_web_with_a_50ms_deadline_gets_deadline_exceeded(srv: RunningServer) -> None:
+    before = srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="DEADLINE_EXCEEDED")
+    for _ in range(3):
+        assert grpc_web_status(srv, slow_request().SerializeToString(), "50m") == "4"
+    after = srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="DEADLINE_EXCEEDED", outcome="deadline_exceeded")
+    assert after - before == 3
+    assert srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="CANCELLED") == 0
+
+
+def test_grpcio_deadlines_never_surface_as_cancelled(srv: RunningServer) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    codes = []
+    for _ in range(60):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ExecutePipeline(slow_request(0.2), timeout=0.05)
+        codes.append(caught.value.code())  # type: ignore[attr-defined]
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def test_a_stream_past_its_deadline_ends_with_deadline_exceeded(srv: RunningServer) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    before = srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="DEADLINE_EXCEEDED")
+
+    done = threading.Event()
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=manifest([node("g", "GainNode")]))
+        # Never closes: only the deadline ends the call.
+        done.wait(10)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in stub.StreamPipeline(requests(), timeout=0.3):
+            pass
+    done.set()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    srv.wait_for(lambda r: r.get("message") == "StreamPipeline finished" and "DeadlineExceeded" in str(r.get("code")), timeout=10)
+    assert srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="DEADLINE_EXCEEDED") == before + 1
+
+
+def test_a_deadline_longer_than_the_work_changes_nothing(srv: RunningServer) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    resp = stub.ExecutePipeline(slow_request(0.05), timeout=10)
+    assert resp.WhichOneof("outcome") == "result"

@@ -1,0 +1,132 @@
+"""Metrics exist from start-up and count outcomes as users see them: in-band failures are
+failures, refusals count against the limit that refused them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import GRPCURL, REPO, RunningServer, start_server
+from helpers import f32, manifest, node
+from remotemedia_client import pb
+from remotemedia_client._proto.remotemedia.v1 import service_pb2_grpc
+
+OPERATIONS = REPO / "docs" / "operations.md"
+
+
+def documented_families() -> list[str]:
+    """The metric names of the table in docs/operations.md."""
+    text = OPERATIONS.read_text()
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `((?:remotemedia|process)_[a-z_]+)` \|", section, flags=re.M)
+
+
+def families(text: str) -> set[str]:
+    return set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M))
+
+
+def test_a_fresh_server_exports_every_documented_family() -> None:
+    s = start_server()
+    try:
+        text = s.metrics()
+    finally:
+        assert s.stop() == 0
+    documented = documented_families()
+    assert len(documented) >= 15, documented
+    present = families(text)
+    missing = [name for name in documented if name not in present]
+    assert not missing, f"documented but absent on a fresh server: {missing}\n{text}"
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[RunningServer]:
+    s = start_server("--max-message-bytes", "200000", "--auth-tokens", "t0k3n")
+    yield s
+    assert s.stop() == 0
+
+
+def value(text: str, series: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_counters_and_gauges_start_at_zero_for_their_known_labels(srv: RunningServer) -> None:
+    text = srv.metrics()
+    for series in [
+        'remotemedia_requests_total{rpc="ExecutePipeline",code="OK",outcome="success"}',
+        'remotemedia_requests_total{rpc="StreamPipeline",code="INVALID_ARGUMENT",outcome="validation"}',
+        'remotemedia_requests_total{rpc="ExecutePipeline",code="UNAUTHENTICATED",outcome="authentication"}',
+        'remotemedia_limit_rejections_total{limit="max_message_bytes"}',
+        'remotemedia_limit_rejections_total{limit="max_concurrent_streams"}',
+        'remotemedia_auth_rejections_total{reason="invalid"}',
+        'remotemedia_node_failures_total{node_type="GainNode"}',
+        "remotemedia_active_executions",
+        "remotemedia_active_streams",
+    ]:
+        assert value(text, series) == 0, f"{series} is not 0 on a fresh server:\n{text}"
+    assert re.search(r'^remotemedia_build_info\{[^}]*version="[0-9.]+"[^}]*\} 1$', text, flags=re.M), text
+    assert value(text, "process_cpu_seconds_total") is not None, "the process metrics are there"
+    assert (value(text, "process_resident_memory_bytes") or 0) > 1e6
+
+
+def test_an_in_band_failure_counts_as_a_failure_not_a_success(srv: RunningServer) -> None:
+    assert GRPCURL.exists()
+    data = {
+        "manifest": {"version": "v1", "nodes": [{"id": "gain", "node_type": "GainNod", "params": '{"gain_db": -6}'}]},
+        "audio_inputs": {"gain": {"samples": "AAAAPwAAAL8AAIA+AAAAAA==", "sample_rate": 16000, "channels": 1, "format": "AUDIO_FORMAT_F32", "num_samples": 4}},
+    }
+    before_ok = srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", outcome="success")
+    before_bad = srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="OK", outcome="validation")
+    out = subprocess.run(
+        [str(GRPCURL), "-plaintext", "-H", "authorization: Bearer t0k3n", "-d", json.dumps(data), srv.address, "remotemedia.v1.PipelineService/ExecutePipeline"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["error"]["errorType"] == "ERROR_TYPE_VALIDATION"
+    assert srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="OK", outcome="validation") == before_bad + 1
+    assert srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", outcome="success") == before_ok
+    # The error-ratio query of docs/operations.md sees it.
+    assert 'outcome!="success"' in OPERATIONS.read_text()
+
+
+def test_a_node_failure_in_a_stream_chunk_counts_against_the_chunks(srv: RunningServer) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    before = srv.metric("remotemedia_stream_chunks_total", outcome="node_execution")
+    requests = [
+        pb.StreamRequest(manifest=manifest([node("c", "ChannelMixerNode", output_channels=1)])),
+        # NaN samples: the node refuses the chunk, the session goes on.
+        pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="c", buffer=f32(np.full(160, np.nan, np.float32)), sequence=0)),
+        pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE)),
+    ]
+    responses = list(stub.StreamPipeline(iter(requests), metadata=(("authorization", "Bearer t0k3n"),), timeout=30))
+    assert any(r.WhichOneof("response") == "error" for r in responses)
+    assert srv.metric("remotemedia_stream_chunks_total", outcome="node_execution") == before + 1
+
+
+def test_a_message_over_the_size_cap_counts_as_a_limit_rejection(srv: RunningServer) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    before = srv.metric("remotemedia_limit_rejections_total", limit="max_message_bytes")
+    big = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(100_000, np.float32))})
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ExecutePipeline(big, metadata=(("authorization", "Bearer t0k3n"),), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert srv.metric("remotemedia_limit_rejections_total", limit="max_message_bytes") == before + 1
+    assert srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="RESOURCE_EXHAUSTED", outcome="resource_limit") >= 1
+
+
+def test_an_unauthenticated_call_counts_by_code_and_outcome(srv: RunningServer) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    before = srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="UNAUTHENTICATED", outcome="authentication")
+    with pytest.raises(grpc.RpcError):
+        stub.ExecutePipeline(pb.ExecuteRequest(), timeout=30)
+    assert srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="UNAUTHENTICATED", outcome="authentication") == before + 1
