@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+import grpc
 import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import SERVER_BIN, RunningServer, server_env, start_server
+from conftest import GRPCURL, PLUGINS, SERVER_BIN, RunningServer, server_env, start_server
 from helpers import f32, manifest, node
-from remotemedia_client import Client, pb
+from remotemedia_client import Client, RetryPolicy, pb
+from remotemedia_client._proto.remotemedia.v1 import service_pb2_grpc
 
 
 def free_port() -> int:
@@ -119,3 +126,130 @@ def test_logs_are_json_lines_with_request_id_and_rpc(fresh_server: RunningServer
     assert {"timestamp", "level", "message"} <= rec.keys()
     for line in fresh_server.lines:
         json.loads(line)
+
+
+def watch_health(address: str, seen: "queue.Queue[object]") -> None:
+    """Opens a Health/Watch stream and reports each status, then how it ended."""
+    channel = grpc.insecure_channel(address)
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        for update in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+            seen.put(update.status)
+    except grpc.RpcError as e:
+        seen.put(e.code())
+    else:
+        seen.put("ended")
+
+
+@pytest.mark.parametrize("grace_ms", [1000, 10000])
+def test_idle_health_watches_do_not_hold_the_shutdown(grace_ms: int) -> None:
+    s = start_server("--grace-period-ms", str(grace_ms))
+    watches = [queue.Queue() for _ in range(2)]
+    threads = [threading.Thread(target=watch_health, args=(s.address, q), daemon=True) for q in watches]
+    for t in threads:
+        t.start()
+    for q in watches:
+        assert q.get(timeout=10) == health_pb2.HealthCheckResponse.SERVING
+    started = time.monotonic()
+    assert s.stop(signal.SIGTERM) == 0
+    took = time.monotonic() - started
+    for q in watches:
+        assert q.get(timeout=10) == health_pb2.HealthCheckResponse.NOT_SERVING, "the watch sees NOT_SERVING first"
+        assert q.get(timeout=10) == grpc.StatusCode.UNAVAILABLE
+    messages = [r.get("message") for r in s.records()]
+    assert "connections did not close in time; closed them" not in messages
+    # Nothing was in flight: the shutdown is not held for the grace period.
+    assert took < min(grace_ms / 1000, 5.0), took
+
+
+def test_shutdown_follows_the_grace_period_when_work_outlasts_it(tmp_path: Path) -> None:
+    s = start_server("--grace-period-ms", "1000", "--python-nodes-path", str(PLUGINS))
+    req = pb.ExecuteRequest(manifest=manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "started"))]), audio_inputs={"spin": f32(np.zeros(16))})
+    errors: "queue.Queue[object]" = queue.Queue()
+
+    def call() -> None:
+        try:
+            with Client(s.address, retry=RetryPolicy.none()) as client:
+                client.execute(req)
+        except Exception as e:  # noqa: BLE001 - the test inspects whatever ended the call
+            errors.put(e)
+
+    threading.Thread(target=call, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline, "the spinning node never started"
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert s.stop(signal.SIGTERM) == 0
+    took = time.monotonic() - started
+    assert 1.0 <= took < 4.0, f"shutdown took {took:.2f} s with a 1 s grace period"
+    assert errors.get(timeout=10) is not None
+
+
+def test_expected_client_errors_are_not_logged_at_error() -> None:
+    s = start_server("--auth-tokens", "right-token", "--max-message-bytes", "1000000", "--python-nodes-path", str(PLUGINS))
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(s.address))
+    auth = (("authorization", "Bearer right-token"),)
+    with pytest.raises(grpc.RpcError):
+        stub.ExecutePipeline(pb.ExecuteRequest(), timeout=10, metadata=(("authorization", "Bearer wrong"),))
+    with pytest.raises(grpc.RpcError):
+        stub.ExecutePipeline(pb.ExecuteRequest(), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub.ExecutePipeline(pb.ExecuteRequest(audio_inputs={"g": f32(np.zeros(500_000))}), timeout=30, metadata=auth)
+    spin = pb.ExecuteRequest(manifest=manifest([node("spin", "SpinNode", seconds=1.0)]), audio_inputs={"spin": f32(np.zeros(16))})
+    with pytest.raises(grpc.RpcError):
+        stub.ExecutePipeline(spin, timeout=0.2, metadata=auth)
+    unknown = pb.ExecuteRequest(manifest=manifest([node("g", "GainNod")]), audio_inputs={"g": f32(np.zeros(16))})
+    assert stub.ExecutePipeline(unknown, timeout=10, metadata=auth).WhichOneof("outcome") == "error"
+    out = subprocess.run([str(GRPCURL), "-plaintext", s.address, "describe", "no.such.Service"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert s.stop() == 0
+    records = s.records()
+    assert not [r for r in records if r.get("level") == "ERROR"], records
+    refused = [r for r in records if r.get("message") == "request refused"]
+    assert len(refused) == 2 and all(r["level"] == "INFO" for r in refused)
+
+
+def test_a_tokens_file_without_tokens_stops_start_up(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# the team's tokens\n\n   # one per line\n")
+    out = subprocess.run(
+        [str(SERVER_BIN), "--auth-tokens-file", str(tokens), "--listen", "127.0.0.1:0", "--metrics-listen", "off"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=server_env(),
+    )
+    assert out.returncode == 2, out.stdout
+    assert "auth_tokens_file" in out.stderr and "holds no token" in out.stderr
+    on_public = subprocess.run(
+        [str(SERVER_BIN), "--auth-tokens-file", str(tokens), "--listen", "0.0.0.0:0", "--metrics-listen", "off"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=server_env(),
+    )
+    assert on_public.returncode == 2
+    assert "configure auth_tokens or auth_tokens_file" not in on_public.stderr, "it was configured; say what is wrong with it"
+
+
+def test_pretty_logs_in_a_pipe_have_no_colour_codes() -> None:
+    proc = subprocess.Popen(
+        [str(SERVER_BIN), "--log-format", "pretty", "--listen", "127.0.0.1:0", "--metrics-listen", "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_env(),
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "listening on" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    text = "".join(lines) + rest
+    assert proc.returncode == 0
+    assert "listening on" in text and "shutdown complete" in text
+    assert "\x1b[" not in text, repr(text[:300])

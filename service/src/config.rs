@@ -322,10 +322,31 @@ impl Config {
             _ => None,
         })?;
 
+        // A token source that is configured but holds no token is an error, not "auth off":
+        // behind a proxy, a silently open service is the worst outcome of a typo.
         let mut auth_tokens: Vec<Secret> = r.list("auth_tokens").into_iter().map(Secret).collect();
+        let (raw_tokens, tokens_source) = sources.lookup("auth_tokens");
+        if auth_tokens.is_empty() && !raw_tokens.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "auth_tokens".into(),
+                origin: describe("auth_tokens", tokens_source),
+                message: "holds no token (only separators); give at least one token, or leave it unset".into(),
+            });
+        }
         let tokens_file = r.string("auth_tokens_file");
         if !tokens_file.is_empty() {
-            auth_tokens.extend(read_tokens_file(&tokens_file)?);
+            let from_file = read_tokens_file(&tokens_file)?;
+            if from_file.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "auth_tokens_file".into(),
+                    origin: describe("auth_tokens_file", sources.lookup("auth_tokens_file").1),
+                    message: format!(
+                        "{tokens_file} holds no token (only comments or blank lines); add one token per line, \
+                         or leave auth_tokens_file unset to run without authentication"
+                    ),
+                });
+            }
+            auth_tokens.extend(from_file);
         }
 
         let limits = Limits {
@@ -657,6 +678,18 @@ mod tests {
     fn defaults_above_caps_are_refused() {
         let err = Config::with(&[("default_timeout_ms", "40000")]).unwrap_err();
         assert_eq!(err.to_string(), "default_timeout_ms exceeds max_timeout_ms (40000 > 30000)");
+    }
+
+    #[test]
+    fn a_token_source_without_tokens_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# tokens go here\n\n   \n# none yet\n").unwrap();
+        let err = Config::with(&[("auth_tokens_file", path.to_str().unwrap())]).unwrap_err().to_string();
+        assert!(err.contains("`auth_tokens_file`") && err.contains("holds no token"), "{err}");
+        let err = Config::with(&[("auth_tokens", " , ,")]).unwrap_err().to_string();
+        assert!(err.contains("`auth_tokens`") && err.contains("holds no token"), "{err}");
+        assert!(Config::with(&[("auth_tokens", "")]).unwrap().auth_tokens.is_empty(), "unset is not an error");
     }
 
     #[test]

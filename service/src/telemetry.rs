@@ -1,5 +1,8 @@
 //! Log output: JSON lines on stdout (`timestamp`, `level`, `message`, the request's
-//! `request_id` and `rpc`, and event fields), or human-readable lines.
+//! `request_id` and `rpc`, and event fields), or human-readable lines, coloured only on a
+//! terminal.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -13,7 +16,12 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry.with(tracing_flat_json::FlatJsonLayer::new(std::io::stdout)).try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout)).try_init(),
+        LogFormat::Pretty => {
+            // Colour only on a terminal (and not under NO_COLOR): escape codes in a pipe or a
+            // file are noise for whatever reads it.
+            let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout).with_ansi(ansi)).try_init()
+        }
     }
     .map_err(|e| e.to_string())
 }
