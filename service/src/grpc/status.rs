@@ -31,6 +31,31 @@ const MAX_STATUS_FIELD_BYTES: usize = 80;
 /// Longest in-band error message.
 const MAX_IN_BAND_MESSAGE_BYTES: usize = 8 * 1_024;
 
+/// Which call an error happened in, for [`ServiceError::delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// An `ExecutePipeline` call.
+    Execute,
+    /// A stream session, outside the processing of a chunk (the manifest, a protocol error,
+    /// a limit, the close).
+    Stream,
+    /// The processing of one stream chunk.
+    StreamChunk,
+}
+
+/// How an error reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// As `ExecuteResponse.error`; the call ends with OK.
+    InBand,
+    /// As a `StreamResponse.error` naming the chunk; the stream goes on.
+    InBandAndContinue,
+    /// As a `StreamResponse.error`, then the status that ends the stream.
+    InBandThenStatus,
+    /// As the status that ends the call.
+    Status,
+}
+
 /// Everything the gRPC layer can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
@@ -81,6 +106,23 @@ impl ServiceError {
             ServiceError::VersionMismatch { .. } => ErrorType::VersionMismatch,
             ServiceError::OutOfOrder(_) | ServiceError::InvalidArgument(_) => ErrorType::Validation,
             ServiceError::Draining | ServiceError::Cancelled(_) => ErrorType::Internal,
+        }
+    }
+
+    /// How this error reaches the client in `call`: the one decision of in-band against status.
+    /// Pipeline errors are in-band (the pipeline ran, or was checked, and failed); a stream
+    /// chunk that a node failed on is reported and the stream goes on; cancellation, shutdown
+    /// and refusals before any work (token, version, overload) are statuses.
+    pub fn delivery(&self, call: Call) -> Delivery {
+        use ServiceError as E;
+        match (call, self) {
+            (_, E::Exec(ExecError::Cancelled) | E::Cancelled(_) | E::Draining) => Delivery::Status,
+            (Call::Execute, E::Exec(_) | E::Limit { .. }) => Delivery::InBand,
+            (Call::Execute, _) => Delivery::Status,
+            (Call::StreamChunk, E::Exec(ExecError::Node { .. } | ExecError::CircuitOpen { .. })) => {
+                Delivery::InBandAndContinue
+            }
+            (Call::Stream | Call::StreamChunk, _) => Delivery::InBandThenStatus,
         }
     }
 
@@ -423,6 +465,29 @@ mod tests {
         let listed = &details.bad_request().unwrap().field_violations;
         assert_eq!(listed.len(), MAX_STATUS_VIOLATIONS + 1);
         assert!(listed.iter().all(|v| !v.description.contains("GainNode")));
+    }
+
+    #[test]
+    fn one_place_decides_in_band_or_status() {
+        let node = ServiceError::Exec(ExecError::Node {
+            node_id: "n".into(),
+            node_type: "T".into(),
+            attempts: 1,
+            source: Box::new(NodeError::internal("x")),
+        });
+        let invalid = ServiceError::Exec(ExecError::Validation(ValidationError::single(Violation::new("f", "m"))));
+        let cancelled = ServiceError::Cancelled("gone".into());
+        let overloaded = ServiceError::Overloaded { message: "busy".into(), retry_after: Duration::from_millis(1) };
+        assert_eq!(node.delivery(Call::Execute), Delivery::InBand);
+        assert_eq!(node.delivery(Call::StreamChunk), Delivery::InBandAndContinue);
+        assert_eq!(node.delivery(Call::Stream), Delivery::InBandThenStatus);
+        assert_eq!(invalid.delivery(Call::Execute), Delivery::InBand);
+        assert_eq!(invalid.delivery(Call::StreamChunk), Delivery::InBandThenStatus);
+        assert_eq!(overloaded.delivery(Call::Execute), Delivery::Status);
+        for call in [Call::Execute, Call::Stream, Call::StreamChunk] {
+            assert_eq!(cancelled.delivery(call), Delivery::Status);
+            assert_eq!(ServiceError::Draining.delivery(call), Delivery::Status);
+        }
     }
 
     #[test]
