@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audio::{AudioBuffer, SampleFormat};
 use crate::graph::{
-    Backoff, Edge, Manifest, NodeReport, ManifestNode, NodeStatus, PipelineConfig, RetryPolicy, RunOutput, RuntimeHint,
+    Backoff, Edge, Manifest, ManifestNode, NodeReport, NodeStatus, PipelineConfig, RetryPolicy, RunOutput, RuntimeHint,
     Violation,
 };
 use crate::nodes::{CatalogueEntry, OUTPUT, PortKind, PortSpec, PortValue, Runtime};

@@ -21,11 +21,12 @@ mod resample;
 mod vad;
 
 pub use error::{NodeError, NodeErrorKind, ParamError};
-pub use spec::{NodeSpec, ParamKind, ParamSpec, Params, PortKind, PortSpec};
 pub use port::{DATA, INPUT, NodeInputs, NodeOutputs, OUTPUT, PortError, PortName, PortValue, Ports, port_name};
 pub use registry::{
-    CatalogueEntry, ForeignNodes, catalogue_json, RegistrationError, Registry, ResolveError, Resolved, RuntimeChoice, RuntimeHint,
+    CatalogueEntry, ForeignNodes, RegistrationError, Registry, ResolveError, Resolved, RuntimeChoice, RuntimeHint,
+    catalogue_json,
 };
+pub use spec::{NodeSpec, ParamKind, ParamSpec, Params, PortKind, PortSpec};
 
 pub use chunker::AudioChunkerNode;
 pub use format::{FormatConverterNode, convert as convert_format};

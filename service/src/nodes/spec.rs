@@ -77,11 +77,17 @@ pub enum ParamKind {
         maximum: Option<f64>,
     },
     /// One of a few whole numbers (`frame_ms`: 10, 20 or 30).
-    IntegerChoice { choices: Vec<i64> },
+    IntegerChoice {
+        choices: Vec<i64>,
+    },
     /// One of a few names, matched without regard to case.
-    Choice { choices: Vec<String> },
+    Choice {
+        choices: Vec<String>,
+    },
     /// Free text of at most `max_length` characters.
-    Text { max_length: usize },
+    Text {
+        max_length: usize,
+    },
     Boolean,
     /// Any JSON value (a plug-in parameter without a type annotation); only its presence is
     /// checked.
@@ -476,7 +482,10 @@ impl Params {
     }
 
     pub fn bool(&self, name: &str) -> bool {
-        self.0.get(name).and_then(Value::as_bool).unwrap_or_else(|| panic!("parameter `{name}` is a boolean with a default"))
+        self.0
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| panic!("parameter `{name}` is a boolean with a default"))
     }
 }
 
@@ -533,7 +542,10 @@ mod tests {
         let s = spec().params_schema();
         assert_eq!(s["required"], json!(["rate"]));
         assert_eq!(s["additionalProperties"], json!(false));
-        assert_eq!(s["properties"]["rate"], json!({"type": "integer", "minimum": 1, "maximum": 10, "x-unit": "Hz", "description": "the rate"}));
+        assert_eq!(
+            s["properties"]["rate"],
+            json!({"type": "integer", "minimum": 1, "maximum": 10, "x-unit": "Hz", "description": "the rate"})
+        );
         assert_eq!(s["properties"]["mode"]["enum"], json!(["soft", "hard"]));
         assert_eq!(s["properties"]["mode"]["default"], json!("soft"));
         assert_eq!(s["properties"]["frame_ms"]["enum"], json!([10, 20, 30]));
