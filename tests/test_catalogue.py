@@ -5,6 +5,7 @@ words; the checked-in snapshot, the generated builders and docs/nodes.md follow 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,22 @@ def test_a_changed_declaration_without_regenerating_fails_with_what_to_run(tmp_p
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "catalogue.py"), "--check", "--catalogue", str(changed)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "run `make catalogue`" in done.stderr and "nodes.py" in done.stderr and "docs/nodes.md" in done.stderr
-    # And the snapshot itself is compared with what the server declares (make check-catalogue).
+
+
+def test_a_range_changed_in_a_node_file_fails_make_check_catalogue(tmp_path: Path) -> None:
+    # A copy of the Python nodes with one range changed, first on the interpreter's path: what
+    # the server declares no longer matches the checked-in snapshot.
+    shutil.copytree(REPO / "service" / "python" / "remotemedia_nodes", tmp_path / "remotemedia_nodes")
+    bandpass = tmp_path / "remotemedia_nodes" / "builtin" / "bandpass.py"
+    text = bandpass.read_text()
+    assert 'Param(1, 12, doc="filter order")' in text
+    bandpass.write_text(text.replace('Param(1, 12, doc="filter order")', 'Param(1, 16, doc="filter order")'))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(["make", "-s", "--no-print-directory", "check-catalogue"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "clients/catalogue.json differs from what the nodes declare; run `make catalogue`" in done.stderr
+    # Unchanged, it passes; and make test runs it.
+    assert subprocess.run(["make", "-s", "--no-print-directory", "check-catalogue"], cwd=REPO, capture_output=True, timeout=600).returncode == 0
     makefile = (REPO / "Makefile").read_text()
     assert "check-catalogue" in makefile.split("\ntest:", 1)[1].split("\n", 1)[0], "make test runs check-catalogue"
 
