@@ -613,7 +613,8 @@ mod tests {
         assert!(at_most.check(&Map::new()).is_ok());
         assert!(at_most.check(&map(json!({"a": true, "b": null}))).is_ok(), "null counts as not given");
         let exactly = at_most.clone();
-        let exactly = NodeSpec { exclusive: vec![Exclusive { required: true, ..exactly.exclusive[0].clone() }], ..exactly };
+        let exactly =
+            NodeSpec { exclusive: vec![Exclusive { required: true, ..exactly.exclusive[0].clone() }], ..exactly };
         let errs = exactly.check(&Map::new()).unwrap_err();
         assert_eq!(errs[0].to_string(), "parameter `a` or `b` is required (give one of them)");
         assert_eq!(exactly.params_schema()["x-exclusive"], json!([{"params": ["a", "b"], "required": true}]));
