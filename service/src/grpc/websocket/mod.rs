@@ -10,7 +10,7 @@
 //! - the bearer token, from the `authorization` header or, since a browser cannot set headers
 //!   on a WebSocket, from a `bearer.<base64url token>` entry of `Sec-WebSocket-Protocol`;
 //! - the protocol version, from a `remotemedia.<version>` entry of `Sec-WebSocket-Protocol`
-//!   (echoed when accepted) or the `remotemedia-protocol-version` header; none means v1.
+//!   (named in the answer) or the `remotemedia-protocol-version` header; none means v1.
 //!
 //! A refused token or version, the concurrency cap and a draining server are answered on the
 //! upgraded socket, at once and before any message is read: the in-band error, then the close
@@ -106,7 +106,7 @@ impl Endpoint {
             }
             .instrument(span.clone()),
         );
-        accept(&key, offer.selected.as_deref())
+        accept(&key, offer.answer.as_deref())
     }
 
     /// `Err(origin)` when the request has an `Origin` outside the allow-list.
@@ -153,15 +153,19 @@ impl Endpoint {
 struct Offer {
     /// The versions of its `remotemedia.<version>` entries, in its order.
     versions: Vec<String>,
-    /// The first entry whose version this server speaks, echoed in the answer.
+    /// The first entry whose version this server speaks.
     selected: Option<String>,
+    /// The entry the answer names: the selected one, else the first version entry (whose
+    /// session is then refused). Browsers fail a handshake whose answer names none of the
+    /// entries they offered; the token's entry is never named.
+    answer: Option<String>,
     /// The token of its `bearer.` entry; `Err` when that entry does not decode.
     token: Option<Result<String, ()>>,
 }
 
 impl Offer {
     fn parse(headers: &HeaderMap) -> Self {
-        let mut offer = Offer { versions: Vec::new(), selected: None, token: None };
+        let mut offer = Offer { versions: Vec::new(), selected: None, answer: None, token: None };
         let entries = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -178,8 +182,12 @@ impl Offer {
                 if offer.selected.is_none() && version::check(v).is_ok() {
                     offer.selected = Some(entry.to_owned());
                 }
+                offer.answer.get_or_insert_with(|| entry.to_owned());
                 offer.versions.push(v.to_owned());
             }
+        }
+        if offer.selected.is_some() {
+            offer.answer.clone_from(&offer.selected);
         }
         offer
     }
@@ -276,18 +284,23 @@ mod tests {
         let offer = Offer::parse(&h);
         assert_eq!(offer.versions, ["v2", "1.4"]);
         assert_eq!(offer.selected.as_deref(), Some("remotemedia.1.4"));
+        assert_eq!(offer.answer, offer.selected);
         assert_eq!(offer.token, Some(Ok("s3cret/+=token".to_owned())));
 
         let bad = Offer::parse(&headers(&[("sec-websocket-protocol", "bearer.%%%")]));
         assert_eq!(bad.token, Some(Err(())));
-        assert!(bad.versions.is_empty() && bad.selected.is_none());
+        assert!(bad.versions.is_empty() && bad.answer.is_none());
+
+        // An unsupported version is still named in the answer; its session is then refused.
+        let future = Offer::parse(&headers(&[("sec-websocket-protocol", "remotemedia.v7, remotemedia.v8")]));
+        assert_eq!((future.selected, future.answer.as_deref()), (None, Some("remotemedia.v7")));
     }
 
     #[test]
     fn the_answer_never_echoes_the_token_entry() {
         let h = headers(&[("sec-websocket-protocol", "bearer.dG9rZW4, remotemedia.v1")]);
         let offer = Offer::parse(&h);
-        let response = accept(&HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="), offer.selected.as_deref());
+        let response = accept(&HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="), offer.answer.as_deref());
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(response.headers()[header::SEC_WEBSOCKET_PROTOCOL], "remotemedia.v1");
         // RFC 6455 section 1.3's example key and answer.
