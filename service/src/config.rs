@@ -55,7 +55,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("keepalive_interval_ms", "30000", "HTTP/2 and WebSocket keepalive ping interval"),
     ("keepalive_timeout_ms", "10000", "close a connection whose keepalive ping is not answered"),
     ("max_connection_age_ms", "0", "close connections older than this (0 = never)"),
-    ("cors_allowed_origins", "", "comma-separated browser origins allowed to call over gRPC-Web and WebSocket (none by default)"),
+    (
+        "cors_allowed_origins",
+        "",
+        "comma-separated browser origins allowed to call over gRPC-Web and WebSocket (none by default)",
+    ),
     (
         "response_compression",
         "mirror",
