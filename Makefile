@@ -41,6 +41,7 @@ SLIM_DPKG_OPTIONS := $(foreach p,/usr/share/man/* /usr/share/doc/* /usr/share/in
 .PHONY: deploy-tools test-deployed compose-check docker-tokens
 .PHONY: docker-base docker-dist docker-image test-docker test-container
 .PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench bench-tools bench-load clean
+.PHONY: catalogue check-catalogue
 
 # Each client package brings its own targets and adds them to these lists.
 CLIENT_TEST_TARGETS :=
@@ -87,7 +88,7 @@ build-release: venv ## build the server (release)
 run: build-release ## build and start the server with the defaults (ARGS="--listen ..." to override)
 	exec $(SERVER_RELEASE) $(ARGS)
 
-test: venv tools system-deps deploy-tools build build-release test-rust test-proto test-python $(CLIENT_TEST_TARGETS) test-docker ## run every test suite
+test: venv tools system-deps deploy-tools build build-release test-rust test-proto check-catalogue test-python $(CLIENT_TEST_TARGETS) test-docker ## run every test suite
 
 test-rust: ## Rust unit and integration tests
 	$(CARGO) test $(CARGO_FLAGS)
@@ -95,7 +96,7 @@ test-rust: ## Rust unit and integration tests
 test-proto: venv ## check the generated Python stubs match proto/
 	$(VPY) clients/python/scripts/gen_proto.py --check
 
-test-python: venv tools system-deps deploy-tools build build-release ## pytest against the real binaries
+test-python: venv tools system-deps deploy-tools build build-release ts-build ## pytest against the real binaries (and the built TypeScript client, for the catalogue contract)
 	$(VPY) -m pytest -q
 
 test-deployed: venv tools ## the checks of a deployed service (REMOTEMEDIA_TARGET=host:port, or the image's entrypoint here)
@@ -166,6 +167,20 @@ $(TOOLS)/ghz:
 
 bench-load: venv bench-tools ## load benchmarks of the release server against a grpcio baseline
 	$(VPY) bench/load.py $(BENCH_ARGS)
+
+# The node catalogue: what the server's nodes declare (remotemedia-server catalogue), checked in as
+# clients/catalogue.json; the clients' node builders and docs/nodes.md are generated from it.
+CATALOGUE_JSON := clients/catalogue.json
+CATALOGUE_CMD := $(SERVER_DEBUG) --python true --metrics-listen off catalogue
+
+catalogue: venv build ## regenerate the node catalogue, the clients' node builders and docs/nodes.md from the nodes' declarations
+	$(CATALOGUE_CMD) > $(CATALOGUE_JSON).tmp && mv $(CATALOGUE_JSON).tmp $(CATALOGUE_JSON)
+	$(VPY) scripts/catalogue.py
+
+check-catalogue: venv build ## fail when the checked-in catalogue, the generated node builders or docs/nodes.md are stale
+	@$(CATALOGUE_CMD) | cmp -s - $(CATALOGUE_JSON) || { \
+		echo "$(CATALOGUE_JSON) differs from what the nodes declare; run \`make catalogue\` and commit the result" >&2; exit 1; }
+	$(VPY) scripts/catalogue.py --check
 
 proto: venv ## regenerate the Python stubs from proto/
 	$(VPY) clients/python/scripts/gen_proto.py

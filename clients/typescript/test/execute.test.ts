@@ -151,7 +151,7 @@ describe("errors", () => {
   });
 
   test("bad node parameters name the node and the parameter", async () => {
-    const pipeline = new Pipeline("bad-rate").resample("rs", { output_rate: -5 });
+    const pipeline = new Pipeline("bad-rate").audioResample("rs", { output_rate: -5 });
     const error = await failure(() => client.execute(pipeline, new Audio(new Float32Array(4), 8_000)));
     assert.equal(error.kind, "VALIDATION");
     assert.ok(error.violations.some((v) => v.nodeId === "rs" && /output_rate/.test(`${v.field} ${v.description}`)));

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from remotemedia_nodes.audio import Audio
-from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Port, declaration
+from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Exclusive, Port, declaration
 from remotemedia_nodes.errors import ParamError, ParamErrors
 
 _NODES: dict[str, type[Node]] = {}
@@ -51,6 +51,10 @@ class Node:
     inputs: tuple[Port, ...] = DEFAULT_INPUTS
     #: Output ports the node may write.
     outputs: tuple[Port, ...] = DEFAULT_OUTPUTS
+    #: Groups of parameters that exclude each other.
+    exclusive: tuple[Exclusive, ...] = ()
+    #: A valid parameter object, when ``__init__`` has rules the declaration cannot say.
+    example: dict[str, Any] | None = None
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError

@@ -306,7 +306,7 @@ fn exec_context(e: &ExecError) -> Value {
             if let Some(field) = &source.field {
                 ctx["field"] = json!(field);
             }
-            if let Some(Value::Object(extra)) = &source.context {
+            if let Some(Value::Object(extra)) = source.context.as_deref() {
                 for (k, v) in extra {
                     ctx[k] = v.clone();
                 }

@@ -143,12 +143,14 @@ impl Session {
 
     /// Delivers how the session ended; returns its status code and outcome.
     async fn finish(&mut self, end: End) -> (Code, &'static str) {
+        // Past the call's deadline the response has been (or is about to be) ended with
+        // DEADLINE_EXCEEDED, whatever ended the session: the inbound stream cut with it, a
+        // cancellation, or a close whose answer came too late.
+        if CallDeadline::passed(self.deadline) {
+            return (Code::DeadlineExceeded, observe::outcome::DEADLINE_EXCEEDED);
+        }
         let error = match end {
             Ok(()) => return (Code::Ok, observe::outcome::SUCCESS),
-            // The call's deadline ended the response; the client saw DEADLINE_EXCEEDED.
-            Err(ServiceError::Cancelled(_)) if CallDeadline::passed(self.deadline) => {
-                return (Code::DeadlineExceeded, observe::outcome::DEADLINE_EXCEEDED);
-            }
             Err(e) => e,
         };
         if error.delivery(Call::Stream) == Delivery::InBandThenStatus {

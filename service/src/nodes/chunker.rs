@@ -10,8 +10,8 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamError, ParamSpec,
-    Params, PortSpec, Ports, check,
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
+    PortSpec, Ports, check,
 };
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
@@ -106,6 +106,8 @@ impl NodeFactory for AudioChunkerFactory {
             "Re-frames a stream into chunks of a fixed length, flushing the remainder on close.",
         )
         .alias("AudioChunker")
+        .one_of(&["chunk_samples", "chunk_ms"])
+        .example(serde_json::json!({"chunk_ms": 20}))
         .details(
             "Each call emits, as one buffer, every whole chunk its input completes (usually zero or one for \
                  short stream chunks); the remainder waits for the next call and is emitted, short, when the \
@@ -125,16 +127,6 @@ impl NodeFactory for AudioChunkerFactory {
         )
         .input(PortSpec::audio(INPUT, "audio in chunks of any size"))
         .output(PortSpec::audio(OUTPUT, "whole chunks, in the input's format"))
-    }
-
-    fn check(&self, params: &Params) -> Vec<ParamError> {
-        match (params.has("chunk_samples"), params.has("chunk_ms")) {
-            (true, true) => {
-                vec![ParamError::new("chunk_ms", "cannot be combined with `chunk_samples`; give one of them")]
-            }
-            (false, false) => vec![ParamError::new("chunk_samples", "or `chunk_ms` is required (give one of them)")],
-            _ => Vec::new(),
-        }
     }
 
     fn create(&self, params: &Params) -> Box<dyn Node> {
