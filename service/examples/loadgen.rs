@@ -164,9 +164,10 @@ enum Outbound {
     WebSocket(SplitSink<WebSocketStream<TcpStream>, Message>),
 }
 
-/// The receiving half of a stream, over either transport.
+/// The receiving half of a stream, over either transport. The gRPC one is boxed: it is much the
+/// larger, and each stream holds one for its whole life.
 enum Inbound {
-    Grpc(Streaming<proto::StreamResponse>),
+    Grpc(Box<Streaming<proto::StreamResponse>>),
     WebSocket(SplitStream<WebSocketStream<TcpStream>>),
 }
 
@@ -228,7 +229,7 @@ async fn open_stream(args: &Args, channel: Option<Channel>) -> Result<(Outbound,
         tx.send(proto::StreamRequest { request: Some(manifest) }).await.map_err(|e| e.to_string())?;
         let mut client = PipelineServiceClient::new(channel);
         let responses = client.stream_pipeline(ReceiverStream::new(rx)).await.map_err(|s| format!("{s:?}"))?;
-        (Outbound::Grpc(tx), Inbound::Grpc(responses.into_inner()))
+        (Outbound::Grpc(tx), Inbound::Grpc(Box::new(responses.into_inner())))
     };
     match inbound.next().await {
         Some(Ok(proto::StreamResponse { response: Some(stream_response::Response::Ready(_)) })) => {}
