@@ -1,5 +1,5 @@
 // stream() over the server's WebSocket endpoint from Node (the `ws` package; browsers use their
-// own WebSocket through the same code, tested by examples.test.ts): results in order, the same
+// own WebSocket through the same code, tested by microphone.test.ts): results in order, the same
 // error kinds, codes and messages as over HTTP/2 gRPC, and send() waiting while the socket's
 // buffer is full.
 import assert from "node:assert/strict";
