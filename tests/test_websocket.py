@@ -4,6 +4,7 @@ StreamRequests, and backpressure on a client faster than its pipeline."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from conftest import PLUGINS, RunningServer, start_server
 from helpers import f32, manifest, node, samples
@@ -294,32 +297,44 @@ def resident_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def test_a_client_sending_faster_than_its_pipeline_is_slowed_down_and_memory_stays_bounded(tmp_path: Path) -> None:
+async def test_a_client_sending_faster_than_its_pipeline_is_slowed_down_and_memory_stays_bounded(tmp_path: Path) -> None:
+    # An asyncio client reads and writes independently, as browsers do. (The blocking client
+    # cannot: while its sender waits for the server to read, its reader waits for the sender, and
+    # the 512 KiB results the server then writes go unread.)
     frames, frame_samples = 200, 131_072  # 200 frames of 512 KiB: 100 MiB
     # The stuck chunk must outlive the wait below: a 30 s time limit instead of 5 s.
     s = start_server("--python-nodes-path", str(PLUGINS), "--default-timeout-ms", "30000")
     try:
         marker, release = tmp_path / "marker", tmp_path / "release"
-        with opened(s, manifest([node("gate", "GateNode", marker=str(marker), release=str(release))])) as ws:
+        gated = manifest([node("gate", "GateNode", marker=str(marker), release=str(release))])
+        async with async_connect(
+            f"ws://{s.address}{PATH}", subprotocols=[Subprotocol("remotemedia.v1")], proxy=None, max_size=None
+        ) as ws:
+            await ws.send(pb.StreamRequest(manifest=gated).SerializeToString())
+            ready = pb.StreamResponse.FromString(await ws.recv(decode=False))
+            assert ready.WhichOneof("response") == "ready", ready
             # The peak resident size from here on (writing 5 resets VmHWM to VmRSS).
             Path(f"/proc/{s.proc.pid}/clear_refs").write_text("5")
             baseline = resident_kib(s.proc.pid, "VmRSS")
             payload = np.zeros(frame_samples, dtype=np.float32)
             sent = 0
 
-            def sender() -> None:
+            async def sender() -> None:
                 nonlocal sent
                 for seq in range(frames):
-                    send(ws, chunk(seq, payload, node_id="gate"))
+                    # Returns once the frame is in the socket's buffer, below its write limit.
+                    await ws.send(chunk(seq, payload, node_id="gate").SerializeToString())
                     sent += 1
-                send(ws, control(pb.StreamControl.COMMAND_CLOSE))
+                await ws.send(control(pb.StreamControl.COMMAND_CLOSE).SerializeToString())
 
-            thread = threading.Thread(target=sender, daemon=True)
-            thread.start()
-            wait_for("the first chunk to reach the gate", marker.exists)
+            sending = asyncio.create_task(sender())
+            deadline = time.monotonic() + 10
+            while not marker.exists():
+                assert time.monotonic() < deadline, "the first chunk never reached the gate"
+                await asyncio.sleep(0.01)
             # With the pipeline stuck, the server stops reading: the sender cannot get 100 MiB out.
-            thread.join(timeout=5)
-            assert thread.is_alive(), f"all {frames} frames were taken while the pipeline was stuck"
+            done, _ = await asyncio.wait([sending], timeout=5)
+            assert not done, f"all {frames} frames were taken while the pipeline was stuck"
             stuck_at = sent
             # In flight at most: the chunk at the gate, the session's queue of 4, the frame being
             # read, and what the kernel's socket buffers hold (a few MiB).
@@ -328,10 +343,12 @@ def test_a_client_sending_faster_than_its_pipeline_is_slowed_down_and_memory_sta
             assert grown_mib < 40, f"the server grew by {grown_mib:.0f} MiB while the client pushed"
 
             release.write_text("go")
-            responses, close = until_close(ws)
-            thread.join(timeout=30)
+            responses = [pb.StreamResponse.FromString(data) async for data in ws]  # ends at a 1000 close
+            await asyncio.wait_for(sending, timeout=30)
+            close = ws.protocol.close_rcvd
         results = [r.result.sequence for r in responses if r.WhichOneof("response") == "result"]
         assert results == list(range(frames))
-        assert (close.code, responses[-1].metrics.chunks_processed) == (1000, frames)
+        assert close is not None and (close.code, close.reason) == (1000, "OK")
+        assert responses[-1].metrics.chunks_processed == frames
     finally:
         assert s.stop() == 0
