@@ -1,7 +1,7 @@
 //! `StreamPipeline` over WebSocket with the server in process: 200 real-time WebSocket streams
 //! alongside gRPC streams under one concurrency cap, keepalive, the idle timeout, a disconnect
-//! in the middle of a chunk, and shutdown. The protocol's other cases are tested against the
-//! binary (tests/test_websocket.py).
+//! in the middle of a chunk, connection age, and shutdown. The protocol's other cases are tested
+//! against the binary (tests/test_websocket.py).
 
 mod common;
 
@@ -312,6 +312,36 @@ async fn a_disconnect_in_the_middle_of_a_chunk_cancels_it_at_once() {
     wait_until(|| gate.cancelled.load(Ordering::SeqCst) == 1, "the chunk cancelled").await;
     s.wait_sessions(0).await;
     assert!(!gate.open.load(Ordering::SeqCst));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn max_connection_age_leaves_an_upgraded_session_alone() {
+    // The age closes HTTP connections gracefully; an upgraded socket is a session, which ends
+    // with its stream.
+    let s = start(&[("max_connection_age_ms", "100")]).await;
+    let mut ws = open_ws(&s).await;
+    ready(&mut ws, gain_manifest()).await;
+    for sequence in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send(&mut ws, chunk("g", sequence, f32_audio(&[0.5; 16], 16_000, 1))).await;
+        loop {
+            match next_event(&mut ws).await {
+                Event::Response(stream_response::Response::Result(r)) => break assert_eq!(r.sequence, sequence),
+                Event::Response(stream_response::Response::Metrics(_)) => {} // periodic, on a slow machine
+                other => panic!("expected result {sequence}, got {other:?}"),
+            }
+        }
+    }
+    send(&mut ws, close_request()).await;
+    loop {
+        match next_event(&mut ws).await {
+            Event::Closed(code, reason) => break assert_eq!((code, reason.as_str()), (1000, "OK")),
+            Event::Response(stream_response::Response::Metrics(m)) => assert_eq!(m.chunks_processed, 5),
+            other => panic!("expected the final metrics and the close, got {other:?}"),
+        }
+    }
+    s.wait_sessions(0).await;
     s.stop().await;
 }
 
