@@ -2,7 +2,7 @@
 
     python bench/load.py              # everything, about five minutes
     python bench/load.py --quick      # shorter runs and 200 streams, about a minute
-    python bench/load.py --only unary,ghz,concurrent,serialization,pingpong,streams,cost
+    python bench/load.py --only unary,ghz,concurrent,serialization,pingpong,streams,cost,transports
 
 What runs, each against a fresh `remotemedia-server` on a free port:
 - unary: one client (`loadgen unary`, a tonic client) sending back-to-back ExecutePipeline
@@ -30,6 +30,10 @@ What runs, each against a fresh `remotemedia-server` on a free port:
   (`cargo bench --bench nodes -- 'reference|1s_high_with_setup'`): 1 s through resample -> VAD
   in one call on warm nodes, / 50, and one unary resample with setup. The grpcio + soxr
   baseline's CPU per call is measured the same way, with the same client.
+- transports: StreamPipeline over WebSocket against gRPC HTTP/2, one server, one after the
+  other: pingpong round trips on each, then 200 real-time streams on each (WebSocket: a
+  connection per stream, as browsers have; gRPC: 16 connections), with the server's CPU time
+  per chunk (utime + stime from /proc over the chunks its metrics counted).
 """
 
 from __future__ import annotations
@@ -229,17 +233,43 @@ def run_pingpong(opts: argparse.Namespace, results: dict) -> None:
         results["pingpong"] = loadgen("pingpong", addr=s.address, chunks=opts.chunks)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_transports(opts: argparse.Namespace, results: dict) -> None:
+    streams = 200
+
+    def measured(s: Server, mode: str, **flags: object) -> dict:
+        chunks_before = total(s.scrape(), "remotemedia_stream_chunks_total")
+        cpu_before = cpu_seconds(s.proc.pid)
+        run = loadgen(mode, addr=s.address, **flags)
+        cpu = cpu_seconds(s.proc.pid) - cpu_before
+        chunks = total(s.scrape(), "remotemedia_stream_chunks_total") - chunks_before
+        run["server_cpu_us_per_chunk"] = 1e6 * cpu / chunks if chunks else float("nan")
+        run["server_chunks"] = chunks
+        return run
+
+    out: dict = {"pingpong": {}, "streams": {}}
+    with server("--max-concurrent-streams", str(streams + 100)) as s:
+        for transport in ("grpc", "websocket"):
+            loadgen("pingpong", addr=s.address, chunks=500, transport=transport)  # warm-up
+        for transport in ("grpc", "websocket"):
+            out["pingpong"][transport] = measured(s, "pingpong", chunks=opts.chunks, transport=transport)
+        for transport in ("grpc", "websocket"):
+            out["streams"][transport] = measured(
+                s, "stream", streams=streams, rate=50, seconds=opts.transport_seconds, connections=16, transport=transport
+            )
+    results["transports"] = out
+
+
 def run_streams(opts: argparse.Namespace, results: dict) -> None:
     with server("--max-concurrent-streams", str(opts.streams + 100)) as s:
         results["streams"] = loadgen(
             "stream", addr=s.address, streams=opts.streams, rate=50, seconds=opts.stream_seconds, connections=16, server_pid=s.proc.pid
         )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def criterion_median(group: str, name: str) -> float:
@@ -352,13 +382,28 @@ def markdown(results: dict) -> str:
     table = "| what | goal | measured |\n| --- | --- | --- |\n" + "\n".join(out)
     if "cost" in results:
         table += "\n\n" + cost_markdown(results["cost"])
+    if "transports" in results:
+        table += "\n\n" + transports_markdown(results["transports"])
     return table
+
+
+def transports_markdown(t: dict) -> str:
+    rows = ["| StreamPipeline, 20 ms chunks through resample + VAD | gRPC HTTP/2 | WebSocket | WebSocket ÷ gRPC |", "| --- | --- | --- | --- |"]
+    for part, label in (("pingpong", "one stream, ping-pong"), ("streams", "200 real-time streams")):
+        g, w = t[part]["grpc"], t[part]["websocket"]
+        for key, what in (("p50_ms", "round trip p50"), ("p99_ms", "round trip p99")):
+            a, b = g["round_trip"][key], w["round_trip"][key]
+            rows.append(f"| {label}: {what} | {a:.3f} ms | {b:.3f} ms | {b / a:.2f}× |")
+        a, b = g["server_cpu_us_per_chunk"], w["server_cpu_us_per_chunk"]
+        rows.append(f"| {label}: server CPU per chunk | {a:.1f} µs | {b:.1f} µs | {b / a:.2f}× |")
+        rows.append(f"| {label}: chunks, errors | {g['round_trip']['count']}, {g['errors']} | {w['round_trip']['count']}, {w['errors']} | |")
+    return "\n".join(rows)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs and 200 streams")
-    ap.add_argument("--only", default="unary,ghz,concurrent,serialization,pingpong,streams,cost")
+    ap.add_argument("--only", default="unary,ghz,concurrent,serialization,pingpong,streams,cost,transports")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     opts = ap.parse_args()
@@ -367,6 +412,7 @@ def main() -> int:
     opts.streams = 200 if opts.quick else 1_000
     opts.stream_seconds = 10 if opts.quick else 60
     opts.cost_seconds = 10 if opts.quick else 20
+    opts.transport_seconds = 5 if opts.quick else 20
     if not opts.no_build:
         build()
     if "ghz" in opts.only.split(",") and not GHZ.exists():
@@ -380,6 +426,7 @@ def main() -> int:
         "pingpong": run_pingpong,
         "streams": run_streams,
         "cost": run_cost,
+        "transports": run_transports,
     }
     for name in opts.only.split(","):
         print(f"running {name} ...", file=sys.stderr, flush=True)

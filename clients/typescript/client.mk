@@ -29,7 +29,8 @@ ts-generate: ts-deps ## regenerate the TypeScript client's code from proto/
 ts-build: ts-deps ## build the TypeScript client (ESM and CJS)
 	cd $(TS_DIR) && $(NPM) run build
 
-test-typescript: ts-deps chromium build ## generated-code check, build, tests and npm pack test of the TypeScript client
+# system-deps: the microphone page's test speaks its WAV with espeak-ng and sox.
+test-typescript: ts-deps chromium system-deps build ## generated-code check, build, tests and npm pack test of the TypeScript client
 	cd $(TS_DIR) && $(NPM) run check-generated
 	cd $(TS_DIR) && $(NPM) run build
 	cd $(TS_DIR) && $(NPM) test

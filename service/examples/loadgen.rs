@@ -1,8 +1,8 @@
 //! Load driver for the benchmarks (`bench/load.py` runs it; see BENCHMARKS.md).
 //!
 //! ```text
-//! loadgen stream --addr 127.0.0.1:50051 --streams 1000 --rate 50 --seconds 60 [--server-pid PID]
-//! loadgen pingpong --addr 127.0.0.1:50051 --chunks 5000
+//! loadgen stream --addr 127.0.0.1:50051 --streams 1000 --rate 50 --seconds 60 [--server-pid PID] [--transport websocket]
+//! loadgen pingpong --addr 127.0.0.1:50051 --chunks 5000 [--transport websocket]
 //! loadgen unary --addr 127.0.0.1:50051 --seconds 10 [--audio-seconds 1] [--concurrency 16]
 //! ```
 //!
@@ -12,7 +12,8 @@
 //! result arrives. `unary`: back-to-back ExecutePipeline of `audio-seconds` of 48 kHz audio
 //! through the resampler from `concurrency` callers spread over up to `connections` connections,
 //! reporting latency, requests per second and the server's serialization / wall time ratio.
-//! Output: one JSON object on stdout.
+//! Streams travel over HTTP/2 gRPC, or with `--transport websocket` over the server's WebSocket
+//! endpoint (one connection per stream, as browsers have). Output: one JSON object on stdout.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,11 +21,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
 use remotemedia::proto::pipeline_service_client::PipelineServiceClient;
 use remotemedia::proto::{self, stream_request, stream_response};
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 #[derive(Clone)]
@@ -39,6 +47,7 @@ struct Args {
     audio_seconds: u64,
     concurrency: usize,
     server_pid: Option<u32>,
+    websocket: bool,
 }
 
 fn parse() -> Args {
@@ -53,6 +62,7 @@ fn parse() -> Args {
         audio_seconds: 1,
         concurrency: 1,
         server_pid: None,
+        websocket: false,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -68,6 +78,13 @@ fn parse() -> Args {
             "--audio-seconds" => a.audio_seconds = value.parse().unwrap(),
             "--concurrency" => a.concurrency = value.parse().unwrap(),
             "--server-pid" => a.server_pid = Some(value.parse().unwrap()),
+            "--transport" => {
+                a.websocket = match value.as_str() {
+                    "grpc" => false,
+                    "websocket" => true,
+                    other => panic!("--transport is grpc or websocket, got {other}"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -141,6 +158,86 @@ async fn channels(addr: &str, n: usize) -> Vec<Channel> {
     out
 }
 
+/// The sending half of a stream, over either transport.
+enum Outbound {
+    Grpc(tokio::sync::mpsc::Sender<proto::StreamRequest>),
+    WebSocket(SplitSink<WebSocketStream<TcpStream>, Message>),
+}
+
+/// The receiving half of a stream, over either transport. The gRPC one is boxed: it is much the
+/// larger, and each stream holds one for its whole life.
+enum Inbound {
+    Grpc(Box<Streaming<proto::StreamResponse>>),
+    WebSocket(SplitStream<WebSocketStream<TcpStream>>),
+}
+
+impl Outbound {
+    async fn send(&mut self, request: stream_request::Request) -> Result<(), String> {
+        let message = proto::StreamRequest { request: Some(request) };
+        match self {
+            Outbound::Grpc(tx) => tx.send(message).await.map_err(|e| e.to_string()),
+            Outbound::WebSocket(sink) => {
+                sink.send(Message::Binary(message.encode_to_vec().into())).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl Inbound {
+    /// The next response; `None` once the stream ended with OK.
+    async fn next(&mut self) -> Option<Result<proto::StreamResponse, String>> {
+        match self {
+            Inbound::Grpc(responses) => responses.next().await.map(|r| r.map_err(|s| format!("{s:?}"))),
+            Inbound::WebSocket(frames) => loop {
+                match frames.next().await? {
+                    Ok(Message::Binary(data)) => {
+                        return Some(proto::StreamResponse::decode(data).map_err(|e| e.to_string()));
+                    }
+                    Ok(Message::Close(Some(close))) if u16::from(close.code) != 1000 => {
+                        return Some(Err(format!("closed {}: {}", u16::from(close.code), close.reason)));
+                    }
+                    Ok(Message::Close(_)) => return None,
+                    Ok(_) => {}
+                    Err(e) => return Some(Err(e.to_string())),
+                }
+            },
+        }
+    }
+}
+
+/// Opens a stream of the benchmark pipeline and waits for `ready`: a call on `channel`, or with
+/// `--transport websocket` a WebSocket of its own.
+async fn open_stream(args: &Args, channel: Option<Channel>) -> Result<(Outbound, Inbound), String> {
+    let manifest = stream_request::Request::Manifest(stream_manifest());
+    let (outbound, mut inbound) = if args.websocket {
+        let mut request = format!("ws://{}/ws/StreamPipeline", args.addr).into_client_request().unwrap();
+        request.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, "remotemedia.v1".parse().unwrap());
+        let tcp = TcpStream::connect(&args.addr).await.map_err(|e| e.to_string())?;
+        // As on the server's side: a small frame must not wait for the peer's delayed ACK.
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (socket, _) = tokio_tungstenite::client_async(request, tcp).await.map_err(|e| e.to_string())?;
+        let (sink, frames) = socket.split();
+        let mut outbound = Outbound::WebSocket(sink);
+        outbound.send(manifest).await?;
+        (outbound, Inbound::WebSocket(frames))
+    } else {
+        let channel = match channel {
+            Some(c) => c,
+            None => channels(&args.addr, 1).await.remove(0),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(proto::StreamRequest { request: Some(manifest) }).await.map_err(|e| e.to_string())?;
+        let mut client = PipelineServiceClient::new(channel);
+        let responses = client.stream_pipeline(ReceiverStream::new(rx)).await.map_err(|s| format!("{s:?}"))?;
+        (Outbound::Grpc(tx), Inbound::Grpc(Box::new(responses.into_inner())))
+    };
+    match inbound.next().await {
+        Some(Ok(proto::StreamResponse { response: Some(stream_response::Response::Ready(_)) })) => {}
+        other => return Err(format!("expected ready, got {other:?}")),
+    }
+    Ok((outbound, inbound))
+}
+
 #[derive(Default)]
 struct Totals {
     errors: AtomicU64,
@@ -156,18 +253,14 @@ async fn realtime_stream(
     latencies: Arc<Mutex<Vec<f64>>>,
     ready: Arc<tokio::sync::Barrier>,
 ) {
-    let mut client = PipelineServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let _ = tx.send(proto::StreamRequest { request: Some(stream_request::Request::Manifest(stream_manifest())) }).await;
-    let mut responses = match client.stream_pipeline(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
+    let (mut outbound, mut responses) = match open_stream(&args, Some(channel)).await {
+        Ok(stream) => stream,
         Err(_) => {
             totals.errors.fetch_add(1, Ordering::Relaxed);
             ready.wait().await;
             return;
         }
     };
-    let _ = responses.next().await; // ready
     ready.wait().await;
     let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::new(Mutex::new(VecDeque::new()));
     let chunk = audio(960);
@@ -181,16 +274,12 @@ async fn realtime_stream(
                 ticker.tick().await;
                 sent.lock().await.push_back((seq, Instant::now()));
                 let msg = proto::AudioChunk { node_id: "rs".into(), buffer: Some(chunk.clone()), sequence: seq };
-                if tx
-                    .send(proto::StreamRequest { request: Some(stream_request::Request::AudioChunk(msg)) })
-                    .await
-                    .is_err()
-                {
+                if outbound.send(stream_request::Request::AudioChunk(msg)).await.is_err() {
                     return;
                 }
             }
             let close = proto::StreamControl { command: proto::stream_control::Command::Close as i32 };
-            let _ = tx.send(proto::StreamRequest { request: Some(stream_request::Request::Control(close)) }).await;
+            let _ = outbound.send(stream_request::Request::Control(close)).await;
         })
     };
     let mut local = Vec::with_capacity(total as usize);
@@ -249,6 +338,7 @@ async fn stream_mode(args: Args) -> serde_json::Value {
     let mut all = std::mem::take(&mut *latencies.lock().await);
     serde_json::json!({
         "mode": "stream",
+        "transport": if args.websocket { "websocket" } else { "grpc" },
         "streams": args.streams,
         "chunks_per_second_each": args.rate,
         "seconds": started.elapsed().as_secs_f64(),
@@ -266,21 +356,22 @@ async fn stream_mode(args: Args) -> serde_json::Value {
 }
 
 async fn pingpong_mode(args: Args) -> serde_json::Value {
-    let mut client = PipelineServiceClient::new(channels(&args.addr, 1).await.remove(0));
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tx.send(proto::StreamRequest { request: Some(stream_request::Request::Manifest(stream_manifest())) })
-        .await
-        .unwrap();
-    let mut responses = client.stream_pipeline(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    responses.next().await.unwrap().unwrap();
+    let (mut outbound, mut responses) = open_stream(&args, None).await.expect("the stream opens");
     let chunk = audio(960);
     let mut latencies = Vec::new();
     let mut errors = 0;
     for seq in 0..args.chunks + 200 {
         let start = Instant::now();
         let msg = proto::AudioChunk { node_id: "rs".into(), buffer: Some(chunk.clone()), sequence: seq };
-        tx.send(proto::StreamRequest { request: Some(stream_request::Request::AudioChunk(msg)) }).await.unwrap();
-        match responses.next().await {
+        outbound.send(stream_request::Request::AudioChunk(msg)).await.unwrap();
+        // The periodic metrics are no answer to the chunk: the result comes after them.
+        let answer = loop {
+            match responses.next().await {
+                Some(Ok(proto::StreamResponse { response: Some(stream_response::Response::Metrics(_)) })) => {}
+                other => break other,
+            }
+        };
+        match answer {
             Some(Ok(proto::StreamResponse { response: Some(stream_response::Response::Result(r)) }))
                 if r.sequence == seq =>
             {
@@ -291,7 +382,8 @@ async fn pingpong_mode(args: Args) -> serde_json::Value {
             _ => errors += 1,
         }
     }
-    serde_json::json!({ "mode": "pingpong", "errors": errors, "round_trip": summary(&mut latencies) })
+    let transport = if args.websocket { "websocket" } else { "grpc" };
+    serde_json::json!({ "mode": "pingpong", "transport": transport, "errors": errors, "round_trip": summary(&mut latencies) })
 }
 
 /// What one unary caller saw.

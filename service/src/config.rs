@@ -52,10 +52,14 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("stream_max_duration_ms", "3600000", "longest a stream may stay open"),
     ("stream_metrics_interval_ms", "1000", "how often a stream reports StreamMetrics"),
     ("breaker_cooldown_ms", "30000", "how long an open circuit breaker waits before a trial call"),
-    ("keepalive_interval_ms", "30000", "HTTP/2 keepalive ping interval"),
+    ("keepalive_interval_ms", "30000", "HTTP/2 and WebSocket keepalive ping interval"),
     ("keepalive_timeout_ms", "10000", "close a connection whose keepalive ping is not answered"),
     ("max_connection_age_ms", "0", "close connections older than this (0 = never)"),
-    ("cors_allowed_origins", "", "comma-separated browser origins allowed to call over gRPC-Web (none by default)"),
+    (
+        "cors_allowed_origins",
+        "",
+        "comma-separated browser origins allowed to call over gRPC-Web and WebSocket (none by default)",
+    ),
     (
         "response_compression",
         "mirror",

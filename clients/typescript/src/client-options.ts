@@ -1,6 +1,6 @@
 // Options of createClient and of each call.
 import type { RetryOptions } from "./retry.js";
-import type { TransportKind } from "./transport-settings.js";
+import type { StreamTransportKind, TransportKind } from "./transport-settings.js";
 
 export interface ClientOptions {
   /** `host:port` of the server, reached over plain HTTP (`http://host:port`). */
@@ -20,6 +20,12 @@ export interface ClientOptions {
   compression?: "gzip" | "none";
   /** "grpc" (HTTP/2, Node's default) or "grpc-web" (browsers' default and only choice). */
   transport?: TransportKind;
+  /**
+   * How `stream()` travels: "grpc" (HTTP/2; Node's default with the "grpc" transport) or
+   * "websocket" (the server's WebSocket endpoint; the default of browsers and of "grpc-web",
+   * which carries no bidirectional stream). The same results and errors either way.
+   */
+  streamTransport?: StreamTransportKind;
   /** Retries of unary calls; `false` disables them. */
   retry?: RetryOptions | false;
 }

@@ -1,4 +1,5 @@
-// createClient: the RemoteMedia client over a Connect transport (gRPC in Node, gRPC-Web in browsers).
+// createClient: the RemoteMedia client over a Connect transport (gRPC in Node, gRPC-Web in browsers)
+// for unary calls, and over HTTP/2 gRPC or WebSocket for streams.
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient as createConnectClient } from "@connectrpc/connect";
 import type { Audio } from "./audio.js";
@@ -19,11 +20,12 @@ import { headersInterceptor } from "./headers.js";
 import { PROTOCOL_VERSION } from "./protocol.js";
 import { PipelineResult } from "./result.js";
 import { retryPolicy, withRetry } from "./retry.js";
-import { type StreamOptions, StreamSession } from "./stream-session.js";
+import { type StreamCall, type StreamOptions, StreamSession } from "./stream-session.js";
 import { explainLengthLimit } from "./length-limit.js";
 import { fromErrorResponse, toRemoteMediaError } from "./to-error.js";
-import { DEFAULT_TRANSPORT, openTransport } from "./transport-node.js";
+import { DEFAULT_TRANSPORT, openSocket, openTransport } from "./transport-node.js";
 import { type VersionInfo, versionInfo } from "./version-info.js";
+import { webSocketCall } from "./websocket-call.js";
 
 export interface RemoteMediaClient {
   /** The server URL calls go to. */
@@ -50,7 +52,8 @@ export interface RemoteMediaClient {
   catalogue(options?: CallOptions): Promise<Catalogue>;
   /**
    * Opens a StreamPipeline session; resolves once every node is built. Opening is retried as
-   * unary calls are; an open stream never is. Needs the "grpc" transport.
+   * unary calls are; an open stream never is. Travels over HTTP/2 gRPC or WebSocket, as the
+   * client's `streamTransport` says.
    */
   stream(pipeline: PipelineLike, options?: StreamOptions): Promise<StreamSession>;
   /** Closes the client's connections. */
@@ -69,6 +72,17 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     gzip: options.compression === "gzip",
   });
   const rpc: Client<typeof PipelineService> = createConnectClient(PipelineService, opened.transport);
+  const streamKind = options.streamTransport ?? (kind === "grpc" ? "grpc" : "websocket");
+
+  const streamCall = (): StreamCall => {
+    if (streamKind === "websocket") {
+      return webSocketCall({ baseUrl, token: options.token, protocolVersion, open: openSocket });
+    }
+    if (kind !== "grpc") {
+      throw new TypeError('gRPC-Web carries unary calls only: stream with streamTransport "websocket"');
+    }
+    return (requests, callOptions) => rpc.streamPipeline(requests, callOptions);
+  };
   let serverCatalogue: Promise<Catalogue> | undefined;
 
   const unary = <T>(call: (timeoutMs: number | undefined) => Promise<T>, callOptions: CallOptions): Promise<T> =>
@@ -135,9 +149,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     },
 
     async stream(pipeline, streamOptions = {}) {
-      if (kind !== "grpc") {
-        throw new TypeError('bidirectional streams need the "grpc" transport (HTTP/2); gRPC-Web carries unary calls only');
-      }
+      const call = streamCall();
       const manifest = toManifest(pipeline);
       const known = unknownNodeTypes(manifest) ? await this.catalogue(streamOptions) : BUILTIN_CATALOGUE;
       const problems = paramViolations(manifest, known);
@@ -146,12 +158,10 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
       const inputNode = streamOptions.inputNode ?? (sources.length === 1 ? sources[0] : undefined);
       return withRetry(
         (timeoutMs) =>
-          StreamSession.open(
-            (requests, callOptions) => rpc.streamPipeline(requests, callOptions),
-            manifest,
-            inputNode,
-            { ...streamOptions, ...(timeoutMs === undefined ? {} : { timeoutMs }) },
-          ),
+          StreamSession.open(call, manifest, inputNode, {
+            ...streamOptions,
+            ...(timeoutMs === undefined ? {} : { timeoutMs }),
+          }),
         { policy, timeoutMs: streamOptions.timeoutMs, signal: streamOptions.signal },
       );
     },

@@ -2,7 +2,7 @@
 // pipeline service. Everything public is exported here.
 export { createClient, type RemoteMediaClient } from "./client.js";
 export type { CallOptions, ClientOptions } from "./client-options.js";
-export type { TransportKind } from "./transport-settings.js";
+export type { StreamTransportKind, TransportKind } from "./transport-settings.js";
 export type { RetryOptions } from "./retry.js";
 export { Audio } from "./audio.js";
 export type { SampleFormat, Samples } from "./sample-format.js";

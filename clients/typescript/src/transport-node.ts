@@ -1,5 +1,6 @@
 // Transports in Node: gRPC over HTTP/2 (full bidirectional streaming) and gRPC-Web over
-// HTTP/1.1. Bundlers targeting browsers substitute transport-web.ts (package.json "browser").
+// HTTP/1.1, and streams over WebSocket (the `ws` package) when asked. Bundlers targeting browsers
+// substitute transport-web.ts (package.json "browser").
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import {
   Http2SessionManager,
@@ -7,7 +8,9 @@ import {
   createGrpcTransport,
   createGrpcWebTransport,
 } from "@connectrpc/connect-node";
+import { WebSocket } from "ws";
 import type { TransportKind, TransportSettings } from "./transport-settings.js";
+import type { Socket, SocketEvents } from "./websocket-call.js";
 
 /** Node speaks gRPC unless told otherwise. */
 export const DEFAULT_TRANSPORT: TransportKind = "grpc";
@@ -47,6 +50,36 @@ export function openTransport(settings: TransportSettings): OpenTransport {
     transport: createGrpcTransport({ baseUrl: settings.baseUrl, sessionManager, interceptors, ...compression }),
     close: () => {
       sessionManager.abort();
+    },
+  };
+}
+
+/** Opens a WebSocket with `ws`, frames as ArrayBuffers, without compression (audio barely compresses). */
+export function openSocket(url: string, protocols: string[], events: SocketEvents): Socket {
+  const socket = new WebSocket(url, protocols, { perMessageDeflate: false });
+  socket.binaryType = "arraybuffer";
+  socket.on("open", () => {
+    events.open();
+  });
+  socket.on("message", (data, isBinary) => {
+    // With binaryType "arraybuffer" every frame arrives as an ArrayBuffer; text is decoded.
+    events.message(isBinary || !(data instanceof ArrayBuffer) ? data : new TextDecoder().decode(data));
+  });
+  socket.on("error", (error) => {
+    events.error(error.message);
+  });
+  socket.on("close", (code, reason) => {
+    events.close(code, reason.toString());
+  });
+  return {
+    get bufferedAmount() {
+      return socket.bufferedAmount;
+    },
+    send: (data) => {
+      socket.send(data);
+    },
+    close: (code, reason) => {
+      socket.close(code, reason);
     },
   };
 }

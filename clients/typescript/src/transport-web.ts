@@ -1,8 +1,9 @@
-// Transports in browsers: gRPC-Web over fetch. Unary calls only: fetch cannot stream a request
-// body, so bidirectional streams need the Node gRPC transport.
+// Transports in browsers: gRPC-Web over fetch for unary calls, and the browser's WebSocket for
+// streams (fetch cannot stream a request body, so gRPC-Web carries no bidirectional stream).
 import type { Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import type { TransportKind, TransportSettings } from "./transport-settings.js";
+import type { Socket, SocketEvents } from "./websocket-call.js";
 
 /** Browsers speak gRPC-Web. */
 export const DEFAULT_TRANSPORT: TransportKind = "grpc-web";
@@ -19,5 +20,35 @@ export function openTransport(settings: TransportSettings): OpenTransport {
   return {
     transport: createGrpcWebTransport({ baseUrl: settings.baseUrl, interceptors: settings.interceptors }),
     close: () => undefined,
+  };
+}
+
+/** Opens the browser's WebSocket, frames as ArrayBuffers. */
+export function openSocket(url: string, protocols: string[], events: SocketEvents): Socket {
+  const socket = new WebSocket(url, protocols);
+  socket.binaryType = "arraybuffer";
+  socket.onopen = () => {
+    events.open();
+  };
+  socket.onmessage = (event: MessageEvent) => {
+    events.message(event.data);
+  };
+  // A browser says nothing of why (a refused handshake looks like an unreachable server).
+  socket.onerror = () => {
+    events.error(undefined);
+  };
+  socket.onclose = (event: CloseEvent) => {
+    events.close(event.code, event.reason);
+  };
+  return {
+    get bufferedAmount() {
+      return socket.bufferedAmount;
+    },
+    send: (data) => {
+      socket.send(data);
+    },
+    close: (code, reason) => {
+      socket.close(code, reason);
+    },
   };
 }

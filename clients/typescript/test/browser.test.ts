@@ -1,36 +1,22 @@
 // The example page, served locally and opened in headless Chromium (Debian's package, driven by
 // playwright-core), calls GetVersion and ExecutePipeline over gRPC-Web with CORS.
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { type Browser, chromium } from "playwright-core";
-import { PACKAGE, RunningServer } from "./server.js";
+import { type ExamplePages, serveExamples } from "./example-page.js";
+import { RunningServer } from "./server.js";
 
 const TOKEN = "browser-token-2c7e";
 const CHROMIUM = process.env["REMOTEMEDIA_CHROMIUM"] ?? "/usr/bin/chromium";
 
-let page: ChildProcess;
+let pages: ExamplePages;
 let pageUrl: string;
 let server: RunningServer;
 let browser: Browser;
 
-/** Builds the example page and serves it on a free port; resolves with its address. */
-async function serveExample(): Promise<string> {
-  page = spawn(process.execPath, [join(PACKAGE, "examples", "browser", "build.mjs"), "--serve", "0"], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines = createInterface({ input: page.stdout as NodeJS.ReadableStream });
-  for await (const line of lines) {
-    const match = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(line);
-    if (match?.[1] !== undefined) return match[1];
-  }
-  throw new Error("the example page server exited without serving");
-}
-
 before(async () => {
-  pageUrl = await serveExample();
+  pages = await serveExamples();
+  pageUrl = pages.url;
   const origin = new URL(pageUrl).origin;
   server = await RunningServer.start(["--cors-allowed-origins", origin, "--auth-tokens", TOKEN]);
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
@@ -38,7 +24,7 @@ before(async () => {
 
 after(async () => {
   await browser.close();
-  page.kill();
+  pages.stop();
   assert.equal(await server.stop(), 0);
 });
 

@@ -101,8 +101,8 @@ describe("execute", () => {
     assert.deepEqual(Array.from(result.output().samples), [0.5, -0.5]);
   });
 
-  test("the gRPC-Web transport runs unary calls from Node too, and refuses streams", async () => {
-    const web = createClient({ address: server.address, token: TOKEN, transport: "grpc-web" });
+  test("the gRPC-Web transport runs unary calls from Node too, and carries no stream (those go over WebSocket)", async () => {
+    const web = createClient({ address: server.address, token: TOKEN, transport: "grpc-web", streamTransport: "grpc" });
     try {
       assert.equal((await web.getVersion()).compatible, true);
       const result = await web.execute(new Pipeline("web").passThrough("in"), new Audio(Int32Array.from([7, -7]), 8_000));

@@ -3,6 +3,7 @@
 //! - [`server`]: binding, the tower layer stack, health, reflection, graceful shutdown
 //! - [`transport`]: the HTTP/1.1 + HTTP/2 connection server; [`lifetime`]: deadlines and drain
 //! - [`service`]: `ExecutePipeline` and `GetVersion`; [`stream`]: `StreamPipeline` sessions
+//! - [`websocket`]: `StreamPipeline` sessions over WebSocket, for browsers
 //! - [`interceptors`]: auth and protocol version checks in front of the service
 //! - [`limits`]: per-request limits against server caps
 //! - [`compression`]: when responses are gzip-compressed
@@ -22,6 +23,7 @@ pub mod state;
 pub mod status;
 pub mod stream;
 pub mod transport;
+pub mod websocket;
 
 pub use server::{BoundServer, SERVICE_NAME, ServerError, bind, run};
 

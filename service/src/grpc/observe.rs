@@ -30,6 +30,7 @@ pub const AUTH_REJECTIONS_TOTAL: &str = "remotemedia_auth_rejections_total";
 pub const CODEC_DURATION: &str = "remotemedia_codec_duration_seconds";
 pub const CONVERSION_DURATION: &str = "remotemedia_conversion_duration_seconds";
 pub const BUILD_INFO: &str = "remotemedia_build_info";
+pub const WEBSOCKET_HANDSHAKES_TOTAL: &str = "remotemedia_websocket_handshakes_total";
 
 /// The RPCs, as label values.
 pub const RPCS: &[&str] = &["ExecutePipeline", "StreamPipeline", "GetVersion"];
@@ -80,6 +81,16 @@ pub const LIMITS: &[&str] = &[
     "stream_idle_timeout_ms",
     "stream_max_duration_ms",
 ];
+
+/// What became of a WebSocket upgrade request, as values of [`WEBSOCKET_HANDSHAKES_TOTAL`]'s
+/// `result` label. Refusals after the upgrade (token, version, cap) are counted as
+/// `StreamPipeline` requests, like those of gRPC calls.
+pub mod handshake {
+    pub const UPGRADED: &str = "upgraded";
+    pub const ORIGIN_REFUSED: &str = "origin_refused";
+    pub const MALFORMED: &str = "malformed";
+    pub const ALL: &[&str] = &[UPGRADED, ORIGIN_REFUSED, MALFORMED];
+}
 
 /// Reasons of [`AUTH_REJECTIONS_TOTAL`].
 pub const AUTH_REASONS: &[&str] = &["missing", "malformed", "invalid"];
@@ -141,6 +152,9 @@ pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
     for direction in ["encode", "decode"] {
         let _ = histogram!(CODEC_DURATION, "direction" => direction);
     }
+    for result in handshake::ALL {
+        counter!(WEBSOCKET_HANDSHAKES_TOTAL, "result" => *result).absolute(0);
+    }
     gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
@@ -187,6 +201,10 @@ fn describe() {
         CONVERSION_DURATION,
         metrics::Unit::Seconds,
         "turning request messages into pipeline inputs and results into responses, by rpc"
+    );
+    describe_counter!(
+        WEBSOCKET_HANDSHAKES_TOTAL,
+        "WebSocket upgrade requests, by result: upgraded, origin_refused (403) or malformed"
     );
     describe_gauge!(BUILD_INFO, "always 1; the labels name the server's version, protocol and build time");
 }
@@ -414,6 +432,10 @@ pub fn exec_failed(e: &crate::graph::ExecError) {
 
 pub fn limit_rejected(limit: &'static str) {
     counter!(LIMIT_REJECTIONS_TOTAL, "limit" => limit).increment(1);
+}
+
+pub fn websocket_handshake(result: &'static str) {
+    counter!(WEBSOCKET_HANDSHAKES_TOTAL, "result" => result).increment(1);
 }
 
 pub fn auth_rejected(reason: &'static str) {

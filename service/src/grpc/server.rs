@@ -30,6 +30,7 @@ use super::observe::{self, NewRequestId};
 use super::service::Pipelines;
 use super::state::AppState;
 use super::transport;
+use super::websocket;
 use crate::config::Config;
 use crate::graph::{CircuitBreakers, Engine};
 use crate::nodes::Registry;
@@ -106,7 +107,8 @@ impl BoundServer {
         let config = &state.config;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let service = ServiceBuilder::new()
+        let tokens = Tokens::new(config.auth_tokens.clone());
+        let grpc = ServiceBuilder::new()
             .layer(cors(&config.cors_allowed_origins))
             // HTTP/1.1 carries gRPC-Web from browsers; HTTP/2 gRPC passes through unchanged.
             .layer(tonic_web::GrpcWebLayer::new())
@@ -119,8 +121,11 @@ impl BoundServer {
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(DeadlineLayer)
             .layer(DrainLayer::new(state.draining.clone(), PIPELINE_PATH_PREFIX))
-            .layer(GuardLayer::new(Guards { tokens: Tokens::new(config.auth_tokens.clone()) }))
+            .layer(GuardLayer::new(Guards { tokens: tokens.clone() }))
             .service(routes(&state, health_service)?);
+        // WebSocket upgrades are answered before the gRPC-Web layer, which refuses every other
+        // HTTP/1.1 request; the endpoint makes its own checks.
+        let service = websocket::router(state.clone(), tokens).fallback_service(grpc);
         let settings = transport::Settings {
             keepalive_interval: config.keepalive_interval,
             keepalive_timeout: config.keepalive_timeout,

@@ -257,6 +257,20 @@ pub fn from_codec(status: &Status) -> Option<ServiceError> {
     }
 }
 
+/// What a transport that decodes its own messages (WebSocket frames) reports for a message over
+/// `max` bytes: the status tonic's codec reports, so [`from_codec`] maps both alike.
+pub fn oversized_message(size: usize, max: usize) -> Status {
+    Status::out_of_range(format!(
+        "Error, decoded message length too large: found {size} bytes, the limit is: {max} bytes"
+    ))
+}
+
+/// What a transport that decodes its own messages reports for one that is not a valid
+/// message: `detail` says what was wrong. Mapped by [`from_codec`] like the codec's own.
+pub fn malformed_message(detail: impl std::fmt::Display) -> Status {
+    Status::internal(format!("protocol error: {detail}"))
+}
+
 /// The `outcome` metric label of a failure of `error_type`.
 pub fn outcome_of(error_type: ErrorType) -> &'static str {
     match error_type {
@@ -411,6 +425,16 @@ mod tests {
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "VALIDATION");
 
         assert!(from_codec(&Status::internal("something else")).is_none());
+    }
+
+    #[test]
+    fn messages_a_transport_refuses_itself_map_like_the_codecs() {
+        let big = from_codec(&oversized_message(2_000, 1_000)).unwrap();
+        assert!(matches!(big, ServiceError::Limit { limit: "max_message_bytes", .. }), "{big:?}");
+        assert!(big.to_string().contains("found 2000 bytes"), "{big}");
+        let text = from_codec(&malformed_message("text frame")).unwrap();
+        assert!(matches!(text, ServiceError::InvalidArgument(_)), "{text:?}");
+        assert_eq!(text.to_string(), "the request message is malformed: protocol error: text frame");
     }
 
     /// Everything a status carries in response metadata, in bytes.

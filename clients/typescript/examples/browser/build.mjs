@@ -1,8 +1,8 @@
-// Bundles the example page's script (main.ts) with the built package (dist/esm, so run
-// `npm run build` first) into examples/browser/dist/main.js for browsers: the package's
-// "browser" field swaps its Node transport for the fetch-based gRPC-Web one.
-// With --serve [port] it then serves the page on http://127.0.0.1:<port>/ (default 8080; 0 picks
-// a free port) and prints that address.
+// Bundles the example pages' scripts (main.ts, microphone.ts and its AudioWorklet) with the built
+// package (dist/esm, so run `npm run build` first) into examples/browser/dist/ for browsers: the
+// package's "browser" field swaps its Node transports for gRPC-Web and the browser's WebSocket.
+// With --serve [port] it then serves the pages on http://127.0.0.1:<port>/ (index.html and
+// microphone.html; default port 8080, 0 picks a free one) and prints that address.
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import { dirname, extname, join, normalize, sep } from "node:path";
@@ -13,8 +13,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
 
 await build({
-  entryPoints: [join(here, "main.ts")],
-  outfile: join(here, "dist", "main.js"),
+  entryPoints: ["main.ts", "microphone.ts", "chunker-worklet.ts"].map((name) => join(here, name)),
+  outdir: join(here, "dist"),
   bundle: true,
   format: "esm",
   platform: "browser",

@@ -42,6 +42,15 @@ impl Tokens {
                 "the authorization metadata must have the form `Bearer <token>`".to_owned(),
             ));
         };
+        self.verify(presented)
+    }
+
+    /// Checks a token presented some other way than the `authorization` header (a WebSocket
+    /// subprotocol), in constant time; a wrong one is refused and counted as by [`Tokens::check`].
+    pub fn verify(&self, presented: &str) -> Result<(), ServiceError> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
         // Compare against every token so the time taken does not reveal which one matched.
         let matched = self
             .0
@@ -87,5 +96,14 @@ mod tests {
             assert!(err.contains(why), "{h:?}: {err}");
             assert!(!err.contains("s3cret") && !err.contains("wrong-token"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_token_presented_outside_the_header_is_checked_alike() {
+        let t = Tokens::new(vec![Secret::new("s3cret-one")]);
+        assert!(t.verify("s3cret-one").is_ok());
+        let err = t.verify("s3cret-on").unwrap_err().to_string();
+        assert_eq!(err, "the bearer token is not valid");
+        assert!(Tokens::default().verify("anything").is_ok());
     }
 }
