@@ -31,7 +31,7 @@ fn signal(rate: u32, frames: usize) -> Vec<f32> {
 }
 
 fn create(node_type: &str, params: Value) -> Box<dyn Node> {
-    Registry::builtin().native_factory(node_type).unwrap().create(params.as_object().unwrap()).unwrap()
+    Registry::builtin().native_factory(node_type).unwrap().build(params.as_object().unwrap()).unwrap()
 }
 
 fn inputs(a: &AudioBuffer) -> Ports {

@@ -24,7 +24,9 @@ fn signal(rate: u32, frames: usize, channels: u32) -> AudioBuffer {
 
 fn engine() -> Engine {
     let mut registry = Registry::builtin();
-    registry.attach_foreign(PythonRuntime::start(None, 2, &[]).expect("make venv sets up the Python environment"));
+    registry
+        .attach_foreign(PythonRuntime::start(None, 2, &[]).expect("make venv sets up the Python environment"))
+        .expect("the Python twins agree with the native nodes");
     Engine::new(registry, CircuitBreakers::default())
 }
 

@@ -415,7 +415,7 @@ impl Config {
     }
 }
 
-/// The command line: one flag per configuration key, `--config FILE`, and `probe`.
+/// The command line: one flag per configuration key, `--config FILE`, `probe` and `catalogue`.
 pub fn cli() -> clap::Command {
     use clap::{Arg, ArgAction, Command};
     let mut cmd = Command::new("remotemedia-server")
@@ -450,6 +450,10 @@ pub fn cli() -> clap::Command {
             .arg(Arg::new("service").long("service").value_name("NAME").default_value("").help("health service name"))
             .arg(Arg::new("timeout-ms").long("timeout-ms").value_name("MS").default_value("3000")),
     )
+    .subcommand(Command::new("catalogue").about(
+        "Print the node catalogue as JSON: every node type's declaration (parameters as JSON Schema, ports, \
+         runtimes), Python nodes and plug-ins included. `make catalogue` writes clients/catalogue.json with it",
+    ))
 }
 
 /// The flags given on the command line, as a layer.

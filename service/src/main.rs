@@ -44,6 +44,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(("catalogue", _)) = matches.subcommand() {
+        return match runtime.block_on(remotemedia::grpc::server::registry(&config)) {
+            Ok(registry) => {
+                let json = remotemedia::nodes::catalogue_json(&registry.catalogue());
+                println!("{}", serde_json::to_string_pretty(&json).expect("JSON values always serialise"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("remotemedia-server catalogue: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
         eprintln!("remotemedia-server: {e}");
         return ExitCode::from(2);

@@ -52,7 +52,7 @@ static ALLOCATOR: Counting = Counting;
 fn steady_state_allocations(node_type: &str, params: Value, chunk: impl Fn(usize) -> AudioBuffer) -> (u64, usize) {
     let registry = Registry::builtin();
     let factory = registry.native_factory(node_type).unwrap();
-    let mut node: Box<dyn Node> = factory.create(params.as_object().unwrap()).unwrap();
+    let mut node: Box<dyn Node> = factory.build(params.as_object().unwrap()).unwrap();
     let ctx = NodeContext::new("n", node_type, CancellationToken::new());
     let (warmup, measured) = (100, 400);
     let mut total = 0;

@@ -2,7 +2,9 @@
 
 The server's embedded interpreter imports this package at start-up, then every plug-in
 directory given with ``--python-nodes-path``. Declare a node with ``@node("TypeName")`` on a
-class with a ``process`` method; see :mod:`remotemedia_nodes.registry`.
+class with a ``process`` method; its ``__init__`` signature, with ``Param`` annotations, and its
+``inputs``/``outputs`` ports are its declaration. See :mod:`remotemedia_nodes.registry` and
+:mod:`remotemedia_nodes.declare`.
 """
 
 import os as _os
@@ -15,8 +17,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from remotemedia_nodes import builtin as _builtin  # noqa: E402  (registers the built-in nodes)
 from remotemedia_nodes.audio import Audio, from_float  # noqa: E402
+from remotemedia_nodes.declare import Param, Port  # noqa: E402
 from remotemedia_nodes.errors import Cancelled, InvalidInput, NodeError, ParamError, ParamErrors, TransientError  # noqa: E402
-from remotemedia_nodes.registry import Node, node, node_types  # noqa: E402
+from remotemedia_nodes.registry import Node, declarations, node, node_types  # noqa: E402
 
 __all__ = [
     "Audio",
@@ -24,9 +27,12 @@ __all__ = [
     "InvalidInput",
     "Node",
     "NodeError",
+    "Param",
     "ParamError",
     "ParamErrors",
+    "Port",
     "TransientError",
+    "declarations",
     "from_float",
     "node",
     "node_types",

@@ -1,30 +1,34 @@
-"""Declaring nodes and how the server builds and calls them.
+"""Registering nodes, and how the server builds and calls them.
 
 A node is a class registered under a node type name::
 
-    from remotemedia_nodes import Audio, Node, node
+    from typing import Annotated
+
+    from remotemedia_nodes import Audio, Node, Param, node
 
     @node("Invert")
     class Invert(Node):
         \"\"\"Flips the polarity of the audio.\"\"\"
 
-        def __init__(self, strength: float = 1.0) -> None:
+        def __init__(self, strength: Annotated[float, Param(0, 1, doc="how much")] = 1.0) -> None:
             self.strength = strength
 
         def process(self, inputs: dict) -> dict:
             audio = inputs["input"]
             return {"output": Audio(-audio.samples * self.strength, audio.sample_rate)}
 
-Its ``__init__`` takes the node's parameters as keyword arguments (unknown and missing ones are
-reported before it runs). ``process`` receives the node's inputs by port name (``Audio`` for
-audio, plain Python values for JSON data) and returns its outputs by port name: ``Audio`` for
-audio, anything JSON-serialisable for data. ``flush`` (optional) returns what the node still
-holds when a stream closes. One instance serves one execution, or one stream session.
+The class is the node's declaration (see :mod:`remotemedia_nodes.declare`): its ``__init__``
+parameters, with their annotations, are the node's parameters, and the server checks every
+request against them (unknown, missing, mistyped and out-of-range parameters, all at once)
+before ``__init__`` runs; ``__init__`` raises ``ParamError`` for rules a declaration cannot
+express. ``process`` receives the node's inputs by port name (``Audio`` for audio, plain Python
+values for JSON data) and returns its outputs by port name: ``Audio`` for audio, anything
+JSON-serialisable for data. ``flush`` (optional) returns what the node still holds when a
+stream closes. One instance serves one execution, or one stream session.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import traceback
@@ -33,16 +37,20 @@ from typing import Any, Callable
 import numpy as np
 
 from remotemedia_nodes.audio import Audio
+from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Port, declaration
 from remotemedia_nodes.errors import ParamError, ParamErrors
 
 _NODES: dict[str, type[Node]] = {}
+_ALIASES: dict[str, tuple[str, ...]] = {}
 
 
 class Node:
     """Base class of Python nodes (optional: any class with ``process`` works)."""
 
-    #: Input ports the node reads (``None``: any).
-    inputs: tuple[str, ...] | None = None
+    #: Input ports the node reads.
+    inputs: tuple[Port, ...] = DEFAULT_INPUTS
+    #: Output ports the node may write.
+    outputs: tuple[Port, ...] = DEFAULT_OUTPUTS
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -51,8 +59,9 @@ class Node:
         return {}
 
 
-def node(node_type: str) -> Callable[[type], type]:
-    """Registers a class as the Python implementation of `node_type`."""
+def node(node_type: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
+    """Registers a class as the Python implementation of `node_type` (also known by `aliases`).
+    The class's declaration is read at once, so a mistake in it fails the import."""
 
     def register(cls: type) -> type:
         if not callable(getattr(cls, "process", None)):
@@ -60,7 +69,9 @@ def node(node_type: str) -> Callable[[type], type]:
         previous = _NODES.get(node_type)
         if previous is not None and previous is not cls:
             raise TypeError(f"node type {node_type} is registered twice ({previous.__module__}.{previous.__name__} and {cls.__module__}.{cls.__name__})")
+        declaration(node_type, cls, aliases)
         _NODES[node_type] = cls
+        _ALIASES[node_type] = aliases
         return cls
 
     return register
@@ -70,32 +81,26 @@ def node_types() -> list[str]:
     return sorted(_NODES)
 
 
-def _check_params(node_type: str, cls: type, params: dict[str, Any]) -> None:
-    sig = inspect.signature(cls.__init__)
-    accepted = [p for p in list(sig.parameters.values())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-    names = [p.name for p in accepted]
-    errors = []
-    if not takes_any:
-        for key in params:
-            if key not in names:
-                hint = f"accepted: {', '.join(sorted(names))}" if names else "this node takes no parameters"
-                errors.append(ParamError(key, f"is not accepted ({hint})"))
-    for p in accepted:
-        if p.default is inspect.Parameter.empty and p.name not in params:
-            errors.append(ParamError(p.name, "is required"))
-    if errors:
-        raise ParamErrors(errors)
+def declarations() -> list[dict[str, Any]]:
+    """The declaration of every registered node type, sorted by name."""
+    return [declaration(name, _NODES[name], _ALIASES[name]) for name in node_types()]
+
+
+def declarations_json() -> str:
+    """:func:`declarations` as JSON text (what the server reads at start-up)."""
+    return json.dumps(declarations())
 
 
 def create(node_type: str, params: dict[str, Any]) -> Any:
-    """Builds an instance; every parameter problem is raised together as ``ParamErrors``."""
+    """Builds an instance from parameters the server checked against the declaration; the
+    node's own problems are raised together as ``ParamErrors``."""
     cls = _NODES[node_type]
-    _check_params(node_type, cls, params)
     try:
         return cls(**params)
-    except (ParamError, ParamErrors):
+    except ParamErrors:
         raise
+    except ParamError as e:
+        raise ParamErrors([e]) from e
     except (TypeError, ValueError) as e:
         raise ParamErrors([ParamError("", f"rejected: {e}")]) from e
 

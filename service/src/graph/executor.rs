@@ -20,7 +20,7 @@ use super::error::{ExecError, ValidationError, Violation};
 use super::manifest::Manifest;
 use super::metrics::{MemoryTracker, NodeOutput, NodeReport, NodeStatus, RunOutput, thread_cpu_time};
 use super::retry::RetryPolicy;
-use super::validate::{Plan, RequestShape, validate};
+use super::validate::{Plan, RequestShape, param_violation, validate};
 use crate::audio::AudioBuffer;
 use crate::nodes::{
     NodeContext, NodeError, NodeInstance, ParamError, PortError, PortName, PortValue, Ports, Registry, RuntimeChoice,
@@ -46,15 +46,15 @@ impl Engine {
         &self.breakers
     }
 
-    /// Validates `manifest` against the request and builds every node, reporting all problems
-    /// (structure and parameters) together.
+    /// Validates `manifest` against the request (node parameters included) and builds every
+    /// node, reporting all problems together.
     pub async fn build(&self, manifest: &Manifest, shape: &RequestShape) -> Result<Pipeline, ValidationError> {
         let (plan, mut error) = validate(manifest, &self.registry, shape);
         let Some(plan) = plan else { return Err(error) };
 
         let created = futures::future::join_all(plan.nodes.iter().map(|n| async move {
             match &n.resolved.choice {
-                RuntimeChoice::Native(f) => f.create(&n.params).map(NodeInstance::Native),
+                RuntimeChoice::Native(f) => Ok(NodeInstance::Native(f.create(&n.params))),
                 RuntimeChoice::Python => match self.registry.foreign() {
                     Some(py) => py.create(&n.resolved.node_type, &n.id, &n.params).await.map(NodeInstance::Async),
                     None => Err(vec![ParamError::new("", "the Python runtime is not enabled")]),
@@ -64,45 +64,22 @@ impl Engine {
         .await;
 
         let mut slots = Vec::with_capacity(created.len());
-        for (node, result) in plan.nodes.iter().zip(created) {
+        for (i, (node, result)) in plan.nodes.iter().zip(created).enumerate() {
             match result {
                 Ok(instance) => slots.push(Some(instance)),
                 Err(errors) => {
-                    let i = manifest.nodes.iter().position(|s| s.id == node.id).unwrap_or_default();
-                    for e in errors {
-                        let field = if e.param.is_empty() {
-                            format!("nodes[{i}].params")
-                        } else {
-                            format!("nodes[{i}].params.{}", e.param)
-                        };
-                        error.violations.push(
-                            Violation::new(field, format!("node `{}` ({}): {e}", node.id, node.resolved.node_type))
-                                .on_node(&node.id),
-                        );
+                    // The plan holds every manifest node, in manifest order.
+                    for e in &errors {
+                        error.violations.push(param_violation(i, &node.id, &node.resolved.node_type, e));
                     }
                 }
             }
         }
         if !error.violations.is_empty() {
-            // Report in manifest order, as the user reads the manifest.
-            error.violations.sort_by_key(|v| field_rank(&v.field));
             return Err(error);
         }
         Ok(Pipeline { plan, slots, breakers: self.breakers.clone(), lost_nodes: false })
     }
-}
-
-/// Orders violations by section (version, nodes, connections, inputs) then by index.
-fn field_rank(field: &str) -> (u8, usize) {
-    let section = match field.split(['[', '.']).next().unwrap_or_default() {
-        "version" => 0,
-        "nodes" => 1,
-        "connections" => 2,
-        _ => 3,
-    };
-    let index =
-        field.split_once('[').and_then(|(_, rest)| rest.split(']').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
-    (section, index)
 }
 
 /// How a run drives its nodes.

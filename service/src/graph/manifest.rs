@@ -8,21 +8,10 @@ pub const MANIFEST_VERSION: &str = "v1";
 /// Default consecutive failures that open a node type's circuit breaker.
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 
-/// Runtime requested for a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeHint {
-    /// Native if available, else Python.
-    Auto,
-    /// Native only.
-    Rust,
-    /// Python only.
-    CPython,
-    /// A hint the service knows but does not support; carries its wire name.
-    Unsupported(&'static str),
-}
+pub use crate::nodes::RuntimeHint;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct NodeSpec {
+pub struct ManifestNode {
     pub id: String,
     pub node_type: String,
     /// JSON text of the parameters; empty means `{}`.
@@ -75,7 +64,7 @@ impl Default for PipelineConfig {
 pub struct Manifest {
     pub version: String,
     pub name: String,
-    pub nodes: Vec<NodeSpec>,
+    pub nodes: Vec<ManifestNode>,
     pub connections: Vec<Edge>,
     pub config: PipelineConfig,
 }
@@ -93,7 +82,7 @@ impl Manifest {
     }
 
     pub fn node(mut self, id: &str, node_type: &str, params: &str) -> Self {
-        self.nodes.push(NodeSpec {
+        self.nodes.push(ManifestNode {
             id: id.to_owned(),
             node_type: node_type.to_owned(),
             params: params.to_owned(),

@@ -19,7 +19,7 @@ pub mod validate;
 pub use breaker::CircuitBreakers;
 pub use error::{ExecError, ValidationError, Violation};
 pub use executor::{Engine, Mode, Pipeline, RunLimits};
-pub use manifest::{Edge, Manifest, NodeSpec, PipelineConfig, RuntimeHint};
+pub use manifest::{Edge, Manifest, ManifestNode, PipelineConfig, RuntimeHint};
 pub use metrics::{NodeOutput, NodeReport, NodeStatus, RunOutput};
 pub use retry::{Backoff, RetryPolicy};
 pub use validate::RequestShape;

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use serde_json::{Map, Value};
 
 use super::error::{ValidationError, Violation};
-use super::manifest::{MANIFEST_VERSION, Manifest, PipelineConfig};
-use crate::nodes::{INPUT, PortName, Registry, ResolveError, Resolved, RuntimeChoice, port_name};
+use super::manifest::{MANIFEST_VERSION, Manifest, ManifestNode, PipelineConfig};
+use crate::nodes::{INPUT, OUTPUT, ParamError, Params, PortName, Registry, ResolveError, Resolved, port_name};
 use crate::text::quoted;
 
 /// Longest node id, in bytes. Ids appear in every message about their node, in logs and in
@@ -39,12 +39,12 @@ pub struct Link {
     pub input_key: PortName,
 }
 
-/// A node that passed validation, before it is instantiated.
+/// A node that passed validation, its parameters checked, before it is instantiated.
 #[derive(Clone)]
 pub struct PlannedNode {
     pub id: String,
     pub resolved: Resolved,
-    pub params: Map<String, Value>,
+    pub params: Params,
 }
 
 /// A validated pipeline: nodes, links and a topological order (Kahn's algorithm, ties broken by
@@ -70,52 +70,89 @@ impl Plan {
     }
 }
 
-/// Checks everything that can be checked without building nodes, collecting every violation.
-/// Returns the plan for the nodes that resolved, plus the violations found (with the available
-/// node types when one was unknown).
+/// Checks everything that can be checked without building nodes, node parameters included,
+/// collecting every violation. Returns the plan when there is none, and the violations (with
+/// the available node types when one was unknown).
 pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Option<Plan>, ValidationError) {
-    let (plan, violations) = check(manifest, registry, shape);
-    let mut error = ValidationError::new(violations);
+    let mut check = Check { manifest, registry, violations: Vec::new(), first_index: HashMap::new() };
+    check.header();
+    let nodes = check.nodes();
+    let (incoming, outgoing) = check.connections(&nodes);
+    let order = check.cycles(&incoming, &outgoing);
+    check.inputs(shape, &incoming);
+    let output_nodes = check.output_nodes(shape);
+
+    let mut error = ValidationError::new(check.violations);
     if manifest.nodes.iter().any(|n| !n.node_type.is_empty() && !registry.knows(&n.node_type)) {
         error.available_node_types = registry.node_types();
     }
-    (plan, error)
+    if !error.violations.is_empty() || nodes.iter().any(Option::is_none) {
+        return (None, error);
+    }
+    let plan = Plan {
+        name: manifest.name.clone(),
+        nodes: nodes.into_iter().map(|n| n.expect("checked: every node resolved")).collect(),
+        incoming,
+        outgoing,
+        order,
+        output_nodes,
+        config: manifest.config.clone(),
+    };
+    (Some(plan), error)
 }
 
-fn check(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Option<Plan>, Vec<Violation>) {
-    let mut v = Vec::new();
+/// One validation of a manifest, phase by phase: the header, the nodes, the connections, the
+/// cycles, then the inputs and outputs the request names.
+struct Check<'a> {
+    manifest: &'a Manifest,
+    registry: &'a Registry,
+    violations: Vec<Violation>,
+    /// The manifest index of each node id, first occurrence.
+    first_index: HashMap<&'a str, usize>,
+}
 
-    if manifest.version != MANIFEST_VERSION {
-        v.push(Violation::new(
-            "version",
-            format!("manifest version must be \"{MANIFEST_VERSION}\", got \"{}\"", quoted(&manifest.version)),
-        ));
-    }
-    if manifest.nodes.is_empty() {
-        v.push(Violation::new("nodes", "manifest has no nodes; a pipeline needs at least one"));
+impl<'a> Check<'a> {
+    fn push(&mut self, v: Violation) {
+        self.violations.push(v);
     }
 
-    // Nodes: ids, types, runtimes, params.
-    let mut first_index: HashMap<&str, usize> = HashMap::new();
-    let mut nodes: Vec<Option<PlannedNode>> = Vec::with_capacity(manifest.nodes.len());
-    for (i, spec) in manifest.nodes.iter().enumerate() {
+    fn index(&self, id: &str) -> Option<usize> {
+        self.first_index.get(id).copied()
+    }
+
+    fn header(&mut self) {
+        if self.manifest.version != MANIFEST_VERSION {
+            self.push(Violation::new(
+                "version",
+                format!("manifest version must be \"{MANIFEST_VERSION}\", got \"{}\"", quoted(&self.manifest.version)),
+            ));
+        }
+        if self.manifest.nodes.is_empty() {
+            self.push(Violation::new("nodes", "manifest has no nodes; a pipeline needs at least one"));
+        }
+    }
+
+    /// Ids, types, runtimes and parameters; `None` for each node that failed one of them.
+    fn nodes(&mut self) -> Vec<Option<PlannedNode>> {
+        let manifest = self.manifest;
+        manifest.nodes.iter().enumerate().map(|(i, spec)| self.node(i, spec)).collect()
+    }
+
+    fn node(&mut self, i: usize, spec: &'a ManifestNode) -> Option<PlannedNode> {
         let field = |f: &str| format!("nodes[{i}].{f}");
         if spec.id.is_empty() {
-            v.push(Violation::new(field("id"), format!("nodes[{i}] has an empty id")));
-        } else if let Some(&prev) = first_index.get(spec.id.as_str()) {
-            v.push(
+            self.push(Violation::new(field("id"), format!("nodes[{i}] has an empty id")));
+        } else if let Some(prev) = self.index(&spec.id) {
+            self.push(
                 Violation::new(
                     field("id"),
-                    format!(
-                        "node id `{}` is used by nodes[{prev}] and nodes[{i}]; ids must be unique",
-                        quoted(&spec.id)
-                    ),
+                    format!("node id `{}` is used by nodes[{prev}] and nodes[{i}]; ids must be unique", quoted(&spec.id)),
                 )
                 .on_node(&spec.id),
             );
         } else {
             if spec.id.len() > MAX_NAME_BYTES {
-                v.push(
+                self.push(
                     Violation::new(
                         field("id"),
                         format!(
@@ -127,117 +164,163 @@ fn check(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Opt
                     .on_node(&spec.id),
                 );
             }
-            first_index.insert(&spec.id, i);
+            self.first_index.insert(&spec.id, i);
         }
         let who = if spec.id.is_empty() { format!("nodes[{i}]") } else { format!("node `{}`", quoted(&spec.id)) };
 
         let resolved = if spec.node_type.is_empty() {
-            v.push(Violation::new(field("node_type"), format!("{who} has an empty node_type")).on_node(&spec.id));
+            self.push(Violation::new(field("node_type"), format!("{who} has an empty node_type")).on_node(&spec.id));
             None
         } else {
-            match registry.resolve(&spec.node_type, spec.runtime) {
+            match self.registry.resolve(&spec.node_type, spec.runtime) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     let f = match e {
                         ResolveError::UnknownType { .. } => field("node_type"),
                         ResolveError::Runtime(_) => field("runtime_hint"),
                     };
-                    v.push(Violation::new(f, format!("{who}: {e}")).on_node(&spec.id));
+                    self.push(Violation::new(f, format!("{who}: {e}")).on_node(&spec.id));
                     None
                 }
             }
         };
-
-        let params = match parse_params(&spec.params) {
+        let raw = match parse_params(&spec.params) {
             Ok(p) => Some(p),
             Err(msg) => {
-                v.push(Violation::new(field("params"), format!("{who}: {msg}")).on_node(&spec.id));
+                self.push(Violation::new(field("params"), format!("{who}: {msg}")).on_node(&spec.id));
                 None
             }
         };
-
-        nodes.push(match (resolved, params) {
-            (Some(resolved), Some(params)) => Some(PlannedNode { id: spec.id.clone(), resolved, params }),
-            _ => None,
-        });
-    }
-
-    // Connections.
-    let index = |id: &str| first_index.get(id).copied();
-    let mut incoming: Vec<Vec<Link>> = vec![Vec::new(); manifest.nodes.len()];
-    let mut outgoing: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); manifest.nodes.len()];
-    let mut seen_edges = BTreeMap::new();
-    for (j, e) in manifest.connections.iter().enumerate() {
-        let label = format!("connections[{j}] ({} → {})", quoted(or_empty(&e.from)), quoted(or_empty(&e.to)));
-        let mut ok = true;
-        for (end, id) in [("from", &e.from), ("to", &e.to)] {
-            if id.is_empty() {
-                v.push(Violation::new(format!("connections[{j}].{end}"), format!("{label}: `{end}` is empty")));
-                ok = false;
-            } else if index(id).is_none() {
-                v.push(Violation::new(
-                    format!("connections[{j}].{end}"),
-                    format!("{label}: `{end}` names unknown node `{}`", quoted(id)),
-                ));
-                ok = false;
+        let (resolved, raw) = (resolved?, raw?);
+        match self.registry.prepare(&resolved, &raw) {
+            Ok(params) => Some(PlannedNode { id: spec.id.clone(), resolved, params }),
+            Err(errors) => {
+                for e in errors {
+                    self.push(param_violation(i, &spec.id, &resolved.node_type, &e));
+                }
+                None
             }
         }
-        if !ok {
-            continue;
-        }
-        if e.from == e.to {
-            v.push(
-                Violation::new(
+    }
+
+    /// Connections between known nodes and ports they have; the links and successors by node.
+    fn connections(&mut self, nodes: &[Option<PlannedNode>]) -> (Vec<Vec<Link>>, Vec<Vec<usize>>) {
+        let n = self.manifest.nodes.len();
+        let mut incoming: Vec<Vec<Link>> = vec![Vec::new(); n];
+        let mut outgoing: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        let mut seen_edges = BTreeMap::new();
+        for (j, e) in self.manifest.connections.iter().enumerate() {
+            let label = format!("connections[{j}] ({} → {})", quoted(or_empty(&e.from)), quoted(or_empty(&e.to)));
+            let mut ok = true;
+            for (end, id) in [("from", &e.from), ("to", &e.to)] {
+                if id.is_empty() {
+                    self.push(Violation::new(format!("connections[{j}].{end}"), format!("{label}: `{end}` is empty")));
+                    ok = false;
+                } else if self.index(id).is_none() {
+                    self.push(Violation::new(
+                        format!("connections[{j}].{end}"),
+                        format!("{label}: `{end}` names unknown node `{}`", quoted(id)),
+                    ));
+                    ok = false;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            if e.from == e.to {
+                self.push(
+                    Violation::new(
+                        format!("connections[{j}]"),
+                        format!("{label}: node `{}` is connected to itself", quoted(&e.from)),
+                    )
+                    .on_node(&e.from),
+                );
+                continue;
+            }
+            let output_key = if e.output_key.is_empty() { OUTPUT } else { &e.output_key };
+            let input_key = if e.input_key.is_empty() { INPUT } else { &e.input_key };
+            let (from, to) = (self.index(&e.from).unwrap_or_default(), self.index(&e.to).unwrap_or_default());
+            if let Some(prev) = seen_edges.insert((from, output_key.to_owned(), to, input_key.to_owned()), j) {
+                self.push(Violation::new(
                     format!("connections[{j}]"),
-                    format!("{label}: node `{}` is connected to itself", quoted(&e.from)),
+                    format!(
+                        "{label}: duplicates connections[{prev}] ({} `{}` → {} `{}`)",
+                        quoted(&e.from),
+                        quoted(output_key),
+                        quoted(&e.to),
+                        quoted(input_key)
+                    ),
+                ));
+                continue;
+            }
+            self.port(&nodes[from], output_key, true, &e.from, &format!("connections[{j}].output_key"), &label);
+            self.port(&nodes[to], input_key, false, &e.to, &format!("connections[{j}].input_key"), &label);
+            incoming[to].push(Link { from, output_key: port_name(output_key), input_key: port_name(input_key) });
+            outgoing[from].insert(to);
+        }
+        (incoming, outgoing.into_iter().map(|s| s.into_iter().collect()).collect())
+    }
+
+    /// Checks that a node declares the port a connection names.
+    fn port(&mut self, node: &Option<PlannedNode>, port: &str, is_output: bool, id: &str, field: &str, label: &str) {
+        let Some(PlannedNode { resolved, .. }) = node else { return };
+        let spec = &resolved.spec;
+        let (has, ports) = if is_output {
+            (spec.has_output(port), &spec.outputs)
+        } else {
+            (spec.has_input(port), &spec.inputs)
+        };
+        if !has {
+            let dir = if is_output { "output" } else { "input" };
+            let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+            self.push(
+                Violation::new(
+                    field,
+                    format!(
+                        "{label}: node `{}` ({}) has no {dir} port `{}`; its {dir} ports are: {}",
+                        quoted(id),
+                        resolved.node_type,
+                        quoted(port),
+                        names.join(", ")
+                    ),
                 )
-                .on_node(&e.from),
+                .on_node(id),
             );
-            continue;
         }
-        let output_key = if e.output_key.is_empty() { crate::nodes::OUTPUT } else { &e.output_key };
-        let input_key = if e.input_key.is_empty() { INPUT } else { &e.input_key };
-        let (from, to) = (index(&e.from).unwrap_or_default(), index(&e.to).unwrap_or_default());
-        if let Some(prev) = seen_edges.insert((from, output_key.to_owned(), to, input_key.to_owned()), j) {
-            v.push(Violation::new(
-                format!("connections[{j}]"),
-                format!("{label}: duplicates connections[{prev}] ({} `{output_key}` → {} `{input_key}`)", e.from, e.to),
-            ));
-            continue;
-        }
-        check_port(&nodes[from], output_key, true, &e.from, &format!("connections[{j}].output_key"), &label, &mut v);
-        check_port(&nodes[to], input_key, false, &e.to, &format!("connections[{j}].input_key"), &label, &mut v);
-        incoming[to].push(Link { from, output_key: port_name(output_key), input_key: port_name(input_key) });
-        outgoing[from].insert(to);
     }
 
-    // Cycles.
-    let outgoing: Vec<Vec<usize>> = outgoing.into_iter().map(|s| s.into_iter().collect()).collect();
-    let (order, cycles) = topological_order(&incoming, &outgoing);
-    for cycle in cycles {
-        let path: Vec<&str> = cycle.iter().map(|&i| manifest.nodes[i].id.as_str()).collect();
-        v.push(
-            Violation::new("connections", format!("connections form a cycle: {}", path.join(" → "))).on_node(path[0]),
-        );
+    /// Kahn's order, and a violation naming the path of each cycle.
+    fn cycles(&mut self, incoming: &[Vec<Link>], outgoing: &[Vec<usize>]) -> Vec<usize> {
+        let (order, cycles) = topological_order(incoming, outgoing);
+        for cycle in cycles {
+            let path: Vec<String> = cycle.iter().map(|&i| quoted(&self.manifest.nodes[i].id).into_owned()).collect();
+            self.push(
+                Violation::new("connections", format!("connections form a cycle: {}", path.join(" → ")))
+                    .on_node(&self.manifest.nodes[cycle[0]].id),
+            );
+        }
+        order
     }
 
-    // Inputs the request provides.
-    if let Some(audio) = &shape.audio_inputs {
+    /// The request's inputs name nodes of the pipeline, and every source has one.
+    fn inputs(&mut self, shape: &RequestShape, incoming: &[Vec<Link>]) {
+        let Some(audio) = &shape.audio_inputs else { return };
         for (map, keys) in [("audio_inputs", audio), ("data_inputs", &shape.data_inputs)] {
             for id in keys {
-                if index(id).is_none() {
-                    v.push(Violation::new(
-                        format!("{map}[{id}]"),
+                if self.index(id).is_none() {
+                    self.push(Violation::new(
+                        format!("{map}[{}]", quoted(id)),
                         format!("{map} names unknown node `{}`", quoted(id)),
                     ));
                 }
             }
         }
+        let manifest = self.manifest;
         for (i, spec) in manifest.nodes.iter().enumerate() {
             let fed = audio.contains(&spec.id) || shape.data_inputs.contains(&spec.id);
-            let first_of_its_id = index(&spec.id) == Some(i);
+            let first_of_its_id = self.index(&spec.id) == Some(i);
             if incoming[i].is_empty() && !fed && first_of_its_id {
-                v.push(
+                self.push(
                     Violation::new(
                         format!("audio_inputs[{}]", quoted(&spec.id)),
                         format!(
@@ -250,49 +333,29 @@ fn check(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Opt
             }
         }
     }
-    let mut output_nodes = BTreeSet::new();
-    for (k, id) in shape.output_nodes.iter().enumerate() {
-        match index(id) {
-            Some(i) => {
-                output_nodes.insert(i);
-            }
-            None => v.push(Violation::new(
-                format!("output_nodes[{k}]"),
-                format!("output_nodes names unknown node `{}`", quoted(id)),
-            )),
-        }
-    }
 
-    if !v.is_empty() || nodes.iter().any(Option::is_none) {
-        // Still hand back what resolved, so node parameters can be checked too.
-        let partial = nodes.into_iter().flatten().collect::<Vec<_>>();
-        return (partial_plan(manifest, partial), v);
+    /// The nodes named in `output_nodes`, by index.
+    fn output_nodes(&mut self, shape: &RequestShape) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        for (k, id) in shape.output_nodes.iter().enumerate() {
+            match self.index(id) {
+                Some(i) => {
+                    out.insert(i);
+                }
+                None => self.push(Violation::new(
+                    format!("output_nodes[{k}]"),
+                    format!("output_nodes names unknown node `{}`", quoted(id)),
+                )),
+            }
+        }
+        out
     }
-    let plan = Plan {
-        name: manifest.name.clone(),
-        nodes: nodes.into_iter().map(|n| n.expect("checked: every node resolved")).collect(),
-        incoming,
-        outgoing,
-        order,
-        output_nodes,
-        config: manifest.config.clone(),
-    };
-    (Some(plan), v)
 }
 
-/// A plan holding only nodes (no links), used to check the parameters of the nodes that
-/// resolved when the manifest has other violations.
-fn partial_plan(manifest: &Manifest, nodes: Vec<PlannedNode>) -> Option<Plan> {
-    let n = nodes.len();
-    Some(Plan {
-        name: manifest.name.clone(),
-        nodes,
-        incoming: vec![Vec::new(); n],
-        outgoing: vec![Vec::new(); n],
-        order: (0..n).collect(),
-        output_nodes: BTreeSet::new(),
-        config: manifest.config.clone(),
-    })
+/// A parameter problem of node `i` as a violation of `nodes[i].params.<param>`.
+pub fn param_violation(i: usize, id: &str, node_type: &str, e: &ParamError) -> Violation {
+    let field = if e.param.is_empty() { format!("nodes[{i}].params") } else { format!("nodes[{i}].params.{}", e.param) };
+    Violation::new(field, format!("node `{}` ({node_type}): {e}", quoted(id))).on_node(id)
 }
 
 fn or_empty(s: &str) -> &str {
@@ -317,38 +380,6 @@ fn parse_params(text: &str) -> Result<Map<String, Value>, String> {
         )),
         Err(e) if e.is_data() => Err(format!("params have a {e}")),
         Err(e) => Err(format!("params are not valid JSON: {e}")),
-    }
-}
-
-/// Checks that a native node has the port a connection names.
-fn check_port(
-    node: &Option<PlannedNode>,
-    port: &str,
-    is_output: bool,
-    id: &str,
-    field: &str,
-    label: &str,
-    v: &mut Vec<Violation>,
-) {
-    let Some(PlannedNode { resolved: Resolved { node_type, choice: RuntimeChoice::Native(factory) }, .. }) = node
-    else {
-        return;
-    };
-    let ports = if is_output { factory.output_ports() } else { factory.input_ports() };
-    if !ports.contains(&port) {
-        let dir = if is_output { "output" } else { "input" };
-        v.push(
-            Violation::new(
-                field,
-                format!(
-                    "{label}: node `{}` ({node_type}) has no {dir} port `{}`; its {dir} ports are: {}",
-                    quoted(id),
-                    quoted(port),
-                    ports.join(", ")
-                ),
-            )
-            .on_node(id),
-        );
     }
 }
 

@@ -10,10 +10,10 @@ use serde_json::{Map, Value, json};
 
 use crate::audio::{AudioBuffer, SampleFormat};
 use crate::graph::{
-    Backoff, Edge, Manifest, NodeReport, NodeSpec, NodeStatus, PipelineConfig, RetryPolicy, RunOutput, RuntimeHint,
+    Backoff, Edge, Manifest, NodeReport, ManifestNode, NodeStatus, PipelineConfig, RetryPolicy, RunOutput, RuntimeHint,
     Violation,
 };
-use crate::nodes::{OUTPUT, PortValue};
+use crate::nodes::{CatalogueEntry, OUTPUT, PortKind, PortSpec, PortValue, Runtime};
 use crate::proto;
 
 /// Converts a wire manifest. Values the executor must check (retry policy bounds) are checked
@@ -23,7 +23,7 @@ pub fn manifest_from_proto(m: &proto::PipelineManifest) -> (Manifest, Vec<Violat
     let nodes = m
         .nodes
         .iter()
-        .map(|n| NodeSpec {
+        .map(|n| ManifestNode {
             id: n.id.clone(),
             node_type: n.node_type.clone(),
             params: n.params.clone(),
@@ -364,5 +364,40 @@ mod tests {
         let unspecified = proto::AudioBuffer { format: 0, ..b };
         let v = audio_from_proto(&unspecified, "audio_inputs[mic]").unwrap_err();
         assert!(v.message.contains("AUDIO_FORMAT_UNSPECIFIED"), "{}", v.message);
+    }
+}
+
+/// A catalogue entry as `GetVersion` serves it.
+pub fn node_type_info(entry: &CatalogueEntry) -> proto::NodeTypeInfo {
+    let s = &entry.spec;
+    let ports = |ports: &[PortSpec]| {
+        ports
+            .iter()
+            .map(|p| proto::PortInfo {
+                name: p.name.clone(),
+                kind: match p.kind {
+                    PortKind::Audio => proto::PortKind::Audio,
+                    PortKind::Data => proto::PortKind::Data,
+                } as i32,
+                description: p.description.clone(),
+            })
+            .collect()
+    };
+    proto::NodeTypeInfo {
+        name: s.node_type.clone(),
+        aliases: s.aliases.clone(),
+        description: s.description.clone(),
+        params_schema: s.params_schema().to_string(),
+        inputs: ports(&s.inputs),
+        outputs: ports(&s.outputs),
+        runtimes: entry
+            .runtimes
+            .iter()
+            .map(|r| match r {
+                Runtime::Rust => proto::RuntimeHint::Rust,
+                Runtime::Python => proto::RuntimeHint::Cpython,
+            } as i32)
+            .collect(),
+        details: s.details.clone(),
     }
 }

@@ -250,6 +250,14 @@ async fn serve_metrics(listener: TcpListener, stop: tokio_util::sync::Cancellati
 /// Builds the registry (native nodes, and the Python runtime unless `python` is off), binds and
 /// serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let registry = registry(&config).await?;
+    let server = bind(config, registry).await?;
+    server.serve(shutdown).await
+}
+
+/// The node registry of `config`: the native nodes, and the Python runtime's nodes (built-in
+/// and plug-ins) unless `python` is off.
+pub async fn registry(config: &Config) -> Result<Registry, ServerError> {
     let mut registry = Registry::builtin();
     if config.python_enabled {
         let (home, workers, paths) =
@@ -258,8 +266,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .await
             .map_err(|e| ServerError::Startup(format!("python start-up task failed: {e}")))?
             .map_err(|e| ServerError::Startup(e.to_string()))?;
-        registry.attach_foreign(runtime);
+        registry.attach_foreign(runtime).map_err(|e| ServerError::Startup(e.to_string()))?;
     }
-    let server = bind(config, registry).await?;
-    server.serve(shutdown).await
+    Ok(registry)
 }

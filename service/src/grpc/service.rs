@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, result_to_proto};
+use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, node_type_info, result_to_proto};
 use super::interceptors::version;
 use super::lifetime::CallDeadline;
 use super::limits;
@@ -17,7 +17,7 @@ use super::state::AppState;
 use super::status::{self, ServiceError};
 use super::stream;
 use crate::graph::{ExecError, Mode, RequestShape, RunLimits, ValidationError};
-use crate::nodes::{DATA, INPUT, PortValue, Ports};
+use crate::nodes::{DATA, INPUT, PortValue, Ports, Registry};
 use crate::proto::pipeline_service_server::PipelineService;
 use crate::proto::{
     ErrorType, ExecuteRequest, ExecuteResponse, StreamRequest, VersionInfo, VersionRequest, VersionResponse,
@@ -147,14 +147,15 @@ pub(super) fn record_failure(e: &ExecError) {
     }
 }
 
-/// `VersionInfo` for this build.
-pub fn version_info(state: &AppState) -> VersionInfo {
+/// `VersionInfo` for this build and this registry, the node catalogue included.
+pub fn version_info(registry: &Registry) -> VersionInfo {
     VersionInfo {
         protocol_version: version::CURRENT.to_owned(),
         runtime_version: env!("CARGO_PKG_VERSION").to_owned(),
-        supported_node_types: state.engine.registry().node_types(),
+        supported_node_types: registry.node_types(),
         supported_protocols: version::SUPPORTED.iter().map(|s| (*s).to_owned()).collect(),
         build_timestamp: env!("REMOTEMEDIA_BUILD_TIMESTAMP").to_owned(),
+        node_types: registry.catalogue().iter().map(node_type_info).collect(),
     }
 }
 
@@ -218,7 +219,7 @@ impl PipelineService for Pipelines {
             Err(e) => (false, e.to_string()),
         };
         let response =
-            VersionResponse { version_info: Some(version_info(&self.state)), compatible, compatibility_message };
+            VersionResponse { version_info: Some(self.state.version_info.clone()), compatible, compatibility_message };
         observe::request_finished("GetVersion", tonic::Code::Ok, observe::outcome::SUCCESS, started.elapsed());
         Ok(Response::new(response))
     }

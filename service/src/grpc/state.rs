@@ -19,6 +19,8 @@ pub const OVERLOAD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_
 
 pub struct AppState {
     pub engine: Engine,
+    /// What `GetVersion` answers (built once: the catalogue does not change while serving).
+    pub version_info: crate::proto::VersionInfo,
     pub config: Config,
     pub sessions: Sessions,
     pub inflight: InFlight,
@@ -35,6 +37,7 @@ impl AppState {
         let executions = Arc::new(Semaphore::new(config.limits.max_concurrent_executions));
         let streams = Arc::new(Semaphore::new(config.limits.max_concurrent_streams));
         Self {
+            version_info: super::service::version_info(engine.registry()),
             engine,
             config,
             sessions: Sessions::default(),

@@ -9,7 +9,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
+use super::{
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamError, ParamSpec,
+    Params, PortSpec, Ports, check,
+};
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
 #[derive(Debug, Clone, Copy)]
@@ -97,40 +100,42 @@ impl Node for AudioChunkerNode {
 pub(super) struct AudioChunkerFactory;
 
 impl NodeFactory for AudioChunkerFactory {
-    fn node_type(&self) -> &'static str {
-        "AudioChunkerNode"
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("AudioChunkerNode", "Re-frames a stream into chunks of a fixed length, flushing the remainder on close.")
+            .alias("AudioChunker")
+            .details(
+                "Each call emits, as one buffer, every whole chunk its input completes (usually zero or one for \
+                 short stream chunks); the remainder waits for the next call and is emitted, short, when the \
+                 stream is flushed. Give `chunk_samples` or `chunk_ms`, not both. Samples keep their format and \
+                 are copied at most once; input that already is a whole number of chunks, with nothing \
+                 pending, passes through as the same buffer.",
+            )
+            .param(ParamSpec::integer("chunk_samples", 1, 10_000_000).unit("samples").describe("chunk length in frames (samples per channel)"))
+            .param(ParamSpec::integer("chunk_ms", 1, 600_000).unit("ms").describe("chunk length in milliseconds, at the input's rate (rounded up)"))
+            .input(PortSpec::audio(INPUT, "audio in chunks of any size"))
+            .output(PortSpec::audio(OUTPUT, "whole chunks, in the input's format"))
     }
 
-    fn aliases(&self) -> &'static [&'static str] {
-        &["AudioChunker"]
+    fn check(&self, params: &Params) -> Vec<ParamError> {
+        match (params.has("chunk_samples"), params.has("chunk_ms")) {
+            (true, true) => vec![ParamError::new("chunk_ms", "cannot be combined with `chunk_samples`; give one of them")],
+            (false, false) => vec![ParamError::new("chunk_samples", "or `chunk_ms` is required (give one of them)")],
+            _ => Vec::new(),
+        }
     }
 
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        let mut p = Params::new(params);
-        let frames = p.u32_in("chunk_samples", 1, 10_000_000);
-        let ms = p.u32_in("chunk_ms", 1, 600_000);
-        let length = match (frames, ms) {
-            (Some(f), None) => Some(Length::Frames(f as usize)),
-            (None, Some(m)) => Some(Length::Millis(m)),
-            (Some(_), Some(_)) => {
-                p.error("chunk_ms", "cannot be combined with `chunk_samples`; give one of them");
-                None
-            }
-            (None, None) if !p.has("chunk_samples") && !p.has("chunk_ms") => {
-                p.error("chunk_samples", "or `chunk_ms` is required");
-                None
-            }
-            (None, None) => None,
+    fn create(&self, params: &Params) -> Box<dyn Node> {
+        let length = match params.opt_u32("chunk_samples") {
+            Some(frames) => Length::Frames(frames as usize),
+            None => Length::Millis(params.u32("chunk_ms")),
         };
-        p.finish()?;
-        let length = length.expect("finish() fails when no valid length was given");
-        Ok(Box::new(AudioChunkerNode {
+        Box::new(AudioChunkerNode {
             length,
             layout: None,
             pending: Vec::new(),
             arena: OutputArena::new(),
             chunks: 0,
-        }))
+        })
     }
 }
 
@@ -138,11 +143,11 @@ impl NodeFactory for AudioChunkerFactory {
 mod tests {
     use super::*;
     use crate::audio::AudioBuffer;
-    use crate::nodes::{INPUT, OUTPUT, PortValue};
+    use crate::nodes::PortValue;
     use tokio_util::sync::CancellationToken;
 
     fn chunker(params: Value) -> Box<dyn Node> {
-        AudioChunkerFactory.create(params.as_object().unwrap()).unwrap()
+        AudioChunkerFactory.build(params.as_object().unwrap()).unwrap()
     }
 
     fn feed(n: &mut Box<dyn Node>, samples: Vec<i16>) -> Option<Vec<i16>> {
@@ -188,10 +193,10 @@ mod tests {
 
     #[test]
     fn exactly_one_length_is_required() {
-        let errs = AudioChunkerFactory.create(json!({}).as_object().unwrap()).err().unwrap();
+        let errs = AudioChunkerFactory.build(json!({}).as_object().unwrap()).err().unwrap();
         assert!(errs[0].to_string().contains("`chunk_samples` or `chunk_ms` is required"), "{}", errs[0]);
         let errs =
-            AudioChunkerFactory.create(json!({"chunk_samples": 2, "chunk_ms": 3}).as_object().unwrap()).err().unwrap();
+            AudioChunkerFactory.build(json!({"chunk_samples": 2, "chunk_ms": 3}).as_object().unwrap()).err().unwrap();
         assert!(errs[0].to_string().contains("cannot be combined"), "{}", errs[0]);
     }
 }

@@ -7,7 +7,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
+use super::{
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
+    PortSpec, Ports, check,
+};
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat, f32_to_i16, f32_to_i32, i16_to_f32, i32_to_f32};
 
 /// `i32 → i16` keeping the top 16 bits, rounded to nearest with ties to even, saturating.
@@ -88,35 +91,36 @@ impl Node for FormatConverterNode {
 pub(super) struct FormatConverterFactory;
 
 impl NodeFactory for FormatConverterFactory {
-    fn node_type(&self) -> &'static str {
-        "FormatConverterNode"
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("FormatConverterNode", "Converts samples between f32, i16 and i32.")
+            .alias("FormatConverter")
+            .details(
+                "Integers to float divide by 2^15 (i16) or 2^31 (i32). Float to integer multiplies by the same \
+                 power of two, rounds to nearest (ties to even) and saturates: 1.0 becomes 32767, -1.0 becomes \
+                 -32768, anything beyond ±1.0 clips. `i16 → i32` shifts left by 16 bits; `i32 → i16` keeps the \
+                 top 16 bits, rounded to nearest. Input is read in place when its bytes are aligned and through \
+                 one copy when not; input already in the target format passes through as the same buffer.",
+            )
+            .param(ParamSpec::choice("target_format", &["f32", "i16", "i32"]).required().describe("output sample format"))
+            .input(PortSpec::audio(INPUT, "audio in any format"))
+            .output(PortSpec::audio(OUTPUT, "the same audio in `target_format`"))
     }
 
-    fn aliases(&self) -> &'static [&'static str] {
-        &["FormatConverter"]
-    }
-
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        let mut p = Params::new(params);
-        if !p.has("target_format") {
-            p.error("target_format", "is required (one of \"f32\", \"i16\", \"i32\")");
-        }
-        let target = p.choice("target_format", &["f32", "i16", "i32"], "f32");
-        p.finish()?;
-        let target = SampleFormat::from_name(target).expect("choice() only returns listed names");
-        Ok(Box::new(FormatConverterNode { target, arena: OutputArena::new(), converted: 0 }))
+    fn create(&self, params: &Params) -> Box<dyn Node> {
+        let target = SampleFormat::from_name(params.str("target_format")).expect("declared as one of the format names");
+        Box::new(FormatConverterNode { target, arena: OutputArena::new(), converted: 0 })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nodes::{INPUT, OUTPUT, PortValue};
+    use crate::nodes::PortValue;
     use bytes::Bytes;
     use tokio_util::sync::CancellationToken;
 
     fn run(target: &str, audio: AudioBuffer) -> Result<AudioBuffer, NodeError> {
-        let mut n = FormatConverterFactory.create(json!({"target_format": target}).as_object().unwrap()).unwrap();
+        let mut n = FormatConverterFactory.build(json!({"target_format": target}).as_object().unwrap()).unwrap();
         let ctx = NodeContext::new("fc", "FormatConverterNode", CancellationToken::new());
         Ok(n.process(Ports::new().with(INPUT, PortValue::Audio(audio)), &ctx)?.audio(OUTPUT).unwrap().clone())
     }
@@ -182,9 +186,9 @@ mod tests {
     fn stereo_layout_is_kept_and_target_is_required() {
         let out = run("i16", AudioBuffer::from_f32(vec![0.5, -0.5, 0.25, -0.25], 44_100, 2)).unwrap();
         assert_eq!((out.channels(), out.sample_rate(), out.frames()), (2, 44_100, 2));
-        let errs = FormatConverterFactory.create(json!({}).as_object().unwrap()).err().unwrap();
+        let errs = FormatConverterFactory.build(json!({}).as_object().unwrap()).err().unwrap();
         assert!(errs[0].to_string().contains("`target_format` is required"), "{}", errs[0]);
-        let errs = FormatConverterFactory.create(json!({"target_format": "u8"}).as_object().unwrap()).err().unwrap();
+        let errs = FormatConverterFactory.build(json!({"target_format": "u8"}).as_object().unwrap()).err().unwrap();
         assert!(errs[0].to_string().contains("must be one of \"f32\", \"i16\", \"i32\", got \"u8\""), "{}", errs[0]);
     }
 

@@ -2,7 +2,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
+use super::{
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamError, ParamSpec,
+    Params, PortSpec, Ports, check,
+};
 use crate::audio::OutputArena;
 
 /// Multiplies every sample by `factor`. Integer audio is scaled in float and converted back
@@ -45,26 +48,38 @@ impl Node for GainNode {
 pub(super) struct GainFactory;
 
 impl NodeFactory for GainFactory {
-    fn node_type(&self) -> &'static str {
-        "GainNode"
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("GainNode", "Scales audio by a gain in decibels or a linear factor, keeping its format.")
+            .alias("Gain")
+            .details(
+                "Integer audio is scaled in floating point and converted back with rounding and saturation, \
+                 so a boost clips instead of wrapping around; `custom_metrics.samples_over_full_scale` counts \
+                 the samples that clipped. Give `gain_db` or `gain`, not both; with neither, the audio passes \
+                 at 0 dB.",
+            )
+            .param(
+                ParamSpec::number("gain_db", -120.0, 60.0)
+                    .unit("dB")
+                    .describe("gain in decibels (0 dB when neither this nor `gain` is given)"),
+            )
+            .param(ParamSpec::number("gain", 0.0, 1_000.0).describe("linear gain factor, instead of `gain_db`"))
+            .input(PortSpec::audio(INPUT, "audio in any format"))
+            .output(PortSpec::audio(OUTPUT, "the scaled audio, in the input's format"))
     }
 
-    fn aliases(&self) -> &'static [&'static str] {
-        &["Gain"]
-    }
-
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        let mut p = Params::new(params);
-        let has_db = p.has("gain_db");
-        let has_linear = p.has("gain");
-        let db = p.f64_in("gain_db", -120.0, 60.0, 0.0);
-        let linear = p.f64_in("gain", 0.0, 1000.0, 1.0);
-        if has_db && has_linear {
-            p.error("gain", "cannot be combined with `gain_db`; give one of them");
+    fn check(&self, params: &Params) -> Vec<ParamError> {
+        if params.has("gain_db") && params.has("gain") {
+            return vec![ParamError::new("gain", "cannot be combined with `gain_db`; give one of them")];
         }
-        p.finish()?;
-        let factor = if has_linear { linear } else { 10f64.powf(db / 20.0) };
-        Ok(Box::new(GainNode::new(factor as f32)))
+        Vec::new()
+    }
+
+    fn create(&self, params: &Params) -> Box<dyn Node> {
+        let factor = match params.opt_f64("gain") {
+            Some(linear) => linear,
+            None => 10f64.powf(params.opt_f64("gain_db").unwrap_or(0.0) / 20.0),
+        };
+        Box::new(GainNode::new(factor as f32))
     }
 }
 
@@ -72,7 +87,7 @@ impl NodeFactory for GainFactory {
 mod tests {
     use super::*;
     use crate::audio::{AudioBuffer, SampleFormat};
-    use crate::nodes::{INPUT, OUTPUT, PortValue};
+    use crate::nodes::PortValue;
     use tokio_util::sync::CancellationToken;
 
     fn ctx() -> NodeContext {
@@ -85,7 +100,7 @@ mod tests {
     }
 
     fn create(params: Value) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        GainFactory.create(params.as_object().unwrap())
+        GainFactory.build(params.as_object().unwrap())
     }
 
     #[test]
@@ -107,10 +122,12 @@ mod tests {
 
     #[test]
     fn bad_params_are_all_reported() {
-        let errs = create(json!({"gain_db": "loud", "gain": 2.0})).err().unwrap();
+        let errs = create(json!({"gain_db": "loud", "gain": 2000.0})).err().unwrap();
         let params: Vec<&str> = errs.iter().map(|e| e.param.as_str()).collect();
         assert_eq!(params, ["gain_db", "gain"]);
         assert!(errs[0].message.contains("must be a number between -120 and 60, got \"loud\""), "{}", errs[0]);
+        let errs = create(json!({"gain_db": -6, "gain": 2.0})).err().unwrap();
+        assert_eq!(errs[0].to_string(), "parameter `gain` cannot be combined with `gain_db`; give one of them");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! averages channels 0, 2, 4 into L and 1, 3, 5 into R), and a copy of input channel `j % N`
 //! when there are fewer.
 
-use serde_json::{Map, Value};
-
-use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
+use super::{
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
+    PortSpec, Ports, check,
+};
 use crate::audio::{MAX_CHANNELS, OutputArena};
 
 pub struct ChannelMixerNode {
@@ -74,26 +75,35 @@ impl Node for ChannelMixerNode {
 pub(super) struct ChannelMixerFactory;
 
 impl NodeFactory for ChannelMixerFactory {
-    fn node_type(&self) -> &'static str {
-        "ChannelMixerNode"
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("ChannelMixerNode", "Changes the channel count: downmix by averaging, upmix by duplication.")
+            .alias("ChannelMixer")
+            .details(
+                "With `N` input and `M` output channels: when `M < N`, output channel `j` is the average of the \
+                 input channels `i` with `i % M == j` (stereo → mono averages left and right; 5.1 → stereo \
+                 averages channels 0, 2, 4 into left and 1, 3, 5 into right); when `M > N`, output channel `j` \
+                 is a copy of input channel `j % N`, exact in every format. Equal counts pass the buffer \
+                 through.",
+            )
+            .param(
+                ParamSpec::integer("output_channels", 1, i64::from(MAX_CHANNELS))
+                    .required()
+                    .unit("channels")
+                    .describe("channel count of the output"),
+            )
+            .input(PortSpec::audio(INPUT, "audio with any channel count"))
+            .output(PortSpec::audio(OUTPUT, "the audio with `output_channels` channels, in the input's format"))
     }
 
-    fn aliases(&self) -> &'static [&'static str] {
-        &["ChannelMixer"]
-    }
-
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        let mut p = Params::new(params);
-        let output_channels = p.required_u32_in("output_channels", 1, MAX_CHANNELS);
-        p.finish()?;
-        Ok(Box::new(ChannelMixerNode {
-            output_channels: output_channels.expect("finish() fails when output_channels is missing"),
+    fn create(&self, params: &Params) -> Box<dyn Node> {
+        Box::new(ChannelMixerNode {
+            output_channels: params.u32("output_channels"),
             arena: OutputArena::new(),
             scratch: Vec::new(),
             mixed: Vec::new(),
             weights: Vec::new(),
             weights_for: 0,
-        }))
+        })
     }
 }
 
@@ -101,12 +111,12 @@ impl NodeFactory for ChannelMixerFactory {
 mod tests {
     use super::*;
     use crate::audio::{AudioBuffer, SampleFormat};
-    use crate::nodes::{INPUT, OUTPUT, PortValue};
+    use crate::nodes::PortValue;
     use serde_json::json;
     use tokio_util::sync::CancellationToken;
 
     fn run(channels: u32, audio: AudioBuffer) -> AudioBuffer {
-        let mut n = ChannelMixerFactory.create(json!({"output_channels": channels}).as_object().unwrap()).unwrap();
+        let mut n = ChannelMixerFactory.build(json!({"output_channels": channels}).as_object().unwrap()).unwrap();
         let ctx = NodeContext::new("mix", "ChannelMixerNode", CancellationToken::new());
         n.process(Ports::new().with(INPUT, PortValue::Audio(audio)), &ctx).unwrap().audio(OUTPUT).unwrap().clone()
     }
@@ -146,7 +156,7 @@ mod tests {
         let a = AudioBuffer::from_f32(vec![0.1, 0.2], 8_000, 2);
         let ptr = a.bytes().as_ptr();
         assert_eq!(run(2, a).bytes().as_ptr(), ptr);
-        let errs = ChannelMixerFactory.create(json!({"output_channels": 0}).as_object().unwrap()).err().unwrap();
+        let errs = ChannelMixerFactory.build(json!({"output_channels": 0}).as_object().unwrap()).err().unwrap();
         assert!(
             errs[0].to_string().contains("`output_channels` must be an integer between 1 and 256, got 0"),
             "{}",

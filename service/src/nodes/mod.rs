@@ -1,15 +1,16 @@
 //! Node plug-in interface and the registry of node types.
 //!
-//! A node type is a [`NodeFactory`] that validates parameters and builds [`Node`] instances.
-//! Each native node lives in its own file here and is registered by one line in
+//! A node type is a [`NodeFactory`]: its declaration ([`NodeSpec`]: parameters, ports, aliases)
+//! and a way to build [`Node`] instances from parameters checked against it. Each native node
+//! lives in its own file here, declaration included, and is registered by one line in
 //! [`Registry::builtin`]. Nodes implemented outside Rust (the embedded Python interpreter)
-//! come in through [`ForeignNodes`] and run as [`AsyncNode`]s.
+//! come in through [`ForeignNodes`], declarations included, and run as [`AsyncNode`]s.
 
 pub mod check;
 mod error;
-mod params;
 mod port;
 mod registry;
+pub mod spec;
 
 mod chunker;
 mod format;
@@ -20,9 +21,11 @@ mod resample;
 mod vad;
 
 pub use error::{NodeError, NodeErrorKind, ParamError};
-pub use params::Params;
+pub use spec::{NodeSpec, ParamKind, ParamSpec, Params, PortKind, PortSpec};
 pub use port::{DATA, INPUT, NodeInputs, NodeOutputs, OUTPUT, PortError, PortName, PortValue, Ports, port_name};
-pub use registry::{ForeignNodes, Registry, ResolveError, Resolved, RuntimeChoice};
+pub use registry::{
+    CatalogueEntry, ForeignNodes, catalogue_json, RegistrationError, Registry, ResolveError, Resolved, RuntimeChoice, RuntimeHint,
+};
 
 pub use chunker::AudioChunkerNode;
 pub use format::{FormatConverterNode, convert as convert_format};
@@ -137,26 +140,26 @@ impl NodeInstance {
     }
 }
 
-/// Builds instances of one native node type.
+/// Builds instances of one native node type, and declares it.
 pub trait NodeFactory: Send + Sync + 'static {
-    /// Canonical type name, e.g. `"AudioResampleNode"`.
-    fn node_type(&self) -> &'static str;
+    /// The node's declaration: type name, aliases, parameters, ports (see [`spec`]).
+    fn spec(&self) -> NodeSpec;
 
-    /// Other accepted names, e.g. `"AudioResample"`.
-    fn aliases(&self) -> &'static [&'static str] {
-        &[]
+    /// Node-specific rules a declaration cannot express (one of two parameters, an order
+    /// between two), over parameters that passed the declaration. Runs for every runtime, so a
+    /// Python twin is held to the same rules.
+    fn check(&self, _params: &Params) -> Vec<ParamError> {
+        Vec::new()
     }
 
-    /// Input ports the node reads; connections into other ports are rejected.
-    fn input_ports(&self) -> &'static [&'static str] {
-        &[INPUT]
-    }
+    /// Builds an instance from parameters that passed [`NodeSpec::check`] and [`Self::check`].
+    fn create(&self, params: &Params) -> Box<dyn Node>;
 
-    /// Output ports the node may write; connections from other ports are rejected.
-    fn output_ports(&self) -> &'static [&'static str] {
-        &[OUTPUT]
+    /// Checks `params` against the declaration and the node's own rules, then builds an
+    /// instance: the path every request takes, for tests and tools that build one node.
+    fn build(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
+        let (params, mut errors) = self.spec().check_all(params);
+        errors.extend(self.check(&params));
+        if errors.is_empty() { Ok(self.create(&params)) } else { Err(errors) }
     }
-
-    /// Validates `params` (every problem, not just the first) and builds an instance.
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>>;
 }

@@ -1,9 +1,7 @@
 //! `PassThroughNode`: forwards its inputs unchanged (useful as a tap, a join point and in tests).
 
-use serde_json::{Map, Value};
-
 use super::{
-    DATA, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, OUTPUT, ParamError, Params,
+    DATA, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, Params, PortSpec,
 };
 
 /// Forwards `input` audio to `output` and `data` to `data`, sharing the buffers.
@@ -25,25 +23,22 @@ impl Node for PassThroughNode {
 pub(super) struct PassThroughFactory;
 
 impl NodeFactory for PassThroughFactory {
-    fn node_type(&self) -> &'static str {
-        "PassThroughNode"
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("PassThroughNode", "Forwards its audio and data unchanged: a join point, a tap, a source.")
+            .alias("PassThrough")
+            .details(
+                "`input` goes to `output` and `data` to `data`, sharing the buffers (no copy). Several \
+                 connections into one port are mixed (audio) or collected into an array (data) before the \
+                 node runs, so it also serves as a mixer or a join.",
+            )
+            .input(PortSpec::audio(INPUT, "audio, passed to `output`"))
+            .input(PortSpec::data(DATA, "any JSON, passed to `data`"))
+            .output(PortSpec::audio(OUTPUT, "the input audio, unchanged"))
+            .output(PortSpec::data(DATA, "the input data, unchanged"))
     }
 
-    fn aliases(&self) -> &'static [&'static str] {
-        &["PassThrough"]
-    }
-
-    fn input_ports(&self) -> &'static [&'static str] {
-        &[INPUT, DATA]
-    }
-
-    fn output_ports(&self) -> &'static [&'static str] {
-        &[OUTPUT, DATA]
-    }
-
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        Params::new(params).finish()?;
-        Ok(Box::new(PassThroughNode))
+    fn create(&self, _params: &Params) -> Box<dyn Node> {
+        Box::new(PassThroughNode)
     }
 }
 
@@ -69,7 +64,7 @@ mod tests {
     #[test]
     fn rejects_any_parameter() {
         let params = json!({"gain": 2}).as_object().unwrap().clone();
-        let errs = PassThroughFactory.create(&params).err().unwrap();
+        let errs = PassThroughFactory.build(&params).err().unwrap();
         assert_eq!(errs[0].param, "gain");
         assert!(errs[0].message.contains("takes no parameters"));
     }

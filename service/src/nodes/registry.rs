@@ -1,26 +1,40 @@
-//! The registry of node types and runtime selection.
+//! The registry of node types: their declarations, their implementations, and runtime
+//! selection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
+use serde_json::{Value, json};
 
-use super::{AsyncNode, NodeFactory, ParamError, Runtime};
-use crate::graph::RuntimeHint;
+use super::{AsyncNode, NodeFactory, NodeSpec, ParamError, Params, Runtime};
+
+/// When a node should run natively or in Python.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeHint {
+    /// Native if available, else Python.
+    Auto,
+    /// Native only.
+    Rust,
+    /// Python only.
+    CPython,
+    /// A hint the service knows but does not support; carries its wire name.
+    Unsupported(&'static str),
+}
 
 /// Node implementations that live outside Rust: the embedded Python interpreter.
 #[async_trait]
 pub trait ForeignNodes: Send + Sync + 'static {
-    /// Every node type this runtime implements.
-    fn node_types(&self) -> Vec<String>;
+    /// The declaration of every node type this runtime implements.
+    fn declarations(&self) -> Vec<NodeSpec>;
 
-    /// Builds an instance; parameter problems come back as [`ParamError`]s.
+    /// Builds an instance from parameters already checked against the type's declaration;
+    /// the node's own checks come back as [`ParamError`]s.
     async fn create(
         &self,
         node_type: &str,
         node_id: &str,
-        params: &Map<String, Value>,
+        params: &Params,
     ) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>>;
 }
 
@@ -48,6 +62,7 @@ pub enum RuntimeChoice {
 pub struct Resolved {
     /// The canonical type name (aliases resolved).
     pub node_type: String,
+    pub spec: Arc<NodeSpec>,
     pub choice: RuntimeChoice,
 }
 
@@ -66,14 +81,51 @@ impl Resolved {
     }
 }
 
-/// Node types by name: native factories, their aliases, and the Python runtime's types.
+/// One entry of the node catalogue: a declaration and the runtimes that implement it.
+#[derive(Debug, Clone)]
+pub struct CatalogueEntry {
+    pub spec: Arc<NodeSpec>,
+    pub runtimes: Vec<Runtime>,
+}
+
+impl CatalogueEntry {
+    /// The entry as the catalogue snapshot and `GetVersion` give it: parameters as JSON Schema.
+    pub fn to_json(&self) -> Value {
+        let s = &self.spec;
+        json!({
+            "name": s.node_type,
+            "aliases": s.aliases,
+            "description": s.description,
+            "details": s.details,
+            "params_schema": s.params_schema(),
+            "inputs": s.inputs,
+            "outputs": s.outputs,
+            "runtimes": self.runtimes.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The catalogue as one JSON document, `{"node_types": [...]}` sorted by name: what
+/// `remotemedia-server catalogue` writes and the clients and docs are generated from.
+pub fn catalogue_json(entries: &[CatalogueEntry]) -> Value {
+    json!({ "node_types": entries.iter().map(CatalogueEntry::to_json).collect::<Vec<_>>() })
+}
+
+/// Why a foreign runtime's nodes could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RegistrationError(pub String);
+
+/// Node types by name: their declarations, native factories, aliases, and the Python runtime.
 #[derive(Clone, Default)]
 pub struct Registry {
+    /// Every node type's declaration: the native one where there is a native implementation.
+    specs: BTreeMap<String, Arc<NodeSpec>>,
     native: BTreeMap<String, Arc<dyn NodeFactory>>,
+    /// Types the Python runtime implements.
+    python: BTreeSet<String>,
     aliases: BTreeMap<String, String>,
     foreign: Option<Arc<dyn ForeignNodes>>,
-    /// Snapshot of `foreign.node_types()`, taken when the runtime is attached.
-    foreign_types: Vec<String>,
 }
 
 impl Registry {
@@ -96,17 +148,40 @@ impl Registry {
     }
 
     pub fn register(&mut self, factory: impl NodeFactory) {
-        let factory: Arc<dyn NodeFactory> = Arc::new(factory);
-        for alias in factory.aliases() {
-            self.aliases.insert((*alias).to_owned(), factory.node_type().to_owned());
+        let spec = Arc::new(factory.spec());
+        for alias in &spec.aliases {
+            self.aliases.insert(alias.clone(), spec.node_type.clone());
         }
-        self.native.insert(factory.node_type().to_owned(), factory);
+        self.native.insert(spec.node_type.clone(), Arc::new(factory));
+        self.specs.insert(spec.node_type.clone(), spec);
     }
 
-    /// Attaches the Python runtime; its node types become available.
-    pub fn attach_foreign(&mut self, foreign: Arc<dyn ForeignNodes>) {
-        self.foreign_types = foreign.node_types();
+    /// Attaches the Python runtime and registers its node types. A Python twin of a native
+    /// type must take the same parameters (names, required ones and defaults); the native
+    /// declaration then governs both.
+    pub fn attach_foreign(&mut self, foreign: Arc<dyn ForeignNodes>) -> Result<(), RegistrationError> {
+        for decl in foreign.declarations() {
+            let name = decl.node_type.clone();
+            match self.specs.get(&name) {
+                Some(native) if self.native.contains_key(&name) => {
+                    native.agrees_with(&decl).map_err(|why| {
+                        RegistrationError(format!("the Python node {name} does not match the native {name}: {why}"))
+                    })?;
+                }
+                Some(_) => {
+                    return Err(RegistrationError(format!("node type {name} is declared twice by the Python runtime")));
+                }
+                None => {
+                    for alias in &decl.aliases {
+                        self.aliases.insert(alias.clone(), name.clone());
+                    }
+                    self.specs.insert(name.clone(), Arc::new(decl));
+                }
+            }
+            self.python.insert(name);
+        }
         self.foreign = Some(foreign);
+        Ok(())
     }
 
     pub fn foreign(&self) -> Option<&Arc<dyn ForeignNodes>> {
@@ -122,54 +197,68 @@ impl Registry {
         self.native.get(self.canonical(name))
     }
 
+    /// The declaration of `name` (a type or an alias).
+    pub fn spec(&self, name: &str) -> Option<&Arc<NodeSpec>> {
+        self.specs.get(self.canonical(name))
+    }
+
     /// Whether `name` (a type or an alias) is implemented by any runtime.
     pub fn knows(&self, name: &str) -> bool {
-        let canonical = self.canonical(name);
-        self.native.contains_key(canonical) || self.has_python(canonical)
+        self.specs.contains_key(self.canonical(name))
+    }
+
+    /// Every registered node type, sorted.
+    pub fn node_types(&self) -> Vec<String> {
+        self.specs.keys().cloned().collect()
+    }
+
+    /// Every node type's declaration with the runtimes that implement it, sorted by name.
+    pub fn catalogue(&self) -> Vec<CatalogueEntry> {
+        self.specs
+            .iter()
+            .map(|(name, spec)| {
+                let mut runtimes = Vec::new();
+                if self.native.contains_key(name) {
+                    runtimes.push(Runtime::Rust);
+                }
+                if self.python.contains(name) {
+                    runtimes.push(Runtime::Python);
+                }
+                CatalogueEntry { spec: spec.clone(), runtimes }
+            })
+            .collect()
+    }
+
+    /// Every (node type, runtime) pair that can run.
+    pub fn implementations(&self) -> Vec<(String, Runtime)> {
+        let native = self.native.keys().map(|t| (t.clone(), Runtime::Rust));
+        let python = self.python.iter().map(|t| (t.clone(), Runtime::Python));
+        let mut all: Vec<(String, Runtime)> = native.chain(python).collect();
+        all.sort_by(|a, b| (&a.0, a.1.name()).cmp(&(&b.0, b.1.name())));
+        all
     }
 
     /// The known type or alias closest to `name`, if one is close enough to be a typo of it.
     fn closest(&self, name: &str) -> Option<String> {
         const MIN_SIMILARITY: f64 = 0.75;
         let lower = name.to_ascii_lowercase();
-        self.node_types()
-            .into_iter()
-            .chain(self.aliases.keys().cloned())
+        self.specs
+            .keys()
+            .chain(self.aliases.keys())
             .map(|t| (strsim::normalized_damerau_levenshtein(&lower, &t.to_ascii_lowercase()), t))
             .filter(|(score, _)| *score >= MIN_SIMILARITY)
             .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, t)| self.canonical(&t).to_owned())
-    }
-
-    fn has_python(&self, canonical: &str) -> bool {
-        self.foreign_types.iter().any(|t| t == canonical)
-    }
-
-    /// Every registered node type, native and Python, sorted and without duplicates.
-    pub fn node_types(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.native.keys().cloned().chain(self.foreign_types.iter().cloned()).collect();
-        all.sort();
-        all.dedup();
-        all
-    }
-
-    /// Every (node type, runtime) pair that can run.
-    pub fn implementations(&self) -> Vec<(String, Runtime)> {
-        let native = self.native.keys().map(|t| (t.clone(), Runtime::Rust));
-        let python = self.foreign_types.iter().map(|t| (t.clone(), Runtime::Python));
-        let mut all: Vec<(String, Runtime)> = native.chain(python).collect();
-        all.sort_by(|a, b| (&a.0, a.1.name()).cmp(&(&b.0, b.1.name())));
-        all
+            .map(|(_, t)| self.canonical(t).to_owned())
     }
 
     /// Chooses the implementation for `node_type` under `hint`, or explains why none fits.
     pub fn resolve(&self, node_type: &str, hint: RuntimeHint) -> Result<Resolved, ResolveError> {
         let canonical = self.canonical(node_type).to_owned();
-        let native = self.native.get(&canonical).cloned();
-        let python = self.has_python(&canonical);
-        if native.is_none() && !python {
+        let Some(spec) = self.specs.get(&canonical).cloned() else {
             return Err(ResolveError::UnknownType { name: node_type.to_owned(), suggestion: self.closest(node_type) });
-        }
+        };
+        let native = self.native.get(&canonical).cloned();
+        let python = self.python.contains(&canonical);
         let choice = match hint {
             RuntimeHint::Auto => match native {
                 Some(f) => RuntimeChoice::Native(f),
@@ -200,7 +289,21 @@ impl Registry {
                 )));
             }
         };
-        Ok(Resolved { node_type: canonical, choice })
+        Ok(Resolved { node_type: canonical, spec, choice })
+    }
+
+    /// Checks a node's parameters, whichever runtime will run it: against the type's
+    /// declaration, then against the native node's own rules where there is a native node.
+    pub fn prepare(
+        &self,
+        resolved: &Resolved,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Params, Vec<ParamError>> {
+        let (params, mut errors) = resolved.spec.check_all(params);
+        if let Some(factory) = self.native.get(&resolved.node_type) {
+            errors.extend(factory.check(&params));
+        }
+        if errors.is_empty() { Ok(params) } else { Err(errors) }
     }
 }
 
@@ -246,5 +349,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("RUNTIME_HINT_RUSTPYTHON is unsupported"), "{err}");
+    }
+
+    #[test]
+    fn every_builtin_declaration_is_complete() {
+        for entry in Registry::builtin().catalogue() {
+            let s = &entry.spec;
+            assert!(!s.description.is_empty() && !s.inputs.is_empty() && !s.outputs.is_empty(), "{}", s.node_type);
+            for p in &s.params {
+                assert!(!p.description.is_empty(), "{}.{} has no description", s.node_type, p.name);
+                if let Some(d) = &p.default {
+                    assert_eq!(p.kind.accept(d).as_ref(), Ok(d), "{}.{}: the default must pass", s.node_type, p.name);
+                }
+            }
+            assert_eq!(entry.runtimes, [Runtime::Rust]);
+        }
+    }
+
+    struct Twins(Vec<NodeSpec>);
+
+    #[async_trait]
+    impl ForeignNodes for Twins {
+        fn declarations(&self) -> Vec<NodeSpec> {
+            self.0.clone()
+        }
+
+        async fn create(&self, _: &str, _: &str, _: &Params) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>> {
+            Err(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_python_twin_must_take_the_native_parameters() {
+        let gain = Registry::builtin().spec("GainNode").unwrap().as_ref().clone();
+        let mut r = Registry::builtin();
+        r.attach_foreign(Arc::new(Twins(vec![gain.clone(), NodeSpec::new("EchoNode", "a Python-only node")]))).unwrap();
+        let entry = r.catalogue().into_iter().find(|e| e.spec.node_type == "GainNode").unwrap();
+        assert_eq!(entry.runtimes, [Runtime::Rust, Runtime::Python]);
+        assert!(r.resolve("EchoNode", RuntimeHint::Auto).is_ok());
+
+        let mut wrong = gain;
+        wrong.params.pop();
+        let err = Registry::builtin().attach_foreign(Arc::new(Twins(vec![wrong]))).unwrap_err().to_string();
+        assert!(err.contains("the Python node GainNode does not match the native GainNode"), "{err}");
     }
 }

@@ -28,7 +28,10 @@ use rubato::audioadapter::{Adapter, AdapterMut};
 use rubato::{Fft, FixedSync, Indexing, Resampler, WindowFunction};
 use serde_json::{Map, Value, json};
 
-use super::{Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, ParamError, Params, Ports, check};
+use super::{
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
+    PortSpec, Ports, check,
+};
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
 /// Highest sample rate accepted, in Hz.
@@ -380,28 +383,52 @@ impl Node for ResampleNode {
 pub(super) struct ResampleFactory;
 
 impl NodeFactory for ResampleFactory {
-    fn node_type(&self) -> &'static str {
-        "AudioResampleNode"
+    fn spec(&self) -> NodeSpec {
+        let (min, max) = (i64::from(MIN_RATE), i64::from(MAX_RATE));
+        NodeSpec::new("AudioResampleNode", "Sample-rate conversion with rubato, delay-free and chunking-independent.")
+            .alias("AudioResample")
+            .details(DETAILS)
+            .param(ParamSpec::integer("output_rate", min, max).required().unit("Hz").describe("target sample rate"))
+            .param(
+                ParamSpec::integer("input_rate", min, max)
+                    .unit("Hz")
+                    .describe("if given, input at any other rate is refused"),
+            )
+            .param(
+                ParamSpec::choice("quality", &["low", "medium", "high"])
+                    .default("high")
+                    .describe("FFT block length: latency against how close to Nyquist the passband stays flat"),
+            )
+            .input(PortSpec::audio(INPUT, "audio at any rate from 1 to 768 kHz, any format and channel count"))
+            .output(PortSpec::audio(OUTPUT, "the audio at `output_rate`, in the input's format and channel count"))
     }
 
-    fn aliases(&self) -> &'static [&'static str] {
-        &["AudioResample"]
-    }
-
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        let mut p = Params::new(params);
-        let output_rate = p.required_u32_in("output_rate", MIN_RATE, MAX_RATE);
-        let input_rate = p.u32_in("input_rate", MIN_RATE, MAX_RATE);
-        let quality = match p.choice("quality", &["low", "medium", "high"], "high") {
+    fn create(&self, params: &Params) -> Box<dyn Node> {
+        let quality = match params.str("quality") {
             "low" => Quality::Low,
             "medium" => Quality::Medium,
             _ => Quality::High,
         };
-        p.finish()?;
-        let output_rate = output_rate.expect("finish() fails when the required output_rate is missing");
-        Ok(Box::new(ResampleNode::new(output_rate, input_rate, quality)))
+        Box::new(ResampleNode::new(params.u32("output_rate"), params.opt_u32("input_rate"), quality))
     }
 }
+
+/// The node's behaviour, for `docs/nodes.md`.
+const DETAILS: &str = "rubato's synchronous FFT resampler (windowed sinc, Blackman-Harris² window). The \
+output keeps the input's format and channel count and has exactly `round(frames × output_rate / \
+input_rate)` frames. The resampler's delay is removed, so the output lines up with the input (a sine keeps \
+its phase to within 10⁻⁶ rad). Input is fed through a FIFO in fixed blocks, so a stream's chunk outputs, \
+concatenated, equal the one-shot output sample for sample.
+
+| quality | flat within 0.1 dB up to | stopband | delay added in a stream (48 → 16 kHz) |
+| --- | --- | --- | --- |
+| `high` | ≥ 0.92 × the lower Nyquist | ≥ 135 dB measured (spec ≥ 90 dB) | 32 ms block + 16 ms filter |
+| `medium` | ≥ 0.85 × | ≥ 135 dB | 16 ms + 8 ms |
+| `low` | ≥ 0.75 × | ≥ 135 dB | 8 ms + 4 ms |
+
+Rate pairs with a large `input_rate / gcd(input_rate, output_rate)` (an \"odd\" rate such as 44 101 Hz) need \
+long FFT blocks, so they add more latency (about a second). Equal rates pass the buffer through without \
+copying. Resamplers are pooled, so repeated requests with the same rates skip the FFT planning.";
 
 #[cfg(test)]
 mod tests;

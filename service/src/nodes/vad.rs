@@ -37,8 +37,8 @@ use realfft::{RealFftPlanner, RealToComplex, num_complex::Complex};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, OUTPUT, ParamError, Params, PortValue, Ports,
-    check,
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
+    PortSpec, PortValue, Ports, check,
 };
 
 /// Margin above the noise floor a speech frame needs, in dB.
@@ -455,7 +455,7 @@ impl Node for VadNode {
         }
         let mut out = Ports::audio_output(audio.clone());
         if let Some(segments) = det.take_segments() {
-            out.insert("segments", segments);
+            out.insert(SEGMENTS, segments);
         }
         Ok(out)
     }
@@ -468,7 +468,7 @@ impl Node for VadNode {
             }
             None => PortValue::data(json!([])),
         };
-        Ok(Ports::new().with("segments", segments))
+        Ok(Ports::new().with(SEGMENTS, segments))
     }
 
     fn is_heavy(&self, inputs: &NodeInputs) -> bool {
@@ -493,33 +493,74 @@ impl Node for VadNode {
 pub(super) struct VadFactory;
 
 impl NodeFactory for VadFactory {
-    fn node_type(&self) -> &'static str {
-        "VADNode"
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("VADNode", "Voice activity detection from frame energy and spectral shape.")
+            .alias("VAD")
+            .details(DETAILS)
+            .param(
+                ParamSpec::number("threshold_db", -100.0, 0.0)
+                    .default(-30.0)
+                    .unit("dBFS")
+                    .describe("quietest frame level (RMS) that may be speech"),
+            )
+            .param(ParamSpec::integer_choice("frame_ms", &[10, 20, 30]).default(30).unit("ms").describe("analysis frame"))
+            .param(
+                ParamSpec::integer("min_speech_ms", 0, 10_000)
+                    .default(90)
+                    .unit("ms")
+                    .describe("speech must last this long to open a segment"),
+            )
+            .param(
+                ParamSpec::integer("min_silence_ms", 0, 10_000)
+                    .default(300)
+                    .unit("ms")
+                    .describe("hangover: silence this long closes a segment"),
+            )
+            .param(
+                ParamSpec::integer("speech_pad_ms", 0, i64::from(MAX_PAD_MS))
+                    .default(0)
+                    .unit("ms")
+                    .describe("speech kept before and after each segment"),
+            )
+            .input(PortSpec::audio(INPUT, "audio at 8 kHz or more; channels are averaged"))
+            .output(PortSpec::audio(OUTPUT, "the input audio, unchanged and uncopied"))
+            .output(PortSpec::data(SEGMENTS, "speech segments: `[{\"start_s\", \"end_s\", \"energy_db\"}]`, seconds from the start of the input and mean level in dBFS"))
     }
 
-    fn aliases(&self) -> &'static [&'static str] {
-        &["VAD"]
-    }
-
-    fn output_ports(&self) -> &'static [&'static str] {
-        &[OUTPUT, "segments"]
-    }
-
-    fn create(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        let mut p = Params::new(params);
-        let threshold_db = p.f64_in("threshold_db", -100.0, 0.0, -30.0) as f32;
-        let frame_ms = p.u32_in("frame_ms", 10, 30).unwrap_or(30);
-        if ![10, 20, 30].contains(&frame_ms) {
-            p.error("frame_ms", format!("must be 10, 20 or 30, got {frame_ms}"));
-        }
-        let min_speech_ms = p.u32_in("min_speech_ms", 0, 10_000).unwrap_or(90);
-        let min_silence_ms = p.u32_in("min_silence_ms", 0, 10_000).unwrap_or(300);
-        let speech_pad_ms = p.u32_in("speech_pad_ms", 0, MAX_PAD_MS).unwrap_or(0);
-        p.finish()?;
-        let cfg = VadConfig { threshold_db, frame_ms, min_speech_ms, min_silence_ms, speech_pad_ms };
-        Ok(Box::new(VadNode { cfg, detector: None, converted: Vec::new() }))
+    fn create(&self, p: &Params) -> Box<dyn Node> {
+        let cfg = VadConfig {
+            threshold_db: p.f64("threshold_db") as f32,
+            frame_ms: p.u32("frame_ms"),
+            min_speech_ms: p.u32("min_speech_ms"),
+            min_silence_ms: p.u32("min_silence_ms"),
+            speech_pad_ms: p.u32("speech_pad_ms"),
+        };
+        Box::new(VadNode { cfg, detector: None, converted: Vec::new() })
     }
 }
+
+/// The output port carrying the segments.
+pub const SEGMENTS: &str = "segments";
+
+/// The node's behaviour, for `docs/nodes.md`.
+const DETAILS: &str = "Each frame (channels averaged, after a 5 Hz DC blocker, so a DC offset changes \
+nothing) counts as speech when its level is at least `threshold_db`, its energy in the 150 Hz – 4 kHz band \
+is at least 6 dB above the noise floor, its spectrum in that band is not flat (spectral flatness ≤ 0.3, \
+from a real FFT), and at least 30 % of its energy lies in that band. So steady noise of any colour is not \
+speech, and neither is hum. The noise floor is the lowest band level among the last 1.5 s of non-speech \
+frames; until a frame has been judged non-speech there is none, so speech at the first sample is found. A \
+stream that starts with 3 s of speech-like sound and no pause at all (a steady buzz) takes the quietest \
+level of those 3 s as its floor, so a background present from the start does not stay speech. A sudden \
+rise of a noise-like background is caught by the flatness test at once. Unvoiced sounds at the edge of a \
+word (a leading \"s\" or \"th\") are noise-like, so a segment may start or end up to one such sound inside \
+the speech.
+
+A segment starts at the first of `min_speech_ms` of consecutive speech frames and ends at the last speech \
+frame before `min_silence_ms` of non-speech; `speech_pad_ms` then widens it on both sides, never past the \
+audio's ends, and two segments closer than twice the padding share the silence between them. In a stream, \
+a segment is emitted with the chunk on which it has closed and its padding has been seen, and an open one \
+when the stream closes; `ExecutePipeline` always returns `segments` (possibly empty). Segments are \
+identical however the audio is chunked. Needs a sample rate of at least 8 kHz.";
 
 #[cfg(test)]
 mod tests;

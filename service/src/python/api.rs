@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 pub struct Api {
     pub create: Py<PyAny>,
     pub call: Py<PyAny>,
-    pub node_types: Py<PyAny>,
+    pub declarations: Py<PyAny>,
     pub format_exception: Py<PyAny>,
     pub load_dir: Py<PyAny>,
     pub audio: Py<PyAny>,
@@ -26,7 +26,7 @@ impl Api {
         Ok(Self {
             create: get(&registry, "create")?,
             call: get(&registry, "call")?,
-            node_types: get(&registry, "node_types")?,
+            declarations: get(&registry, "declarations_json")?,
             format_exception: get(&registry, "format_exception")?,
             load_dir: get(&plugins, "load_dir")?,
             audio: get(&pkg, "Audio")?,

@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use pyo3::prelude::*;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::info;
 
 pub use bridge::RustBuffer;
 pub use node::PyNode;
 
-use crate::nodes::{AsyncNode, ForeignNodes, ParamError};
+use crate::nodes::{AsyncNode, ForeignNodes, NodeSpec, ParamError, Params};
 use api::Api;
 use worker::Workers;
 
@@ -54,7 +54,7 @@ pub struct InterpreterInfo {
 pub struct PythonRuntime {
     workers: Arc<Workers>,
     api: Arc<Api>,
-    node_types: Vec<String>,
+    declarations: Vec<NodeSpec>,
     pub info: InterpreterInfo,
 }
 
@@ -103,8 +103,13 @@ impl PythonRuntime {
             }
             Ok(())
         })?;
-        let node_types = Python::attach(|py| api.node_types.bind(py).call0().and_then(|t| t.extract::<Vec<String>>()))
-            .map_err(|e| PythonError::Package(e.to_string()))?;
+        let declarations = Python::attach(|py| {
+            let text = api.declarations.bind(py).call0().and_then(|t| t.extract::<String>());
+            text.map_err(|e| PythonError::Plugin(format!("cannot declare the Python nodes: {}", describe(py, &e))))
+        })?;
+        let declarations: Vec<NodeSpec> = serde_json::from_str(&declarations)
+            .map_err(|e| PythonError::Plugin(format!("the Python node declarations do not parse: {e}")))?;
+        let node_types: Vec<&str> = declarations.iter().map(|d| d.node_type.as_str()).collect();
         info!(
             python_version = %info.version,
             sys_prefix = %info.prefix,
@@ -113,7 +118,7 @@ impl PythonRuntime {
             node_types = %node_types.join(", "),
             "python runtime ready"
         );
-        Ok(Arc::new(Self { workers, api, node_types, info }))
+        Ok(Arc::new(Self { workers, api, declarations, info }))
     }
 }
 
@@ -144,18 +149,18 @@ fn interpreter_info(py: Python<'_>) -> InterpreterInfo {
 
 #[async_trait]
 impl ForeignNodes for PythonRuntime {
-    fn node_types(&self) -> Vec<String> {
-        self.node_types.clone()
+    fn declarations(&self) -> Vec<NodeSpec> {
+        self.declarations.clone()
     }
 
     async fn create(
         &self,
         node_type: &str,
         _node_id: &str,
-        params: &Map<String, Value>,
+        params: &Params,
     ) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>> {
         let (api, node_type, params) =
-            (self.api.clone(), node_type.to_owned(), Value::Object(params.clone()).to_string());
+            (self.api.clone(), node_type.to_owned(), Value::Object(params.as_map().clone()).to_string());
         let job = move |py: Python<'_>| -> Result<Py<PyAny>, Vec<ParamError>> {
             let params =
                 api.json_loads.bind(py).call1((params,)).map_err(|e| vec![ParamError::new("", e.to_string())])?;

@@ -88,7 +88,7 @@ async fn a_running_python_loop_is_interrupted_and_the_worker_serves_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_nodes_run_through_the_executor_with_their_errors_classified() {
     let mut registry = Registry::builtin();
-    registry.attach_foreign(runtime());
+    registry.attach_foreign(runtime()).expect("the twins agree with the native nodes");
     let engine = Engine::new(registry, CircuitBreakers::default());
     let mut m = Manifest::new("py").node("g", "GainNode", r#"{"gain": 0.5}"#);
     m.nodes[0].runtime = RuntimeHint::CPython;
@@ -121,14 +121,19 @@ async fn python_nodes_run_through_the_executor_with_their_errors_classified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_parameters_are_checked_by_name() {
+async fn python_nodes_are_declared_and_checked_like_native_ones() {
     let rt = runtime();
+    let bandpass = rt.declarations().into_iter().find(|d| d.node_type == "BandpassFilterNode").unwrap();
     let params = serde_json::json!({"low_hz": 100, "hihg_hz": 200}).as_object().unwrap().clone();
-    let errors = rt.create("BandpassFilterNode", "bp", &params).await.err().unwrap();
+    let errors = bandpass.check(&params).unwrap_err();
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert!(
         text.iter().any(|t| t.contains("parameter `hihg_hz` is not accepted (accepted: high_hz, low_hz, order)")),
         "{text:?}"
     );
     assert!(text.iter().any(|t| t.contains("parameter `high_hz` is required")), "{text:?}");
+    // What only the node can check comes back from its __init__.
+    let crossed = serde_json::json!({"low_hz": 300, "high_hz": 200}).as_object().unwrap().clone();
+    let errors = rt.create("BandpassFilterNode", "bp", &bandpass.check(&crossed).unwrap()).await.err().unwrap();
+    assert_eq!(errors[0].param, "high_hz", "{errors:?}");
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use remotemedia::Config;
 use remotemedia::grpc::state::AppState;
-use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, ParamError, Ports, Registry};
+use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, NodeSpec, Params, PortSpec, Ports, Registry};
 use remotemedia::proto::pipeline_service_client::PipelineServiceClient;
 use remotemedia::proto::{self, AudioBuffer, AudioFormat, Connection, NodeManifest, PipelineManifest};
-use serde_json::{Map, Value};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::oneshot;
@@ -202,11 +202,13 @@ impl Node for GateNode {
 pub struct GateFactory(pub Gate);
 
 impl NodeFactory for GateFactory {
-    fn node_type(&self) -> &'static str {
-        "TestGate"
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("TestGate", "waits at a gate")
+            .input(PortSpec::audio(INPUT, "audio"))
+            .output(PortSpec::audio(remotemedia::nodes::OUTPUT, "audio"))
     }
-    fn create(&self, _params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        Ok(Box::new(GateNode(self.0.clone())))
+    fn create(&self, _params: &Params) -> Box<dyn Node> {
+        Box::new(GateNode(self.0.clone()))
     }
 }
 

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from scipy import signal
 
 from remotemedia_nodes.audio import from_float
 from remotemedia_nodes.builtin.basic import audio_input, shaped
+from remotemedia_nodes.declare import Param, Port
 from remotemedia_nodes.errors import InvalidInput, ParamError
 from remotemedia_nodes.registry import Node, node
 
 
 @node("BandpassFilterNode")
 class BandpassFilter(Node):
-    """Passes `low_hz`..`high_hz` (Butterworth of `order`, as second-order sections)."""
+    """Butterworth band-pass filter (scipy.signal), its state kept across chunks.
 
-    def __init__(self, low_hz: float, high_hz: float, order: int = 4) -> None:
-        if not isinstance(low_hz, (int, float)) or low_hz <= 0:
-            raise ParamError("low_hz", f"must be a positive number of Hz, got {low_hz}")
-        if not isinstance(high_hz, (int, float)) or high_hz <= low_hz:
-            raise ParamError("high_hz", f"must be a number of Hz above low_hz ({low_hz}), got {high_hz}")
-        if not isinstance(order, int) or not 1 <= order <= 12:
-            raise ParamError("order", f"must be an integer between 1 and 12, got {order}")
+    Passes `low_hz` to `high_hz`, a Butterworth filter of `order` run as second-order sections;
+    `high_hz` must lie below the input's Nyquist frequency. The output keeps the input's format
+    and channel count. Python only.
+    """
+
+    inputs = (Port.audio("input", "audio in any format"),)
+    outputs = (Port.audio("output", "the filtered audio, in the input's format"),)
+
+    def __init__(
+        self,
+        low_hz: Annotated[float, Param(0.001, 384_000, unit="Hz", doc="lower edge of the pass band")],
+        high_hz: Annotated[float, Param(0.001, 384_000, unit="Hz", doc="upper edge of the pass band, above `low_hz`")],
+        order: Annotated[int, Param(1, 12, doc="filter order")] = 4,
+    ) -> None:
+        if high_hz <= low_hz:
+            raise ParamError("high_hz", f"must be above low_hz ({low_hz}), got {high_hz}")
         self.low, self.high, self.order = float(low_hz), float(high_hz), order
         self.sos: np.ndarray | None = None
         self.state: np.ndarray | None = None

@@ -8,7 +8,7 @@ import numpy as np
 
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.builtin.basic import audio_input
-from remotemedia_nodes.errors import InvalidInput, ParamError
+from remotemedia_nodes.errors import InvalidInput
 from remotemedia_nodes.registry import Node, node
 
 
@@ -17,8 +17,6 @@ class AudioChunker(Node):
     """Emits whole chunks of `chunk_samples` frames (or `chunk_ms`); the remainder on flush."""
 
     def __init__(self, chunk_samples: int | None = None, chunk_ms: int | None = None) -> None:
-        if (chunk_samples is None) == (chunk_ms is None):
-            raise ParamError("chunk_samples", "or `chunk_ms` is required (exactly one of them)")
         self.frames = chunk_samples
         self.ms = chunk_ms
         self.pending: np.ndarray | None = None

@@ -8,14 +8,22 @@ import numpy as np
 import pyloudnorm
 
 from remotemedia_nodes.builtin.basic import audio_input
+from remotemedia_nodes.declare import Port
 from remotemedia_nodes.errors import InvalidInput
 from remotemedia_nodes.registry import Node, node
 
 
 @node("LoudnessNode")
 class Loudness(Node):
-    """Passes the audio through and, at the end, reports its integrated loudness on port `lufs`
-    (LUFS; null for silence). Needs at least 0.4 s of audio (one gating block)."""
+    """ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio.
+
+    Passes the audio through and, when the input ends (a request, or a stream's close), reports
+    its integrated loudness on data port `lufs` (LUFS; null for silence). Needs at least 0.4 s of
+    audio (one gating block). Python only.
+    """
+
+    inputs = (Port.audio("input", "audio at any rate"),)
+    outputs = (Port.audio("output", "the input audio, unchanged"), Port.data("lufs", "integrated loudness in LUFS, or null for silence"))
 
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []

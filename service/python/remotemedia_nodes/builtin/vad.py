@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import signal
 
 from remotemedia_nodes.builtin.basic import audio_input
-from remotemedia_nodes.errors import InvalidInput, ParamError
+from remotemedia_nodes.declare import Port
+from remotemedia_nodes.errors import InvalidInput
 from remotemedia_nodes.registry import Node, node
 
 NOISE_MARGIN_DB = 6.0
@@ -50,21 +51,16 @@ class _SlidingMin:
 class Vad(Node):
     """Voice activity: passes `input` through on `output` and reports `segments`."""
 
+    outputs = (Port.audio("output"), Port.data("segments"))
+
     def __init__(
         self,
         threshold_db: float = -30.0,
-        frame_ms: int = 30,
+        frame_ms: Literal[10, 20, 30] = 30,
         min_speech_ms: int = 90,
         min_silence_ms: int = 300,
         speech_pad_ms: int = 0,
     ) -> None:
-        if frame_ms not in (10, 20, 30):
-            raise ParamError("frame_ms", f"must be 10, 20 or 30, got {frame_ms}")
-        if not -100 <= float(threshold_db) <= 0:
-            raise ParamError("threshold_db", f"must be a number between -100 and 0, got {threshold_db}")
-        for name, v, high in (("min_speech_ms", min_speech_ms, 10_000), ("min_silence_ms", min_silence_ms, 10_000), ("speech_pad_ms", speech_pad_ms, MAX_PAD_MS)):
-            if not isinstance(v, int) or not 0 <= v <= high:
-                raise ParamError(name, f"must be an integer between 0 and {high}, got {v}")
         self.threshold_db = float(threshold_db)
         self.frame_ms = frame_ms
         self.min_speech = max(1, -(-min_speech_ms // frame_ms))

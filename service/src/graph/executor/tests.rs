@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::*;
 use crate::graph::{Backoff, Edge, PipelineConfig};
-use crate::nodes::{AsyncNode, AsyncOutput, INPUT, Node, NodeErrorKind, NodeFactory, OUTPUT};
+use crate::nodes::{AsyncNode, AsyncOutput, INPUT, Node, NodeErrorKind, NodeFactory, NodeSpec, OUTPUT, Params, PortSpec};
 
 fn audio(samples: Vec<f32>) -> Ports {
     Ports::new().with(INPUT, PortValue::Audio(AudioBuffer::from_f32(samples, 8_000, 1)))
@@ -39,14 +39,12 @@ impl<F> NodeFactory for TestFactory<F>
 where
     F: Fn() -> Box<dyn Node> + Send + Sync + 'static,
 {
-    fn node_type(&self) -> &'static str {
-        self.name
+    fn spec(&self) -> NodeSpec {
+        let spec = NodeSpec::new(self.name, "a test node").output(PortSpec::audio(OUTPUT, "audio"));
+        self.inputs.iter().fold(spec, |s, port| s.input(PortSpec::audio(port, "audio")))
     }
-    fn input_ports(&self) -> &'static [&'static str] {
-        self.inputs
-    }
-    fn create(&self, _params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        Ok((self.make)())
+    fn create(&self, _params: &Params) -> Box<dyn Node> {
+        (self.make)()
     }
 }
 
@@ -213,22 +211,21 @@ struct SleeperRuntime;
 
 #[async_trait]
 impl crate::nodes::ForeignNodes for SleeperRuntime {
-    fn node_types(&self) -> Vec<String> {
-        vec!["Sleeper".into()]
+    fn declarations(&self) -> Vec<NodeSpec> {
+        vec![
+            NodeSpec::new("Sleeper", "sleeps")
+                .input(PortSpec::audio(INPUT, "audio"))
+                .output(PortSpec::audio(OUTPUT, "audio")),
+        ]
     }
-    async fn create(
-        &self,
-        _t: &str,
-        _id: &str,
-        _p: &Map<String, Value>,
-    ) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>> {
+    async fn create(&self, _t: &str, _id: &str, _p: &Params) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>> {
         Ok(Arc::new(Sleeper))
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn two_slow_async_branches_take_the_time_of_one() {
-    let engine = engine_with(|r| r.attach_foreign(Arc::new(SleeperRuntime)));
+    let engine = engine_with(|r| r.attach_foreign(Arc::new(SleeperRuntime)).expect("no twin to disagree"));
     let m = Manifest::new("slow")
         .node("src", "PassThroughNode", "")
         .node("x", "Sleeper", "")

@@ -11,7 +11,7 @@ fn ctx() -> NodeContext {
 }
 
 fn node(params: Value) -> Box<dyn Node> {
-    ResampleFactory.create(params.as_object().unwrap()).unwrap_or_else(|e| panic!("{e:?}"))
+    ResampleFactory.build(params.as_object().unwrap()).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// Resamples `samples` in one call (process + flush), as an ExecutePipeline does.
@@ -269,7 +269,7 @@ fn equal_rates_pass_the_buffer_through_without_copying() {
 #[test]
 fn parameters_are_checked_by_name() {
     let errs =
-        ResampleFactory.create(json!({"quality": "best", "output_rate": "fast"}).as_object().unwrap()).err().unwrap();
+        ResampleFactory.build(json!({"quality": "best", "output_rate": "fast"}).as_object().unwrap()).err().unwrap();
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 2, "{text:?}");
     assert!(
@@ -280,7 +280,7 @@ fn parameters_are_checked_by_name() {
         text.iter().any(|t| t.contains("`quality` must be one of \"low\", \"medium\", \"high\", got \"best\"")),
         "{text:?}"
     );
-    let errs = ResampleFactory.create(json!({}).as_object().unwrap()).err().unwrap();
+    let errs = ResampleFactory.build(json!({}).as_object().unwrap()).err().unwrap();
     assert!(errs[0].to_string().contains("`output_rate` is required"));
 }
 

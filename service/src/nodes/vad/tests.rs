@@ -14,7 +14,7 @@ fn ctx() -> NodeContext {
 }
 
 fn node(params: Value) -> Box<dyn Node> {
-    VadFactory.create(params.as_object().unwrap()).unwrap_or_else(|e| panic!("{e:?}"))
+    VadFactory.build(params.as_object().unwrap()).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// A deterministic xorshift generator for noise.
@@ -245,7 +245,7 @@ fn every_frame_size_works_and_stereo_is_averaged() {
 
 #[test]
 fn parameters_and_inputs_are_checked() {
-    let errs = VadFactory.create(json!({"frame_ms": 25, "threshold_db": 3}).as_object().unwrap()).err().unwrap();
+    let errs = VadFactory.build(json!({"frame_ms": 25, "threshold_db": 3}).as_object().unwrap()).err().unwrap();
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|t| t.contains("`frame_ms` must be 10, 20 or 30, got 25")), "{text:?}");
     assert!(text.iter().any(|t| t.contains("`threshold_db` must be a number between -100 and 0, got 3")), "{text:?}");

@@ -1,0 +1,548 @@
+//! Node declarations: what a node type is, declared once, in the node's own file.
+//!
+//! A [`NodeSpec`] names the type and its aliases, says in one line what the node does, and
+//! declares each parameter ([`ParamSpec`]: kind, range or choices, default, unit, description)
+//! and each port ([`PortSpec`]: audio or data, and what it carries). Everything else is derived
+//! from it: parameters are validated by [`NodeSpec::check`] for every node and runtime alike,
+//! `GetVersion` serves the declarations (parameters as JSON Schema, [`NodeSpec::params_schema`]),
+//! and the clients' node builders and `docs/nodes.md` are generated from the catalogue the
+//! server writes (`remotemedia-server catalogue`).
+//!
+//! Native nodes build their declaration with the constructors here; Python nodes declare
+//! theirs on the class (signature, annotations and `Param(...)`), and the embedded interpreter
+//! hands it over as JSON in the same shape.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::error::ParamError;
+
+/// The declaration of a node type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Canonical type name, e.g. `"AudioResampleNode"`.
+    pub node_type: String,
+    /// Other accepted names, e.g. `"AudioResample"`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// One line: what the node does.
+    pub description: String,
+    /// More about its behaviour, in Markdown (for `docs/nodes.md`).
+    #[serde(default)]
+    pub details: String,
+    #[serde(default)]
+    pub params: Vec<ParamSpec>,
+    #[serde(default)]
+    pub inputs: Vec<PortSpec>,
+    #[serde(default)]
+    pub outputs: Vec<PortSpec>,
+}
+
+/// One parameter of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: ParamKind,
+    /// The value used when the parameter is not given. `None` with `required == false`: the
+    /// parameter is optional and has no default (the node behaves differently without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(default)]
+    pub required: bool,
+    /// Unit of the value: `Hz`, `ms`, `dB`, `dBFS`, `samples`, `channels`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub description: String,
+}
+
+/// The kind of value a parameter takes, with its range or choices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ParamKind {
+    /// A whole number, bounds inclusive. `16000.0` counts as `16000`.
+    Integer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minimum: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maximum: Option<i64>,
+    },
+    /// A finite number, bounds inclusive.
+    Number {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minimum: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maximum: Option<f64>,
+    },
+    /// One of a few whole numbers (`frame_ms`: 10, 20 or 30).
+    IntegerChoice { choices: Vec<i64> },
+    /// One of a few names, matched without regard to case.
+    Choice { choices: Vec<String> },
+    /// Free text of at most `max_length` characters.
+    Text { max_length: usize },
+    Boolean,
+    /// Any JSON value (a plug-in parameter without a type annotation); only its presence is
+    /// checked.
+    Any,
+}
+
+/// Whether a port carries audio or JSON data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKind {
+    Audio,
+    Data,
+}
+
+/// One input or output port of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub name: String,
+    pub kind: PortKind,
+    /// What the port carries (for data: the shape of the JSON).
+    pub description: String,
+}
+
+impl NodeSpec {
+    /// A declaration with no parameters and no ports yet.
+    pub fn new(node_type: &str, description: &str) -> Self {
+        Self {
+            node_type: node_type.to_owned(),
+            aliases: Vec::new(),
+            description: description.to_owned(),
+            details: String::new(),
+            params: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn alias(mut self, alias: &str) -> Self {
+        self.aliases.push(alias.to_owned());
+        self
+    }
+
+    pub fn details(mut self, markdown: &str) -> Self {
+        self.details = markdown.trim().to_owned();
+        self
+    }
+
+    pub fn param(mut self, param: ParamSpec) -> Self {
+        self.params.push(param);
+        self
+    }
+
+    pub fn input(mut self, port: PortSpec) -> Self {
+        self.inputs.push(port);
+        self
+    }
+
+    pub fn output(mut self, port: PortSpec) -> Self {
+        self.outputs.push(port);
+        self
+    }
+
+    pub fn has_input(&self, port: &str) -> bool {
+        self.inputs.iter().any(|p| p.name == port)
+    }
+
+    pub fn has_output(&self, port: &str) -> bool {
+        self.outputs.iter().any(|p| p.name == port)
+    }
+
+    /// Checks `params` against the declaration and reports every problem at once: unknown,
+    /// missing, mistyped and out-of-range parameters, each naming the parameter, what is
+    /// expected and what was given. On success returns the parameters with defaults filled in,
+    /// integral numbers as integers and choices in their declared spelling. A `null` value
+    /// counts as not given.
+    pub fn check(&self, params: &Map<String, Value>) -> Result<Params, Vec<ParamError>> {
+        let (checked, errors) = self.check_all(params);
+        if errors.is_empty() { Ok(checked) } else { Err(errors) }
+    }
+
+    /// [`Self::check`] that also returns the parameters that passed when others did not, so a
+    /// node's own rules can report their problems in the same answer.
+    pub fn check_all(&self, params: &Map<String, Value>) -> (Params, Vec<ParamError>) {
+        let mut errors = Vec::new();
+        let mut out = Map::new();
+        for p in &self.params {
+            match params.get(&p.name).filter(|v| !v.is_null()) {
+                Some(v) => match p.kind.accept(v) {
+                    Ok(value) => {
+                        out.insert(p.name.clone(), value);
+                    }
+                    Err(expected) => errors.push(ParamError::new(
+                        &p.name,
+                        format!("must be {expected}, got {} ({})", shown(v), type_name(v)),
+                    )),
+                },
+                None if p.required => {
+                    errors.push(ParamError::new(&p.name, format!("is required ({})", p.kind.expected())));
+                }
+                None => {
+                    if let Some(d) = &p.default {
+                        out.insert(p.name.clone(), d.clone());
+                    }
+                }
+            }
+        }
+        for key in params.keys() {
+            if !self.params.iter().any(|p| &p.name == key) {
+                let hint = if self.params.is_empty() {
+                    "is not accepted (this node takes no parameters)".to_owned()
+                } else {
+                    let mut names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+                    names.sort_unstable();
+                    format!("is not accepted (accepted: {})", names.join(", "))
+                };
+                errors.push(ParamError::new(key.clone(), hint));
+            }
+        }
+        (Params(out), errors)
+    }
+
+    /// Whether `other` (a second implementation of this type) takes the same parameters: the
+    /// same names, the same required ones and the same defaults. Says what differs if not.
+    pub fn agrees_with(&self, other: &NodeSpec) -> Result<(), String> {
+        let names = |s: &NodeSpec| s.params.iter().map(|p| p.name.clone()).collect::<std::collections::BTreeSet<_>>();
+        let (mine, theirs) = (names(self), names(other));
+        if mine != theirs {
+            let list = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
+            return Err(format!("it takes parameters ({}) where the declaration has ({})", list(&theirs), list(&mine)));
+        }
+        for p in &self.params {
+            let q = other.params.iter().find(|q| q.name == p.name).expect("the same names");
+            if p.required != q.required {
+                return Err(format!("parameter `{}` is required in one and optional in the other", p.name));
+            }
+            let same = match (&p.default, &q.default) {
+                (Some(a), Some(b)) => a == b || a.as_f64().is_some_and(|x| b.as_f64() == Some(x)),
+                (a, b) => a == b,
+            };
+            if !same {
+                return Err(format!(
+                    "parameter `{}` defaults to {} in the declaration and to {} in the other",
+                    p.name,
+                    p.default.as_ref().map_or("nothing".to_owned(), ToString::to_string),
+                    q.default.as_ref().map_or("nothing".to_owned(), ToString::to_string)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parameters as a JSON Schema (draft 2020-12) object schema: each parameter's type,
+    /// range or `enum`, `default` and `description`, its unit as `x-unit`; `required` and
+    /// `additionalProperties: false`.
+    pub fn params_schema(&self) -> Value {
+        let mut properties = Map::new();
+        for p in &self.params {
+            let mut s = p.kind.schema();
+            if let Some(d) = &p.default {
+                s["default"] = d.clone();
+            }
+            if let Some(u) = &p.unit {
+                s["x-unit"] = json!(u);
+            }
+            s["description"] = json!(p.description);
+            properties.insert(p.name.clone(), s);
+        }
+        let required: Vec<&str> = self.params.iter().filter(|p| p.required).map(|p| p.name.as_str()).collect();
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        })
+    }
+}
+
+impl ParamSpec {
+    fn new(name: &str, kind: ParamKind) -> Self {
+        Self { name: name.to_owned(), kind, default: None, required: false, unit: None, description: String::new() }
+    }
+
+    /// A whole number within `minimum..=maximum`.
+    pub fn integer(name: &str, minimum: i64, maximum: i64) -> Self {
+        Self::new(name, ParamKind::Integer { minimum: Some(minimum), maximum: Some(maximum) })
+    }
+
+    /// A finite number within `minimum..=maximum`.
+    pub fn number(name: &str, minimum: f64, maximum: f64) -> Self {
+        Self::new(name, ParamKind::Number { minimum: Some(minimum), maximum: Some(maximum) })
+    }
+
+    /// One of `choices` (whole numbers).
+    pub fn integer_choice(name: &str, choices: &[i64]) -> Self {
+        Self::new(name, ParamKind::IntegerChoice { choices: choices.to_vec() })
+    }
+
+    /// One of `choices` (names).
+    pub fn choice(name: &str, choices: &[&str]) -> Self {
+        Self::new(name, ParamKind::Choice { choices: choices.iter().map(|c| (*c).to_owned()).collect() })
+    }
+
+    /// Free text of at most `max_length` characters.
+    pub fn text(name: &str, max_length: usize) -> Self {
+        Self::new(name, ParamKind::Text { max_length })
+    }
+
+    pub fn boolean(name: &str) -> Self {
+        Self::new(name, ParamKind::Boolean)
+    }
+
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    pub fn default(mut self, value: impl Into<Value>) -> Self {
+        self.default = Some(value.into());
+        self
+    }
+
+    pub fn unit(mut self, unit: &str) -> Self {
+        self.unit = Some(unit.to_owned());
+        self
+    }
+
+    pub fn describe(mut self, description: &str) -> Self {
+        self.description = description.to_owned();
+        self
+    }
+}
+
+impl PortSpec {
+    pub fn audio(name: &str, description: &str) -> Self {
+        Self { name: name.to_owned(), kind: PortKind::Audio, description: description.to_owned() }
+    }
+
+    pub fn data(name: &str, description: &str) -> Self {
+        Self { name: name.to_owned(), kind: PortKind::Data, description: description.to_owned() }
+    }
+}
+
+impl ParamKind {
+    /// The value as this kind takes it (normalised), or what was expected.
+    pub(crate) fn accept(&self, v: &Value) -> Result<Value, String> {
+        let ok = match self {
+            ParamKind::Integer { minimum, maximum } => integer(v)
+                .filter(|n| minimum.is_none_or(|m| *n >= m) && maximum.is_none_or(|m| *n <= m))
+                .map(Value::from),
+            ParamKind::Number { minimum, maximum } => v
+                .as_f64()
+                .filter(|f| f.is_finite() && minimum.is_none_or(|m| *f >= m) && maximum.is_none_or(|m| *f <= m))
+                .map(|_| v.clone()),
+            ParamKind::IntegerChoice { choices } => integer(v).filter(|n| choices.contains(n)).map(Value::from),
+            ParamKind::Choice { choices } => v
+                .as_str()
+                .and_then(|s| choices.iter().find(|c| c.eq_ignore_ascii_case(s)))
+                .map(|c| Value::from(c.as_str())),
+            ParamKind::Text { max_length } => {
+                v.as_str().filter(|s| s.chars().count() <= *max_length).map(|_| v.clone())
+            }
+            ParamKind::Boolean => v.as_bool().map(Value::from),
+            ParamKind::Any => Some(v.clone()),
+        };
+        ok.ok_or_else(|| self.expected())
+    }
+
+    /// What a value of this kind is, as a phrase: `an integer between 1 and 10`.
+    pub fn expected(&self) -> String {
+        match self {
+            ParamKind::Integer { minimum, maximum } => format!("an integer{}", range(minimum, maximum)),
+            ParamKind::Number { minimum, maximum } => format!("a number{}", range(minimum, maximum)),
+            ParamKind::IntegerChoice { choices } => {
+                let names: Vec<String> = choices.iter().map(ToString::to_string).collect();
+                match names.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                    _ => names.join(""),
+                }
+            }
+            ParamKind::Choice { choices } => {
+                format!("one of {}", choices.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "))
+            }
+            ParamKind::Text { max_length } => format!("a string of at most {max_length} characters"),
+            ParamKind::Boolean => "true or false".to_owned(),
+            ParamKind::Any => "any JSON value".to_owned(),
+        }
+    }
+
+    fn schema(&self) -> Value {
+        match self {
+            ParamKind::Integer { minimum, maximum } => {
+                bounded_schema("integer", minimum.map(Value::from), maximum.map(Value::from))
+            }
+            ParamKind::Number { minimum, maximum } => {
+                bounded_schema("number", minimum.map(Value::from), maximum.map(Value::from))
+            }
+            ParamKind::IntegerChoice { choices } => json!({"type": "integer", "enum": choices}),
+            ParamKind::Choice { choices } => json!({"type": "string", "enum": choices}),
+            ParamKind::Text { max_length } => json!({"type": "string", "maxLength": max_length}),
+            ParamKind::Boolean => json!({"type": "boolean"}),
+            ParamKind::Any => json!({}),
+        }
+    }
+}
+
+fn bounded_schema(kind: &str, minimum: Option<Value>, maximum: Option<Value>) -> Value {
+    let mut s = json!({ "type": kind });
+    if let Some(m) = minimum {
+        s["minimum"] = m;
+    }
+    if let Some(m) = maximum {
+        s["maximum"] = m;
+    }
+    s
+}
+
+/// `v` as a whole number: an integer, or a float with no fractional part within `i64`.
+fn integer(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64().filter(|f| f.fract() == 0.0 && *f >= i64::MIN as f64 && *f <= i64::MAX as f64).map(|f| f as i64)
+    })
+}
+
+fn range<T: fmt::Display>(minimum: &Option<T>, maximum: &Option<T>) -> String {
+    match (minimum, maximum) {
+        (Some(a), Some(b)) => format!(" between {a} and {b}"),
+        (Some(a), None) => format!(" of at least {a}"),
+        (None, Some(b)) => format!(" of at most {b}"),
+        (None, None) => String::new(),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A value as quoted in a message: its JSON text, cut to 40 bytes.
+fn shown(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 40 { format!("{}…", &s[..s.floor_char_boundary(40)]) } else { s }
+}
+
+/// Parameters that passed [`NodeSpec::check`]: every declared parameter that was given or has
+/// a default, with the declared kind. The getters panic only if a node asks for a parameter its
+/// own declaration does not have (a bug caught by its unit tests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params(Map<String, Value>);
+
+impl Params {
+    /// The checked parameters as a JSON object (what a Python node's `__init__` receives).
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    pub fn opt_u32(&self, name: &str) -> Option<u32> {
+        self.0.get(name).map(|v| {
+            let n = v.as_u64().unwrap_or_else(|| panic!("parameter `{name}` is declared as an integer"));
+            u32::try_from(n).unwrap_or_else(|_| panic!("parameter `{name}` is declared within u32"))
+        })
+    }
+
+    pub fn u32(&self, name: &str) -> u32 {
+        self.opt_u32(name).unwrap_or_else(|| panic!("parameter `{name}` is required or has a default"))
+    }
+
+    pub fn opt_f64(&self, name: &str) -> Option<f64> {
+        self.0.get(name).map(|v| v.as_f64().unwrap_or_else(|| panic!("parameter `{name}` is declared as a number")))
+    }
+
+    pub fn f64(&self, name: &str) -> f64 {
+        self.opt_f64(name).unwrap_or_else(|| panic!("parameter `{name}` is required or has a default"))
+    }
+
+    pub fn opt_str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.as_str().unwrap_or_else(|| panic!("parameter `{name}` is declared as text")))
+    }
+
+    pub fn str(&self, name: &str) -> &str {
+        self.opt_str(name).unwrap_or_else(|| panic!("parameter `{name}` is required or has a default"))
+    }
+
+    pub fn bool(&self, name: &str) -> bool {
+        self.0.get(name).and_then(Value::as_bool).unwrap_or_else(|| panic!("parameter `{name}` is a boolean with a default"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> NodeSpec {
+        NodeSpec::new("T", "a test node")
+            .param(ParamSpec::integer("rate", 1, 10).required().unit("Hz").describe("the rate"))
+            .param(ParamSpec::choice("mode", &["soft", "hard"]).default("soft").describe("how"))
+            .param(ParamSpec::integer_choice("frame_ms", &[10, 20, 30]).default(30).describe("frame"))
+            .param(ParamSpec::number("gain_db", -12.0, 12.0).describe("optional, no default"))
+    }
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_what_was_expected_and_given() {
+        let errs = spec().check(&map(json!({"rate": "fast", "mode": "loud", "frame_ms": 25, "typo": 1}))).unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "parameter `rate` must be an integer between 1 and 10, got \"fast\" (a string)",
+                "parameter `mode` must be one of \"soft\", \"hard\", got \"loud\" (a string)",
+                "parameter `frame_ms` must be 10, 20 or 30, got 25 (a number)",
+                "parameter `typo` is not accepted (accepted: frame_ms, gain_db, mode, rate)",
+            ]
+        );
+        let missing = spec().check(&Map::new()).unwrap_err();
+        assert_eq!(missing[0].to_string(), "parameter `rate` is required (an integer between 1 and 10)");
+    }
+
+    #[test]
+    fn defaults_are_filled_and_values_normalised() {
+        let p = spec().check(&map(json!({"rate": 4.0, "mode": "HARD", "gain_db": null}))).unwrap();
+        assert_eq!(p.as_map(), &map(json!({"rate": 4, "mode": "hard", "frame_ms": 30})));
+        assert_eq!((p.u32("rate"), p.str("mode"), p.opt_f64("gain_db")), (4, "hard", None));
+    }
+
+    #[test]
+    fn huge_and_fractional_numbers_are_refused_not_wrapped() {
+        for bad in [json!(18446744073709551776u128 as f64), json!(0), json!(4.5), json!(-1), json!(true)] {
+            let errs = spec().check(&map(json!({"rate": bad}))).unwrap_err();
+            assert_eq!(errs[0].param, "rate", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_schema_says_what_check_enforces() {
+        let s = spec().params_schema();
+        assert_eq!(s["required"], json!(["rate"]));
+        assert_eq!(s["additionalProperties"], json!(false));
+        assert_eq!(s["properties"]["rate"], json!({"type": "integer", "minimum": 1, "maximum": 10, "x-unit": "Hz", "description": "the rate"}));
+        assert_eq!(s["properties"]["mode"]["enum"], json!(["soft", "hard"]));
+        assert_eq!(s["properties"]["mode"]["default"], json!("soft"));
+        assert_eq!(s["properties"]["frame_ms"]["enum"], json!([10, 20, 30]));
+    }
+
+    #[test]
+    fn a_declaration_round_trips_through_json() {
+        let s = spec().input(PortSpec::audio("input", "audio")).output(PortSpec::data("segments", "[...]"));
+        let back: NodeSpec = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
