@@ -38,7 +38,9 @@ import numpy as np
 
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Port, declaration
+from remotemedia_nodes import models
 from remotemedia_nodes.errors import ParamError, ParamErrors
+from remotemedia_nodes.models import Model
 
 _NODES: dict[str, type[Node]] = {}
 _ALIASES: dict[str, tuple[str, ...]] = {}
@@ -51,12 +53,18 @@ class Node:
     inputs: tuple[Port, ...] = DEFAULT_INPUTS
     #: Output ports the node may write.
     outputs: tuple[Port, ...] = DEFAULT_OUTPUTS
+    #: The models (:mod:`remotemedia_nodes.models`) the node uses, for their metrics' labels.
+    models: tuple[Model[Any], ...] = ()
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     def flush(self) -> dict[str, Any]:
         return {}
+
+    def close(self) -> None:
+        """Called once when the execution or stream session ends, however it ends (cancelled
+        included): return leased models here (see :mod:`remotemedia_nodes.models`)."""
 
 
 def node(node_type: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
@@ -89,6 +97,15 @@ def declarations() -> list[dict[str, Any]]:
 def declarations_json() -> str:
     """:func:`declarations` as JSON text (what the server reads at start-up)."""
     return json.dumps(declarations())
+
+
+def models_json() -> str:
+    """Every registered model, with the node types that declare they use it, as JSON text."""
+    users: dict[str, list[str]] = {}
+    for name in node_types():
+        for model in getattr(_NODES[name], "models", ()):
+            users.setdefault(model.name, []).append(name)
+    return json.dumps([{**m, "node_types": users.get(m["name"], [])} for m in models.host.describe()])
 
 
 def create(node_type: str, params: dict[str, Any]) -> Any:
@@ -143,6 +160,13 @@ def call(instance: Any, method: str, inputs: dict[str, Any] | None) -> tuple[dic
         return split_outputs(instance.process(inputs))
     fn = getattr(instance, "flush", None)
     return split_outputs(fn() if fn is not None else None)
+
+
+def close(instance: Any) -> None:
+    """Calls the instance's ``close()``, if it has one (the server does when it drops a node)."""
+    fn = getattr(instance, "close", None)
+    if fn is not None:
+        fn()
 
 
 def format_exception(e: BaseException, tb: Any = None) -> str:

@@ -78,6 +78,7 @@ pub const LIMITS: &[&str] = &[
     "max_concurrent_streams",
     "stream_idle_timeout_ms",
     "stream_max_duration_ms",
+    crate::python::models::WAIT_LIMIT,
 ];
 
 /// Reasons of [`AUTH_REJECTIONS_TOTAL`].
@@ -147,6 +148,7 @@ pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
         "build_timestamp" => env!("REMOTEMEDIA_BUILD_TIMESTAMP"),
     )
     .set(1.0);
+    crate::python::models::register_metrics();
     process().describe();
     process().collect();
 }

@@ -130,6 +130,12 @@ impl ServiceError {
             ServiceError::Exec(ExecError::Validation(_)) => Code::InvalidArgument,
             ServiceError::Exec(ExecError::Timeout { .. } | ExecError::MemoryLimit { .. }) => Code::ResourceExhausted,
             ServiceError::Exec(ExecError::Cancelled) | ServiceError::Cancelled(_) => Code::Cancelled,
+            ServiceError::Exec(ExecError::Node { source, .. }) if source.kind == NodeErrorKind::Validation => {
+                Code::InvalidArgument
+            }
+            ServiceError::Exec(ExecError::Node { source, .. }) if source.kind == NodeErrorKind::ResourceLimit => {
+                Code::ResourceExhausted
+            }
             ServiceError::Exec(ExecError::Node { .. } | ExecError::CircuitOpen { .. }) => Code::Aborted,
             ServiceError::Exec(ExecError::Internal(_)) => Code::Internal,
             ServiceError::Limit { .. } | ServiceError::Overloaded { .. } => Code::ResourceExhausted,
@@ -164,8 +170,14 @@ impl ServiceError {
                 if let Some(node) = e.node_id() {
                     info.insert("failing_node_id".to_owned(), text::quoted(node).into_owned());
                 }
-                if let ExecError::CircuitOpen { retry_after, .. } = e {
-                    details.set_retry_info(Some(*retry_after));
+                match e {
+                    ExecError::CircuitOpen { retry_after, .. } => {
+                        details.set_retry_info(Some(*retry_after));
+                    }
+                    ExecError::Node { source, .. } if source.retry_after.is_some() => {
+                        details.set_retry_info(source.retry_after);
+                    }
+                    _ => {}
                 }
             }
             ServiceError::Limit { limit, .. } => {
@@ -231,6 +243,8 @@ fn exec_error_type(e: &ExecError) -> ErrorType {
     match e {
         ExecError::Validation(_) => ErrorType::Validation,
         ExecError::Node { source, .. } if source.kind == NodeErrorKind::Cancelled => ErrorType::Internal,
+        ExecError::Node { source, .. } if source.kind == NodeErrorKind::Validation => ErrorType::Validation,
+        ExecError::Node { source, .. } if source.kind == NodeErrorKind::ResourceLimit => ErrorType::ResourceLimit,
         ExecError::Node { .. } | ExecError::CircuitOpen { .. } => ErrorType::NodeExecution,
         ExecError::Timeout { .. } | ExecError::MemoryLimit { .. } => ErrorType::ResourceLimit,
         ExecError::Cancelled | ExecError::Internal(_) => ErrorType::Internal,
@@ -249,6 +263,9 @@ fn exec_context(e: &ExecError) -> Value {
             });
             if let Some(field) = &source.field {
                 ctx["field"] = json!(field);
+            }
+            if let Some(delay) = source.retry_after {
+                ctx["retry_after_ms"] = json!(delay.as_millis() as u64);
             }
             if let Some(Value::Object(extra)) = &source.context {
                 for (k, v) in extra {
@@ -423,6 +440,35 @@ mod tests {
         let listed = &details.bad_request().unwrap().field_violations;
         assert_eq!(listed.len(), MAX_STATUS_VIOLATIONS + 1);
         assert!(listed.iter().all(|v| !v.description.contains("GainNode")));
+    }
+
+    #[test]
+    fn node_errors_of_the_request_and_of_busy_models_keep_their_types() {
+        let node = |source: NodeError| {
+            ServiceError::Exec(ExecError::Node {
+                node_id: "asr".into(),
+                node_type: "SpeechRecognitionNode".into(),
+                attempts: 1,
+                source: Box::new(source),
+            })
+        };
+        let wrong_rate = node(NodeError::new(NodeErrorKind::Validation, "needs 16000 Hz audio, got 44100 Hz"));
+        assert_eq!(wrong_rate.to_error_response().error_type, ErrorType::Validation as i32);
+        assert_eq!(wrong_rate.to_status().code(), Code::InvalidArgument);
+
+        let busy = node(
+            NodeError::new(NodeErrorKind::ResourceLimit, "all 1 instances in use")
+                .with_retry_after(Duration::from_millis(750)),
+        );
+        let resp = busy.to_error_response();
+        assert_eq!(resp.error_type, ErrorType::ResourceLimit as i32);
+        let ctx: Value = serde_json::from_str(&resp.context).unwrap();
+        assert_eq!(ctx["retry_after_ms"], json!(750));
+        let status = busy.to_status();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "RESOURCE_LIMIT");
+        assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_millis(750)));
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl Session {
                 }
                 None
             }
-            Err(e @ (ExecError::Node { .. } | ExecError::CircuitOpen { .. })) => {
+            Err(e @ (ExecError::Node { .. } | ExecError::CircuitOpen { .. })) if !e.ends_stream() => {
                 // The chunk failed but the session can go on: say so in-band and keep reading.
                 record_failure(&e);
                 self.stats.latency_total += started.elapsed();
