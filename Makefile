@@ -40,6 +40,7 @@ SLIM_DPKG_OPTIONS := $(foreach p,/usr/share/man/* /usr/share/doc/* /usr/share/in
 
 .PHONY: deploy-tools test-deployed compose-check docker-tokens
 .PHONY: docker-base docker-dist docker-image test-docker test-container
+.PHONY: test-data
 .PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench bench-tools bench-load clean
 
 # Each client package brings its own targets and adds them to these lists.
@@ -95,7 +96,14 @@ test-rust: ## Rust unit and integration tests
 test-proto: venv ## check the generated Python stubs match proto/
 	$(VPY) clients/python/scripts/gen_proto.py --check
 
-test-python: venv tools system-deps deploy-tools build build-release ## pytest against the real binaries
+# Recorded speech for the model tests, from a registry wheel's assets (tests/speech_data.py
+# checks its licence and checksums); kept out of git.
+SPEECH_DATA := tests/data/speech
+test-data: $(SPEECH_DATA)/PROVENANCE ## fetch the recorded speech the model tests use (from the moonshine-voice wheel)
+$(SPEECH_DATA)/PROVENANCE: tests/speech_data.py | $(VENV)/.installed
+	$(VPY) tests/speech_data.py fetch
+
+test-python: venv tools system-deps deploy-tools build build-release test-data ## pytest against the real binaries
 	$(VPY) -m pytest -q
 
 test-deployed: venv tools ## the checks of a deployed service (REMOTEMEDIA_TARGET=host:port, or the image's entrypoint here)

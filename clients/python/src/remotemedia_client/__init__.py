@@ -38,7 +38,7 @@ from remotemedia_client.nodes import (
     VADNode,
 )
 from remotemedia_client.pipeline import Connection, Node, Pipeline, PipelineConfig, Port, Runtime
-from remotemedia_client.results import Metrics, NodeMetrics, NodeResult, Result, Segment, StreamStats
+from remotemedia_client.results import Metrics, NodeMetrics, NodeResult, Result, Segment, StreamStats, Transcript, Utterance
 from remotemedia_client.retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -81,6 +81,8 @@ __all__ = [
     "ServiceUnavailableError",
     "Stream",
     "StreamStats",
+    "Transcript",
+    "Utterance",
     "VADNode",
     "ValidationError",
     "VersionMismatchError",

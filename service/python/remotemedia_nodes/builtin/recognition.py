@@ -93,6 +93,8 @@ class SpeechRecognition(Node):
         self.endpointer = Endpointer(sample_rate=SAMPLE_RATE)
         self.frame_bytes: int = self.endpointer.frame_bytes
         self.buffer = b""
+        #: Samples read so far.
+        self.samples = 0
         #: Speech waiting for a recogniser: ("start", s), ("audio", bytes), ("end", s).
         self.queue: deque[tuple[str, Any]] = deque()
         self.held_bytes = 0
@@ -108,6 +110,7 @@ class SpeechRecognition(Node):
         audio = audio_input(inputs, "SpeechRecognitionNode")
         require_audio(audio, "SpeechRecognitionNode", SAMPLE_RATE)
         samples = audio.samples if audio.samples.dtype == np.int16 else from_float(audio.as_float()[:, 0], SAMPLE_RATE, np.int16).samples
+        self.samples += samples.size
         self.buffer += samples.reshape(-1).tobytes()
         whole = len(self.buffer) // self.frame_bytes * self.frame_bytes
         for i in range(0, whole, self.frame_bytes):
@@ -118,11 +121,13 @@ class SpeechRecognition(Node):
 
     def flush(self) -> dict[str, Any]:
         if self.endpointer.in_speech:
-            speech = self.endpointer.end_stream(self.buffer)
-            self.buffer = b""
-            if speech is not None:
-                self._hold(("audio", speech))
-            self._hold(("end", self.endpointer.speech_end))
+            end_s = self.samples / SAMPLE_RATE
+            if self.buffer:
+                speech = self.endpointer.end_stream(self.buffer)
+                if speech is not None:
+                    self._hold(("audio", speech))
+                end_s = self.endpointer.speech_end
+            self._hold(("end", end_s))
         self.buffer = b""
         # A busy pool runs flush again; every step above consumed its input, so it resumes here.
         self._decode(wait=True)
