@@ -3,7 +3,8 @@ directly as the reference, and frame labels for VAD scoring."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,15 @@ RATE = 16000
 CHUNK = 320
 #: Long enough for recognition of a few seconds of speech on a busy 2-core machine.
 LIMITS = ResourceLimits(max_timeout_ms=30_000)
+
+
+def settles(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Waits until `condition` holds: a session's gauges and leases are released by its task
+    just after the client has seen the stream end."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def pipeline(*nodes: Node) -> Pipeline:

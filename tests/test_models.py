@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import speech_data
 from conftest import REPO, SERVER_BIN, RunningServer, server_env, start_server
 from remotemedia_client import Client, Node, ResourceLimitError, Result
-from speech import CHUNK, RATE, pipeline, pocketsphinx_direct, run, stream_chunks
+from speech import CHUNK, RATE, pipeline, pocketsphinx_direct, run, settles, stream_chunks
 
 MODEL_PLUGINS = REPO / "tests" / "model_plugins"
 ASR = pipeline(Node("SpeechRecognitionNode", id="asr"))
@@ -51,9 +51,9 @@ def rss(s: RunningServer) -> int:
 
 def assert_idle(s: RunningServer) -> None:
     """No session left open, no model instance left leased."""
-    assert s.metric("remotemedia_active_streams") == 0
-    assert s.metric("remotemedia_active_executions") == 0
-    assert s.metric("remotemedia_model_instances_in_use", model=RECOGNISER) == 0
+    settles(lambda: s.metric("remotemedia_active_streams") == 0, "the streams to be freed")
+    settles(lambda: s.metric("remotemedia_active_executions") == 0, "the executions to end")
+    settles(lambda: s.metric("remotemedia_model_instances_in_use", model=RECOGNISER) == 0, "the recognisers to be returned")
 
 
 def open_utterance(client: Client, speech: np.ndarray) -> tuple[object, list[Result], int]:

@@ -69,11 +69,15 @@ class Transcript:
 
     @classmethod
     def from_ports(cls, ports: Mapping[str, Any]) -> Transcript:
+        """From a node's data outputs. ``text`` falls back to the utterances' texts when the
+        node's ``text`` port feeds another node (a connected port's data is not returned)."""
         raw = ports.get("segments")
+        utterances = [Utterance.from_dict(s) for s in raw] if isinstance(raw, list) else []
         partial = ports.get("partial")
+        text = ports.get("text")
         return cls(
-            str(ports.get("text") or ""),
-            [Utterance.from_dict(s) for s in raw] if isinstance(raw, list) else [],
+            str(text) if isinstance(text, str) else " ".join(u.text for u in utterances if u.text),
+            utterances,
             str(partial["text"]) if isinstance(partial, dict) and "text" in partial else None,
         )
 
