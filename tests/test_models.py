@@ -16,12 +16,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 import speech_data
 from conftest import REPO, SERVER_BIN, RunningServer, server_env, start_server
-from remotemedia_client import Client, Node, ResourceLimitError, Result
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from speech import CHUNK, RATE, pipeline, pocketsphinx_direct, run, settles, stream_chunks
+
+from remotemedia_client import Client, Node, ResourceLimitError, Result
 
 MODEL_PLUGINS = REPO / "tests" / "model_plugins"
 ASR = pipeline(Node("SpeechRecognitionNode", id="asr"))
@@ -96,7 +96,9 @@ def test_requests_load_the_recogniser_once_and_memory_stays_flat(beckett: np.nda
             after_500 = rss(s)
         assert s.metric("remotemedia_model_loads_total", model=RECOGNISER) == 1
         assert len(texts) == 1, f"the same audio gave different texts: {texts}"
-        assert abs(after_500 - after_50) <= 0.10 * after_50, f"RSS {after_50 / 2**20:.0f} MiB after 50, {after_500 / 2**20:.0f} MiB after 500"
+        assert abs(after_500 - after_50) <= 0.10 * after_50, (
+            f"RSS {after_50 / 2**20:.0f} MiB after 50, {after_500 / 2**20:.0f} MiB after 500"
+        )
         assert_idle(s)
     finally:
         assert s.stop() == 0

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
-import webrtcvad
-
 import speech_data
+import webrtcvad
 from conftest import RunningServer, start_server
-from remotemedia_client import AudioBuffer, Client, Node, ValidationError
 from speech import (
     CHUNK,
     RATE,
@@ -30,6 +28,8 @@ from speech import (
     stream_chunks,
     with_noise,
 )
+
+from remotemedia_client import AudioBuffer, Client, Node, ValidationError
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +121,21 @@ def test_text_to_speech_speaks_what_it_is_given(client: Client) -> None:
 
     # What it says is espeak-ng's speech for the text, sample for sample.
     direct = subprocess.run(
-        ["espeak-ng", "--stdout", "-v", "en-gb", "-s", "150"], input=b"It was the best of times, it was the worst of times.", capture_output=True, check=True
+        ["espeak-ng", "--stdout", "-v", "en-gb", "-s", "150"],
+        input=b"It was the best of times, it was the worst of times.",
+        capture_output=True,
+        check=True,
     ).stdout
     direct_samples = np.frombuffer(direct[direct.index(b"data") + 8 :], dtype="<i2")
     np.testing.assert_array_equal(speech.to_numpy(), direct_samples[: len(direct_samples) // 2 * 2][: speech.frames])
     assert speech.frames == len(direct_samples)
 
-    faster = client.run(pipeline(Node("TextToSpeechNode", id="tts", rate_wpm=300)), data={"tts": {"text": "It was the best of times."}}, timeout=60)
-    slower = client.run(pipeline(Node("TextToSpeechNode", id="tts", rate_wpm=100)), data={"tts": {"text": "It was the best of times."}}, timeout=60)
+    faster = client.run(
+        pipeline(Node("TextToSpeechNode", id="tts", rate_wpm=300)), data={"tts": {"text": "It was the best of times."}}, timeout=60
+    )
+    slower = client.run(
+        pipeline(Node("TextToSpeechNode", id="tts", rate_wpm=100)), data={"tts": {"text": "It was the best of times."}}, timeout=60
+    )
     assert faster.audio["tts"].duration < slower.audio["tts"].duration
 
 
@@ -136,7 +143,7 @@ def test_text_to_speech_refuses_an_unknown_voice_and_text_that_is_not_text(clien
     with pytest.raises(ValidationError) as e:
         client.run(pipeline(Node("TextToSpeechNode", id="tts", voice="en-xx")), data={"tts": "hello"}, timeout=60)
     assert "`voice` names no espeak-ng voice: `en-xx`" in str(e.value) and "en-us" in str(e.value)
-    with pytest.raises(Exception, match="must be text or an object with a \"text\" string"):
+    with pytest.raises(Exception, match='must be text or an object with a "text" string'):
         client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": [1, 2]}, timeout=60)
 
 

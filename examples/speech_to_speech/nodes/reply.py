@@ -19,7 +19,10 @@ class Reply(Node):
     inputs = (Port.data("data", "text, such as SpeechRecognitionNode's `text`"),)
     outputs = (Port.data("data", "the answer, text"),)
 
-    def __init__(self, template: Annotated[str, Param(doc="the answer; `{text}` stands for the text heard", max_length=500)] = "You said: {text}") -> None:
+    def __init__(
+        self,
+        template: Annotated[str, Param(doc="the answer; `{text}` stands for the text heard", max_length=500)] = "You said: {text}",
+    ) -> None:
         if "{text}" not in template:
             raise ParamError("template", "must contain `{text}`, where the heard text goes")
         self.template = template

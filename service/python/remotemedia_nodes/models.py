@@ -213,7 +213,7 @@ class _Pool:
         if self.model.reset is not None:
             try:
                 self.model.reset(slot.instance)
-            except Exception:
+            except Exception:  # noqa: BLE001 - whatever the model's reset raised
                 # An instance that cannot be reset is not lent again.
                 with self.lock:
                     self.slots.remove(slot)

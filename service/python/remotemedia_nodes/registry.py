@@ -32,13 +32,14 @@ from __future__ import annotations
 import json
 import math
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from remotemedia_nodes import models
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Port, declaration
-from remotemedia_nodes import models
 from remotemedia_nodes.errors import ParamError, ParamErrors
 from remotemedia_nodes.models import Model
 

