@@ -148,6 +148,7 @@ async fn the_metrics_endpoint_counts_requests() {
                 l.starts_with("remotemedia_requests_total{")
                     && l.contains("rpc=\"GetVersion\"")
                     && l.contains("code=\"OK\"")
+                    && l.contains("outcome=\"success\"")
             })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())

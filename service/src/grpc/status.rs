@@ -174,8 +174,8 @@ impl ServiceError {
                     ExecError::CircuitOpen { retry_after, .. } => {
                         details.set_retry_info(Some(*retry_after));
                     }
-                    ExecError::Node { source, .. } if source.retry_after.is_some() => {
-                        details.set_retry_info(source.retry_after);
+                    ExecError::Node { source, .. } if source.retry_after_ms.is_some() => {
+                        details.set_retry_info(source.retry_after());
                     }
                     _ => {}
                 }
@@ -264,8 +264,8 @@ fn exec_context(e: &ExecError) -> Value {
             if let Some(field) = &source.field {
                 ctx["field"] = json!(field);
             }
-            if let Some(delay) = source.retry_after {
-                ctx["retry_after_ms"] = json!(delay.as_millis() as u64);
+            if let Some(ms) = source.retry_after_ms {
+                ctx["retry_after_ms"] = json!(ms);
             }
             if let Some(Value::Object(extra)) = &source.context {
                 for (k, v) in extra {

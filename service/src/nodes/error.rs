@@ -70,8 +70,9 @@ pub struct NodeError {
     pub stack_trace: Option<String>,
     /// Extra JSON context (exception type, offending values).
     pub context: Option<Value>,
-    /// When a [`NodeErrorKind::ResourceLimit`] failure may pass: the delay clients are told.
-    pub retry_after: Option<Duration>,
+    /// When a [`NodeErrorKind::ResourceLimit`] failure may pass: the delay clients are told, in
+    /// milliseconds (a `u32` keeps `NodeError` small enough to return by value everywhere).
+    pub retry_after_ms: Option<u32>,
 }
 
 impl NodeError {
@@ -79,7 +80,7 @@ impl NodeError {
     pub fn new(kind: NodeErrorKind, message: impl Into<String>) -> Self {
         let message = message.into();
         let message = text::clip(&message, text::MAX_MESSAGE_BYTES).into_owned();
-        Self { kind, message, field: None, stack_trace: None, context: None, retry_after: None }
+        Self { kind, message, field: None, stack_trace: None, context: None, retry_after_ms: None }
     }
 
     pub fn invalid_input(message: impl Into<String>) -> Self {
@@ -104,8 +105,12 @@ impl NodeError {
     }
 
     pub fn with_retry_after(mut self, delay: Duration) -> Self {
-        self.retry_after = Some(delay);
+        self.retry_after_ms = Some(u32::try_from(delay.as_millis()).unwrap_or(u32::MAX));
         self
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after_ms.map(|ms| Duration::from_millis(u64::from(ms)))
     }
 
     pub fn with_context(mut self, context: Value) -> Self {

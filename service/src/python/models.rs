@@ -216,3 +216,36 @@ pub fn register_metrics() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Duration as TokioDuration, Instant};
+
+    #[tokio::test]
+    async fn a_waiting_call_wakes_on_the_next_release_only() {
+        let cancel = CancellationToken::new();
+        let far = Instant::now() + TokioDuration::from_secs(30);
+        released("wake-test", 3);
+        // A release the call has not seen yet (3 > 2) wakes it at once.
+        assert!(wait_for_release("wake-test", 2, far, &cancel).await);
+        // One it has seen does not; the next one does.
+        let waiter =
+            tokio::spawn(async move { wait_for_release("wake-test", 3, far, &CancellationToken::new()).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        released("wake-test", 4);
+        assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_gives_up_at_its_deadline_or_when_cancelled() {
+        let cancel = CancellationToken::new();
+        let soon = Instant::now() + TokioDuration::from_millis(300);
+        assert!(!wait_for_release("deadline-test", 0, soon, &cancel).await);
+        assert!(Instant::now() >= soon);
+        cancel.cancel();
+        let far = Instant::now() + TokioDuration::from_secs(30);
+        assert!(!wait_for_release("deadline-test", 0, far, &cancel).await);
+    }
+}

@@ -28,11 +28,9 @@ pub struct PyNode {
     model_wait: Duration,
 }
 
-/// What a Python call came to: its outputs, a failure, or a model pool that was busy.
-enum Outcome {
-    Done(Result<Ports, NodeError>),
-    Busy(Busy),
-}
+/// What a Python call came to: done (its outputs or its failure), or `Err` when a model pool
+/// it needed was busy.
+type Outcome = Result<Result<Ports, NodeError>, Busy>;
 
 /// `remotemedia_nodes.models.ModelBusy`: every instance of `model` was leased at release count
 /// `generation`.
@@ -59,13 +57,13 @@ impl PyNode {
         loop {
             let (outcome, cpu_time) = self.attempt(method, inputs.clone(), ctx).await?;
             let busy = match outcome {
-                Outcome::Done(result) => {
+                Ok(result) => {
                     if let Some((since, model)) = &waiting {
                         models::waited(model, since.elapsed());
                     }
                     return result.map(|outputs| AsyncOutput { outputs, cpu_time, custom_metrics: Map::new() });
                 }
-                Outcome::Busy(busy) => busy,
+                Err(busy) => busy,
             };
             let since = waiting.get_or_insert_with(|| (tokio::time::Instant::now(), busy.model.clone())).0;
             let deadline = since + self.model_wait;
@@ -93,13 +91,13 @@ impl PyNode {
         let job = move |py: Python<'_>| {
             let _permit = permit;
             let cpu = thread_cpu_time();
-            let outcome = match invoke(py, &api, &instance, method, inputs.as_ref()) {
-                Ok(outputs) => Outcome::Done(Ok(outputs)),
+            let outcome: Outcome = match invoke(py, &api, &instance, method, inputs.as_ref()) {
+                Ok(outputs) => Ok(Ok(outputs)),
                 Err(Failure::Python(err)) => match model_busy(py, &api, &err) {
-                    Some(busy) => Outcome::Busy(busy),
-                    None => Outcome::Done(Err(node_error(py, &api, &err))),
+                    Some(busy) => Err(busy),
+                    None => Ok(Err(node_error(py, &api, &err))),
                 },
-                Err(Failure::Output(msg)) => Outcome::Done(Err(NodeError::internal(msg))),
+                Err(Failure::Output(msg)) => Ok(Err(NodeError::internal(msg))),
             };
             (outcome, thread_cpu_time().saturating_sub(cpu))
         };
