@@ -241,6 +241,39 @@ def test_a_request_waiting_for_the_recogniser_gets_it_when_a_stream_lets_go(
     assert_idle(s)
 
 
+def test_a_request_waiting_for_a_recogniser_holds_no_python_worker(beckett: np.ndarray, expected: list[str]) -> None:
+    """With one Python worker, a request parked until a recogniser is free leaves the worker to
+    other Python requests (a synthesis here) and to the stream it waits for."""
+    s = start_server(
+        "--python-workers", "1", "--model-pools", f"{RECOGNISER}=1", "--model-wait-ms", "25000", "--default-timeout-ms", "30000"
+    )
+    answers: queue.Queue[object] = queue.Queue()
+    try:
+        with Client(s.address, timeout=120) as client:
+            first, first_results, resume = open_utterance(client, beckett)
+
+            def request() -> None:
+                try:
+                    answers.put(run(client, ASR, beckett))
+                except BaseException as e:  # noqa: BLE001 - reported by the test thread
+                    answers.put(e)
+
+            waiter = threading.Thread(target=request)
+            waiter.start()
+            spoken = client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": "still serving"}, timeout=20)
+            assert spoken.audio["tts"].duration > 0.3
+            assert waiter.is_alive(), "the recognition request still waits for the recogniser"
+            first_results = finish(first, beckett, resume, first_results)
+            waiter.join()
+        answer = answers.get()
+        assert isinstance(answer, Result), answer
+        assert [u.text for u in answer.transcripts["asr"].utterances if u.text] == expected
+        assert finals(first_results) == expected
+        assert_idle(s)
+    finally:
+        assert s.stop() == 0
+
+
 # --- preloading --------------------------------------------------------------------------------
 
 
