@@ -25,6 +25,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import soundfile
+import soxr  # type: ignore[import-untyped]
 
 WHEEL = "moonshine-voice==0.1.5"
 LICENSE = "MIT"
@@ -60,13 +62,11 @@ def path(name: str) -> Path:
 
 def load_16k(name: str) -> np.ndarray:
     """Recording `name` as mono int16 samples at 16 kHz (resampled with soxr when needed)."""
-    import soundfile
-    import soxr
-
     x, rate = soundfile.read(path(name), dtype="float32")
     if rate != 16000:
         x = soxr.resample(x, rate, 16000, quality="VHQ")
-    return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+    samples: np.ndarray = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+    return samples
 
 
 def words(text: str) -> list[str]:

@@ -12,16 +12,14 @@ A node asks the host for a loaded model instead of loading one in ``__init__``::
     ))
 
     class Recognise(Node):
-        def process(self, inputs):
-            if self.lease is None:
-                self.lease = models.host.lease(RECOGNISER, {"fwdflat": False}, node_type="SpeechRecognitionNode")
-            with self.lease.inference():
-                self.lease.instance.process_raw(...)
-            ...
+        models = (RECOGNISER,)
 
-        def close(self):
-            if self.lease is not None:
-                self.lease.release()
+        def process(self, inputs):
+            # Leased first: a busy pool runs the whole call again.
+            with models.host.lease(RECOGNISER, {"fwdflat": False}, node_type="Recognise") as lease:
+                with lease.inference() as decoder:
+                    decoder.process_raw(...)
+            ...
 
 Two kinds of model:
 
@@ -154,6 +152,12 @@ class Lease(Generic[T]):
         and gives the instance."""
         with host.inference(self._pool.model, self.node_type):
             yield self.instance
+
+    def __enter__(self) -> Lease[T]:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
     def release(self) -> None:
         if self._slot is not None:
