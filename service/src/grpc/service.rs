@@ -17,7 +17,7 @@ use super::state::AppState;
 use super::status::{self, ServiceError};
 use super::stream;
 use crate::graph::{ExecError, Mode, RequestShape, RunLimits, ValidationError};
-use crate::nodes::{DATA, INPUT, PortValue, Ports, Registry};
+use crate::nodes::{DATA, INPUT, NodeErrorKind, PortValue, Ports, Registry};
 use crate::proto::pipeline_service_server::PipelineService;
 use crate::proto::{
     ErrorType, ExecuteRequest, ExecuteResponse, StreamRequest, VersionInfo, VersionRequest, VersionResponse,
@@ -130,6 +130,11 @@ impl Pipelines {
 /// Counts failures for metrics and logs them once, with the node concerned.
 pub(super) fn record_failure(e: &ExecError) {
     match e {
+        // Not the node's fault: no model instance was free in time.
+        ExecError::Node { source, .. } if source.kind == NodeErrorKind::ResourceLimit => {
+            observe::limit_rejected(crate::python::models::WAIT_LIMIT);
+            info!(error = %e, "no model instance free in time");
+        }
         ExecError::Node { node_type, .. } | ExecError::CircuitOpen { node_type, .. } => {
             observe::node_failed(node_type);
             warn!(error = %e, "node failed");

@@ -142,12 +142,11 @@ pub fn waited(model: &str, wait: Duration) {
     }
 }
 
-/// A call waited `wait` in vain.
+/// A call waited `wait` in vain (the RPC layer counts the limit rejection when it fails).
 pub fn exhausted(model: &str, wait: Duration) {
     if known(model) {
         waited(model, wait);
         counter!(MODEL_POOL_EXHAUSTED_TOTAL, "model" => model.to_owned()).increment(1);
-        crate::grpc::observe::limit_rejected(WAIT_LIMIT);
     }
 }
 
