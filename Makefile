@@ -164,9 +164,10 @@ lint: venv $(CLIENT_LINT_TARGETS) ## rustfmt, clippy and every client's linters
 fmt: ## format the Rust code
 	$(CARGO) fmt --manifest-path service/Cargo.toml
 
-bench: venv bench-load ## every benchmark: criterion, the Python tools side by side, the load driver
+bench: venv bench-load build-release test-data ## every benchmark: criterion, the Python tools side by side, the load driver, the speech models
 	$(CARGO) bench $(CARGO_FLAGS)
 	$(VPY) bench/compare_python.py --no-cargo
+	$(VPY) bench/speech.py
 
 bench-tools: $(TOOLS)/ghz ## install ghz (the gRPC load driver) with go install
 $(TOOLS)/ghz:
