@@ -42,6 +42,7 @@ SLIM_DPKG_OPTIONS := $(foreach p,/usr/share/man/* /usr/share/doc/* /usr/share/in
 .PHONY: docker-base docker-dist docker-image test-docker test-container
 .PHONY: test-data
 .PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench bench-tools bench-load clean
+.PHONY: catalogue check-catalogue
 
 # Each client package brings its own targets and adds them to these lists.
 CLIENT_TEST_TARGETS :=
@@ -88,7 +89,7 @@ build-release: venv ## build the server (release)
 run: build-release ## build and start the server with the defaults (ARGS="--listen ..." to override)
 	exec $(SERVER_RELEASE) $(ARGS)
 
-test: venv tools system-deps deploy-tools build build-release test-rust test-proto test-python $(CLIENT_TEST_TARGETS) test-docker ## run every test suite
+test: venv tools system-deps deploy-tools build build-release test-rust test-proto check-catalogue test-python $(CLIENT_TEST_TARGETS) test-docker ## run every test suite
 
 test-rust: ## Rust unit and integration tests
 	$(CARGO) test $(CARGO_FLAGS)
@@ -103,7 +104,7 @@ test-data: $(SPEECH_DATA)/PROVENANCE ## fetch the recorded speech the model test
 $(SPEECH_DATA)/PROVENANCE: tests/speech_data.py | $(VENV)/.installed
 	$(VPY) tests/speech_data.py fetch
 
-test-python: venv tools system-deps deploy-tools build build-release test-data ## pytest against the real binaries
+test-python: venv tools system-deps deploy-tools build build-release ts-build test-data ## pytest against the real binaries (and the built TypeScript client, for the catalogue contract)
 	$(VPY) -m pytest -q
 
 test-deployed: venv tools ## the checks of a deployed service (REMOTEMEDIA_TARGET=host:port, or the image's entrypoint here)
@@ -175,6 +176,20 @@ $(TOOLS)/ghz:
 
 bench-load: venv bench-tools ## load benchmarks of the release server against a grpcio baseline
 	$(VPY) bench/load.py $(BENCH_ARGS)
+
+# The node catalogue: what the server's nodes declare (remotemedia-server catalogue), checked in as
+# clients/catalogue.json; the clients' node builders and docs/nodes.md are generated from it.
+CATALOGUE_JSON := clients/catalogue.json
+CATALOGUE_CMD := $(SERVER_DEBUG) --python true --metrics-listen off catalogue
+
+catalogue: venv build ## regenerate the node catalogue, the clients' node builders and docs/nodes.md from the nodes' declarations
+	$(CATALOGUE_CMD) > $(CATALOGUE_JSON).tmp && mv $(CATALOGUE_JSON).tmp $(CATALOGUE_JSON)
+	$(VPY) scripts/catalogue.py
+
+check-catalogue: venv build ## fail when the checked-in catalogue, the generated node builders or docs/nodes.md are stale
+	@$(CATALOGUE_CMD) | cmp -s - $(CATALOGUE_JSON) || { \
+		echo "$(CATALOGUE_JSON) differs from what the nodes declare; run \`make catalogue\` and commit the result" >&2; exit 1; }
+	$(VPY) scripts/catalogue.py --check
 
 proto: venv ## regenerate the Python stubs from proto/
 	$(VPY) clients/python/scripts/gen_proto.py

@@ -77,7 +77,10 @@ def test_the_plug_in_node_of_the_python_nodes_guide_loads_and_runs(tmp_path: Pat
     s = start_server("--python-nodes-path", str(plugins))
     try:
         with Client(s.address) as client:
-            result = client.run(Pipeline.chain(Node("Invert", "inv", strength=0.5)), np.array([0.5, -0.25], np.float32), sample_rate=8_000)
+            invert = client.catalogue().get("InvertNode")
+            assert invert is not None and invert.properties["strength"]["maximum"] == 4.0
+            pipeline = Pipeline.chain(Node("InvertNode", "inv", strength=0.5))
+            result = client.run(pipeline, np.array([0.5, -0.25], np.float32), sample_rate=8_000)
         np.testing.assert_array_equal(result.output().to_numpy(), np.array([-0.25, 0.125], np.float32))
     finally:
         assert s.stop() == 0

@@ -107,12 +107,13 @@ def test_validation_reports_every_violation_at_once() -> None:
     with pytest.raises(ValidationError) as info:
         p.validate()
     assert [str(v) for v in info.value.violations] == [
-        "nodes[0].params.gain_db: node 'a' (GainNode): `gain_db` must be a finite number between -120 and 60, got 500",
-        "nodes[1].params.frame_ms: node 'b' (VADNode): `frame_ms` must be one of 10, 20, 30, got 25",
-        "nodes[1].params.colour: node 'b' (VADNode): `colour` is not a parameter of this node "
-        "(parameters: `threshold_db`, `frame_ms`, `min_speech_ms`, `min_silence_ms`)",
+        "nodes[0].params.gain_db: node `a` (GainNode): parameter `gain_db` must be a number between -120 and 60, got 500 (a number)",
+        "nodes[1].params.frame_ms: node `b` (VADNode): parameter `frame_ms` must be 10, 20 or 30, got 25 (a number)",
+        "nodes[1].params.colour: node `b` (VADNode): parameter `colour` is not accepted "
+        "(accepted: frame_ms, min_silence_ms, min_speech_ms, speech_pad_ms, threshold_db)",
         "nodes[3].id: duplicate node id 'a' (also nodes[0])",
-        "nodes[3].params.chunk_samples: node 'a' (AudioChunkerNode): `chunk_samples` or `chunk_ms` is required",
+        "nodes[3].params.chunk_samples: node `a` (AudioChunkerNode): parameter `chunk_samples` or `chunk_ms` is required "
+        "(give one of them)",
         "connections[3].to: no node 'ghost' in this pipeline",
         "connections: connections form a cycle: a → b → c → a",
     ]

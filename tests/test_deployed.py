@@ -110,5 +110,7 @@ def test_metrics_are_served_and_count_requests(target: Target) -> None:
         service_pb2_grpc.PipelineServiceStub(channel).GetVersion(pb.VersionRequest(client_version="v1"), timeout=30)
     with urllib.request.urlopen(f"http://{target.metrics_address}/metrics", timeout=10) as r:
         text = r.read().decode()
-    assert 'remotemedia_requests_total{rpc="GetVersion",code="OK"}' in text
+    series = 'remotemedia_requests_total{rpc="GetVersion",code="OK",outcome="success"} '
+    counted = [float(line[len(series) :]) for line in text.splitlines() if line.startswith(series)]
+    assert counted and counted[0] >= 1, "the GetVersion call above is counted"
     assert "remotemedia_active_executions 0" in text

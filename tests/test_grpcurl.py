@@ -62,6 +62,13 @@ def test_get_version_lists_protocols_and_node_types(server: RunningServer) -> No
         "AudioResampleNode", "VADNode", "FormatConverterNode", "ChannelMixerNode", "AudioChunkerNode", "GainNode", "PassThroughNode"
     } <= set(info["supportedNodeTypes"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["buildTimestamp"])
+    # The catalogue: each node type's parameters as JSON Schema, its ports and runtimes.
+    types = {t["name"]: t for t in info["nodeTypes"]}
+    assert sorted(types) == sorted(info["supportedNodeTypes"])
+    resample = types["AudioResampleNode"]
+    assert json.loads(resample["paramsSchema"])["properties"]["output_rate"]["x-unit"] == "Hz"
+    assert resample["runtimes"] == ["RUNTIME_HINT_RUST", "RUNTIME_HINT_CPYTHON"]
+    assert [(p["name"], p["kind"]) for p in types["VADNode"]["outputs"]] == [("output", "PORT_KIND_AUDIO"), ("segments", "PORT_KIND_DATA")]
 
 
 def readme_grpcurl_commands() -> list[str]:

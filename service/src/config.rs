@@ -166,6 +166,9 @@ pub enum ConfigError {
     Read { what: &'static str, path: String, message: String },
     #[error("{0}")]
     Conflict(String),
+    /// More than one of the above, all reported together.
+    #[error("{} configuration problems: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ConfigError>),
 }
 
 /// Raw values from one source.
@@ -236,6 +239,11 @@ impl Sources {
     }
 }
 
+/// The default of `key`, as text.
+fn default_of(key: &str) -> &'static str {
+    KEYS.iter().find(|(k, _, _)| *k == key).map(|(_, d, _)| *d).unwrap_or_default()
+}
+
 fn known_keys() -> String {
     KEYS.iter().map(|(k, _, _)| *k).collect::<Vec<_>>().join(", ")
 }
@@ -249,18 +257,42 @@ fn describe(key: &str, source: Source) -> String {
     }
 }
 
-/// Typed reads over [`Sources`], collecting the first error per key.
+/// Typed reads over [`Sources`] that collect every problem: a bad value is recorded and read
+/// as the key's default, so the whole configuration is checked before [`Reader::finish`]
+/// reports every problem at once.
 struct Reader<'a> {
     sources: &'a Sources,
+    errors: std::cell::RefCell<Vec<ConfigError>>,
 }
 
-impl Reader<'_> {
-    fn parse<T>(&self, key: &str, expected: &str, f: impl FnOnce(&str) -> Option<T>) -> Result<T, ConfigError> {
+impl<'a> Reader<'a> {
+    fn new(sources: &'a Sources) -> Self {
+        Self { sources, errors: Default::default() }
+    }
+
+    fn error(&self, e: ConfigError) {
+        self.errors.borrow_mut().push(e);
+    }
+
+    /// Every problem found, or `Ok` if there was none.
+    fn finish(self) -> Result<(), ConfigError> {
+        let mut errors = self.errors.into_inner();
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+
+    fn parse<T>(&self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> T {
         let (raw, source) = self.sources.lookup(key);
-        f(raw.trim()).ok_or_else(|| ConfigError::Invalid {
-            key: key.to_owned(),
-            origin: describe(key, source),
-            message: format!("expected {expected}, got `{raw}`"),
+        f(raw.trim()).unwrap_or_else(|| {
+            self.error(ConfigError::Invalid {
+                key: key.to_owned(),
+                origin: describe(key, source),
+                message: format!("expected {expected}, got `{raw}`"),
+            });
+            f(default_of(key)).expect("every default parses (a test reads them all)")
         })
     }
 
@@ -270,23 +302,26 @@ impl Reader<'_> {
 
     /// A list of browser origins, each `http(s)://host[:port]` with nothing after the authority.
     /// `*` is refused: the service takes bearer tokens, so every origin is named.
-    fn origins(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+    fn origins(&self, key: &str) -> Vec<String> {
         let origins = self.list(key);
         match origins.iter().find(|o| !is_origin(o)) {
-            None => Ok(origins),
-            Some(bad) => Err(ConfigError::Invalid {
-                key: key.to_owned(),
-                origin: describe(key, self.sources.lookup(key).1),
-                message: format!(
-                    "`{bad}` is not an origin; expected scheme://host[:port] such as https://app.example.com \
-                     (no path, no wildcard)"
-                ),
-            }),
+            None => origins,
+            Some(bad) => {
+                self.error(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    origin: describe(key, self.sources.lookup(key).1),
+                    message: format!(
+                        "`{bad}` is not an origin; expected scheme://host[:port] such as https://app.example.com \
+                         (no path, no wildcard)"
+                    ),
+                });
+                Vec::new()
+            }
         }
     }
 
-    /// `model=instances` pairs; every bad pair is named.
-    fn model_pools(&self, key: &str) -> Result<Vec<(String, usize)>, ConfigError> {
+    /// `model=instances` pairs; every bad pair is named (and the whole list read as empty).
+    fn model_pools(&self, key: &str) -> Vec<(String, usize)> {
         let mut pools = Vec::new();
         let mut bad = Vec::new();
         for item in self.list(key) {
@@ -296,35 +331,36 @@ impl Reader<'_> {
             }
         }
         if bad.is_empty() {
-            return Ok(pools);
+            return pools;
         }
-        Err(ConfigError::Invalid {
+        self.error(ConfigError::Invalid {
             key: key.to_owned(),
             origin: describe(key, self.sources.lookup(key).1),
             message: format!(
                 "{} not `model=instances` with instances at least 1 (e.g. pocketsphinx-en-us=2)",
                 if bad.len() == 1 { format!("{} is", bad[0]) } else { format!("{} are", bad.join(", ")) }
             ),
-        })
+        });
+        Vec::new()
     }
 
     fn list(&self, key: &str) -> Vec<String> {
         self.string(key).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
     }
 
-    fn u64(&self, key: &str) -> Result<u64, ConfigError> {
+    fn u64(&self, key: &str) -> u64 {
         self.parse(key, "a non-negative integer", |s| s.replace('_', "").parse().ok())
     }
 
-    fn positive(&self, key: &str) -> Result<u64, ConfigError> {
+    fn positive(&self, key: &str) -> u64 {
         self.parse(key, "a positive integer", |s| s.replace('_', "").parse().ok().filter(|n| *n > 0))
     }
 
-    fn millis(&self, key: &str) -> Result<Duration, ConfigError> {
-        self.positive(key).map(Duration::from_millis)
+    fn millis(&self, key: &str) -> Duration {
+        Duration::from_millis(self.positive(key))
     }
 
-    fn bool(&self, key: &str) -> Result<bool, ConfigError> {
+    fn bool(&self, key: &str) -> bool {
         self.parse(key, "true or false", |s| match s.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => Some(true),
             "false" | "0" | "no" | "off" | "" => Some(false),
@@ -332,7 +368,7 @@ impl Reader<'_> {
         })
     }
 
-    fn addr(&self, key: &str) -> Result<SocketAddr, ConfigError> {
+    fn addr(&self, key: &str) -> SocketAddr {
         self.parse(key, "an address like 127.0.0.1:50051 or [::]:50051", |s| s.parse().ok())
     }
 }
@@ -341,35 +377,36 @@ impl Config {
     /// Builds the configuration from the layered sources, then reads the tokens file if one is
     /// named (its tokens are added to any given directly).
     pub fn from_sources(sources: &Sources) -> Result<Self, ConfigError> {
-        let r = Reader { sources };
+        let r = Reader::new(sources);
         let metrics_raw = r.string("metrics_listen");
         let metrics_listen = if metrics_raw.eq_ignore_ascii_case("off") || metrics_raw.is_empty() {
             None
         } else {
-            Some(r.addr("metrics_listen")?)
+            Some(r.addr("metrics_listen"))
         };
         let log_format = r.parse("log_format", "`json` or `pretty`", |s| match s {
             "json" => Some(LogFormat::Json),
             "pretty" => Some(LogFormat::Pretty),
             _ => None,
-        })?;
+        });
 
         // A token source that is configured but holds no token is an error, not "auth off":
         // behind a proxy, a silently open service is the worst outcome of a typo.
         let mut auth_tokens: Vec<Secret> = r.list("auth_tokens").into_iter().map(Secret).collect();
         let (raw_tokens, tokens_source) = sources.lookup("auth_tokens");
         if auth_tokens.is_empty() && !raw_tokens.trim().is_empty() {
-            return Err(ConfigError::Invalid {
+            r.error(ConfigError::Invalid {
                 key: "auth_tokens".into(),
                 origin: describe("auth_tokens", tokens_source),
                 message: "holds no token (only separators); give at least one token, or leave it unset".into(),
             });
         }
         let tokens_file = r.string("auth_tokens_file");
-        if !tokens_file.is_empty() {
-            let from_file = read_tokens_file(&tokens_file)?;
-            if from_file.is_empty() {
-                return Err(ConfigError::Invalid {
+        match read_tokens_file(&tokens_file) {
+            _ if tokens_file.is_empty() => {}
+            Err(e) => r.error(e),
+            Ok(from_file) if from_file.is_empty() => {
+                r.error(ConfigError::Invalid {
                     key: "auth_tokens_file".into(),
                     origin: describe("auth_tokens_file", sources.lookup("auth_tokens_file").1),
                     message: format!(
@@ -378,22 +415,22 @@ impl Config {
                     ),
                 });
             }
-            auth_tokens.extend(from_file);
+            Ok(from_file) => auth_tokens.extend(from_file),
         }
 
         let limits = Limits {
-            default_timeout: r.millis("default_timeout_ms")?,
-            max_timeout: r.millis("max_timeout_ms")?,
-            default_memory_bytes: r.positive("default_memory_bytes")?,
-            max_memory_bytes: r.positive("max_memory_bytes")?,
-            default_audio_samples: r.positive("default_audio_samples")?,
-            max_audio_samples: r.positive("max_audio_samples")?,
-            max_message_bytes: usize::try_from(r.positive("max_message_bytes")?).unwrap_or(usize::MAX),
-            max_pipeline_nodes: usize::try_from(r.positive("max_pipeline_nodes")?).unwrap_or(usize::MAX),
-            max_concurrent_executions: usize::try_from(r.positive("max_concurrent_executions")?).unwrap_or(usize::MAX),
-            max_concurrent_streams: usize::try_from(r.positive("max_concurrent_streams")?).unwrap_or(usize::MAX),
-            stream_idle_timeout: r.millis("stream_idle_timeout_ms")?,
-            stream_max_duration: r.millis("stream_max_duration_ms")?,
+            default_timeout: r.millis("default_timeout_ms"),
+            max_timeout: r.millis("max_timeout_ms"),
+            default_memory_bytes: r.positive("default_memory_bytes"),
+            max_memory_bytes: r.positive("max_memory_bytes"),
+            default_audio_samples: r.positive("default_audio_samples"),
+            max_audio_samples: r.positive("max_audio_samples"),
+            max_message_bytes: usize::try_from(r.positive("max_message_bytes")).unwrap_or(usize::MAX),
+            max_pipeline_nodes: usize::try_from(r.positive("max_pipeline_nodes")).unwrap_or(usize::MAX),
+            max_concurrent_executions: usize::try_from(r.positive("max_concurrent_executions")).unwrap_or(usize::MAX),
+            max_concurrent_streams: usize::try_from(r.positive("max_concurrent_streams")).unwrap_or(usize::MAX),
+            stream_idle_timeout: r.millis("stream_idle_timeout_ms"),
+            stream_max_duration: r.millis("stream_max_duration_ms"),
         };
         for (default, cap, what) in [
             (
@@ -405,7 +442,7 @@ impl Config {
             (limits.default_audio_samples, limits.max_audio_samples, "default_audio_samples exceeds max_audio_samples"),
         ] {
             if default > cap {
-                return Err(ConfigError::Conflict(format!("{what} ({default} > {cap})")));
+                r.error(ConfigError::Conflict(format!("{what} ({default} > {cap})")));
             }
         }
 
@@ -414,35 +451,37 @@ impl Config {
             "accepted" => Some(ResponseCompression::Accepted),
             "off" => Some(ResponseCompression::Off),
             _ => None,
-        })?;
-        let max_age = r.u64("max_connection_age_ms")?;
-        let cors_allowed_origins = r.origins("cors_allowed_origins")?;
-        Ok(Self {
-            listen: r.addr("listen")?,
+        });
+        let max_age = r.u64("max_connection_age_ms");
+        let cors_allowed_origins = r.origins("cors_allowed_origins");
+        let config = Self {
+            listen: r.addr("listen"),
             metrics_listen,
             log_format,
             log_level: r.string("log_level"),
             auth_tokens,
-            allow_unauthenticated: r.bool("allow_unauthenticated")?,
-            python_enabled: r.bool("python")?,
+            allow_unauthenticated: r.bool("allow_unauthenticated"),
+            python_enabled: r.bool("python"),
             python_nodes_paths: r.list("python_nodes_path").into_iter().map(PathBuf::from).collect(),
             python_home: Some(r.string("python_home")).filter(|h| !h.is_empty()).map(PathBuf::from),
-            python_workers: usize::try_from(r.positive("python_workers")?).unwrap_or(1),
+            python_workers: usize::try_from(r.positive("python_workers")).unwrap_or(1),
             models: crate::python::ModelSettings {
-                pools: r.model_pools("model_pools")?,
-                wait: r.millis("model_wait_ms")?,
+                pools: r.model_pools("model_pools"),
+                wait: r.millis("model_wait_ms"),
                 preload: r.list("preload_models"),
             },
-            grace_period: r.millis("grace_period_ms")?,
+            grace_period: r.millis("grace_period_ms"),
             limits,
-            stream_metrics_interval: r.millis("stream_metrics_interval_ms")?,
-            breaker_cooldown: r.millis("breaker_cooldown_ms")?,
-            keepalive_interval: r.millis("keepalive_interval_ms")?,
-            keepalive_timeout: r.millis("keepalive_timeout_ms")?,
+            stream_metrics_interval: r.millis("stream_metrics_interval_ms"),
+            breaker_cooldown: r.millis("breaker_cooldown_ms"),
+            keepalive_interval: r.millis("keepalive_interval_ms"),
+            keepalive_timeout: r.millis("keepalive_timeout_ms"),
             max_connection_age: (max_age > 0).then(|| Duration::from_millis(max_age)),
             cors_allowed_origins,
             response_compression,
-        })
+        };
+        r.finish()?;
+        Ok(config)
     }
 
     /// The defaults, with overrides: handy for tests (`Config::with(&[("listen", "127.0.0.1:0")])`).
@@ -737,6 +776,30 @@ mod tests {
     fn defaults_above_caps_are_refused() {
         let err = Config::with(&[("default_timeout_ms", "40000")]).unwrap_err();
         assert_eq!(err.to_string(), "default_timeout_ms exceeds max_timeout_ms (40000 > 30000)");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let err = Config::with(&[
+            ("max_timeout_ms", "soon"),
+            ("listen", "nowhere"),
+            ("cors_allowed_origins", "*"),
+            ("default_memory_bytes", "9000000000"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("4 configuration problems: "), "{text}");
+        for key in ["`max_timeout_ms`", "`listen`", "`cors_allowed_origins`", "default_memory_bytes exceeds"] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        // One problem reads as itself.
+        let one = Config::with(&[("listen", "nowhere")]).unwrap_err().to_string();
+        assert!(one.starts_with("invalid value for `listen` (from --listen)"), "{one}");
+    }
+
+    #[test]
+    fn every_default_is_valid() {
+        Config::with(&[]).expect("the defaults make a valid configuration");
     }
 
     #[test]

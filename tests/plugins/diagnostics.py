@@ -7,12 +7,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy
 import scipy
 
-from remotemedia_nodes import InvalidInput, Node, TransientError, node
+from remotemedia_nodes import InvalidInput, Node, Param, TransientError, node
 
 
 @node("InterpreterInfoNode")
@@ -96,9 +96,12 @@ class Raise(Node):
 
     KINDS = {"ValueError": ValueError, "RuntimeError": RuntimeError, "TransientError": TransientError, "InvalidInput": InvalidInput}
 
-    def __init__(self, kind: str = "RuntimeError", message: str = "boom", counter: str = "") -> None:
-        if kind not in self.KINDS:
-            raise ValueError(f"kind must be one of {sorted(self.KINDS)}")
+    def __init__(
+        self,
+        kind: Literal["ValueError", "RuntimeError", "TransientError", "InvalidInput"] = "RuntimeError",
+        message: Annotated[str, Param(max_length=10_000_000, doc="the exception's text")] = "boom",
+        counter: str = "",
+    ) -> None:
         self.kind = self.KINDS[kind]
         self.message = message
         self.counter = Path(counter) if counter else None

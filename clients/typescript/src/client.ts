@@ -3,8 +3,17 @@ import { create } from "@bufbuild/protobuf";
 import { type Client, createClient as createConnectClient } from "@connectrpc/connect";
 import type { Audio } from "./audio.js";
 import type { CallOptions, ClientOptions } from "./client-options.js";
-import { RemoteMediaError } from "./error.js";
-import { type ExecuteInputs, type PipelineLike, executeRequest, sourceNodes, toManifest } from "./execute-request.js";
+import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
+import { RemoteMediaError, validationError } from "./error.js";
+import {
+  type ExecuteInputs,
+  type PipelineLike,
+  executeRequest,
+  paramViolations,
+  sourceNodes,
+  toManifest,
+  unknownNodeTypes,
+} from "./execute-request.js";
 import { PipelineService, VersionRequestSchema } from "./gen/remotemedia/v1/service_pb.js";
 import { headersInterceptor } from "./headers.js";
 import { PROTOCOL_VERSION } from "./protocol.js";
@@ -34,6 +43,12 @@ export interface RemoteMediaClient {
    */
   checkCompatibility(options?: CallOptions): Promise<VersionInfo>;
   /**
+   * The server's node catalogue: every node type's parameters, ports and runtimes, plug-ins
+   * included. Fetched once (GetVersion) and kept; `execute()` and `stream()` use it to check
+   * pipelines with node types this client was not built with.
+   */
+  catalogue(options?: CallOptions): Promise<Catalogue>;
+  /**
    * Opens a StreamPipeline session; resolves once every node is built. Opening is retried as
    * unary calls are; an open stream never is. Needs the "grpc" transport.
    */
@@ -54,6 +69,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     gzip: options.compression === "gzip",
   });
   const rpc: Client<typeof PipelineService> = createConnectClient(PipelineService, opened.transport);
+  let serverCatalogue: Promise<Catalogue> | undefined;
 
   const unary = <T>(call: (timeoutMs: number | undefined) => Promise<T>, callOptions: CallOptions): Promise<T> =>
     withRetry(call, {
@@ -66,7 +82,9 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     baseUrl,
 
     async execute(pipeline, inputs = {}, callOptions = {}) {
-      const request = executeRequest(toManifest(pipeline), inputs, protocolVersion);
+      const manifest = toManifest(pipeline);
+      const known = unknownNodeTypes(manifest) ? await this.catalogue(callOptions) : BUILTIN_CATALOGUE;
+      const request = executeRequest(manifest, inputs, protocolVersion, known);
       let response;
       try {
         response = await unary((timeoutMs) => rpc.executePipeline(request, callArgs(callOptions.signal, timeoutMs)), callOptions);
@@ -95,6 +113,13 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
       return versionInfo(response);
     },
 
+    catalogue(callOptions = {}) {
+      serverCatalogue ??= this.getVersion(callOptions).then((info) => BUILTIN_CATALOGUE.merged(info.catalogue));
+      // A failed fetch is not kept: the next call asks again.
+      serverCatalogue.catch(() => (serverCatalogue = undefined));
+      return serverCatalogue;
+    },
+
     async checkCompatibility(callOptions = {}) {
       const info = await this.getVersion(callOptions);
       if (info.compatible) return info;
@@ -114,6 +139,9 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
         throw new TypeError('bidirectional streams need the "grpc" transport (HTTP/2); gRPC-Web carries unary calls only');
       }
       const manifest = toManifest(pipeline);
+      const known = unknownNodeTypes(manifest) ? await this.catalogue(streamOptions) : BUILTIN_CATALOGUE;
+      const problems = paramViolations(manifest, known);
+      if (problems.length > 0) throw validationError(problems);
       const sources = sourceNodes(manifest);
       const inputNode = streamOptions.inputNode ?? (sources.length === 1 ? sources[0] : undefined);
       return withRetry(

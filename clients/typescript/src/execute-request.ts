@@ -4,6 +4,7 @@ import { Audio } from "./audio.js";
 import { type Violation, validationError } from "./error.js";
 import { type ExecuteRequest, ExecuteRequestSchema } from "./gen/remotemedia/v1/execution_pb.js";
 import { type PipelineManifest, PipelineManifestSchema } from "./gen/remotemedia/v1/manifest_pb.js";
+import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
 import { type ManifestJson, Pipeline } from "./pipeline.js";
 
 /** A pipeline as a builder, a JSON manifest (text or parsed) or the wire message. */
@@ -32,6 +33,29 @@ export function toManifest(pipeline: PipelineLike): PipelineManifest {
   return Pipeline.fromJSON(pipeline).toProto();
 }
 
+/** Whether the manifest uses node types the client's built-in catalogue does not know (plug-ins). */
+export function unknownNodeTypes(manifest: PipelineManifest): boolean {
+  return manifest.nodes.some((n) => !BUILTIN_CATALOGUE.knows(n.nodeType));
+}
+
+/** Every parameter problem of the manifest's nodes, checked against `catalogue`. */
+export function paramViolations(manifest: PipelineManifest, catalogue: Catalogue): Violation[] {
+  return manifest.nodes.flatMap((n, i) => {
+    let params: unknown;
+    try {
+      params = n.params.trim() === "" ? {} : (JSON.parse(n.params) as unknown);
+    } catch {
+      return []; // the server names text that is not JSON
+    }
+    if (typeof params !== "object" || params === null || Array.isArray(params)) return [];
+    return catalogue.check(n.nodeType, params as Record<string, unknown>).map(({ param, problem }) => ({
+      field: `nodes[${i}].params.${param}`,
+      description: `node \`${n.id}\` (${n.nodeType}): parameter \`${param}\` ${problem}`,
+      nodeId: n.id,
+    }));
+  });
+}
+
 /** Ids of the manifest's nodes that nothing connects into, in manifest order. */
 export function sourceNodes(manifest: PipelineManifest): string[] {
   const fed = new Set(manifest.connections.map((c) => c.to));
@@ -40,17 +64,19 @@ export function sourceNodes(manifest: PipelineManifest): string[] {
 
 /**
  * The request for `inputs` (a bare Audio feeds the pipeline's only source node), after the
- * checks that need no server: inputs and output nodes name nodes of the pipeline, and every
- * source node has an input. Problems are thrown together as one VALIDATION error.
+ * checks that need no server: node parameters against `catalogue`, inputs and output nodes name
+ * nodes of the pipeline, and every source node has an input. Problems are thrown together as
+ * one VALIDATION error.
  */
 export function executeRequest(
   manifest: PipelineManifest,
   inputs: ExecuteInputs | Audio,
   clientVersion: string,
+  catalogue: Catalogue = BUILTIN_CATALOGUE,
 ): ExecuteRequest {
   const resolved: ExecuteInputs = inputs instanceof Audio ? { audio: { [onlySource(manifest, "inputs")]: inputs } } : inputs;
   const ids = new Set(manifest.nodes.map((n) => n.id));
-  const problems: Violation[] = [];
+  const problems: Violation[] = paramViolations(manifest, catalogue);
   const audioInputs: ExecuteRequest["audioInputs"] = {};
   for (const [id, audio] of Object.entries(resolved.audio ?? {})) audioInputs[id] = audio.toProto();
   const dataInputs: Record<string, string> = {};

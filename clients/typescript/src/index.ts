@@ -10,22 +10,25 @@ export {
   MANIFEST_VERSION,
   Pipeline,
   type Backoff,
+  type BuiltinNodeType,
   type ManifestJson,
   type NodeOptions,
   type PipelineConfig,
   type PipelineEdge,
   type PipelineNode,
 } from "./pipeline.js";
-export type {
-  AudioChunkerParams,
-  AudioResampleParams,
-  ChannelMixerParams,
-  FormatConverterParams,
-  GainParams,
-  Runtime,
-  SpeechSegment,
-  VADParams,
-} from "./nodes.js";
+export type { Runtime, SpeechSegment } from "./nodes.js";
+export type * from "./gen-catalogue/nodes.js";
+export { NodeBuilders } from "./gen-catalogue/nodes.js";
+export {
+  BUILTIN_CATALOGUE,
+  Catalogue,
+  type CatalogueJson,
+  type NodeTypeJson,
+  type ParamProblem,
+  type ParamSchema,
+  type PortJson,
+} from "./catalogue.js";
 export type { ExecuteInputs, PipelineLike, ResourceLimits } from "./execute-request.js";
 export { PipelineResult, type NodeOutcome, type RunStatus, type Transcript, type Utterance } from "./result.js";
 export type { ExecutionMetrics, NodeMetrics, StreamMetrics } from "./metrics.js";

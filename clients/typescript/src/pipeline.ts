@@ -9,16 +9,17 @@ import {
   RetryPolicy_Backoff,
   RuntimeHint,
 } from "./gen/remotemedia/v1/manifest_pb.js";
-import type {
-  AudioChunkerParams,
-  AudioResampleParams,
-  BuiltinNodeType,
-  ChannelMixerParams,
-  FormatConverterParams,
-  GainParams,
-  Runtime,
-  VADParams,
-} from "./nodes.js";
+import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
+import {
+  type AudioChunkerParams,
+  type AudioResampleParams,
+  type CatalogueNodeType,
+  NodeBuilders,
+} from "./gen-catalogue/nodes.js";
+import type { Runtime } from "./nodes.js";
+
+/** The node types the client was built with, by their canonical names. */
+export type BuiltinNodeType = CatalogueNodeType;
 
 /** The only manifest schema version the service accepts. */
 export const MANIFEST_VERSION = "v1";
@@ -114,11 +115,14 @@ const BACKOFFS: Record<Backoff, RetryPolicy_Backoff> = {
  * ```ts
  * const p = new Pipeline("to-16k")
  *   .passThrough("in")
- *   .resample("rs", { output_rate: 16000 })
+ *   .audioResample("rs", { output_rate: 16000 })
  *   .connect("in", "rs");
  * ```
+ *
+ * There is a typed builder method per node type (`audioResample`, `vad`, `gain`, ...), generated
+ * from the service's node declarations, and `node(id, type, params)` for any type.
  */
-export class Pipeline {
+export class Pipeline extends NodeBuilders {
   name: string;
   description: string;
   config: PipelineConfig = {};
@@ -126,6 +130,7 @@ export class Pipeline {
   readonly #edges: PipelineEdge[] = [];
 
   constructor(name = "pipeline", description = "") {
+    super();
     this.name = name;
     this.description = description;
   }
@@ -161,32 +166,28 @@ export class Pipeline {
     return this;
   }
 
+  /** @deprecated The earlier name of {@link NodeBuilders.audioResample}. */
   resample(id: string, params: AudioResampleParams, options?: NodeOptions): this {
-    return this.node(id, "AudioResampleNode", { ...params }, options);
+    return this.audioResample(id, params, options);
   }
 
-  vad(id: string, params: VADParams = {}, options?: NodeOptions): this {
-    return this.node(id, "VADNode", { ...params }, options);
-  }
-
-  formatConverter(id: string, params: FormatConverterParams, options?: NodeOptions): this {
-    return this.node(id, "FormatConverterNode", { ...params }, options);
-  }
-
-  channelMixer(id: string, params: ChannelMixerParams, options?: NodeOptions): this {
-    return this.node(id, "ChannelMixerNode", { ...params }, options);
-  }
-
+  /** @deprecated The earlier name of {@link NodeBuilders.audioChunker}. */
   chunker(id: string, params: AudioChunkerParams, options?: NodeOptions): this {
-    return this.node(id, "AudioChunkerNode", { ...params }, options);
+    return this.audioChunker(id, params, options);
   }
 
-  gain(id: string, params: GainParams = {}, options?: NodeOptions): this {
-    return this.node(id, "GainNode", { ...params }, options);
-  }
-
-  passThrough(id: string, options?: NodeOptions): this {
-    return this.node(id, "PassThroughNode", {}, options);
+  /**
+   * Every parameter problem the service would report, checked against `catalogue` (the
+   * service's built-in nodes by default; `client.catalogue()` adds the server's plug-ins).
+   */
+  violations(catalogue: Catalogue = BUILTIN_CATALOGUE): Violation[] {
+    return this.#nodes.flatMap((n, i) =>
+      catalogue.check(n.type, n.params).map(({ param, problem }) => ({
+        field: `nodes[${i}].params.${param}`,
+        description: `node \`${n.id}\` (${n.type}): parameter \`${param}\` ${problem}`,
+        nodeId: n.id,
+      })),
+    );
   }
 
   /** Connects `from`'s output port to `to`'s input port (default ports "output" and "input"). */

@@ -1,4 +1,5 @@
 // VersionInfo: what GetVersion reports about the server and the client's compatibility.
+import { Catalogue } from "./catalogue.js";
 import type { VersionResponse } from "./gen/remotemedia/v1/service_pb.js";
 
 export interface VersionInfo {
@@ -10,6 +11,8 @@ export interface VersionInfo {
   runtimeVersion: string;
   /** Every registered node type, native and Python. */
   supportedNodeTypes: string[];
+  /** Every node type's declaration (parameters, ports, runtimes), plug-ins included. */
+  catalogue: Catalogue;
   buildTimestamp: string;
   /** Whether the version the client asked about is supported. */
   compatible: boolean;
@@ -24,6 +27,7 @@ export function versionInfo(response: VersionResponse): VersionInfo {
     supportedProtocols: v?.supportedProtocols ?? [],
     runtimeVersion: v?.runtimeVersion ?? "",
     supportedNodeTypes: v?.supportedNodeTypes ?? [],
+    catalogue: Catalogue.fromProto(v?.nodeTypes ?? []),
     buildTimestamp: v?.buildTimestamp ?? "",
     compatible: response.compatible,
     compatibilityMessage: response.compatibilityMessage,

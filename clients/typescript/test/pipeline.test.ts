@@ -20,7 +20,7 @@ const FROM_PYTHON = `{"version": "v1", "metadata": {"name": "voice", "descriptio
 function voice(): Pipeline {
   return new Pipeline("voice", "mic to 16 kHz speech")
     .passThrough("mic")
-    .resample("rs", { output_rate: 16_000, quality: "medium" })
+    .audioResample("rs", { output_rate: 16_000, quality: "medium" })
     .vad("vad", { threshold_db: -40 }, { runtime: "cpython" })
     .gain("gain", { gain_db: -6 })
     .passThrough("log")

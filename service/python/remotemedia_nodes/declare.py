@@ -32,6 +32,11 @@ The class says everything once::
 - ``Annotated[..., Param(minimum, maximum, unit=..., doc=..., max_length=...)]`` adds a range,
   a unit and a description.
 - ``inputs`` and ``outputs`` list the ports (default: ``input`` and ``output`` audio).
+- ``exclusive`` (optional) lists groups of parameters that exclude each other:
+  ``Exclusive.one_of("chunk_samples", "chunk_ms")`` (exactly one must be given) or
+  ``Exclusive.at_most_one_of("gain_db", "gain")``.
+- ``example`` (optional) is a valid parameter object, for a node whose ``__init__`` has rules a
+  declaration cannot say (``high_hz`` above ``low_hz``).
 
 The server checks every request's parameters against this declaration before ``__init__``
 runs, with the same rules and messages as for native nodes, and lists it in ``GetVersion``.
@@ -80,6 +85,25 @@ class Port:
 
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "kind": self.kind, "description": self.description}
+
+
+@dataclass(frozen=True)
+class Exclusive:
+    """Parameters of which at most one may be given; with ``required``, exactly one."""
+
+    params: tuple[str, ...]
+    required: bool = False
+
+    @staticmethod
+    def one_of(*params: str) -> Exclusive:
+        return Exclusive(params, required=True)
+
+    @staticmethod
+    def at_most_one_of(*params: str) -> Exclusive:
+        return Exclusive(params)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"params": list(self.params), "required": self.required}
 
 
 DEFAULT_INPUTS = (Port.audio("input", "audio"),)
@@ -162,7 +186,15 @@ def declaration(node_type: str, cls: type, aliases: tuple[str, ...] = ()) -> dic
                 entry["unit"] = extra.unit
             params.append(entry)
     ports = lambda name, default: [port.to_json() for port in (getattr(cls, name, None) or default)]  # noqa: E731
+    example = getattr(cls, "example", None)
+    exclusive = tuple(getattr(cls, "exclusive", None) or ())
+    names = {p["name"] for p in params}
+    for group in exclusive:
+        if len(group.params) < 2 or not set(group.params) <= names:
+            raise DeclarationError(f"{cls.__qualname__}.exclusive: {group.params} must name two or more of its parameters")
     return {
+        **({"example": _jsonable(f"{cls.__qualname__}.example", dict(example))} if example is not None else {}),
+        **({"exclusive": [group.to_json() for group in exclusive]} if exclusive else {}),
         "node_type": node_type,
         "aliases": list(aliases),
         "description": " ".join(first.split()),

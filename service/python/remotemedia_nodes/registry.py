@@ -39,7 +39,7 @@ import numpy as np
 
 from remotemedia_nodes import models
 from remotemedia_nodes.audio import Audio
-from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Port, declaration
+from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Exclusive, Port, declaration
 from remotemedia_nodes.errors import ParamError, ParamErrors
 from remotemedia_nodes.models import Model
 
@@ -54,6 +54,10 @@ class Node:
     inputs: tuple[Port, ...] = DEFAULT_INPUTS
     #: Output ports the node may write.
     outputs: tuple[Port, ...] = DEFAULT_OUTPUTS
+    #: Groups of parameters that exclude each other.
+    exclusive: tuple[Exclusive, ...] = ()
+    #: A valid parameter object, when ``__init__`` has rules the declaration cannot say.
+    example: dict[str, Any] | None = None
     #: The models (:mod:`remotemedia_nodes.models`) the node uses, for their metrics' labels.
     models: tuple[Model[Any], ...] = ()
 

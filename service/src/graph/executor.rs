@@ -202,29 +202,17 @@ impl Pipeline {
         max_memory: Option<u64>,
         token: &CancellationToken,
     ) -> Result<RunOutput, ExecError> {
-        let n = self.plan.nodes.len();
-        let active = self.active_nodes(&external, mode);
-        let mut waiting: Vec<usize> = (0..n).map(|i| self.distinct_preds(i).filter(|&p| active[p]).count()).collect();
-        let mut consumers_left: Vec<usize> =
-            (0..n).map(|i| self.plan.outgoing[i].iter().filter(|&&s| active[s]).count()).collect();
-        let mut produced: Vec<Option<Ports>> = vec![None; n];
-        let mut kept: Vec<Option<Ports>> = vec![None; n];
-        let mut reports: Vec<NodeReport> = Vec::new();
-        let mut held_inputs: Vec<Option<Ports>> = vec![None; n];
-        let mut memory = MemoryTracker::default();
+        let mut run = RunState::new(&self.plan, self.active_nodes(&external, mode));
         for ports in external.values() {
-            memory.hold(ports);
+            run.memory.hold(ports);
         }
-        check_memory(&memory, max_memory, "")?;
-
-        let mut ready: VecDeque<usize> =
-            self.plan.order.iter().copied().filter(|&i| active[i] && waiting[i] == 0).collect();
+        check_memory(&run.memory, max_memory, "")?;
         let mut inflight = FuturesUnordered::new();
 
         loop {
-            while let Some(i) = ready.pop_front() {
+            while let Some(i) = run.ready.pop_front() {
                 let own = external.remove(&i);
-                let inputs = match self.gather(i, own.clone(), &produced) {
+                let inputs = match self.gather(i, own.clone(), &run.produced) {
                     Ok(p) => p,
                     Err(e) => {
                         token.cancel();
@@ -233,22 +221,9 @@ impl Pipeline {
                     }
                 };
                 // A node's own inputs stay accounted until it has finished with them.
-                held_inputs[i] = own;
+                run.held_inputs[i] = own;
                 if inputs.is_empty() && mode != Mode::Flush {
-                    if let Some(own) = held_inputs[i].take() {
-                        memory.release(&own);
-                    }
-                    reports.push(self.skipped_report(i));
-                    self.finish_node(
-                        i,
-                        &active,
-                        &mut waiting,
-                        &mut consumers_left,
-                        &mut produced,
-                        &mut kept,
-                        &mut memory,
-                        &mut ready,
-                    );
+                    run.skipped(&self.plan, i, self.skipped_report(i));
                     continue;
                 }
                 let instance = self.slots[i]
@@ -259,50 +234,15 @@ impl Pipeline {
 
             let Some((i, instance, result)) = inflight.next().await else { break };
             self.slots[i] = instance;
-            match result {
-                Ok(CallOk { outputs, mut report }) => {
-                    memory.hold(&outputs);
-                    report.memory_bytes = outputs.size_bytes();
-                    if let Err(e) = check_memory(&memory, max_memory, &self.plan.nodes[i].id) {
-                        token.cancel();
-                        self.drain(&mut inflight).await;
-                        return Err(e);
-                    }
-                    if let Some(own) = held_inputs[i].take() {
-                        memory.release(&own);
-                    }
-                    reports.push(report);
-                    produced[i] = Some(outputs);
-                    self.finish_node(
-                        i,
-                        &active,
-                        &mut waiting,
-                        &mut consumers_left,
-                        &mut produced,
-                        &mut kept,
-                        &mut memory,
-                        &mut ready,
-                    );
-                }
-                Err(e) => {
-                    token.cancel();
-                    self.drain(&mut inflight).await;
-                    return Err(e);
-                }
+            let finished =
+                result.and_then(|CallOk { outputs, report }| run.completed(&self.plan, i, outputs, report, max_memory));
+            if let Err(e) = finished {
+                token.cancel();
+                self.drain(&mut inflight).await;
+                return Err(e);
             }
         }
-
-        let cpu_time = reports.iter().map(|r| r.cpu_time).sum();
-        let outputs = self
-            .plan
-            .order
-            .iter()
-            .filter_map(|&i| {
-                let ports = produced[i].take().or_else(|| kept[i].take())?;
-                (!ports.is_empty()).then(|| NodeOutput { node_id: self.plan.nodes[i].id.clone(), ports })
-            })
-            .collect();
-        Ok(RunOutput { outputs, nodes: reports, wall_time: Duration::ZERO, cpu_time, peak_memory_bytes: memory.peak() })
+        Ok(run.into_output(&self.plan))
     }
 
     /// Nodes taking part in a run: all of them, or for a chunk those downstream of fed nodes.
@@ -319,60 +259,6 @@ impl Pipeline {
             }
         }
         active
-    }
-
-    fn distinct_preds(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
-        self.plan.incoming[i].iter().map(|l| l.from).collect::<BTreeSet<_>>().into_iter()
-    }
-
-    fn is_result_node(&self, i: usize) -> bool {
-        self.plan.is_sink(i) || self.plan.output_nodes.contains(&i)
-    }
-
-    /// After node `i` has run (or been skipped): wakes its successors and drops the outputs of
-    /// predecessors nobody needs any more.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_node(
-        &self,
-        i: usize,
-        active: &[bool],
-        waiting: &mut [usize],
-        consumers_left: &mut [usize],
-        produced: &mut [Option<Ports>],
-        kept: &mut [Option<Ports>],
-        memory: &mut MemoryTracker,
-        ready: &mut VecDeque<usize>,
-    ) {
-        for &s in &self.plan.outgoing[i] {
-            if active[s] {
-                waiting[s] -= 1;
-                if waiting[s] == 0 {
-                    ready.push_back(s);
-                }
-            }
-        }
-        let preds: Vec<usize> = self.distinct_preds(i).filter(|&p| active[p]).collect();
-        for p in preds {
-            consumers_left[p] -= 1;
-            if consumers_left[p] > 0 || self.is_result_node(p) {
-                continue;
-            }
-            if let Some(ports) = produced[p].take() {
-                memory.release(&ports);
-                let consumed: BTreeSet<&str> = self.plan.outgoing[p]
-                    .iter()
-                    .flat_map(|&s| self.plan.incoming[s].iter().filter(|l| l.from == p).map(|l| l.output_key.as_ref()))
-                    .collect();
-                let leftover: Ports = ports
-                    .into_iter()
-                    .filter(|(port, v)| matches!(v, PortValue::Data(_)) && !consumed.contains(port.as_ref()))
-                    .collect();
-                if !leftover.is_empty() {
-                    memory.hold(&leftover);
-                    kept[p] = Some(leftover);
-                }
-            }
-        }
     }
 
     /// The inputs of node `i`: its own external inputs plus every connected output, with
@@ -527,6 +413,139 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The bookkeeping of one run: which nodes take part, what each still waits for, what each
+/// produced and who still needs it, the memory held, and the nodes ready to start.
+struct RunState {
+    active: Vec<bool>,
+    /// Active predecessors each node still waits for.
+    waiting: Vec<usize>,
+    /// Active successors that have not yet consumed each node's outputs.
+    consumers_left: Vec<usize>,
+    produced: Vec<Option<Ports>>,
+    /// Data outputs nothing consumed, kept for the result after the rest was dropped.
+    kept: Vec<Option<Ports>>,
+    /// Each node's own (request) inputs, accounted until it has run.
+    held_inputs: Vec<Option<Ports>>,
+    reports: Vec<NodeReport>,
+    memory: MemoryTracker,
+    ready: VecDeque<usize>,
+}
+
+impl RunState {
+    fn new(plan: &Plan, active: Vec<bool>) -> Self {
+        let n = plan.nodes.len();
+        let waiting: Vec<usize> = (0..n).map(|i| distinct_preds(plan, i).filter(|&p| active[p]).count()).collect();
+        let consumers_left = (0..n).map(|i| plan.outgoing[i].iter().filter(|&&s| active[s]).count()).collect();
+        let ready = plan.order.iter().copied().filter(|&i| active[i] && waiting[i] == 0).collect();
+        Self {
+            active,
+            waiting,
+            consumers_left,
+            produced: vec![None; n],
+            kept: vec![None; n],
+            held_inputs: vec![None; n],
+            reports: Vec::new(),
+            memory: MemoryTracker::default(),
+            ready,
+        }
+    }
+
+    /// Node `i` had nothing to process.
+    fn skipped(&mut self, plan: &Plan, i: usize, report: NodeReport) {
+        if let Some(own) = self.held_inputs[i].take() {
+            self.memory.release(&own);
+        }
+        self.reports.push(report);
+        self.finish_node(plan, i);
+    }
+
+    /// Node `i` ran and produced `outputs`; fails if they take the run over its memory limit.
+    fn completed(
+        &mut self,
+        plan: &Plan,
+        i: usize,
+        outputs: Ports,
+        mut report: NodeReport,
+        max_memory: Option<u64>,
+    ) -> Result<(), ExecError> {
+        self.memory.hold(&outputs);
+        report.memory_bytes = outputs.size_bytes();
+        check_memory(&self.memory, max_memory, &plan.nodes[i].id)?;
+        if let Some(own) = self.held_inputs[i].take() {
+            self.memory.release(&own);
+        }
+        self.reports.push(report);
+        self.produced[i] = Some(outputs);
+        self.finish_node(plan, i);
+        Ok(())
+    }
+
+    /// After node `i` has run (or been skipped): wakes its successors and drops the outputs of
+    /// predecessors nobody needs any more, keeping their unconsumed data for the result.
+    fn finish_node(&mut self, plan: &Plan, i: usize) {
+        for &s in &plan.outgoing[i] {
+            if self.active[s] {
+                self.waiting[s] -= 1;
+                if self.waiting[s] == 0 {
+                    self.ready.push_back(s);
+                }
+            }
+        }
+        let preds: Vec<usize> = distinct_preds(plan, i).filter(|&p| self.active[p]).collect();
+        for p in preds {
+            self.consumers_left[p] -= 1;
+            if self.consumers_left[p] > 0 || is_result_node(plan, p) {
+                continue;
+            }
+            if let Some(ports) = self.produced[p].take() {
+                self.memory.release(&ports);
+                let consumed: BTreeSet<&str> = plan.outgoing[p]
+                    .iter()
+                    .flat_map(|&s| plan.incoming[s].iter().filter(|l| l.from == p).map(|l| l.output_key.as_ref()))
+                    .collect();
+                let leftover: Ports = ports
+                    .into_iter()
+                    .filter(|(port, v)| matches!(v, PortValue::Data(_)) && !consumed.contains(port.as_ref()))
+                    .collect();
+                if !leftover.is_empty() {
+                    self.memory.hold(&leftover);
+                    self.kept[p] = Some(leftover);
+                }
+            }
+        }
+    }
+
+    /// What the run returns: the outputs of the result nodes (and kept data), in plan order.
+    fn into_output(mut self, plan: &Plan) -> RunOutput {
+        let cpu_time = self.reports.iter().map(|r| r.cpu_time).sum();
+        let outputs = plan
+            .order
+            .iter()
+            .filter_map(|&i| {
+                let ports = self.produced[i].take().or_else(|| self.kept[i].take())?;
+                (!ports.is_empty()).then(|| NodeOutput { node_id: plan.nodes[i].id.clone(), ports })
+            })
+            .collect();
+        RunOutput {
+            outputs,
+            nodes: self.reports,
+            wall_time: Duration::ZERO,
+            cpu_time,
+            peak_memory_bytes: self.memory.peak(),
+        }
+    }
+}
+
+/// The distinct nodes connected into node `i`.
+fn distinct_preds(plan: &Plan, i: usize) -> impl Iterator<Item = usize> + '_ {
+    plan.incoming[i].iter().map(|l| l.from).collect::<BTreeSet<_>>().into_iter()
+}
+
+/// Whether node `i`'s outputs belong to the result: a sink, or named in `output_nodes`.
+fn is_result_node(plan: &Plan, i: usize) -> bool {
+    plan.is_sink(i) || plan.output_nodes.contains(&i)
 }
 
 fn check_memory(memory: &MemoryTracker, limit: Option<u64>, node_id: &str) -> Result<(), ExecError> {

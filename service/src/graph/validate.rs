@@ -146,7 +146,10 @@ impl<'a> Check<'a> {
             self.push(
                 Violation::new(
                     field("id"),
-                    format!("node id `{}` is used by nodes[{prev}] and nodes[{i}]; ids must be unique", quoted(&spec.id)),
+                    format!(
+                        "node id `{}` is used by nodes[{prev}] and nodes[{i}]; ids must be unique",
+                        quoted(&spec.id)
+                    ),
                 )
                 .on_node(&spec.id),
             );
@@ -265,11 +268,8 @@ impl<'a> Check<'a> {
     fn port(&mut self, node: &Option<PlannedNode>, port: &str, is_output: bool, id: &str, field: &str, label: &str) {
         let Some(PlannedNode { resolved, .. }) = node else { return };
         let spec = &resolved.spec;
-        let (has, ports) = if is_output {
-            (spec.has_output(port), &spec.outputs)
-        } else {
-            (spec.has_input(port), &spec.inputs)
-        };
+        let (has, ports) =
+            if is_output { (spec.has_output(port), &spec.outputs) } else { (spec.has_input(port), &spec.inputs) };
         if !has {
             let dir = if is_output { "output" } else { "input" };
             let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
@@ -354,7 +354,8 @@ impl<'a> Check<'a> {
 
 /// A parameter problem of node `i` as a violation of `nodes[i].params.<param>`.
 pub fn param_violation(i: usize, id: &str, node_type: &str, e: &ParamError) -> Violation {
-    let field = if e.param.is_empty() { format!("nodes[{i}].params") } else { format!("nodes[{i}].params.{}", e.param) };
+    let field =
+        if e.param.is_empty() { format!("nodes[{i}].params") } else { format!("nodes[{i}].params.{}", e.param) };
     Violation::new(field, format!("node `{}` ({node_type}): {e}", quoted(id))).on_node(id)
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audio::{AudioBuffer, SampleFormat};
 use crate::graph::{
-    Backoff, Edge, Manifest, NodeReport, ManifestNode, NodeStatus, PipelineConfig, RetryPolicy, RunOutput, RuntimeHint,
+    Backoff, Edge, Manifest, ManifestNode, NodeReport, NodeStatus, PipelineConfig, RetryPolicy, RunOutput, RuntimeHint,
     Violation,
 };
 use crate::nodes::{CatalogueEntry, OUTPUT, PortKind, PortSpec, PortValue, Runtime};
@@ -277,6 +277,41 @@ pub fn ms(d: Duration) -> f64 {
     d.as_micros() as f64 / 1_000.0
 }
 
+/// A catalogue entry as `GetVersion` serves it.
+pub fn node_type_info(entry: &CatalogueEntry) -> proto::NodeTypeInfo {
+    let s = &entry.spec;
+    let ports = |ports: &[PortSpec]| {
+        ports
+            .iter()
+            .map(|p| proto::PortInfo {
+                name: p.name.clone(),
+                kind: match p.kind {
+                    PortKind::Audio => proto::PortKind::Audio,
+                    PortKind::Data => proto::PortKind::Data,
+                } as i32,
+                description: p.description.clone(),
+            })
+            .collect()
+    };
+    proto::NodeTypeInfo {
+        name: s.node_type.clone(),
+        aliases: s.aliases.clone(),
+        description: s.description.clone(),
+        params_schema: s.params_schema().to_string(),
+        inputs: ports(&s.inputs),
+        outputs: ports(&s.outputs),
+        runtimes: entry
+            .runtimes
+            .iter()
+            .map(|r| match r {
+                Runtime::Rust => proto::RuntimeHint::Rust,
+                Runtime::Python => proto::RuntimeHint::Cpython,
+            } as i32)
+            .collect(),
+        details: s.details.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,40 +399,5 @@ mod tests {
         let unspecified = proto::AudioBuffer { format: 0, ..b };
         let v = audio_from_proto(&unspecified, "audio_inputs[mic]").unwrap_err();
         assert!(v.message.contains("AUDIO_FORMAT_UNSPECIFIED"), "{}", v.message);
-    }
-}
-
-/// A catalogue entry as `GetVersion` serves it.
-pub fn node_type_info(entry: &CatalogueEntry) -> proto::NodeTypeInfo {
-    let s = &entry.spec;
-    let ports = |ports: &[PortSpec]| {
-        ports
-            .iter()
-            .map(|p| proto::PortInfo {
-                name: p.name.clone(),
-                kind: match p.kind {
-                    PortKind::Audio => proto::PortKind::Audio,
-                    PortKind::Data => proto::PortKind::Data,
-                } as i32,
-                description: p.description.clone(),
-            })
-            .collect()
-    };
-    proto::NodeTypeInfo {
-        name: s.node_type.clone(),
-        aliases: s.aliases.clone(),
-        description: s.description.clone(),
-        params_schema: s.params_schema().to_string(),
-        inputs: ports(&s.inputs),
-        outputs: ports(&s.outputs),
-        runtimes: entry
-            .runtimes
-            .iter()
-            .map(|r| match r {
-                Runtime::Rust => proto::RuntimeHint::Rust,
-                Runtime::Python => proto::RuntimeHint::Cpython,
-            } as i32)
-            .collect(),
-        details: s.details.clone(),
     }
 }

@@ -335,6 +335,33 @@ pub fn node_failed(node_type: &str) {
     counter!(NODE_FAILURES_TOTAL, "node_type" => node_type.to_owned()).increment(1);
 }
 
+/// Counts an execution failure against its cause (node, limit) and logs it once, with the node
+/// concerned. Validation errors and cancellations are the caller's and are not logged here.
+pub fn exec_failed(e: &crate::graph::ExecError) {
+    use crate::graph::ExecError;
+    match e {
+        // Not the node's fault: no model instance was free in time.
+        ExecError::Node { source, .. } if source.kind == crate::nodes::NodeErrorKind::ResourceLimit => {
+            limit_rejected(crate::python::models::WAIT_LIMIT);
+            tracing::info!(error = %e, "no model instance free in time");
+        }
+        ExecError::Node { node_type, .. } | ExecError::CircuitOpen { node_type, .. } => {
+            node_failed(node_type);
+            tracing::warn!(error = %e, "node failed");
+        }
+        ExecError::Timeout { .. } => {
+            limit_rejected("max_timeout_ms");
+            tracing::warn!(error = %e, "execution timed out");
+        }
+        ExecError::MemoryLimit { .. } => {
+            limit_rejected("max_memory_bytes");
+            tracing::warn!(error = %e, "execution over its memory limit");
+        }
+        ExecError::Internal(_) => tracing::warn!(error = %e, "internal error"),
+        ExecError::Validation(_) | ExecError::Cancelled => {}
+    }
+}
+
 pub fn limit_rejected(limit: &'static str) {
     counter!(LIMIT_REJECTIONS_TOTAL, "limit" => limit).increment(1);
 }

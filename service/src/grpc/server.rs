@@ -106,20 +106,6 @@ impl BoundServer {
         let config = &state.config;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let mut routes = tonic::service::Routes::builder();
-        routes
-            .add_service(health_service)
-            .add_service(reflection(Builder::build_v1)?)
-            .add_service(reflection(Builder::build_v1alpha)?)
-            .add_service(
-                PipelineServiceServer::new(Pipelines::new(state.clone()))
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .send_compressed(CompressionEncoding::Gzip)
-                    .max_decoding_message_size(config.limits.max_message_bytes)
-                    .max_encoding_message_size(usize::MAX),
-            );
-        let routes = routes.routes().prepare();
-
         let service = ServiceBuilder::new()
             .layer(cors(&config.cors_allowed_origins))
             // HTTP/1.1 carries gRPC-Web from browsers; HTTP/2 gRPC passes through unchanged.
@@ -134,7 +120,7 @@ impl BoundServer {
             .layer(DeadlineLayer)
             .layer(DrainLayer::new(state.draining.clone(), PIPELINE_PATH_PREFIX))
             .layer(GuardLayer::new(Guards { tokens: Tokens::new(config.auth_tokens.clone()) }))
-            .service(routes);
+            .service(routes(&state, health_service)?);
         let settings = transport::Settings {
             keepalive_interval: config.keepalive_interval,
             keepalive_timeout: config.keepalive_timeout,
@@ -145,7 +131,6 @@ impl BoundServer {
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
         let transport = transport::spawn(self.listener, service, settings);
-
         let metrics_stop = tokio_util::sync::CancellationToken::new();
         if let Some(listener) = self.metrics_listener {
             tokio::spawn(serve_metrics(listener, metrics_stop.clone()));
@@ -172,30 +157,80 @@ impl BoundServer {
         );
 
         shutdown.await;
-        let started = Instant::now();
-        info!(
-            grace_period_ms = config.grace_period.as_millis() as u64,
-            in_flight = state.inflight.count(),
-            "shutdown started; draining"
-        );
-        health.set_service_status("", ServingStatus::NotServing).await;
-        health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-        state.draining.cancel();
-        if tokio::time::timeout(config.grace_period, state.inflight.wait_idle()).await.is_err() {
-            warn!(in_flight = state.inflight.count(), "grace period over; cancelling what still runs");
-            state.abort.cancel();
-            let _ = tokio::time::timeout(CANCEL_WAIT, state.inflight.wait_idle()).await;
-        }
-        // Connections get what is left of the grace period to deliver the last responses (and
-        // at least a moment, when the work used all of it).
-        let left = config.grace_period.saturating_sub(started.elapsed()).max(CLOSE_WAIT_MIN.min(config.grace_period));
-        if !transport.shutdown(left).await {
-            warn!(waited_ms = left.as_millis() as u64, "connections did not close in time; closed them");
-        }
+        drain(&state, &health, transport).await;
         metrics_stop.cancel();
-        info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "shutdown complete");
         Ok(())
     }
+}
+
+/// The services the server answers: health, reflection (v1 and v1alpha) and the pipeline
+/// service, by path.
+fn routes(state: &Arc<AppState>, health: impl HealthService) -> Result<tonic::service::Routes, ServerError> {
+    let config = &state.config;
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(health)
+        .add_service(reflection(Builder::build_v1)?)
+        .add_service(reflection(Builder::build_v1alpha)?)
+        .add_service(
+            PipelineServiceServer::new(Pipelines::new(state.clone()))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(config.limits.max_message_bytes)
+                .max_encoding_message_size(usize::MAX),
+        );
+    Ok(routes.routes().prepare())
+}
+
+/// The health service as tonic-health builds it.
+trait HealthService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + tonic::server::NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> HealthService for T where
+    T: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The one shutdown path: health reports NOT_SERVING, new work is refused and streams wind
+/// down; in-flight work gets the grace period, then is cancelled; connections get what is left
+/// of the grace period to deliver their last responses (at least a moment), then are closed.
+async fn drain(state: &AppState, health: &tonic_health::server::HealthReporter, transport: transport::Transport) {
+    let grace = state.config.grace_period;
+    let started = Instant::now();
+    info!(grace_period_ms = grace.as_millis() as u64, in_flight = state.inflight.count(), "shutdown started; draining");
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    state.draining.cancel();
+    if tokio::time::timeout(grace, state.inflight.wait_idle()).await.is_err() {
+        warn!(in_flight = state.inflight.count(), "grace period over; cancelling what still runs");
+        state.abort.cancel();
+        let _ = tokio::time::timeout(CANCEL_WAIT, state.inflight.wait_idle()).await;
+    }
+    let left = grace.saturating_sub(started.elapsed()).max(CLOSE_WAIT_MIN.min(grace));
+    if !transport.shutdown(left).await {
+        warn!(waited_ms = left.as_millis() as u64, "connections did not close in time; closed them");
+    }
+    info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "shutdown complete");
 }
 
 /// How long cancelled work may take to unwind once the grace period is over.

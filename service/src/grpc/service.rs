@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, node_type_info, result_to_proto};
 use super::interceptors::version;
@@ -14,10 +14,10 @@ use super::lifetime::CallDeadline;
 use super::limits;
 use super::observe;
 use super::state::AppState;
-use super::status::{self, ServiceError};
+use super::status::{self, Call, Delivery, ServiceError};
 use super::stream;
 use crate::graph::{ExecError, Mode, RequestShape, RunLimits, ValidationError};
-use crate::nodes::{DATA, INPUT, NodeErrorKind, PortValue, Ports, Registry};
+use crate::nodes::{DATA, INPUT, PortValue, Ports, Registry};
 use crate::proto::pipeline_service_server::PipelineService;
 use crate::proto::{
     ErrorType, ExecuteRequest, ExecuteResponse, StreamRequest, VersionInfo, VersionRequest, VersionResponse,
@@ -50,8 +50,7 @@ impl Pipelines {
 
         match self.run(request, received).await {
             Ok(result) => Ok(ExecuteResponse { outcome: Some(execute_response::Outcome::Result(result)) }),
-            Err(e @ (ServiceError::Exec(ExecError::Cancelled) | ServiceError::Cancelled(_))) => Err(e),
-            Err(e @ (ServiceError::Exec(_) | ServiceError::Limit { .. })) => {
+            Err(e) if e.delivery(Call::Execute) == Delivery::InBand => {
                 Ok(ExecuteResponse { outcome: Some(execute_response::Outcome::Error(e.to_error_response())) })
             }
             Err(e) => Err(e),
@@ -109,7 +108,7 @@ impl Pipelines {
         let out = match outcome {
             Ok(out) => out,
             Err(e) => {
-                record_failure(&e);
+                observe::exec_failed(&e);
                 return Err(e.into());
             }
         };
@@ -124,31 +123,6 @@ impl Pipelines {
             m.wall_time_ms = super::convert::ms(received.elapsed());
         }
         Ok(result)
-    }
-}
-
-/// Counts failures for metrics and logs them once, with the node concerned.
-pub(super) fn record_failure(e: &ExecError) {
-    match e {
-        // Not the node's fault: no model instance was free in time.
-        ExecError::Node { source, .. } if source.kind == NodeErrorKind::ResourceLimit => {
-            observe::limit_rejected(crate::python::models::WAIT_LIMIT);
-            info!(error = %e, "no model instance free in time");
-        }
-        ExecError::Node { node_type, .. } | ExecError::CircuitOpen { node_type, .. } => {
-            observe::node_failed(node_type);
-            warn!(error = %e, "node failed");
-        }
-        ExecError::Timeout { .. } => {
-            observe::limit_rejected("max_timeout_ms");
-            warn!(error = %e, "execution timed out");
-        }
-        ExecError::MemoryLimit { .. } => {
-            observe::limit_rejected("max_memory_bytes");
-            warn!(error = %e, "execution over its memory limit");
-        }
-        ExecError::Internal(_) => warn!(error = %e, "internal error"),
-        ExecError::Validation(_) | ExecError::Cancelled => {}
     }
 }
 
@@ -209,7 +183,8 @@ impl PipelineService for Pipelines {
         request: Request<Streaming<StreamRequest>>,
     ) -> Result<Response<Self::StreamPipelineStream>, Status> {
         let deadline = CallDeadline::of(&request);
-        stream::start(self.state.clone(), request.into_inner(), deadline).map(Response::new).map_err(|e| {
+        let inbound: stream::Inbound = Box::pin(request.into_inner());
+        stream::start(self.state.clone(), inbound, deadline).map(Response::new).map_err(|e| {
             observe::request_finished("StreamPipeline", e.to_status().code(), e.outcome(), Duration::ZERO);
             info!(error = %e, "StreamPipeline refused");
             e.to_status()

@@ -133,39 +133,40 @@ pub struct SessionInfo {
 /// Open stream sessions by id.
 #[derive(Default)]
 pub struct Sessions {
-    open: Mutex<HashMap<String, SessionInfo>>,
+    open: Arc<Mutex<HashMap<String, SessionInfo>>>,
 }
 
 /// Removes its session when dropped, whichever way the session ends.
-pub struct SessionGuard<'a> {
-    sessions: &'a Sessions,
+pub struct SessionGuard {
+    open: Arc<Mutex<HashMap<String, SessionInfo>>>,
     id: String,
     _gauge: observe::Active,
 }
 
-impl Sessions {
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionInfo>> {
-        // Inserts and removes cannot leave the map inconsistent, so a poisoned lock is usable.
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// The map of open sessions. Inserts and removes cannot leave it inconsistent, so a poisoned
+/// lock is usable.
+fn lock(open: &Mutex<HashMap<String, SessionInfo>>) -> std::sync::MutexGuard<'_, HashMap<String, SessionInfo>> {
+    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
-    pub fn register(&self, id: String, info: SessionInfo) -> SessionGuard<'_> {
-        self.open().insert(id.clone(), info);
-        SessionGuard { sessions: self, id, _gauge: observe::Active::new(observe::ACTIVE_STREAMS) }
+impl Sessions {
+    pub fn register(&self, id: String, info: SessionInfo) -> SessionGuard {
+        lock(&self.open).insert(id.clone(), info);
+        SessionGuard { open: self.open.clone(), id, _gauge: observe::Active::new(observe::ACTIVE_STREAMS) }
     }
 
     pub fn count(&self) -> usize {
-        self.open().len()
+        lock(&self.open).len()
     }
 
     pub fn ids(&self) -> Vec<String> {
-        self.open().keys().cloned().collect()
+        lock(&self.open).keys().cloned().collect()
     }
 }
 
-impl Drop for SessionGuard<'_> {
+impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.sessions.open().remove(&self.id);
+        lock(&self.open).remove(&self.id);
     }
 }
 

@@ -31,6 +31,31 @@ const MAX_STATUS_FIELD_BYTES: usize = 80;
 /// Longest in-band error message.
 const MAX_IN_BAND_MESSAGE_BYTES: usize = 8 * 1_024;
 
+/// Which call an error happened in, for [`ServiceError::delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// An `ExecutePipeline` call.
+    Execute,
+    /// A stream session, outside the processing of a chunk (the manifest, a protocol error,
+    /// a limit, the close).
+    Stream,
+    /// The processing of one stream chunk.
+    StreamChunk,
+}
+
+/// How an error reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// As `ExecuteResponse.error`; the call ends with OK.
+    InBand,
+    /// As a `StreamResponse.error` naming the chunk; the stream goes on.
+    InBandAndContinue,
+    /// As a `StreamResponse.error`, then the status that ends the stream.
+    InBandThenStatus,
+    /// As the status that ends the call.
+    Status,
+}
+
 /// Everything the gRPC layer can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
@@ -81,6 +106,26 @@ impl ServiceError {
             ServiceError::VersionMismatch { .. } => ErrorType::VersionMismatch,
             ServiceError::OutOfOrder(_) | ServiceError::InvalidArgument(_) => ErrorType::Validation,
             ServiceError::Draining | ServiceError::Cancelled(_) => ErrorType::Internal,
+        }
+    }
+
+    /// How this error reaches the client in `call`: the one decision of in-band against status.
+    /// Pipeline errors are in-band (the pipeline ran, or was checked, and failed); a stream
+    /// chunk that a node failed on is reported and the stream goes on (unless the failure lost
+    /// the chunk's audio, see [`ExecError::ends_stream`]); cancellation, shutdown
+    /// and refusals before any work (token, version, overload) are statuses.
+    pub fn delivery(&self, call: Call) -> Delivery {
+        use ServiceError as E;
+        match (call, self) {
+            (_, E::Exec(ExecError::Cancelled) | E::Cancelled(_) | E::Draining) => Delivery::Status,
+            (Call::Execute, E::Exec(_) | E::Limit { .. }) => Delivery::InBand,
+            (Call::Execute, _) => Delivery::Status,
+            (Call::StreamChunk, E::Exec(e @ (ExecError::Node { .. } | ExecError::CircuitOpen { .. })))
+                if !e.ends_stream() =>
+            {
+                Delivery::InBandAndContinue
+            }
+            (Call::Stream | Call::StreamChunk, _) => Delivery::InBandThenStatus,
         }
     }
 
@@ -267,7 +312,7 @@ fn exec_context(e: &ExecError) -> Value {
             if let Some(ms) = source.retry_after_ms {
                 ctx["retry_after_ms"] = json!(ms);
             }
-            if let Some(Value::Object(extra)) = &source.context {
+            if let Some(Value::Object(extra)) = source.context.as_deref() {
                 for (k, v) in extra {
                     ctx[k] = v.clone();
                 }
@@ -469,6 +514,37 @@ mod tests {
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "RESOURCE_LIMIT");
         assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_millis(750)));
+    }
+
+    #[test]
+    fn one_place_decides_in_band_or_status() {
+        let node = ServiceError::Exec(ExecError::Node {
+            node_id: "n".into(),
+            node_type: "T".into(),
+            attempts: 1,
+            source: Box::new(NodeError::internal("x")),
+        });
+        let invalid = ServiceError::Exec(ExecError::Validation(ValidationError::single(Violation::new("f", "m"))));
+        let cancelled = ServiceError::Cancelled("gone".into());
+        let overloaded = ServiceError::Overloaded { message: "busy".into(), retry_after: Duration::from_millis(1) };
+        assert_eq!(node.delivery(Call::Execute), Delivery::InBand);
+        assert_eq!(node.delivery(Call::StreamChunk), Delivery::InBandAndContinue);
+        assert_eq!(node.delivery(Call::Stream), Delivery::InBandThenStatus);
+        // A chunk whose node could not get a model instance lost its audio: the stream ends.
+        let busy = ServiceError::Exec(ExecError::Node {
+            node_id: "asr".into(),
+            node_type: "SpeechRecognitionNode".into(),
+            attempts: 1,
+            source: Box::new(NodeError::new(NodeErrorKind::ResourceLimit, "all 1 instances in use")),
+        });
+        assert_eq!(busy.delivery(Call::StreamChunk), Delivery::InBandThenStatus);
+        assert_eq!(invalid.delivery(Call::Execute), Delivery::InBand);
+        assert_eq!(invalid.delivery(Call::StreamChunk), Delivery::InBandThenStatus);
+        assert_eq!(overloaded.delivery(Call::Execute), Delivery::Status);
+        for call in [Call::Execute, Call::Stream, Call::StreamChunk] {
+            assert_eq!(cancelled.delivery(call), Delivery::Status);
+            assert_eq!(ServiceError::Draining.delivery(call), Delivery::Status);
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! `StreamPipeline` sessions.
+//! `StreamPipeline` sessions, over any transport.
 //!
 //! One task per session reads a message, processes it, and writes its answer into a small
 //! bounded channel before reading the next. A client that sends faster than the pipeline runs
-//! therefore fills HTTP/2 flow-control windows and is slowed down; nothing queues without bound.
+//! therefore fills its transport's flow control (HTTP/2 windows; for WebSocket, the socket's
+//! buffers once the server stops reading) and is slowed down; nothing queues without bound.
 //! Results go out in arrival order, each carrying its chunk's `sequence`.
 //!
-//! Life cycle: manifest → `ready` → chunks → `COMMAND_CLOSE` (flush, final metrics, OK) or
-//! `COMMAND_CANCEL` (CANCELLED) or disconnect (stop at once). The session's registry entry,
-//! stream slot and gauge are released by guards, so every path frees them.
+//! Life cycle: [`Session::open`] waits for the manifest, builds the pipeline and answers
+//! `ready`; [`Session::pump`] then processes chunks until `COMMAND_CLOSE` (flush, final
+//! metrics, OK), `COMMAND_CANCEL` (CANCELLED), a disconnect (stop at once) or an error. The
+//! session's registry entry, stream slot and gauge are released by guards, so every path frees
+//! them. How each error reaches the client is decided by [`ServiceError::delivery`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,45 +20,64 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, Streaming};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::{Code, Status};
 use tracing::{Instrument, info};
 
 use super::convert::{audio_from_proto, manifest_from_proto, ms, result_to_proto};
 use super::lifetime::CallDeadline;
 use super::limits::{self, Effective};
 use super::observe;
-use super::service::record_failure;
-use super::state::{AppState, SessionInfo};
-use super::status::{self, ServiceError};
+use super::state::{AppState, SessionGuard, SessionInfo};
+use super::status::{self, Call, Delivery, ServiceError};
 use crate::graph::{ExecError, Mode, Pipeline, RequestShape, RunLimits, RunOutput, ValidationError};
 use crate::nodes::{INPUT, PortValue, Ports};
 use crate::proto::{
-    self, StreamMetrics, StreamReady, StreamRequest, StreamResponse, stream_control, stream_request, stream_response,
+    self, PipelineManifest, StreamMetrics, StreamReady, StreamRequest, StreamResponse, stream_control, stream_request,
+    stream_response,
 };
 use crate::text;
 
 /// Responses buffered per session before the session waits for the client to read.
 const RESPONSE_BUFFER: usize = 8;
 
+/// A session's requests, from whichever transport carries them (the gRPC request stream, a
+/// WebSocket's frames). An `Err` is a message the transport could not decode, or the client
+/// going away.
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<StreamRequest, Status>> + Send + Sync + 'static>>;
+
+/// A session's responses; the last item is `Err(status)` unless the session ended with OK.
+pub type Responses = mpsc::Receiver<Result<StreamResponse, Status>>;
+
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<StreamResponse, Status>> + Send + 'static>>;
 
-/// Starts a session task and returns its response stream. Refusals (draining, too many
-/// streams) happen here, before any message is read.
+/// Starts a session for a gRPC `StreamPipeline` call and returns its response stream.
 pub fn start(
     state: Arc<AppState>,
-    inbound: Streaming<StreamRequest>,
+    inbound: Inbound,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<ResponseStream, ServiceError> {
+    spawn(state, inbound, deadline, "StreamPipeline").map(|rx| Box::pin(ReceiverStream::new(rx)) as ResponseStream)
+}
+
+/// Starts a session task over `inbound` and returns the receiving end of its responses.
+/// Refusals (draining, too many streams) happen here, before any message is read. `rpc` names
+/// the session in metrics and logs.
+pub fn spawn(
+    state: Arc<AppState>,
+    inbound: Inbound,
+    deadline: Option<tokio::time::Instant>,
+    rpc: &'static str,
+) -> Result<Responses, ServiceError> {
     if state.is_draining() {
         return Err(ServiceError::Draining);
     }
     let permit = state.acquire_stream()?;
     let limits = limits::resolve(None, &state.config.limits)?;
     let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-    let session = Session { state, tx, inbound, limits, deadline, stats: Stats::default(), last_sequence: None };
+    let session = Session { state, tx, inbound, limits, deadline, rpc, stats: Stats::default(), last_sequence: None };
     tokio::spawn(session.run(permit).instrument(tracing::Span::current()));
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(rx)
 }
 
 #[derive(Default)]
@@ -78,111 +100,107 @@ impl Stats {
 struct Session {
     state: Arc<AppState>,
     tx: mpsc::Sender<Result<StreamResponse, Status>>,
-    inbound: Streaming<StreamRequest>,
+    inbound: Inbound,
     limits: Effective,
     /// The client's deadline for the whole stream, if it set one.
     deadline: Option<tokio::time::Instant>,
+    rpc: &'static str,
     stats: Stats,
     last_sequence: Option<u64>,
 }
 
-/// How a session ended.
-enum End {
-    /// Closed by the client: flushed, final metrics sent.
-    Closed,
-    /// Stopped with a status; `in_band` errors are also sent as a `StreamResponse.error` first.
-    Failed { error: ServiceError, in_band: bool },
+/// An open session: its pipeline and what frees it.
+struct Live {
+    pipeline: Pipeline,
+    cancel: CancellationToken,
+    _cancel_on_exit: DropGuard,
+    _registered: SessionGuard,
 }
+
+/// How a session ended: closed by the client (flushed, final metrics sent), or with an error
+/// delivered as [`ServiceError::delivery`] says.
+type End = Result<(), ServiceError>;
 
 impl Session {
     async fn run(mut self, _permit: OwnedSemaphorePermit) {
         let started = Instant::now();
         let state = self.state.clone();
         let _inflight = state.inflight.enter();
-        let end = self.serve().await;
-        let (code, outcome) = match &end {
-            End::Closed => (Code::Ok, observe::outcome::SUCCESS),
-            // The call's deadline ended the response; the client saw DEADLINE_EXCEEDED.
-            End::Failed { error: ServiceError::Cancelled(_), .. } if CallDeadline::passed(self.deadline) => {
-                (Code::DeadlineExceeded, observe::outcome::DEADLINE_EXCEEDED)
-            }
-            End::Failed { error, in_band } => {
-                if *in_band {
-                    let _ = self.send(response(stream_response::Response::Error(error.to_error_response()))).await;
-                }
-                let status = error.to_status();
-                let code = status.code();
-                let _ = self.tx.send(Err(status)).await;
-                (code, error.outcome())
-            }
+        let end = match self.open().await {
+            Ok(mut live) => self.pump(&mut live).await,
+            Err(e) => Err(e),
         };
-        observe::request_finished("StreamPipeline", code, outcome, started.elapsed());
+        let (code, outcome) = self.finish(end).await;
+        observe::request_finished(self.rpc, code, outcome, started.elapsed());
         info!(
             code = ?code,
             chunks = self.stats.chunks,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "StreamPipeline finished"
+            "{} finished",
+            self.rpc
         );
     }
 
-    async fn serve(&mut self) -> End {
+    /// Delivers how the session ended; returns its status code and outcome.
+    async fn finish(&mut self, end: End) -> (Code, &'static str) {
+        // Past the call's deadline the response has been (or is about to be) ended with
+        // DEADLINE_EXCEEDED, whatever ended the session: the inbound stream cut with it, a
+        // cancellation, or a close whose answer came too late.
+        if CallDeadline::passed(self.deadline) {
+            return (Code::DeadlineExceeded, observe::outcome::DEADLINE_EXCEEDED);
+        }
+        let error = match end {
+            Ok(()) => return (Code::Ok, observe::outcome::SUCCESS),
+            Err(e) => e,
+        };
+        if error.delivery(Call::Stream) == Delivery::InBandThenStatus {
+            let _ = self.send(response(stream_response::Response::Error(error.to_error_response()))).await;
+        }
+        let status = error.to_status();
+        let code = status.code();
+        let _ = self.tx.send(Err(status)).await;
+        (code, error.outcome())
+    }
+
+    /// Waits for the manifest, builds the pipeline and answers `ready`.
+    async fn open(&mut self) -> Result<Live, ServiceError> {
         let idle = self.state.config.limits.stream_idle_timeout;
         let first = tokio::select! {
             m = self.inbound.next() => m,
-            () = tokio::time::sleep(idle) => return idle_end(idle),
-            () = self.state.draining.cancelled() => return End::Failed { error: ServiceError::Draining, in_band: false },
+            () = tokio::time::sleep(idle) => return Err(idle_limit(idle)),
+            () = self.state.draining.cancelled() => return Err(ServiceError::Draining),
         };
-        let manifest = match first {
-            None => {
-                return End::Failed {
-                    error: ServiceError::Cancelled("the client closed the stream before sending a manifest".into()),
-                    in_band: false,
-                };
-            }
-            Some(Err(status)) => return client_gone(&status),
-            Some(Ok(StreamRequest { request: Some(stream_request::Request::Manifest(m)) })) => m,
-            Some(Ok(StreamRequest { request: Some(other) })) => {
-                let what = match other {
-                    stream_request::Request::AudioChunk(_) => "an audio_chunk",
-                    _ => "a control command",
-                };
-                return protocol_error(ServiceError::OutOfOrder(format!(
-                    "the first message of a stream must be the manifest; got {what}"
-                )));
-            }
-            Some(Ok(StreamRequest { request: None })) => {
-                return protocol_error(ServiceError::InvalidArgument(
-                    "a StreamRequest must set manifest, audio_chunk or control".into(),
-                ));
-            }
-        };
-
-        if let Err(e) = limits::check_manifest_size(&manifest, &self.state.config.limits) {
-            return End::Failed { error: e, in_band: true };
-        }
+        let manifest = first_manifest(first)?;
+        limits::check_manifest_size(&manifest, &self.state.config.limits)?;
         let (manifest, violations) = manifest_from_proto(&manifest);
-        let mut pipeline = match self.state.engine.build(&manifest, &RequestShape::stream()).await {
+        let pipeline = match self.state.engine.build(&manifest, &RequestShape::stream()).await {
             Ok(_) if !violations.is_empty() => {
-                return protocol_error(ExecError::Validation(ValidationError::new(violations)).into());
+                return Err(ExecError::Validation(ValidationError::new(violations)).into());
             }
             Ok(p) => p,
-            Err(e) => return protocol_error(ExecError::Validation(e.after(violations)).into()),
+            Err(e) => return Err(ExecError::Validation(e.after(violations)).into()),
         };
 
         let session_id = uuid::Uuid::new_v4().to_string();
         let cancel = self.state.abort.child_token();
-        let _cancel_on_exit = cancel.clone().drop_guard();
-        let state = self.state.clone();
-        let _session = state.sessions.register(
-            session_id.clone(),
-            SessionInfo { pipeline: pipeline.name().to_owned(), started: Instant::now(), cancel: cancel.clone() },
-        );
-        info!(session_id, pipeline = pipeline.name(), nodes = pipeline.len(), "stream ready");
-        if self.send(response(stream_response::Response::Ready(StreamReady { session_id }))).await.is_err() {
-            return client_left();
-        }
+        let info =
+            SessionInfo { pipeline: pipeline.name().to_owned(), started: Instant::now(), cancel: cancel.clone() };
+        let live = Live {
+            _cancel_on_exit: cancel.clone().drop_guard(),
+            _registered: self.state.sessions.register(session_id.clone(), info),
+            pipeline,
+            cancel,
+        };
+        info!(session_id, pipeline = live.pipeline.name(), nodes = live.pipeline.len(), "stream ready");
+        self.send(response(stream_response::Response::Ready(StreamReady { session_id }))).await?;
+        Ok(live)
+    }
 
-        let max_duration = tokio::time::sleep(self.state.config.limits.stream_max_duration);
+    /// Processes messages until the session ends.
+    async fn pump(&mut self, live: &mut Live) -> End {
+        let limits = &self.state.config.limits;
+        let (idle, longest) = (limits.stream_idle_timeout, limits.stream_max_duration);
+        let max_duration = tokio::time::sleep(longest);
         tokio::pin!(max_duration);
         let mut idle_deadline = tokio::time::Instant::now() + idle;
         let mut ticker = tokio::time::interval(self.state.config.stream_metrics_interval);
@@ -195,27 +213,21 @@ impl Session {
                 biased;
                 () = self.state.draining.cancelled() => {
                     let _ = self.send(metrics_response(&self.stats)).await;
-                    return End::Failed { error: ServiceError::Draining, in_band: false };
+                    return Err(ServiceError::Draining);
                 }
                 () = &mut max_duration => {
-                    let limit = self.state.config.limits.stream_max_duration;
                     observe::limit_rejected("stream_max_duration_ms");
                     let _ = self.send(metrics_response(&self.stats)).await;
-                    return End::Failed {
-                        error: ServiceError::Limit {
-                            message: format!("the stream reached its maximum duration of {} ms (stream_max_duration_ms)", limit.as_millis()),
-                            limit: "stream_max_duration_ms",
-                        },
-                        in_band: true,
-                    };
+                    return Err(ServiceError::Limit {
+                        message: format!("the stream reached its maximum duration of {} ms (stream_max_duration_ms)", longest.as_millis()),
+                        limit: "stream_max_duration_ms",
+                    });
                 }
-                () = tokio::time::sleep_until(idle_deadline) => return idle_end(idle),
+                () = tokio::time::sleep_until(idle_deadline) => return Err(idle_limit(idle)),
                 _ = ticker.tick() => {
                     if self.stats.chunks != reported_chunks {
                         reported_chunks = self.stats.chunks;
-                        if self.send(metrics_response(&self.stats)).await.is_err() {
-                            return client_left();
-                        }
+                        self.send(metrics_response(&self.stats)).await?;
                     }
                     continue;
                 }
@@ -223,75 +235,54 @@ impl Session {
             };
             idle_deadline = tokio::time::Instant::now() + idle;
             let request = match message {
-                None => return self.close(&mut pipeline, &cancel).await,
-                Some(Err(status)) => return client_gone(&status),
+                None => return self.close(live).await,
+                Some(Err(status)) => return Err(client_gone(&status)),
                 Some(Ok(StreamRequest { request: Some(r) })) => r,
-                Some(Ok(StreamRequest { request: None })) => {
-                    return protocol_error(ServiceError::InvalidArgument(
-                        "a StreamRequest must set manifest, audio_chunk or control".into(),
-                    ));
-                }
+                Some(Ok(StreamRequest { request: None })) => return Err(empty_request()),
             };
             match request {
                 stream_request::Request::Manifest(_) => {
-                    return protocol_error(ServiceError::OutOfOrder(
+                    return Err(ServiceError::OutOfOrder(
                         "a second manifest was sent; a stream runs one pipeline (open a new stream for another)".into(),
                     ));
                 }
                 stream_request::Request::Control(c) => match stream_control::Command::try_from(c.command) {
-                    Ok(stream_control::Command::Close) => return self.close(&mut pipeline, &cancel).await,
+                    Ok(stream_control::Command::Close) => return self.close(live).await,
                     Ok(stream_control::Command::Cancel) => {
-                        cancel.cancel();
-                        return End::Failed {
-                            error: ServiceError::Cancelled("the stream was cancelled by the client".into()),
-                            in_band: false,
-                        };
+                        live.cancel.cancel();
+                        return Err(ServiceError::Cancelled("the stream was cancelled by the client".into()));
                     }
                     _ => {
-                        return protocol_error(ServiceError::InvalidArgument(format!(
+                        return Err(ServiceError::InvalidArgument(format!(
                             "control.command {} is not COMMAND_CLOSE or COMMAND_CANCEL",
                             c.command
                         )));
                     }
                 },
-                stream_request::Request::AudioChunk(chunk) => {
-                    if let Some(end) = self.chunk(&mut pipeline, chunk, &cancel).await {
-                        return end;
-                    }
-                }
+                stream_request::Request::AudioChunk(chunk) => self.chunk(live, chunk).await?,
             }
         }
     }
 
-    /// Processes one chunk. `Some(end)` stops the session.
-    async fn chunk(
-        &mut self,
-        pipeline: &mut Pipeline,
-        chunk: proto::AudioChunk,
-        cancel: &CancellationToken,
-    ) -> Option<End> {
+    /// Processes one chunk and sends its result; a failure that ends the session is `Err`.
+    async fn chunk(&mut self, live: &mut Live, chunk: proto::AudioChunk) -> End {
         let started = Instant::now();
         let sequence = chunk.sequence;
+        let pipeline = &mut live.pipeline;
         if pipeline.index_of(&chunk.node_id).is_none() {
-            return Some(protocol_error(ServiceError::InvalidArgument(format!(
+            return Err(ServiceError::InvalidArgument(format!(
                 "audio_chunk {sequence}: node_id `{}` is not a node of this pipeline (nodes: {})",
                 text::quoted(&chunk.node_id),
                 text::list(pipeline.node_ids(), text::MAX_LISTED)
-            ))));
+            )));
         }
         let Some(buffer) = chunk.buffer else {
-            return Some(protocol_error(ServiceError::InvalidArgument(format!(
-                "audio_chunk {sequence} has no buffer"
-            ))));
+            return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence} has no buffer")));
         };
         let field = format!("audio_chunk {sequence}");
-        let audio = match audio_from_proto(&buffer, &field) {
-            Ok(a) => a,
-            Err(v) => return Some(protocol_error(ExecError::Validation(ValidationError::single(v)).into())),
-        };
-        if let Err(e) = limits::check_audio(&audio, &field, &self.limits) {
-            return Some(End::Failed { error: e, in_band: true });
-        }
+        let audio = audio_from_proto(&buffer, &field)
+            .map_err(|v| ServiceError::from(ExecError::Validation(ValidationError::single(v))))?;
+        limits::check_audio(&audio, &field, &self.limits)?;
         let samples = audio.num_samples() as u64;
         let decode_time = started.elapsed();
         let inputs = [(chunk.node_id, Ports::new().with(INPUT, PortValue::Audio(audio)))].into_iter().collect();
@@ -299,72 +290,61 @@ impl Session {
             RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
 
         let outcome = tokio::select! {
-            r = pipeline.run(inputs, Mode::Chunk, run_limits, cancel) => r,
+            r = pipeline.run(inputs, Mode::Chunk, run_limits, &live.cancel) => r,
             () = self.tx.closed() => {
-                cancel.cancel();
-                return Some(client_left());
+                live.cancel.cancel();
+                return Err(client_left());
             }
         };
         self.last_sequence = Some(sequence);
         self.stats.chunks += 1;
         self.stats.samples += samples;
+        self.stats.latency_total += started.elapsed();
         match outcome {
             Ok(out) => {
                 let message = self.result_message(&out, pipeline.enable_metrics(), sequence, started, decode_time);
-                self.stats.latency_total += started.elapsed();
                 observe::chunk_processed(observe::outcome::SUCCESS, started.elapsed());
-                if self.send(message).await.is_err() {
-                    return Some(client_left());
-                }
-                None
+                self.send(message).await
             }
-            Err(e @ (ExecError::Node { .. } | ExecError::CircuitOpen { .. })) if !e.ends_stream() => {
-                // The chunk failed but the session can go on: say so in-band and keep reading.
-                record_failure(&e);
-                self.stats.latency_total += started.elapsed();
-                observe::chunk_processed(observe::outcome::NODE_EXECUTION, started.elapsed());
-                let mut error = ServiceError::from(e).to_error_response();
-                error.context = with_sequence(&error.context, sequence);
-                if self.send(response(stream_response::Response::Error(error))).await.is_err() {
-                    return Some(client_left());
-                }
-                None
-            }
-            Err(ExecError::Cancelled) => Some(client_left()),
+            Err(ExecError::Cancelled) => Err(client_left()),
             Err(e) => {
-                record_failure(&e);
-                Some(End::Failed { error: e.into(), in_band: true })
+                observe::exec_failed(&e);
+                let error = ServiceError::from(e);
+                if error.delivery(Call::StreamChunk) != Delivery::InBandAndContinue {
+                    return Err(error);
+                }
+                // The chunk failed but the session can go on: say so in-band and keep reading.
+                observe::chunk_processed(error.outcome(), started.elapsed());
+                let mut in_band = error.to_error_response();
+                in_band.context = with_sequence(&in_band.context, sequence);
+                self.send(response(stream_response::Response::Error(in_band))).await
             }
         }
     }
 
     /// Flushes every node, sends what they emit and the final metrics, and ends with OK.
-    async fn close(&mut self, pipeline: &mut Pipeline, cancel: &CancellationToken) -> End {
+    async fn close(&mut self, live: &mut Live) -> End {
         let started = Instant::now();
         let run_limits =
             RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
         let outcome = tokio::select! {
-            r = pipeline.run(Default::default(), Mode::Flush, run_limits, cancel) => r,
-            () = self.tx.closed() => return client_left(),
+            r = live.pipeline.run(Default::default(), Mode::Flush, run_limits, &live.cancel) => r,
+            () = self.tx.closed() => return Err(client_left()),
         };
         match outcome {
             Ok(out) if !out.outputs.is_empty() => {
                 let sequence = self.last_sequence.map_or(0, |s| s.wrapping_add(1));
-                let message = self.result_message(&out, pipeline.enable_metrics(), sequence, started, Duration::ZERO);
-                if self.send(message).await.is_err() {
-                    return client_left();
-                }
+                let enable_metrics = live.pipeline.enable_metrics();
+                let message = self.result_message(&out, enable_metrics, sequence, started, Duration::ZERO);
+                self.send(message).await?;
             }
             Ok(_) => {}
             Err(e) => {
-                record_failure(&e);
-                return End::Failed { error: e.into(), in_band: true };
+                observe::exec_failed(&e);
+                return Err(e.into());
             }
         }
-        if self.send(metrics_response(&self.stats)).await.is_err() {
-            return client_left();
-        }
-        End::Closed
+        self.send(metrics_response(&self.stats)).await
     }
 
     fn result_message(
@@ -388,8 +368,9 @@ impl Session {
         response(stream_response::Response::Result(result))
     }
 
-    async fn send(&self, message: StreamResponse) -> Result<(), ()> {
-        self.tx.send(Ok(message)).await.map_err(|_| ())
+    /// Queues a response; a closed channel means the client went away.
+    async fn send(&self, message: StreamResponse) -> Result<(), ServiceError> {
+        self.tx.send(Ok(message)).await.map_err(|_| client_left())
     }
 }
 
@@ -401,39 +382,53 @@ fn metrics_response(stats: &Stats) -> StreamResponse {
     response(stream_response::Response::Metrics(stats.to_proto()))
 }
 
-fn protocol_error(error: ServiceError) -> End {
-    End::Failed { error, in_band: true }
+/// The manifest from a stream's first message, or why there is none.
+fn first_manifest(first: Option<Result<StreamRequest, Status>>) -> Result<PipelineManifest, ServiceError> {
+    match first {
+        None => Err(ServiceError::Cancelled("the client closed the stream before sending a manifest".into())),
+        Some(Err(status)) => Err(client_gone(&status)),
+        Some(Ok(StreamRequest { request: Some(stream_request::Request::Manifest(m)) })) => Ok(m),
+        Some(Ok(StreamRequest { request: Some(other) })) => {
+            let what = match other {
+                stream_request::Request::AudioChunk(_) => "an audio_chunk",
+                _ => "a control command",
+            };
+            Err(ServiceError::OutOfOrder(format!("the first message of a stream must be the manifest; got {what}")))
+        }
+        Some(Ok(StreamRequest { request: None })) => Err(empty_request()),
+    }
 }
 
-fn client_left() -> End {
-    End::Failed { error: ServiceError::Cancelled("the client went away".into()), in_band: false }
+fn empty_request() -> ServiceError {
+    ServiceError::InvalidArgument("a StreamRequest must set manifest, audio_chunk or control".into())
 }
 
-/// The inbound stream yielded an error: a message the codec refused (too large, malformed) is
-/// answered in band and with its status; anything else means the client went away.
-fn client_gone(status: &Status) -> End {
+fn client_left() -> ServiceError {
+    ServiceError::Cancelled("the client went away".into())
+}
+
+/// The inbound stream yielded an error: a message the transport refused (too large, malformed)
+/// is answered with its own error; anything else means the client went away.
+fn client_gone(status: &Status) -> ServiceError {
     match status::from_codec(status) {
         Some(error) => {
             if let ServiceError::Limit { limit, .. } = &error {
                 observe::limit_rejected(limit);
             }
-            End::Failed { error, in_band: true }
+            error
         }
-        None => End::Failed {
-            error: ServiceError::Cancelled(format!("the client stream failed: {}", status.message())),
-            in_band: false,
-        },
+        None => ServiceError::Cancelled(format!(
+            "the client stream failed: {}",
+            text::clip(status.message(), text::MAX_MESSAGE_BYTES)
+        )),
     }
 }
 
-fn idle_end(idle: Duration) -> End {
+fn idle_limit(idle: Duration) -> ServiceError {
     observe::limit_rejected("stream_idle_timeout_ms");
-    End::Failed {
-        error: ServiceError::Limit {
-            message: format!("no message for {} ms; the stream was closed (stream_idle_timeout_ms)", idle.as_millis()),
-            limit: "stream_idle_timeout_ms",
-        },
-        in_band: true,
+    ServiceError::Limit {
+        message: format!("no message for {} ms; the stream was closed (stream_idle_timeout_ms)", idle.as_millis()),
+        limit: "stream_idle_timeout_ms",
     }
 }
 

@@ -10,8 +10,8 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamError, ParamSpec,
-    Params, PortSpec, Ports, check,
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
+    PortSpec, Ports, check,
 };
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
@@ -101,27 +101,32 @@ pub(super) struct AudioChunkerFactory;
 
 impl NodeFactory for AudioChunkerFactory {
     fn spec(&self) -> NodeSpec {
-        NodeSpec::new("AudioChunkerNode", "Re-frames a stream into chunks of a fixed length, flushing the remainder on close.")
-            .alias("AudioChunker")
-            .details(
-                "Each call emits, as one buffer, every whole chunk its input completes (usually zero or one for \
+        NodeSpec::new(
+            "AudioChunkerNode",
+            "Re-frames a stream into chunks of a fixed length, flushing the remainder on close.",
+        )
+        .alias("AudioChunker")
+        .one_of(&["chunk_samples", "chunk_ms"])
+        .example(serde_json::json!({"chunk_ms": 20}))
+        .details(
+            "Each call emits, as one buffer, every whole chunk its input completes (usually zero or one for \
                  short stream chunks); the remainder waits for the next call and is emitted, short, when the \
                  stream is flushed. Give `chunk_samples` or `chunk_ms`, not both. Samples keep their format and \
                  are copied at most once; input that already is a whole number of chunks, with nothing \
                  pending, passes through as the same buffer.",
-            )
-            .param(ParamSpec::integer("chunk_samples", 1, 10_000_000).unit("samples").describe("chunk length in frames (samples per channel)"))
-            .param(ParamSpec::integer("chunk_ms", 1, 600_000).unit("ms").describe("chunk length in milliseconds, at the input's rate (rounded up)"))
-            .input(PortSpec::audio(INPUT, "audio in chunks of any size"))
-            .output(PortSpec::audio(OUTPUT, "whole chunks, in the input's format"))
-    }
-
-    fn check(&self, params: &Params) -> Vec<ParamError> {
-        match (params.has("chunk_samples"), params.has("chunk_ms")) {
-            (true, true) => vec![ParamError::new("chunk_ms", "cannot be combined with `chunk_samples`; give one of them")],
-            (false, false) => vec![ParamError::new("chunk_samples", "or `chunk_ms` is required (give one of them)")],
-            _ => Vec::new(),
-        }
+        )
+        .param(
+            ParamSpec::integer("chunk_samples", 1, 10_000_000)
+                .unit("samples")
+                .describe("chunk length in frames (samples per channel)"),
+        )
+        .param(
+            ParamSpec::integer("chunk_ms", 1, 600_000)
+                .unit("ms")
+                .describe("chunk length in milliseconds, at the input's rate (rounded up)"),
+        )
+        .input(PortSpec::audio(INPUT, "audio in chunks of any size"))
+        .output(PortSpec::audio(OUTPUT, "whole chunks, in the input's format"))
     }
 
     fn create(&self, params: &Params) -> Box<dyn Node> {
@@ -129,13 +134,7 @@ impl NodeFactory for AudioChunkerFactory {
             Some(frames) => Length::Frames(frames as usize),
             None => Length::Millis(params.u32("chunk_ms")),
         };
-        Box::new(AudioChunkerNode {
-            length,
-            layout: None,
-            pending: Vec::new(),
-            arena: OutputArena::new(),
-            chunks: 0,
-        })
+        Box::new(AudioChunkerNode { length, layout: None, pending: Vec::new(), arena: OutputArena::new(), chunks: 0 })
     }
 }
 

@@ -68,8 +68,9 @@ pub struct NodeError {
     pub field: Option<String>,
     /// A traceback, for Python nodes.
     pub stack_trace: Option<String>,
-    /// Extra JSON context (exception type, offending values).
-    pub context: Option<Value>,
+    /// Extra JSON context (exception type, offending values); boxed, as it is rare and a JSON
+    /// value is large, to keep `Result<_, NodeError>` small on the hot path.
+    pub context: Option<Box<Value>>,
     /// When a [`NodeErrorKind::ResourceLimit`] failure may pass: the delay clients are told, in
     /// milliseconds (a `u32` keeps `NodeError` small enough to return by value everywhere).
     pub retry_after_ms: Option<u32>,
@@ -114,7 +115,7 @@ impl NodeError {
     }
 
     pub fn with_context(mut self, context: Value) -> Self {
-        self.context = Some(context);
+        self.context = Some(Box::new(context));
         self
     }
 

@@ -101,7 +101,9 @@ impl NodeFactory for FormatConverterFactory {
                  top 16 bits, rounded to nearest. Input is read in place when its bytes are aligned and through \
                  one copy when not; input already in the target format passes through as the same buffer.",
             )
-            .param(ParamSpec::choice("target_format", &["f32", "i16", "i32"]).required().describe("output sample format"))
+            .param(
+                ParamSpec::choice("target_format", &["f32", "i16", "i32"]).required().describe("output sample format"),
+            )
             .input(PortSpec::audio(INPUT, "audio in any format"))
             .output(PortSpec::audio(OUTPUT, "the same audio in `target_format`"))
     }

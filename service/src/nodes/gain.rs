@@ -3,8 +3,8 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamError, ParamSpec,
-    Params, PortSpec, Ports, check,
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
+    PortSpec, Ports, check,
 };
 use crate::audio::OutputArena;
 
@@ -51,6 +51,7 @@ impl NodeFactory for GainFactory {
     fn spec(&self) -> NodeSpec {
         NodeSpec::new("GainNode", "Scales audio by a gain in decibels or a linear factor, keeping its format.")
             .alias("Gain")
+            .at_most_one_of(&["gain_db", "gain"])
             .details(
                 "Integer audio is scaled in floating point and converted back with rounding and saturation, \
                  so a boost clips instead of wrapping around; `custom_metrics.samples_over_full_scale` counts \
@@ -67,13 +68,6 @@ impl NodeFactory for GainFactory {
             .output(PortSpec::audio(OUTPUT, "the scaled audio, in the input's format"))
     }
 
-    fn check(&self, params: &Params) -> Vec<ParamError> {
-        if params.has("gain_db") && params.has("gain") {
-            return vec![ParamError::new("gain", "cannot be combined with `gain_db`; give one of them")];
-        }
-        Vec::new()
-    }
-
     fn create(&self, params: &Params) -> Box<dyn Node> {
         let factor = match params.opt_f64("gain") {
             Some(linear) => linear,
@@ -87,7 +81,7 @@ impl NodeFactory for GainFactory {
 mod tests {
     use super::*;
     use crate::audio::{AudioBuffer, SampleFormat};
-    use crate::nodes::PortValue;
+    use crate::nodes::{ParamError, PortValue};
     use tokio_util::sync::CancellationToken;
 
     fn ctx() -> NodeContext {
@@ -124,7 +118,7 @@ mod tests {
     fn bad_params_are_all_reported() {
         let errs = create(json!({"gain_db": "loud", "gain": 2000.0})).err().unwrap();
         let params: Vec<&str> = errs.iter().map(|e| e.param.as_str()).collect();
-        assert_eq!(params, ["gain_db", "gain"]);
+        assert_eq!(params, ["gain_db", "gain", "gain"], "each value, then the two together");
         assert!(errs[0].message.contains("must be a number between -120 and 60, got \"loud\""), "{}", errs[0]);
         let errs = create(json!({"gain_db": -6, "gain": 2.0})).err().unwrap();
         assert_eq!(errs[0].to_string(), "parameter `gain` cannot be combined with `gain_db`; give one of them");

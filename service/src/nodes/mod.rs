@@ -21,11 +21,12 @@ mod resample;
 mod vad;
 
 pub use error::{NodeError, NodeErrorKind, ParamError};
-pub use spec::{NodeSpec, ParamKind, ParamSpec, Params, PortKind, PortSpec};
 pub use port::{DATA, INPUT, NodeInputs, NodeOutputs, OUTPUT, PortError, PortName, PortValue, Ports, port_name};
 pub use registry::{
-    CatalogueEntry, ForeignNodes, catalogue_json, RegistrationError, Registry, ResolveError, Resolved, RuntimeChoice, RuntimeHint,
+    CatalogueEntry, ForeignNodes, RegistrationError, Registry, ResolveError, Resolved, RuntimeChoice, RuntimeHint,
+    catalogue_json,
 };
+pub use spec::{NodeSpec, ParamKind, ParamSpec, Params, PortKind, PortSpec};
 
 pub use chunker::AudioChunkerNode;
 pub use format::{FormatConverterNode, convert as convert_format};
@@ -145,21 +146,12 @@ pub trait NodeFactory: Send + Sync + 'static {
     /// The node's declaration: type name, aliases, parameters, ports (see [`spec`]).
     fn spec(&self) -> NodeSpec;
 
-    /// Node-specific rules a declaration cannot express (one of two parameters, an order
-    /// between two), over parameters that passed the declaration. Runs for every runtime, so a
-    /// Python twin is held to the same rules.
-    fn check(&self, _params: &Params) -> Vec<ParamError> {
-        Vec::new()
-    }
-
-    /// Builds an instance from parameters that passed [`NodeSpec::check`] and [`Self::check`].
+    /// Builds an instance from parameters that passed [`NodeSpec::check`].
     fn create(&self, params: &Params) -> Box<dyn Node>;
 
-    /// Checks `params` against the declaration and the node's own rules, then builds an
-    /// instance: the path every request takes, for tests and tools that build one node.
+    /// Checks `params` against the declaration, then builds an instance: the path every
+    /// request takes, for tests and tools that build one node.
     fn build(&self, params: &Map<String, Value>) -> Result<Box<dyn Node>, Vec<ParamError>> {
-        let (params, mut errors) = self.spec().check_all(params);
-        errors.extend(self.check(&params));
-        if errors.is_empty() { Ok(self.create(&params)) } else { Err(errors) }
+        Ok(self.create(&self.spec().check(params)?))
     }
 }

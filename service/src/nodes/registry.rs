@@ -298,18 +298,14 @@ impl Registry {
         Ok(Resolved { node_type: canonical, spec, choice })
     }
 
-    /// Checks a node's parameters, whichever runtime will run it: against the type's
-    /// declaration, then against the native node's own rules where there is a native node.
+    /// Checks a node's parameters against its type's declaration, whichever runtime will run
+    /// it: a Python twin is held to the native node's rules.
     pub fn prepare(
         &self,
         resolved: &Resolved,
         params: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Params, Vec<ParamError>> {
-        let (params, mut errors) = resolved.spec.check_all(params);
-        if let Some(factory) = self.native.get(&resolved.node_type) {
-            errors.extend(factory.check(&params));
-        }
-        if errors.is_empty() { Ok(params) } else { Err(errors) }
+        resolved.spec.check(params)
     }
 }
 
@@ -368,8 +364,28 @@ mod tests {
                     assert_eq!(p.kind.accept(d).as_ref(), Ok(d), "{}.{}: the default must pass", s.node_type, p.name);
                 }
             }
+            // The defaults, and the example where a node has one, make a valid parameter object.
+            let valid = s.example.clone().unwrap_or_default();
+            assert!(s.check(&valid).is_ok() || s.params.iter().any(|p| p.required), "{}", s.node_type);
+            if let Some(example) = &s.example {
+                assert!(s.check(example).is_ok(), "{}: the example is valid", s.node_type);
+            }
             assert_eq!(entry.runtimes, [Runtime::Rust]);
         }
+    }
+
+    #[test]
+    fn an_out_of_range_member_of_an_exclusive_group_is_reported_once() {
+        // chunk_samples 0 is out of range; the "one of chunk_samples or chunk_ms" rule must not
+        // then also report it missing.
+        let r = Registry::builtin();
+        let resolved = r.resolve("AudioChunkerNode", RuntimeHint::Auto).unwrap();
+        let params = serde_json::json!({"chunk_samples": 0});
+        let errors = r.prepare(&resolved, params.as_object().unwrap()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("between 1 and 10000000"), "{errors:?}");
+        let errors = r.prepare(&resolved, &serde_json::Map::new()).unwrap_err();
+        assert!(errors[0].to_string().contains("or `chunk_ms` is required"), "{errors:?}");
     }
 
     struct Twins(Vec<NodeSpec>);

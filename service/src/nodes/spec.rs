@@ -38,6 +38,21 @@ pub struct NodeSpec {
     pub inputs: Vec<PortSpec>,
     #[serde(default)]
     pub outputs: Vec<PortSpec>,
+    /// Groups of parameters that exclude each other (`chunk_samples` or `chunk_ms`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclusive: Vec<Exclusive>,
+    /// A valid parameter object, for nodes whose rules a schema cannot say (one of two
+    /// parameters): the catalogue shows it as the schema's `examples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example: Option<Map<String, Value>>,
+}
+
+/// Parameters of which at most one may be given; with `required`, exactly one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exclusive {
+    pub params: Vec<String>,
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// One parameter of a node.
@@ -77,11 +92,17 @@ pub enum ParamKind {
         maximum: Option<f64>,
     },
     /// One of a few whole numbers (`frame_ms`: 10, 20 or 30).
-    IntegerChoice { choices: Vec<i64> },
+    IntegerChoice {
+        choices: Vec<i64>,
+    },
     /// One of a few names, matched without regard to case.
-    Choice { choices: Vec<String> },
+    Choice {
+        choices: Vec<String>,
+    },
     /// Free text of at most `max_length` characters.
-    Text { max_length: usize },
+    Text {
+        max_length: usize,
+    },
     Boolean,
     /// Any JSON value (a plug-in parameter without a type annotation); only its presence is
     /// checked.
@@ -116,7 +137,27 @@ impl NodeSpec {
             params: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            exclusive: Vec::new(),
+            example: None,
         }
+    }
+
+    /// Exactly one of `params` must be given.
+    pub fn one_of(mut self, params: &[&str]) -> Self {
+        self.exclusive.push(Exclusive { params: params.iter().map(|p| (*p).to_owned()).collect(), required: true });
+        self
+    }
+
+    /// At most one of `params` may be given.
+    pub fn at_most_one_of(mut self, params: &[&str]) -> Self {
+        self.exclusive.push(Exclusive { params: params.iter().map(|p| (*p).to_owned()).collect(), required: false });
+        self
+    }
+
+    /// A valid parameter object (see [`NodeSpec::example`]).
+    pub fn example(mut self, params: Value) -> Self {
+        self.example = params.as_object().cloned();
+        self
     }
 
     pub fn alias(mut self, alias: &str) -> Self {
@@ -200,6 +241,9 @@ impl NodeSpec {
                 errors.push(ParamError::new(key.clone(), hint));
             }
         }
+        for group in &self.exclusive {
+            errors.extend(group.check(params));
+        }
         (Params(out), errors)
     }
 
@@ -230,12 +274,20 @@ impl NodeSpec {
                 ));
             }
         }
+        if self.exclusive != other.exclusive {
+            return Err(format!(
+                "its exclusive parameters are {} where the declaration has {}",
+                json!(other.exclusive),
+                json!(self.exclusive)
+            ));
+        }
         Ok(())
     }
 
     /// The parameters as a JSON Schema (draft 2020-12) object schema: each parameter's type,
     /// range or `enum`, `default` and `description`, its unit as `x-unit`; `required` and
-    /// `additionalProperties: false`.
+    /// `additionalProperties: false`; groups of parameters that exclude each other as
+    /// `x-exclusive` (`[{"params": [...], "required": bool}]`).
     pub fn params_schema(&self) -> Value {
         let mut properties = Map::new();
         for p in &self.params {
@@ -250,13 +302,43 @@ impl NodeSpec {
             properties.insert(p.name.clone(), s);
         }
         let required: Vec<&str> = self.params.iter().filter(|p| p.required).map(|p| p.name.as_str()).collect();
-        json!({
+        let mut schema = json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "type": "object",
             "properties": properties,
             "required": required,
             "additionalProperties": false,
-        })
+        });
+        if !self.exclusive.is_empty() {
+            schema["x-exclusive"] = json!(self.exclusive);
+        }
+        if let Some(example) = &self.example {
+            schema["examples"] = json!([example]);
+        }
+        schema
+    }
+}
+
+impl Exclusive {
+    /// A problem for each parameter given after the group's first given one, or, when none is
+    /// given and one is required, a problem naming the group.
+    fn check(&self, params: &Map<String, Value>) -> Vec<ParamError> {
+        let given: Vec<&String> =
+            self.params.iter().filter(|p| params.get(p.as_str()).is_some_and(|v| !v.is_null())).collect();
+        match given.split_first() {
+            Some((first, rest)) => rest
+                .iter()
+                .map(|p| ParamError::new(p.as_str(), format!("cannot be combined with `{first}`; give one of them")))
+                .collect(),
+            None if self.required => {
+                let others: Vec<String> = self.params[1..].iter().map(|p| format!("`{p}`")).collect();
+                vec![ParamError::new(
+                    self.params[0].as_str(),
+                    format!("or {} is required (give one of them)", others.join(" or ")),
+                )]
+            }
+            None => Vec::new(),
+        }
     }
 }
 
@@ -426,9 +508,14 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// A value as quoted in a message: its JSON text, cut to 40 bytes.
+/// A value as quoted in a message: its JSON text, cut to 40 bytes. A whole number is written
+/// without a fraction (`2001`, not `2001.0`), as JavaScript writes it, so that the clients,
+/// whose JSON may not tell the two apart, quote it in the same words.
 fn shown(v: &Value) -> String {
-    let s = v.to_string();
+    let s = match v.as_f64() {
+        Some(x) if v.is_f64() && x.fract() == 0.0 && x.abs() < 1e21 => format!("{x:.0}"),
+        _ => v.to_string(),
+    };
     if s.len() > 40 { format!("{}…", &s[..s.floor_char_boundary(40)]) } else { s }
 }
 
@@ -476,7 +563,10 @@ impl Params {
     }
 
     pub fn bool(&self, name: &str) -> bool {
-        self.0.get(name).and_then(Value::as_bool).unwrap_or_else(|| panic!("parameter `{name}` is a boolean with a default"))
+        self.0
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| panic!("parameter `{name}` is a boolean with a default"))
     }
 }
 
@@ -514,6 +604,31 @@ mod tests {
     }
 
     #[test]
+    fn exclusive_groups_are_checked_and_served() {
+        let one = spec().one_of(&["rate", "gain_db"]);
+        let errs = one.check(&map(json!({"rate": 4, "gain_db": 1.0}))).unwrap_err();
+        assert_eq!(errs[0].to_string(), "parameter `gain_db` cannot be combined with `rate`; give one of them");
+        let at_most = NodeSpec::new("T", "t").param(ParamSpec::boolean("a")).param(ParamSpec::boolean("b"));
+        let at_most = at_most.at_most_one_of(&["a", "b"]);
+        assert!(at_most.check(&Map::new()).is_ok());
+        assert!(at_most.check(&map(json!({"a": true, "b": null}))).is_ok(), "null counts as not given");
+        let exactly = at_most.clone();
+        let exactly =
+            NodeSpec { exclusive: vec![Exclusive { required: true, ..exactly.exclusive[0].clone() }], ..exactly };
+        let errs = exactly.check(&Map::new()).unwrap_err();
+        assert_eq!(errs[0].to_string(), "parameter `a` or `b` is required (give one of them)");
+        assert_eq!(exactly.params_schema()["x-exclusive"], json!([{"params": ["a", "b"], "required": true}]));
+        assert!(at_most.agrees_with(&exactly).unwrap_err().contains("exclusive"));
+    }
+
+    #[test]
+    fn a_whole_number_is_quoted_as_the_clients_quote_it() {
+        let errs = spec().check(&map(json!({"rate": 2001.0, "gain_db": 13.5}))).unwrap_err();
+        assert!(errs[0].to_string().ends_with("got 2001 (a number)"), "{}", errs[0]);
+        assert!(errs[1].to_string().ends_with("got 13.5 (a number)"), "{}", errs[1]);
+    }
+
+    #[test]
     fn defaults_are_filled_and_values_normalised() {
         let p = spec().check(&map(json!({"rate": 4.0, "mode": "HARD", "gain_db": null}))).unwrap();
         assert_eq!(p.as_map(), &map(json!({"rate": 4, "mode": "hard", "frame_ms": 30})));
@@ -533,7 +648,10 @@ mod tests {
         let s = spec().params_schema();
         assert_eq!(s["required"], json!(["rate"]));
         assert_eq!(s["additionalProperties"], json!(false));
-        assert_eq!(s["properties"]["rate"], json!({"type": "integer", "minimum": 1, "maximum": 10, "x-unit": "Hz", "description": "the rate"}));
+        assert_eq!(
+            s["properties"]["rate"],
+            json!({"type": "integer", "minimum": 1, "maximum": 10, "x-unit": "Hz", "description": "the rate"})
+        );
         assert_eq!(s["properties"]["mode"]["enum"], json!(["soft", "hard"]));
         assert_eq!(s["properties"]["mode"]["default"], json!("soft"));
         assert_eq!(s["properties"]["frame_ms"]["enum"], json!([10, 20, 30]));

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use remotemedia::Config;
 use remotemedia::grpc::state::AppState;
-use remotemedia::nodes::{INPUT, Node, NodeContext, NodeError, NodeFactory, NodeSpec, Params, PortSpec, Ports, Registry};
+use remotemedia::nodes::{
+    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeSpec, Params, PortSpec, Ports, Registry,
+};
 use remotemedia::proto::pipeline_service_client::PipelineServiceClient;
 use remotemedia::proto::{self, AudioBuffer, AudioFormat, Connection, NodeManifest, PipelineManifest};
 

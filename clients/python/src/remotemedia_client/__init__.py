@@ -7,11 +7,13 @@
 requests and raise the same :mod:`~remotemedia_client.errors`.
 """
 
+from remotemedia_client import nodes as _nodes
 from remotemedia_client import pb
 from remotemedia_client._core import PROTOCOL_VERSION, TLS, ResourceLimits
 from remotemedia_client._log import enable_logging
 from remotemedia_client.aio import AsyncClient, AsyncStream
 from remotemedia_client.audio import AudioBuffer
+from remotemedia_client.catalogue import BUILTIN_CATALOGUE, Catalogue, NodeType
 from remotemedia_client.client import Client, Stream
 from remotemedia_client.errors import (
     AuthenticationError,
@@ -26,17 +28,7 @@ from remotemedia_client.errors import (
     VersionMismatchError,
     Violation,
 )
-from remotemedia_client.nodes import (
-    AudioChunkerNode,
-    AudioResampleNode,
-    BandpassFilterNode,
-    ChannelMixerNode,
-    FormatConverterNode,
-    GainNode,
-    LoudnessNode,
-    PassThroughNode,
-    VADNode,
-)
+from remotemedia_client.nodes import *  # noqa: F403  (a typed builder per node type, generated)
 from remotemedia_client.pipeline import Connection, Node, Pipeline, PipelineConfig, Port, Runtime
 from remotemedia_client.results import Metrics, NodeMetrics, NodeResult, Result, Segment, StreamStats, Transcript, Utterance
 from remotemedia_client.retry import RetryPolicy
@@ -44,29 +36,24 @@ from remotemedia_client.retry import RetryPolicy
 __version__ = "0.1.0"
 
 __all__ = [
+    "BUILTIN_CATALOGUE",
     "PROTOCOL_VERSION",
     "TLS",
     "AsyncClient",
     "AsyncStream",
     "AudioBuffer",
-    "AudioChunkerNode",
-    "AudioResampleNode",
     "AuthenticationError",
-    "BandpassFilterNode",
-    "ChannelMixerNode",
+    "Catalogue",
     "Client",
     "Connection",
     "DeadlineExceededError",
-    "FormatConverterNode",
-    "GainNode",
     "InternalError",
-    "LoudnessNode",
     "Metrics",
     "Node",
     "NodeExecutionError",
     "NodeMetrics",
     "NodeResult",
-    "PassThroughNode",
+    "NodeType",
     "Pipeline",
     "PipelineCancelledError",
     "PipelineConfig",
@@ -83,10 +70,10 @@ __all__ = [
     "StreamStats",
     "Transcript",
     "Utterance",
-    "VADNode",
     "ValidationError",
     "VersionMismatchError",
     "Violation",
     "enable_logging",
     "pb",
 ]
+__all__ += _nodes.__all__

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from remotemedia_client import pb
 from remotemedia_client._log import log
 from remotemedia_client.audio import AudioBuffer
+from remotemedia_client.catalogue import BUILTIN_CATALOGUE, Catalogue
 from remotemedia_client.errors import (
     DeadlineExceededError,
     PipelineCancelledError,
@@ -186,6 +187,12 @@ def default_source(pipeline: Pipeline, what: str) -> str:
     return sources[0]
 
 
+def unknown_node_types(pipeline: Pipeline | pb.PipelineManifest) -> bool:
+    """Whether ``pipeline`` uses node types the client's built-in catalogue does not know
+    (plug-ins), so the server's catalogue is needed to check it."""
+    return any(not BUILTIN_CATALOGUE.knows(n.type) for n in as_pipeline(pipeline).nodes)
+
+
 def execute_request(
     settings: Settings,
     pipeline: Pipeline | pb.PipelineManifest,
@@ -195,11 +202,12 @@ def execute_request(
     data: Mapping[str, Any] | None,
     output_nodes: Sequence[Node | str],
     limits: ResourceLimits | None,
+    catalogue: Catalogue = BUILTIN_CATALOGUE,
 ) -> pb.ExecuteRequest:
-    """Builds an ``ExecuteRequest`` after checking what can be checked here; a problem raises
-    :class:`ValidationError` listing every one."""
+    """Builds an ``ExecuteRequest`` after checking what can be checked here (node parameters
+    against ``catalogue``); a problem raises :class:`ValidationError` listing every one."""
     p = as_pipeline(pipeline)
-    problems = p.violations()
+    problems = p.violations(catalogue)
     audio: dict[str, AudioBuffer] = {}
     if inputs is not None and not isinstance(inputs, Mapping):
         # One input (an AudioBuffer, an array, a list of samples) for the only source node.
@@ -376,6 +384,10 @@ class StreamCore:
         self._next = 0  # the sequence to hand out next
         self._held: dict[int, Item] = {}
         self._fatal: RemoteMediaError | None = None
+
+    def check(self, catalogue: Catalogue) -> None:
+        """Checks the pipeline again, against a catalogue that knows its plug-ins."""
+        self.pipeline.validate(catalogue)
 
     def manifest_request(self) -> pb.StreamRequest:
         return pb.StreamRequest(manifest=self.manifest)

@@ -34,9 +34,11 @@ from remotemedia_client._core import (
     execute_request,
     execute_result,
     explain_length_limit,
+    unknown_node_types,
 )
 from remotemedia_client._log import log
 from remotemedia_client.audio import AudioBuffer, SampleFormat
+from remotemedia_client.catalogue import BUILTIN_CATALOGUE, Catalogue
 from remotemedia_client.errors import PipelineCancelledError, RemoteMediaError, ResourceLimitError, from_rpc_error, merge
 from remotemedia_client.pipeline import Node, Pipeline
 from remotemedia_client.results import Result, StreamStats
@@ -93,6 +95,7 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(s.address, options=s.options())
         self._stub: Any = pb.PipelineServiceStub(self._channel)
+        self._catalogue: Catalogue | None = None
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @property
@@ -153,8 +156,16 @@ class Client:
         ``ResourceLimitError`` whose ``hint`` names the ways past it: :meth:`stream_file` or
         :meth:`stream`, and ``limits``.
         """
+        catalogue = self.catalogue(timeout=timeout) if unknown_node_types(pipeline) else BUILTIN_CATALOGUE
         request = execute_request(
-            self.settings, pipeline, inputs, sample_rate=sample_rate, data=data, output_nodes=output_nodes, limits=limits
+            self.settings,
+            pipeline,
+            inputs,
+            sample_rate=sample_rate,
+            data=data,
+            output_nodes=output_nodes,
+            limits=limits,
+            catalogue=catalogue,
         )
         try:
             response = self._call(
@@ -277,6 +288,14 @@ class Client:
     def nodes(self, *, timeout: float | None = None) -> list[str]:
         """Every node type the server runs, native and Python, sorted."""
         return sorted(self.version(timeout=timeout).version_info.supported_node_types)
+
+    def catalogue(self, *, timeout: float | None = None) -> Catalogue:
+        """The server's node catalogue: every node type's parameters, ports and runtimes,
+        plug-ins included. Fetched once (``GetVersion``) and kept; ``run`` and ``stream`` use it
+        to check pipelines with node types this client was not built with."""
+        if self._catalogue is None:
+            self._catalogue = BUILTIN_CATALOGUE.merged(Catalogue.from_version(self.version(timeout=timeout).version_info))
+        return self._catalogue
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status of ``service`` (``""``: the server as a whole):
@@ -402,6 +421,8 @@ class Stream:
     def open(self) -> Stream:
         """Sends the manifest and waits for the server's ``ready`` (retrying refusals the
         retry policy allows: nothing has run yet)."""
+        if unknown_node_types(self._core.pipeline):
+            self._core.check(self._client.catalogue(timeout=self._timeout))
         settings = self._client.settings
         attempts = Attempts("StreamPipeline", self._retry, self._timeout)
         while True:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from remotemedia_client import pb
-from remotemedia_client._params import check_params
+from remotemedia_client.catalogue import BUILTIN_CATALOGUE, Catalogue
 from remotemedia_client.errors import ValidationError, Violation
 
 #: The manifest schema version the service accepts.
@@ -393,8 +393,10 @@ class Pipeline:
 
     # --- validation -------------------------------------------------------------------------
 
-    def violations(self) -> list[Violation]:
-        """Every rule the pipeline breaks that can be checked without the server."""
+    def violations(self, catalogue: Catalogue = BUILTIN_CATALOGUE) -> list[Violation]:
+        """Every rule the pipeline breaks that can be checked without the server; node
+        parameters are checked against ``catalogue`` (the service's built-in nodes by default;
+        ``Client.catalogue()`` adds the server's plug-ins)."""
         out: list[Violation] = []
         if not self.nodes:
             out.append(Violation("nodes", "a pipeline needs at least one node"))
@@ -409,8 +411,8 @@ class Pipeline:
             if not n.type:
                 out.append(Violation(f"nodes[{i}].node_type", "node_type must not be empty", n.id or None))
             out += [
-                Violation(f"nodes[{i}].params.{param}", f"node {n.id!r} ({n.type}): `{param}` {problem}", n.id or None)
-                for param, problem in check_params(n.type, n.params)
+                Violation(f"nodes[{i}].params.{param}", f"node `{n.id}` ({n.type}): parameter `{param}` {problem}", n.id or None)
+                for param, problem in catalogue.check(n.type, n.params)
             ]
         seen: dict[tuple[str, str, str, str], int] = {}
         for j, c in enumerate(self.connections):
@@ -457,9 +459,9 @@ class Pipeline:
                 visit(node)
         return list(found.values())
 
-    def validate(self) -> None:
+    def validate(self, catalogue: Catalogue = BUILTIN_CATALOGUE) -> None:
         """Raises :class:`ValidationError` listing every violation, if there is any."""
-        problems = self.violations()
+        problems = self.violations(catalogue)
         if problems:
             raise ValidationError.of(problems)
 

@@ -33,7 +33,7 @@ async function run(server: string, token: string): Promise<void> {
     }, ${version.supportedNodeTypes.length} node types`;
 
     const pipeline = new Pipeline("browser-example")
-      .resample("resample", { output_rate: 16_000 })
+      .audioResample("resample", { output_rate: 16_000 })
       .gain("gain", { gain_db: -6 })
       .connect("resample", "gain");
     const result = await client.execute(pipeline, tone());

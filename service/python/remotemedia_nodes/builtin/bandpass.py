@@ -25,6 +25,7 @@ class BandpassFilter(Node):
 
     inputs = (Port.audio("input", "audio in any format"),)
     outputs = (Port.audio("output", "the filtered audio, in the input's format"),)
+    example = {"low_hz": 300.0, "high_hz": 3400.0}
 
     def __init__(
         self,

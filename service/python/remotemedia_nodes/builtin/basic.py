@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from remotemedia_nodes.audio import Audio, from_float
-from remotemedia_nodes.declare import Port
+from remotemedia_nodes.declare import Exclusive, Port
 from remotemedia_nodes.errors import InvalidInput, UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
@@ -51,6 +51,8 @@ class PassThrough(Node):
 @node("GainNode")
 class Gain(Node):
     """Scales audio by `gain_db` decibels or a linear `gain`, keeping its format."""
+
+    exclusive = (Exclusive.at_most_one_of("gain_db", "gain"),)
 
     def __init__(self, gain_db: float | None = None, gain: float | None = None) -> None:
         self.factor = float(gain) if gain is not None else 10 ** (float(gain_db or 0.0) / 20)

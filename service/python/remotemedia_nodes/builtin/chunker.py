@@ -8,6 +8,7 @@ import numpy as np
 
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.builtin.basic import audio_input
+from remotemedia_nodes.declare import Exclusive
 from remotemedia_nodes.errors import InvalidInput
 from remotemedia_nodes.registry import Node, node
 
@@ -15,6 +16,8 @@ from remotemedia_nodes.registry import Node, node
 @node("AudioChunkerNode")
 class AudioChunker(Node):
     """Emits whole chunks of `chunk_samples` frames (or `chunk_ms`); the remainder on flush."""
+
+    exclusive = (Exclusive.one_of("chunk_samples", "chunk_ms"),)
 
     def __init__(self, chunk_samples: int | None = None, chunk_ms: int | None = None) -> None:
         self.frames = chunk_samples

@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::*;
 use crate::graph::{Backoff, Edge, PipelineConfig};
-use crate::nodes::{AsyncNode, AsyncOutput, INPUT, Node, NodeErrorKind, NodeFactory, NodeSpec, OUTPUT, Params, PortSpec};
+use crate::nodes::{
+    AsyncNode, AsyncOutput, INPUT, Node, NodeErrorKind, NodeFactory, NodeSpec, OUTPUT, Params, PortSpec,
+};
 
 fn audio(samples: Vec<f32>) -> Ports {
     Ports::new().with(INPUT, PortValue::Audio(AudioBuffer::from_f32(samples, 8_000, 1)))

@@ -4,10 +4,12 @@
 // @generated from file remotemedia/v1/service.proto (package remotemedia.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ExecuteRequestSchema, ExecuteResponseSchema } from "./execution_pb.js";
 import { file_remotemedia_v1_execution } from "./execution_pb.js";
+import type { RuntimeHint } from "./manifest_pb.js";
+import { file_remotemedia_v1_manifest } from "./manifest_pb.js";
 import type { StreamRequestSchema, StreamResponseSchema } from "./streaming_pb.js";
 import { file_remotemedia_v1_streaming } from "./streaming_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file remotemedia/v1/service.proto.
  */
 export const file_remotemedia_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZW1vdGVtZWRpYS92MS9zZXJ2aWNlLnByb3RvEg5yZW1vdGVtZWRpYS52MSIoCg5WZXJzaW9uUmVxdWVzdBIWCg5jbGllbnRfdmVyc2lvbhgBIAEoCSJ3Cg9WZXJzaW9uUmVzcG9uc2USMQoMdmVyc2lvbl9pbmZvGAEgASgLMhsucmVtb3RlbWVkaWEudjEuVmVyc2lvbkluZm8SEgoKY29tcGF0aWJsZRgCIAEoCBIdChVjb21wYXRpYmlsaXR5X21lc3NhZ2UYAyABKAkilAEKC1ZlcnNpb25JbmZvEhgKEHByb3RvY29sX3ZlcnNpb24YASABKAkSFwoPcnVudGltZV92ZXJzaW9uGAIgASgJEhwKFHN1cHBvcnRlZF9ub2RlX3R5cGVzGAMgAygJEhsKE3N1cHBvcnRlZF9wcm90b2NvbHMYBCADKAkSFwoPYnVpbGRfdGltZXN0YW1wGAUgASgJMokCCg9QaXBlbGluZVNlcnZpY2USUgoPRXhlY3V0ZVBpcGVsaW5lEh4ucmVtb3RlbWVkaWEudjEuRXhlY3V0ZVJlcXVlc3QaHy5yZW1vdGVtZWRpYS52MS5FeGVjdXRlUmVzcG9uc2USUwoOU3RyZWFtUGlwZWxpbmUSHS5yZW1vdGVtZWRpYS52MS5TdHJlYW1SZXF1ZXN0Gh4ucmVtb3RlbWVkaWEudjEuU3RyZWFtUmVzcG9uc2UoATABEk0KCkdldFZlcnNpb24SHi5yZW1vdGVtZWRpYS52MS5WZXJzaW9uUmVxdWVzdBofLnJlbW90ZW1lZGlhLnYxLlZlcnNpb25SZXNwb25zZWIGcHJvdG8z", [file_remotemedia_v1_execution, file_remotemedia_v1_streaming]);
+  fileDesc("ChxyZW1vdGVtZWRpYS92MS9zZXJ2aWNlLnByb3RvEg5yZW1vdGVtZWRpYS52MSIoCg5WZXJzaW9uUmVxdWVzdBIWCg5jbGllbnRfdmVyc2lvbhgBIAEoCSJ3Cg9WZXJzaW9uUmVzcG9uc2USMQoMdmVyc2lvbl9pbmZvGAEgASgLMhsucmVtb3RlbWVkaWEudjEuVmVyc2lvbkluZm8SEgoKY29tcGF0aWJsZRgCIAEoCBIdChVjb21wYXRpYmlsaXR5X21lc3NhZ2UYAyABKAkixgEKC1ZlcnNpb25JbmZvEhgKEHByb3RvY29sX3ZlcnNpb24YASABKAkSFwoPcnVudGltZV92ZXJzaW9uGAIgASgJEhwKFHN1cHBvcnRlZF9ub2RlX3R5cGVzGAMgAygJEhsKE3N1cHBvcnRlZF9wcm90b2NvbHMYBCADKAkSFwoPYnVpbGRfdGltZXN0YW1wGAUgASgJEjAKCm5vZGVfdHlwZXMYBiADKAsyHC5yZW1vdGVtZWRpYS52MS5Ob2RlVHlwZUluZm8i7gEKDE5vZGVUeXBlSW5mbxIMCgRuYW1lGAEgASgJEg8KB2FsaWFzZXMYAiADKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSFQoNcGFyYW1zX3NjaGVtYRgEIAEoCRIoCgZpbnB1dHMYBSADKAsyGC5yZW1vdGVtZWRpYS52MS5Qb3J0SW5mbxIpCgdvdXRwdXRzGAYgAygLMhgucmVtb3RlbWVkaWEudjEuUG9ydEluZm8SLQoIcnVudGltZXMYByADKA4yGy5yZW1vdGVtZWRpYS52MS5SdW50aW1lSGludBIPCgdkZXRhaWxzGAggASgJIlUKCFBvcnRJbmZvEgwKBG5hbWUYASABKAkSJgoEa2luZBgCIAEoDjIYLnJlbW90ZW1lZGlhLnYxLlBvcnRLaW5kEhMKC2Rlc2NyaXB0aW9uGAMgASgJKk4KCFBvcnRLaW5kEhkKFVBPUlRfS0lORF9VTlNQRUNJRklFRBAAEhMKD1BPUlRfS0lORF9BVURJTxABEhIKDlBPUlRfS0lORF9EQVRBEAIyiQIKD1BpcGVsaW5lU2VydmljZRJSCg9FeGVjdXRlUGlwZWxpbmUSHi5yZW1vdGVtZWRpYS52MS5FeGVjdXRlUmVxdWVzdBofLnJlbW90ZW1lZGlhLnYxLkV4ZWN1dGVSZXNwb25zZRJTCg5TdHJlYW1QaXBlbGluZRIdLnJlbW90ZW1lZGlhLnYxLlN0cmVhbVJlcXVlc3QaHi5yZW1vdGVtZWRpYS52MS5TdHJlYW1SZXNwb25zZSgBMAESTQoKR2V0VmVyc2lvbhIeLnJlbW90ZW1lZGlhLnYxLlZlcnNpb25SZXF1ZXN0Gh8ucmVtb3RlbWVkaWEudjEuVmVyc2lvblJlc3BvbnNlYgZwcm90bzM", [file_remotemedia_v1_execution, file_remotemedia_v1_manifest, file_remotemedia_v1_streaming]);
 
 /**
  * @generated from message remotemedia.v1.VersionRequest
@@ -106,6 +108,14 @@ export type VersionInfo = Message<"remotemedia.v1.VersionInfo"> & {
    * @generated from field: string build_timestamp = 5;
    */
   buildTimestamp: string;
+
+  /**
+   * The declaration of every node type in supported_node_types (plug-ins included), sorted by
+   * name: the node catalogue.
+   *
+   * @generated from field: repeated remotemedia.v1.NodeTypeInfo node_types = 6;
+   */
+  nodeTypes: NodeTypeInfo[];
 };
 
 /**
@@ -114,6 +124,137 @@ export type VersionInfo = Message<"remotemedia.v1.VersionInfo"> & {
  */
 export const VersionInfoSchema: GenMessage<VersionInfo> = /*@__PURE__*/
   messageDesc(file_remotemedia_v1_service, 2);
+
+/**
+ * What a node type is: its parameters, ports and runtimes, as declared by the node.
+ *
+ * @generated from message remotemedia.v1.NodeTypeInfo
+ */
+export type NodeTypeInfo = Message<"remotemedia.v1.NodeTypeInfo"> & {
+  /**
+   * Canonical type name, e.g. "AudioResampleNode".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Other accepted names, e.g. "AudioResample".
+   *
+   * @generated from field: repeated string aliases = 2;
+   */
+  aliases: string[];
+
+  /**
+   * One line: what the node does.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * The node's params object as a JSON Schema (draft 2020-12) document: each parameter's
+   * "type", "minimum"/"maximum" or "enum", "default", "description", and its unit as
+   * "x-unit"; "required" and "additionalProperties": false.
+   *
+   * @generated from field: string params_schema = 4;
+   */
+  paramsSchema: string;
+
+  /**
+   * Ports the node reads and writes.
+   *
+   * @generated from field: repeated remotemedia.v1.PortInfo inputs = 5;
+   */
+  inputs: PortInfo[];
+
+  /**
+   * @generated from field: repeated remotemedia.v1.PortInfo outputs = 6;
+   */
+  outputs: PortInfo[];
+
+  /**
+   * Runtimes that implement it: RUNTIME_HINT_RUST (native) and/or RUNTIME_HINT_CPYTHON.
+   *
+   * @generated from field: repeated remotemedia.v1.RuntimeHint runtimes = 7;
+   */
+  runtimes: RuntimeHint[];
+
+  /**
+   * More about the node's behaviour, in Markdown.
+   *
+   * @generated from field: string details = 8;
+   */
+  details: string;
+};
+
+/**
+ * Describes the message remotemedia.v1.NodeTypeInfo.
+ * Use `create(NodeTypeInfoSchema)` to create a new message.
+ */
+export const NodeTypeInfoSchema: GenMessage<NodeTypeInfo> = /*@__PURE__*/
+  messageDesc(file_remotemedia_v1_service, 3);
+
+/**
+ * One port of a node.
+ *
+ * @generated from message remotemedia.v1.PortInfo
+ */
+export type PortInfo = Message<"remotemedia.v1.PortInfo"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: remotemedia.v1.PortKind kind = 2;
+   */
+  kind: PortKind;
+
+  /**
+   * What the port carries; for data, the shape of the JSON.
+   *
+   * @generated from field: string description = 3;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message remotemedia.v1.PortInfo.
+ * Use `create(PortInfoSchema)` to create a new message.
+ */
+export const PortInfoSchema: GenMessage<PortInfo> = /*@__PURE__*/
+  messageDesc(file_remotemedia_v1_service, 4);
+
+/**
+ * @generated from enum remotemedia.v1.PortKind
+ */
+export enum PortKind {
+  /**
+   * @generated from enum value: PORT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Audio buffers.
+   *
+   * @generated from enum value: PORT_KIND_AUDIO = 1;
+   */
+  AUDIO = 1,
+
+  /**
+   * JSON data.
+   *
+   * @generated from enum value: PORT_KIND_DATA = 2;
+   */
+  DATA = 2,
+}
+
+/**
+ * Describes the enum remotemedia.v1.PortKind.
+ */
+export const PortKindSchema: GenEnum<PortKind> = /*@__PURE__*/
+  enumDesc(file_remotemedia_v1_service, 0);
 
 /**
  * @generated from service remotemedia.v1.PipelineService

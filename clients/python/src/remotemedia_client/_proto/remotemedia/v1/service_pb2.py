@@ -24,22 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 from remotemedia_client._proto.remotemedia.v1 import execution_pb2 as remotemedia_dot_v1_dot_execution__pb2
+from remotemedia_client._proto.remotemedia.v1 import manifest_pb2 as remotemedia_dot_v1_dot_manifest__pb2
 from remotemedia_client._proto.remotemedia.v1 import streaming_pb2 as remotemedia_dot_v1_dot_streaming__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cremotemedia/v1/service.proto\x12\x0eremotemedia.v1\x1a\x1eremotemedia/v1/execution.proto\x1a\x1eremotemedia/v1/streaming.proto\"(\n\x0eVersionRequest\x12\x16\n\x0e\x63lient_version\x18\x01 \x01(\t\"w\n\x0fVersionResponse\x12\x31\n\x0cversion_info\x18\x01 \x01(\x0b\x32\x1b.remotemedia.v1.VersionInfo\x12\x12\n\ncompatible\x18\x02 \x01(\x08\x12\x1d\n\x15\x63ompatibility_message\x18\x03 \x01(\t\"\x94\x01\n\x0bVersionInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x17\n\x0fruntime_version\x18\x02 \x01(\t\x12\x1c\n\x14supported_node_types\x18\x03 \x03(\t\x12\x1b\n\x13supported_protocols\x18\x04 \x03(\t\x12\x17\n\x0f\x62uild_timestamp\x18\x05 \x01(\t2\x89\x02\n\x0fPipelineService\x12R\n\x0f\x45xecutePipeline\x12\x1e.remotemedia.v1.ExecuteRequest\x1a\x1f.remotemedia.v1.ExecuteResponse\x12S\n\x0eStreamPipeline\x12\x1d.remotemedia.v1.StreamRequest\x1a\x1e.remotemedia.v1.StreamResponse(\x01\x30\x01\x12M\n\nGetVersion\x12\x1e.remotemedia.v1.VersionRequest\x1a\x1f.remotemedia.v1.VersionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cremotemedia/v1/service.proto\x12\x0eremotemedia.v1\x1a\x1eremotemedia/v1/execution.proto\x1a\x1dremotemedia/v1/manifest.proto\x1a\x1eremotemedia/v1/streaming.proto\"(\n\x0eVersionRequest\x12\x16\n\x0e\x63lient_version\x18\x01 \x01(\t\"w\n\x0fVersionResponse\x12\x31\n\x0cversion_info\x18\x01 \x01(\x0b\x32\x1b.remotemedia.v1.VersionInfo\x12\x12\n\ncompatible\x18\x02 \x01(\x08\x12\x1d\n\x15\x63ompatibility_message\x18\x03 \x01(\t\"\xc6\x01\n\x0bVersionInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x17\n\x0fruntime_version\x18\x02 \x01(\t\x12\x1c\n\x14supported_node_types\x18\x03 \x03(\t\x12\x1b\n\x13supported_protocols\x18\x04 \x03(\t\x12\x17\n\x0f\x62uild_timestamp\x18\x05 \x01(\t\x12\x30\n\nnode_types\x18\x06 \x03(\x0b\x32\x1c.remotemedia.v1.NodeTypeInfo\"\xee\x01\n\x0cNodeTypeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rparams_schema\x18\x04 \x01(\t\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.remotemedia.v1.PortInfo\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.remotemedia.v1.PortInfo\x12-\n\x08runtimes\x18\x07 \x03(\x0e\x32\x1b.remotemedia.v1.RuntimeHint\x12\x0f\n\x07\x64\x65tails\x18\x08 \x01(\t\"U\n\x08PortInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.remotemedia.v1.PortKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*N\n\x08PortKind\x12\x19\n\x15PORT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fPORT_KIND_AUDIO\x10\x01\x12\x12\n\x0ePORT_KIND_DATA\x10\x02\x32\x89\x02\n\x0fPipelineService\x12R\n\x0f\x45xecutePipeline\x12\x1e.remotemedia.v1.ExecuteRequest\x1a\x1f.remotemedia.v1.ExecuteResponse\x12S\n\x0eStreamPipeline\x12\x1d.remotemedia.v1.StreamRequest\x1a\x1e.remotemedia.v1.StreamResponse(\x01\x30\x01\x12M\n\nGetVersion\x12\x1e.remotemedia.v1.VersionRequest\x1a\x1f.remotemedia.v1.VersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'remotemedia.v1.service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERSIONREQUEST']._serialized_start=112
-  _globals['_VERSIONREQUEST']._serialized_end=152
-  _globals['_VERSIONRESPONSE']._serialized_start=154
-  _globals['_VERSIONRESPONSE']._serialized_end=273
-  _globals['_VERSIONINFO']._serialized_start=276
-  _globals['_VERSIONINFO']._serialized_end=424
-  _globals['_PIPELINESERVICE']._serialized_start=427
-  _globals['_PIPELINESERVICE']._serialized_end=692
+  _globals['_PORTKIND']._serialized_start=835
+  _globals['_PORTKIND']._serialized_end=913
+  _globals['_VERSIONREQUEST']._serialized_start=143
+  _globals['_VERSIONREQUEST']._serialized_end=183
+  _globals['_VERSIONRESPONSE']._serialized_start=185
+  _globals['_VERSIONRESPONSE']._serialized_end=304
+  _globals['_VERSIONINFO']._serialized_start=307
+  _globals['_VERSIONINFO']._serialized_end=505
+  _globals['_NODETYPEINFO']._serialized_start=508
+  _globals['_NODETYPEINFO']._serialized_end=746
+  _globals['_PORTINFO']._serialized_start=748
+  _globals['_PORTINFO']._serialized_end=833
+  _globals['_PIPELINESERVICE']._serialized_start=916
+  _globals['_PIPELINESERVICE']._serialized_end=1181
 # @@protoc_insertion_point(module_scope)
