@@ -21,7 +21,7 @@ from conftest import REPO, SERVER_BIN, RunningServer, server_env, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from speech import CHUNK, RATE, pipeline, pocketsphinx_direct, run, settles, stream_chunks
 
-from remotemedia_client import Client, Node, ResourceLimitError, Result
+from remotemedia_client import AudioBuffer, Client, GainNode, Node, ResourceLimitError, ResourceLimits, Result
 
 MODEL_PLUGINS = REPO / "tests" / "model_plugins"
 ASR = pipeline(Node("SpeechRecognitionNode", id="asr"))
@@ -132,6 +132,76 @@ def test_concurrent_streams_load_at_most_the_pool_and_each_hears_its_own_speech(
         loads = s.metric("remotemedia_model_loads_total", model=RECOGNISER)
         assert 1 <= loads <= 2, loads
         assert s.metric("remotemedia_model_instances", model=RECOGNISER) == loads
+        assert_idle(s)
+    finally:
+        assert s.stop() == 0
+
+
+def test_concurrent_first_uses_of_a_shared_model_load_it_once() -> None:
+    """Two requests ask for a shared model that is not loaded yet, at the same time (on the two
+    Python workers): its load waits for a second load of it to start, and none does."""
+    s = start_server("--python-nodes-path", str(MODEL_PLUGINS))
+    first_use = pipeline(Node("SharedFirstUseNode", id="m"))
+    answers: queue.Queue[object] = queue.Queue()
+
+    def one(client: Client) -> None:
+        try:
+            answers.put(client.run(first_use, data={"m": {}}, timeout=60))
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            answers.put(e)
+
+    try:
+        with Client(s.address, timeout=60) as client:
+            threads = [threading.Thread(target=one, args=(client,)) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        results = [answers.get() for _ in range(2)]
+        assert all(isinstance(r, Result) for r in results), results
+        assert len({r.data["m"]["data"]["model"] for r in results}) == 1, "both got the one instance"  # type: ignore[union-attr]
+        assert s.metric("remotemedia_model_loads_total", model="first-use-test-model") == 1
+        assert s.metric("remotemedia_model_instances", model="first-use-test-model") == 1
+    finally:
+        assert s.stop() == 0
+
+
+# --- concurrency -------------------------------------------------------------------------------
+
+
+def test_inferences_on_different_instances_run_in_parallel_and_native_requests_go_on() -> None:
+    """Each inference waits inside the model, without the GIL, until three are inside: they end
+    only if the server runs them at once, on three Python workers and three instances. While
+    two of them wait, a native-only request is answered."""
+    s = start_server("--python-nodes-path", str(MODEL_PLUGINS), "--python-workers", "3", "--default-timeout-ms", "30000")
+    meet = pipeline(Node("RendezvousNode", id="r", parties=3))
+    answers: queue.Queue[object] = queue.Queue()
+
+    def one(client: Client) -> None:
+        try:
+            answers.put(client.run(meet, data={"r": {}}, limits=ResourceLimits(max_timeout_ms=30_000), timeout=60))
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            answers.put(e)
+
+    try:
+        with Client(s.address, timeout=60) as client:
+            threads = [threading.Thread(target=one, args=(client,)) for _ in range(2)]
+            for t in threads:
+                t.start()
+            settles(lambda: s.metric("remotemedia_model_instances_in_use", model="rendezvous-test-model") == 2, "two inferences to wait")
+            tone = AudioBuffer.from_numpy(np.full(16_000, 0.5, dtype=np.float32), 16_000)
+            quieter = client.run(pipeline(GainNode("g", gain_db=-6.0206)), tone, timeout=10)
+            np.testing.assert_allclose(quieter.audio["g"].to_numpy(), 0.25, atol=1e-4)
+            assert all(t.is_alive() for t in threads), "the inferences still wait while the native request is answered"
+            threads.append(threading.Thread(target=one, args=(client,)))
+            threads[-1].start()
+            for t in threads:
+                t.join()
+        results = [answers.get() for _ in range(3)]
+        assert all(isinstance(r, Result) for r in results), results
+        assert all(r.data["r"]["data"] == {"met": 3} for r in results)  # type: ignore[union-attr]
+        assert s.metric("remotemedia_model_loads_total", model="rendezvous-test-model") == 3
+        assert s.metric("remotemedia_model_inference_duration_seconds_count", model="rendezvous-test-model", node_type="RendezvousNode") == 3
         assert_idle(s)
     finally:
         assert s.stop() == 0
