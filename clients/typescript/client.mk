@@ -29,7 +29,7 @@ ts-generate: ts-deps ## regenerate the TypeScript client's code from proto/
 ts-build: ts-deps ## build the TypeScript client (ESM and CJS)
 	cd $(TS_DIR) && $(NPM) run build
 
-test-typescript: ts-deps chromium build ## generated-code check, build, tests and npm pack test of the TypeScript client
+test-typescript: ts-deps chromium build test-data ## generated-code check, build, tests and npm pack test of the TypeScript client
 	cd $(TS_DIR) && $(NPM) run check-generated
 	cd $(TS_DIR) && $(NPM) run build
 	cd $(TS_DIR) && $(NPM) test
