@@ -392,6 +392,8 @@ def test_health_is_not_serving_until_the_preloaded_models_are_ready(tmp_path: Pa
         text = _metrics(str(ready["metrics_address"]))
         assert f'remotemedia_model_loads_total{{model="{RECOGNISER}"}} 2' in text, "the whole pool, before any request"
         assert 'remotemedia_model_loads_total{model="gated-test-model"} 1' in text
+        assert f'remotemedia_model_load_duration_seconds_count{{model="{RECOGNISER}"}} 2' in text, "each load timed"
+        assert f'remotemedia_model_instances{{model="{RECOGNISER}"}} 2' in text
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
