@@ -201,7 +201,9 @@ def test_inferences_on_different_instances_run_in_parallel_and_native_requests_g
         assert all(isinstance(r, Result) for r in results), results
         assert all(r.data["r"]["data"] == {"met": 3} for r in results)  # type: ignore[union-attr]
         assert s.metric("remotemedia_model_loads_total", model="rendezvous-test-model") == 3
-        assert s.metric("remotemedia_model_inference_duration_seconds_count", model="rendezvous-test-model", node_type="RendezvousNode") == 3
+        assert (
+            s.metric("remotemedia_model_inference_duration_seconds_count", model="rendezvous-test-model", node_type="RendezvousNode") == 3
+        )
         assert_idle(s)
     finally:
         assert s.stop() == 0

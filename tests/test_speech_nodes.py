@@ -132,12 +132,8 @@ def test_text_to_speech_speaks_what_it_is_given(client: Client) -> None:
     np.testing.assert_array_equal(speech.to_numpy(), direct_samples[: len(direct_samples) // 2 * 2][: speech.frames])
     assert speech.frames == len(direct_samples)
 
-    faster = client.run(
-        pipeline(TextToSpeechNode("tts", rate_wpm=300)), data={"tts": {"text": "It was the best of times."}}, timeout=60
-    )
-    slower = client.run(
-        pipeline(TextToSpeechNode("tts", rate_wpm=100)), data={"tts": {"text": "It was the best of times."}}, timeout=60
-    )
+    faster = client.run(pipeline(TextToSpeechNode("tts", rate_wpm=300)), data={"tts": {"text": "It was the best of times."}}, timeout=60)
+    slower = client.run(pipeline(TextToSpeechNode("tts", rate_wpm=100)), data={"tts": {"text": "It was the best of times."}}, timeout=60)
     assert faster.audio["tts"].duration < slower.audio["tts"].duration
 
 
