@@ -80,6 +80,7 @@ pub const LIMITS: &[&str] = &[
     "max_concurrent_streams",
     "stream_idle_timeout_ms",
     "stream_max_duration_ms",
+    crate::python::models::WAIT_LIMIT,
 ];
 
 /// What became of a WebSocket upgrade request, as values of [`WEBSOCKET_HANDSHAKES_TOTAL`]'s
@@ -162,6 +163,7 @@ pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
         "build_timestamp" => env!("REMOTEMEDIA_BUILD_TIMESTAMP"),
     )
     .set(1.0);
+    crate::python::models::register_metrics();
     process().describe();
     process().collect();
 }
@@ -413,6 +415,11 @@ pub fn node_failed(node_type: &str) {
 pub fn exec_failed(e: &crate::graph::ExecError) {
     use crate::graph::ExecError;
     match e {
+        // Not the node's fault: no model instance was free in time.
+        ExecError::Node { source, .. } if source.kind == crate::nodes::NodeErrorKind::ResourceLimit => {
+            limit_rejected(crate::python::models::WAIT_LIMIT);
+            tracing::info!(error = %e, "no model instance free in time");
+        }
         ExecError::Node { node_type, .. } | ExecError::CircuitOpen { node_type, .. } => {
             node_failed(node_type);
             tracing::warn!(error = %e, "node failed");
