@@ -40,6 +40,7 @@ SLIM_DPKG_OPTIONS := $(foreach p,/usr/share/man/* /usr/share/doc/* /usr/share/in
 
 .PHONY: deploy-tools test-deployed compose-check docker-tokens
 .PHONY: docker-base docker-dist docker-image test-docker test-container
+.PHONY: test-data
 .PHONY: help venv tools system-deps build build-release run test test-rust test-proto test-python lint fmt proto bench bench-tools bench-load clean
 .PHONY: catalogue check-catalogue
 
@@ -96,7 +97,14 @@ test-rust: ## Rust unit and integration tests
 test-proto: venv ## check the generated Python stubs match proto/
 	$(VPY) clients/python/scripts/gen_proto.py --check
 
-test-python: venv tools system-deps deploy-tools build build-release ts-build ## pytest against the real binaries (and the built TypeScript client, for the catalogue contract)
+# Recorded speech for the model tests, from a registry wheel's assets (tests/speech_data.py
+# checks its licence and checksums); kept out of git.
+SPEECH_DATA := tests/data/speech
+test-data: $(SPEECH_DATA)/PROVENANCE ## fetch the recorded speech the model tests use (from the moonshine-voice wheel)
+$(SPEECH_DATA)/PROVENANCE: tests/speech_data.py | $(VENV)/.installed
+	$(VPY) tests/speech_data.py fetch
+
+test-python: venv tools system-deps deploy-tools build build-release ts-build test-data ## pytest against the real binaries (and the built TypeScript client, for the catalogue contract)
 	$(VPY) -m pytest -q
 
 test-deployed: venv tools ## the checks of a deployed service (REMOTEMEDIA_TARGET=host:port, or the image's entrypoint here)
@@ -157,9 +165,10 @@ lint: venv $(CLIENT_LINT_TARGETS) ## rustfmt, clippy and every client's linters
 fmt: ## format the Rust code
 	$(CARGO) fmt --manifest-path service/Cargo.toml
 
-bench: venv bench-load ## every benchmark: criterion, the Python tools side by side, the load driver
+bench: venv bench-load build-release test-data ## every benchmark: criterion, the Python tools side by side, the load driver, the speech models
 	$(CARGO) bench $(CARGO_FLAGS)
 	$(VPY) bench/compare_python.py --no-cargo
+	$(VPY) bench/speech.py
 
 bench-tools: $(TOOLS)/ghz ## install ghz (the gRPC load driver) with go install
 $(TOOLS)/ghz:

@@ -2,7 +2,7 @@
 
     python bench/load.py              # everything, about five minutes
     python bench/load.py --quick      # shorter runs and 200 streams, about a minute
-    python bench/load.py --only unary,ghz,concurrent,serialization,pingpong,streams,transports
+    python bench/load.py --only unary,ghz,concurrent,serialization,pingpong,streams,cost,transports
 
 What runs, each against a fresh `remotemedia-server` on a free port:
 - unary: one client (`loadgen unary`, a tonic client) sending back-to-back ExecutePipeline
@@ -24,6 +24,12 @@ What runs, each against a fresh `remotemedia-server` on a free port:
 - streams: N real-time streams (50 chunks/s each, 20 ms of 48 kHz audio per chunk through
   resample → VAD) for S seconds over 16 connections: errors, order, round trip per chunk, and
   the server's RSS growth per open stream.
+- cost: the server's CPU time (utime + stime from /proc) per stream chunk, over the chunks its
+  metrics counted for 200 real-time streams, and per unary call (resample 1 s 48 -> 16 kHz, one
+  client), each beside its reference, the nodes' own work as criterion times it in the same run
+  (`cargo bench --bench nodes -- 'reference|1s_high_with_setup'`): 1 s through resample -> VAD
+  in one call on warm nodes, / 50, and one unary resample with setup. The grpcio + soxr
+  baseline's CPU per call is measured the same way, with the same client.
 - transports: StreamPipeline over WebSocket against gRPC HTTP/2, one server, one after the
   other: pingpong round trips on each, then 200 real-time streams on each (WebSocket: a
   connection per stream, as browsers have; gRPC: 16 connections), with the server's CPU time
@@ -112,15 +118,20 @@ def server(*args: str) -> Iterator[Server]:
         proc.wait(timeout=30)
 
 
+class Baseline:
+    def __init__(self, proc: subprocess.Popen[str], address: str) -> None:
+        self.proc, self.address = proc, address
+
+
 @contextmanager
-def baseline() -> Iterator[str]:
+def baseline() -> Iterator[Baseline]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "baseline_server.py"), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("listening on "):
         raise SystemExit(f"baseline server failed: {line!r}")
     try:
-        yield line.split()[-1]
+        yield Baseline(proc, line.split()[-1])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -176,9 +187,9 @@ def run_ghz(opts: argparse.Namespace, results: dict) -> None:
         with server() as s:
             ghz(s.address, req, 2, 16)  # warm-up: connections, resampler pool
             ours = ghz(s.address, req, opts.seconds, 16)
-        with baseline() as address:
-            ghz(address, req, 2, 16)
-            theirs = ghz(address, req, opts.seconds, 16)
+        with baseline() as b:
+            ghz(b.address, req, 2, 16)
+            theirs = ghz(b.address, req, opts.seconds, 16)
     results["ghz"] = {"ours": ours, "baseline": theirs, "ratio": ours["rps"] / theirs["rps"]}
 
 
@@ -187,9 +198,9 @@ def run_concurrent(opts: argparse.Namespace, results: dict) -> None:
     with server() as s:
         loadgen("unary", **{**flags, "seconds": 2}, addr=s.address)  # warm-up
         ours = loadgen("unary", **flags, addr=s.address)
-    with baseline() as address:
-        loadgen("unary", **{**flags, "seconds": 2}, addr=address)
-        theirs = loadgen("unary", **flags, addr=address)
+    with baseline() as b:
+        loadgen("unary", **{**flags, "seconds": 2}, addr=b.address)
+        theirs = loadgen("unary", **flags, addr=b.address)
     results["concurrent"] = {"ours": ours, "baseline": theirs, "ratio": ours["rps"] / theirs["rps"]}
 
 
@@ -261,6 +272,80 @@ def run_streams(opts: argparse.Namespace, results: dict) -> None:
         )
 
 
+def criterion_median(group: str, name: str) -> float:
+    """The median criterion measured for `group/name`, in seconds."""
+    estimates = json.loads((ROOT / "service" / "target" / "criterion" / group / name / "new" / "estimates.json").read_text())
+    return estimates["median"]["point_estimate"] / 1e9
+
+
+def run_cost(opts: argparse.Namespace, results: dict) -> None:
+    subprocess.run(
+        ["cargo", "bench", "--locked", "--manifest-path", str(ROOT / "service" / "Cargo.toml"), "--bench", "nodes", "--", "reference|1s_high_with_setup"],
+        check=True,
+        cwd=ROOT / "service",
+        stdout=subprocess.DEVNULL,
+    )
+    chunk_reference = criterion_median("reference", "resample_vad_1s_in_one_call") / 50
+    executor_chunk = criterion_median("reference", "resample_vad_1s_as_50_chunks_through_the_executor") / 50
+    call_reference = criterion_median("resample_48k_to_16k", "1s_high_with_setup")
+    streams, seconds = 200, opts.cost_seconds
+    out: dict = {"streams": streams, "seconds": seconds}
+    with server("--max-concurrent-streams", str(streams + 100)) as s:
+        loadgen("pingpong", addr=s.address, chunks=500)  # warm-up: connection, resampler pool
+        chunks, cpu = total(s.scrape(), "remotemedia_stream_chunks_total"), cpu_seconds(s.proc.pid)
+        run = loadgen("stream", addr=s.address, streams=streams, rate=50, seconds=seconds, connections=16)
+        cpu = cpu_seconds(s.proc.pid) - cpu
+        chunks = total(s.scrape(), "remotemedia_stream_chunks_total") - chunks
+        out["stream"] = {
+            "chunks": chunks,
+            "errors": run["errors"],
+            "out_of_order": run["out_of_order"],
+            "p99_ms": run["round_trip"]["p99_ms"],
+            "server_cpu_us": 1e6 * cpu / chunks,
+            "reference_us": 1e6 * chunk_reference,
+            "executor_us": 1e6 * executor_chunk,
+        }
+        loadgen("unary", addr=s.address, seconds=2, audio_seconds=1)  # warm-up
+        out["unary"] = unary_cost(s.proc.pid, s.address, opts.seconds)
+    with baseline() as b:
+        loadgen("unary", addr=b.address, seconds=2, audio_seconds=1)
+        out["baseline"] = unary_cost(b.proc.pid, b.address, opts.seconds)
+    out["unary"]["reference_us"] = 1e6 * call_reference
+    results["cost"] = out
+
+
+def unary_cost(pid: int, address: str, seconds: int) -> dict:
+    """CPU time of server `pid` per unary call over `seconds` of back-to-back calls."""
+    cpu = cpu_seconds(pid)
+    run = loadgen("unary", addr=address, seconds=seconds, audio_seconds=1)
+    cpu = cpu_seconds(pid) - cpu
+    calls = run["latency"]["count"] + run["errors"] + 50  # loadgen's 50 warm-up calls count too
+    return {"calls": calls, "errors": run["errors"], "p50_ms": run["latency"]["p50_ms"], "server_cpu_us": 1e6 * cpu / calls}
+
+
+def cost_markdown(c: dict) -> str:
+    st, u, b = c["stream"], c["unary"], c["baseline"]
+    stream = (
+        f"| per stream chunk, 20 ms through resample → VAD ({c['streams']} streams × 50 chunks/s, {st['chunks']:.0f} chunks; "
+        f"{st['errors']} errors, {st['out_of_order']} out of order, p99 {st['p99_ms']:.1f} ms) | {st['server_cpu_us']:.1f} µs | "
+        f"{st['reference_us']:.2f} µs | {st['server_cpu_us'] / st['reference_us']:.1f}× | ≤ 3× |"
+    )
+    executor = (
+        f"| the same chunk through the executor in process, result message included (criterion) | {st['executor_us']:.2f} µs | "
+        f"{st['reference_us']:.2f} µs | {st['executor_us'] / st['reference_us']:.2f}× | |"
+    )
+    unary = (
+        f"| per unary call, resample 1 s 48 → 16 kHz, one client ({u['calls']} calls) | {u['server_cpu_us']:.1f} µs | "
+        f"{u['reference_us']:.1f} µs | {u['server_cpu_us'] / u['reference_us']:.2f}× | ≤ 1.25× |"
+    )
+    base = (
+        f"| grpcio + soxr baseline, the same calls ({b['calls']} calls) | {b['server_cpu_us']:.1f} µs | | "
+        f"baseline ÷ ours = {b['server_cpu_us'] / u['server_cpu_us']:.2f}× | ≥ 3× |"
+    )
+    rows = ["| server CPU | measured | reference: the nodes' own work | ratio | goal |", "| --- | --- | --- | --- | --- |", stream, executor, unary, base]
+    return "\n".join(rows)
+
+
 def markdown(results: dict) -> str:
     out = []
     if "unary" in results:
@@ -295,6 +380,8 @@ def markdown(results: dict) -> str:
         cells = ", ".join(f"{r['audio_seconds']} s: {100 * r['serialization_over_rpc_time']:.1f} %" for r in results["serialization"])
         out.append(f"| serialization / RPC time (server metrics), 1-10 s buffers | ≤ 10 % | {cells} |")
     table = "| what | goal | measured |\n| --- | --- | --- |\n" + "\n".join(out)
+    if "cost" in results:
+        table += "\n\n" + cost_markdown(results["cost"])
     if "transports" in results:
         table += "\n\n" + transports_markdown(results["transports"])
     return table
@@ -316,7 +403,7 @@ def transports_markdown(t: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs and 200 streams")
-    ap.add_argument("--only", default="unary,ghz,concurrent,serialization,pingpong,streams,transports")
+    ap.add_argument("--only", default="unary,ghz,concurrent,serialization,pingpong,streams,cost,transports")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     opts = ap.parse_args()
@@ -324,6 +411,7 @@ def main() -> int:
     opts.chunks = 2_000 if opts.quick else 10_000
     opts.streams = 200 if opts.quick else 1_000
     opts.stream_seconds = 10 if opts.quick else 60
+    opts.cost_seconds = 10 if opts.quick else 20
     opts.transport_seconds = 5 if opts.quick else 20
     if not opts.no_build:
         build()
@@ -337,6 +425,7 @@ def main() -> int:
         "serialization": run_serialization,
         "pingpong": run_pingpong,
         "streams": run_streams,
+        "cost": run_cost,
         "transports": run_transports,
     }
     for name in opts.only.split(","):

@@ -1,6 +1,6 @@
 """The Python documentation runs as written: the READMEs' client examples and the files in
 clients/python/examples, against a started server found through REMOTEMEDIA_ADDRESS, and the
-plug-in node of docs/python-nodes.md, loaded by a server. (The TypeScript blocks are run by
+plug-in nodes of docs/python-nodes.md, loaded by a server. (The TypeScript blocks are run by
 clients/typescript/test/docs.test.ts.)"""
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pocketsphinx  # type: ignore[import-untyped]
 import pytest
 import soundfile
+import speech_data
 from conftest import REPO, RunningServer, start_server
 
-from remotemedia_client import Client, Node, Pipeline
+from remotemedia_client import Client, Node, Pipeline, ResourceLimits, ValidationError
 
 EXAMPLES = REPO / "clients" / "python" / "examples"
 
@@ -68,7 +70,7 @@ def test_the_package_readme_example_runs_unchanged(server: RunningServer, tmp_pa
 
 
 def test_the_plug_in_node_of_the_python_nodes_guide_loads_and_runs(tmp_path: Path) -> None:
-    [block] = python_blocks(REPO / "docs" / "python-nodes.md")
+    block, _ = python_blocks(REPO / "docs" / "python-nodes.md")
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "invert.py").write_text(block)
@@ -80,6 +82,30 @@ def test_the_plug_in_node_of_the_python_nodes_guide_loads_and_runs(tmp_path: Pat
             pipeline = Pipeline.chain(Node("InvertNode", "inv", strength=0.5))
             result = client.run(pipeline, np.array([0.5, -0.25], np.float32), sample_rate=8_000)
         np.testing.assert_array_equal(result.output().to_numpy(), np.array([-0.25, 0.125], np.float32))
+    finally:
+        assert s.stop() == 0
+
+
+def test_the_model_node_of_the_python_nodes_guide_recognises_speech(tmp_path: Path) -> None:
+    _, block = python_blocks(REPO / "docs" / "python-nodes.md")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "transcribe.py").write_text(block)
+    speech, rate = soundfile.read(speech_data.path("beckett.wav"), dtype="int16")
+    decoder = pocketsphinx.Decoder(loglevel="ERROR")
+    decoder.start_utt()
+    decoder.process_raw(speech.tobytes(), full_utt=True)
+    decoder.end_utt()
+    s = start_server("--python-nodes-path", str(plugins))
+    try:
+        with Client(s.address, timeout=60) as client:
+            asr = Pipeline.chain(Node("Transcribe", "asr"))
+            result = client.run(asr, speech, sample_rate=rate, limits=ResourceLimits(max_timeout_ms=30_000))
+            assert result.data["asr"]["text"] == decoder.hyp().hypstr
+            with pytest.raises(ValidationError, match="Transcribe needs 16 kHz mono audio"):
+                client.run(asr, speech, sample_rate=8_000)
+        assert s.metric("remotemedia_model_loads_total", model="my-pocketsphinx") == 1
+        assert s.metric("remotemedia_model_inference_duration_seconds_count", model="my-pocketsphinx", node_type="Transcribe") == 1
     finally:
         assert s.stop() == 0
 

@@ -212,8 +212,8 @@ def test_every_setting_and_metric_is_documented() -> None:
     configuration = (REPO / "docs" / "configuration.md").read_text()
     for name in server_env_names() - {"REMOTEMEDIA_CONFIG"}:
         assert f"`{name}`" in configuration, f"{name} is missing from docs/configuration.md"
-    observe = (REPO / "service" / "src" / "grpc" / "observe.rs").read_text()
-    families = set(re.findall(r'pub const \w+: &str = "(remotemedia_\w+)"', observe))
+    sources = [REPO / "service" / "src" / "grpc" / "observe.rs", REPO / "service" / "src" / "python" / "models.rs"]
+    families = {name for src in sources for name in re.findall(r'pub const \w+: &str = "(remotemedia_\w+)"', src.read_text())}
     operations = (REPO / "docs" / "operations.md").read_text()
     documented = set(re.findall(r"^\| `(remotemedia_\w+)`", operations, flags=re.M))
     assert families and documented == families

@@ -70,8 +70,21 @@ def test_counters_and_gauges_start_at_zero_for_their_known_labels(srv: RunningSe
         'remotemedia_node_failures_total{node_type="GainNode"}',
         "remotemedia_active_executions",
         "remotemedia_active_streams",
+        'remotemedia_limit_rejections_total{limit="model_wait_ms"}',
+        'remotemedia_model_loads_total{model="pocketsphinx-en-us"}',
+        'remotemedia_model_instances{model="silero-vad"}',
+        'remotemedia_model_instances_in_use{model="pocketsphinx-en-us"}',
+        'remotemedia_model_pool_exhausted_total{model="silero-vad"}',
+        'remotemedia_model_inference_duration_seconds_count{model="pocketsphinx-en-us",node_type="SpeechRecognitionNode"}',
+        'remotemedia_model_wait_duration_seconds_count{model="pocketsphinx-en-us"}',
     ]:
         assert value(text, series) == 0, f"{series} is not 0 on a fresh server:\n{text}"
+    # Bounded labels: the model metrics name only the models the nodes register.
+    assert set(re.findall(r'^remotemedia_model_\w+\{[^}]*model="([^"]+)"', text, flags=re.M)) == {
+        "espeak-ng",
+        "pocketsphinx-en-us",
+        "silero-vad",
+    }
     assert re.search(r'^remotemedia_build_info\{[^}]*version="[0-9.]+"[^}]*\} 1$', text, flags=re.M), text
     assert value(text, "process_cpu_seconds_total") is not None, "the process metrics are there"
     assert (value(text, "process_resident_memory_bytes") or 0) > 1e6

@@ -30,7 +30,7 @@ ts-build: ts-deps ## build the TypeScript client (ESM and CJS)
 	cd $(TS_DIR) && $(NPM) run build
 
 # system-deps: the microphone page's test speaks its WAV with espeak-ng and sox.
-test-typescript: ts-deps chromium system-deps build ## generated-code check, build, tests and npm pack test of the TypeScript client
+test-typescript: ts-deps chromium system-deps build test-data ## generated-code check, build, tests and npm pack test of the TypeScript client
 	cd $(TS_DIR) && $(NPM) run check-generated
 	cd $(TS_DIR) && $(NPM) run build
 	cd $(TS_DIR) && $(NPM) test

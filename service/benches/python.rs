@@ -25,7 +25,9 @@ fn signal(rate: u32, frames: usize, channels: u32) -> AudioBuffer {
 fn engine() -> Engine {
     let mut registry = Registry::builtin();
     registry
-        .attach_foreign(PythonRuntime::start(None, 2, &[]).expect("make venv sets up the Python environment"))
+        .attach_foreign(
+            PythonRuntime::start(None, 2, &[], &Default::default()).expect("make venv sets up the Python environment"),
+        )
         .expect("the Python twins agree with the native nodes");
     Engine::new(registry, CircuitBreakers::default())
 }
@@ -50,7 +52,7 @@ fn call_overhead(c: &mut Criterion) {
     let engine = engine();
     let chunk = signal(16_000, 320, 1);
     let cancel = CancellationToken::new();
-    let py = PythonRuntime::start(None, 2, &[]).unwrap();
+    let py = PythonRuntime::start(None, 2, &[], &Default::default()).unwrap();
     c.bench_function("worker_round_trip_noop", |b| b.iter(|| rt.block_on(py.run(|_| 1))));
     let mut g = c.benchmark_group("call_20ms_chunk");
     for (name, hint) in [("python_passthrough", RuntimeHint::CPython), ("native_passthrough", RuntimeHint::Rust)] {

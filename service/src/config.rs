@@ -37,6 +37,13 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("python", "true", "start the embedded Python interpreter and its nodes"),
     ("python_home", "", "Python environment the interpreter uses (a venv or prefix; default: the build's)"),
     ("python_workers", "2", "threads that run Python nodes"),
+    (
+        "model_pools",
+        "",
+        "comma-separated `model=instances` pairs: pool sizes of pooled models (default: each model's own)",
+    ),
+    ("model_wait_ms", "2000", "how long a call waits for a free pooled model instance before RESOURCE_LIMIT"),
+    ("preload_models", "", "comma-separated models loaded before health reports SERVING"),
     ("grace_period_ms", "10000", "how long in-flight work may finish after SIGTERM"),
     ("default_timeout_ms", "5000", "execution time limit when a request sets none"),
     ("max_timeout_ms", "30000", "highest time limit a request may ask for"),
@@ -138,6 +145,8 @@ pub struct Config {
     /// `None`: the Python environment the server was built against.
     pub python_home: Option<PathBuf>,
     pub python_workers: usize,
+    /// Model hosting: pool sizes, the wait for a free instance, models preloaded.
+    pub models: crate::python::ModelSettings,
     pub grace_period: Duration,
     pub limits: Limits,
     pub stream_metrics_interval: Duration,
@@ -315,6 +324,30 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `model=instances` pairs; every bad pair is named (and the whole list read as empty).
+    fn model_pools(&self, key: &str) -> Vec<(String, usize)> {
+        let mut pools = Vec::new();
+        let mut bad = Vec::new();
+        for item in self.list(key) {
+            match item.split_once('=').map(|(m, n)| (m.trim(), n.trim().parse::<usize>())) {
+                Some((model, Ok(size))) if !model.is_empty() && size > 0 => pools.push((model.to_owned(), size)),
+                _ => bad.push(format!("`{item}`")),
+            }
+        }
+        if bad.is_empty() {
+            return pools;
+        }
+        self.error(ConfigError::Invalid {
+            key: key.to_owned(),
+            origin: describe(key, self.sources.lookup(key).1),
+            message: format!(
+                "{} not `model=instances` with instances at least 1 (e.g. pocketsphinx-en-us=2)",
+                if bad.len() == 1 { format!("{} is", bad[0]) } else { format!("{} are", bad.join(", ")) }
+            ),
+        });
+        Vec::new()
+    }
+
     fn list(&self, key: &str) -> Vec<String> {
         self.string(key).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
     }
@@ -436,6 +469,11 @@ impl Config {
             python_nodes_paths: r.list("python_nodes_path").into_iter().map(PathBuf::from).collect(),
             python_home: Some(r.string("python_home")).filter(|h| !h.is_empty()).map(PathBuf::from),
             python_workers: usize::try_from(r.positive("python_workers")).unwrap_or(1),
+            models: crate::python::ModelSettings {
+                pools: r.model_pools("model_pools"),
+                wait: r.millis("model_wait_ms"),
+                preload: r.list("preload_models"),
+            },
             grace_period: r.millis("grace_period_ms"),
             limits,
             stream_metrics_interval: r.millis("stream_metrics_interval_ms"),
@@ -713,6 +751,24 @@ mod tests {
             );
             assert!(doc.contains(&row), "docs/configuration.md lacks the row for {key}: {row}");
         }
+    }
+
+    #[test]
+    fn model_pools_name_models_and_sizes() {
+        let c = Config::with(&[
+            ("model_pools", "pocketsphinx-en-us=3, silero-vad = 8"),
+            ("model_wait_ms", "500"),
+            ("preload_models", "pocketsphinx-en-us"),
+        ])
+        .unwrap();
+        assert_eq!(c.models.pools, [("pocketsphinx-en-us".to_owned(), 3), ("silero-vad".to_owned(), 8)]);
+        assert_eq!(c.models.wait, Duration::from_millis(500));
+        assert_eq!(c.models.preload, ["pocketsphinx-en-us"]);
+        let defaults = Config::with(&[]).unwrap().models;
+        assert!(defaults.pools.is_empty() && defaults.preload.is_empty());
+        assert_eq!(defaults.wait, Duration::from_secs(2));
+        let err = Config::with(&[("model_pools", "a=0,b,c=2")]).unwrap_err().to_string();
+        assert!(err.contains("`model_pools`") && err.contains("`a=0`, `b` are not `model=instances`"), "{err}");
     }
 
     #[test]

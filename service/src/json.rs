@@ -1,4 +1,5 @@
-//! JSON text from clients (node `params`, `data_inputs`), parsed strictly.
+//! JSON text from clients (node `params`, `data_inputs`), parsed strictly, and JSON text for
+//! the wire, written in one allocation.
 //!
 //! RFC 8259 leaves duplicate object keys undefined, and `serde_json` keeps the last one, so
 //! `{"output_rate": 16000, "output_rate": 8000}` would silently run at 8000 Hz. Here a duplicate
@@ -23,6 +24,18 @@ pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
     let value = Strict::deserialize(&mut de)?.0;
     de.end()?;
     Ok(value)
+}
+
+/// `value` as compact JSON text. The buffer starts at 256 bytes, which holds the metadata
+/// strings of a result (`output_metadata`, `custom_metrics`) without growing:
+/// `serde_json::to_string` starts at 128 and regrows for most of them.
+pub fn to_text(value: &impl serde::Serialize) -> String {
+    let mut buf = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut buf, value) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(buf).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 /// A JSON value whose objects had no duplicate keys.

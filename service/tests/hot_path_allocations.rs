@@ -1,12 +1,16 @@
 //! In steady state, processing a stream chunk allocates nothing: every native node reuses its
 //! buffers, and its outputs come from an arena whose memory is reclaimed once the previous
 //! outputs are dropped. A counting allocator, switched on for the calling thread only around
-//! `process`, proves it.
+//! the measured calls, proves it for each node and for a session's whole chunk path (wire
+//! buffer to executor run to wire result).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::time::Duration;
 
 use remotemedia::audio::AudioBuffer;
+use remotemedia::graph::{CircuitBreakers, Engine, Feed, Manifest, Mode, RequestShape, RunLimits};
+use remotemedia::grpc::convert::{audio_from_proto, audio_to_proto, result_to_proto};
 use remotemedia::nodes::{INPUT, Node, NodeContext, PortValue, Ports, Registry};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -128,6 +132,60 @@ fn native_nodes_do_not_allocate_per_chunk() {
         assert_eq!(n, 0, "{node_type} {params} allocated {n} times in 400 chunks");
         assert!(produced >= 100, "{node_type} {params} produced output on only {produced} of 400 chunks");
     }
+}
+
+/// Allocations of one stream chunk's whole path in a session, after a warm-up: the chunk's wire
+/// buffer viewed as audio, the resample → VAD pipeline run in chunk mode (timeout and memory
+/// limit armed, as sessions run it), and the result converted back to its wire message.
+#[test]
+fn a_stream_chunk_through_resample_and_vad_does_not_allocate() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let engine = Engine::new(Registry::builtin(), CircuitBreakers::default());
+    let manifest = Manifest::new("chunk-path")
+        .node("rs", "AudioResampleNode", r#"{"output_rate": 16000}"#)
+        .node("vad", "VADNode", "")
+        .connect("rs", "vad");
+    let mut pipeline = rt.block_on(engine.build(&manifest, &RequestShape::stream())).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let limits = RunLimits { timeout: Some(Duration::from_secs(10)), max_memory_bytes: Some(1 << 30) };
+    let source = syllables(48_000);
+    let rs = pipeline.index_of("rs").unwrap();
+    let (warmup, measured) = (100, 400);
+    // One task runs every chunk, as a session does (each `block_on` would box its future).
+    let (executor, conversion, produced) = rt.block_on(async {
+        let (mut executor, mut conversion, mut produced) = (0, 0, 0);
+        for i in 0..warmup + measured {
+            // The wire message is built outside the count: in the server, the transport decodes it.
+            let wire = audio_to_proto(&source(i));
+            COUNTING.with(|c| c.set(i >= warmup));
+            let before = ALLOCATIONS.with(Cell::get);
+            let audio = audio_from_proto(&wire, "audio_chunk").unwrap();
+            let feed = Feed::from_buf([(rs, Ports::new().with(INPUT, PortValue::Audio(audio)))]);
+            let out = pipeline.run_fed(feed, Mode::Chunk, limits, &cancel).await.unwrap();
+            let ran = ALLOCATIONS.with(Cell::get);
+            let message = result_to_proto(&out, true, Duration::ZERO, Duration::ZERO);
+            pipeline.recycle(out);
+            let converted = ALLOCATIONS.with(Cell::get);
+            COUNTING.with(|c| c.set(false));
+            executor += ran - before;
+            conversion += converted - ran;
+            if i >= warmup && message.audio_outputs.contains_key("vad") {
+                produced += 1;
+            }
+        }
+        (executor, conversion, produced)
+    });
+    assert_eq!(executor, 0, "decoding and running a chunk allocated {executor} times in {measured} chunks");
+    // The result message owns its strings and maps (prost's types): `audio_outputs` (table and
+    // key), `node_results` (vector, and per node its id and `output_metadata`), and with
+    // metrics `node_metrics` (table, and per node its key and `custom_metrics`).
+    const RESULT_MESSAGE: u64 = 2 + (1 + 2 * 2) + (1 + 2 * 2);
+    assert_eq!(
+        conversion,
+        RESULT_MESSAGE * measured as u64,
+        "the result message allocated {conversion} times in {measured} chunks, not {RESULT_MESSAGE} per chunk"
+    );
+    assert!(produced >= 100, "the pipeline returned audio on only {produced} of {measured} chunks");
 }
 
 #[test]

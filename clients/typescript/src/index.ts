@@ -30,7 +30,7 @@ export {
   type PortJson,
 } from "./catalogue.js";
 export type { ExecuteInputs, PipelineLike, ResourceLimits } from "./execute-request.js";
-export { PipelineResult, type NodeOutcome, type RunStatus } from "./result.js";
+export { PipelineResult, type NodeOutcome, type RunStatus, type Transcript, type Utterance } from "./result.js";
 export type { ExecutionMetrics, NodeMetrics, StreamMetrics } from "./metrics.js";
 export type { VersionInfo } from "./version-info.js";
 export { StreamSession, type SendOptions, type StreamOptions } from "./stream-session.js";

@@ -9,6 +9,24 @@ import { fromErrorResponse } from "./to-error.js";
 
 export type RunStatus = "success" | "partial_success" | "failed" | "unspecified";
 
+/** One utterance a SpeechRecognitionNode recognised, in seconds from the start of the input;
+ * `confidence` is the mean posterior probability of its words (0 to 1). */
+export interface Utterance {
+  start_s: number;
+  end_s: number;
+  text: string;
+  confidence: number;
+}
+
+/** What a speech recognition node reported in one result: the text of the utterances that
+ * ended (at the end of a run, the whole transcript), those utterances, and while streaming the
+ * partial hypothesis of the utterance still open (undefined when none is). */
+export interface Transcript {
+  text: string;
+  utterances: Utterance[];
+  partial: string | undefined;
+}
+
 /** How one node fared: its status, the error when it failed, and its output metadata. */
 export interface NodeOutcome {
   nodeId: string;
@@ -70,14 +88,35 @@ export class PipelineResult {
     this.status = RUN_STATUS[result.status] ?? "unspecified";
   }
 
-  /** The VAD segments of every node that reported a `segments` list. */
+  /** The VAD segments of every node that reported a `segments` list (not a recogniser's
+   * utterances: see `transcripts`). */
   get segments(): Record<string, SpeechSegment[]> {
     const out: Record<string, SpeechSegment[]> = {};
     for (const [id, ports] of Object.entries(this.data)) {
       const raw = ports["segments"];
-      if (Array.isArray(raw) && raw.every((s) => isRecord(s) && "start_s" in s && "end_s" in s)) {
+      if (Array.isArray(raw) && raw.every((s) => isRecord(s) && "start_s" in s && "end_s" in s && !("text" in s))) {
         out[id] = raw as SpeechSegment[];
       }
+    }
+    return out;
+  }
+
+  /** What each speech recognition node heard (nodes whose data has `text`, `partial` or
+   * utterance `segments`). `text` falls back to the utterances' texts when the node's `text`
+   * port feeds another node (a connected port's data is not returned). */
+  get transcripts(): Record<string, Transcript> {
+    const out: Record<string, Transcript> = {};
+    for (const [id, ports] of Object.entries(this.data)) {
+      const raw = ports["segments"];
+      const utterances = Array.isArray(raw) ? raw.filter((s): s is Utterance => isRecord(s) && typeof s["text"] === "string") : [];
+      if (!("text" in ports) && !("partial" in ports) && utterances.length === 0) continue;
+      const partial = ports["partial"];
+      const text = ports["text"];
+      out[id] = {
+        text: typeof text === "string" ? text : utterances.map((u) => u.text).filter((t) => t !== "").join(" "),
+        utterances,
+        partial: isRecord(partial) && typeof partial["text"] === "string" ? partial["text"] : undefined,
+      };
     }
     return out;
   }

@@ -16,9 +16,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     _os.environ.setdefault(_var, "1")
 
 from remotemedia_nodes import builtin as _builtin  # noqa: E402  (registers the built-in nodes)
+from remotemedia_nodes import models  # noqa: E402
 from remotemedia_nodes.audio import Audio, from_float  # noqa: E402
 from remotemedia_nodes.declare import Exclusive, Param, Port  # noqa: E402
-from remotemedia_nodes.errors import Cancelled, InvalidInput, NodeError, ParamError, ParamErrors, TransientError  # noqa: E402
+from remotemedia_nodes.errors import Cancelled, InvalidInput, NodeError, ParamError, ParamErrors, TransientError, UnsupportedAudio  # noqa: E402
 from remotemedia_nodes.registry import Node, declarations, node, node_types  # noqa: E402
 
 __all__ = [
@@ -33,8 +34,10 @@ __all__ = [
     "ParamErrors",
     "Port",
     "TransientError",
+    "UnsupportedAudio",
     "declarations",
     "from_float",
+    "models",
     "node",
     "node_types",
 ]

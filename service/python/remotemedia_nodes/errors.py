@@ -2,10 +2,12 @@
 
 | raised | error type | retried |
 | --- | --- | --- |
+| ``UnsupportedAudio`` | audio the node does not take (rate, channels): VALIDATION | no |
 | ``InvalidInput``, ``ValueError``, ``TypeError``, ``KeyError``, ``IndexError`` | bad input: NODE_EXECUTION | no |
 | ``TransientError``, ``TimeoutError``, ``ConnectionError`` | may pass: NODE_EXECUTION | yes, with backoff |
 | any other exception | a node failure: NODE_EXECUTION | no (counts toward the circuit breaker) |
 | ``ParamError`` (from ``__init__``) | bad parameters: VALIDATION | no |
+| ``ModelPoolExhausted`` (:mod:`remotemedia_nodes.models`) | no model instance free in time: RESOURCE_LIMIT, with a retry delay | no |
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ class NodeError(Exception):
 
 class InvalidInput(NodeError, ValueError):
     """The node's input is unusable (wrong rate, missing port, ...). Not retried."""
+
+
+class UnsupportedAudio(InvalidInput):
+    """Audio in a form the node does not take (another sample rate or channel count): the
+    request must change, so the client gets ``ERROR_TYPE_VALIDATION``. The message says what
+    the node needs and which node converts to it."""
 
 
 class TransientError(NodeError):

@@ -32,13 +32,16 @@ from __future__ import annotations
 import json
 import math
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from remotemedia_nodes import models
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Exclusive, Port, declaration
 from remotemedia_nodes.errors import ParamError, ParamErrors
+from remotemedia_nodes.models import Model
 
 _NODES: dict[str, type[Node]] = {}
 _ALIASES: dict[str, tuple[str, ...]] = {}
@@ -55,12 +58,18 @@ class Node:
     exclusive: tuple[Exclusive, ...] = ()
     #: A valid parameter object, when ``__init__`` has rules the declaration cannot say.
     example: dict[str, Any] | None = None
+    #: The models (:mod:`remotemedia_nodes.models`) the node uses, for their metrics' labels.
+    models: tuple[Model[Any], ...] = ()
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     def flush(self) -> dict[str, Any]:
         return {}
+
+    def close(self) -> None:
+        """Called once when the execution or stream session ends, however it ends (cancelled
+        included): return leased models here (see :mod:`remotemedia_nodes.models`)."""
 
 
 def node(node_type: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
@@ -93,6 +102,15 @@ def declarations() -> list[dict[str, Any]]:
 def declarations_json() -> str:
     """:func:`declarations` as JSON text (what the server reads at start-up)."""
     return json.dumps(declarations())
+
+
+def models_json() -> str:
+    """Every registered model, with the node types that declare they use it, as JSON text."""
+    users: dict[str, list[str]] = {}
+    for name in node_types():
+        for model in getattr(_NODES[name], "models", ()):
+            users.setdefault(model.name, []).append(name)
+    return json.dumps([{**m, "node_types": users.get(m["name"], [])} for m in models.host.describe()])
 
 
 def create(node_type: str, params: dict[str, Any]) -> Any:
@@ -147,6 +165,13 @@ def call(instance: Any, method: str, inputs: dict[str, Any] | None) -> tuple[dic
         return split_outputs(instance.process(inputs))
     fn = getattr(instance, "flush", None)
     return split_outputs(fn() if fn is not None else None)
+
+
+def close(instance: Any) -> None:
+    """Calls the instance's ``close()``, if it has one (the server does when it drops a node)."""
+    fn = getattr(instance, "close", None)
+    if fn is not None:
+        fn()
 
 
 def format_exception(e: BaseException, tb: Any = None) -> str:

@@ -92,6 +92,14 @@ impl CircuitBreakers {
             return;
         }
         let mut states = self.states();
+        if outcome == Outcome::Success {
+            // A success resets the type's state; a type with no state is already reset, and
+            // skipping the entry saves allocating its name on every successful call.
+            if let Some(st) = states.get_mut(node_type) {
+                *st = State::default();
+            }
+            return;
+        }
         let st = states.entry(node_type.to_owned()).or_default();
         st.trial_in_flight = false;
         match outcome {

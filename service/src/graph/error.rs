@@ -141,6 +141,12 @@ fn attempts_note(attempts: u32) -> String {
 }
 
 impl ExecError {
+    /// Whether a stream session must end after this failure of one chunk (see
+    /// [`NodeError::ends_stream`]); other node failures are reported and the session goes on.
+    pub fn ends_stream(&self) -> bool {
+        matches!(self, ExecError::Node { source, .. } if source.ends_stream())
+    }
+
     /// The node the error is about, if any.
     pub fn node_id(&self) -> Option<&str> {
         match self {

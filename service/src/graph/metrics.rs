@@ -2,11 +2,12 @@
 //! memory.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::nodes::{PortValue, Ports, Runtime};
+use crate::nodes::{Figure, Figures, PortValue, Ports, Runtime};
 
 /// How a node fared in one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,38 +20,77 @@ pub enum NodeStatus {
 /// Measurements of one node in one run.
 #[derive(Debug, Clone)]
 pub struct NodeReport {
-    pub node_id: String,
-    pub node_type: String,
+    pub node_id: Arc<str>,
+    pub node_type: Arc<str>,
     pub runtime: Runtime,
     pub status: NodeStatus,
     /// Time inside the node's calls, summed over attempts (backoff delays excluded).
     pub execution_time: Duration,
-    /// CPU time of the node's calls, from the OS clock of the thread that ran them.
+    /// CPU time of the node's calls: the thread CPU clock where a call ran on the blocking pool
+    /// or a Python worker, the wall time of a light native call (which runs without blocking).
     pub cpu_time: Duration,
     /// Bytes held by the node's outputs.
     pub memory_bytes: u64,
     /// Samples (all channels) the node received.
     pub samples_processed: u64,
     pub attempts: u32,
-    /// Node-specific figures, merged into `custom_metrics`.
+    /// Figures a Python node reported, merged into `custom_metrics`.
     pub custom: Map<String, Value>,
+    /// Figures a native node reported, merged into `custom_metrics`.
+    pub figures: Figures,
 }
 
 impl NodeReport {
-    /// The `custom_metrics` JSON object: always `runtime`, plus `attempts` and node figures.
+    /// The `custom_metrics` JSON object: the node's own figures, then always `runtime`,
+    /// `attempts` and `cpu_time_ms`. It serialises without being built as a JSON value.
+    pub fn custom_metrics(&self) -> impl serde::Serialize + '_ {
+        CustomMetrics(self)
+    }
+
+    /// [`NodeReport::custom_metrics`] as a JSON value.
     pub fn custom_metrics_json(&self) -> Value {
-        let mut m = self.custom.clone();
-        m.insert("runtime".into(), Value::from(self.runtime.name()));
-        m.insert("attempts".into(), Value::from(self.attempts));
-        m.insert("cpu_time_ms".into(), Value::from(self.cpu_time.as_secs_f64() * 1e3));
-        Value::Object(m)
+        serde_json::to_value(CustomMetrics(self)).unwrap_or_default()
+    }
+}
+
+/// Serialises a report's `custom_metrics` object. A node figure named like one of the
+/// report's own (`runtime`, `attempts`, `cpu_time_ms`) takes the report's value in its place,
+/// as inserting into a JSON object would.
+struct CustomMetrics<'a>(&'a NodeReport);
+
+impl serde::Serialize for CustomMetrics<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.0;
+        let own = [
+            ("runtime", Figure::Name(r.runtime.name())),
+            ("attempts", Figure::Count(r.attempts.into())),
+            ("cpu_time_ms", Figure::Real(r.cpu_time.as_secs_f64() * 1e3)),
+        ];
+        let own_value = |name: &str| own.iter().find(|(n, _)| *n == name).map(|(_, f)| *f);
+        let mut map = s.serialize_map(None)?;
+        for (name, value) in &r.custom {
+            match own_value(name) {
+                Some(f) => map.serialize_entry(name, &f)?,
+                None => map.serialize_entry(name, value)?,
+            }
+        }
+        for (name, figure) in &r.figures {
+            map.serialize_entry(name, &own_value(name).unwrap_or(*figure))?;
+        }
+        for (name, figure) in &own {
+            if !r.custom.contains_key(*name) && !r.figures.iter().any(|(n, _)| n == name) {
+                map.serialize_entry(name, figure)?;
+            }
+        }
+        map.end()
     }
 }
 
 /// The outputs one node contributes to the result.
 #[derive(Debug, Clone)]
 pub struct NodeOutput {
-    pub node_id: String,
+    pub node_id: Arc<str>,
     pub ports: Ports,
 }
 
@@ -117,6 +157,13 @@ impl MemoryTracker {
                 }
             }
         }
+    }
+
+    /// Forgets every value, keeping the table's capacity.
+    pub fn reset(&mut self) {
+        self.refs.clear();
+        self.live = 0;
+        self.peak = 0;
     }
 
     pub fn live(&self) -> u64 {

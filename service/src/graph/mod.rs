@@ -18,7 +18,7 @@ pub mod validate;
 
 pub use breaker::CircuitBreakers;
 pub use error::{ExecError, ValidationError, Violation};
-pub use executor::{Engine, Mode, Pipeline, RunLimits};
+pub use executor::{Engine, Feed, Mode, Pipeline, RunLimits};
 pub use manifest::{Edge, Manifest, ManifestNode, PipelineConfig, RuntimeHint};
 pub use metrics::{NodeOutput, NodeReport, NodeStatus, RunOutput};
 pub use retry::{Backoff, RetryPolicy};

@@ -13,7 +13,7 @@ use crate::graph::{
     Backoff, Edge, Manifest, ManifestNode, NodeReport, NodeStatus, PipelineConfig, RetryPolicy, RunOutput, RuntimeHint,
     Violation,
 };
-use crate::nodes::{CatalogueEntry, OUTPUT, PortKind, PortSpec, PortValue, Runtime};
+use crate::nodes::{CatalogueEntry, OUTPUT, PortKind, PortSpec, PortValue, Ports, Runtime};
 use crate::proto;
 
 /// Converts a wire manifest. Values the executor must check (retry policy bounds) are checked
@@ -114,8 +114,11 @@ fn pipeline_config(c: &proto::PipelineConfig, violations: &mut Vec<Violation>) -
 }
 
 /// Turns a wire buffer into an executor buffer, without copying the samples. `field` names the
-/// buffer in errors (`audio_inputs[mic]`).
-pub fn audio_from_proto(b: &proto::AudioBuffer, field: &str) -> Result<AudioBuffer, Violation> {
+/// buffer in errors (`audio_inputs[mic]`); it is formatted only when there is one.
+pub fn audio_from_proto(
+    b: &proto::AudioBuffer,
+    field: &(impl std::fmt::Display + ?Sized),
+) -> Result<AudioBuffer, Violation> {
     let format = match proto::AudioFormat::try_from(b.format) {
         Ok(proto::AudioFormat::F32) => SampleFormat::F32,
         Ok(proto::AudioFormat::I16) => SampleFormat::I16,
@@ -136,7 +139,7 @@ pub fn audio_from_proto(b: &proto::AudioBuffer, field: &str) -> Result<AudioBuff
         }
     };
     AudioBuffer::from_wire(b.samples.clone(), format, b.sample_rate, b.channels, b.num_samples)
-        .map_err(|e| Violation::new(field, format!("{field}: {e}")))
+        .map_err(|e| Violation::new(field.to_string(), format!("{field}: {e}")))
 }
 
 pub fn audio_to_proto(a: &AudioBuffer) -> proto::AudioBuffer {
@@ -183,7 +186,7 @@ pub fn result_to_proto(
         for (port, value) in node.ports.iter() {
             match value {
                 PortValue::Audio(a) if port == OUTPUT => {
-                    audio_outputs.insert(node.node_id.clone(), audio_to_proto(a));
+                    audio_outputs.insert(node.node_id.to_string(), audio_to_proto(a));
                 }
                 PortValue::Audio(a) => {
                     data.insert(port.to_owned(), audio_summary(a));
@@ -194,7 +197,7 @@ pub fn result_to_proto(
             }
         }
         if !data.is_empty() {
-            data_outputs.insert(node.node_id.clone(), Value::Object(data).to_string());
+            data_outputs.insert(node.node_id.to_string(), Value::Object(data).to_string());
         }
     }
     let node_results = out.nodes.iter().map(|r| node_result(r, out)).collect();
@@ -202,7 +205,7 @@ pub fn result_to_proto(
         out.nodes
             .iter()
             .filter(|r| r.status == NodeStatus::Success)
-            .map(|r| (r.node_id.clone(), node_metrics(r)))
+            .map(|r| (r.node_id.to_string(), node_metrics(r)))
             .collect()
     } else {
         HashMap::new()
@@ -234,32 +237,51 @@ fn audio_summary(a: &AudioBuffer) -> Value {
 }
 
 fn node_result(r: &NodeReport, out: &RunOutput) -> proto::NodeResult {
-    let ports: Map<String, Value> = out
-        .outputs
-        .iter()
-        .find(|o| o.node_id == r.node_id)
-        .map(|o| {
-            o.ports
-                .iter()
-                .map(|(p, v)| {
-                    let summary = match v {
-                        PortValue::Audio(a) => audio_summary(a),
-                        PortValue::Data(_) => json!({ "kind": "data" }),
-                    };
-                    (p.to_owned(), summary)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let status = match r.status {
         NodeStatus::Success => proto::NodeStatus::Success,
         NodeStatus::Skipped => proto::NodeStatus::Skipped,
     };
+    let ports = out.outputs.iter().find(|o| o.node_id == r.node_id).map(|o| &o.ports);
+    let metadata = OutputMetadata { node_type: &r.node_type, runtime: r.runtime.name(), outputs: PortSummaries(ports) };
     proto::NodeResult {
-        node_id: r.node_id.clone(),
+        node_id: r.node_id.to_string(),
         status: status as i32,
         error: None,
-        output_metadata: json!({ "node_type": r.node_type, "runtime": r.runtime.name(), "outputs": ports }).to_string(),
+        output_metadata: crate::json::to_text(&metadata),
+    }
+}
+
+/// `NodeResult.output_metadata`, serialised straight to text: building it as a JSON value
+/// took about twenty allocations per node, on every stream chunk.
+#[derive(serde::Serialize)]
+struct OutputMetadata<'a> {
+    node_type: &'a str,
+    runtime: &'static str,
+    outputs: PortSummaries<'a>,
+}
+
+/// Each output port's summary by port name: audio as [`audio_summary`] describes it, data as
+/// `{"kind": "data"}`.
+struct PortSummaries<'a>(Option<&'a Ports>);
+
+impl serde::Serialize for PortSummaries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        #[serde(tag = "kind", rename_all = "lowercase")]
+        enum Summary {
+            Audio { sample_rate: u32, channels: u32, format: &'static str, num_samples: usize },
+            Data {},
+        }
+        let summary = |v: &PortValue| match v {
+            PortValue::Audio(a) => Summary::Audio {
+                sample_rate: a.sample_rate(),
+                channels: a.channels(),
+                format: a.format().name(),
+                num_samples: a.num_samples(),
+            },
+            PortValue::Data(_) => Summary::Data {},
+        };
+        s.collect_map(self.0.into_iter().flat_map(|p| p.iter()).map(|(port, v)| (port, summary(v))))
     }
 }
 
@@ -268,7 +290,7 @@ fn node_metrics(r: &NodeReport) -> proto::NodeMetrics {
         execution_time_ms: ms(r.execution_time),
         memory_bytes: r.memory_bytes,
         samples_processed: r.samples_processed,
-        custom_metrics: r.custom_metrics_json().to_string(),
+        custom_metrics: crate::json::to_text(&r.custom_metrics()),
     }
 }
 

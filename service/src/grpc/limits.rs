@@ -99,7 +99,11 @@ pub fn check_manifest_size(m: &proto::PipelineManifest, limits: &Limits) -> Resu
 }
 
 /// Refuses a buffer with more samples than the execution allows.
-pub fn check_audio(buffer: &AudioBuffer, field: &str, limits: &Effective) -> Result<(), ServiceError> {
+pub fn check_audio(
+    buffer: &AudioBuffer,
+    field: &(impl std::fmt::Display + ?Sized),
+    limits: &Effective,
+) -> Result<(), ServiceError> {
     let n = buffer.num_samples() as u64;
     if n > limits.audio_samples {
         observe::limit_rejected("max_audio_samples");

@@ -6,15 +6,16 @@
 //! `rate()` and absence alerts work from the first scrape. Process metrics (`process_*`, from
 //! `metrics-process`) are refreshed on each scrape.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tonic::Code;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::graph::{NodeReport, NodeStatus};
+use crate::nodes::Runtime;
 
 pub const REQUESTS_TOTAL: &str = "remotemedia_requests_total";
 pub const REQUEST_DURATION: &str = "remotemedia_request_duration_seconds";
@@ -79,6 +80,7 @@ pub const LIMITS: &[&str] = &[
     "max_concurrent_streams",
     "stream_idle_timeout_ms",
     "stream_max_duration_ms",
+    crate::python::models::WAIT_LIMIT,
 ];
 
 /// What became of a WebSocket upgrade request, as values of [`WEBSOCKET_HANDSHAKES_TOTAL`]'s
@@ -161,6 +163,7 @@ pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
         "build_timestamp" => env!("REMOTEMEDIA_BUILD_TIMESTAMP"),
     )
     .set(1.0);
+    crate::python::models::register_metrics();
     process().describe();
     process().collect();
 }
@@ -332,9 +335,65 @@ pub fn chunk_processed(outcome: &'static str, elapsed: Duration) {
     histogram!(STREAM_CHUNK_DURATION).record(elapsed.as_secs_f64());
 }
 
+/// The metrics a stream session records on every chunk, looked up once when it opens. A
+/// look-up by name hashes the name and labels and, for a node type label, allocates it: four
+/// look-ups per chunk through resample → VAD, which these handles save.
+pub struct ChunkMetrics {
+    succeeded: Counter,
+    duration: Histogram,
+    conversion: Histogram,
+    /// Node duration histograms by node type and runtime; a pipeline has few node types.
+    nodes: Vec<(Arc<str>, Runtime, Histogram)>,
+}
+
+impl ChunkMetrics {
+    /// Handles for a session of `rpc` over nodes of the given types and runtimes.
+    pub fn new<'a>(rpc: &'static str, nodes: impl IntoIterator<Item = (&'a Arc<str>, Runtime)>) -> Self {
+        let mut handles: Vec<(Arc<str>, Runtime, Histogram)> = Vec::new();
+        for (node_type, runtime) in nodes {
+            if !handles.iter().any(|(t, r, _)| t == node_type && *r == runtime) {
+                let h = histogram!(NODE_DURATION, "node_type" => node_type.to_string(), "runtime" => runtime.name());
+                handles.push((node_type.clone(), runtime, h));
+            }
+        }
+        Self {
+            succeeded: counter!(STREAM_CHUNKS_TOTAL, "outcome" => outcome::SUCCESS),
+            duration: histogram!(STREAM_CHUNK_DURATION),
+            conversion: histogram!(CONVERSION_DURATION, "rpc" => rpc),
+            nodes: handles,
+        }
+    }
+
+    /// A chunk processed successfully in `elapsed`.
+    pub fn chunk_succeeded(&self, elapsed: Duration) {
+        self.succeeded.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Time spent converting a chunk and its result between wire messages and buffers.
+    pub fn converted(&self, elapsed: Duration) {
+        self.conversion.record(elapsed.as_secs_f64());
+    }
+
+    /// The nodes of one run; a node whose type the session was not opened with is recorded
+    /// by name.
+    pub fn nodes_ran(&self, reports: &[NodeReport]) {
+        for r in reports.iter().filter(|r| r.status == NodeStatus::Success) {
+            let handle = self
+                .nodes
+                .iter()
+                .find(|(t, rt, _)| (Arc::ptr_eq(t, &r.node_type) || *t == r.node_type) && *rt == r.runtime);
+            match handle {
+                Some((_, _, h)) => h.record(r.execution_time.as_secs_f64()),
+                None => nodes_ran(std::slice::from_ref(r)),
+            }
+        }
+    }
+}
+
 pub fn nodes_ran(reports: &[NodeReport]) {
     for r in reports.iter().filter(|r| r.status == NodeStatus::Success) {
-        histogram!(NODE_DURATION, "node_type" => r.node_type.clone(), "runtime" => r.runtime.name())
+        histogram!(NODE_DURATION, "node_type" => r.node_type.to_string(), "runtime" => r.runtime.name())
             .record(r.execution_time.as_secs_f64());
     }
 }
@@ -356,6 +415,11 @@ pub fn node_failed(node_type: &str) {
 pub fn exec_failed(e: &crate::graph::ExecError) {
     use crate::graph::ExecError;
     match e {
+        // Not the node's fault: no model instance was free in time.
+        ExecError::Node { source, .. } if source.kind == crate::nodes::NodeErrorKind::ResourceLimit => {
+            limit_rejected(crate::python::models::WAIT_LIMIT);
+            tracing::info!(error = %e, "no model instance free in time");
+        }
         ExecError::Node { node_type, .. } | ExecError::CircuitOpen { node_type, .. } => {
             node_failed(node_type);
             tracing::warn!(error = %e, "node failed");

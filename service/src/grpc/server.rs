@@ -132,12 +132,25 @@ impl BoundServer {
             max_frame_size: MAX_FRAME_BYTES,
             max_connection_age: config.max_connection_age,
         };
+        // NOT_SERVING (not the reporter's default SERVING) until the preloaded models are ready.
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
         let transport = transport::spawn(self.listener, service, settings);
         let metrics_stop = tokio_util::sync::CancellationToken::new();
         if let Some(listener) = self.metrics_listener {
             tokio::spawn(serve_metrics(listener, metrics_stop.clone()));
         }
 
+        if let Some(foreign) = state.engine.registry().foreign() {
+            if !config.models.preload.is_empty() {
+                info!(address = %addr, models = %config.models.preload.join(", "), "preloading models before serving");
+            }
+            if let Err(e) = foreign.warm_up().await {
+                metrics_stop.cancel();
+                transport.shutdown(Duration::ZERO).await;
+                return Err(ServerError::Startup(e));
+            }
+        }
         health.set_service_status("", ServingStatus::Serving).await;
         health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
         info!(
@@ -300,12 +313,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 pub async fn registry(config: &Config) -> Result<Registry, ServerError> {
     let mut registry = Registry::builtin();
     if config.python_enabled {
-        let (home, workers, paths) =
-            (config.python_home.clone(), config.python_workers, config.python_nodes_paths.clone());
-        let runtime = tokio::task::spawn_blocking(move || PythonRuntime::start(home.as_deref(), workers, &paths))
-            .await
-            .map_err(|e| ServerError::Startup(format!("python start-up task failed: {e}")))?
-            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        let (home, workers, paths, models) = (
+            config.python_home.clone(),
+            config.python_workers,
+            config.python_nodes_paths.clone(),
+            config.models.clone(),
+        );
+        let runtime =
+            tokio::task::spawn_blocking(move || PythonRuntime::start(home.as_deref(), workers, &paths, &models))
+                .await
+                .map_err(|e| ServerError::Startup(format!("python start-up task failed: {e}")))?
+                .map_err(|e| ServerError::Startup(e.to_string()))?;
         registry.attach_foreign(runtime).map_err(|e| ServerError::Startup(e.to_string()))?;
     }
     Ok(registry)

@@ -111,7 +111,8 @@ impl ServiceError {
 
     /// How this error reaches the client in `call`: the one decision of in-band against status.
     /// Pipeline errors are in-band (the pipeline ran, or was checked, and failed); a stream
-    /// chunk that a node failed on is reported and the stream goes on; cancellation, shutdown
+    /// chunk that a node failed on is reported and the stream goes on (unless the failure lost
+    /// the chunk's audio, see [`ExecError::ends_stream`]); cancellation, shutdown
     /// and refusals before any work (token, version, overload) are statuses.
     pub fn delivery(&self, call: Call) -> Delivery {
         use ServiceError as E;
@@ -119,7 +120,9 @@ impl ServiceError {
             (_, E::Exec(ExecError::Cancelled) | E::Cancelled(_) | E::Draining) => Delivery::Status,
             (Call::Execute, E::Exec(_) | E::Limit { .. }) => Delivery::InBand,
             (Call::Execute, _) => Delivery::Status,
-            (Call::StreamChunk, E::Exec(ExecError::Node { .. } | ExecError::CircuitOpen { .. })) => {
+            (Call::StreamChunk, E::Exec(e @ (ExecError::Node { .. } | ExecError::CircuitOpen { .. })))
+                if !e.ends_stream() =>
+            {
                 Delivery::InBandAndContinue
             }
             (Call::Stream | Call::StreamChunk, _) => Delivery::InBandThenStatus,
@@ -172,6 +175,12 @@ impl ServiceError {
             ServiceError::Exec(ExecError::Validation(_)) => Code::InvalidArgument,
             ServiceError::Exec(ExecError::Timeout { .. } | ExecError::MemoryLimit { .. }) => Code::ResourceExhausted,
             ServiceError::Exec(ExecError::Cancelled) | ServiceError::Cancelled(_) => Code::Cancelled,
+            ServiceError::Exec(ExecError::Node { source, .. }) if source.kind == NodeErrorKind::Validation => {
+                Code::InvalidArgument
+            }
+            ServiceError::Exec(ExecError::Node { source, .. }) if source.kind == NodeErrorKind::ResourceLimit => {
+                Code::ResourceExhausted
+            }
             ServiceError::Exec(ExecError::Node { .. } | ExecError::CircuitOpen { .. }) => Code::Aborted,
             ServiceError::Exec(ExecError::Internal(_)) => Code::Internal,
             ServiceError::Limit { .. } | ServiceError::Overloaded { .. } => Code::ResourceExhausted,
@@ -206,8 +215,14 @@ impl ServiceError {
                 if let Some(node) = e.node_id() {
                     info.insert("failing_node_id".to_owned(), text::quoted(node).into_owned());
                 }
-                if let ExecError::CircuitOpen { retry_after, .. } = e {
-                    details.set_retry_info(Some(*retry_after));
+                match e {
+                    ExecError::CircuitOpen { retry_after, .. } => {
+                        details.set_retry_info(Some(*retry_after));
+                    }
+                    ExecError::Node { source, .. } if source.retry_after_ms.is_some() => {
+                        details.set_retry_info(source.retry_after());
+                    }
+                    _ => {}
                 }
             }
             ServiceError::Limit { limit, .. } => {
@@ -287,6 +302,8 @@ fn exec_error_type(e: &ExecError) -> ErrorType {
     match e {
         ExecError::Validation(_) => ErrorType::Validation,
         ExecError::Node { source, .. } if source.kind == NodeErrorKind::Cancelled => ErrorType::Internal,
+        ExecError::Node { source, .. } if source.kind == NodeErrorKind::Validation => ErrorType::Validation,
+        ExecError::Node { source, .. } if source.kind == NodeErrorKind::ResourceLimit => ErrorType::ResourceLimit,
         ExecError::Node { .. } | ExecError::CircuitOpen { .. } => ErrorType::NodeExecution,
         ExecError::Timeout { .. } | ExecError::MemoryLimit { .. } => ErrorType::ResourceLimit,
         ExecError::Cancelled | ExecError::Internal(_) => ErrorType::Internal,
@@ -305,6 +322,9 @@ fn exec_context(e: &ExecError) -> Value {
             });
             if let Some(field) = &source.field {
                 ctx["field"] = json!(field);
+            }
+            if let Some(ms) = source.retry_after_ms {
+                ctx["retry_after_ms"] = json!(ms);
             }
             if let Some(Value::Object(extra)) = source.context.as_deref() {
                 for (k, v) in extra {
@@ -492,6 +512,35 @@ mod tests {
     }
 
     #[test]
+    fn node_errors_of_the_request_and_of_busy_models_keep_their_types() {
+        let node = |source: NodeError| {
+            ServiceError::Exec(ExecError::Node {
+                node_id: "asr".into(),
+                node_type: "SpeechRecognitionNode".into(),
+                attempts: 1,
+                source: Box::new(source),
+            })
+        };
+        let wrong_rate = node(NodeError::new(NodeErrorKind::Validation, "needs 16000 Hz audio, got 44100 Hz"));
+        assert_eq!(wrong_rate.to_error_response().error_type, ErrorType::Validation as i32);
+        assert_eq!(wrong_rate.to_status().code(), Code::InvalidArgument);
+
+        let busy = node(
+            NodeError::new(NodeErrorKind::ResourceLimit, "all 1 instances in use")
+                .with_retry_after(Duration::from_millis(750)),
+        );
+        let resp = busy.to_error_response();
+        assert_eq!(resp.error_type, ErrorType::ResourceLimit as i32);
+        let ctx: Value = serde_json::from_str(&resp.context).unwrap();
+        assert_eq!(ctx["retry_after_ms"], json!(750));
+        let status = busy.to_status();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "RESOURCE_LIMIT");
+        assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_millis(750)));
+    }
+
+    #[test]
     fn one_place_decides_in_band_or_status() {
         let node = ServiceError::Exec(ExecError::Node {
             node_id: "n".into(),
@@ -505,6 +554,14 @@ mod tests {
         assert_eq!(node.delivery(Call::Execute), Delivery::InBand);
         assert_eq!(node.delivery(Call::StreamChunk), Delivery::InBandAndContinue);
         assert_eq!(node.delivery(Call::Stream), Delivery::InBandThenStatus);
+        // A chunk whose node could not get a model instance lost its audio: the stream ends.
+        let busy = ServiceError::Exec(ExecError::Node {
+            node_id: "asr".into(),
+            node_type: "SpeechRecognitionNode".into(),
+            attempts: 1,
+            source: Box::new(NodeError::new(NodeErrorKind::ResourceLimit, "all 1 instances in use")),
+        });
+        assert_eq!(busy.delivery(Call::StreamChunk), Delivery::InBandThenStatus);
         assert_eq!(invalid.delivery(Call::Execute), Delivery::InBand);
         assert_eq!(invalid.delivery(Call::StreamChunk), Delivery::InBandThenStatus);
         assert_eq!(overloaded.delivery(Call::Execute), Delivery::Status);

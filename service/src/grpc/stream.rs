@@ -30,7 +30,7 @@ use super::limits::{self, Effective};
 use super::observe;
 use super::state::{AppState, SessionGuard, SessionInfo};
 use super::status::{self, Call, Delivery, ServiceError};
-use crate::graph::{ExecError, Mode, Pipeline, RequestShape, RunLimits, RunOutput, ValidationError};
+use crate::graph::{ExecError, Feed, Mode, Pipeline, RequestShape, RunLimits, RunOutput, ValidationError};
 use crate::nodes::{INPUT, PortValue, Ports};
 use crate::proto::{
     self, PipelineManifest, StreamMetrics, StreamReady, StreamRequest, StreamResponse, stream_control, stream_request,
@@ -112,6 +112,7 @@ struct Session {
 /// An open session: its pipeline and what frees it.
 struct Live {
     pipeline: Pipeline,
+    metrics: observe::ChunkMetrics,
     cancel: CancellationToken,
     _cancel_on_exit: DropGuard,
     _registered: SessionGuard,
@@ -186,6 +187,7 @@ impl Session {
         let info =
             SessionInfo { pipeline: pipeline.name().to_owned(), started: Instant::now(), cancel: cancel.clone() };
         let live = Live {
+            metrics: observe::ChunkMetrics::new(self.rpc, pipeline.node_types()),
             _cancel_on_exit: cancel.clone().drop_guard(),
             _registered: self.state.sessions.register(session_id.clone(), info),
             pipeline,
@@ -269,28 +271,28 @@ impl Session {
         let started = Instant::now();
         let sequence = chunk.sequence;
         let pipeline = &mut live.pipeline;
-        if pipeline.index_of(&chunk.node_id).is_none() {
+        let Some(index) = pipeline.index_of(&chunk.node_id) else {
             return Err(ServiceError::InvalidArgument(format!(
                 "audio_chunk {sequence}: node_id `{}` is not a node of this pipeline (nodes: {})",
                 text::quoted(&chunk.node_id),
                 text::list(pipeline.node_ids(), text::MAX_LISTED)
             )));
-        }
+        };
         let Some(buffer) = chunk.buffer else {
             return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence} has no buffer")));
         };
-        let field = format!("audio_chunk {sequence}");
+        let field = ChunkField(sequence);
         let audio = audio_from_proto(&buffer, &field)
             .map_err(|v| ServiceError::from(ExecError::Validation(ValidationError::single(v))))?;
         limits::check_audio(&audio, &field, &self.limits)?;
         let samples = audio.num_samples() as u64;
         let decode_time = started.elapsed();
-        let inputs = [(chunk.node_id, Ports::new().with(INPUT, PortValue::Audio(audio)))].into_iter().collect();
+        let feed = Feed::from_buf([(index, Ports::new().with(INPUT, PortValue::Audio(audio)))]);
         let run_limits =
             RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
 
         let outcome = tokio::select! {
-            r = pipeline.run(inputs, Mode::Chunk, run_limits, &live.cancel) => r,
+            r = pipeline.run_fed(feed, Mode::Chunk, run_limits, &live.cancel) => r,
             () = self.tx.closed() => {
                 live.cancel.cancel();
                 return Err(client_left());
@@ -302,8 +304,10 @@ impl Session {
         self.stats.latency_total += started.elapsed();
         match outcome {
             Ok(out) => {
-                let message = self.result_message(&out, pipeline.enable_metrics(), sequence, started, decode_time);
-                observe::chunk_processed(observe::outcome::SUCCESS, started.elapsed());
+                let message =
+                    result_message(&out, pipeline.enable_metrics(), sequence, started, decode_time, &live.metrics);
+                pipeline.recycle(out);
+                live.metrics.chunk_succeeded(started.elapsed());
                 self.send(message).await
             }
             Err(ExecError::Cancelled) => Err(client_left()),
@@ -335,7 +339,7 @@ impl Session {
             Ok(out) if !out.outputs.is_empty() => {
                 let sequence = self.last_sequence.map_or(0, |s| s.wrapping_add(1));
                 let enable_metrics = live.pipeline.enable_metrics();
-                let message = self.result_message(&out, enable_metrics, sequence, started, Duration::ZERO);
+                let message = result_message(&out, enable_metrics, sequence, started, Duration::ZERO, &live.metrics);
                 self.send(message).await?;
             }
             Ok(_) => {}
@@ -347,30 +351,41 @@ impl Session {
         self.send(metrics_response(&self.stats)).await
     }
 
-    fn result_message(
-        &self,
-        out: &RunOutput,
-        enable_metrics: bool,
-        sequence: u64,
-        started: Instant,
-        decode_time: Duration,
-    ) -> StreamResponse {
-        observe::nodes_ran(&out.nodes);
-        let encode_started = Instant::now();
-        let mut result = result_to_proto(out, enable_metrics, Duration::ZERO, Duration::ZERO);
-        result.sequence = sequence;
-        let serialization = decode_time + encode_started.elapsed();
-        observe::converted("StreamPipeline", serialization);
-        if let Some(m) = result.metrics.as_mut() {
-            m.serialization_time_ms = ms(serialization);
-            m.wall_time_ms = ms(started.elapsed());
-        }
-        response(stream_response::Response::Result(result))
-    }
-
     /// Queues a response; a closed channel means the client went away.
     async fn send(&self, message: StreamResponse) -> Result<(), ServiceError> {
         self.tx.send(Ok(message)).await.map_err(|_| client_left())
+    }
+}
+
+/// The result message of a run, recording its node and conversion times.
+fn result_message(
+    out: &RunOutput,
+    enable_metrics: bool,
+    sequence: u64,
+    started: Instant,
+    decode_time: Duration,
+    metrics: &observe::ChunkMetrics,
+) -> StreamResponse {
+    metrics.nodes_ran(&out.nodes);
+    let encode_started = Instant::now();
+    let mut result = result_to_proto(out, enable_metrics, Duration::ZERO, Duration::ZERO);
+    result.sequence = sequence;
+    let serialization = decode_time + encode_started.elapsed();
+    metrics.converted(serialization);
+    if let Some(m) = result.metrics.as_mut() {
+        m.serialization_time_ms = ms(serialization);
+        m.wall_time_ms = ms(started.elapsed());
+    }
+    response(stream_response::Response::Result(result))
+}
+
+/// Names a chunk's buffer in errors (`audio_chunk 7`); formatted only when an error names it,
+/// which saves an allocation per chunk.
+struct ChunkField(u64);
+
+impl std::fmt::Display for ChunkField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "audio_chunk {}", self.0)
     }
 }
 

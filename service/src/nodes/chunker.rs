@@ -7,11 +7,9 @@
 //! copied at most once; input that already is a whole number of chunks, with nothing pending,
 //! passes through as the same buffer.
 
-use serde_json::{Map, Value, json};
-
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
-    PortSpec, Ports, check,
+    Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
+    ParamSpec, Params, PortSpec, Ports, check,
 };
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
@@ -87,11 +85,10 @@ impl Node for AudioChunkerNode {
         }
     }
 
-    fn custom_metrics(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("chunks".into(), json!(self.chunks));
+    fn custom_metrics(&self) -> Figures {
+        let mut m = Figures::from_iter([("chunks", Figure::Count(self.chunks))]);
         if let Some((_, _, _, frames)) = self.layout {
-            m.insert("chunk_frames".into(), json!(frames));
+            m.push(("chunk_frames", Figure::Count(frames as u64)));
         }
         m
     }
@@ -143,6 +140,7 @@ mod tests {
     use super::*;
     use crate::audio::AudioBuffer;
     use crate::nodes::PortValue;
+    use serde_json::{Value, json};
     use tokio_util::sync::CancellationToken;
 
     fn chunker(params: Value) -> Box<dyn Node> {
@@ -167,7 +165,7 @@ mod tests {
         let ctx = NodeContext::new("ch", "AudioChunkerNode", CancellationToken::new());
         let tail = n.flush(&ctx).unwrap();
         assert_eq!(tail.audio(OUTPUT).unwrap().i16_slice().unwrap(), &[13]);
-        assert_eq!(n.custom_metrics()["chunks"], json!(4));
+        assert_eq!(n.custom_metrics()[0], ("chunks", Figure::Count(4)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Errors raised by nodes: while building (bad parameters) and while running.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -50,6 +51,12 @@ pub enum NodeErrorKind {
     Internal,
     /// The execution was cancelled or timed out while the node ran.
     Cancelled,
+    /// The input is of a form the node does not take (audio at another sample rate or channel
+    /// count): the request itself is invalid. Reported as VALIDATION; not retried.
+    Validation,
+    /// A shared resource the node needs stayed busy past its wait (every instance of a pooled
+    /// model leased): RESOURCE_LIMIT, with `retry_after`. Not retried, not the node's fault.
+    ResourceLimit,
 }
 
 /// A node failure, with what a person needs to act on it.
@@ -64,6 +71,9 @@ pub struct NodeError {
     /// Extra JSON context (exception type, offending values); boxed, as it is rare and a JSON
     /// value is large, to keep `Result<_, NodeError>` small on the hot path.
     pub context: Option<Box<Value>>,
+    /// When a [`NodeErrorKind::ResourceLimit`] failure may pass: the delay clients are told, in
+    /// milliseconds (a `u32` keeps `NodeError` small enough to return by value everywhere).
+    pub retry_after_ms: Option<u32>,
 }
 
 impl NodeError {
@@ -71,7 +81,7 @@ impl NodeError {
     pub fn new(kind: NodeErrorKind, message: impl Into<String>) -> Self {
         let message = message.into();
         let message = text::clip(&message, text::MAX_MESSAGE_BYTES).into_owned();
-        Self { kind, message, field: None, stack_trace: None, context: None }
+        Self { kind, message, field: None, stack_trace: None, context: None, retry_after_ms: None }
     }
 
     pub fn invalid_input(message: impl Into<String>) -> Self {
@@ -93,6 +103,15 @@ impl NodeError {
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
+    }
+
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after_ms = Some(u32::try_from(delay.as_millis()).unwrap_or(u32::MAX));
+        self
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after_ms.map(|ms| Duration::from_millis(u64::from(ms)))
     }
 
     pub fn with_context(mut self, context: Value) -> Self {
@@ -122,6 +141,12 @@ impl NodeError {
     /// its circuit breaker) rather than about the request.
     pub fn counts_for_breaker(&self) -> bool {
         matches!(self.kind, NodeErrorKind::Transient | NodeErrorKind::Internal)
+    }
+
+    /// Whether a stream cannot go on after this failure: a node that could not get the model
+    /// it needed dropped the chunk's audio, so later results would silently miss it.
+    pub fn ends_stream(&self) -> bool {
+        self.kind == NodeErrorKind::ResourceLimit
     }
 }
 

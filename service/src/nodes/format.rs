@@ -5,11 +5,9 @@
 //! same buffer. Float to integer rounds to nearest (ties to even) and saturates; integer to
 //! float divides by 2^15 or 2^31; `i16 ↔ i32` shifts by 16 bits (rounding on the way down).
 
-use serde_json::{Map, Value, json};
-
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
-    PortSpec, Ports, check,
+    Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
+    ParamSpec, Params, PortSpec, Ports, check,
 };
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat, f32_to_i16, f32_to_i32, i16_to_f32, i32_to_f32};
 
@@ -81,10 +79,8 @@ impl Node for FormatConverterNode {
         inputs.samples() > 16 * super::INLINE_MAX_SAMPLES
     }
 
-    fn custom_metrics(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("target_format".into(), json!(self.target.name()));
-        m
+    fn custom_metrics(&self) -> Figures {
+        Figures::from_iter([("target_format", Figure::Name(self.target.name()))])
     }
 }
 
@@ -119,6 +115,7 @@ mod tests {
     use super::*;
     use crate::nodes::PortValue;
     use bytes::Bytes;
+    use serde_json::json;
     use tokio_util::sync::CancellationToken;
 
     fn run(target: &str, audio: AudioBuffer) -> Result<AudioBuffer, NodeError> {

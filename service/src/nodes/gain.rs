@@ -1,10 +1,8 @@
 //! `GainNode`: scales audio by a gain in decibels (or a linear factor), keeping its format.
 
-use serde_json::{Map, Value, json};
-
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
-    PortSpec, Ports, check,
+    Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
+    ParamSpec, Params, PortSpec, Ports, check,
 };
 use crate::audio::OutputArena;
 
@@ -38,10 +36,8 @@ impl Node for GainNode {
         Ok(Ports::audio_output(out))
     }
 
-    fn custom_metrics(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("samples_over_full_scale".into(), json!(self.clipped));
-        m
+    fn custom_metrics(&self) -> Figures {
+        Figures::from_iter([("samples_over_full_scale", Figure::Count(self.clipped))])
     }
 }
 
@@ -82,6 +78,7 @@ mod tests {
     use super::*;
     use crate::audio::{AudioBuffer, SampleFormat};
     use crate::nodes::{ParamError, PortValue};
+    use serde_json::{Value, json};
     use tokio_util::sync::CancellationToken;
 
     fn ctx() -> NodeContext {
@@ -111,7 +108,7 @@ mod tests {
         let out = run(&mut node, AudioBuffer::from_i16(vec![1_000, 20_000, -20_000], 8_000, 1)).unwrap();
         assert_eq!(out.format(), SampleFormat::I16);
         assert_eq!(out.i16_slice().unwrap(), &[4_000, i16::MAX, i16::MIN]);
-        assert_eq!(node.custom_metrics()["samples_over_full_scale"], json!(2));
+        assert_eq!(node.custom_metrics().as_slice(), [("samples_over_full_scale", Figure::Count(2))]);
     }
 
     #[test]

@@ -104,11 +104,34 @@ pub trait Node: Send + 'static {
         inputs.samples() > INLINE_MAX_SAMPLES
     }
 
-    /// Node-specific figures for `NodeMetrics.custom_metrics`, read after each call.
-    fn custom_metrics(&self) -> Map<String, Value> {
-        Map::new()
+    /// Node-specific figures for `NodeMetrics.custom_metrics`, read after each call when the
+    /// pipeline reports metrics.
+    fn custom_metrics(&self) -> Figures {
+        Figures::new()
     }
 }
+
+/// One of a native node's own figures in `custom_metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Figure {
+    Count(u64),
+    Real(f64),
+    Name(&'static str),
+}
+
+impl serde::Serialize for Figure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Figure::Count(n) => s.serialize_u64(n),
+            Figure::Real(x) => s.serialize_f64(x),
+            Figure::Name(name) => s.serialize_str(name),
+        }
+    }
+}
+
+/// A native node's figures by name, kept inline: reporting them on every stream chunk
+/// allocates nothing (a JSON map of them took six to eight allocations per node and chunk).
+pub type Figures = smallvec::SmallVec<[(&'static str, Figure); 6]>;
 
 /// What an [`AsyncNode`] call returns: the outputs and the CPU time it used where it ran.
 #[derive(Debug, Default)]

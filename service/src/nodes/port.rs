@@ -193,7 +193,7 @@ impl Ports {
     }
 
     /// Appends `later` after `self`, port by port: audio is concatenated, JSON arrays are joined,
-    /// other data is replaced by the later value. Used to join a node's `process` and `flush`
+    /// text is joined with a space, other data is replaced by the later value. Used to join a node's `process` and `flush`
     /// outputs.
     pub fn append(&mut self, later: Ports) -> Result<(), PortError> {
         for (port, value) in later.values {
@@ -206,6 +206,10 @@ impl Ports {
                     (Value::Array(x), Value::Array(y)) => {
                         PortValue::data(Value::Array(x.iter().chain(y).cloned().collect()))
                     }
+                    // Text told in parts (a transcript from process, its end from flush) reads as one.
+                    (Value::String(x), Value::String(y)) => PortValue::data(Value::String(
+                        [x.as_str(), y.as_str()].into_iter().filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" "),
+                    )),
                     _ => PortValue::Data(b),
                 },
                 (Some(_), v) => v,
@@ -258,6 +262,16 @@ mod tests {
         assert_eq!(&*a.audio(OUTPUT).unwrap().as_f32(), &[1.0, 2.0]);
         assert_eq!(a.get("segments").unwrap().as_data().unwrap(), &json!([1, 2]));
         assert_eq!(a.get("extra").unwrap().as_data().unwrap(), &json!("x"));
+    }
+
+    #[test]
+    fn append_joins_text_with_a_space_and_skips_empty_parts() {
+        let text = |t: &str| Ports::new().with("text", PortValue::data(json!(t)));
+        let mut a = text("it was the best of times");
+        a.append(text("it was the worst")).unwrap();
+        assert_eq!(a.get("text").unwrap().as_data().unwrap(), &json!("it was the best of times it was the worst"));
+        a.append(text("")).unwrap();
+        assert_eq!(a.get("text").unwrap().as_data().unwrap(), &json!("it was the best of times it was the worst"));
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub trait ForeignNodes: Send + Sync + 'static {
         node_id: &str,
         params: &Params,
     ) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>>;
+
+    /// Readies what the nodes need before the server reports SERVING (preloaded models); the
+    /// error says what failed and stops start-up.
+    async fn warm_up(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why a node type could not be resolved.

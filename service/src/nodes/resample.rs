@@ -26,11 +26,10 @@
 use audioadapter_buffers::direct::{InterleavedSlice, SequentialSlice};
 use rubato::audioadapter::{Adapter, AdapterMut};
 use rubato::{Fft, FixedSync, Indexing, Resampler, WindowFunction};
-use serde_json::{Map, Value, json};
 
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
-    PortSpec, Ports, check,
+    Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
+    ParamSpec, Params, PortSpec, Ports, check,
 };
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
@@ -368,13 +367,13 @@ impl Node for ResampleNode {
         Ok(self.emit())
     }
 
-    fn custom_metrics(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("quality".into(), json!(self.quality.name()));
+    fn custom_metrics(&self) -> Figures {
+        let mut m = Figures::new();
+        m.push(("quality", Figure::Name(self.quality.name())));
         if let Some(st) = &self.stream {
-            m.insert("input_rate".into(), json!(st.input_rate));
-            m.insert("frames_in".into(), json!(st.frames_in));
-            m.insert("frames_out".into(), json!(st.frames_out));
+            m.push(("input_rate", Figure::Count(st.input_rate.into())));
+            m.push(("frames_in", Figure::Count(st.frames_in)));
+            m.push(("frames_out", Figure::Count(st.frames_out)));
         }
         m
     }

@@ -34,11 +34,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use realfft::{RealFftPlanner, RealToComplex, num_complex::Complex};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{
-    INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
-    PortSpec, PortValue, Ports, check,
+    Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
+    ParamSpec, Params, PortSpec, PortValue, Ports, check,
 };
 
 /// Margin above the noise floor a speech frame needs, in dB.
@@ -476,14 +476,14 @@ impl Node for VadNode {
         inputs.samples() > super::INLINE_MAX_SAMPLES
     }
 
-    fn custom_metrics(&self) -> Map<String, Value> {
-        let mut m = Map::new();
+    fn custom_metrics(&self) -> Figures {
+        let mut m = Figures::new();
         if let Some(d) = &self.detector {
-            m.insert("frames".into(), json!(d.frames_done));
-            m.insert("speech_frames".into(), json!(d.speech_frames));
+            m.push(("frames", Figure::Count(d.frames_done)));
+            m.push(("speech_frames", Figure::Count(d.speech_frames)));
             if let Some(f) = d.last {
-                m.insert("last_frame_energy_db".into(), json!(f.energy_db));
-                m.insert("last_frame_flatness".into(), json!(f.flatness));
+                m.push(("last_frame_energy_db", Figure::Real(f.energy_db.into())));
+                m.push(("last_frame_flatness", Figure::Real(f.flatness.into())));
             }
         }
         m

@@ -15,6 +15,14 @@ pub struct Api {
     pub transient: Py<PyAny>,
     pub cancelled: Py<PyAny>,
     pub param_errors: Py<PyAny>,
+    pub unsupported_audio: Py<PyAny>,
+    pub close: Py<PyAny>,
+    pub model_busy: Py<PyAny>,
+    pub model_pool_exhausted: Py<PyAny>,
+    pub models_json: Py<PyAny>,
+    pub configure_models: Py<PyAny>,
+    pub install_model_hooks: Py<PyAny>,
+    pub preload_models: Py<PyAny>,
 }
 
 impl Api {
@@ -22,6 +30,7 @@ impl Api {
         let pkg = py.import("remotemedia_nodes")?;
         let registry = py.import("remotemedia_nodes.registry")?;
         let plugins = py.import("remotemedia_nodes.plugins")?;
+        let models = py.import("remotemedia_nodes.models")?;
         let get = |m: &Bound<'_, PyModule>, name: &str| -> PyResult<Py<PyAny>> { Ok(m.getattr(name)?.unbind()) };
         Ok(Self {
             create: get(&registry, "create")?,
@@ -35,6 +44,14 @@ impl Api {
             transient: get(&pkg, "TransientError")?,
             cancelled: get(&pkg, "Cancelled")?,
             param_errors: get(&pkg, "ParamErrors")?,
+            unsupported_audio: get(&pkg, "UnsupportedAudio")?,
+            close: get(&registry, "close")?,
+            model_busy: get(&models, "ModelBusy")?,
+            model_pool_exhausted: get(&models, "ModelPoolExhausted")?,
+            models_json: get(&registry, "models_json")?,
+            configure_models: get(&models, "configure")?,
+            install_model_hooks: get(&models, "install_hooks")?,
+            preload_models: get(&models, "preload")?,
         })
     }
 }

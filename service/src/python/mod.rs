@@ -4,12 +4,14 @@
 //! - [`worker`]: dedicated threads that run Python, with interruption for time limits
 //! - [`bridge`]: audio as zero-copy read-only numpy views, outputs back to buffers
 //! - [`node`]: Python node instances as executor nodes; exceptions as node errors
+//! - [`models`]: model hosting's server side: configuration, metrics, waits for busy pools
 //!
 //! [`PythonRuntime`] is what the registry sees: the Python node types and a way to build them.
 
 mod api;
 mod bridge;
 pub mod interpreter;
+pub mod models;
 mod node;
 mod worker;
 
@@ -23,6 +25,7 @@ use serde_json::Value;
 use tracing::info;
 
 pub use bridge::RustBuffer;
+pub use models::ModelSettings;
 pub use node::PyNode;
 
 use crate::nodes::{AsyncNode, ForeignNodes, NodeSpec, ParamError, Params};
@@ -40,6 +43,8 @@ pub enum PythonError {
     Package(String),
     #[error("{0}")]
     Plugin(String),
+    #[error("{0}")]
+    Models(String),
 }
 
 /// What start-up learned about the interpreter.
@@ -55,6 +60,7 @@ pub struct PythonRuntime {
     workers: Arc<Workers>,
     api: Arc<Api>,
     declarations: Vec<NodeSpec>,
+    models: ModelSettings,
     pub info: InterpreterInfo,
 }
 
@@ -70,8 +76,14 @@ impl PythonRuntime {
     }
 
     /// Starts the interpreter from `home` (the build's Python environment if `None`), imports
-    /// `remotemedia_nodes` and every plug-in directory, and starts `workers` threads.
-    pub fn start(home: Option<&Path>, workers: usize, plugin_dirs: &[PathBuf]) -> Result<Arc<Self>, PythonError> {
+    /// `remotemedia_nodes` and every plug-in directory, starts `workers` threads and configures
+    /// model hosting (an unknown model name is an error naming it).
+    pub fn start(
+        home: Option<&Path>,
+        workers: usize,
+        plugin_dirs: &[PathBuf],
+        models: &ModelSettings,
+    ) -> Result<Arc<Self>, PythonError> {
         interpreter::start(home).map_err(PythonError::Start)?;
         let (workers, api, info) = match SHARED.get() {
             Some(shared) => shared.clone(),
@@ -109,6 +121,7 @@ impl PythonRuntime {
         })?;
         let declarations: Vec<NodeSpec> = serde_json::from_str(&declarations)
             .map_err(|e| PythonError::Plugin(format!("the Python node declarations do not parse: {e}")))?;
+        configure_models(&api, models)?;
         let node_types: Vec<&str> = declarations.iter().map(|d| d.node_type.as_str()).collect();
         info!(
             python_version = %info.version,
@@ -118,8 +131,40 @@ impl PythonRuntime {
             node_types = %node_types.join(", "),
             "python runtime ready"
         );
-        Ok(Arc::new(Self { workers, api, declarations, info }))
+        Ok(Arc::new(Self { workers, api, declarations, models: models.clone(), info }))
     }
+}
+
+/// Hands the model settings to `remotemedia_nodes.models`, installs its reporting hooks and
+/// learns its models (the label values of the model metrics).
+fn configure_models(api: &Api, settings: &ModelSettings) -> Result<(), PythonError> {
+    let text = Python::attach(|py| -> PyResult<String> {
+        let (record, released) = models::hooks(py)?;
+        api.install_model_hooks.bind(py).call1((record, released))?;
+        let pools = pyo3::types::PyDict::new(py);
+        for (name, size) in &settings.pools {
+            pools.set_item(name, size)?;
+        }
+        api.configure_models.bind(py).call1((pools, settings.wait.as_secs_f64(), settings.preload.clone()))?;
+        api.models_json.bind(py).call0()?.extract()
+    })
+    .map_err(|e| {
+        Python::attach(|py| PythonError::Models(format!("model configuration: {}", describe_value(py, &e))))
+    })?;
+    let known: Vec<models::ModelInfo> = serde_json::from_str(&text)
+        .map_err(|e| PythonError::Models(format!("the model descriptions do not parse: {e}")))?;
+    info!(
+        models = %known.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+        preload = %settings.preload.join(", "),
+        "python models registered"
+    );
+    models::set_models(known);
+    Ok(())
+}
+
+/// An exception's text alone (the configuration errors say what is wrong themselves).
+fn describe_value(py: Python<'_>, e: &PyErr) -> String {
+    e.value(py).str().map(|s| s.to_string()).unwrap_or_default()
 }
 
 fn describe(py: Python<'_>, e: &PyErr) -> String {
@@ -153,6 +198,27 @@ impl ForeignNodes for PythonRuntime {
         self.declarations.clone()
     }
 
+    /// Loads the models named by `preload_models`; the error names the model and the cause.
+    async fn warm_up(&self) -> Result<(), String> {
+        if self.models.preload.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let api = self.api.clone();
+        let job =
+            move |py: Python<'_>| api.preload_models.bind(py).call0().map(|_| ()).map_err(|e| describe_value(py, &e));
+        self.workers
+            .run(&tokio_util::sync::CancellationToken::new(), job)
+            .await
+            .map_err(|e| format!("the Python worker stopped while preloading models ({e:?})"))??;
+        info!(
+            models = %self.models.preload.join(", "),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "models preloaded"
+        );
+        Ok(())
+    }
+
     async fn create(
         &self,
         node_type: &str,
@@ -171,7 +237,9 @@ impl ForeignNodes for PythonRuntime {
                 .map_err(|e| node::param_errors(py, &api, &e))
         };
         match self.workers.run(&tokio_util::sync::CancellationToken::new(), job).await {
-            Ok(Ok(instance)) => Ok(Arc::new(PyNode::new(instance, self.workers.clone(), self.api.clone()))),
+            Ok(Ok(instance)) => {
+                Ok(Arc::new(PyNode::new(instance, self.workers.clone(), self.api.clone(), &self.models)))
+            }
             Ok(Err(errors)) => Err(errors),
             Err(e) => Err(vec![ParamError::new("", format!("could not be built: the Python worker stopped ({e:?})"))]),
         }

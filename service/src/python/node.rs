@@ -1,6 +1,7 @@
 //! Python node instances as executor nodes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pyo3::exceptions::{PyConnectionError, PyIndexError, PyKeyError, PyTimeoutError, PyTypeError, PyValueError};
@@ -10,6 +11,7 @@ use tokio::sync::Mutex;
 
 use super::api::Api;
 use super::bridge;
+use super::models::{self, ModelSettings};
 use super::worker::{JobError, Workers};
 use crate::graph::metrics::thread_cpu_time;
 use crate::nodes::{AsyncNode, AsyncOutput, NodeContext, NodeError, NodeErrorKind, ParamError, Ports};
@@ -22,19 +24,65 @@ pub struct PyNode {
     /// Held by the running job (moved into it), so calls on this instance never overlap, even
     /// when an interrupted job is still finishing on its worker.
     busy: Arc<Mutex<()>>,
+    /// How long a call may wait for a free model instance.
+    model_wait: Duration,
+}
+
+/// What a Python call came to: done (its outputs or its failure), or `Err` when a model pool
+/// it needed was busy.
+type Outcome = Result<Result<Ports, NodeError>, Busy>;
+
+/// `remotemedia_nodes.models.ModelBusy`: every instance of `model` was leased at release count
+/// `generation`.
+struct Busy {
+    model: String,
+    generation: u64,
+    pool_size: u64,
 }
 
 impl PyNode {
-    pub fn new(instance: Py<PyAny>, workers: Arc<Workers>, api: Arc<Api>) -> Self {
-        Self { instance: Arc::new(instance), workers, api, busy: Arc::new(Mutex::new(())) }
+    pub fn new(instance: Py<PyAny>, workers: Arc<Workers>, api: Arc<Api>, models: &ModelSettings) -> Self {
+        Self { instance: Arc::new(instance), workers, api, busy: Arc::new(Mutex::new(())), model_wait: models.wait }
     }
 
+    /// Runs `method`; a call that finds a model pool busy is run again when the pool releases
+    /// an instance, for at most `model_wait` in all, and then fails with RESOURCE_LIMIT.
     async fn call(
         &self,
         method: &'static str,
         inputs: Option<Ports>,
         ctx: &NodeContext,
     ) -> Result<AsyncOutput, NodeError> {
+        let mut waiting: Option<(tokio::time::Instant, String)> = None;
+        loop {
+            let (outcome, cpu_time) = self.attempt(method, inputs.clone(), ctx).await?;
+            let busy = match outcome {
+                Ok(result) => {
+                    if let Some((since, model)) = &waiting {
+                        models::waited(model, since.elapsed());
+                    }
+                    return result.map(|outputs| AsyncOutput { outputs, cpu_time, custom_metrics: Map::new() });
+                }
+                Err(busy) => busy,
+            };
+            let since = waiting.get_or_insert_with(|| (tokio::time::Instant::now(), busy.model.clone())).0;
+            let deadline = since + self.model_wait;
+            if !models::wait_for_release(&busy.model, busy.generation, deadline, &ctx.cancel).await {
+                if ctx.cancel.is_cancelled() {
+                    return Err(NodeError::cancelled());
+                }
+                models::exhausted(&busy.model, since.elapsed());
+                return Err(pool_exhausted(&busy, since.elapsed(), self.model_wait));
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: &'static str,
+        inputs: Option<Ports>,
+        ctx: &NodeContext,
+    ) -> Result<(Outcome, Duration), NodeError> {
         let permit = tokio::select! {
             p = self.busy.clone().lock_owned() => p,
             () = ctx.cancel.cancelled() => return Err(NodeError::cancelled()),
@@ -43,19 +91,73 @@ impl PyNode {
         let job = move |py: Python<'_>| {
             let _permit = permit;
             let cpu = thread_cpu_time();
-            let result = invoke(py, &api, &instance, method, inputs.as_ref()).map_err(|e| match e {
-                Failure::Python(err) => node_error(py, &api, &err),
-                Failure::Output(msg) => NodeError::internal(msg),
-            });
-            (result, thread_cpu_time().saturating_sub(cpu))
+            let outcome: Outcome = match invoke(py, &api, &instance, method, inputs.as_ref()) {
+                Ok(outputs) => Ok(Ok(outputs)),
+                Err(Failure::Python(err)) => match model_busy(py, &api, &err) {
+                    Some(busy) => Err(busy),
+                    None => Ok(Err(node_error(py, &api, &err))),
+                },
+                Err(Failure::Output(msg)) => Ok(Err(NodeError::internal(msg))),
+            };
+            (outcome, thread_cpu_time().saturating_sub(cpu))
         };
         match self.workers.run(&ctx.cancel, job).await {
-            Ok((Ok(outputs), cpu_time)) => Ok(AsyncOutput { outputs, cpu_time, custom_metrics: Map::new() }),
-            Ok((Err(e), _)) => Err(e),
+            Ok(done) => Ok(done),
             Err(JobError::Cancelled) => Err(NodeError::cancelled()),
             Err(JobError::Lost) => Err(NodeError::internal("the Python worker stopped")),
         }
     }
+}
+
+impl Drop for PyNode {
+    /// Calls the instance's `close()` once its last call is over, so leased models go back to
+    /// their pools however the execution or session ended.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (instance, api, workers, busy) =
+            (self.instance.clone(), self.api.clone(), self.workers.clone(), self.busy.clone());
+        runtime.spawn(async move {
+            let permit = busy.lock_owned().await;
+            let job = move |py: Python<'_>| {
+                let _permit = permit;
+                if let Err(e) = api.close.bind(py).call1((instance.bind(py),)) {
+                    tracing::warn!(error = %node_error(py, &api, &e), "a Python node's close() failed");
+                }
+            };
+            let _ = workers.run(&tokio_util::sync::CancellationToken::new(), job).await;
+        });
+    }
+}
+
+/// The busy pool of a `ModelBusy` exception.
+fn model_busy(py: Python<'_>, api: &Api, err: &PyErr) -> Option<Busy> {
+    let value = err.value(py);
+    if !value.is_instance(api.model_busy.bind(py)).unwrap_or(false) {
+        return None;
+    }
+    Some(Busy {
+        model: value.getattr("model").and_then(|m| m.extract()).ok()?,
+        generation: value.getattr("generation").and_then(|g| g.extract()).ok()?,
+        pool_size: value.getattr("pool_size").and_then(|g| g.extract()).unwrap_or(0),
+    })
+}
+
+/// The failure of a call that waited `waited` for an instance of a busy pool.
+fn pool_exhausted(busy: &Busy, waited: Duration, wait: Duration) -> NodeError {
+    let retry_after = (wait / 2).max(Duration::from_millis(100));
+    NodeError::new(
+        NodeErrorKind::ResourceLimit,
+        format!(
+            "model {}: all {} instances stayed in use for {} ms (model_wait_ms); retry in {} ms, or raise model_pools for {}",
+            busy.model,
+            busy.pool_size,
+            waited.as_millis(),
+            retry_after.as_millis(),
+            busy.model
+        ),
+    )
+    .with_retry_after(retry_after)
+    .with_context(json!({ "limit": models::WAIT_LIMIT, "model": busy.model, "pool_size": busy.pool_size }))
 }
 
 enum Failure {
@@ -94,6 +196,10 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
     let is = |class: &Py<PyAny>| err.value(py).is_instance(class.bind(py)).unwrap_or(false);
     let kind = if is(&api.cancelled) {
         NodeErrorKind::Cancelled
+    } else if is(&api.model_pool_exhausted) {
+        NodeErrorKind::ResourceLimit
+    } else if is(&api.unsupported_audio) {
+        NodeErrorKind::Validation
     } else if is(&api.transient)
         || err.is_instance_of::<PyTimeoutError>(py)
         || err.is_instance_of::<PyConnectionError>(py)
@@ -124,7 +230,18 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
     } else {
         format!("{type_name}: {text}")
     };
-    NodeError::new(kind, message).with_stack_trace(trace).with_context(json!({ "exception_type": type_name }))
+    let error = NodeError::new(kind, message);
+    if kind == NodeErrorKind::ResourceLimit {
+        let value = err.value(py);
+        let attr = |name: &str| value.getattr(name).ok();
+        let retry_after = attr("retry_after_s").and_then(|r| r.extract::<f64>().ok()).unwrap_or(0.0);
+        let model = attr("model").and_then(|m| m.extract::<String>().ok()).unwrap_or_default();
+        let pool_size = attr("pool_size").and_then(|p| p.extract::<u64>().ok()).unwrap_or_default();
+        return error.with_retry_after(Duration::from_secs_f64(retry_after.clamp(0.0, 3600.0))).with_context(
+            json!({ "exception_type": type_name, "limit": models::WAIT_LIMIT, "model": model, "pool_size": pool_size }),
+        );
+    }
+    error.with_stack_trace(trace).with_context(json!({ "exception_type": type_name }))
 }
 
 /// Parameter problems from `remotemedia_nodes.registry.create`.

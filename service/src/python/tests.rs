@@ -15,7 +15,8 @@ use crate::graph::{CircuitBreakers, Engine, Manifest, Mode, RequestShape, RunLim
 use crate::nodes::{DATA, INPUT, OUTPUT, PortValue, Ports, Registry};
 
 fn runtime() -> Arc<PythonRuntime> {
-    PythonRuntime::start(None, 2, &[]).expect("the project's Python environment is set up (make venv)")
+    PythonRuntime::start(None, 2, &[], &Default::default())
+        .expect("the project's Python environment is set up (make venv)")
 }
 
 fn data_pointer(array: &Bound<'_, PyUntypedArray>) -> usize {

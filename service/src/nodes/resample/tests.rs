@@ -1,6 +1,6 @@
 use std::f64::consts::PI;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::*;

