@@ -137,10 +137,8 @@ fn reference(c: &mut Criterion) {
         .connect("rs", "vad");
     let mut pipeline = rt.block_on(engine.build(&manifest, &RequestShape::stream())).unwrap();
     let index = pipeline.index_of("rs").unwrap();
-    let chunks: Vec<AudioBuffer> = signal(48_000, 48_000)
-        .chunks(960)
-        .map(|c| AudioBuffer::from_f32(c.to_vec(), 48_000, 1))
-        .collect();
+    let chunks: Vec<AudioBuffer> =
+        signal(48_000, 48_000).chunks(960).map(|c| AudioBuffer::from_f32(c.to_vec(), 48_000, 1)).collect();
     let cancel = CancellationToken::new();
     let limits = RunLimits { timeout: Some(std::time::Duration::from_secs(10)), max_memory_bytes: Some(1 << 30) };
     g.bench_function("resample_vad_1s_as_50_chunks_through_the_executor", |b| {
