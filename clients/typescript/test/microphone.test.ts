@@ -1,8 +1,9 @@
 // The microphone page (examples/browser/microphone.html) in headless Chromium, whose fake
 // microphone plays a WAV of speech and silence made here with espeak-ng and sox: the page streams
 // it over WebSocket, with auth on, through resample → VAD, shows speech segments at the file's
-// speech times, closes cleanly, leaves no session open, and plays the processed audio back. A
-// screenshot goes to build/artifacts/microphone.png.
+// speech times, closes cleanly, leaves no session open, and plays the processed audio back; with
+// transcription on it also shows what the speech recogniser hears, live. Screenshots go to
+// build/artifacts/.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -165,6 +166,50 @@ test("the page streams the microphone, shows the file's speech segments live, cl
 
     mkdirSync(ARTIFACTS, { recursive: true });
     await tab.screenshot({ path: join(ARTIFACTS, "microphone.png"), fullPage: true });
+    assert.deepEqual(errors, []);
+  } finally {
+    await tab.close();
+  }
+});
+
+test("with transcription on, the page shows what the recogniser hears while it streams", async () => {
+  const seconds = duration(wav);
+  const tab = await browser.newPage();
+  const errors: string[] = [];
+  tab.on("pageerror", (e) => errors.push(e.message));
+  try {
+    const query = new URLSearchParams({ server: server.url, token: TOKEN, transcribe: "1", seconds: seconds.toFixed(2) });
+    await tab.goto(`${pages.url}microphone.html?${query.toString()}`);
+    await tab.click("#start");
+
+    // Live: a finished utterance is shown while the stream is still open. The status is read in
+    // the same poll that sees its words.
+    const statusWhenHeard = await tab.waitForFunction(
+      () => {
+        const heard = document.getElementById("transcript")?.dataset["final"] ?? "";
+        return heard === "" ? false : (document.getElementById("status")?.textContent ?? "");
+      },
+      undefined,
+      { timeout: 60_000 },
+    );
+    assert.match(String(await statusWhenHeard.jsonValue()), /^streaming at \d+ Hz/);
+    await tab.waitForFunction(() => (document.getElementById("status")?.textContent ?? "").startsWith("closed"), undefined, {
+      timeout: 60_000,
+    });
+    assert.equal(await tab.textContent("#error"), "");
+    // Words were heard (what pocketsphinx makes of espeak's voice is not the phrases' words),
+    // and the close ended the open utterance: no partial hypothesis is left after them.
+    const heard = (await tab.getAttribute("#transcript", "data-final")) ?? "";
+    assert.ok(heard.split(" ").length >= 4, `the transcript: ${JSON.stringify(heard)}`);
+    assert.equal(await tab.textContent("#transcript"), heard);
+    assert.equal((await tab.$$("#segments li")).length, 2);
+    await waitFor("no open stream on the server", async () => (await server.metric("remotemedia_active_streams")) === 0);
+    await waitFor(
+      "the recogniser to be returned to its pool",
+      async () => (await server.metric("remotemedia_model_instances_in_use", { model: "pocketsphinx-en-us" })) === 0,
+    );
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await tab.screenshot({ path: join(ARTIFACTS, "microphone-transcript.png"), fullPage: true });
     assert.deepEqual(errors, []);
   } finally {
     await tab.close();

@@ -2,7 +2,15 @@
 // device's rate in an AudioWorklet, streams them over WebSocket through resample to 16 kHz →
 // VAD (and speech recognition when the server has it), shows each speech segment as it closes,
 // and plays the processed audio back.
-import { Audio, Pipeline, RemoteMediaError, type SpeechSegment, type StreamSession, createClient } from "@remotemedia/client";
+import {
+  Audio,
+  Pipeline,
+  RemoteMediaError,
+  type SpeechSegment,
+  type StreamSession,
+  type Transcript,
+  createClient,
+} from "@remotemedia/client";
 
 const OUTPUT_RATE = 16_000;
 const CHUNK_SECONDS = 0.02;
@@ -38,6 +46,8 @@ let capture: Capture | undefined;
 let session: StreamSession | undefined;
 /** The pipeline's output audio (16 kHz), chunk by chunk, for playback. */
 let processed: Float32Array[] = [];
+/** The texts of the utterances the recogniser has finished, in order. */
+let heard: string[] = [];
 
 function showError(e: unknown): void {
   errorOut.textContent = e instanceof RemoteMediaError ? `${e.kind}: ${e.message}` : String(e);
@@ -51,6 +61,13 @@ function showSegment(segment: SpeechSegment): void {
   segmentList.append(item);
 }
 
+/** The utterances heard so far, then the open one's hypothesis while it lasts. */
+function showTranscript(transcript: Transcript): void {
+  heard.push(...transcript.utterances.map((u) => u.text).filter((text) => text !== ""));
+  transcriptOut.dataset["final"] = heard.join(" ");
+  transcriptOut.textContent = [...heard, transcript.partial ?? ""].join(" ").trim();
+}
+
 function processedSeconds(): number {
   return processed.reduce((n, chunk) => n + chunk.length, 0) / OUTPUT_RATE;
 }
@@ -60,6 +77,8 @@ async function start(server: string, token: string, transcribe: boolean, stopAft
   playButton.disabled = true;
   errorOut.textContent = "";
   transcriptOut.textContent = "";
+  delete transcriptOut.dataset["final"];
+  heard = [];
   segmentList.replaceChildren();
   processed = [];
   statusOut.textContent = "connecting";
@@ -104,8 +123,8 @@ async function start(server: string, token: string, transcribe: boolean, stopAft
       for (const segment of result.segments["vad"] ?? []) showSegment(segment);
       const audio = result.audio["vad"];
       if (audio !== undefined) processed.push(audio.toFloat32().samples);
-      const text = result.data["asr"]?.["text"];
-      if (typeof text === "string" && text !== "") transcriptOut.textContent = text;
+      const transcript = result.transcripts["asr"];
+      if (transcript !== undefined) showTranscript(transcript);
     }
     const metrics = stream.metrics;
     statusOut.textContent = `closed: ${metrics?.chunksProcessed ?? 0} chunks, ${metrics?.averageLatencyMs.toFixed(2) ?? "?"} ms per chunk on the server`;
