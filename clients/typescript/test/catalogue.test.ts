@@ -5,8 +5,9 @@ import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { createClient as createRawClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { Audio, BUILTIN_CATALOGUE, Pipeline, RemoteMediaError, type RemoteMediaClient, createClient, pb } from "../src/index.js";
+import { Audio, BUILTIN_CATALOGUE, Pipeline, type RemoteMediaClient, createClient, pb } from "../src/index.js";
 import { PLUGINS, RunningServer } from "./server.js";
+import { failure } from "./expect.js";
 
 let server: RunningServer;
 let client: RemoteMediaClient;
@@ -20,16 +21,6 @@ after(async () => {
   client.close();
   assert.equal(await server.stop(), 0);
 });
-
-async function failure(call: () => Promise<unknown>): Promise<RemoteMediaError> {
-  try {
-    await call();
-  } catch (e) {
-    assert.ok(e instanceof RemoteMediaError, `expected a RemoteMediaError, got ${String(e)}`);
-    return e;
-  }
-  assert.fail("the call succeeded");
-}
 
 describe("the built-in catalogue", () => {
   test("typed builders write the node type the catalogue names", () => {

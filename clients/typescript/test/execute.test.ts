@@ -2,8 +2,9 @@
 // format, and the error kinds of validation, authentication and version refusals.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { Audio, Code, Pipeline, RemoteMediaError, type RemoteMediaClient, createClient } from "../src/index.js";
+import { Audio, Code, Pipeline, type RemoteMediaClient, createClient } from "../src/index.js";
 import { RunningServer } from "./server.js";
+import { failure } from "./expect.js";
 
 const TOKEN = "ts-client-token-81f3";
 
@@ -19,17 +20,6 @@ after(async () => {
   client.close();
   assert.equal(await server.stop(), 0);
 });
-
-/** Runs `call`, which must fail, and returns its RemoteMediaError. */
-async function failure(call: () => Promise<unknown>): Promise<RemoteMediaError> {
-  try {
-    await call();
-  } catch (e) {
-    assert.ok(e instanceof RemoteMediaError, `expected a RemoteMediaError, got ${String(e)}`);
-    return e;
-  }
-  assert.fail("the call succeeded");
-}
 
 describe("execute", () => {
   test("f32 audio in, gained f32 audio out, with metrics", async () => {

@@ -13,3 +13,14 @@ export function validationOf(build: () => unknown): RemoteMediaError {
   }
   assert.fail("expected a VALIDATION error");
 }
+
+/** Runs `call`, which must fail, and returns its RemoteMediaError. */
+export async function failure(call: () => Promise<unknown>): Promise<RemoteMediaError> {
+  try {
+    await call();
+  } catch (e) {
+    assert.ok(e instanceof RemoteMediaError, `expected a RemoteMediaError, got ${String(e)}`);
+    return e;
+  }
+  assert.fail("the call succeeded");
+}
