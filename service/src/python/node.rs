@@ -1,6 +1,7 @@
 //! Python node instances as executor nodes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,7 @@ use tokio::sync::Mutex;
 use super::api::Api;
 use super::bridge;
 use super::models::{self, ModelSettings};
-use super::worker::{JobError, Workers};
+use super::worker::{Expect, JobError, Workers};
 use crate::graph::metrics::thread_cpu_time;
 use crate::nodes::{AsyncNode, AsyncOutput, NodeContext, NodeError, NodeErrorKind, ParamError, Ports};
 
@@ -26,6 +27,8 @@ pub struct PyNode {
     busy: Arc<Mutex<()>>,
     /// How long a call may wait for a free model instance.
     model_wait: Duration,
+    /// Whether the last call was quick (see [`Expect`]): a model node's calls are not.
+    quick: AtomicBool,
 }
 
 /// What a Python call came to: done (its outputs or its failure), or `Err` when a model pool
@@ -42,7 +45,14 @@ struct Busy {
 
 impl PyNode {
     pub fn new(instance: Py<PyAny>, workers: Arc<Workers>, api: Arc<Api>, models: &ModelSettings) -> Self {
-        Self { instance: Arc::new(instance), workers, api, busy: Arc::new(Mutex::new(())), model_wait: models.wait }
+        Self {
+            instance: Arc::new(instance),
+            workers,
+            api,
+            busy: Arc::new(Mutex::new(())),
+            model_wait: models.wait,
+            quick: AtomicBool::new(true),
+        }
     }
 
     /// Runs `method`; a call that finds a model pool busy is run again when the pool releases
@@ -56,6 +66,7 @@ impl PyNode {
         let mut waiting: Option<(tokio::time::Instant, String)> = None;
         loop {
             let (outcome, cpu_time) = self.attempt(method, inputs.clone(), ctx).await?;
+            self.quick.store(Expect::after(cpu_time) == Expect::Quick, Ordering::Relaxed);
             let busy = match outcome {
                 Ok(result) => {
                     if let Some((since, model)) = &waiting {
@@ -101,7 +112,8 @@ impl PyNode {
             };
             (outcome, thread_cpu_time().saturating_sub(cpu))
         };
-        match self.workers.run(&ctx.cancel, job).await {
+        let expect = if self.quick.load(Ordering::Relaxed) { Expect::Quick } else { Expect::Slow };
+        match self.workers.run_expecting(expect, &ctx.cancel, job).await {
             Ok(done) => Ok(done),
             Err(JobError::Cancelled) => Err(NodeError::cancelled()),
             Err(JobError::Lost) => Err(NodeError::internal("the Python worker stopped")),

@@ -32,6 +32,22 @@ struct Slot {
     current: AtomicU64,
 }
 
+/// How long a job is expected to run, which decides whether its caller spins for the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Likely done within [`CALLER_SPIN`]: poll for the result before sleeping.
+    Quick,
+    /// Longer than [`CALLER_SPIN`]: sleep until the result arrives.
+    Slow,
+}
+
+impl Expect {
+    /// What a job that last took `took` is expected to take next time.
+    pub fn after(took: Duration) -> Self {
+        if took <= CALLER_SPIN { Expect::Quick } else { Expect::Slow }
+    }
+}
+
 /// Why a job gave no result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobError {
@@ -76,6 +92,18 @@ impl Workers {
         cancel: &CancellationToken,
         f: impl FnOnce(Python<'_>) -> R + Send + 'static,
     ) -> Result<R, JobError> {
+        self.run_expecting(Expect::Quick, cancel, f).await
+    }
+
+    /// [`Workers::run`] for a caller that knows how long its jobs take: a [`Expect::Slow`] job
+    /// (a model inference of milliseconds) is awaited asleep from the start, since spinning
+    /// for its result would only burn [`CALLER_SPIN`] of CPU per call.
+    pub async fn run_expecting<R: Send + 'static>(
+        self: &Arc<Self>,
+        expect: Expect,
+        cancel: &CancellationToken,
+        f: impl FnOnce(Python<'_>) -> R + Send + 'static,
+    ) -> Result<R, JobError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = oneshot::channel();
         let work: Work = Box::new(move |py| {
@@ -85,7 +113,7 @@ impl Workers {
         let mut guard = InterruptOnDrop { workers: self.clone(), id, armed: true };
         // A quick job (a few microseconds of Python) is usually done within the spin; picking its
         // result up without sleeping saves two thread wake-ups.
-        let until = Instant::now() + CALLER_SPIN;
+        let until = Instant::now() + if expect == Expect::Quick { CALLER_SPIN } else { Duration::ZERO };
         while Instant::now() < until && !cancel.is_cancelled() {
             match rx.try_recv() {
                 Ok(r) => {
@@ -154,7 +182,10 @@ impl Drop for InterruptOnDrop {
 /// microseconds) per job.
 const WORKER_SPIN: Duration = Duration::from_micros(50);
 /// How long a caller keeps polling for a quick job's result before it sleeps on the channel.
-const CALLER_SPIN: Duration = Duration::from_micros(30);
+/// A caller whose jobs take longer does not poll ([`Expect::Slow`]): `bench/speech.py`'s
+/// recognition stream (about 2 ms of pocketsphinx per 20 ms chunk) spent this much CPU per
+/// chunk polling in vain.
+pub const CALLER_SPIN: Duration = Duration::from_micros(30);
 
 fn next_job(rx: &Receiver<Job>) -> Result<Job, crossbeam_channel::RecvError> {
     let until = Instant::now() + WORKER_SPIN;
