@@ -138,3 +138,34 @@ async fn python_nodes_are_declared_and_checked_like_native_ones() {
     let errors = rt.create("BandpassFilterNode", "bp", &bandpass.check(&crossed).unwrap()).await.err().unwrap();
     assert_eq!(errors[0].param, "high_hz", "{errors:?}");
 }
+
+/// Jobs submitted from many tasks at once, quick ones and ones that block their worker, all
+/// complete, whether the workers were busy, spinning for the next job or asleep when each came
+/// (a lost wake-up would leave this waiting until its time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_is_taken_whoever_is_awake() {
+    let rt = runtime();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..2000u64 {
+        let workers = rt.workers.clone();
+        tasks.spawn(async move {
+            workers
+                .run(&CancellationToken::new(), move |py| {
+                    if i % 100 == 0 {
+                        // Holds the worker (GIL released) while the others queue up.
+                        py.detach(|| std::thread::sleep(Duration::from_millis(2)));
+                    }
+                    i
+                })
+                .await
+        });
+    }
+    let mut sum = 0;
+    let all = async {
+        while let Some(done) = tasks.join_next().await {
+            sum += done.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all).await.expect("every job ran");
+    assert_eq!(sum, (0..2000u64).sum::<u64>());
+}
