@@ -19,6 +19,13 @@ side in one run, and the server's memory with many recognition streams.
   streams of beckett.wav (10 s), with recogniser pools of 1 and 2.
 
 Each server is the release binary on port 0 with the default two Python workers.
+
+    python bench/speech.py --split-cores   # the server on the last CPU, this script (the
+                                           # client) and the direct baseline on the others
+    python bench/speech.py --split-cores --python-workers=1   # and one Python worker
+
+`--split-cores` shows what sharing cores with the client costs: on a 2-core machine the
+client's gRPC work otherwise runs beside the recogniser and delays it.
 """
 
 from __future__ import annotations
@@ -90,6 +97,13 @@ def python_worker_cpu_seconds(pid: int) -> float:
     return sum(_cpu(t / "stat") for t in tasks.iterdir() if (t / "comm").read_text().startswith("python-"))
 
 
+def python_worker_run_queue_seconds(pid: int) -> float:
+    """Time the server's Python worker threads spent ready to run but waiting for a core, so
+    far, summed over the threads (`/proc/PID/task/TID/schedstat`, second field, in ns)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum(int((t / "schedstat").read_text().split()[1]) / 1e9 for t in tasks.iterdir() if (t / "comm").read_text().startswith("python-"))
+
+
 def _cpu(stat: Path) -> float:
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -107,15 +121,18 @@ def recognition(client: Client, pid: int, audio: np.ndarray, repeats: int = 7) -
         "server_processing": [],
         "server_cpu": [],
         "server_worker_cpu": [],
+        "server_worker_wait": [],
         "direct_wall": [],
         "direct_cpu": [],
     }
     for _ in range(repeats):
+        waited = python_worker_run_queue_seconds(pid)
         cpu, workers, t = cpu_seconds(pid), python_worker_cpu_seconds(pid), time.perf_counter()
         stats = stream_all(client, asr, parts)
         runs["server_wall"].append((time.perf_counter() - t) / duration)
         runs["server_cpu"].append((cpu_seconds(pid) - cpu) / duration)
         runs["server_worker_cpu"].append((python_worker_cpu_seconds(pid) - workers) / duration)
+        runs["server_worker_wait"].append((python_worker_run_queue_seconds(pid) - waited) / duration)
         assert stats.chunks_processed == len(parts), stats
         runs["server_processing"].append(stats.average_latency_ms * stats.chunks_processed / 1000 / duration)
         wall, cpu_rtf = direct_recognition()
@@ -195,14 +212,29 @@ def main() -> None:
     load_at_start = os.getloadavg()[0]
     two_cities = speech_data.load_16k("two_cities.wav")
     beckett = speech_data.load_16k("beckett.wav")
-    s = start_server()
+    split = "--split-cores" in sys.argv[1:]
+    cpus = sorted(os.sched_getaffinity(0))
+    if split and len(cpus) < 2:
+        raise SystemExit("--split-cores needs at least two CPUs")
+    server_cpus = {cpus[-1]} if split else set(cpus)
+    workers = [a for a in sys.argv[1:] if a.startswith("--python-workers=")]
+    s = start_server(*workers, preexec_fn=lambda: os.sched_setaffinity(0, server_cpus))
+    if split:
+        os.sched_setaffinity(0, set(cpus[:-1]))
     try:
         with Client(s.address, timeout=None) as client:
             rtf = recognition(client, s.proc.pid, two_cities)
             vad_server, vad_processing, vad_direct = silero(client, beckett)
     finally:
         s.stop()
+        os.sched_setaffinity(0, set(cpus))
     print(f"machine load (1-minute load average): {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} after the timings")
+    placement = f"the server on CPU {cpus[-1]}, the client and the direct baseline on the others" if split else "every process on every CPU"
+    placement += f", {workers[0]}" if workers else ", two Python workers"
+    print(
+        f"placement: {placement}; the server's Python worker threads were ready but waiting for a core for "
+        f"{rtf['server_worker_wait']:.3f} s per second of audio, summed over the threads"
+    )
     print("| what | through the server | called directly | server ÷ direct |")
     print("| --- | --- | --- | --- |")
     for kind, what, baseline in (
@@ -231,7 +263,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--direct-recognition"]:
+    if sys.argv[1:2] == ["--direct-recognition"]:
         audio = speech_data.load_16k("two_cities.wav")
         started, cpu = time.perf_counter(), time.process_time()
         pocketsphinx_direct(audio)
