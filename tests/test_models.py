@@ -10,7 +10,7 @@ import queue
 import subprocess
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -83,6 +83,20 @@ def finish(s: object, speech: np.ndarray, start: int, results: list[Result]) -> 
 # --- loaded once ------------------------------------------------------------------------------
 
 
+def in_thread(call: Callable[[], object], answers: queue.Queue[object]) -> threading.Thread:
+    """Starts `call` on a thread of its own; its result, or what it raised, goes to `answers`."""
+
+    def target() -> None:
+        try:
+            answers.put(call())
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            answers.put(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
 def test_requests_load_the_recogniser_once_and_memory_stays_flat(beckett: np.ndarray) -> None:
     s = start_server()
     phrase = beckett[: int(1.4 * RATE)]  # the first phrase
@@ -143,18 +157,9 @@ def test_concurrent_first_uses_of_a_shared_model_load_it_once() -> None:
     s = start_server("--python-nodes-path", str(MODEL_PLUGINS))
     first_use = pipeline(Node("SharedFirstUseNode", id="m"))
     answers: queue.Queue[object] = queue.Queue()
-
-    def one(client: Client) -> None:
-        try:
-            answers.put(client.run(first_use, data={"m": {}}, timeout=60))
-        except BaseException as e:  # noqa: BLE001 - reported by the test thread
-            answers.put(e)
-
     try:
         with Client(s.address, timeout=60) as client:
-            threads = [threading.Thread(target=one, args=(client,)) for _ in range(2)]
-            for t in threads:
-                t.start()
+            threads = [in_thread(lambda: client.run(first_use, data={"m": {}}, timeout=60), answers) for _ in range(2)]
             for t in threads:
                 t.join()
         results = [answers.get() for _ in range(2)]
@@ -176,25 +181,19 @@ def test_inferences_on_different_instances_run_in_parallel_and_native_requests_g
     s = start_server("--python-nodes-path", str(MODEL_PLUGINS), "--python-workers", "3", "--default-timeout-ms", "30000")
     meet = pipeline(Node("RendezvousNode", id="r", parties=3))
     answers: queue.Queue[object] = queue.Queue()
-
-    def one(client: Client) -> None:
-        try:
-            answers.put(client.run(meet, data={"r": {}}, limits=ResourceLimits(max_timeout_ms=30_000), timeout=60))
-        except BaseException as e:  # noqa: BLE001 - reported by the test thread
-            answers.put(e)
-
     try:
         with Client(s.address, timeout=60) as client:
-            threads = [threading.Thread(target=one, args=(client,)) for _ in range(2)]
-            for t in threads:
-                t.start()
+
+            def one() -> object:
+                return client.run(meet, data={"r": {}}, limits=ResourceLimits(max_timeout_ms=30_000), timeout=60)
+
+            threads = [in_thread(one, answers) for _ in range(2)]
             settles(lambda: s.metric("remotemedia_model_instances_in_use", model="rendezvous-test-model") == 2, "two inferences to wait")
             tone = AudioBuffer.from_numpy(np.full(16_000, 0.5, dtype=np.float32), 16_000)
             quieter = client.run(pipeline(GainNode("g", gain_db=-6.0206)), tone, timeout=10)
             np.testing.assert_allclose(quieter.audio["g"].to_numpy(), 0.25, atol=1e-4)
             assert all(t.is_alive() for t in threads), "the inferences still wait while the native request is answered"
-            threads.append(threading.Thread(target=one, args=(client,)))
-            threads[-1].start()
+            threads.append(in_thread(one, answers))
             for t in threads:
                 t.join()
         results = [answers.get() for _ in range(3)]
@@ -295,15 +294,7 @@ def test_a_request_waiting_for_the_recogniser_gets_it_when_a_stream_lets_go(
     answers: queue.Queue[object] = queue.Queue()
     with Client(s.address, timeout=120) as client:
         first, first_results, resume = open_utterance(client, beckett)
-
-        def request() -> None:
-            try:
-                answers.put(run(client, ASR, beckett))
-            except BaseException as e:  # noqa: BLE001 - reported by the test thread
-                answers.put(e)
-
-        waiter = threading.Thread(target=request)
-        waiter.start()
+        waiter = in_thread(lambda: run(client, ASR, beckett), answers)
         first_results = finish(first, beckett, resume, first_results)
         waiter.join()
     answer = answers.get()
@@ -323,15 +314,7 @@ def test_a_request_waiting_for_a_recogniser_holds_no_python_worker(beckett: np.n
     try:
         with Client(s.address, timeout=120) as client:
             first, first_results, resume = open_utterance(client, beckett)
-
-            def request() -> None:
-                try:
-                    answers.put(run(client, ASR, beckett))
-                except BaseException as e:  # noqa: BLE001 - reported by the test thread
-                    answers.put(e)
-
-            waiter = threading.Thread(target=request)
-            waiter.start()
+            waiter = in_thread(lambda: run(client, ASR, beckett), answers)
             spoken = client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": "still serving"}, timeout=20)
             assert spoken.audio["tts"].duration > 0.3
             assert waiter.is_alive(), "the recognition request still waits for the recogniser"
