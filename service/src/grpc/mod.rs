@@ -1,7 +1,8 @@
 //! The gRPC layer: `remotemedia.v1.PipelineService` over the executor.
 //!
 //! - [`server`]: binding, the tower layer stack, health, reflection, graceful shutdown
-//! - [`transport`]: the HTTP/1.1 + HTTP/2 connection server; [`lifetime`]: deadlines and drain
+//! - [`transport`]: the HTTP/1.1 + HTTP/2 connection server; [`coalesce`]: its HTTP/2 writes;
+//!   [`lifetime`]: deadlines and drain
 //! - [`service`]: `ExecutePipeline` and `GetVersion`; [`stream`]: `StreamPipeline` sessions
 //! - [`websocket`]: `StreamPipeline` sessions over WebSocket, for browsers
 //! - [`interceptors`]: auth and protocol version checks in front of the service
@@ -10,6 +11,7 @@
 //! - [`convert`]: wire messages ↔ executor types; [`status`]: every error → wire error
 //! - [`observe`]: Prometheus metrics and request spans; [`state`]: shared server state
 
+pub mod coalesce;
 pub mod codec;
 pub mod compression;
 pub mod convert;

@@ -31,6 +31,7 @@ pub const CODEC_DURATION: &str = "remotemedia_codec_duration_seconds";
 pub const CONVERSION_DURATION: &str = "remotemedia_conversion_duration_seconds";
 pub const BUILD_INFO: &str = "remotemedia_build_info";
 pub const WEBSOCKET_HANDSHAKES_TOTAL: &str = "remotemedia_websocket_handshakes_total";
+pub const HTTP2_WRITES_TOTAL: &str = "remotemedia_http2_writes_total";
 
 /// The RPCs, as label values.
 pub const RPCS: &[&str] = &["ExecutePipeline", "StreamPipeline", "GetVersion"];
@@ -156,6 +157,7 @@ pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
     for result in handshake::ALL {
         counter!(WEBSOCKET_HANDSHAKES_TOTAL, "result" => *result).absolute(0);
     }
+    counter!(HTTP2_WRITES_TOTAL).absolute(0);
     gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
@@ -207,6 +209,10 @@ fn describe() {
     describe_counter!(
         WEBSOCKET_HANDSHAKES_TOTAL,
         "WebSocket upgrade requests, by result: upgraded, origin_refused (403) or malformed"
+    );
+    describe_counter!(
+        HTTP2_WRITES_TOTAL,
+        "socket writes (system calls) on HTTP/2 connections; responses written together share one"
     );
     describe_gauge!(BUILD_INFO, "always 1; the labels name the server's version, protocol and build time");
 }
@@ -439,6 +445,11 @@ pub fn exec_failed(e: &crate::graph::ExecError) {
 
 pub fn limit_rejected(limit: &'static str) {
     counter!(LIMIT_REJECTIONS_TOTAL, "limit" => limit).increment(1);
+}
+
+/// The counter of socket writes on HTTP/2 connections, for one connection to keep.
+pub fn http2_writes() -> Counter {
+    counter!(HTTP2_WRITES_TOTAL)
 }
 
 pub fn websocket_handshake(result: &'static str) {

@@ -3,7 +3,7 @@
 //! follows the grace period.
 //!
 //! Each accepted connection is served by `hyper-util`'s automatic HTTP/1.1-or-2 builder in its
-//! own task. [`Transport::shutdown`] stops accepting, asks every connection to finish (HTTP/2
+//! own task, over a socket that coalesces HTTP/2 writes ([`coalesce`]). [`Transport::shutdown`] stops accepting, asks every connection to finish (HTTP/2
 //! GOAWAY; HTTP/1.1 closes after the response in progress) and waits for them up to the time
 //! it is given; connections still open then are closed.
 
@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+
+use super::{coalesce, observe};
 
 /// Connection settings.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +128,9 @@ async fn serve_connection<S, B>(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, %peer, "cannot turn Nagle's algorithm off");
     }
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    let conn = coalesce::wrap(stream, observe::http2_writes(), |socket| {
+        builder.serve_connection_with_upgrades(TokioIo::new(socket), TowerToHyperService::new(service))
+    });
     let mut conn = std::pin::pin!(conn);
     let aged = async {
         match max_age {
@@ -137,8 +141,8 @@ async fn serve_connection<S, B>(
     tokio::select! {
         r = conn.as_mut() => return log_end(r, peer),
         () = close.cancelled() => return,
-        () = finish.cancelled() => conn.as_mut().graceful_shutdown(),
-        () = aged => conn.as_mut().graceful_shutdown(),
+        () = finish.cancelled() => conn.as_mut().get_mut().conn().graceful_shutdown(),
+        () = aged => conn.as_mut().get_mut().conn().graceful_shutdown(),
     }
     tokio::select! {
         r = conn => log_end(r, peer),
