@@ -204,7 +204,17 @@ impl Session {
         let (idle, longest) = (limits.stream_idle_timeout, limits.stream_max_duration);
         let max_duration = tokio::time::sleep(longest);
         tokio::pin!(max_duration);
-        let mut idle_deadline = tokio::time::Instant::now() + idle;
+        // The futures of this loop live across its turns: made anew on every message, they
+        // registered with the timer wheel and the drain token's waiter list (a lock each,
+        // shared by every session) and left them again, per chunk.
+        let drain = self.state.draining.child_token();
+        let draining = drain.cancelled();
+        tokio::pin!(draining);
+        // One timer for idleness, moved on only when it fires: a message records its time,
+        // and a timer that fires early (messages came since it was set) is set again.
+        let mut last_message = tokio::time::Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
         let mut ticker = tokio::time::interval(self.state.config.stream_metrics_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -213,7 +223,7 @@ impl Session {
         loop {
             let message = tokio::select! {
                 biased;
-                () = self.state.draining.cancelled() => {
+                () = &mut draining => {
                     let _ = self.send(metrics_response(&self.stats)).await;
                     return Err(ServiceError::Draining);
                 }
@@ -225,7 +235,14 @@ impl Session {
                         limit: "stream_max_duration_ms",
                     });
                 }
-                () = tokio::time::sleep_until(idle_deadline) => return Err(idle_limit(idle)),
+                () = &mut idle_timer => {
+                    let due = last_message + idle;
+                    if due <= tokio::time::Instant::now() {
+                        return Err(idle_limit(idle));
+                    }
+                    idle_timer.as_mut().reset(due);
+                    continue;
+                }
                 _ = ticker.tick() => {
                     if self.stats.chunks != reported_chunks {
                         reported_chunks = self.stats.chunks;
@@ -235,7 +252,7 @@ impl Session {
                 }
                 m = self.inbound.next() => m,
             };
-            idle_deadline = tokio::time::Instant::now() + idle;
+            last_message = tokio::time::Instant::now();
             let request = match message {
                 None => return self.close(live).await,
                 Some(Err(status)) => return Err(client_gone(&status)),
@@ -292,6 +309,9 @@ impl Session {
             RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
 
         let outcome = tokio::select! {
+            // A run of native nodes finishes at its first poll; the watch on the client, which
+            // takes the response channel's lock to register, is then never polled.
+            biased;
             r = pipeline.run_fed(feed, Mode::Chunk, run_limits, &live.cancel) => r,
             () = self.tx.closed() => {
                 live.cancel.cancel();
