@@ -64,6 +64,18 @@ fn resample(c: &mut Criterion) {
             }
         })
     });
+    // 200 streams served in turn, as a server with 200 live streams runs them: each node's
+    // state (FFT plans, filter spectrum, scratch) has left the cache by its next chunk.
+    let mut nodes: Vec<_> = (0..200).map(|_| create("AudioResampleNode", json!({"output_rate": 16_000}))).collect();
+    g.bench_function("1s_high_streamed_in_20ms_chunks_200_streams_in_turn", |b| {
+        let mut next = 0;
+        b.iter(|| {
+            for _ in 0..50 {
+                next = (next + 1) % nodes.len();
+                black_box(nodes[next].process(inputs(&chunk), &ctx).unwrap());
+            }
+        })
+    });
     g.finish();
 }
 
