@@ -94,10 +94,10 @@ def total(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: st
 
 
 @contextmanager
-def server(*args: str) -> Iterator[Server]:
+def server(*args: str, binary: Path = SERVER) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEMEDIA_")}
     proc = subprocess.Popen(
-        [str(SERVER), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args],
+        [str(binary), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
