@@ -176,7 +176,7 @@ impl AsyncWrite for Socket {
         let mut socket = lock(&self.0);
         socket.take_error()?;
         if socket.mode != Mode::Coalesce {
-            ready!(socket.poll_send(cx))?;
+            // Nothing is ever collected outside HTTP/2 mode.
             return Pin::new(&mut socket.stream).poll_write_vectored(cx, bufs);
         }
         let len: usize = bufs.iter().map(|b| b.len()).sum();
@@ -206,7 +206,6 @@ impl AsyncWrite for Socket {
             // Sent by `Coalesced` after this pass; the task is polled again for it.
             return Poll::Ready(Ok(()));
         }
-        ready!(socket.poll_send(cx))?;
         Pin::new(&mut socket.stream).poll_flush(cx)
     }
 

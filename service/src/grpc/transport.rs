@@ -3,8 +3,8 @@
 //! follows the grace period.
 //!
 //! Each accepted connection is served by `hyper-util`'s automatic HTTP/1.1-or-2 builder in its
-//! own task, over a socket that coalesces HTTP/2 writes ([`coalesce`]). [`Transport::shutdown`] stops accepting, asks every connection to finish (HTTP/2
-//! GOAWAY; HTTP/1.1 closes after the response in progress) and waits for them up to the time
+//! own task, over a socket that coalesces HTTP/2 writes ([`coalesce`]).
+//! [`Transport::shutdown`] stops accepting, asks every connection to finish (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in progress) and waits for them up to the time
 //! it is given; connections still open then are closed.
 
 use std::convert::Infallible;
@@ -128,10 +128,9 @@ async fn serve_connection<S, B>(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, %peer, "cannot turn Nagle's algorithm off");
     }
-    let conn = coalesce::wrap(stream, observe::http2_writes(), |socket| {
+    let mut conn = coalesce::wrap(stream, observe::http2_writes(), |socket| {
         builder.serve_connection_with_upgrades(TokioIo::new(socket), TowerToHyperService::new(service))
     });
-    let mut conn = std::pin::pin!(conn);
     let aged = async {
         match max_age {
             Some(age) => tokio::time::sleep(age).await,
@@ -139,10 +138,10 @@ async fn serve_connection<S, B>(
         }
     };
     tokio::select! {
-        r = conn.as_mut() => return log_end(r, peer),
+        r = &mut conn => return log_end(r, peer),
         () = close.cancelled() => return,
-        () = finish.cancelled() => conn.as_mut().get_mut().conn().graceful_shutdown(),
-        () = aged => conn.as_mut().get_mut().conn().graceful_shutdown(),
+        () = finish.cancelled() => conn.conn().graceful_shutdown(),
+        () = aged => conn.conn().graceful_shutdown(),
     }
     tokio::select! {
         r = conn => log_end(r, peer),
