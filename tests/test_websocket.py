@@ -336,8 +336,9 @@ async def test_a_client_sending_faster_than_its_pipeline_is_slowed_down_and_memo
             done, _ = await asyncio.wait([sending], timeout=5)
             assert not done, f"all {frames} frames were taken while the pipeline was stuck"
             stuck_at = sent
-            # In flight at most: the chunk at the gate, the session's queue of 4, the frame being
-            # read, and what the kernel's socket buffers hold (a few MiB).
+            # In flight at most: the chunk at the gate, the 8 frames (4 MiB) the session reads
+            # ahead of it, the connection's queue of 4, the frame being read, and what the
+            # kernel's socket buffers hold (a few MiB).
             assert stuck_at <= 40, f"{stuck_at} frames of 512 KiB were taken"
             grown_mib = (resident_kib(s.proc.pid, "VmHWM") - baseline) / 1024
             assert grown_mib < 40, f"the server grew by {grown_mib:.0f} MiB while the client pushed"

@@ -41,6 +41,13 @@ use crate::text;
 /// Responses buffered per session before the session waits for the client to read.
 const RESPONSE_BUFFER: usize = 8;
 
+/// Messages read ahead while a chunk runs off the session's task (a Python node, a heavy native
+/// call), so that a `COMMAND_CANCEL` sent behind them stops that chunk at once instead of after
+/// everything queued before it. Bounded in count and in bytes: past either bound the session
+/// stops reading and the transport's flow control holds the client back, as without it.
+const READ_AHEAD: usize = 8;
+const READ_AHEAD_BYTES: usize = 4 << 20;
+
 /// A session's requests, from whichever transport carries them (the gRPC request stream, a
 /// WebSocket's frames). An `Err` is a message the transport could not decode, or the client
 /// going away.
@@ -75,7 +82,17 @@ pub fn spawn(
     let permit = state.acquire_stream()?;
     let limits = limits::resolve(None, &state.config.limits)?;
     let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-    let session = Session { state, tx, inbound, limits, deadline, rpc, stats: Stats::default(), last_sequence: None };
+    let session = Session {
+        state,
+        tx,
+        inbound,
+        limits,
+        deadline,
+        rpc,
+        stats: Stats::default(),
+        last_sequence: None,
+        ahead: ReadAhead::default(),
+    };
     tokio::spawn(session.run(permit).instrument(tracing::Span::current()));
     Ok(rx)
 }
@@ -107,6 +124,47 @@ struct Session {
     rpc: &'static str,
     stats: Stats,
     last_sequence: Option<u64>,
+    ahead: ReadAhead,
+}
+
+/// Messages taken from the transport while a chunk ran, in arrival order.
+#[derive(Default)]
+struct ReadAhead {
+    /// `None` is the end of the request stream.
+    messages: std::collections::VecDeque<Option<Result<StreamRequest, Status>>>,
+    bytes: usize,
+}
+
+impl ReadAhead {
+    fn has_room(&self) -> bool {
+        self.messages.len() < READ_AHEAD
+            && self.bytes < READ_AHEAD_BYTES
+            && !matches!(self.messages.back(), Some(None | Some(Err(_))))
+    }
+
+    fn push(&mut self, message: Option<Result<StreamRequest, Status>>) {
+        if let Some(Ok(m)) = &message {
+            self.bytes += prost::Message::encoded_len(m);
+        }
+        self.messages.push_back(message);
+    }
+
+    fn pop(&mut self) -> Option<Option<Result<StreamRequest, Status>>> {
+        let message = self.messages.pop_front()?;
+        if let Some(Ok(m)) = &message {
+            self.bytes -= prost::Message::encoded_len(m);
+        }
+        Some(message)
+    }
+}
+
+/// Whether `message` is a `COMMAND_CANCEL`.
+fn is_cancel(message: &Option<Result<StreamRequest, Status>>) -> bool {
+    matches!(
+        message,
+        Some(Ok(StreamRequest { request: Some(stream_request::Request::Control(c)) }))
+            if c.command == stream_control::Command::Cancel as i32
+    )
 }
 
 /// An open session: its pipeline and what frees it.
@@ -221,36 +279,40 @@ impl Session {
         let mut reported_chunks = 0;
 
         loop {
-            let message = tokio::select! {
-                biased;
-                () = &mut draining => {
-                    let _ = self.send(metrics_response(&self.stats)).await;
-                    return Err(ServiceError::Draining);
-                }
-                () = &mut max_duration => {
-                    observe::limit_rejected("stream_max_duration_ms");
-                    let _ = self.send(metrics_response(&self.stats)).await;
-                    return Err(ServiceError::Limit {
-                        message: format!("the stream reached its maximum duration of {} ms (stream_max_duration_ms)", longest.as_millis()),
-                        limit: "stream_max_duration_ms",
-                    });
-                }
-                () = &mut idle_timer => {
-                    let due = last_message + idle;
-                    if due <= tokio::time::Instant::now() {
-                        return Err(idle_limit(idle));
+            let message = if let Some(message) = self.ahead.pop() {
+                message
+            } else {
+                tokio::select! {
+                    biased;
+                    () = &mut draining => {
+                        let _ = self.send(metrics_response(&self.stats)).await;
+                        return Err(ServiceError::Draining);
                     }
-                    idle_timer.as_mut().reset(due);
-                    continue;
-                }
-                _ = ticker.tick() => {
-                    if self.stats.chunks != reported_chunks {
-                        reported_chunks = self.stats.chunks;
-                        self.send(metrics_response(&self.stats)).await?;
+                    () = &mut max_duration => {
+                        observe::limit_rejected("stream_max_duration_ms");
+                        let _ = self.send(metrics_response(&self.stats)).await;
+                        return Err(ServiceError::Limit {
+                            message: format!("the stream reached its maximum duration of {} ms (stream_max_duration_ms)", longest.as_millis()),
+                            limit: "stream_max_duration_ms",
+                        });
                     }
-                    continue;
+                    () = &mut idle_timer => {
+                        let due = last_message + idle;
+                        if due <= tokio::time::Instant::now() {
+                            return Err(idle_limit(idle));
+                        }
+                        idle_timer.as_mut().reset(due);
+                        continue;
+                    }
+                    _ = ticker.tick() => {
+                        if self.stats.chunks != reported_chunks {
+                            reported_chunks = self.stats.chunks;
+                            self.send(metrics_response(&self.stats)).await?;
+                        }
+                        continue;
+                    }
+                    m = self.inbound.next() => m,
                 }
-                m = self.inbound.next() => m,
             };
             last_message = tokio::time::Instant::now();
             let request = match message {
@@ -269,7 +331,7 @@ impl Session {
                     Ok(stream_control::Command::Close) => return self.close(live).await,
                     Ok(stream_control::Command::Cancel) => {
                         live.cancel.cancel();
-                        return Err(ServiceError::Cancelled("the stream was cancelled by the client".into()));
+                        return Err(cancelled_by_client());
                     }
                     _ => {
                         return Err(ServiceError::InvalidArgument(format!(
@@ -308,14 +370,28 @@ impl Session {
         let run_limits =
             RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
 
-        let outcome = tokio::select! {
-            // A run of native nodes finishes at its first poll; the watch on the client, which
-            // takes the response channel's lock to register, is then never polled.
-            biased;
-            r = pipeline.run_fed(feed, Mode::Chunk, run_limits, &live.cancel) => r,
-            () = self.tx.closed() => {
-                live.cancel.cancel();
-                return Err(client_left());
+        let outcome = {
+            let run = pipeline.run_fed(feed, Mode::Chunk, run_limits, &live.cancel);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    // A run of native nodes finishes at its first poll; the watch on the client,
+                    // which takes the response channel's lock to register, and the read-ahead are
+                    // then never polled.
+                    biased;
+                    r = &mut run => break r,
+                    () = self.tx.closed() => {
+                        live.cancel.cancel();
+                        return Err(client_left());
+                    }
+                    m = self.inbound.next(), if self.ahead.has_room() => {
+                        if is_cancel(&m) {
+                            live.cancel.cancel();
+                            return Err(cancelled_by_client());
+                        }
+                        self.ahead.push(m);
+                    }
+                }
             }
         };
         self.last_sequence = Some(sequence);
@@ -436,6 +512,10 @@ fn first_manifest(first: Option<Result<StreamRequest, Status>>) -> Result<Pipeli
 
 fn empty_request() -> ServiceError {
     ServiceError::InvalidArgument("a StreamRequest must set manifest, audio_chunk or control".into())
+}
+
+fn cancelled_by_client() -> ServiceError {
+    ServiceError::Cancelled("the stream was cancelled by the client".into())
 }
 
 fn client_left() -> ServiceError {
