@@ -300,9 +300,10 @@ Every node type the server ships, from the catalogue its nodes declare (`GetVers
 same catalogue, plug-ins included; `remotemedia-server catalogue` prints it). Names in brackets
 are accepted aliases. Parameters are a JSON object; unknown parameters, wrong types and
 out-of-range values are validation errors that name the node, the parameter and what is expected,
-all at once, whichever runtime runs the node. Every audio node refuses NaN/Inf samples with an
-error naming the node, the input and the offending sample, and in a stream refuses a chunk whose
-rate or channel count differs from the first chunk's.
+all at once, whichever runtime runs the node. Every node that reads audio samples (all but
+`PassThroughNode`, which forwards its input unread) refuses NaN/Inf samples with an error naming
+the node, the input and the offending sample, and in a stream refuses, as a validation error, a
+chunk whose rate or channel count differs from the first chunk's.
 
 Every node that runs returns its `output` audio, even when it holds no samples: an empty buffer
 in the node's output layout (rate, channels, format). So one sample at 44.1 kHz resampled to

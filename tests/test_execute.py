@@ -45,8 +45,10 @@ def test_validation_errors_are_in_band_with_every_violation(server: RunningServe
     assert "GainNode" in json.loads(err.context)["available_node_types"]
 
 
-def test_params_that_are_not_json_are_an_error(server: RunningServer) -> None:
-    bad = pb.NodeManifest(id="g", node_type="GainNode", params="{not json")
+@pytest.mark.parametrize("text", ["{not json", "   ", "\n"])
+def test_params_that_are_not_json_are_an_error(server: RunningServer, text: str) -> None:
+    # Only unset params (the empty string) mean `{}`; blank text is not JSON either.
+    bad = pb.NodeManifest(id="g", node_type="GainNode", params=text)
     req = pb.ExecuteRequest(manifest=manifest([bad]), audio_inputs={"g": f32(np.zeros(4))})
     with Client(server.address) as client:
         err = client.execute(req).error
@@ -77,3 +79,49 @@ async def test_the_async_client_gets_the_version(server: RunningServer) -> None:
         v = await client.version("1.2.3")
     assert v.compatible
     assert "GainNode" in v.version_info.supported_node_types
+
+
+RUNTIMES = [pytest.param(pb.RUNTIME_HINT_AUTO, id="native"), pytest.param(pb.RUNTIME_HINT_CPYTHON, id="python")]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_connection_between_ports_of_different_kinds_is_a_validation_error(server: RunningServer, runtime: int) -> None:
+    # VAD's `segments` is data; the resampler's `input` and the pass-through's `input` take audio.
+    req = pb.ExecuteRequest(
+        manifest=manifest(
+            [node("vad", "VADNode", runtime=runtime), node("rs", "AudioResampleNode", runtime=runtime, output_rate=8000)],
+            [],
+        ),
+        audio_inputs={"vad": f32(np.zeros(1_600, np.float32))},
+    )
+    req.manifest.connections.add(**{"from": "vad", "to": "rs", "output_key": "segments", "input_key": "input"})
+    with Client(server.address) as client:
+        resp = client.execute(req)
+    assert resp.WhichOneof("outcome") == "error", "nothing may run"
+    err = resp.error
+    assert err.error_type == pb.ERROR_TYPE_VALIDATION
+    [v] = violations(err)
+    assert v["field"] == "connections[0]" and v["node_id"] == "rs"
+    assert "output port `segments` carries data, but input port `input` of node `rs` takes audio" in v["description"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize(
+    ("node_type", "params", "rate", "says"),
+    [
+        ("AudioResampleNode", {"output_rate": 16000, "input_rate": 48000}, 44100, "input audio is 44100 Hz but parameter input_rate is 48000 Hz"),
+        ("VADNode", {}, 4000, "put an AudioResampleNode with output_rate 8000 or more before it"),
+    ],
+)
+def test_audio_a_node_does_not_take_is_a_validation_error_on_both_runtimes(
+    server: RunningServer, runtime: int, node_type: str, params: dict[str, object], rate: int, says: str
+) -> None:
+    req = pb.ExecuteRequest(
+        manifest=manifest([node("n", node_type, runtime=runtime, **params)]),
+        audio_inputs={"n": f32(np.zeros(400, np.float32), rate=rate)},
+    )
+    with Client(server.address) as client:
+        err = client.execute(req).error
+    assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
+    assert err.failing_node_id == "n"
+    assert says in err.message, err.message

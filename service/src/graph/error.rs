@@ -124,10 +124,12 @@ pub enum ExecError {
     #[error("execution exceeded its time limit of {} ms (running: {})", limit.as_millis(), running.join(", "))]
     Timeout { limit: Duration, running: Vec<String> },
 
+    /// `node_id` is the node whose outputs went over the limit, `None` for the request's inputs.
     #[error(
-        "execution exceeded its memory limit of {limit} bytes: node `{node_id}` brought the pipeline to {needed} bytes"
+        "execution exceeded its memory limit of {limit} bytes: {} brought the pipeline to {needed} bytes",
+        culprit(node_id.as_deref())
     )]
-    MemoryLimit { limit: u64, needed: u64, node_id: String },
+    MemoryLimit { limit: u64, needed: u64, node_id: Option<String> },
 
     #[error("execution cancelled")]
     Cancelled,
@@ -150,10 +152,17 @@ impl ExecError {
     /// The node the error is about, if any.
     pub fn node_id(&self) -> Option<&str> {
         match self {
-            ExecError::Node { node_id, .. }
-            | ExecError::CircuitOpen { node_id, .. }
-            | ExecError::MemoryLimit { node_id, .. } => Some(node_id),
+            ExecError::Node { node_id, .. } | ExecError::CircuitOpen { node_id, .. } => Some(node_id),
+            ExecError::MemoryLimit { node_id, .. } => node_id.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// Who took a run over its memory limit, for [`ExecError::MemoryLimit`]'s message.
+fn culprit(node_id: Option<&str>) -> String {
+    match node_id {
+        Some(id) => format!("node `{id}`"),
+        None => "the request's inputs".to_owned(),
     }
 }

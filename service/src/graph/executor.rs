@@ -704,7 +704,7 @@ fn check_memory(memory: &MemoryTracker, limit: Option<u64>, node_id: &str) -> Re
         Some(limit) if memory.live() > limit => Err(ExecError::MemoryLimit {
             limit,
             needed: memory.live(),
-            node_id: if node_id.is_empty() { "(request inputs)".into() } else { node_id.to_owned() },
+            node_id: (!node_id.is_empty()).then(|| node_id.to_owned()),
         }),
         _ => Ok(()),
     }

@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use super::error::{ValidationError, Violation};
 use super::manifest::{MANIFEST_VERSION, Manifest, ManifestNode, PipelineConfig};
-use crate::nodes::{INPUT, OUTPUT, ParamError, Params, PortName, Registry, ResolveError, Resolved, port_name};
+use crate::nodes::{
+    INPUT, OUTPUT, ParamError, Params, PortKind, PortName, Registry, ResolveError, Resolved, port_name,
+};
 use crate::text::quoted;
 
 /// Longest node id, in bytes. Ids appear in every message about their node, in logs and in
@@ -256,21 +258,48 @@ impl<'a> Check<'a> {
                 ));
                 continue;
             }
-            self.port(&nodes[from], output_key, true, &e.from, &format!("connections[{j}].output_key"), &label);
-            self.port(&nodes[to], input_key, false, &e.to, &format!("connections[{j}].input_key"), &label);
+            let produced =
+                self.port(&nodes[from], output_key, true, &e.from, &format!("connections[{j}].output_key"), &label);
+            let taken = self.port(&nodes[to], input_key, false, &e.to, &format!("connections[{j}].input_key"), &label);
+            if let (Some(produced), Some(taken)) = (produced, taken)
+                && produced != taken
+            {
+                self.push(
+                    Violation::new(
+                        format!("connections[{j}]"),
+                        format!(
+                            "{label}: output port `{}` carries {}, but input port `{}` of node `{}` takes {}; connect ports of the same kind",
+                            quoted(output_key),
+                            kind_name(produced),
+                            quoted(input_key),
+                            quoted(&e.to),
+                            kind_name(taken)
+                        ),
+                    )
+                    .on_node(&e.to),
+                );
+            }
             incoming[to].push(Link { from, output_key: port_name(output_key), input_key: port_name(input_key) });
             outgoing[from].insert(to);
         }
         (incoming, outgoing.into_iter().map(|s| s.into_iter().collect()).collect())
     }
 
-    /// Checks that a node declares the port a connection names.
-    fn port(&mut self, node: &Option<PlannedNode>, port: &str, is_output: bool, id: &str, field: &str, label: &str) {
-        let Some(PlannedNode { resolved, .. }) = node else { return };
+    /// Checks that a node declares the port a connection names; returns the port's kind.
+    fn port(
+        &mut self,
+        node: &Option<PlannedNode>,
+        port: &str,
+        is_output: bool,
+        id: &str,
+        field: &str,
+        label: &str,
+    ) -> Option<PortKind> {
+        let Some(PlannedNode { resolved, .. }) = node else { return None };
         let spec = &resolved.spec;
-        let (has, ports) =
-            if is_output { (spec.has_output(port), &spec.outputs) } else { (spec.has_input(port), &spec.inputs) };
-        if !has {
+        let ports = if is_output { &spec.outputs } else { &spec.inputs };
+        let found = ports.iter().find(|p| p.name == port).map(|p| p.kind);
+        if found.is_none() {
             let dir = if is_output { "output" } else { "input" };
             let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
             self.push(
@@ -287,6 +316,7 @@ impl<'a> Check<'a> {
                 .on_node(id),
             );
         }
+        found
     }
 
     /// Kahn's order, and a violation naming the path of each cycle.
@@ -359,12 +389,21 @@ pub fn param_violation(i: usize, id: &str, node_type: &str, e: &ParamError) -> V
     Violation::new(field, format!("node `{}` ({node_type}): {e}", quoted(id))).on_node(id)
 }
 
+fn kind_name(kind: PortKind) -> &'static str {
+    match kind {
+        PortKind::Audio => "audio",
+        PortKind::Data => "data",
+    }
+}
+
 fn or_empty(s: &str) -> &str {
     if s.is_empty() { "?" } else { s }
 }
 
 fn parse_params(text: &str) -> Result<Map<String, Value>, String> {
-    if text.trim().is_empty() {
+    // Unset (proto3's empty string) means no parameters; anything else must be a JSON object,
+    // so blank text is an error like any other text that is not JSON.
+    if text.is_empty() {
         return Ok(Map::new());
     }
     match crate::json::parse(text) {
@@ -567,6 +606,14 @@ mod tests {
         assert!(msgs[0].starts_with("node `g`: params are not valid JSON: "), "{msgs:?}");
         let m = Manifest::new("t").node("g", "GainNode", "[1]");
         assert_eq!(messages(&m, &shape(&["g"])), ["node `g`: params must be a JSON object, got an array"]);
+        // Only unset params (the empty string) mean none; blank text is not JSON.
+        for blank in ["   ", "\n"] {
+            let m = Manifest::new("t").node("g", "GainNode", blank);
+            let msgs = messages(&m, &shape(&["g"]));
+            assert_eq!(msgs.len(), 1, "{blank:?}: {msgs:?}");
+            assert!(msgs[0].starts_with("node `g`: params are not valid JSON: "), "{msgs:?}");
+        }
+        assert!(messages(&Manifest::new("t").node("g", "GainNode", ""), &shape(&["g"])).is_empty());
     }
 
     #[test]
@@ -623,6 +670,29 @@ mod tests {
         assert_eq!(msgs.len(), 2, "{msgs:?}");
         assert!(msgs[0].contains("node `a` (GainNode) has no output port `segments`; its output ports are: output"));
         assert!(msgs[1].contains("node `b` (GainNode) has no input port `sidechain`; its input ports are: input"));
+    }
+
+    #[test]
+    fn connections_join_ports_of_the_same_kind() {
+        // VAD's `segments` is data, the resampler's `input` audio; PassThroughNode's `data`
+        // input takes data, its `input` audio.
+        let m = Manifest::new("t")
+            .node("vad", "VADNode", "")
+            .node("rs", "AudioResampleNode", r#"{"output_rate": 8000}"#)
+            .node("p", "PassThroughNode", "")
+            .edge(Edge::new("vad", "rs").ports("segments", "input"))
+            .edge(Edge::new("vad", "p").ports("output", "data"))
+            .edge(Edge::new("vad", "p").ports("segments", "data"));
+        let msgs = messages(&m, &shape(&["vad"]));
+        assert_eq!(
+            msgs,
+            [
+                "connections[0] (vad → rs): output port `segments` carries data, but input port `input` of node `rs` \
+                 takes audio; connect ports of the same kind",
+                "connections[1] (vad → p): output port `output` carries audio, but input port `data` of node `p` \
+                 takes data; connect ports of the same kind",
+            ]
+        );
     }
 
     #[test]

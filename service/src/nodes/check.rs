@@ -21,17 +21,18 @@ pub fn audio_input(inputs: &Ports) -> Result<&AudioBuffer, NodeError> {
     Ok(audio)
 }
 
-/// Refuses a chunk whose rate or channel count differs from the stream's first chunk.
+/// Refuses a chunk whose rate or channel count differs from the stream's first chunk (as
+/// VALIDATION: a stream's layout is fixed by its first chunk).
 pub fn same_layout(audio: &AudioBuffer, rate: u32, channels: u32) -> Result<(), NodeError> {
     if audio.sample_rate() != rate {
-        return Err(NodeError::invalid_input(format!(
+        return Err(NodeError::unsupported_audio(format!(
             "input sample_rate changed from {rate} Hz to {} Hz within the stream",
             audio.sample_rate()
         ))
         .with_field("input.sample_rate"));
     }
     if audio.channels() != channels {
-        return Err(NodeError::invalid_input(format!(
+        return Err(NodeError::unsupported_audio(format!(
             "input channels changed from {channels} to {} within the stream",
             audio.channels()
         ))

@@ -35,7 +35,7 @@ impl Node for AudioChunkerNode {
             Some((format, rate, channels, frames)) => {
                 check::same_layout(audio, rate, channels)?;
                 if audio.format() != format {
-                    return Err(NodeError::invalid_input(format!(
+                    return Err(NodeError::unsupported_audio(format!(
                         "input format changed from {format} to {} within the stream",
                         audio.format()
                     ))

@@ -88,6 +88,12 @@ impl NodeError {
         Self::new(NodeErrorKind::InvalidInput, message)
     }
 
+    /// Audio of a form the node does not take (a sample rate or channel count it cannot work
+    /// with, or a stream whose layout changed): [`NodeErrorKind::Validation`].
+    pub fn unsupported_audio(message: impl Into<String>) -> Self {
+        Self::new(NodeErrorKind::Validation, message)
+    }
+
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(NodeErrorKind::Transient, message)
     }

@@ -318,14 +318,14 @@ impl Node for ResampleNode {
         if let Some(expected) = self.expected_input_rate
             && audio.sample_rate() != expected
         {
-            return Err(NodeError::invalid_input(format!(
+            return Err(NodeError::unsupported_audio(format!(
                 "input audio is {} Hz but parameter input_rate is {expected} Hz",
                 audio.sample_rate()
             ))
             .with_field("input.sample_rate"));
         }
         if !(MIN_RATE..=MAX_RATE).contains(&audio.sample_rate()) {
-            return Err(NodeError::invalid_input(format!(
+            return Err(NodeError::unsupported_audio(format!(
                 "input sample_rate {} Hz is outside {MIN_RATE}..={MAX_RATE} Hz",
                 audio.sample_rate()
             ))

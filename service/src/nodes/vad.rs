@@ -433,8 +433,9 @@ impl Node for VadNode {
     fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         if audio.sample_rate() < MIN_RATE {
-            return Err(NodeError::invalid_input(format!(
-                "input sample_rate {} Hz is below the {MIN_RATE} Hz the speech band needs",
+            return Err(NodeError::unsupported_audio(format!(
+                "input sample_rate {} Hz is below the {MIN_RATE} Hz the speech band needs; put an AudioResampleNode with \
+                 output_rate {MIN_RATE} or more before it",
                 audio.sample_rate(),
             ))
             .with_field("input.sample_rate"));

@@ -9,7 +9,7 @@ import numpy as np
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.builtin.basic import audio_input
 from remotemedia_nodes.declare import Exclusive
-from remotemedia_nodes.errors import InvalidInput
+from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 
@@ -33,7 +33,7 @@ class AudioChunker(Node):
                 self.frames = max(1, -(-a.sample_rate * int(self.ms) // 1000))
             self.pending = a.samples[:0].copy()
         elif a.sample_rate != self.rate or a.samples.dtype != self.pending.dtype or a.samples.shape[1:] != self.pending.shape[1:]:
-            raise InvalidInput("AudioChunkerNode: input layout changed within the stream")
+            raise UnsupportedAudio("AudioChunkerNode: input layout changed within the stream")
         self.pending = np.concatenate([self.pending, a.samples])
         whole = len(self.pending) // self.frames * self.frames
         out, self.pending = self.pending[:whole], self.pending[whole:]

@@ -9,7 +9,7 @@ import soxr
 
 from remotemedia_nodes.audio import Audio, from_float
 from remotemedia_nodes.builtin.basic import audio_input, shaped
-from remotemedia_nodes.errors import InvalidInput
+from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 _QUALITY = {"low": "LQ", "medium": "MQ", "high": "VHQ"}
@@ -37,12 +37,12 @@ class AudioResample(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "AudioResampleNode")
         if self.input_rate is not None and a.sample_rate != self.input_rate:
-            raise InvalidInput(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz")
+            raise UnsupportedAudio(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz")
         if self.layout is None:
             self.layout = (a.sample_rate, a.channels, a.samples.dtype.type)
             self.stream = soxr.ResampleStream(a.sample_rate, self.output_rate, a.channels, dtype="float32", quality=self.quality)
         elif self.layout[:2] != (a.sample_rate, a.channels):
-            raise InvalidInput("AudioResampleNode: input rate or channels changed within the stream")
+            raise UnsupportedAudio("AudioResampleNode: input rate or channels changed within the stream")
         self.frames_in += a.frames
         assert self.stream is not None
         return self._emit(self.stream.resample_chunk(np.ascontiguousarray(a.as_float())))

@@ -10,7 +10,7 @@ from scipy import signal
 
 from remotemedia_nodes.builtin.basic import audio_input
 from remotemedia_nodes.declare import Port
-from remotemedia_nodes.errors import InvalidInput
+from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 NOISE_MARGIN_DB = 6.0
@@ -177,11 +177,14 @@ class Vad(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "VADNode")
         if a.sample_rate < 8000:
-            raise InvalidInput(f"VADNode: input sample_rate {a.sample_rate} Hz is below the 8000 Hz the speech band needs")
+            raise UnsupportedAudio(
+                f"VADNode: input sample_rate {a.sample_rate} Hz is below the 8000 Hz the speech band needs; "
+                "put an AudioResampleNode with output_rate 8000 or more before it"
+            )
         if not self.rate:
             self._setup(a.sample_rate)
         elif a.sample_rate != self.rate:
-            raise InvalidInput(f"VADNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
+            raise UnsupportedAudio(f"VADNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
         mono = self._dc_block(a.as_float().mean(axis=1).astype(np.float32))
         self.buffer = np.concatenate([self.buffer, mono])
         while len(self.buffer) >= self.frame_len:

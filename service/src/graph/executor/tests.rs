@@ -428,8 +428,20 @@ async fn the_memory_limit_stops_a_pipeline_that_holds_too_much() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ExecError::MemoryLimit { limit: 6_000, needed: 8_000, node_id } if node_id == "a"),
+        matches!(&err, ExecError::MemoryLimit { limit: 6_000, needed: 8_000, node_id: Some(node_id) } if node_id == "a"),
         "{err:?}"
+    );
+    // Inputs over the limit on their own: no node is to blame, and none is named.
+    let limits = RunLimits { timeout: None, max_memory_bytes: Some(1_000) };
+    let err = p
+        .run(inputs(&[("a", audio(vec![0.1; 1_000]))]), Mode::Once, limits, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, ExecError::MemoryLimit { limit: 1_000, needed: 4_000, node_id: None }), "{err:?}");
+    assert_eq!(err.node_id(), None);
+    assert_eq!(
+        err.to_string(),
+        "execution exceeded its memory limit of 1000 bytes: the request's inputs brought the pipeline to 4000 bytes"
     );
 }
 

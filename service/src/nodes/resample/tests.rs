@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::nodes::{INPUT, OUTPUT, PortValue};
+use crate::nodes::{INPUT, NodeErrorKind, OUTPUT, PortValue};
 
 fn ctx() -> NodeContext {
     NodeContext::new("rs", "AudioResampleNode", CancellationToken::new())
@@ -292,11 +292,13 @@ fn inputs_are_checked() {
     let err = feed(&mut n, AudioBuffer::from_f32(vec![0.0; 10], 44_100, 1)).unwrap_err();
     assert!(err.message.contains("input audio is 44100 Hz but parameter input_rate is 48000 Hz"), "{}", err.message);
     assert_eq!(err.field.as_deref(), Some("input.sample_rate"));
+    assert_eq!(err.kind, NodeErrorKind::Validation, "audio the node does not take is a VALIDATION error");
 
     let mut n = node(json!({"output_rate": 16_000}));
     feed(&mut n, AudioBuffer::from_f32(vec![0.0; 10], 48_000, 1)).unwrap();
     let err = feed(&mut n, AudioBuffer::from_f32(vec![0.0; 10], 48_000, 2)).unwrap_err();
     assert!(err.message.contains("input channels changed from 1 to 2 within the stream"), "{}", err.message);
+    assert_eq!(err.kind, NodeErrorKind::Validation);
     let err = feed(&mut n, AudioBuffer::from_f32(vec![0.0, f32::INFINITY], 48_000, 1)).unwrap_err();
     assert!(err.message.contains("input sample 1 is inf"), "{}", err.message);
     // Empty input is valid: an empty output at the output rate.

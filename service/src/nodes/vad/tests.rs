@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::audio::AudioBuffer;
-use crate::nodes::INPUT;
+use crate::nodes::{INPUT, NodeErrorKind};
 
 const RATE: u32 = 16_000;
 
@@ -254,6 +254,8 @@ fn parameters_and_inputs_are_checked() {
         .process(Ports::new().with(INPUT, PortValue::Audio(AudioBuffer::from_f32(vec![0.0; 10], 4_000, 1))), &ctx())
         .unwrap_err();
     assert!(err.message.contains("4000 Hz is below the 8000 Hz"), "{}", err.message);
+    assert!(err.message.contains("put an AudioResampleNode"), "{}", err.message);
+    assert_eq!(err.kind, NodeErrorKind::Validation, "audio the node does not take is a VALIDATION error");
 }
 
 #[test]
