@@ -395,7 +395,8 @@ class Pipeline:
 
     def violations(self, catalogue: Catalogue = BUILTIN_CATALOGUE) -> list[Violation]:
         """Every rule the pipeline breaks that can be checked without the server; node
-        parameters are checked against ``catalogue`` (the service's built-in nodes by default;
+        parameters, and the ports connections join (they must exist and be of one kind, audio
+        or data), are checked against ``catalogue`` (the service's built-in nodes by default;
         ``Client.catalogue()`` adds the server's plug-ins)."""
         out: list[Violation] = []
         if not self.nodes:
@@ -426,6 +427,8 @@ class Pipeline:
                 out.append(Violation(f"connections[{j}]", f"duplicate of connections[{seen[key]}]", c.source))
             else:
                 seen[key] = j
+            if c.source in index and c.target in index and c.source != c.target:
+                out += _port_violations(j, c, self.nodes[index[c.source]], self.nodes[index[c.target]], catalogue)
         out += [Violation("connections", f"connections form a cycle: {' → '.join(path)}") for path in self._cycles(index)]
         out += self.config.violations()
         return out
@@ -620,6 +623,43 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, {len(self.nodes)} nodes, {len(self.connections)} connections)"
+
+
+def _port_violations(j: int, c: Connection, source: Node, target: Node, catalogue: Catalogue) -> list[Violation]:
+    """Connection ``j``'s ports, as the service checks them: each end names a port its node
+    declares, and both carry the same kind. Ends of a type ``catalogue`` does not know are left
+    to the service."""
+    out: list[Violation] = []
+    kinds: list[str | None] = []
+    ends = ((source, c.output_key, "output", "output_key"), (target, c.input_key, "input", "input_key"))
+    for node, port, direction, key_field in ends:
+        t = catalogue.get(node.type)
+        if t is None:
+            kinds.append(None)
+            continue
+        ports = t.outputs if direction == "output" else t.inputs
+        kind = next((p.get("kind") for p in ports if p.get("name") == port), None)
+        if kind is None:
+            names = ", ".join(p.get("name", "") for p in ports)
+            out.append(
+                Violation(
+                    f"connections[{j}].{key_field}",
+                    f"node `{node.id}` ({node.type}) has no {direction} port `{port}`; its {direction} ports are: {names}",
+                    node.id,
+                )
+            )
+        kinds.append(kind)
+    produced, taken = kinds
+    if produced is not None and taken is not None and produced != taken:
+        out.append(
+            Violation(
+                f"connections[{j}]",
+                f"output port `{c.output_key}` carries {produced}, but input port `{c.input_key}` of node `{target.id}` "
+                f"takes {taken}; connect ports of the same kind",
+                target.id,
+            )
+        )
+    return out
 
 
 def _id(node: Node | str) -> str:
