@@ -127,13 +127,15 @@ def test_connections_must_join_declared_ports_of_one_kind() -> None:
     p.connect(vad, rs, output_key="speech", input_key="input")
     p.connect(vad, rs, output_key="output", input_key="sidechain")
     p.connect(vad, rs)  # output → input: audio to audio
+    p.connect(vad, rs, output_key="segments", input_key="input")  # a duplicate is reported as one, as the server does
     assert [str(v) for v in p.violations()] == [
         "connections[0]: output port `segments` carries data, but input port `input` of node `rs` takes audio; "
         "connect ports of the same kind",
         "connections[1].output_key: node `vad` (VADNode) has no output port `speech`; its output ports are: output, segments",
         "connections[2].input_key: node `rs` (AudioResampleNode) has no input port `sidechain`; its input ports are: input",
+        "connections[4]: duplicate of connections[0]",
     ]
-    assert [v.node_id for v in p.violations()] == ["rs", "vad", "rs"]
+    assert [v.node_id for v in p.violations()] == ["rs", "vad", "rs", "vad"]
     # A type the catalogue does not know (a plug-in) is left to the server.
     q = Pipeline("plugin")
     q.connect(q.add(Node("VADNode", "vad")), q.add(Node("SomePluginNode", "x")), output_key="segments", input_key="anything")
@@ -141,7 +143,12 @@ def test_connections_must_join_declared_ports_of_one_kind() -> None:
     # Calls check the same before sending anything (nothing listens on port 9).
     with Client("127.0.0.1:9", retry=RetryPolicy.none()) as client, pytest.raises(ValidationError) as info:
         client.run(p, np.zeros(4, np.float32), sample_rate=16_000)
-    assert [v.field for v in info.value.violations] == ["connections[0]", "connections[1].output_key", "connections[2].input_key"]
+    assert [v.field for v in info.value.violations] == [
+        "connections[0]",
+        "connections[1].output_key",
+        "connections[2].input_key",
+        "connections[4]",
+    ]
 
 
 def test_inputs_are_checked_with_the_pipeline_before_any_call() -> None:

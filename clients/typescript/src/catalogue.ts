@@ -1,9 +1,9 @@
 // The node catalogue: each node type's parameters (as JSON Schema), ports and runtimes, as the
 // service declares them. The client ships the catalogue of the service's built-in nodes
 // (BUILTIN_CATALOGUE, generated from the service's own declarations) and checks a pipeline's
-// parameters against it before sending, with the service's rules and messages; a pipeline with
-// node types the client was not built with (plug-ins) is checked against the catalogue the
-// server returns (`client.catalogue()`), fetched once when needed.
+// parameters and connection ports against it before sending, with the service's rules and
+// messages; a pipeline with node types the client was not built with (plug-ins) is checked
+// against the catalogue the server returns (`client.catalogue()`), fetched once when needed.
 import { CATALOGUE } from "./gen-catalogue/catalogue.js";
 import { PortKind, type NodeTypeInfo } from "./gen/remotemedia/v1/service_pb.js";
 import { RuntimeHint } from "./gen/remotemedia/v1/manifest_pb.js";

@@ -10,7 +10,7 @@ import {
   type ExecuteInputs,
   type PipelineLike,
   executeRequest,
-  paramViolations,
+  manifestViolations,
   sourceNodes,
   toManifest,
   unknownNodeTypes,
@@ -152,7 +152,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
       const call = streamCall();
       const manifest = toManifest(pipeline);
       const known = unknownNodeTypes(manifest) ? await this.catalogue(streamOptions) : BUILTIN_CATALOGUE;
-      const problems = paramViolations(manifest, known);
+      const problems = manifestViolations(manifest, known);
       if (problems.length > 0) throw validationError(problems);
       const sources = sourceNodes(manifest);
       const inputNode = streamOptions.inputNode ?? (sources.length === 1 ? sources[0] : undefined);

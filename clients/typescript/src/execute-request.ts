@@ -5,7 +5,15 @@ import { type Violation, validationError } from "./error.js";
 import { type ExecuteRequest, ExecuteRequestSchema } from "./gen/remotemedia/v1/execution_pb.js";
 import { type PipelineManifest, PipelineManifestSchema } from "./gen/remotemedia/v1/manifest_pb.js";
 import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
-import { type ManifestJson, Pipeline } from "./pipeline.js";
+import {
+  type CheckedNode,
+  INPUT_PORT,
+  type ManifestJson,
+  OUTPUT_PORT,
+  Pipeline,
+  type PipelineEdge,
+  pipelineViolations,
+} from "./pipeline.js";
 
 /** A pipeline as a builder, a JSON manifest (text or parsed) or the wire message. */
 export type PipelineLike = Pipeline | PipelineManifest | ManifestJson | string;
@@ -38,22 +46,30 @@ export function unknownNodeTypes(manifest: PipelineManifest): boolean {
   return manifest.nodes.some((n) => !BUILTIN_CATALOGUE.knows(n.nodeType));
 }
 
-/** Every parameter problem of the manifest's nodes, checked against `catalogue`. */
-export function paramViolations(manifest: PipelineManifest, catalogue: Catalogue): Violation[] {
-  return manifest.nodes.flatMap((n, i) => {
-    let params: unknown;
-    try {
-      params = n.params.trim() === "" ? {} : (JSON.parse(n.params) as unknown);
-    } catch {
-      return []; // the server names text that is not JSON
-    }
-    if (typeof params !== "object" || params === null || Array.isArray(params)) return [];
-    return catalogue.check(n.nodeType, params as Record<string, unknown>).map(({ param, problem }) => ({
-      field: `nodes[${i}].params.${param}`,
-      description: `node \`${n.id}\` (${n.nodeType}): parameter \`${param}\` ${problem}`,
-      nodeId: n.id,
-    }));
-  });
+/**
+ * Every problem of the manifest's node parameters and connection ports the service would
+ * report, checked against `catalogue` (see `pipelineViolations`).
+ */
+export function manifestViolations(manifest: PipelineManifest, catalogue: Catalogue): Violation[] {
+  const nodes: CheckedNode[] = manifest.nodes.map((n) => ({ id: n.id, type: n.nodeType, params: paramsOf(n.params) }));
+  const edges: PipelineEdge[] = manifest.connections.map((c) => ({
+    from: c.from,
+    to: c.to,
+    outputKey: c.outputKey || OUTPUT_PORT,
+    inputKey: c.inputKey || INPUT_PORT,
+  }));
+  return pipelineViolations(nodes, edges, catalogue);
+}
+
+/** A node's JSON parameter text as an object; undefined for anything else (the server names it). */
+function paramsOf(text: string): Record<string, unknown> | undefined {
+  let params: unknown;
+  try {
+    params = text.trim() === "" ? {} : (JSON.parse(text) as unknown);
+  } catch {
+    return undefined;
+  }
+  return typeof params === "object" && params !== null && !Array.isArray(params) ? (params as Record<string, unknown>) : undefined;
 }
 
 /** Ids of the manifest's nodes that nothing connects into, in manifest order. */
@@ -64,9 +80,9 @@ export function sourceNodes(manifest: PipelineManifest): string[] {
 
 /**
  * The request for `inputs` (a bare Audio feeds the pipeline's only source node), after the
- * checks that need no server: node parameters against `catalogue`, inputs and output nodes name
- * nodes of the pipeline, and every source node has an input. Problems are thrown together as
- * one VALIDATION error.
+ * checks that need no server: node parameters and connection ports against `catalogue`, inputs
+ * and output nodes name nodes of the pipeline, and every source node has an input. Problems are
+ * thrown together as one VALIDATION error.
  */
 export function executeRequest(
   manifest: PipelineManifest,
@@ -76,7 +92,7 @@ export function executeRequest(
 ): ExecuteRequest {
   const resolved: ExecuteInputs = inputs instanceof Audio ? { audio: { [onlySource(manifest, "inputs")]: inputs } } : inputs;
   const ids = new Set(manifest.nodes.map((n) => n.id));
-  const problems: Violation[] = paramViolations(manifest, catalogue);
+  const problems: Violation[] = manifestViolations(manifest, catalogue);
   const audioInputs: ExecuteRequest["audioInputs"] = {};
   for (const [id, audio] of Object.entries(resolved.audio ?? {})) audioInputs[id] = audio.toProto();
   const dataInputs: Record<string, string> = {};

@@ -9,7 +9,7 @@ import {
   RetryPolicy_Backoff,
   RuntimeHint,
 } from "./gen/remotemedia/v1/manifest_pb.js";
-import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
+import { BUILTIN_CATALOGUE, type Catalogue, type NodeTypeJson, type PortJson } from "./catalogue.js";
 import {
   type AudioChunkerParams,
   type AudioResampleParams,
@@ -23,8 +23,9 @@ export type BuiltinNodeType = CatalogueNodeType;
 
 /** The only manifest schema version the service accepts. */
 export const MANIFEST_VERSION = "v1";
-const OUTPUT = "output";
-const INPUT = "input";
+/** The ports a connection joins when it names none. */
+export const OUTPUT_PORT = "output";
+export const INPUT_PORT = "input";
 
 export interface PipelineNode {
   id: string;
@@ -177,17 +178,15 @@ export class Pipeline extends NodeBuilders {
   }
 
   /**
-   * Every parameter problem the service would report, checked against `catalogue` (the
-   * service's built-in nodes by default; `client.catalogue()` adds the server's plug-ins).
+   * Every problem the service would report of the nodes' parameters and of the ports the
+   * connections join, checked against `catalogue` (the service's built-in nodes by default;
+   * `client.catalogue()` adds the server's plug-ins): parameter problems in node order, then,
+   * in connection order, a connection naming an output or input port its node does not have,
+   * or joining an audio port to a data port. Node types the catalogue does not know are left to
+   * the service.
    */
   violations(catalogue: Catalogue = BUILTIN_CATALOGUE): Violation[] {
-    return this.#nodes.flatMap((n, i) =>
-      catalogue.check(n.type, n.params).map(({ param, problem }) => ({
-        field: `nodes[${i}].params.${param}`,
-        description: `node \`${n.id}\` (${n.type}): parameter \`${param}\` ${problem}`,
-        nodeId: n.id,
-      })),
-    );
+    return pipelineViolations(this.#nodes, this.#edges, catalogue);
   }
 
   /** Connects `from`'s output port to `to`'s input port (default ports "output" and "input"). */
@@ -200,7 +199,7 @@ export class Pipeline extends NodeBuilders {
       }
     }
     if (missing.length > 0) throw validationError(missing);
-    this.#edges.push({ from, to, outputKey: ports.outputKey || OUTPUT, inputKey: ports.inputKey || INPUT });
+    this.#edges.push({ from, to, outputKey: ports.outputKey || OUTPUT_PORT, inputKey: ports.inputKey || INPUT_PORT });
     return this;
   }
 
@@ -310,8 +309,8 @@ export class Pipeline extends NodeBuilders {
       }
       if (added.has(from) && added.has(to)) {
         p.connect(from, to, {
-          outputKey: typeof raw["output_key"] === "string" ? raw["output_key"] : OUTPUT,
-          inputKey: typeof raw["input_key"] === "string" ? raw["input_key"] : INPUT,
+          outputKey: typeof raw["output_key"] === "string" ? raw["output_key"] : OUTPUT_PORT,
+          inputKey: typeof raw["input_key"] === "string" ? raw["input_key"] : INPUT_PORT,
         });
       }
     });
@@ -349,6 +348,69 @@ export class Pipeline extends NodeBuilders {
       ...(Object.keys(config).length === 0 ? {} : { config }),
     });
   }
+}
+
+/** A node as the local checks see it; `params` is undefined when they are not a JSON object. */
+export interface CheckedNode {
+  id: string;
+  type: string;
+  params: Record<string, unknown> | undefined;
+}
+
+/**
+ * The problems the service would report of `nodes`' parameters (in node order) and of the ports
+ * `edges` join (in connection order), in its words, checked against `catalogue`. As the
+ * service does, it checks the ports of a connection only between two nodes of the pipeline
+ * whose types the catalogue knows and whose parameters are valid, and not those of a node
+ * connected to itself or of a connection that repeats an earlier one (the service refuses
+ * those for what they are).
+ */
+export function pipelineViolations(nodes: readonly CheckedNode[], edges: readonly PipelineEdge[], catalogue: Catalogue): Violation[] {
+  // Each node id (its first node, as the service indexes them) with the type whose ports are
+  // checked, or undefined when they are not.
+  const planned = new Map<string, NodeTypeJson | undefined>();
+  const problems: Violation[] = nodes.flatMap((n, i) => {
+    const found = n.params === undefined ? [] : catalogue.check(n.type, n.params);
+    if (n.id !== "" && !planned.has(n.id)) {
+      planned.set(n.id, n.params !== undefined && found.length === 0 ? catalogue.get(n.type) : undefined);
+    }
+    return found.map(({ param, problem }) => ({
+      field: `nodes[${i}].params.${param}`,
+      description: `node \`${n.id}\` (${n.type}): parameter \`${param}\` ${problem}`,
+      nodeId: n.id,
+    }));
+  });
+  const seen = new Set<string>();
+  edges.forEach((e, j) => {
+    if (!planned.has(e.from) || !planned.has(e.to) || e.from === e.to) return;
+    const key = JSON.stringify([e.from, e.outputKey, e.to, e.inputKey]);
+    if (seen.has(key)) return;
+    seen.add(key);
+    const port = (id: string, name: string, dir: "output" | "input"): PortJson["kind"] | undefined => {
+      const t = planned.get(id);
+      if (t === undefined) return undefined;
+      const ports = dir === "output" ? t.outputs : t.inputs;
+      const found = ports.find((p) => p.name === name);
+      if (found === undefined) {
+        problems.push({
+          field: `connections[${j}].${dir === "output" ? "output_key" : "input_key"}`,
+          description: `node \`${id}\` (${t.name}) has no ${dir} port \`${name}\`; its ${dir} ports are: ${ports.map((p) => p.name).join(", ")}`,
+          nodeId: id,
+        });
+      }
+      return found?.kind;
+    };
+    const produced = port(e.from, e.outputKey, "output");
+    const taken = port(e.to, e.inputKey, "input");
+    if (produced !== undefined && taken !== undefined && produced !== taken) {
+      problems.push({
+        field: `connections[${j}]`,
+        description: `output port \`${e.outputKey}\` carries ${produced}, but input port \`${e.inputKey}\` of node \`${e.to}\` takes ${taken}; connect ports of the same kind`,
+        nodeId: e.to,
+      });
+    }
+  });
+  return problems;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -59,6 +59,28 @@ describe("the built-in catalogue", () => {
     assert.deepEqual(new Pipeline("good").audioResample("rs", { output_rate: 16_000 }).violations(), []);
   });
 
+  test("violations() name connections' missing ports and ports of different kinds, after the parameters", () => {
+    const p = new Pipeline("bad-ports")
+      .vad("vad")
+      .audioResample("rs", { output_rate: 16_000 })
+      .connect("vad", "rs", { outputKey: "segments" })
+      .connect("vad", "rs", { outputKey: "speech" })
+      .connect("vad", "rs", { inputKey: "sidechain" });
+    assert.deepEqual(
+      p.violations().map((v) => [v.field, v.description, v.nodeId]),
+      [
+        [
+          "connections[0]",
+          "output port `segments` carries data, but input port `input` of node `rs` takes audio; connect ports of the same kind",
+          "rs",
+        ],
+        ["connections[1].output_key", "node `vad` (VADNode) has no output port `speech`; its output ports are: output, segments", "vad"],
+        ["connections[2].input_key", "node `rs` (AudioResampleNode) has no input port `sidechain`; its input ports are: input", "rs"],
+      ],
+    );
+    assert.deepEqual(new Pipeline("good").vad("vad").audioResample("rs", { output_rate: 16_000 }).connect("vad", "rs").violations(), []);
+  });
+
   test("a required parameter left out is named with what it takes", () => {
     assert.deepEqual(BUILTIN_CATALOGUE.check("AudioResampleNode", {}), [
       { param: "output_rate", problem: "is required (an integer between 1000 and 768000)" },
@@ -87,6 +109,26 @@ describe("against the server", () => {
       answer.violations.map((v) => [v.field, v.description]),
       local.violations.map((v) => [v.field, v.description]),
     );
+  });
+
+  test("connections between missing ports or ports of different kinds are refused before any call", async () => {
+    const pipeline = new Pipeline("bad-ports")
+      .vad("vad")
+      .audioResample("rs", { output_rate: 16_000 })
+      .connect("vad", "rs", { outputKey: "segments" });
+    const expected = pipeline.violations().map((v) => [v.field, v.description]);
+    assert.equal(expected.length, 1);
+    const audio = new Audio(new Float32Array(160), 16_000);
+    for (const call of [
+      () => client.execute(pipeline, audio),
+      () => client.execute(JSON.stringify(pipeline), audio),
+      () => client.stream(pipeline.toProto()),
+    ]) {
+      const error = await failure(call);
+      assert.equal(error.kind, "VALIDATION");
+      assert.equal(error.code, undefined, "refused by the client");
+      assert.deepEqual(error.violations.map((v) => [v.field, v.description]), expected);
+    }
   });
 
   test("the server's catalogue adds its plug-ins, and they are checked with no change to the client", async () => {

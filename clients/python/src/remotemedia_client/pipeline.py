@@ -425,9 +425,14 @@ class Pipeline:
             key = (c.source, c.output_key, c.target, c.input_key)
             if key in seen:
                 out.append(Violation(f"connections[{j}]", f"duplicate of connections[{seen[key]}]", c.source))
-            else:
-                seen[key] = j
-            if c.source in index and c.target in index and c.source != c.target:
+                continue
+            seen[key] = j
+            # As the service: the ports of a connection between two distinct nodes whose
+            # parameters are valid.
+            ends = (c.source, c.target)
+            if c.source != c.target and all(
+                e in index and not catalogue.check(self.nodes[index[e]].type, self.nodes[index[e]].params) for e in ends
+            ):
                 out += _port_violations(j, c, self.nodes[index[c.source]], self.nodes[index[c.target]], catalogue)
         out += [Violation("connections", f"connections form a cycle: {' → '.join(path)}") for path in self._cycles(index)]
         out += self.config.violations()
@@ -644,7 +649,7 @@ def _port_violations(j: int, c: Connection, source: Node, target: Node, catalogu
             out.append(
                 Violation(
                     f"connections[{j}].{key_field}",
-                    f"node `{node.id}` ({node.type}) has no {direction} port `{port}`; its {direction} ports are: {names}",
+                    f"node `{node.id}` ({t.name}) has no {direction} port `{port}`; its {direction} ports are: {names}",
                     node.id,
                 )
             )
