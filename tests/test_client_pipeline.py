@@ -225,3 +225,10 @@ def test_a_malformed_manifest_reports_every_problem() -> None:
     assert [v.field for v in info.value.violations] == ["version", "nodes[0].params", "nodes[1].runtime_hint", "connections[0]"]
     with pytest.raises(ValidationError, match="not valid JSON"):
         Pipeline.from_json("{")
+    # As on the server, only unset (empty) params text means none; blank text is not JSON.
+    blank = json.dumps({"version": "v1", "nodes": [{"id": "a", "type": "GainNode", "params": "  "}]})
+    with pytest.raises(ValidationError) as info:
+        Pipeline.from_json(blank)
+    assert [v.field for v in info.value.violations] == ["nodes[0].params"]
+    assert "params are not valid JSON" in info.value.violations[0].description
+    assert Pipeline.from_json(json.dumps({"version": "v1", "nodes": [{"id": "a", "type": "GainNode", "params": ""}]})).nodes[0].params == {}

@@ -65,7 +65,7 @@ export function manifestViolations(manifest: PipelineManifest, catalogue: Catalo
 function paramsOf(text: string): Record<string, unknown> | undefined {
   let params: unknown;
   try {
-    params = text.trim() === "" ? {} : (JSON.parse(text) as unknown);
+    params = text === "" ? {} : (JSON.parse(text) as unknown);
   } catch {
     return undefined;
   }

@@ -433,7 +433,7 @@ function nodeParams(value: unknown, field: string, nodeId: string, problems: Vio
   let params: unknown = value ?? {};
   if (typeof params === "string") {
     try {
-      params = params.trim() === "" ? {} : (JSON.parse(params) as unknown);
+      params = params === "" ? {} : (JSON.parse(params) as unknown);
     } catch (e) {
       problems.push({ field, description: `params are not valid JSON: ${(e as Error).message}`, nodeId });
       return undefined;

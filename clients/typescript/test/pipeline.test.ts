@@ -121,6 +121,16 @@ test("every problem of a manifest is reported at once", () => {
   validationOf(() => Pipeline.fromJSON("[1, 2]"));
 });
 
+test("params text is JSON: only unset (empty) text means none, as on the server", () => {
+  const blank = validationOf(() => Pipeline.fromJSON({ version: "v1", nodes: [{ id: "a", node_type: "GainNode", params: "  " }] }));
+  assert.deepEqual(
+    blank.violations.map((v) => v.field),
+    ["nodes[0].params"],
+  );
+  assert.match(blank.violations[0]?.description ?? "", /params are not valid JSON/);
+  assert.deepEqual(Pipeline.fromJSON({ version: "v1", nodes: [{ id: "a", node_type: "GainNode", params: "" }] }).nodes[0]?.params, {});
+});
+
 test("the builder refuses duplicate ids and connections to missing nodes as it goes", () => {
   const p = new Pipeline().passThrough("a");
   assert.match(validationOf(() => p.passThrough("a")).message, /duplicate node id "a"/);

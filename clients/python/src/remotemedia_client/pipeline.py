@@ -561,7 +561,7 @@ class Pipeline:
             params: Any = raw.get("params") or {}
             if isinstance(params, str):
                 try:
-                    params = json.loads(params) if params.strip() else {}
+                    params = json.loads(params) if params else {}
                 except json.JSONDecodeError as e:
                     problems.append(Violation(f"nodes[{i}].params", f"params are not valid JSON: {e}", node_id or None))
                     continue
