@@ -115,6 +115,7 @@ def test_an_in_band_failure_counts_as_a_failure_not_a_success(srv: RunningServer
 def test_a_node_failure_in_a_stream_chunk_counts_against_the_chunks(srv: RunningServer) -> None:
     stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
     before = srv.metric("remotemedia_stream_chunks_total", outcome="node_execution")
+    streams_before = srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="OK", outcome="node_execution")
     requests = [
         pb.StreamRequest(manifest=manifest([node("c", "ChannelMixerNode", output_channels=1)])),
         # NaN samples: the node refuses the chunk, the session goes on.
@@ -124,6 +125,8 @@ def test_a_node_failure_in_a_stream_chunk_counts_against_the_chunks(srv: Running
     responses = list(stub.StreamPipeline(iter(requests), metadata=(("authorization", "Bearer t0k3n"),), timeout=30))
     assert any(r.WhichOneof("response") == "error" for r in responses)
     assert srv.metric("remotemedia_stream_chunks_total", outcome="node_execution") == before + 1
+    # The stream ended OK, but its caller saw a chunk fail: it counts as a failure too.
+    assert srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="OK", outcome="node_execution") == streams_before + 1
 
 
 def test_a_message_over_the_size_cap_counts_as_a_limit_rejection(srv: RunningServer) -> None:

@@ -91,6 +91,7 @@ pub fn spawn(
         rpc,
         stats: Stats::default(),
         last_sequence: None,
+        failed_chunks: None,
         ahead: ReadAhead::default(),
     };
     tokio::spawn(session.run(permit).instrument(tracing::Span::current()));
@@ -124,6 +125,9 @@ struct Session {
     rpc: &'static str,
     stats: Stats,
     last_sequence: Option<u64>,
+    /// The outcome of the first chunk that failed in-band while the session went on: a stream
+    /// that then ends OK counts with it, as the caller saw a failure.
+    failed_chunks: Option<&'static str>,
     ahead: ReadAhead,
 }
 
@@ -209,7 +213,7 @@ impl Session {
             return (Code::DeadlineExceeded, observe::outcome::DEADLINE_EXCEEDED);
         }
         let error = match end {
-            Ok(()) => return (Code::Ok, observe::outcome::SUCCESS),
+            Ok(()) => return (Code::Ok, self.failed_chunks.unwrap_or(observe::outcome::SUCCESS)),
             Err(e) => e,
         };
         if error.delivery(Call::Stream) == Delivery::InBandThenStatus {
@@ -415,6 +419,7 @@ impl Session {
                 }
                 // The chunk failed but the session can go on: say so in-band and keep reading.
                 observe::chunk_processed(error.outcome(), started.elapsed());
+                self.failed_chunks.get_or_insert(error.outcome());
                 let mut in_band = error.to_error_response();
                 in_band.context = with_sequence(&in_band.context, sequence);
                 self.send(response(stream_response::Response::Error(in_band))).await
