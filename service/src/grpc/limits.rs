@@ -17,30 +17,22 @@ pub struct Effective {
     pub audio_samples: u64,
 }
 
-fn pick(
-    requested: u64,
-    default: u64,
-    cap: u64,
-    field: &str,
-    cap_key: &'static str,
-    unit: &str,
-) -> Result<u64, ServiceError> {
+/// The requested value of one limit (0: the default), or the problem when it is over its cap.
+fn pick(requested: u64, default: u64, cap: u64, cap_key: &'static str, unit: &str) -> Result<u64, String> {
     match requested {
         0 => Ok(default),
         r if r <= cap => Ok(r),
         r => {
             observe::limit_rejected(cap_key);
-            Err(ServiceError::Limit {
-                message: format!(
-                    "resource_limits.{field} = {r} {unit} exceeds the server cap of {cap} {unit} ({cap_key}); ask for at most {cap}"
-                ),
-                limit: cap_key,
-            })
+            Err(format!(
+                "resource_limits.{cap_key} = {r} {unit} exceeds the server cap of {cap} {unit} ({cap_key}); ask for at most {cap}"
+            ))
         }
     }
 }
 
-/// Resolves a request's limits against the server's defaults and caps.
+/// Resolves a request's limits against the server's defaults and caps. Every limit over its
+/// cap is named in the error; its `limit` (metrics and context) is the first of them.
 pub fn resolve(requested: Option<&proto::ResourceLimits>, limits: &Limits) -> Result<Effective, ServiceError> {
     let r = requested.cloned().unwrap_or_default();
     let timeout_ms = pick(
@@ -48,28 +40,34 @@ pub fn resolve(requested: Option<&proto::ResourceLimits>, limits: &Limits) -> Re
         limits.default_timeout.as_millis() as u64,
         limits.max_timeout.as_millis() as u64,
         "max_timeout_ms",
-        "max_timeout_ms",
         "ms",
-    )?;
-    Ok(Effective {
-        timeout: Duration::from_millis(timeout_ms),
-        memory_bytes: pick(
-            r.max_memory_bytes,
-            limits.default_memory_bytes,
-            limits.max_memory_bytes,
-            "max_memory_bytes",
-            "max_memory_bytes",
-            "bytes",
-        )?,
-        audio_samples: pick(
-            r.max_audio_samples,
-            limits.default_audio_samples,
-            limits.max_audio_samples,
-            "max_audio_samples",
-            "max_audio_samples",
-            "samples",
-        )?,
-    })
+    );
+    let memory_bytes =
+        pick(r.max_memory_bytes, limits.default_memory_bytes, limits.max_memory_bytes, "max_memory_bytes", "bytes");
+    let audio_samples = pick(
+        r.max_audio_samples,
+        limits.default_audio_samples,
+        limits.max_audio_samples,
+        "max_audio_samples",
+        "samples",
+    );
+    match (timeout_ms, memory_bytes, audio_samples) {
+        (Ok(timeout_ms), Ok(memory_bytes), Ok(audio_samples)) => {
+            Ok(Effective { timeout: Duration::from_millis(timeout_ms), memory_bytes, audio_samples })
+        }
+        (timeout, memory, samples) => {
+            let over: Vec<(&'static str, String)> = [
+                ("max_timeout_ms", timeout.err()),
+                ("max_memory_bytes", memory.err()),
+                ("max_audio_samples", samples.err()),
+            ]
+            .into_iter()
+            .filter_map(|(key, problem)| Some((key, problem?)))
+            .collect();
+            let message = over.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+            Err(ServiceError::Limit { message, limit: over[0].0 })
+        }
+    }
 }
 
 /// Refuses a manifest with more nodes, or more connections, than the server builds.
@@ -154,6 +152,17 @@ mod tests {
         );
         let r = proto::ResourceLimits { max_memory_bytes: 2 << 30, ..Default::default() };
         assert!(resolve(Some(&r), &limits()).unwrap_err().to_string().contains("(max_memory_bytes)"));
+    }
+
+    #[test]
+    fn every_limit_above_its_cap_is_named() {
+        let r = proto::ResourceLimits { max_timeout_ms: 60_000, max_memory_bytes: 0, max_audio_samples: 1 << 40 };
+        let err = resolve(Some(&r), &limits()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("resource_limits.max_timeout_ms = 60000 ms exceeds"), "{text}");
+        assert!(text.contains("; resource_limits.max_audio_samples = 1099511627776 samples exceeds"), "{text}");
+        assert!(!text.contains("max_memory_bytes"), "{text}");
+        assert!(matches!(err, ServiceError::Limit { limit: "max_timeout_ms", .. }));
     }
 
     #[test]
