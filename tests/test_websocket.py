@@ -192,6 +192,21 @@ def test_a_client_that_leaves_without_close_frees_its_session(srv: RunningServer
     assert srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="CANCELLED") == before + 1
 
 
+def test_a_client_that_leaves_before_its_manifest_counts_as_cancelled(srv: RunningServer) -> None:
+    # A gRPC client that half-closes before its manifest gets FAILED_PRECONDITION; a WebSocket
+    # client cannot half-close, and its close frame means it left.
+    before = srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="CANCELLED")
+    refused = srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="FAILED_PRECONDITION")
+    with open_ws(srv) as ws:
+        ws.close()
+    wait_for(
+        "the session to end as cancelled",
+        lambda: srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="CANCELLED") == before + 1,
+    )
+    assert srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="FAILED_PRECONDITION") == refused
+    sessions_end(srv)
+
+
 def test_a_chunk_before_the_manifest_gets_the_documented_error(srv: RunningServer) -> None:
     with open_ws(srv) as ws:
         send(ws, chunk(0, np.zeros(4, dtype=np.float32)))

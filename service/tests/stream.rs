@@ -204,6 +204,23 @@ async fn a_chunk_before_the_manifest_is_failed_precondition() {
 }
 
 #[tokio::test]
+async fn closing_before_the_manifest_is_failed_precondition() {
+    let s = start(&[]).await;
+    let mut st = open(&s).await;
+    // Half-closes the request stream: the client's sender goes away, the call stays open.
+    drop(std::mem::replace(&mut st.tx, mpsc::channel(1).0));
+    let (seen, code) = st.finish().await;
+    assert_eq!(code, Code::FailedPrecondition);
+    match &seen[..] {
+        [stream_response::Response::Error(e)] => {
+            assert!(e.message.contains("closed its side of the stream before sending a manifest"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_second_manifest_is_failed_precondition() {
     let s = start(&[]).await;
     let mut st = open(&s).await;

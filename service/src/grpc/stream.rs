@@ -233,6 +233,10 @@ impl Session {
             () = tokio::time::sleep(idle) => return Err(idle_limit(idle)),
             () = self.state.draining.cancelled() => return Err(ServiceError::Draining),
         };
+        // A WebSocket client that leaves drops the session's responses before its requests end.
+        if first.is_none() && self.tx.is_closed() {
+            return Err(client_left());
+        }
         let manifest = first_manifest(first)?;
         limits::check_manifest_size(&manifest, &self.state.config.limits)?;
         let (manifest, violations) = manifest_from_proto(&manifest);
@@ -501,7 +505,11 @@ fn metrics_response(stats: &Stats) -> StreamResponse {
 /// The manifest from a stream's first message, or why there is none.
 fn first_manifest(first: Option<Result<StreamRequest, Status>>) -> Result<PipelineManifest, ServiceError> {
     match first {
-        None => Err(ServiceError::Cancelled("the client closed the stream before sending a manifest".into())),
+        None => Err(ServiceError::OutOfOrder(
+            "the client closed its side of the stream before sending a manifest; the first message of a stream must be \
+             the manifest"
+                .into(),
+        )),
         Some(Err(status)) => Err(client_gone(&status)),
         Some(Ok(StreamRequest { request: Some(stream_request::Request::Manifest(m)) })) => Ok(m),
         Some(Ok(StreamRequest { request: Some(other) })) => {
