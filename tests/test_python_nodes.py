@@ -90,6 +90,16 @@ def test_rust_and_python_nodes_mix_in_one_pipeline(server: RunningServer) -> Non
     np.testing.assert_array_equal(samples(res.audio_outputs["loudness"]), filtered)
 
 
+@pytest.mark.parametrize("samples_in", [0, 1, 6_000])
+def test_loudness_of_audio_shorter_than_a_gating_block_is_null_and_the_audio_passes(server: RunningServer, samples_in: int) -> None:
+    # Like every node, it runs on empty or short audio: its output is the input, its `lufs` null
+    # (under 0.4 s there is no gating block to measure).
+    x = np.full(samples_in, 0.25, np.float32)
+    res = result(execute(server, [node("loudness", "LoudnessNode")], [], {"loudness": f32(x)}))
+    assert data(res, "loudness") == {"lufs": None}
+    np.testing.assert_array_equal(samples(res.audio_outputs["loudness"]), x)
+
+
 def test_a_spinning_python_node_does_not_delay_native_requests(plugin_server: RunningServer, tmp_path: Path) -> None:
     marker = tmp_path / "spinning"
     finished: list[str] = []

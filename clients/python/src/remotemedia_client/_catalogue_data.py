@@ -233,9 +233,9 @@ CATALOGUE: dict[str, Any] = {
             "description": "ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio.",
             "details": "Passes the audio through and, when the input ends (a request, or a stream's "
             "close), reports\n"
-            "its integrated loudness on data port `lufs` (LUFS; null for silence). Needs at "
-            "least 0.4 s of\n"
-            "audio (one gating block). Python only.",
+            "its integrated loudness on data port `lufs` (LUFS; null for silence and for "
+            "audio shorter\n"
+            "than one 0.4 s gating block, which has no measurable loudness). Python only.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",
@@ -246,7 +246,7 @@ CATALOGUE: dict[str, Any] = {
             "inputs": [{"name": "input", "kind": "audio", "description": "audio at any rate"}],
             "outputs": [
                 {"name": "output", "kind": "audio", "description": "the input audio, unchanged"},
-                {"name": "lufs", "kind": "data", "description": "integrated loudness in LUFS, or null for silence"},
+                {"name": "lufs", "kind": "data", "description": "integrated loudness in LUFS, or null for silence or under 0.4 s of audio"},
             ],
             "runtimes": ["python"],
         },

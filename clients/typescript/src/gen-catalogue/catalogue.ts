@@ -335,7 +335,7 @@ export const CATALOGUE: CatalogueJson = {
       "name": "LoudnessNode",
       "aliases": [],
       "description": "ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio.",
-      "details": "Passes the audio through and, when the input ends (a request, or a stream's close), reports\nits integrated loudness on data port `lufs` (LUFS; null for silence). Needs at least 0.4 s of\naudio (one gating block). Python only.",
+      "details": "Passes the audio through and, when the input ends (a request, or a stream's close), reports\nits integrated loudness on data port `lufs` (LUFS; null for silence and for audio shorter\nthan one 0.4 s gating block, which has no measurable loudness). Python only.",
       "params_schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
@@ -359,7 +359,7 @@ export const CATALOGUE: CatalogueJson = {
         {
           "name": "lufs",
           "kind": "data",
-          "description": "integrated loudness in LUFS, or null for silence"
+          "description": "integrated loudness in LUFS, or null for silence or under 0.4 s of audio"
         }
       ],
       "runtimes": [

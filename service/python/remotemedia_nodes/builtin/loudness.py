@@ -9,7 +9,7 @@ import pyloudnorm
 
 from remotemedia_nodes.builtin.basic import audio_input
 from remotemedia_nodes.declare import Port
-from remotemedia_nodes.errors import InvalidInput
+from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 
@@ -18,12 +18,12 @@ class Loudness(Node):
     """ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio.
 
     Passes the audio through and, when the input ends (a request, or a stream's close), reports
-    its integrated loudness on data port `lufs` (LUFS; null for silence). Needs at least 0.4 s of
-    audio (one gating block). Python only.
+    its integrated loudness on data port `lufs` (LUFS; null for silence and for audio shorter
+    than one 0.4 s gating block, which has no measurable loudness). Python only.
     """
 
     inputs = (Port.audio("input", "audio at any rate"),)
-    outputs = (Port.audio("output", "the input audio, unchanged"), Port.data("lufs", "integrated loudness in LUFS, or null for silence"))
+    outputs = (Port.audio("output", "the input audio, unchanged"), Port.data("lufs", "integrated loudness in LUFS, or null for silence or under 0.4 s of audio"))
 
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []
@@ -32,7 +32,7 @@ class Loudness(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "LoudnessNode")
         if self.rate and a.sample_rate != self.rate:
-            raise InvalidInput(f"LoudnessNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
+            raise UnsupportedAudio(f"LoudnessNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
         self.rate = a.sample_rate
         self.parts.append(a.as_float().astype(np.float64))
         return {"output": a}
@@ -43,6 +43,6 @@ class Loudness(Node):
         x = np.concatenate(self.parts)
         self.parts = []
         if len(x) < 0.4 * self.rate:
-            raise InvalidInput(f"LoudnessNode: integrated loudness needs at least 0.4 s of audio, got {len(x) / self.rate:.3f} s")
+            return {"lufs": None}
         lufs = pyloudnorm.Meter(self.rate).integrated_loudness(x if x.shape[1] > 1 else x[:, 0])
         return {"lufs": float(lufs) if np.isfinite(lufs) else None}
