@@ -27,6 +27,10 @@ use tower::{Layer, Service};
 /// The request header carrying the client's deadline.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
+/// How much earlier than the server's a client's deadline may fire: a call abandoned this close
+/// to its deadline counts as DEADLINE_EXCEEDED, as its client saw it.
+pub const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The instant a call's deadline passes; set as a request extension by [`DeadlineLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallDeadline(pub Instant);
@@ -40,6 +44,13 @@ impl CallDeadline {
     /// Whether `deadline` (if any) has passed.
     pub fn passed(deadline: Option<Instant>) -> bool {
         deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Whether a client that abandoned its call now did so because of its deadline: the deadline
+    /// has passed or is at most [`DEADLINE_SLACK`] away. The client's own timer started when it
+    /// sent the call, before the server's, so it fires (and resets the call) a little earlier.
+    pub fn explains_abandon(deadline: Option<Instant>) -> bool {
+        deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d)
     }
 }
 
@@ -260,6 +271,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_abandoned_just_before_its_deadline_is_put_down_to_it() {
+        let now = Instant::now();
+        assert!(CallDeadline::explains_abandon(Some(now - Duration::from_millis(1))));
+        assert!(CallDeadline::explains_abandon(Some(now + DEADLINE_SLACK / 2)));
+        assert!(!CallDeadline::explains_abandon(Some(now + Duration::from_secs(1))));
+        assert!(!CallDeadline::explains_abandon(None));
+    }
 
     #[test]
     fn grpc_timeouts_parse_as_the_spec_says() {

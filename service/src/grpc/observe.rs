@@ -277,7 +277,7 @@ impl Drop for RpcRecord {
             return;
         }
         let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        if crate::grpc::lifetime::CallDeadline::passed(self.deadline) {
+        if crate::grpc::lifetime::CallDeadline::explains_abandon(self.deadline) {
             tracing::info!(rpc = self.rpc, elapsed_ms, "deadline passed; work cancelled");
             request_finished(self.rpc, Code::DeadlineExceeded, outcome::DEADLINE_EXCEEDED, self.started.elapsed());
         } else {

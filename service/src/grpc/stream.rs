@@ -92,6 +92,7 @@ pub fn spawn(
         stats: Stats::default(),
         last_sequence: None,
         failed_chunks: None,
+        cancel_requested: false,
         ahead: ReadAhead::default(),
     };
     tokio::spawn(session.run(permit).instrument(tracing::Span::current()));
@@ -128,6 +129,8 @@ struct Session {
     /// The outcome of the first chunk that failed in-band while the session went on: a stream
     /// that then ends OK counts with it, as the caller saw a failure.
     failed_chunks: Option<&'static str>,
+    /// Whether the client sent `COMMAND_CANCEL` (rather than going away).
+    cancel_requested: bool,
     ahead: ReadAhead,
 }
 
@@ -209,7 +212,9 @@ impl Session {
         // Past the call's deadline the response has been (or is about to be) ended with
         // DEADLINE_EXCEEDED, whatever ended the session: the inbound stream cut with it, a
         // cancellation, or a close whose answer came too late.
-        if CallDeadline::passed(self.deadline) {
+        // A client that went away right before its deadline did so because of it.
+        let abandoned = matches!(&end, Err(ServiceError::Cancelled(_))) && !self.cancel_requested;
+        if CallDeadline::passed(self.deadline) || (abandoned && CallDeadline::explains_abandon(self.deadline)) {
             return (Code::DeadlineExceeded, observe::outcome::DEADLINE_EXCEEDED);
         }
         let error = match end {
@@ -339,6 +344,7 @@ impl Session {
                     Ok(stream_control::Command::Close) => return self.close(live).await,
                     Ok(stream_control::Command::Cancel) => {
                         live.cancel.cancel();
+                        self.cancel_requested = true;
                         return Err(cancelled_by_client());
                     }
                     _ => {
@@ -395,6 +401,7 @@ impl Session {
                     m = self.inbound.next(), if self.ahead.has_room() => {
                         if is_cancel(&m) {
                             live.cancel.cancel();
+                            self.cancel_requested = true;
                             return Err(cancelled_by_client());
                         }
                         self.ahead.push(m);
