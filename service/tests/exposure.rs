@@ -258,11 +258,3 @@ async fn a_passed_deadline_stops_the_work_and_every_gauge_returns_to_zero() {
     assert!(counter(&text, "ExecutePipeline", "DEADLINE_EXCEEDED") >= before + 1.0, "the call is counted");
     s.stop().await;
 }
-
-fn counter(text: &str, rpc: &str, code: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with("remotemedia_requests_total{"))
-        .filter(|l| l.contains(&format!("rpc=\"{rpc}\"")) && l.contains(&format!("code=\"{code}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}

@@ -57,6 +57,64 @@ async fn broken_frames_get_clear_statuses_and_the_server_keeps_serving() {
     s.stop().await;
 }
 
+/// Opens an `ExecutePipeline` call and sends part of its request: a frame that declares 1000
+/// bytes and carries 10. Returns the response future and the request stream, still open.
+async fn half_sent(s: &TestServer, headers: &[(&str, &str)]) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{EXECUTE}", s.addr))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    send.send_data(frame(&[0; 10], 1_000, 0), false).unwrap();
+    (response, send)
+}
+
+#[tokio::test]
+async fn a_deadline_passing_while_the_request_arrives_is_answered_and_counted() {
+    let s = start(&[]).await;
+    let before = counter(&s.metrics_text().await, "ExecutePipeline", "DEADLINE_EXCEEDED");
+    let (response, _send) = half_sent(&s, &[("grpc-timeout", "200m")]).await;
+    let response = response.await.unwrap();
+    let status = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(status.as_deref(), Some("4"), "{response:?}");
+    // No handler ran: the call is counted where its deadline ended it.
+    let text = s.metrics_text().await;
+    assert!(counter(&text, "ExecutePipeline", "DEADLINE_EXCEEDED") >= before + 1.0, "the call is counted");
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_resetting_its_call_while_the_request_arrives_is_cancelled_not_internal() {
+    let s = start(&[]).await;
+    let text = s.metrics_text().await;
+    let (cancelled, internal) =
+        (counter(&text, "ExecutePipeline", "CANCELLED"), counter(&text, "ExecutePipeline", "INTERNAL"));
+    let (_response, mut send) = half_sent(&s, &[]).await;
+    send.send_reset(h2::Reason::CANCEL);
+    let mut counted = false;
+    for _ in 0..2_000 {
+        if counter(&s.metrics_text().await, "ExecutePipeline", "CANCELLED") >= cancelled + 1.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(counted, "the reset call is counted as CANCELLED");
+    assert_eq!(counter(&s.metrics_text().await, "ExecutePipeline", "INTERNAL"), internal, "no INTERNAL");
+    still_serving(&s).await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     let s = start(&[]).await;

@@ -4,7 +4,10 @@
 //!   future and (for streams) the response body. A call whose deadline passes ends with
 //!   DEADLINE_EXCEEDED, on every transport: the layer sits inside the gRPC-Web translation, so
 //!   browsers see the same status. The handler future is dropped, which cancels its work.
-//!   Handlers read the deadline from the request's [`CallDeadline`] extension.
+//!   Handlers read the deadline from the request's [`CallDeadline`] extension. It also watches
+//!   the request body: a unary call whose client reset its stream before the request arrived
+//!   (a deadline passing during a large upload) gets CANCELLED or DEADLINE_EXCEEDED, and is
+//!   counted, instead of the INTERNAL "missing request message" tonic answers it with.
 //! - [`DrainLayer`] ends the long-lived streams of the health and reflection services when
 //!   shutdown starts, once they have nothing more to send: a `Health/Watch` sees its
 //!   NOT_SERVING update and then UNAVAILABLE, so idle watchers never hold the shutdown for the
@@ -12,6 +15,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -30,6 +35,60 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 /// How much earlier than the server's a client's deadline may fire: a call abandoned this close
 /// to its deadline counts as DEADLINE_EXCEEDED, as its client saw it.
 pub const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Set by a unary call's handler once it counts the call itself; until then [`DeadlineLayer`]
+/// counts it if the call ends early (its deadline passing or its client resetting it while the
+/// request is still arriving, before any handler ran). A request extension.
+#[derive(Debug, Clone, Default)]
+pub struct Counted(Arc<AtomicBool>);
+
+impl Counted {
+    /// Marks the call of `request` as counted by its handler.
+    pub fn claim<T>(request: &tonic::Request<T>) {
+        if let Some(c) = request.extensions().get::<Counted>() {
+            c.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_claimed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a unary call that ends before its handler counted it: dropped (the client reset it),
+/// or answered by the deadline while its request was still arriving.
+struct Uncounted {
+    rpc: Option<&'static str>,
+    counted: Counted,
+    deadline: Option<Instant>,
+    started: std::time::Instant,
+}
+
+impl Uncounted {
+    /// Counts the call as `code` unless its handler did.
+    fn count(&mut self, code: tonic::Code, outcome: &'static str) {
+        if let Some(rpc) = self.rpc.take()
+            && !self.counted.is_claimed()
+        {
+            super::observe::request_finished(rpc, code, outcome, self.started.elapsed());
+        }
+    }
+
+    /// The call got its answer from the handler or the codec, which count it.
+    fn answered(&mut self) {
+        self.rpc = None;
+    }
+}
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        if CallDeadline::explains_abandon(self.deadline) {
+            self.count(tonic::Code::DeadlineExceeded, super::observe::outcome::DEADLINE_EXCEEDED);
+        } else {
+            self.count(tonic::Code::Cancelled, super::observe::outcome::CANCELLED);
+        }
+    }
+}
 
 /// The instant a call's deadline passes; set as a request extension by [`DeadlineLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +149,9 @@ pub struct Deadline<S> {
     inner: S,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Deadline<S>
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Deadline<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     ResBody: Body<Data = bytes::Bytes> + Send + 'static,
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -105,29 +164,118 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let timeout = request.headers().get(GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_timeout);
-        let Some(timeout) = timeout else {
-            return self.inner.call(request).map(|r| r.map(|res| res.map(Cutoff::never))).boxed();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let started = std::time::Instant::now();
+        let rpc = unary_rpc(request.uri().path());
+        let reset = Arc::new(AtomicBool::new(false));
+        let counted = Counted::default();
+        let mut uncounted = Uncounted { rpc, counted: counted.clone(), deadline, started };
+        let (parts, body) = request.into_parts();
+        let mut request =
+            http::Request::from_parts(parts, tonic::body::Body::new(Watched { inner: body, reset: reset.clone() }));
+        request.extensions_mut().insert(counted);
+        let Some((timeout, deadline)) = timeout.zip(deadline) else {
+            let response = self.inner.call(request);
+            return async move {
+                let r = response.await;
+                uncounted.answered();
+                r.map(|res| {
+                    reset_answer(res, &reset, rpc, None, started).map(|b| b.map_or_else(Cutoff::empty, Cutoff::never))
+                })
+            }
+            .boxed();
         };
-        let deadline = Instant::now() + timeout;
         request.extensions_mut().insert(CallDeadline(deadline));
         let response = self.inner.call(request);
         async move {
             tokio::select! {
                 r = response => r.map(|res| {
-                    res.map(|body| Cutoff::new(body, async move {
-                        tokio::time::sleep_until(deadline).await;
-                        deadline_exceeded(timeout)
-                    }))
+                    uncounted.answered();
+                    reset_answer(res, &reset, rpc, Some(deadline), started).map(|body| match body {
+                        Some(body) => Cutoff::new(body, async move {
+                            tokio::time::sleep_until(deadline).await;
+                            deadline_exceeded(timeout)
+                        }),
+                        None => Cutoff::empty(),
+                    })
                 }),
                 () = tokio::time::sleep_until(deadline) => {
+                    uncounted.count(tonic::Code::DeadlineExceeded, super::observe::outcome::DEADLINE_EXCEEDED);
                     Ok(deadline_exceeded(timeout).into_http().map(|()| Cutoff::empty()))
                 }
             }
         }
         .boxed()
     }
+}
+
+/// The unary pipeline RPC a path names, for its metrics.
+fn unary_rpc(path: &str) -> Option<&'static str> {
+    let method = path.strip_prefix("/remotemedia.v1.PipelineService/")?;
+    ["ExecutePipeline", "GetVersion"].into_iter().find(|m| *m == method)
+}
+
+/// A request body that notes when it fails: the client reset the stream (or the connection
+/// broke) before the whole request arrived.
+struct Watched {
+    inner: tonic::body::Body,
+    reset: Arc<AtomicBool>,
+}
+
+impl Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if matches!(frame, Some(Err(_))) {
+            self.reset.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A unary call whose request body failed is answered by tonic, before any handler runs, with
+/// INTERNAL ("missing request message"): a server fault to its logs and metrics, although the
+/// client went away. Such an answer becomes CANCELLED, or DEADLINE_EXCEEDED when the deadline
+/// explains the reset, and the call is counted (its handler, which counts the others, never ran).
+fn reset_answer<B>(
+    response: http::Response<B>,
+    reset: &AtomicBool,
+    rpc: Option<&'static str>,
+    deadline: Option<Instant>,
+    started: std::time::Instant,
+) -> http::Response<Option<B>> {
+    let internal = response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    if !(internal && reset.load(Ordering::Relaxed)) {
+        return response.map(Some);
+    }
+    let (status, outcome) = if CallDeadline::explains_abandon(deadline) {
+        (
+            Status::deadline_exceeded("the call's deadline passed before its request arrived"),
+            super::observe::outcome::DEADLINE_EXCEEDED,
+        )
+    } else {
+        (Status::cancelled("the client reset the call before its request arrived"), super::observe::outcome::CANCELLED)
+    };
+    if let Some(rpc) = rpc {
+        tracing::info!(rpc, code = ?status.code(), "request stream reset by the client; nothing ran");
+        super::observe::request_finished(rpc, status.code(), outcome, started.elapsed());
+    }
+    status.into_http().map(|()| None)
 }
 
 fn deadline_exceeded(timeout: Duration) -> Status {

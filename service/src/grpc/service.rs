@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, node_type_info, result_to_proto};
 use super::interceptors::version;
-use super::lifetime::CallDeadline;
+use super::lifetime::{CallDeadline, Counted};
 use super::limits;
 use super::observe;
 use super::state::AppState;
@@ -142,6 +142,7 @@ pub fn version_info(registry: &Registry) -> VersionInfo {
 impl PipelineService for Pipelines {
     async fn execute_pipeline(&self, request: Request<ExecuteRequest>) -> Result<Response<ExecuteResponse>, Status> {
         let record = observe::RpcRecord::start("ExecutePipeline", CallDeadline::of(&request));
+        Counted::claim(&request);
         let started = Instant::now();
         let request = request.into_inner();
         let nodes = request.manifest.as_ref().map_or(0, |m| m.nodes.len());
@@ -192,6 +193,7 @@ impl PipelineService for Pipelines {
     }
 
     async fn get_version(&self, request: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+        Counted::claim(&request);
         let started = Instant::now();
         let client_version = request.into_inner().client_version;
         let (compatible, compatibility_message) = match version::check(&client_version) {

@@ -262,6 +262,15 @@ pub async fn raw(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)
     Answer { http_status: parts.status.as_u16(), grpc_status, grpc_message }
 }
 
+/// `remotemedia_requests_total` for `rpc` and `code` in a metrics scrape, summed over outcomes.
+pub fn counter(text: &str, rpc: &str, code: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("remotemedia_requests_total{"))
+        .filter(|l| l.contains(&format!("rpc=\"{rpc}\"")) && l.contains(&format!("code=\"{code}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A gRPC length-prefixed frame around `payload`, with `declared` as its length field.
 pub fn frame(payload: &[u8], declared: u32, compressed: u8) -> Bytes {
     let mut b = BytesMut::new();
