@@ -82,11 +82,8 @@ impl Uncounted {
 
 impl Drop for Uncounted {
     fn drop(&mut self) {
-        if CallDeadline::explains_abandon(self.deadline) {
-            self.count(tonic::Code::DeadlineExceeded, super::observe::outcome::DEADLINE_EXCEEDED);
-        } else {
-            self.count(tonic::Code::Cancelled, super::observe::outcome::CANCELLED);
-        }
+        let (code, outcome) = CallDeadline::abandoned(self.deadline);
+        self.count(code, outcome);
     }
 }
 
@@ -110,6 +107,16 @@ impl CallDeadline {
     /// sent the call, before the server's, so it fires (and resets the call) a little earlier.
     pub fn explains_abandon(deadline: Option<Instant>) -> bool {
         deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d)
+    }
+
+    /// How a call its client abandoned now is counted: DEADLINE_EXCEEDED when its deadline
+    /// explains it ([`CallDeadline::explains_abandon`]), else CANCELLED.
+    pub fn abandoned(deadline: Option<Instant>) -> (tonic::Code, &'static str) {
+        if Self::explains_abandon(deadline) {
+            (tonic::Code::DeadlineExceeded, super::observe::outcome::DEADLINE_EXCEEDED)
+        } else {
+            (tonic::Code::Cancelled, super::observe::outcome::CANCELLED)
+        }
     }
 }
 
@@ -167,11 +174,14 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let timeout = request.headers().get(GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let started = std::time::Instant::now();
-        let rpc = unary_rpc(request.uri().path());
         let reset = Arc::new(AtomicBool::new(false));
         let counted = Counted::default();
-        let mut uncounted = Uncounted { rpc, counted: counted.clone(), deadline, started };
+        let mut uncounted = Uncounted {
+            rpc: unary_rpc(request.uri().path()),
+            counted: counted.clone(),
+            deadline,
+            started: std::time::Instant::now(),
+        };
         let (parts, body) = request.into_parts();
         let mut request =
             http::Request::from_parts(parts, tonic::body::Body::new(Watched { inner: body, reset: reset.clone() }));
@@ -180,9 +190,8 @@ where
             let response = self.inner.call(request);
             return async move {
                 let r = response.await;
-                uncounted.answered();
                 r.map(|res| {
-                    reset_answer(res, &reset, rpc, None, started).map(|b| b.map_or_else(Cutoff::empty, Cutoff::never))
+                    reset_answer(res, &reset, &mut uncounted).map(|b| b.map_or_else(Cutoff::empty, Cutoff::never))
                 })
             }
             .boxed();
@@ -192,8 +201,7 @@ where
         async move {
             tokio::select! {
                 r = response => r.map(|res| {
-                    uncounted.answered();
-                    reset_answer(res, &reset, rpc, Some(deadline), started).map(|body| match body {
+                    reset_answer(res, &reset, &mut uncounted).map(|body| match body {
                         Some(body) => Cutoff::new(body, async move {
                             tokio::time::sleep_until(deadline).await;
                             deadline_exceeded(timeout)
@@ -248,34 +256,25 @@ impl Body for Watched {
     }
 }
 
-/// A unary call whose request body failed is answered by tonic, before any handler runs, with
-/// INTERNAL ("missing request message"): a server fault to its logs and metrics, although the
-/// client went away. Such an answer becomes CANCELLED, or DEADLINE_EXCEEDED when the deadline
-/// explains the reset, and the call is counted (its handler, which counts the others, never ran).
+/// The call's answer, which the handler or the codec counted; except that a unary call whose
+/// request body failed is answered by tonic, before any handler runs, with INTERNAL ("missing
+/// request message"): a server fault to its logs and metrics, although the client went away.
+/// Such an answer becomes CANCELLED, or DEADLINE_EXCEEDED when the deadline explains the reset,
+/// and is counted here.
 fn reset_answer<B>(
     response: http::Response<B>,
     reset: &AtomicBool,
-    rpc: Option<&'static str>,
-    deadline: Option<Instant>,
-    started: std::time::Instant,
+    uncounted: &mut Uncounted,
 ) -> http::Response<Option<B>> {
     let internal = response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
     if !(internal && reset.load(Ordering::Relaxed)) {
+        uncounted.answered();
         return response.map(Some);
     }
-    let (status, outcome) = if CallDeadline::explains_abandon(deadline) {
-        (
-            Status::deadline_exceeded("the call's deadline passed before its request arrived"),
-            super::observe::outcome::DEADLINE_EXCEEDED,
-        )
-    } else {
-        (Status::cancelled("the client reset the call before its request arrived"), super::observe::outcome::CANCELLED)
-    };
-    if let Some(rpc) = rpc {
-        tracing::info!(rpc, code = ?status.code(), "request stream reset by the client; nothing ran");
-        super::observe::request_finished(rpc, status.code(), outcome, started.elapsed());
-    }
-    status.into_http().map(|()| None)
+    let (code, outcome) = CallDeadline::abandoned(uncounted.deadline);
+    tracing::info!(code = ?code, "request stream reset by the client; nothing ran");
+    uncounted.count(code, outcome);
+    Status::new(code, "the client reset the call before its request arrived").into_http().map(|()| None)
 }
 
 fn deadline_exceeded(timeout: Duration) -> Status {

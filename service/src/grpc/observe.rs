@@ -257,7 +257,11 @@ pub struct RpcRecord {
 }
 
 impl RpcRecord {
-    pub fn start(rpc: &'static str, deadline: Option<tokio::time::Instant>) -> Self {
+    /// Starts the record of `request`'s call, which from now on counts it (see
+    /// [`crate::grpc::lifetime::Counted`]).
+    pub fn start<T>(rpc: &'static str, request: &tonic::Request<T>) -> Self {
+        crate::grpc::lifetime::Counted::claim(request);
+        let deadline = crate::grpc::lifetime::CallDeadline::of(request);
         Self { rpc, started: std::time::Instant::now(), deadline, done: false }
     }
 
@@ -277,13 +281,13 @@ impl Drop for RpcRecord {
             return;
         }
         let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        if crate::grpc::lifetime::CallDeadline::explains_abandon(self.deadline) {
+        let (code, outcome) = crate::grpc::lifetime::CallDeadline::abandoned(self.deadline);
+        if code == Code::DeadlineExceeded {
             tracing::info!(rpc = self.rpc, elapsed_ms, "deadline passed; work cancelled");
-            request_finished(self.rpc, Code::DeadlineExceeded, outcome::DEADLINE_EXCEEDED, self.started.elapsed());
         } else {
             tracing::info!(rpc = self.rpc, elapsed_ms, "abandoned by the client; work cancelled");
-            request_finished(self.rpc, Code::Cancelled, outcome::CANCELLED, self.started.elapsed());
         }
+        request_finished(self.rpc, code, outcome, self.started.elapsed());
     }
 }
 

@@ -141,8 +141,7 @@ pub fn version_info(registry: &Registry) -> VersionInfo {
 #[tonic::async_trait]
 impl PipelineService for Pipelines {
     async fn execute_pipeline(&self, request: Request<ExecuteRequest>) -> Result<Response<ExecuteResponse>, Status> {
-        let record = observe::RpcRecord::start("ExecutePipeline", CallDeadline::of(&request));
-        Counted::claim(&request);
+        let record = observe::RpcRecord::start("ExecutePipeline", &request);
         let started = Instant::now();
         let request = request.into_inner();
         let nodes = request.manifest.as_ref().map_or(0, |m| m.nodes.len());

@@ -4,8 +4,9 @@
 //!
 //! Each accepted connection is served by `hyper-util`'s automatic HTTP/1.1-or-2 builder in its
 //! own task, over a socket that coalesces HTTP/2 writes ([`coalesce`]).
-//! [`Transport::shutdown`] stops accepting, asks every connection to finish (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in progress) and waits for them up to the time
-//! it is given; connections still open then are closed.
+//! [`Transport::shutdown`] stops accepting, asks every connection to finish (HTTP/2 GOAWAY;
+//! HTTP/1.1 closes after the response in progress) and waits for them up to the time it is
+//! given; connections still open then are closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
