@@ -402,6 +402,8 @@ class Pipeline:
         if not self.nodes:
             out.append(Violation("nodes", "a pipeline needs at least one node"))
         index: dict[str, int] = {}
+        #: Nodes whose parameters the service accepts (it checks only their connections' ports).
+        planned: set[str] = set()
         for i, n in enumerate(self.nodes):
             if not n.id:
                 out.append(Violation(f"nodes[{i}].id", "node ids must not be empty"))
@@ -411,10 +413,13 @@ class Pipeline:
                 index[n.id] = i
             if not n.type:
                 out.append(Violation(f"nodes[{i}].node_type", "node_type must not be empty", n.id or None))
+            problems = catalogue.check(n.type, n.params)
             out += [
                 Violation(f"nodes[{i}].params.{param}", f"node `{n.id}` ({n.type}): parameter `{param}` {problem}", n.id or None)
-                for param, problem in catalogue.check(n.type, n.params)
+                for param, problem in problems
             ]
+            if not problems and index.get(n.id) == i:
+                planned.add(n.id)
         seen: dict[tuple[str, str, str, str], int] = {}
         for j, c in enumerate(self.connections):
             for end, node_id in (("from", c.source), ("to", c.target)):
@@ -429,10 +434,7 @@ class Pipeline:
             seen[key] = j
             # As the service: the ports of a connection between two distinct nodes whose
             # parameters are valid.
-            ends = (c.source, c.target)
-            if c.source != c.target and all(
-                e in index and not catalogue.check(self.nodes[index[e]].type, self.nodes[index[e]].params) for e in ends
-            ):
+            if c.source != c.target and c.source in planned and c.target in planned:
                 out += _port_violations(j, c, self.nodes[index[c.source]], self.nodes[index[c.target]], catalogue)
         out += [Violation("connections", f"connections form a cycle: {' → '.join(path)}") for path in self._cycles(index)]
         out += self.config.violations()
