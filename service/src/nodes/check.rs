@@ -41,6 +41,25 @@ pub fn same_layout(audio: &AudioBuffer, rate: u32, channels: u32) -> Result<(), 
     Ok(())
 }
 
+/// The rate and channel count a stream's first chunk fixed, for nodes that keep no other state
+/// about their input (one per node instance: a unary call gets a fresh one).
+#[derive(Debug, Default)]
+pub struct StreamLayout(Option<(u32, u32)>);
+
+impl StreamLayout {
+    /// Records the first chunk's layout; refuses a later chunk with another one (see
+    /// [`same_layout`]). Empty chunks fix the layout too: they carry a rate and channels.
+    pub fn check(&mut self, audio: &AudioBuffer) -> Result<(), NodeError> {
+        match self.0 {
+            Some((rate, channels)) => same_layout(audio, rate, channels),
+            None => {
+                self.0 = Some((audio.sample_rate(), audio.channels()));
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Whether every sample is finite, checked a block at a time without early exits inside a
 /// block so the compiler can vectorise it.
 fn all_finite(samples: &[f32]) -> bool {
@@ -50,6 +69,19 @@ fn all_finite(samples: &[f32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_layout_refuses_a_chunk_of_another_rate_or_channel_count() {
+        let mut layout = StreamLayout::default();
+        let chunk = |rate, channels| AudioBuffer::from_f32(vec![0.0; 2 * channels as usize], rate, channels);
+        layout.check(&chunk(16_000, 1)).unwrap();
+        layout.check(&chunk(16_000, 1)).unwrap();
+        let err = layout.check(&chunk(8_000, 1)).unwrap_err();
+        assert_eq!(err.kind, super::super::NodeErrorKind::Validation);
+        assert!(err.message.contains("changed from 16000 Hz to 8000 Hz"), "{}", err.message);
+        let err = layout.check(&chunk(16_000, 2)).unwrap_err();
+        assert!(err.message.contains("channels changed from 1 to 2"), "{}", err.message);
+    }
 
     #[test]
     fn all_finite_spots_any_nan_or_infinity() {

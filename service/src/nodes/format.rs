@@ -65,11 +65,13 @@ pub struct FormatConverterNode {
     target: SampleFormat,
     arena: OutputArena,
     converted: u64,
+    layout: check::StreamLayout,
 }
 
 impl Node for FormatConverterNode {
     fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
+        self.layout.check(audio)?;
         self.converted += audio.num_samples() as u64;
         Ok(Ports::audio_output(convert(audio, self.target, &mut self.arena)))
     }
@@ -106,7 +108,7 @@ impl NodeFactory for FormatConverterFactory {
 
     fn create(&self, params: &Params) -> Box<dyn Node> {
         let target = SampleFormat::from_name(params.str("target_format")).expect("declared as one of the format names");
-        Box::new(FormatConverterNode { target, arena: OutputArena::new(), converted: 0 })
+        Box::new(FormatConverterNode { target, arena: OutputArena::new(), converted: 0, layout: Default::default() })
     }
 }
 

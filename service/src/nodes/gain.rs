@@ -13,17 +13,19 @@ pub struct GainNode {
     scratch: Vec<f32>,
     arena: OutputArena,
     clipped: u64,
+    layout: check::StreamLayout,
 }
 
 impl GainNode {
     pub fn new(factor: f32) -> Self {
-        Self { factor, scratch: Vec::new(), arena: OutputArena::new(), clipped: 0 }
+        Self { factor, scratch: Vec::new(), arena: OutputArena::new(), clipped: 0, layout: Default::default() }
     }
 }
 
 impl Node for GainNode {
     fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
+        self.layout.check(audio)?;
         audio.read_f32_into(&mut self.scratch);
         let factor = self.factor;
         let mut clipped = 0u64;

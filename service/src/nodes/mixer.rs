@@ -18,11 +18,13 @@ pub struct ChannelMixerNode {
     /// Averaging weight per output channel, for `weights_for` input channels.
     weights: Vec<f32>,
     weights_for: usize,
+    layout: check::StreamLayout,
 }
 
 impl Node for ChannelMixerNode {
     fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
+        self.layout.check(audio)?;
         let (n, m) = (audio.channels() as usize, self.output_channels as usize);
         if n == m {
             return Ok(Ports::audio_output(audio.clone()));
@@ -103,6 +105,7 @@ impl NodeFactory for ChannelMixerFactory {
             mixed: Vec::new(),
             weights: Vec::new(),
             weights_for: 0,
+            layout: Default::default(),
         })
     }
 }

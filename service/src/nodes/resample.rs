@@ -367,6 +367,13 @@ impl Node for ResampleNode {
         Ok(self.emit())
     }
 
+    fn is_heavy(&self, inputs: &NodeInputs) -> bool {
+        // The first call builds the resampler, which plans FFTs of the block length: well under a
+        // millisecond for common rate pairs, about a second for a co-prime pair such as
+        // 767 881 → 1 000 Hz, so it never runs on the async runtime, however short its input.
+        self.stream.is_none() || inputs.samples() > super::INLINE_MAX_SAMPLES
+    }
+
     fn custom_metrics(&self) -> Figures {
         let mut m = Figures::new();
         m.push(("quality", Figure::Name(self.quality.name())));

@@ -60,6 +60,8 @@ const BAND_LOW_HZ: f32 = 150.0;
 const BAND_HIGH_HZ: f32 = 4_000.0;
 /// Lowest input rate: the speech band reaches 4 kHz.
 const MIN_RATE: u32 = 8_000;
+/// Highest input rate, in Hz (the resampler's highest).
+const MAX_RATE: u32 = super::resample::MAX_RATE;
 /// Level reported for digital silence.
 const FLOOR_DB: f32 = -120.0;
 
@@ -440,6 +442,15 @@ impl Node for VadNode {
             ))
             .with_field("input.sample_rate"));
         }
+        if audio.sample_rate() > MAX_RATE {
+            // Each frame is one FFT of the frame's length: the rate bounds its plan and memory.
+            return Err(NodeError::unsupported_audio(format!(
+                "input sample_rate {} Hz is above the {MAX_RATE} Hz a VADNode takes; put an AudioResampleNode with \
+                 output_rate {MAX_RATE} or less before it",
+                audio.sample_rate(),
+            ))
+            .with_field("input.sample_rate"));
+        }
         let det = match &mut self.detector {
             Some(d) => {
                 check::same_layout(audio, d.sample_rate, d.channels)?;
@@ -473,8 +484,9 @@ impl Node for VadNode {
     }
 
     fn is_heavy(&self, inputs: &NodeInputs) -> bool {
-        // About 3 µs per frame: a second of 16 kHz audio takes ~100 µs.
-        inputs.samples() > super::INLINE_MAX_SAMPLES
+        // About 3 µs per frame: a second of 16 kHz audio takes ~100 µs. The first call also
+        // plans the frame's FFT (milliseconds at the highest rates), so it runs off the runtime.
+        self.detector.is_none() || inputs.samples() > super::INLINE_MAX_SAMPLES
     }
 
     fn custom_metrics(&self) -> Figures {
@@ -523,7 +535,7 @@ impl NodeFactory for VadFactory {
                     .unit("ms")
                     .describe("speech kept before and after each segment"),
             )
-            .input(PortSpec::audio(INPUT, "audio at 8 kHz or more; channels are averaged"))
+            .input(PortSpec::audio(INPUT, "audio at 8 to 768 kHz; channels are averaged"))
             .output(PortSpec::audio(OUTPUT, "the input audio, unchanged and uncopied"))
             .output(PortSpec::data(SEGMENTS, "speech segments: `[{\"start_s\", \"end_s\", \"energy_db\"}]`, seconds from the start of the input and mean level in dBFS"))
     }
@@ -561,7 +573,7 @@ frame before `min_silence_ms` of non-speech; `speech_pad_ms` then widens it on b
 audio's ends, and two segments closer than twice the padding share the silence between them. In a stream, \
 a segment is emitted with the chunk on which it has closed and its padding has been seen, and an open one \
 when the stream closes; `ExecutePipeline` always returns `segments` (possibly empty). Segments are \
-identical however the audio is chunked. Needs a sample rate of at least 8 kHz.";
+identical however the audio is chunked. Needs a sample rate of 8 to 768 kHz.";
 
 #[cfg(test)]
 mod tests;

@@ -480,7 +480,7 @@ CATALOGUE: dict[str, Any] = {
             "stream, a segment is emitted with the chunk on which it has closed and its "
             "padding has been seen, and an open one when the stream closes; "
             "`ExecutePipeline` always returns `segments` (possibly empty). Segments are "
-            "identical however the audio is chunked. Needs a sample rate of at least 8 kHz.",
+            "identical however the audio is chunked. Needs a sample rate of 8 to 768 kHz.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",
@@ -522,7 +522,7 @@ CATALOGUE: dict[str, Any] = {
                 "required": [],
                 "additionalProperties": False,
             },
-            "inputs": [{"name": "input", "kind": "audio", "description": "audio at 8 kHz or more; channels are averaged"}],
+            "inputs": [{"name": "input", "kind": "audio", "description": "audio at 8 to 768 kHz; channels are averaged"}],
             "outputs": [
                 {"name": "output", "kind": "audio", "description": "the input audio, unchanged and uncopied"},
                 {

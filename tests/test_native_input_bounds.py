@@ -1,0 +1,83 @@
+"""Native nodes on input a client chose to be awkward: a stream whose layout changes, rates
+whose work is unbounded, a tiny input whose setup is long. Each is refused or bounded the way
+the contract promises (VALIDATION, or RESOURCE_LIMIT at the time limit), never run blindly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import RunningServer
+from helpers import f32, manifest, node
+from remotemedia_client import Client, pb
+
+
+def stream_errors(server: RunningServer, nodes: list[pb.NodeManifest], *buffers: pb.AudioBuffer) -> list[pb.ErrorResponse]:
+    """Streams `buffers` into the first node, then closes; the in-band errors. The first chunk
+    fixes the layout, so its result must come back."""
+    requests = [pb.StreamRequest(manifest=manifest(nodes, [(a.id, b.id) for a, b in zip(nodes, nodes[1:])]))]
+    requests += [pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=nodes[0].id, buffer=b, sequence=i)) for i, b in enumerate(buffers)]
+    requests.append(pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE)))
+    errors, results = [], []
+    with Client(server.address) as client:
+        for resp in client.stream_call(iter(requests), timeout=30):
+            if resp.WhichOneof("response") == "error":
+                errors.append(resp.error)
+            elif resp.WhichOneof("response") == "result":
+                results.append(resp.result.sequence)
+    assert results == [0], results
+    return errors
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        node("n", "GainNode", gain_db=-6.0),
+        node("n", "FormatConverterNode", target_format="i16"),
+        node("n", "ChannelMixerNode", output_channels=1),
+    ],
+    ids=lambda n: n.node_type,
+)
+@pytest.mark.parametrize("change", ["rate", "channels"])
+def test_a_chunk_of_another_layout_is_a_validation_error(server: RunningServer, stage: pb.NodeManifest, change: str) -> None:
+    first = f32(np.zeros(320), rate=16_000)
+    other = f32(np.zeros(320), rate=8_000) if change == "rate" else f32(np.zeros(640), rate=16_000, channels=2)
+    errors = stream_errors(server, [stage], first, other)
+    assert len(errors) == 1, errors
+    err = errors[0]
+    assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
+    assert err.failing_node_id == "n"
+    expected = "sample_rate changed from 16000 Hz to 8000 Hz" if change == "rate" else "channels changed from 1 to 2"
+    assert expected in err.message, err.message
+
+
+def test_vad_refuses_audio_above_768_khz_and_takes_it_at_768_khz(server: RunningServer) -> None:
+    with Client(server.address) as client:
+        for rate, ok in [(4_294_967_295, False), (768_001, False), (768_000, True)]:
+            req = pb.ExecuteRequest(manifest=manifest([node("v", "VADNode")]), audio_inputs={"v": f32(np.full(2, 0.1), rate=rate)})
+            resp = client.execute(req)
+            if ok:
+                assert resp.WhichOneof("outcome") == "result", resp
+            else:
+                assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION, resp
+                assert f"input sample_rate {rate} Hz is above the 768000 Hz" in resp.error.message
+                assert resp.error.failing_node_id == "v"
+
+
+def test_a_tiny_input_whose_resampler_takes_long_to_build_still_meets_the_time_limit(server: RunningServer) -> None:
+    # 767 881 Hz and 1 000 Hz share no factor, so the resampler's block is 767 881 frames and
+    # planning its FFTs takes about a second, whatever the input's length. That setup runs off
+    # the async runtime, so the 100 ms limit ends the call (it used to run to completion inline
+    # and answer SUCCESS long after the limit, holding up every other call on that thread).
+    req = pb.ExecuteRequest(
+        manifest=manifest([node("r", "AudioResampleNode", output_rate=1_000)]),
+        audio_inputs={"r": f32(np.zeros(200), rate=767_881)},
+        resource_limits=pb.ResourceLimits(max_timeout_ms=100),
+    )
+    with Client(server.address) as client:
+        resp = client.execute(req)
+        assert resp.error.error_type == pb.ERROR_TYPE_RESOURCE_LIMIT, resp
+        assert "time limit" in resp.error.message or "timeout" in resp.error.message, resp.error.message
+        # The server is still answering (the abandoned build finishes on the blocking pool).
+        ok = client.execute(pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(4))}))
+        assert ok.WhichOneof("outcome") == "result"
