@@ -80,7 +80,15 @@ def test_a_typo_suggests_the_type_meant(srv: RunningServer) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["long node id", "long node type", "long param name", "4000 unknown nodes", "long chunk node id", "long version header"],
+    [
+        "long node id",
+        "long node type",
+        "long param name",
+        "4000 unknown nodes",
+        "20 unknown types of 500 characters",
+        "long chunk node id",
+        "long version header",
+    ],
 )
 def test_no_client_text_makes_a_status_unreadable(srv: RunningServer, case: str) -> None:
     long = "é" * 40_000
@@ -95,6 +103,8 @@ def test_no_client_text_makes_a_status_unreadable(srv: RunningServer, case: str)
         first = pb.StreamRequest(manifest=manifest([pb.NodeManifest(id="a", node_type="GainNode", params=json.dumps({long: 1}))]))
     elif case == "4000 unknown nodes":
         first = pb.StreamRequest(manifest=manifest([node(f"node-{i:04}-{'x' * 40}", "NoSuchNode") for i in range(4000)]))
+    elif case == "20 unknown types of 500 characters":
+        first = pb.StreamRequest(manifest=manifest([node(f"n{i}", "NoSuchNode" * 50) for i in range(20)]))
     elif case == "long chunk node id":
         first = pb.StreamRequest(manifest=manifest([node(f"n{i}-{'y' * 60}", "GainNode") for i in range(2000)] + [gain]))
         chunk = pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=long, buffer=f32(np.zeros(160, np.float32)), sequence=0))
@@ -107,6 +117,8 @@ def test_no_client_text_makes_a_status_unreadable(srv: RunningServer, case: str)
     err = caught.value
     assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), err.details()  # type: ignore[attr-defined]
     assert metadata_bytes(err) < STRICT_METADATA_BYTES, case
+    # docs/errors.md: a status message is at most 768 bytes, the note of what was cut included.
+    assert len(err.details().encode()) <= 768, (case, len(err.details().encode()))  # type: ignore[attr-defined]
 
 
 def test_a_python_exception_with_a_huge_message_is_cut_in_band(srv: RunningServer) -> None:

@@ -16,19 +16,25 @@ pub const MAX_MESSAGE_BYTES: usize = 1_024;
 /// Most items of a list named in one message.
 pub const MAX_LISTED: usize = 16;
 
-/// `s` cut to at most `max_bytes` bytes at a character boundary, with a note saying how much
-/// was left out. Borrowed when `s` already fits.
+/// `s` cut at a character boundary, with a note saying how much was left out, to at most
+/// `max_bytes` bytes in all (the note included). Borrowed when `s` already fits. A bound too
+/// small to hold the note gets the bare cut.
 ///
 /// ```
 /// # use remotemedia::text::clip;
 /// assert_eq!(clip("short", 10), "short");
-/// assert_eq!(clip("ab→cd", 4), "ab… (5 more bytes)");
+/// assert_eq!(clip(&"ab→cd".repeat(10), 30), "ab→cdab… (61 more bytes)");
 /// ```
 pub fn clip(s: &str, max_bytes: usize) -> Cow<'_, str> {
     if s.len() <= max_bytes {
         return Cow::Borrowed(s);
     }
-    let cut = s.floor_char_boundary(max_bytes);
+    // The note's length with the most it could report (all of `s`) bounds the note for any cut.
+    let note_room = format!("… ({} more bytes)", s.len()).len();
+    if max_bytes < note_room {
+        return Cow::Owned(s[..s.floor_char_boundary(max_bytes)].to_owned());
+    }
+    let cut = s.floor_char_boundary(max_bytes - note_room);
     Cow::Owned(format!("{}… ({} more bytes)", &s[..cut], s.len() - cut))
 }
 
@@ -73,12 +79,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clip_never_splits_a_character_and_says_what_it_left_out() {
+    fn clip_never_splits_a_character_and_stays_within_its_bound_note_included() {
         let s = "é".repeat(100);
-        for max in 0..20 {
+        for max in 0..220 {
             let c = clip(&s, max);
-            assert!(c.starts_with(&"é".repeat(max / 2)), "{c}");
-            assert!(c.ends_with(&format!("({} more bytes)", 200 - max / 2 * 2)), "{c}");
+            assert!(c.len() <= max, "{max}: {} bytes: {c}", c.len());
+            let kept = c.split('…').next().unwrap();
+            assert!(kept.chars().all(|ch| ch == 'é'), "{c}");
+            if max >= s.len() {
+                assert_eq!(c, s);
+            } else if max >= 24 {
+                assert!(c.ends_with(&format!("({} more bytes)", s.len() - kept.len())), "{c}");
+            }
         }
     }
 

@@ -17,8 +17,6 @@ pub const NORMAL: u16 = 1000;
 pub const STATUS_BASE: u16 = 4000;
 /// The longest close reason a close frame holds (125 bytes of payload less the code).
 pub const MAX_REASON_BYTES: usize = 123;
-/// Room for the note [`text::clip`] appends (`… (N more bytes)`).
-const CLIP_NOTE_BYTES: usize = 24;
 
 /// A close frame's code and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +44,7 @@ impl Close {
 fn reason(code: Code, message: &str) -> String {
     let prefix = format!("{}: ", code_label(code));
     let room = MAX_REASON_BYTES - prefix.len();
-    let message = if message.len() <= room { message.into() } else { text::clip(message, room - CLIP_NOTE_BYTES) };
+    let message = text::clip(message, room);
     let mut reason = prefix + &message;
     reason.truncate(reason.floor_char_boundary(MAX_REASON_BYTES));
     reason
