@@ -8,7 +8,7 @@ import numpy as np
 from scipy import signal
 
 from remotemedia_nodes.audio import from_float
-from remotemedia_nodes.builtin.basic import audio_input, shaped
+from remotemedia_nodes.builtin.basic import StreamLayout, audio_input, shaped
 from remotemedia_nodes.declare import Param, Port
 from remotemedia_nodes.errors import InvalidInput, ParamError
 from remotemedia_nodes.registry import Node, node
@@ -38,18 +38,16 @@ class BandpassFilter(Node):
         self.low, self.high, self.order = float(low_hz), float(high_hz), order
         self.sos: np.ndarray | None = None
         self.state: np.ndarray | None = None
-        self.rate = 0
+        self.layout = StreamLayout("BandpassFilterNode")
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "BandpassFilterNode")
-        if self.sos is None:
-            if self.high >= a.sample_rate / 2:
-                raise InvalidInput(f"BandpassFilterNode: high_hz {self.high} must be below the Nyquist frequency ({a.sample_rate / 2} Hz)")
-            self.rate = a.sample_rate
+        if self.layout.first is None and self.high >= a.sample_rate / 2:
+            raise InvalidInput(f"BandpassFilterNode: high_hz {self.high} must be below the Nyquist frequency ({a.sample_rate / 2} Hz)")
+        if self.layout.check(a):
             self.sos = signal.butter(self.order, [self.low, self.high], btype="bandpass", fs=a.sample_rate, output="sos")
             self.state = np.zeros((self.sos.shape[0], 2, a.channels))
-        elif a.sample_rate != self.rate:
-            raise InvalidInput(f"BandpassFilterNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
+        assert self.sos is not None
         if a.frames == 0:
             return {"output": a}
         x = a.as_float().astype(np.float64)

@@ -17,6 +17,8 @@ from remotemedia_nodes.errors import InvalidInput, UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 _FORMATS = {"f32": np.float32, "i16": np.int16, "i32": np.int32}
+#: The sample formats' names, as the native nodes spell them in messages.
+FORMAT_NAMES = {dtype: name for name, dtype in _FORMATS.items()}
 
 
 def audio_input(inputs: dict[str, Any], node_name: str) -> Audio:
@@ -29,6 +31,50 @@ def audio_input(inputs: dict[str, Any], node_name: str) -> Audio:
         index = int(np.flatnonzero(~np.isfinite(audio.samples.reshape(-1)))[0])
         raise InvalidInput(f"{node_name}: input sample {index} is {audio.samples.reshape(-1)[index]}; audio must be finite")
     return audio
+
+
+class StreamLayout:
+    """The sample rate and channel count a stream's first chunk fixed (with `with_format`, also its
+    sample format), as the native nodes' ``check::StreamLayout``: a later chunk with another one
+    is refused with ``UnsupportedAudio`` (VALIDATION), in the native nodes' words. One per node
+    instance, so a unary call gets a fresh one. Empty chunks fix the layout too: they carry a
+    rate and channels. Check what a node refuses whatever the layout (a rate it cannot take)
+    first, so that a refused first chunk fixes nothing."""
+
+    def __init__(self, node_name: str, *, with_format: bool = False) -> None:
+        self.node_name = node_name
+        self.with_format = with_format
+        self.first: tuple[int, int, type] | None = None
+
+    @property
+    def rate(self) -> int:
+        assert self.first is not None, "no chunk yet"
+        return self.first[0]
+
+    @property
+    def channels(self) -> int:
+        assert self.first is not None, "no chunk yet"
+        return self.first[1]
+
+    def check(self, audio: Audio) -> bool:
+        """Records the first chunk's layout and returns True; returns False for a later chunk
+        of the same layout and refuses one of another."""
+        dtype = audio.samples.dtype.type
+        if self.first is None:
+            self.first = (int(audio.sample_rate), audio.channels, dtype)
+            return True
+        rate, channels, first_dtype = self.first
+        if audio.sample_rate != rate:
+            raise UnsupportedAudio(
+                f"{self.node_name}: input sample_rate changed from {rate} Hz to {audio.sample_rate} Hz within the stream"
+            )
+        if audio.channels != channels:
+            raise UnsupportedAudio(f"{self.node_name}: input channels changed from {channels} to {audio.channels} within the stream")
+        if self.with_format and dtype is not first_dtype:
+            raise UnsupportedAudio(
+                f"{self.node_name}: input format changed from {FORMAT_NAMES[first_dtype]} to {FORMAT_NAMES[dtype]} within the stream"
+            )
+        return False
 
 
 def shaped(x: np.ndarray, channels: int) -> np.ndarray:
@@ -56,9 +102,11 @@ class Gain(Node):
 
     def __init__(self, gain_db: float | None = None, gain: float | None = None) -> None:
         self.factor = float(gain) if gain is not None else 10 ** (float(gain_db or 0.0) / 20)
+        self.layout = StreamLayout("GainNode")
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "GainNode")
+        self.layout.check(a)
         y = a.as_float() * np.float32(self.factor)
         return {"output": from_float(shaped(y, a.channels), a.sample_rate, a.samples.dtype.type)}
 
@@ -69,9 +117,11 @@ class FormatConverter(Node):
 
     def __init__(self, target_format: Literal["f32", "i16", "i32"]) -> None:
         self.target = _FORMATS[target_format]
+        self.layout = StreamLayout("FormatConverterNode")
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "FormatConverterNode")
+        self.layout.check(a)
         src, dst = a.samples.dtype.type, self.target
         if src is dst:
             return {"output": a}
@@ -91,9 +141,11 @@ class ChannelMixer(Node):
 
     def __init__(self, output_channels: int) -> None:
         self.m = output_channels
+        self.layout = StreamLayout("ChannelMixerNode")
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "ChannelMixerNode")
+        self.layout.check(a)
         n, m = a.channels, self.m
         if n == m:
             return {"output": a}

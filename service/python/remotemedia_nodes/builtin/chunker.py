@@ -7,9 +7,8 @@ from typing import Any
 import numpy as np
 
 from remotemedia_nodes.audio import Audio
-from remotemedia_nodes.builtin.basic import audio_input
+from remotemedia_nodes.builtin.basic import StreamLayout, audio_input
 from remotemedia_nodes.declare import Exclusive
-from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 
@@ -24,16 +23,16 @@ class AudioChunker(Node):
         self.ms = chunk_ms
         self.pending: np.ndarray | None = None
         self.rate = 0
+        self.layout = StreamLayout("AudioChunkerNode", with_format=True)
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "AudioChunkerNode")
-        if self.pending is None:
+        if self.layout.check(a):
             self.rate = a.sample_rate
             if self.frames is None:
                 self.frames = max(1, -(-a.sample_rate * int(self.ms) // 1000))
             self.pending = a.samples[:0].copy()
-        elif a.sample_rate != self.rate or a.samples.dtype != self.pending.dtype or a.samples.shape[1:] != self.pending.shape[1:]:
-            raise UnsupportedAudio("AudioChunkerNode: input layout changed within the stream")
+        assert self.pending is not None
         self.pending = np.concatenate([self.pending, a.samples])
         whole = len(self.pending) // self.frames * self.frames
         out, self.pending = self.pending[:whole], self.pending[whole:]

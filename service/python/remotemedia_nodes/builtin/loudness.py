@@ -7,9 +7,8 @@ from typing import Any
 import numpy as np
 import pyloudnorm
 
-from remotemedia_nodes.builtin.basic import audio_input
+from remotemedia_nodes.builtin.basic import StreamLayout, audio_input
 from remotemedia_nodes.declare import Port
-from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 
@@ -23,17 +22,18 @@ class Loudness(Node):
     """
 
     inputs = (Port.audio("input", "audio at any rate"),)
-    outputs = (Port.audio("output", "the input audio, unchanged"), Port.data("lufs", "integrated loudness in LUFS, or null for silence or under 0.4 s of audio"))
+    outputs = (
+        Port.audio("output", "the input audio, unchanged"),
+        Port.data("lufs", "integrated loudness in LUFS, or null for silence or under 0.4 s of audio"),
+    )
 
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []
-        self.rate = 0
+        self.layout = StreamLayout("LoudnessNode")
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "LoudnessNode")
-        if self.rate and a.sample_rate != self.rate:
-            raise UnsupportedAudio(f"LoudnessNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
-        self.rate = a.sample_rate
+        self.layout.check(a)
         self.parts.append(a.as_float().astype(np.float64))
         return {"output": a}
 
@@ -42,7 +42,8 @@ class Loudness(Node):
             return {}
         x = np.concatenate(self.parts)
         self.parts = []
-        if len(x) < 0.4 * self.rate:
+        rate = self.layout.rate
+        if len(x) < 0.4 * rate:
             return {"lufs": None}
-        lufs = pyloudnorm.Meter(self.rate).integrated_loudness(x if x.shape[1] > 1 else x[:, 0])
+        lufs = pyloudnorm.Meter(rate).integrated_loudness(x if x.shape[1] > 1 else x[:, 0])
         return {"lufs": float(lufs) if np.isfinite(lufs) else None}

@@ -7,8 +7,8 @@ from typing import Any, Literal
 import numpy as np
 import soxr
 
-from remotemedia_nodes.audio import Audio, from_float
-from remotemedia_nodes.builtin.basic import audio_input, shaped
+from remotemedia_nodes.audio import from_float
+from remotemedia_nodes.builtin.basic import StreamLayout, audio_input, shaped
 from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
@@ -24,37 +24,35 @@ class AudioResample(Node):
         self.input_rate = input_rate
         self.quality = _QUALITY[str(quality).lower()]
         self.stream: soxr.ResampleStream | None = None
-        self.layout: tuple[int, int, type] | None = None
+        self.layout = StreamLayout("AudioResampleNode")
+        #: The first chunk's sample type, which the output keeps.
+        self.dtype: type = np.float32
         self.frames_in = 0
         self.frames_out = 0
 
     def _emit(self, y: np.ndarray) -> dict[str, Any]:
-        assert self.layout is not None
-        rate, channels, dtype = self.layout
         self.frames_out += len(y)
-        return {"output": from_float(shaped(y, channels), self.output_rate, dtype)}
+        return {"output": from_float(shaped(y, self.layout.channels), self.output_rate, self.dtype)}
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "AudioResampleNode")
         if self.input_rate is not None and a.sample_rate != self.input_rate:
             raise UnsupportedAudio(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz")
-        if self.layout is None:
-            self.layout = (a.sample_rate, a.channels, a.samples.dtype.type)
+        if self.layout.check(a):
+            self.dtype = a.samples.dtype.type
             self.stream = soxr.ResampleStream(a.sample_rate, self.output_rate, a.channels, dtype="float32", quality=self.quality)
-        elif self.layout[:2] != (a.sample_rate, a.channels):
-            raise UnsupportedAudio("AudioResampleNode: input rate or channels changed within the stream")
         self.frames_in += a.frames
         assert self.stream is not None
         return self._emit(self.stream.resample_chunk(np.ascontiguousarray(a.as_float())))
 
     def flush(self) -> dict[str, Any]:
-        if self.stream is None or self.layout is None:
+        if self.stream is None:
             return {}
-        tail = self.stream.resample_chunk(np.zeros((0, self.layout[1]), dtype=np.float32), last=True)
-        target = round(self.frames_in * self.output_rate / self.layout[0])
-        want = target - self.frames_out
+        channels = self.layout.channels
+        tail = self.stream.resample_chunk(np.zeros((0, channels), dtype=np.float32), last=True)
+        want = round(self.frames_in * self.output_rate / self.layout.rate) - self.frames_out
         if len(tail) > want:
-            tail = tail[:max(want, 0)]
+            tail = tail[: max(want, 0)]
         elif len(tail) < want:
-            tail = np.concatenate([tail, np.zeros((want - len(tail), self.layout[1]), dtype=np.float32)])
+            tail = np.concatenate([tail, np.zeros((want - len(tail), channels), dtype=np.float32)])
         return self._emit(tail)

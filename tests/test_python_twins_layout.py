@@ -1,0 +1,172 @@
+"""The Python nodes refuse audio as the native nodes do: a stream chunk whose rate, channels (or,
+where the node keeps samples, format) differ from the first chunk's, rates outside what a node
+takes, a band-pass edge at or above Nyquist: all ERROR_TYPE_VALIDATION, in the native nodes'
+words (after the Python twins' `NodeType: ` prefix). And the Python AudioResampleNode gives
+exactly the native output length, round(frames × out / in) with halves rounded up."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from conftest import RunningServer
+from helpers import f32, manifest, node
+
+from remotemedia_client import Client, pb
+
+RUST, CPYTHON = pb.RUNTIME_HINT_RUST, pb.RUNTIME_HINT_CPYTHON
+RNG = np.random.default_rng(7)
+
+#: Every Python node that reads samples, with parameters that take 16 and 8 kHz, mono and stereo.
+READERS: list[tuple[str, dict[str, Any]]] = [
+    ("GainNode", {"gain_db": -6.0}),
+    ("FormatConverterNode", {"target_format": "i16"}),
+    ("ChannelMixerNode", {"output_channels": 1}),
+    ("VADNode", {}),
+    ("LoudnessNode", {}),
+    ("BandpassFilterNode", {"low_hz": 300.0, "high_hz": 3_400.0}),
+    ("AudioResampleNode", {"output_rate": 16_000}),
+    ("AudioChunkerNode", {"chunk_samples": 100}),
+]
+#: The native nodes that check a stream's layout in the binaries this suite runs against
+#: (GainNode, FormatConverterNode and ChannelMixerNode join them with the native StreamLayout).
+NATIVE_CHECKED = ["VADNode", "AudioResampleNode", "AudioChunkerNode"]
+
+#: (first chunk's rate and channels, second chunk's, the native message for the change).
+CHANGES = [
+    ((16_000, 1), (8_000, 1), "input sample_rate changed from 16000 Hz to 8000 Hz within the stream"),
+    ((16_000, 1), (16_000, 2), "input channels changed from 1 to 2 within the stream"),
+]
+
+
+def noise(frames: int, channels: int = 1) -> np.ndarray:
+    return RNG.uniform(-0.5, 0.5, frames * channels).astype(np.float32)
+
+
+def i16(x: np.ndarray, rate: int = 16_000, channels: int = 1) -> pb.AudioBuffer:
+    a = np.ascontiguousarray(np.round(x * 32767), dtype="<i2")
+    return pb.AudioBuffer(samples=a.tobytes(), sample_rate=rate, channels=channels, format=pb.AUDIO_FORMAT_I16, num_samples=a.size)
+
+
+def execute(server: RunningServer, n: pb.NodeManifest, buf: pb.AudioBuffer) -> pb.ExecuteResponse:
+    with Client(server.address) as client:
+        return client.execute(pb.ExecuteRequest(manifest=manifest([n]), audio_inputs={n.id: buf}))
+
+
+def stream(server: RunningServer, n: pb.NodeManifest, bufs: list[pb.AudioBuffer]) -> tuple[list[pb.StreamResponse], grpc.StatusCode]:
+    """Streams `bufs` to node `n`, closes, and returns the responses and the final status."""
+    reqs = [pb.StreamRequest(manifest=manifest([n]))]
+    reqs += [pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=n.id, buffer=b, sequence=i)) for i, b in enumerate(bufs)]
+    reqs.append(pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE)))
+    out: list[pb.StreamResponse] = []
+    with Client(server.address) as client:
+        try:
+            out.extend(client.stream_call(iter(reqs), timeout=60))
+        except grpc.RpcError as e:
+            return out, e.code()  # type: ignore[attr-defined]
+    return out, grpc.StatusCode.OK
+
+
+def errors(responses: list[pb.StreamResponse]) -> list[pb.ErrorResponse]:
+    return [r.error for r in responses if r.WhichOneof("response") == "error"]
+
+
+def results(responses: list[pb.StreamResponse]) -> list[pb.ExecutionResult]:
+    return [r.result for r in responses if r.WhichOneof("response") == "result"]
+
+
+def python_message(node_type: str, text: str) -> str:
+    return f"node `n` ({node_type}) failed: UnsupportedAudio: {node_type}: {text}"
+
+
+def native_message(node_type: str, text: str) -> str:
+    return f"node `n` ({node_type}) failed: {text}"
+
+
+def without_python_prefix(message: str, node_type: str) -> str:
+    return message.replace(f"UnsupportedAudio: {node_type}: ", "")
+
+
+# --- 1. a stream's layout is fixed by its first chunk ------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second", "text"), CHANGES, ids=["rate", "channels"])
+@pytest.mark.parametrize(("node_type", "params"), READERS, ids=[r[0] for r in READERS])
+def test_a_python_node_refuses_a_chunk_of_another_layout_as_validation(
+    server: RunningServer, node_type: str, params: dict[str, Any], *, first: tuple[int, int], second: tuple[int, int], text: str
+) -> None:
+    (r1, c1), (r2, c2) = first, second
+    bufs = [f32(noise(1_600, c1), r1, c1), f32(noise(1_600, c2), r2, c2), f32(noise(1_600, c1), r1, c1)]
+    responses, code = stream(server, node("n", node_type, runtime=CPYTHON, **params), bufs)
+    assert code == grpc.StatusCode.OK, responses
+    errs = errors(responses)
+    assert len(errs) == 1, errs
+    err = errs[0]
+    assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
+    assert err.message == python_message(node_type, text)
+    assert err.failing_node_id == "n" and json.loads(err.context)["sequence"] == 1
+    assert [r.sequence for r in results(responses)][:2] == [0, 2], "the stream goes on with chunks of its layout"
+
+
+def test_loudness_flushes_the_audio_of_the_streams_layout_after_refusing_another(server: RunningServer) -> None:
+    # It used to keep the stereo chunk and fail its flush with numpy's ValueError (ABORTED).
+    x = 0.25 * np.sin(2 * np.pi * 1_000 * np.arange(16_000) / 16_000).astype(np.float32)
+    bufs = [f32(x), f32(noise(1_600, 2), 16_000, 2)]
+    responses, code = stream(server, node("n", "LoudnessNode", runtime=CPYTHON), bufs)
+    assert code == grpc.StatusCode.OK, responses
+    assert [e.error_type for e in errors(responses)] == [pb.ERROR_TYPE_VALIDATION]
+    lufs = [json.loads(r.data_outputs["n"])["lufs"] for r in results(responses) if "n" in r.data_outputs]
+    assert len(lufs) == 1 and lufs[0] is not None and -20 < lufs[0] < -5
+
+
+@pytest.mark.parametrize(("first", "second", "text"), CHANGES, ids=["rate", "channels"])
+@pytest.mark.parametrize("node_type", NATIVE_CHECKED)
+def test_both_runtimes_refuse_a_layout_change_in_the_same_words(
+    server: RunningServer, node_type: str, first: tuple[int, int], second: tuple[int, int], text: str
+) -> None:
+    params = dict(READERS)[node_type]
+    (r1, c1), (r2, c2) = first, second
+    found = {}
+    for runtime in (RUST, CPYTHON):
+        responses, code = stream(
+            server, node("n", node_type, runtime=runtime, **params), [f32(noise(1_600, c1), r1, c1), f32(noise(1_600, c2), r2, c2)]
+        )
+        assert code == grpc.StatusCode.OK
+        (err,) = errors(responses)
+        found[runtime] = (err.error_type, without_python_prefix(err.message, node_type))
+    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, native_message(node_type, text))
+
+
+def test_both_chunkers_refuse_a_format_change_in_the_same_words(server: RunningServer) -> None:
+    found = {}
+    for runtime in (RUST, CPYTHON):
+        n = node("n", "AudioChunkerNode", runtime=runtime, chunk_samples=100)
+        responses, code = stream(server, n, [i16(noise(1_600)), f32(noise(1_600))])
+        assert code == grpc.StatusCode.OK
+        (err,) = errors(responses)
+        found[runtime] = (err.error_type, without_python_prefix(err.message, "AudioChunkerNode"))
+    expected = native_message("AudioChunkerNode", "input format changed from i16 to f32 within the stream")
+    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, expected)
+
+
+@pytest.mark.parametrize(
+    ("node_type", "second", "text"),
+    [
+        ("SileroVADNode", f32(noise(1_600), 16_000, 1), "input format changed from i16 to f32 within the stream"),
+        ("SileroVADNode", i16(noise(1_600, 2), 16_000, 2), "SileroVADNode needs mono audio, got 2 channels; put a ChannelMixerNode"),
+        ("SileroVADNode", i16(noise(800), 8_000, 1), "SileroVADNode needs 16000 Hz audio, got 8000 Hz; put an AudioResampleNode"),
+        ("SpeechRecognitionNode", i16(noise(1_600, 2), 16_000, 2), "SpeechRecognitionNode needs mono audio, got 2 channels"),
+        ("SpeechRecognitionNode", i16(noise(800), 8_000, 1), "SpeechRecognitionNode needs 16000 Hz audio, got 8000 Hz"),
+    ],
+    ids=["silero-format", "silero-channels", "silero-rate", "recognition-channels", "recognition-rate"],
+)
+def test_model_nodes_refuse_a_layout_change_as_validation(server: RunningServer, node_type: str, second: pb.AudioBuffer, text: str) -> None:
+    responses, code = stream(server, node("n", node_type), [i16(noise(1_600)), second, i16(noise(1_600))])
+    assert code == grpc.StatusCode.OK, responses
+    (err,) = errors(responses)
+    assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
+    assert text in err.message
+    assert [r.sequence for r in results(responses)][:2] == [0, 2]
