@@ -170,3 +170,58 @@ def test_model_nodes_refuse_a_layout_change_as_validation(server: RunningServer,
     assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
     assert text in err.message
     assert [r.sequence for r in results(responses)][:2] == [0, 2]
+
+
+# --- 2. rates a node cannot take ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [1, 999, 768_001, 4_294_967_295])
+def test_both_resamplers_refuse_an_input_rate_outside_1000_to_768000_hz(server: RunningServer, rate: int) -> None:
+    found = {}
+    for runtime in (RUST, CPYTHON):
+        resp = execute(server, node("n", "AudioResampleNode", runtime=runtime, output_rate=16_000), f32(np.ones(2, np.float32), rate))
+        assert resp.WhichOneof("outcome") == "error", f"runtime {runtime} resampled {rate} Hz"
+        found[runtime] = (resp.error.error_type, without_python_prefix(resp.error.message, "AudioResampleNode"))
+    expected = native_message("AudioResampleNode", f"input sample_rate {rate} Hz is outside 1000..=768000 Hz")
+    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, expected)
+
+
+@pytest.mark.parametrize("output_rate", [999, 768_001])
+def test_the_python_resamplers_output_rate_is_bounded_by_the_native_declaration(server: RunningServer, output_rate: int) -> None:
+    resp = execute(server, node("n", "AudioResampleNode", runtime=CPYTHON, output_rate=output_rate), f32(noise(160)))
+    assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION
+    assert f"parameter `output_rate` must be an integer between 1000 and 768000, got {output_rate}" in resp.error.message
+
+
+@pytest.mark.parametrize("rate", [1_000, 768_000])
+def test_the_python_resampler_takes_the_edge_rates(server: RunningServer, rate: int) -> None:
+    resp = execute(server, node("n", "AudioResampleNode", runtime=CPYTHON, output_rate=16_000), f32(noise(rate // 100), rate))
+    assert resp.WhichOneof("outcome") == "result", resp.error
+    assert resp.result.audio_outputs["n"].num_samples == 160
+
+
+@pytest.mark.parametrize("rate", [768_001, 4_294_967_295])
+def test_the_python_vad_refuses_input_above_768000_hz(server: RunningServer, rate: int) -> None:
+    # 2 samples at 4294967295 Hz used to make it plan a 2 GB frame.
+    resp = execute(server, node("n", "VADNode", runtime=CPYTHON), f32(np.ones(2, np.float32), rate))
+    assert resp.WhichOneof("outcome") == "error"
+    assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION
+    assert resp.error.message == python_message(
+        "VADNode",
+        f"input sample_rate {rate} Hz is above the 768000 Hz a VADNode takes; "
+        "put an AudioResampleNode with output_rate 768000 or less before it",
+    )
+
+
+def test_the_python_vad_takes_768000_hz(server: RunningServer) -> None:
+    resp = execute(server, node("n", "VADNode", runtime=CPYTHON), f32(noise(76_800), 768_000))
+    assert resp.WhichOneof("outcome") == "result", resp.error
+
+
+def test_a_refused_first_chunk_does_not_fix_a_streams_rate(server: RunningServer) -> None:
+    bufs = [f32(np.ones(2, np.float32), 4_294_967_295), f32(noise(1_600)), f32(noise(1_600))]
+    for node_type, params in [("VADNode", {}), ("AudioResampleNode", {"output_rate": 8_000})]:
+        responses, code = stream(server, node("n", node_type, runtime=CPYTHON, **params), bufs)
+        assert code == grpc.StatusCode.OK
+        assert [json.loads(e.context)["sequence"] for e in errors(responses)] == [0]
+        assert [r.sequence for r in results(responses)][:2] == [1, 2]

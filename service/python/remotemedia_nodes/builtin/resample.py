@@ -13,6 +13,9 @@ from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 _QUALITY = {"low": "LQ", "medium": "MQ", "high": "VHQ"}
+#: The input rates taken, in Hz, as the native node's (its `output_rate` and `input_rate`
+#: parameters are declared with the same bounds, which the server checks).
+MIN_RATE, MAX_RATE = 1_000, 768_000
 
 
 @node("AudioResampleNode")
@@ -38,6 +41,8 @@ class AudioResample(Node):
         a = audio_input(inputs, "AudioResampleNode")
         if self.input_rate is not None and a.sample_rate != self.input_rate:
             raise UnsupportedAudio(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz")
+        if not MIN_RATE <= a.sample_rate <= MAX_RATE:
+            raise UnsupportedAudio(f"AudioResampleNode: input sample_rate {a.sample_rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz")
         if self.layout.check(a):
             self.dtype = a.samples.dtype.type
             self.stream = soxr.ResampleStream(a.sample_rate, self.output_rate, a.channels, dtype="float32", quality=self.quality)

@@ -24,6 +24,9 @@ BAND_LOW_HZ, BAND_HIGH_HZ = 150.0, 4000.0
 FLOOR_DB = -120.0
 #: Lowest input rate: the speech band (150 Hz to 4 kHz) must fit under Nyquist.
 MIN_RATE = 8_000
+#: Highest input rate: each frame is one FFT of the frame's length, so the rate bounds its
+#: memory and work (as the native node's bound).
+MAX_RATE = 768_000
 
 
 class _SlidingMin:
@@ -183,6 +186,11 @@ class Vad(Node):
             raise UnsupportedAudio(
                 f"VADNode: input sample_rate {a.sample_rate} Hz is below the {MIN_RATE} Hz the speech band needs; "
                 f"put an AudioResampleNode with output_rate {MIN_RATE} or more before it"
+            )
+        if a.sample_rate > MAX_RATE:
+            raise UnsupportedAudio(
+                f"VADNode: input sample_rate {a.sample_rate} Hz is above the {MAX_RATE} Hz a VADNode takes; "
+                f"put an AudioResampleNode with output_rate {MAX_RATE} or less before it"
             )
         if self.layout.check(a):
             self._setup(a.sample_rate)
