@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import RunningServer
-from helpers import f32, manifest, node
+from helpers import f32, manifest, node, samples
 
 from remotemedia_client import Client, pb
 
@@ -225,3 +225,35 @@ def test_a_refused_first_chunk_does_not_fix_a_streams_rate(server: RunningServer
         assert code == grpc.StatusCode.OK
         assert [json.loads(e.context)["sequence"] for e in errors(responses)] == [0]
         assert [r.sequence for r in results(responses)][:2] == [1, 2]
+
+
+# --- 3. resampled length -------------------------------------------------------------------------
+
+LENGTH_CASES = [(16_000, 8_000, n) for n in (1, 5, 9)] + [(8_000, 12_000, n) for n in (1, 3)] + [(48_000, 16_000, 4_801)]
+
+
+def expected_frames(n: int, rate_in: int, rate_out: int) -> int:
+    """round(n × out / in), halves rounded up."""
+    return (2 * n * rate_out + rate_in) // (2 * rate_in)
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out", "frames"), LENGTH_CASES)
+def test_both_resamplers_give_the_same_length_in_one_call(server: RunningServer, rate_in: int, rate_out: int, frames: int) -> None:
+    lengths = []
+    for runtime in (RUST, CPYTHON):
+        resp = execute(server, node("n", "AudioResampleNode", runtime=runtime, output_rate=rate_out), f32(noise(frames), rate_in))
+        assert resp.WhichOneof("outcome") == "result", resp.error
+        lengths.append(len(samples(resp.result.audio_outputs["n"])))
+    assert lengths == [expected_frames(frames, rate_in, rate_out)] * 2
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out", "frames"), LENGTH_CASES)
+def test_both_resamplers_give_the_same_length_in_a_stream(server: RunningServer, rate_in: int, rate_out: int, frames: int) -> None:
+    x = noise(frames)
+    chunks = [f32(x[i : i + 2], rate_in) for i in range(0, frames, 2)]
+    lengths = []
+    for runtime in (RUST, CPYTHON):
+        responses, code = stream(server, node("n", "AudioResampleNode", runtime=runtime, output_rate=rate_out), chunks)
+        assert code == grpc.StatusCode.OK and not errors(responses), errors(responses)
+        lengths.append(sum(len(samples(r.audio_outputs["n"])) for r in results(responses) if "n" in r.audio_outputs))
+    assert lengths == [expected_frames(frames, rate_in, rate_out)] * 2

@@ -18,6 +18,12 @@ _QUALITY = {"low": "LQ", "medium": "MQ", "high": "VHQ"}
 MIN_RATE, MAX_RATE = 1_000, 768_000
 
 
+def output_frames(frames: int, input_rate: int, output_rate: int) -> int:
+    """round(frames × output_rate / input_rate) with halves rounded up, as the native node
+    rounds; in integers, so it is exact at any length."""
+    return (2 * frames * output_rate + input_rate) // (2 * input_rate)
+
+
 @node("AudioResampleNode")
 class AudioResample(Node):
     """Resamples to `output_rate` (soxr; delay-free, exactly round(n × out / in) frames)."""
@@ -55,7 +61,7 @@ class AudioResample(Node):
             return {}
         channels = self.layout.channels
         tail = self.stream.resample_chunk(np.zeros((0, channels), dtype=np.float32), last=True)
-        want = round(self.frames_in * self.output_rate / self.layout.rate) - self.frames_out
+        want = output_frames(self.frames_in, self.layout.rate, self.output_rate) - self.frames_out
         if len(tail) > want:
             tail = tail[: max(want, 0)]
         elif len(tail) < want:
