@@ -257,3 +257,22 @@ def test_both_resamplers_give_the_same_length_in_a_stream(server: RunningServer,
         assert code == grpc.StatusCode.OK and not errors(responses), errors(responses)
         lengths.append(sum(len(samples(r.audio_outputs["n"])) for r in results(responses) if "n" in r.audio_outputs))
     assert lengths == [expected_frames(frames, rate_in, rate_out)] * 2
+
+
+# --- 4. band-pass edges at or above Nyquist ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rate", "high_hz"), [(6_000, 3_400.0), (6_800, 3_400.0), (1_000, 3_400.0)])
+def test_a_band_pass_edge_at_or_above_nyquist_is_a_validation_error_naming_it(server: RunningServer, rate: int, high_hz: float) -> None:
+    resp = execute(server, node("n", "BandpassFilterNode", low_hz=300.0, high_hz=high_hz), f32(noise(1_600), rate))
+    assert resp.WhichOneof("outcome") == "error"
+    assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION, resp.error
+    message = resp.error.message
+    assert "BandpassFilterNode: high_hz 3400.0 Hz" in message and f"Nyquist frequency of {rate} Hz audio ({rate / 2} Hz)" in message, (
+        message
+    )
+
+
+def test_a_band_pass_edge_below_nyquist_filters(server: RunningServer) -> None:
+    resp = execute(server, node("n", "BandpassFilterNode", low_hz=300.0, high_hz=3_400.0), f32(noise(1_600), 6_801))
+    assert resp.WhichOneof("outcome") == "result", resp.error

@@ -10,8 +10,11 @@ from scipy import signal
 from remotemedia_nodes.audio import from_float
 from remotemedia_nodes.builtin.basic import StreamLayout, audio_input, shaped
 from remotemedia_nodes.declare import Param, Port
-from remotemedia_nodes.errors import InvalidInput, ParamError
+from remotemedia_nodes.errors import ParamError, UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
+
+#: The highest rate an AudioResampleNode gives (its output_rate's bound).
+MAX_RESAMPLE_RATE = 768_000
 
 
 @node("BandpassFilterNode")
@@ -40,10 +43,23 @@ class BandpassFilter(Node):
         self.state: np.ndarray | None = None
         self.layout = StreamLayout("BandpassFilterNode")
 
+    def _check_nyquist(self, rate: int) -> None:
+        """Refuses audio whose Nyquist frequency is at or below the pass band's upper edge (and
+        so, `low_hz` being below it, at or below either edge): audio the node cannot take."""
+        nyquist = rate / 2
+        if self.high < nyquist:
+            return
+        fix = f"give a high_hz below {nyquist} Hz"
+        needed = int(2 * self.high) + 1
+        if needed <= MAX_RESAMPLE_RATE:
+            fix += f" or put an AudioResampleNode with output_rate {needed} or more before it"
+        raise UnsupportedAudio(
+            f"BandpassFilterNode: high_hz {self.high} Hz is at or above the Nyquist frequency of {rate} Hz audio ({nyquist} Hz); {fix}"
+        )
+
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "BandpassFilterNode")
-        if self.layout.first is None and self.high >= a.sample_rate / 2:
-            raise InvalidInput(f"BandpassFilterNode: high_hz {self.high} must be below the Nyquist frequency ({a.sample_rate / 2} Hz)")
+        self._check_nyquist(a.sample_rate)
         if self.layout.check(a):
             self.sos = signal.butter(self.order, [self.low, self.high], btype="bandpass", fs=a.sample_rate, output="sos")
             self.state = np.zeros((self.sos.shape[0], 2, a.channels))
