@@ -109,7 +109,12 @@ def test_a_connection_between_ports_of_different_kinds_is_a_validation_error(ser
 @pytest.mark.parametrize(
     ("node_type", "params", "rate", "says"),
     [
-        ("AudioResampleNode", {"output_rate": 16000, "input_rate": 48000}, 44100, "input audio is 44100 Hz but parameter input_rate is 48000 Hz"),
+        (
+            "AudioResampleNode",
+            {"output_rate": 16000, "input_rate": 48000},
+            44100,
+            "input audio is 44100 Hz but parameter input_rate is 48000 Hz",
+        ),
         ("VADNode", {}, 4000, "put an AudioResampleNode with output_rate 8000 or more before it"),
     ],
 )
@@ -125,3 +130,30 @@ def test_audio_a_node_does_not_take_is_a_validation_error_on_both_runtimes(
     assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
     assert err.failing_node_id == "n"
     assert says in err.message, err.message
+
+
+@pytest.mark.parametrize(
+    ("nodes", "audio", "data", "field", "text"),
+    [
+        # GainNode has no `data` port: the data would be dropped, or fail as a missing input.
+        ([node("g", "GainNode")], {}, {"g": "1"}, "data_inputs[g]", "node `g` (GainNode) has no input port `data`"),
+        # TextToSpeechNode takes text on `data` and no audio.
+        (
+            [node("t", "TextToSpeechNode")],
+            {"t": f32(np.zeros(4))},
+            {},
+            "audio_inputs[t]",
+            "node `t` (TextToSpeechNode) has no input port `input`",
+        ),
+    ],
+    ids=["data into a node without a data port", "audio into a node without an audio input"],
+)
+def test_inputs_for_a_port_the_node_lacks_are_a_validation_error(
+    server: RunningServer, nodes: list[pb.NodeManifest], audio: dict, data: dict, field: str, text: str
+) -> None:
+    req = pb.ExecuteRequest(manifest=manifest(nodes), audio_inputs=audio, data_inputs=data)
+    with Client(server.address) as client:
+        err = client.execute(req).error
+    assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
+    found = {v["field"]: v["description"] for v in violations(err)}
+    assert text in found[field], found

@@ -31,9 +31,8 @@ READERS: list[tuple[str, dict[str, Any]]] = [
     ("AudioResampleNode", {"output_rate": 16_000}),
     ("AudioChunkerNode", {"chunk_samples": 100}),
 ]
-#: The native nodes that check a stream's layout in the binaries this suite runs against
-#: (GainNode, FormatConverterNode and ChannelMixerNode join them with the native StreamLayout).
-NATIVE_CHECKED = ["VADNode", "AudioResampleNode", "AudioChunkerNode"]
+#: The nodes with both a native and a Python implementation that read samples.
+NATIVE_CHECKED = ["VADNode", "AudioResampleNode", "AudioChunkerNode", "GainNode", "FormatConverterNode", "ChannelMixerNode"]
 
 #: (first chunk's rate and channels, second chunk's, the native message for the change).
 CHANGES = [

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::error::{ValidationError, Violation};
 use super::manifest::{MANIFEST_VERSION, Manifest, ManifestNode, PipelineConfig};
 use crate::nodes::{
-    INPUT, OUTPUT, ParamError, Params, PortKind, PortName, Registry, ResolveError, Resolved, port_name,
+    DATA, INPUT, OUTPUT, ParamError, Params, PortKind, PortName, Registry, ResolveError, Resolved, port_name,
 };
 use crate::text::quoted;
 
@@ -81,7 +81,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
     let nodes = check.nodes();
     let (incoming, outgoing) = check.connections(&nodes);
     let order = check.cycles(&incoming, &outgoing);
-    check.inputs(shape, &incoming);
+    check.inputs(shape, &incoming, &nodes);
     let output_nodes = check.output_nodes(shape);
 
     let mut error = ValidationError::new(check.violations);
@@ -333,15 +333,32 @@ impl<'a> Check<'a> {
     }
 
     /// The request's inputs name nodes of the pipeline, and every source has one.
-    fn inputs(&mut self, shape: &RequestShape, incoming: &[Vec<Link>]) {
+    /// A node fed audio must take it on `input`, one fed data on `data`.
+    fn inputs(&mut self, shape: &RequestShape, incoming: &[Vec<Link>], nodes: &[Option<PlannedNode>]) {
         let Some(audio) = &shape.audio_inputs else { return };
-        for (map, keys) in [("audio_inputs", audio), ("data_inputs", &shape.data_inputs)] {
+        for (map, keys, port, kind) in
+            [("audio_inputs", audio, INPUT, PortKind::Audio), ("data_inputs", &shape.data_inputs, DATA, PortKind::Data)]
+        {
             for id in keys {
-                if self.index(id).is_none() {
-                    self.push(Violation::new(
-                        format!("{map}[{}]", quoted(id)),
-                        format!("{map} names unknown node `{}`", quoted(id)),
-                    ));
+                let field = format!("{map}[{}]", quoted(id));
+                let Some(i) = self.index(id) else {
+                    self.push(Violation::new(field, format!("{map} names unknown node `{}`", quoted(id))));
+                    continue;
+                };
+                match self.port(&nodes[i], port, false, id, &field, map) {
+                    Some(taken) if taken != kind => self.push(
+                        Violation::new(
+                            field,
+                            format!(
+                                "{map}: input port `{port}` of node `{}` takes {}, not {}",
+                                quoted(id),
+                                kind_name(taken),
+                                kind_name(kind)
+                            ),
+                        )
+                        .on_node(id),
+                    ),
+                    _ => {}
                 }
             }
         }
