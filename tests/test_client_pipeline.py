@@ -151,6 +151,20 @@ def test_connections_must_join_declared_ports_of_one_kind() -> None:
     ]
 
 
+def test_inputs_must_feed_a_port_of_their_kind_before_any_call() -> None:
+    # The server's words: GainNode has no `data` port; TextToSpeechNode takes no audio.
+    p = Pipeline("inputs")
+    p.add(GainNode("g"))
+    p.add(Node("TextToSpeechNode", "t"))
+    with Client("127.0.0.1:9", retry=RetryPolicy.none()) as client, pytest.raises(ValidationError) as info:
+        client.run(p, {"t": np.zeros(4, np.float32)}, sample_rate=16_000, data={"g": 1})
+    assert [str(v) for v in info.value.violations] == [
+        "audio_inputs[t]: audio_inputs: node `t` (TextToSpeechNode) has no input port `input`; its input ports are: data",
+        "data_inputs[g]: data_inputs: node `g` (GainNode) has no input port `data`; its input ports are: input",
+    ]
+    assert [v.node_id for v in info.value.violations] == ["t", "g"]
+
+
 def test_inputs_are_checked_with_the_pipeline_before_any_call() -> None:
     p = Pipeline("broken")
     a, b = p.add(GainNode("a", gain_db=500)), p.add(Node("VADNode", "b"))

@@ -79,6 +79,32 @@ export function sourceNodes(manifest: PipelineManifest): string[] {
 }
 
 /**
+ * The request's `what` feeds `node` on `port`, which must be an input port of `kind`, as the
+ * service checks it (in the service's words). A type `catalogue` does not know is left to the
+ * service.
+ */
+function inputPortViolations(
+  what: "audio_inputs" | "data_inputs",
+  node: PipelineManifest["nodes"][number],
+  port: string,
+  kind: "audio" | "data",
+  catalogue: Catalogue,
+): Violation[] {
+  const t = catalogue.get(node.nodeType);
+  if (t === undefined) return [];
+  const field = `${what}[${node.id}]`;
+  const taken = t.inputs.find((p) => p.name === port)?.kind;
+  if (taken === undefined) {
+    const names = t.inputs.map((p) => p.name).join(", ");
+    return [{ field, description: `${what}: node \`${node.id}\` (${t.name}) has no input port \`${port}\`; its input ports are: ${names}`, nodeId: node.id }];
+  }
+  if (taken !== kind) {
+    return [{ field, description: `${what}: input port \`${port}\` of node \`${node.id}\` takes ${taken}, not ${kind}`, nodeId: node.id }];
+  }
+  return [];
+}
+
+/**
  * The request for `inputs` (a bare Audio feeds the pipeline's only source node), after the
  * checks that need no server: node parameters and connection ports against `catalogue`, inputs
  * and output nodes name nodes of the pipeline, and every source node has an input. Problems are
@@ -101,9 +127,15 @@ export function executeRequest(
     if (text === undefined) problems.push({ field: `data_inputs[${id}]`, description: "is not JSON-serialisable", nodeId: id });
     else dataInputs[id] = text;
   }
-  for (const [what, names] of [["audio_inputs", Object.keys(audioInputs)], ["data_inputs", Object.keys(dataInputs)]] as const) {
+  const feeds = [
+    ["audio_inputs", Object.keys(audioInputs), INPUT_PORT, "audio"],
+    ["data_inputs", Object.keys(dataInputs), "data", "data"],
+  ] as const;
+  for (const [what, names, port, kind] of feeds) {
     for (const id of names) {
-      if (!ids.has(id)) problems.push({ field: `${what}[${id}]`, description: `no node "${id}" in this pipeline`, nodeId: id });
+      const node = manifest.nodes.find((n) => n.id === id);
+      if (node === undefined) problems.push({ field: `${what}[${id}]`, description: `no node "${id}" in this pipeline`, nodeId: id });
+      else problems.push(...inputPortViolations(what, node, port, kind, catalogue));
     }
   }
   const outputNodes = resolved.outputNodes ?? [];

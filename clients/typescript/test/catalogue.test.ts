@@ -111,6 +111,37 @@ describe("against the server", () => {
     );
   });
 
+  test("inputs for a port the node lacks are refused before any call, in the server's words", async () => {
+    // GainNode has no `data` port; TextToSpeechNode takes no audio.
+    const pipeline = new Pipeline("bad-inputs").gain("g").textToSpeech("t");
+    const audio = new Audio(new Float32Array(4), 16_000);
+    const local = await failure(() => client.execute(pipeline, { audio: { t: audio }, data: { g: 1 } }));
+    assert.equal(local.kind, "VALIDATION");
+    assert.equal(local.code, undefined, "refused by the client");
+    assert.deepEqual(
+      local.violations.map((v) => [v.field, v.description, v.nodeId]),
+      [
+        ["audio_inputs[t]", "audio_inputs: node `t` (TextToSpeechNode) has no input port `input`; its input ports are: data", "t"],
+        ["data_inputs[g]", "data_inputs: node `g` (GainNode) has no input port `data`; its input ports are: input", "g"],
+      ],
+    );
+    const raw = createRawClient(pb.PipelineService, createGrpcTransport({ baseUrl: server.url }));
+    const response = await raw.executePipeline(
+      create(pb.ExecuteRequestSchema, {
+        manifest: pipeline.toProto(),
+        audioInputs: { t: audio.toProto() },
+        dataInputs: { g: "1" },
+        clientVersion: "v1",
+      }),
+    );
+    assert.equal(response.outcome.case, "error");
+    const answer = JSON.parse(response.outcome.value.context) as { violations: { field: string; description: string }[] };
+    assert.deepEqual(
+      answer.violations.map((v) => [v.field, v.description]).sort(),
+      local.violations.map((v) => [v.field, v.description]).sort(),
+    );
+  });
+
   test("connections between missing ports or ports of different kinds are refused before any call", async () => {
     const pipeline = new Pipeline("bad-ports")
       .vad("vad")

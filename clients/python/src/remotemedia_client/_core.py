@@ -30,7 +30,7 @@ from remotemedia_client.errors import (
     from_rpc_error,
     merge,
 )
-from remotemedia_client.pipeline import Node, Pipeline
+from remotemedia_client.pipeline import Node, Pipeline, input_port_violations
 from remotemedia_client.results import Result, StreamStats
 from remotemedia_client.retry import RetryPolicy
 
@@ -227,9 +227,14 @@ def execute_request(
             data_text[node_id] = json.dumps(value)
         except (TypeError, ValueError) as e:
             problems.append(Violation(f"data_inputs[{node_id}]", f"is not JSON-serialisable: {e}", node_id))
-    ids = {n.id for n in p.nodes}
-    for what, names in (("audio_inputs", audio), ("data_inputs", data_text)):
-        problems += [Violation(f"{what}[{n}]", f"no node {n!r} in this pipeline", n) for n in names if n not in ids]
+    by_id = {n.id: n for n in p.nodes}
+    ids = set(by_id)
+    for what, names, port, kind in (("audio_inputs", audio, "input", "audio"), ("data_inputs", data_text, "data", "data")):
+        for n in names:
+            if n not in by_id:
+                problems.append(Violation(f"{what}[{n}]", f"no node {n!r} in this pipeline", n))
+            else:
+                problems += input_port_violations(what, by_id[n], port, kind, catalogue)
     outputs = [n.id if isinstance(n, Node) else n for n in output_nodes]
     problems += [Violation("output_nodes", f"no node {n!r} in this pipeline", n) for n in outputs if n not in ids]
     if not any(v.field == "inputs" for v in problems):

@@ -669,6 +669,25 @@ def _port_violations(j: int, c: Connection, source: Node, target: Node, catalogu
     return out
 
 
+def input_port_violations(what: str, node: Node, port: str, kind: str, catalogue: Catalogue) -> list[Violation]:
+    """The request's ``what`` (``audio_inputs`` or ``data_inputs``) feeds ``node`` on ``port``,
+    which must be an input port of ``kind``, as the service checks it. A type ``catalogue`` does
+    not know is left to the service."""
+    t = catalogue.get(node.type)
+    if t is None:
+        return []
+    field_name = f"{what}[{node.id}]"
+    taken = next((p.get("kind") for p in t.inputs if p.get("name") == port), None)
+    if taken is None:
+        names = ", ".join(p.get("name", "") for p in t.inputs)
+        return [
+            Violation(field_name, f"{what}: node `{node.id}` ({t.name}) has no input port `{port}`; its input ports are: {names}", node.id)
+        ]
+    if taken != kind:
+        return [Violation(field_name, f"{what}: input port `{port}` of node `{node.id}` takes {taken}, not {kind}", node.id)]
+    return []
+
+
 def _id(node: Node | str) -> str:
     return node.id if isinstance(node, Node) else node
 
