@@ -105,3 +105,20 @@ async def test_a_chunk_before_the_manifest_is_refused(server: RunningServer) -> 
         errors = [r.error for r in await drain(call) if r.WhichOneof("response") == "error"]
         assert await call.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "must be the manifest" in errors[0].message
+
+
+async def test_a_chunk_for_a_node_that_takes_no_audio_ends_the_stream_like_a_wrong_node_id(server: RunningServer) -> None:
+    # TextToSpeechNode takes text on `data` only: its chunk cannot be run, so the stream ends
+    # with INVALID_ARGUMENT naming the node's ports, as a chunk for an unknown node does.
+    for node_id, says in [
+        ("tts", "node `tts` (TextToSpeechNode) has no audio input port `input`; its input ports are: data"),
+        ("ghost", "not a node of this pipeline"),
+    ]:
+        async with AsyncClient(server.address) as client:
+            call = client.stream_call()
+            await call.write(pb.StreamRequest(manifest=manifest([node("tts", "TextToSpeechNode")])))
+            await call.write(pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=node_id, buffer=f32(np.zeros(160)), sequence=0)))
+            errors = [r.error for r in await drain(call) if r.WhichOneof("response") == "error"]
+            assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT, node_id
+        assert len(errors) == 1 and says in errors[0].message, errors
+    await wait_gauge_zero(server, "remotemedia_active_streams")

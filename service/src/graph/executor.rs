@@ -173,6 +173,23 @@ impl Pipeline {
         self.plan.index_of(id)
     }
 
+    /// Whether node `index` takes audio on its `input` port, where stream chunks go; if not, a
+    /// description naming the node and the ports it has.
+    pub fn check_audio_input(&self, index: usize) -> Result<(), String> {
+        let node = &self.plan.nodes[index];
+        let inputs = &node.resolved.spec.inputs;
+        if inputs.iter().any(|p| p.name == crate::nodes::INPUT && p.kind == crate::nodes::PortKind::Audio) {
+            return Ok(());
+        }
+        let names: Vec<&str> = inputs.iter().map(|p| p.name.as_str()).collect();
+        Err(format!(
+            "node `{}` ({}) has no audio input port `input`; its input ports are: {}",
+            crate::text::quoted(&node.id),
+            node.resolved.node_type,
+            names.join(", ")
+        ))
+    }
+
     /// Each node's type, as its reports carry it, and runtime, in manifest order.
     pub fn node_types(&self) -> impl Iterator<Item = (&Arc<str>, crate::nodes::Runtime)> {
         self.names.iter().zip(&self.plan.nodes).map(|((_, t), n)| (t, n.resolved.runtime()))

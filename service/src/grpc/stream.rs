@@ -371,6 +371,9 @@ impl Session {
                 text::list(pipeline.node_ids(), text::MAX_LISTED)
             )));
         };
+        if let Err(why) = pipeline.check_audio_input(index) {
+            return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence}: {why}")));
+        }
         let Some(buffer) = chunk.buffer else {
             return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence} has no buffer")));
         };
