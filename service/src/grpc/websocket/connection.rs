@@ -168,7 +168,7 @@ impl Connection {
                     pong_due = None;
                     let end = match input {
                         Input::Frame(frame) => self.on_frame(frame).await,
-                        Input::Raw(read) => self.discarded(read),
+                        Input::Raw(read) => self.discarded(read, &scratch),
                     };
                     if let Some(end) = end {
                         return end;
@@ -244,9 +244,16 @@ impl Connection {
         self.reading = Reading::Raw { until: Instant::now() + LINGER_TIMEOUT, left: LINGER_LIMIT_BYTES };
     }
 
-    /// Counts raw bytes read and dropped; `Some` when the connection is over.
-    fn discarded(&mut self, read: std::io::Result<usize>) -> Option<End> {
+    /// Counts raw bytes read (into `scratch`) and dropped; `Some` when the connection is over:
+    /// the client closed its side, or answered the server's close frame.
+    fn discarded(&mut self, read: std::io::Result<usize>, scratch: &[u8]) -> Option<End> {
         let Reading::Raw { until, left } = self.reading else { return None };
+        if let Ok(n) = read
+            && self.closed_at.is_some()
+            && ends_with_client_close(&scratch[..n])
+        {
+            return Some(End::Closed);
+        }
         match read {
             Ok(n) if n > 0 && n < left => self.reading = Reading::Raw { until, left: left - n },
             Ok(n) if n > 0 => self.reading = Reading::Stopped,
@@ -281,6 +288,21 @@ impl Connection {
     }
 }
 
+/// Whether `bytes` end with a whole close frame as a client sends it (FIN and opcode 8, masked,
+/// a payload of at most 125 bytes). Once a frame too large to read has cost the framing, this is
+/// how the client's answer to the server's close is recognised, so the connection ends at once
+/// instead of after [`CLOSE_TIMEOUT`]. A dropped frame's bytes could end the same way by chance:
+/// the connection then ends early, after the server's close went out, which costs nothing.
+fn ends_with_client_close(bytes: &[u8]) -> bool {
+    (0..=125u8).any(|len| {
+        let total = 6 + usize::from(len);
+        bytes.len() >= total && {
+            let frame = &bytes[bytes.len() - total..];
+            frame[0] == 0x88 && frame[1] == 0x80 | len
+        }
+    })
+}
+
 /// What reading the socket yielded: a frame, or raw bytes once the framing is lost.
 enum Input {
     Frame(Option<Result<Message, WsError>>),
@@ -298,4 +320,26 @@ fn decode(data: Bytes) -> Request {
         StreamRequest::decode(data).map_err(|e| status::malformed_message(format_args!("not a StreamRequest: {e}")));
     observe::codec("decode", started.elapsed());
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_close_frame_is_recognised_at_the_end_of_dropped_bytes() {
+        // A masked close frame with code 1000 and no reason: 0x88, 0x80 | 2, mask, payload.
+        let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
+        let mut dropped = vec![0u8; 4096];
+        assert!(!ends_with_client_close(&dropped));
+        dropped.extend_from_slice(&close);
+        assert!(ends_with_client_close(&dropped));
+        assert!(ends_with_client_close(&close));
+        // Cut short, or followed by more bytes, it is not (yet) a whole close frame at the end.
+        assert!(!ends_with_client_close(&close[..7]));
+        dropped.push(0);
+        assert!(!ends_with_client_close(&dropped));
+        // A server's (unmasked) close is not a client's.
+        assert!(!ends_with_client_close(&[0x88, 0x02, 0x03, 0xe8]));
+    }
 }
