@@ -4,6 +4,10 @@ the contract promises (VALIDATION, or RESOURCE_LIMIT at the time limit), never r
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,3 +85,42 @@ def test_a_tiny_input_whose_resampler_takes_long_to_build_still_meets_the_time_l
         # The server is still answering (the abandoned build finishes on the blocking pool).
         ok = client.execute(pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(4))}))
         assert ok.WhichOneof("outcome") == "result"
+
+
+def peak_rss_growth_kib(pid: int, call: Callable[[], pb.ExecuteResponse]) -> tuple[pb.ExecuteResponse, int]:
+    """Runs `call`; its answer and how far the server's peak resident size rose above its
+    resident size before it (writing 5 to clear_refs resets the peak)."""
+
+    def kib(field: str) -> int:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+        return int(line.split()[1])
+
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = kib("VmRSS")
+    resp = call()
+    return resp, kib("VmHWM") - before
+
+
+@pytest.mark.parametrize(
+    ("stage", "audio", "output_mb"),
+    [
+        # 1 M mono samples to 256 channels: 1 GB of output.
+        (node("n", "ChannelMixerNode", output_channels=256), f32(np.zeros(1_000_000)), 1_000),
+        # 100 000 samples at 1 kHz to 768 kHz: 76.8 M samples, 600 MB collected and written.
+        (node("n", "AudioResampleNode", output_rate=768_000), f32(np.zeros(100_000), rate=1_000), 600),
+    ],
+    ids=["upmix to 256 channels", "upsample 768x"],
+)
+def test_an_output_over_the_memory_limit_is_refused_before_it_is_allocated(
+    server: RunningServer, stage: pb.NodeManifest, audio: pb.AudioBuffer, output_mb: int
+) -> None:
+    req = pb.ExecuteRequest(manifest=manifest([stage]), audio_inputs={"n": audio})  # the default limit: 100 MiB
+    with Client(server.address) as client:
+        resp, grown_kib = peak_rss_growth_kib(server.proc.pid, lambda: client.execute(req))
+    assert resp.error.error_type == pb.ERROR_TYPE_RESOURCE_LIMIT, resp
+    assert "memory limit of 104857600 bytes" in resp.error.message, resp.error.message
+    context = json.loads(resp.error.context)
+    assert context["limit"] == "max_memory_bytes" and context["needed_bytes"] > output_mb * 1_000_000, context
+    assert resp.error.failing_node_id == "n"
+    # Refused before the output was made: the server's peak grew by far less than the output.
+    assert grown_kib < output_mb * 1_000 / 4, f"the server's peak resident size grew by {grown_kib} KiB"

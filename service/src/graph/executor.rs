@@ -353,7 +353,10 @@ impl Pipeline {
                     .take()
                     .ok_or_else(|| ExecError::Internal(format!("node `{}` is not available", self.plan.nodes[i].id)))?;
                 let inline = matches!(&instance, NodeInstance::Native(n) if !n.is_heavy(&inputs));
-                let ctx = self.context(i, inline, cancel);
+                let mut ctx = self.context(i, inline, cancel);
+                if let Some(limit) = max_memory {
+                    ctx = ctx.with_memory(limit, run.memory.live());
+                }
                 let call = self.invoke(i, instance, inputs, mode, ctx);
                 if !inline {
                     inflight.get_or_insert_with(FuturesUnordered::new).push(call);
@@ -537,6 +540,15 @@ impl Pipeline {
                 if !retry {
                     let err = if error.kind == crate::nodes::NodeErrorKind::Cancelled {
                         ExecError::Cancelled
+                    } else if error.kind == crate::nodes::NodeErrorKind::MemoryLimit
+                        && let Some((limit, needed)) = error
+                            .context
+                            .as_deref()
+                            .and_then(|c| Some((c.get("limit_bytes")?.as_u64()?, c.get("needed_bytes")?.as_u64()?)))
+                    {
+                        // Refused before the output was made: the run's memory limit, as if
+                        // the output had been counted.
+                        ExecError::MemoryLimit { limit, needed, node_id: Some(ctx.node_id.to_string()) }
                     } else {
                         ExecError::Node {
                             node_id: ctx.node_id.to_string(),

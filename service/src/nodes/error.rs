@@ -54,6 +54,10 @@ pub enum NodeErrorKind {
     /// The input is of a form the node does not take (audio at another sample rate or channel
     /// count): the request itself is invalid. Reported as VALIDATION; not retried.
     Validation,
+    /// The node's output would take the run over its memory limit; refused before it was
+    /// allocated ([`super::NodeContext::reserve_output`]). The executor reports it as the
+    /// run's memory limit (RESOURCE_LIMIT, `limit: "max_memory_bytes"`).
+    MemoryLimit,
     /// A shared resource the node needs stayed busy past its wait (every instance of a pooled
     /// model leased): RESOURCE_LIMIT, with `retry_after`. Not retried, not the node's fault.
     ResourceLimit,

@@ -69,9 +69,13 @@ pub struct FormatConverterNode {
 }
 
 impl Node for FormatConverterNode {
-    fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         self.layout.check(audio)?;
+        if self.target.bytes_per_sample() > audio.format().bytes_per_sample() {
+            // i16 → f32 or i32 doubles the audio: the limit is checked before the copy is made.
+            ctx.reserve_output((audio.num_samples() * self.target.bytes_per_sample()) as u64)?;
+        }
         self.converted += audio.num_samples() as u64;
         Ok(Ports::audio_output(convert(audio, self.target, &mut self.arena)))
     }

@@ -22,7 +22,7 @@ pub struct ChannelMixerNode {
 }
 
 impl Node for ChannelMixerNode {
-    fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         self.layout.check(audio)?;
         let (n, m) = (audio.channels() as usize, self.output_channels as usize);
@@ -30,9 +30,11 @@ impl Node for ChannelMixerNode {
             return Ok(Ports::audio_output(audio.clone()));
         }
         let frames = audio.frames();
+        let width = audio.format().bytes_per_sample();
         if m > n {
+            // Up to 256 channels from one: the limit is checked before the copy is made.
+            ctx.reserve_output((frames * m * width) as u64)?;
             // Duplication copies whole samples, so every format is copied exactly.
-            let width = audio.format().bytes_per_sample();
             let src = audio.bytes();
             let out = self.arena.write_raw(frames * m * width, audio.format(), audio.sample_rate(), m as u32, |out| {
                 for (f, dst) in out.chunks_exact_mut(m * width).enumerate() {

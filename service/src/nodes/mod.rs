@@ -73,11 +73,40 @@ pub struct NodeContext {
     pub node_id: Arc<str>,
     pub node_type: Arc<str>,
     pub cancel: CancellationToken,
+    /// The run's memory limit and the bytes it held when the call started, in bytes; `None`
+    /// without a limit.
+    pub memory: Option<(u64, u64)>,
 }
 
 impl NodeContext {
     pub fn new(node_id: impl Into<Arc<str>>, node_type: impl Into<Arc<str>>, cancel: CancellationToken) -> Self {
-        Self { node_id: node_id.into(), node_type: node_type.into(), cancel }
+        Self { node_id: node_id.into(), node_type: node_type.into(), cancel, memory: None }
+    }
+
+    /// The same context under a memory limit of `limit` bytes, of which the run holds `live`.
+    pub fn with_memory(mut self, limit: u64, live: u64) -> Self {
+        self.memory = Some((limit, live));
+        self
+    }
+
+    /// Refuses, before anything is allocated, an output of `bytes` that would take the run over
+    /// its memory limit (RESOURCE_LIMIT). Nodes whose output can be many times their input
+    /// (upmixing, upsampling, widening the sample format) call this first, so the limit holds
+    /// before the memory is taken rather than only after the node returns.
+    pub fn reserve_output(&self, bytes: u64) -> Result<(), NodeError> {
+        let Some((limit, live)) = self.memory else { return Ok(()) };
+        let needed = live.saturating_add(bytes);
+        if needed <= limit {
+            return Ok(());
+        }
+        let mut error = NodeError::new(
+            NodeErrorKind::MemoryLimit,
+            format!(
+                "its output of {bytes} bytes would bring the pipeline to {needed} bytes, over its limit of {limit}"
+            ),
+        );
+        error.context = Some(Box::new(serde_json::json!({ "limit_bytes": limit, "needed_bytes": needed })));
+        Err(error)
     }
 
     /// Returns `Err(Cancelled)` once the execution has been cancelled or timed out. Long loops

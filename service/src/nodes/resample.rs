@@ -331,6 +331,13 @@ impl Node for ResampleNode {
             ))
             .with_field("input.sample_rate"));
         }
+        if self.output_rate > audio.sample_rate() {
+            // Upsampling multiplies the audio (768× from 1 kHz to 768 kHz), collected as f32 and
+            // then written in the input's format: the limit is checked before either is made.
+            let frames = (audio.frames() as u64 * u64::from(self.output_rate)).div_ceil(u64::from(audio.sample_rate()));
+            let width = 4 + audio.format().bytes_per_sample() as u64;
+            ctx.reserve_output(frames * u64::from(audio.channels()) * width)?;
+        }
         match &self.stream {
             Some(st) => check::same_layout(audio, st.input_rate, st.channels as u32)?,
             None => {
