@@ -19,14 +19,24 @@ from remotemedia_nodes import builtin as _builtin  # noqa: E402  (registers the 
 from remotemedia_nodes import models  # noqa: E402
 from remotemedia_nodes.audio import Audio, from_float  # noqa: E402
 from remotemedia_nodes.declare import Exclusive, Param, Port  # noqa: E402
-from remotemedia_nodes.errors import Cancelled, InvalidInput, NodeError, ParamError, ParamErrors, TransientError, UnsupportedAudio  # noqa: E402
-from remotemedia_nodes.registry import Node, declarations, node, node_types  # noqa: E402
+from remotemedia_nodes.errors import (  # noqa: E402
+    Cancelled,
+    InvalidInput,
+    MemoryLimitExceeded,
+    NodeError,
+    ParamError,
+    ParamErrors,
+    TransientError,
+    UnsupportedAudio,
+)
+from remotemedia_nodes.registry import Node, declarations, node, node_types, reserve_output  # noqa: E402
 
 __all__ = [
     "Audio",
     "Cancelled",
     "Exclusive",
     "InvalidInput",
+    "MemoryLimitExceeded",
     "Node",
     "NodeError",
     "Param",
@@ -40,5 +50,6 @@ __all__ = [
     "models",
     "node",
     "node_types",
+    "reserve_output",
 ]
 del _builtin, _var

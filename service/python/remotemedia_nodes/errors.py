@@ -8,6 +8,7 @@
 | any other exception | a node failure: NODE_EXECUTION | no (counts toward the circuit breaker) |
 | ``ParamError`` (from ``__init__``) | bad parameters: VALIDATION | no |
 | ``ModelPoolExhausted`` (:mod:`remotemedia_nodes.models`) | no model instance free in time: RESOURCE_LIMIT, with a retry delay | no |
+| ``MemoryLimitExceeded`` (from :func:`reserve_output`) | an output over the run's memory limit: RESOURCE_LIMIT | no |
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ class ParamErrors(NodeError, ValueError):
     def __init__(self, errors: list[ParamError]) -> None:
         super().__init__("; ".join(str(e) for e in errors))
         self.errors = errors
+
+
+class MemoryLimitExceeded(NodeError):
+    """An output the node was about to make would take the run over its memory limit (see
+    :func:`remotemedia_nodes.reserve_output`); reported as the run's memory limit."""
+
+    def __init__(self, limit_bytes: int, needed_bytes: int, output_bytes: int) -> None:
+        super().__init__(f"its output of {output_bytes} bytes would bring the pipeline to {needed_bytes} bytes, over its limit of {limit_bytes}")
+        self.limit_bytes = limit_bytes
+        self.needed_bytes = needed_bytes
 
 
 class Cancelled(BaseException):

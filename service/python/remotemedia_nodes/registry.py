@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,7 @@ import numpy as np
 from remotemedia_nodes import models
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Exclusive, Port, declaration
-from remotemedia_nodes.errors import ParamError, ParamErrors
+from remotemedia_nodes.errors import MemoryLimitExceeded, ParamError, ParamErrors
 from remotemedia_nodes.models import Model
 
 _NODES: dict[str, type[Node]] = {}
@@ -159,12 +160,37 @@ def split_outputs(outputs: Any) -> tuple[dict[str, Audio], str | None]:
     return audio, (json.dumps(data, allow_nan=False) if data else None)
 
 
-def call(instance: Any, method: str, inputs: dict[str, Any] | None) -> tuple[dict[str, Audio], str | None]:
-    """Calls ``process(inputs)`` or ``flush()`` and splits the result."""
-    if method == "process":
-        return split_outputs(instance.process(inputs))
-    fn = getattr(instance, "flush", None)
-    return split_outputs(fn() if fn is not None else None)
+#: The memory limit of the call running on this thread and what the run held when it started,
+#: in bytes (``None`` without a limit); read by :func:`reserve_output`.
+_memory = threading.local()
+
+
+def reserve_output(nbytes: int) -> None:
+    """Refuses, before it is allocated, an output of ``nbytes`` bytes that would take the run
+    over its memory limit, raising :class:`MemoryLimitExceeded` (RESOURCE_LIMIT). Nodes whose
+    output can be many times their input (upmixing, upsampling, widening the sample format)
+    call it first, as the native nodes do. Outside a server call it does nothing."""
+    budget = getattr(_memory, "budget", None)
+    if budget is None:
+        return
+    limit, live = budget
+    if live + nbytes > limit:
+        raise MemoryLimitExceeded(limit, live + nbytes, nbytes)
+
+
+def call(
+    instance: Any, method: str, inputs: dict[str, Any] | None, memory: tuple[int, int] | None = None
+) -> tuple[dict[str, Audio], str | None]:
+    """Calls ``process(inputs)`` or ``flush()`` and splits the result. ``memory`` is the run's
+    memory limit and the bytes it holds, ``(limit, live)``, for :func:`reserve_output`."""
+    _memory.budget = memory
+    try:
+        if method == "process":
+            return split_outputs(instance.process(inputs))
+        fn = getattr(instance, "flush", None)
+        return split_outputs(fn() if fn is not None else None)
+    finally:
+        _memory.budget = None
 
 
 def close(instance: Any) -> None:

@@ -98,11 +98,11 @@ impl PyNode {
             p = self.busy.clone().lock_owned() => p,
             () = ctx.cancel.cancelled() => return Err(NodeError::cancelled()),
         };
-        let (instance, api) = (self.instance.clone(), self.api.clone());
+        let (instance, api, memory) = (self.instance.clone(), self.api.clone(), ctx.memory);
         let job = move |py: Python<'_>| {
             let _permit = permit;
             let cpu = thread_cpu_time();
-            let outcome: Outcome = match invoke(py, &api, &instance, method, inputs.as_ref()) {
+            let outcome: Outcome = match invoke(py, &api, &instance, method, inputs.as_ref(), memory) {
                 Ok(outputs) => Ok(Ok(outputs)),
                 Err(Failure::Python(err)) => match model_busy(py, &api, &err) {
                     Some(busy) => Err(busy),
@@ -183,12 +183,14 @@ fn invoke(
     instance: &Py<PyAny>,
     method: &str,
     inputs: Option<&Ports>,
+    memory: Option<(u64, u64)>,
 ) -> Result<Ports, Failure> {
     let args = match inputs {
         Some(ports) => bridge::inputs(py, api, ports).map_err(Failure::Python)?.into_any(),
         None => py.None().into_bound(py),
     };
-    let result = api.call.bind(py).call1((instance.bind(py), method, args)).map_err(Failure::Python)?;
+    // The run's memory limit and holdings, for the node's `reserve_output` calls.
+    let result = api.call.bind(py).call1((instance.bind(py), method, args, memory)).map_err(Failure::Python)?;
     bridge::outputs(&result).map_err(Failure::Output)
 }
 
@@ -210,6 +212,8 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
         NodeErrorKind::Cancelled
     } else if is(&api.model_pool_exhausted) {
         NodeErrorKind::ResourceLimit
+    } else if is(&api.memory_limit_exceeded) {
+        NodeErrorKind::MemoryLimit
     } else if is(&api.unsupported_audio) {
         NodeErrorKind::Validation
     } else if is(&api.transient)
@@ -243,6 +247,13 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
         format!("{type_name}: {text}")
     };
     let error = NodeError::new(kind, message);
+    if kind == NodeErrorKind::MemoryLimit {
+        // The executor reports it as the run's memory limit, from these two figures.
+        let value = err.value(py);
+        let bytes = |name: &str| value.getattr(name).ok().and_then(|v| v.extract::<u64>().ok()).unwrap_or_default();
+        return error
+            .with_context(json!({ "limit_bytes": bytes("limit_bytes"), "needed_bytes": bytes("needed_bytes") }));
+    }
     if kind == NodeErrorKind::ResourceLimit {
         let value = err.value(py);
         let attr = |name: &str| value.getattr(name).ok();

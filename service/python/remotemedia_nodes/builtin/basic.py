@@ -14,7 +14,7 @@ import numpy as np
 from remotemedia_nodes.audio import Audio, from_float
 from remotemedia_nodes.declare import Exclusive, Port
 from remotemedia_nodes.errors import InvalidInput, UnsupportedAudio
-from remotemedia_nodes.registry import Node, node
+from remotemedia_nodes.registry import Node, node, reserve_output
 
 _FORMATS = {"f32": np.float32, "i16": np.int16, "i32": np.int32}
 #: The sample formats' names, as the native nodes spell them in messages.
@@ -125,6 +125,9 @@ class FormatConverter(Node):
         src, dst = a.samples.dtype.type, self.target
         if src is dst:
             return {"output": a}
+        if np.dtype(dst).itemsize > a.samples.dtype.itemsize:
+            # Widening doubles the audio: the memory limit is checked before the copy is made.
+            reserve_output(a.samples.size * np.dtype(dst).itemsize)
         if src is np.int16 and dst is np.int32:
             return {"output": Audio(a.samples.astype(np.int32) << 16, a.sample_rate)}
         if src is np.int32 and dst is np.int16:
@@ -151,6 +154,8 @@ class ChannelMixer(Node):
             return {"output": a}
         x = a.samples if a.samples.ndim == 2 else a.samples[:, None]
         if m > n:
+            # Up to 256 channels from one: the memory limit is checked before the copy is made.
+            reserve_output(x.shape[0] * m * x.dtype.itemsize)
             return {"output": Audio(np.ascontiguousarray(x[:, [j % n for j in range(m)]]), a.sample_rate)}
         f = a.as_float()
         y = np.stack([f[:, j::m].mean(axis=1) for j in range(m)], axis=1)

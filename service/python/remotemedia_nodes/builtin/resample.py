@@ -10,7 +10,7 @@ import soxr
 from remotemedia_nodes.audio import from_float
 from remotemedia_nodes.builtin.basic import StreamLayout, audio_input, shaped
 from remotemedia_nodes.errors import UnsupportedAudio
-from remotemedia_nodes.registry import Node, node
+from remotemedia_nodes.registry import Node, node, reserve_output
 
 _QUALITY = {"low": "LQ", "medium": "MQ", "high": "VHQ"}
 #: The input rates taken, in Hz, as the native node's (its `output_rate` and `input_rate`
@@ -49,6 +49,11 @@ class AudioResample(Node):
             raise UnsupportedAudio(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz")
         if not MIN_RATE <= a.sample_rate <= MAX_RATE:
             raise UnsupportedAudio(f"AudioResampleNode: input sample_rate {a.sample_rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz")
+        if self.output_rate > a.sample_rate:
+            # Upsampling multiplies the audio (768x from 1 kHz), resampled as f32 and then written
+            # in the input's format: the memory limit is checked before either is made.
+            frames = -(-a.frames * self.output_rate // a.sample_rate)
+            reserve_output(frames * a.channels * (4 + a.samples.dtype.itemsize))
         if self.layout.check(a):
             self.dtype = a.samples.dtype.type
             self.stream = soxr.ResampleStream(a.sample_rate, self.output_rate, a.channels, dtype="float32", quality=self.quality)
