@@ -230,12 +230,20 @@ CATALOGUE: dict[str, Any] = {
         {
             "name": "LoudnessNode",
             "aliases": [],
-            "description": "ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio.",
+            "description": "ITU-R BS.1770 integrated loudness, reported at the end of the audio.",
             "details": "Passes the audio through and, when the input ends (a request, or a stream's "
             "close), reports\n"
             "its integrated loudness on data port `lufs` (LUFS; null for silence and for "
             "audio shorter\n"
-            "than one 0.4 s gating block, which has no measurable loudness). Python only.",
+            "than one 0.4 s gating block, which has no measurable loudness). The audio is "
+            "K-weighted as\n"
+            "it arrives (pyloudnorm's filters, with their state kept across chunks) and only "
+            "the energy\n"
+            "of each 100 ms step is kept, so a stream of any length holds a few bytes per "
+            "second; the\n"
+            "result equals pyloudnorm's `Meter.integrated_loudness` on the whole audio. "
+            "Takes 8 to\n"
+            "768 kHz and at most 5 channels (L, R, C, Ls, Rs). Python only.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",
@@ -243,7 +251,7 @@ CATALOGUE: dict[str, Any] = {
                 "required": [],
                 "additionalProperties": False,
             },
-            "inputs": [{"name": "input", "kind": "audio", "description": "audio at any rate"}],
+            "inputs": [{"name": "input", "kind": "audio", "description": "audio at 8 to 768 kHz, at most 5 channels (L, R, C, Ls, Rs)"}],
             "outputs": [
                 {"name": "output", "kind": "audio", "description": "the input audio, unchanged"},
                 {"name": "lufs", "kind": "data", "description": "integrated loudness in LUFS, or null for silence or under 0.4 s of audio"},

@@ -141,7 +141,7 @@ class GainNode(Node):
 
 
 class LoudnessNode(Node):
-    """ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio.
+    """ITU-R BS.1770 integrated loudness, reported at the end of the audio.
 
     Inputs: ``input`` (audio). Outputs: ``output`` (audio), ``lufs`` (data).
     Runs Python.

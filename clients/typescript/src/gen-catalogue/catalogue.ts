@@ -334,8 +334,8 @@ export const CATALOGUE: CatalogueJson = {
     {
       "name": "LoudnessNode",
       "aliases": [],
-      "description": "ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio.",
-      "details": "Passes the audio through and, when the input ends (a request, or a stream's close), reports\nits integrated loudness on data port `lufs` (LUFS; null for silence and for audio shorter\nthan one 0.4 s gating block, which has no measurable loudness). Python only.",
+      "description": "ITU-R BS.1770 integrated loudness, reported at the end of the audio.",
+      "details": "Passes the audio through and, when the input ends (a request, or a stream's close), reports\nits integrated loudness on data port `lufs` (LUFS; null for silence and for audio shorter\nthan one 0.4 s gating block, which has no measurable loudness). The audio is K-weighted as\nit arrives (pyloudnorm's filters, with their state kept across chunks) and only the energy\nof each 100 ms step is kept, so a stream of any length holds a few bytes per second; the\nresult equals pyloudnorm's `Meter.integrated_loudness` on the whole audio. Takes 8 to\n768 kHz and at most 5 channels (L, R, C, Ls, Rs). Python only.",
       "params_schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
@@ -347,7 +347,7 @@ export const CATALOGUE: CatalogueJson = {
         {
           "name": "input",
           "kind": "audio",
-          "description": "audio at any rate"
+          "description": "audio at 8 to 768 kHz, at most 5 channels (L, R, C, Ls, Rs)"
         }
       ],
       "outputs": [

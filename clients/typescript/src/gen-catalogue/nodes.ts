@@ -51,7 +51,7 @@ export interface GainParams {
   gain?: number;
 }
 
-/** Parameters of LoudnessNode: ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio. */
+/** Parameters of LoudnessNode: ITU-R BS.1770 integrated loudness, reported at the end of the audio. */
 export type LoudnessParams = Record<string, never>;
 
 /** Parameters of PassThroughNode: Forwards its audio and data unchanged: a join point, a tap, a source. */
@@ -140,7 +140,7 @@ export abstract class NodeBuilders {
     return this.node(id, "GainNode", { ...params }, options);
   }
 
-  /** Adds a LoudnessNode: ITU-R BS.1770 integrated loudness (pyloudnorm), reported at the end of the audio. */
+  /** Adds a LoudnessNode: ITU-R BS.1770 integrated loudness, reported at the end of the audio. */
   loudness(id: string, params: LoudnessParams = {}, options?: NodeOptions): this {
     return this.node(id, "LoudnessNode", { ...params }, options);
   }
