@@ -135,8 +135,9 @@ def test_both_runtimes_refuse_a_layout_change_in_the_same_words(
         )
         assert code == grpc.StatusCode.OK
         (err,) = errors(responses)
-        found[runtime] = (err.error_type, without_python_prefix(err.message, node_type))
-    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, native_message(node_type, text))
+        found[runtime] = (err.error_type, without_python_prefix(err.message, node_type), json.loads(err.context).get("field"))
+    field = "input.sample_rate" if "sample_rate" in text else "input.channels"
+    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, native_message(node_type, text), field)
 
 
 def test_both_chunkers_refuse_a_format_change_in_the_same_words(server: RunningServer) -> None:
@@ -146,9 +147,9 @@ def test_both_chunkers_refuse_a_format_change_in_the_same_words(server: RunningS
         responses, code = stream(server, n, [i16(noise(1_600)), f32(noise(1_600))])
         assert code == grpc.StatusCode.OK
         (err,) = errors(responses)
-        found[runtime] = (err.error_type, without_python_prefix(err.message, "AudioChunkerNode"))
+        found[runtime] = (err.error_type, without_python_prefix(err.message, "AudioChunkerNode"), json.loads(err.context).get("field"))
     expected = native_message("AudioChunkerNode", "input format changed from i16 to f32 within the stream")
-    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, expected)
+    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, expected, "input.format")
 
 
 @pytest.mark.parametrize(
@@ -180,9 +181,13 @@ def test_both_resamplers_refuse_an_input_rate_outside_1000_to_768000_hz(server: 
     for runtime in (RUST, CPYTHON):
         resp = execute(server, node("n", "AudioResampleNode", runtime=runtime, output_rate=16_000), f32(np.ones(2, np.float32), rate))
         assert resp.WhichOneof("outcome") == "error", f"runtime {runtime} resampled {rate} Hz"
-        found[runtime] = (resp.error.error_type, without_python_prefix(resp.error.message, "AudioResampleNode"))
+        found[runtime] = (
+            resp.error.error_type,
+            without_python_prefix(resp.error.message, "AudioResampleNode"),
+            json.loads(resp.error.context).get("field"),
+        )
     expected = native_message("AudioResampleNode", f"input sample_rate {rate} Hz is outside 1000..=768000 Hz")
-    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, expected)
+    assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, expected, "input.sample_rate")
 
 
 @pytest.mark.parametrize("output_rate", [999, 768_001])

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 
 class NodeError(Exception):
-    """Base class of the exceptions nodes raise on purpose."""
+    """Base class of the exceptions nodes raise on purpose. ``field`` names the input or
+    parameter at fault (``input.sample_rate``), as the native nodes' errors do; the client gets
+    it as the error's ``context.field``."""
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class InvalidInput(NodeError, ValueError):

@@ -16,6 +16,7 @@ use super::models::{self, ModelSettings};
 use super::worker::{Expect, JobError, Workers};
 use crate::graph::metrics::thread_cpu_time;
 use crate::nodes::{AsyncNode, AsyncOutput, NodeContext, NodeError, NodeErrorKind, ParamError, Ports};
+use crate::text;
 
 /// One instance of a Python node class.
 pub struct PyNode {
@@ -246,7 +247,11 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
     } else {
         format!("{type_name}: {text}")
     };
-    let error = NodeError::new(kind, message);
+    let mut error = NodeError::new(kind, message);
+    // The input or parameter at fault, when the node named it (`field=` on its exception).
+    if let Some(field) = err.value(py).getattr("field").ok().and_then(|f| f.extract::<String>().ok()) {
+        error = error.with_field(text::clip(&field, text::MAX_QUOTED_BYTES));
+    }
     if kind == NodeErrorKind::MemoryLimit {
         // The executor reports it as the run's memory limit, from these two figures.
         let value = err.value(py);

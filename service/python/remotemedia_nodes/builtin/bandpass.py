@@ -54,7 +54,8 @@ class BandpassFilter(Node):
         if needed <= MAX_RESAMPLE_RATE:
             fix += f" or put an AudioResampleNode with output_rate {needed} or more before it"
         raise UnsupportedAudio(
-            f"BandpassFilterNode: high_hz {self.high} Hz is at or above the Nyquist frequency of {rate} Hz audio ({nyquist} Hz); {fix}"
+            f"BandpassFilterNode: high_hz {self.high} Hz is at or above the Nyquist frequency of {rate} Hz audio ({nyquist} Hz); {fix}",
+            field="input.sample_rate",
         )
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:

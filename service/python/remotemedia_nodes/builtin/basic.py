@@ -26,10 +26,10 @@ def audio_input(inputs: dict[str, Any], node_name: str) -> Audio:
     audio is valid: a node given none returns an empty `output` in its output layout."""
     audio = inputs.get("input")
     if not isinstance(audio, Audio):
-        raise InvalidInput(f"{node_name}: missing input port `input`")
+        raise InvalidInput(f"{node_name}: missing input port `input`", field="input")
     if audio.samples.dtype == np.float32 and not np.all(np.isfinite(audio.samples)):
         index = int(np.flatnonzero(~np.isfinite(audio.samples.reshape(-1)))[0])
-        raise InvalidInput(f"{node_name}: input sample {index} is {audio.samples.reshape(-1)[index]}; audio must be finite")
+        raise InvalidInput(f"{node_name}: input sample {index} is {audio.samples.reshape(-1)[index]}; audio must be finite", field="input")
     return audio
 
 
@@ -66,13 +66,17 @@ class StreamLayout:
         rate, channels, first_dtype = self.first
         if audio.sample_rate != rate:
             raise UnsupportedAudio(
-                f"{self.node_name}: input sample_rate changed from {rate} Hz to {audio.sample_rate} Hz within the stream"
+                f"{self.node_name}: input sample_rate changed from {rate} Hz to {audio.sample_rate} Hz within the stream",
+                field="input.sample_rate",
             )
         if audio.channels != channels:
-            raise UnsupportedAudio(f"{self.node_name}: input channels changed from {channels} to {audio.channels} within the stream")
+            raise UnsupportedAudio(
+                f"{self.node_name}: input channels changed from {channels} to {audio.channels} within the stream", field="input.channels"
+            )
         if self.with_format and dtype is not first_dtype:
             raise UnsupportedAudio(
-                f"{self.node_name}: input format changed from {FORMAT_NAMES[first_dtype]} to {FORMAT_NAMES[dtype]} within the stream"
+                f"{self.node_name}: input format changed from {FORMAT_NAMES[first_dtype]} to {FORMAT_NAMES[dtype]} within the stream",
+                field="input.format",
             )
         return False
 
@@ -168,10 +172,12 @@ def require_audio(audio: Audio, node_name: str, sample_rate: int, channels: int 
     if audio.sample_rate != sample_rate:
         raise UnsupportedAudio(
             f"{node_name} needs {sample_rate} Hz audio, got {audio.sample_rate} Hz; "
-            f"put an AudioResampleNode with output_rate {sample_rate} before it"
+            f"put an AudioResampleNode with output_rate {sample_rate} before it",
+            field="input.sample_rate",
         )
     if audio.channels != channels:
         raise UnsupportedAudio(
             f"{node_name} needs {'mono' if channels == 1 else f'{channels}-channel'} audio, got {audio.channels} channels; "
-            f"put a ChannelMixerNode with output_channels {channels} before it"
+            f"put a ChannelMixerNode with output_channels {channels} before it",
+            field="input.channels",
         )

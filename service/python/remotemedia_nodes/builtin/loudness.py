@@ -58,12 +58,14 @@ class Loudness(Node):
         if not MIN_RATE <= a.sample_rate <= MAX_RATE:
             raise UnsupportedAudio(
                 f"LoudnessNode: input sample_rate {a.sample_rate} Hz is outside the {MIN_RATE}..={MAX_RATE} Hz it takes; "
-                f"put an AudioResampleNode with output_rate 48000 before it"
+                f"put an AudioResampleNode with output_rate 48000 before it",
+                field="input.sample_rate",
             )
         if a.channels > len(CHANNEL_GAINS):
             raise UnsupportedAudio(
                 f"LoudnessNode: takes at most {len(CHANNEL_GAINS)} channels (L, R, C, Ls, Rs), got {a.channels}; "
-                f"put a ChannelMixerNode before it"
+                f"put a ChannelMixerNode before it",
+                field="input.channels",
             )
         if self.layout.check(a):
             meter = pyloudnorm.Meter(a.sample_rate)

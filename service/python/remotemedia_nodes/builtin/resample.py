@@ -46,9 +46,9 @@ class AudioResample(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "AudioResampleNode")
         if self.input_rate is not None and a.sample_rate != self.input_rate:
-            raise UnsupportedAudio(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz")
+            raise UnsupportedAudio(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz", field="input.sample_rate")
         if not MIN_RATE <= a.sample_rate <= MAX_RATE:
-            raise UnsupportedAudio(f"AudioResampleNode: input sample_rate {a.sample_rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz")
+            raise UnsupportedAudio(f"AudioResampleNode: input sample_rate {a.sample_rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz", field="input.sample_rate")
         if self.output_rate > a.sample_rate:
             # Upsampling multiplies the audio (768x from 1 kHz), resampled as f32 and then written
             # in the input's format: the memory limit is checked before either is made.

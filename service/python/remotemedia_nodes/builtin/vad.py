@@ -185,12 +185,14 @@ class Vad(Node):
         if a.sample_rate < MIN_RATE:
             raise UnsupportedAudio(
                 f"VADNode: input sample_rate {a.sample_rate} Hz is below the {MIN_RATE} Hz the speech band needs; "
-                f"put an AudioResampleNode with output_rate {MIN_RATE} or more before it"
+                f"put an AudioResampleNode with output_rate {MIN_RATE} or more before it",
+                field="input.sample_rate",
             )
         if a.sample_rate > MAX_RATE:
             raise UnsupportedAudio(
                 f"VADNode: input sample_rate {a.sample_rate} Hz is above the {MAX_RATE} Hz a VADNode takes; "
-                f"put an AudioResampleNode with output_rate {MAX_RATE} or less before it"
+                f"put an AudioResampleNode with output_rate {MAX_RATE} or less before it",
+                field="input.sample_rate",
             )
         if self.layout.check(a):
             self._setup(a.sample_rate)
