@@ -256,6 +256,11 @@ class ModelHost:
         self._shared_locks: dict[tuple[str, tuple[tuple[str, Any], ...]], threading.Lock] = {}
         self._pools: dict[str, _Pool] = {}
         self._lock = threading.Lock()
+        #: The node whose call runs on this thread (set by the server around each call), and the
+        #: leases taken during its calls, by node: returned when the node is closed, whatever its
+        #: own close() did.
+        self._caller = threading.local()
+        self._held: dict[int, list[Lease[Any]]] = {}
 
     # -- declaration and configuration -------------------------------------------------------
 
@@ -391,7 +396,36 @@ class ModelHost:
             pool.loaded(slot)
         elif slot is not None:
             host.hooks.record("in_use", model.name, float(pool.in_use()))
-        return (Lease(pool, slot, node_type) if slot is not None else None), generation
+        if slot is None:
+            return None, generation
+        lease: Lease[T] = Lease(pool, slot, node_type)
+        caller = getattr(self._caller, "node", None)
+        if caller is not None:
+            with self._lock:
+                # The caller's earlier leases that are back need no keeping (one per utterance
+                # of a long stream would add up).
+                held = [x for x in self._held.get(id(caller), ()) if not x.released]
+                self._held[id(caller)] = [*held, lease]
+        return lease, generation
+
+    @contextmanager
+    def calling(self, node: Any) -> Iterator[None]:
+        """Marks `node` as the caller of the leases taken inside the block (the server wraps
+        each call of a node in it), so that :meth:`release_held` can return them."""
+        self._caller.node = node
+        try:
+            yield
+        finally:
+            self._caller.node = None
+
+    def release_held(self, node: Any) -> None:
+        """Returns every lease `node` took that is still out. The server calls this after the
+        node's close(): a close() that failed, or a cancel that landed between a lease and its
+        bookkeeping in the node, cannot keep a pooled instance from the others."""
+        with self._lock:
+            leases = self._held.pop(id(node), [])
+        for lease in leases:
+            lease.release()
 
     def _load(self, model: Model[T], settings: Mapping[str, Any]) -> T:
         started = time.perf_counter()

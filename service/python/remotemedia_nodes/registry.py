@@ -185,19 +185,24 @@ def call(
     memory limit and the bytes it holds, ``(limit, live)``, for :func:`reserve_output`."""
     _memory.budget = memory
     try:
-        if method == "process":
-            return split_outputs(instance.process(inputs))
-        fn = getattr(instance, "flush", None)
-        return split_outputs(fn() if fn is not None else None)
+        with models.host.calling(instance):
+            if method == "process":
+                return split_outputs(instance.process(inputs))
+            fn = getattr(instance, "flush", None)
+            return split_outputs(fn() if fn is not None else None)
     finally:
         _memory.budget = None
 
 
 def close(instance: Any) -> None:
-    """Calls the instance's ``close()``, if it has one (the server does when it drops a node)."""
+    """Calls the instance's ``close()``, if it has one (the server does when it drops a node),
+    then returns any pooled model instance it still holds, even if ``close()`` failed."""
     fn = getattr(instance, "close", None)
-    if fn is not None:
-        fn()
+    try:
+        if fn is not None:
+            fn()
+    finally:
+        models.host.release_held(instance)
 
 
 def format_exception(e: BaseException, tb: Any = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import Annotated, Any, Literal
@@ -170,9 +171,11 @@ class SpeechRecognition(Node):
                 if kind == "start":
                     # Every utterance starts from the model's initial feature normalisation, so
                     # its text does not depend on which decoder of the pool had what before.
+                    # The flag is set first: a cancel can land between any two statements, and
+                    # _release() ends an utterance the flag says may be open.
+                    self.in_utterance, self.utterance_start = True, float(value)
                     decoder.reinit_feat()
                     decoder.start_utt()
-                    self.in_utterance, self.utterance_start = True, float(value)
                 elif kind == "audio":
                     self.held_bytes -= len(value)
                     decoder.process_raw(value)
@@ -210,12 +213,19 @@ class SpeechRecognition(Node):
         )
 
     def _release(self) -> None:
-        if self.lease is not None:
+        """Ends the utterance the flag says may be open and returns the recogniser, whatever
+        happens: a cancel that landed just after end_utt() (or before start_utt()) leaves the
+        flag saying open, and ending it again only raises."""
+        lease, self.lease = self.lease, None
+        if lease is None:
+            return
+        try:
             if self.in_utterance:
-                self.lease.instance.end_utt()
                 self.in_utterance = False
-            self.lease.release()
-            self.lease = None
+                with contextlib.suppress(RuntimeError):
+                    lease.instance.end_utt()
+        finally:
+            lease.release()
 
     def _outputs(self, final: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
