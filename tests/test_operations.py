@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -163,27 +164,55 @@ def test_idle_health_watches_do_not_hold_the_shutdown(grace_ms: int) -> None:
 
 
 def test_shutdown_follows_the_grace_period_when_work_outlasts_it(tmp_path: Path) -> None:
-    s = start_server("--grace-period-ms", "1000", "--python-nodes-path", str(PLUGINS))
-    req = pb.ExecuteRequest(manifest=manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "started"))]), audio_inputs={"spin": f32(np.zeros(16))})
-    errors: "queue.Queue[object]" = queue.Queue()
+    s = start_server("--grace-period-ms", "1000", "--python-nodes-path", str(PLUGINS), "--python-workers", "2")
+    spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "unary"))])
+    req = pb.ExecuteRequest(manifest=spin, audio_inputs={"spin": f32(np.zeros(16))})
+    ended: "queue.Queue[tuple[str, object]]" = queue.Queue()
 
     def call() -> None:
         try:
-            with Client(s.address, retry=RetryPolicy.none()) as client:
-                client.execute(req)
-        except Exception as e:  # noqa: BLE001 - the test inspects whatever ended the call
-            errors.put(e)
+            with grpc.insecure_channel(s.address) as channel:
+                service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline(req, timeout=30)
+            ended.put(("unary", "no error"))
+        except grpc.RpcError as e:
+            ended.put(("unary", e.code()))
 
-    threading.Thread(target=call, daemon=True).start()
+    def stream() -> None:
+        gate = threading.Event()
+        spun = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "stream"))])
+        chunk = pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="spin", buffer=f32(np.zeros(16)), sequence=0))
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            yield pb.StreamRequest(manifest=spun)
+            yield chunk
+            gate.wait(30)  # the client stays, its chunk running, until the server ends the stream
+
+        kinds = []
+        try:
+            with grpc.insecure_channel(s.address) as channel:
+                for r in service_pb2_grpc.PipelineServiceStub(channel).StreamPipeline(requests(), timeout=30):
+                    kinds.append(r.WhichOneof("response"))
+            ended.put(("stream", ("no error", kinds)))
+        except grpc.RpcError as e:
+            ended.put(("stream", (e.code(), kinds)))
+        finally:
+            gate.set()
+
+    for f in (call, stream):
+        threading.Thread(target=f, daemon=True).start()
     deadline = time.monotonic() + 30
-    while not (tmp_path / "started").exists():
-        assert time.monotonic() < deadline, "the spinning node never started"
+    while not ((tmp_path / "unary").exists() and (tmp_path / "stream").exists()):
+        assert time.monotonic() < deadline, "the spinning nodes never started"
         time.sleep(0.01)
     started = time.monotonic()
     assert s.stop(signal.SIGTERM) == 0
     took = time.monotonic() - started
     assert 1.0 <= took < 4.0, f"shutdown took {took:.2f} s with a 1 s grace period"
-    assert errors.get(timeout=10) is not None
+    results = dict(ended.get(timeout=10) for _ in range(2))
+    # Cut by the shutdown, not abandoned by their clients: UNAVAILABLE, which clients retry
+    # elsewhere; the stream gets its final metrics first, as a draining stream does.
+    assert results["unary"] == grpc.StatusCode.UNAVAILABLE, results
+    assert results["stream"] == (grpc.StatusCode.UNAVAILABLE, ["ready", "metrics"]), results
 
 
 def test_expected_client_errors_are_not_logged_at_error() -> None:

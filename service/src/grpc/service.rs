@@ -107,6 +107,9 @@ impl Pipelines {
         let outcome = pipeline.run(inputs, Mode::Once, run_limits, &cancel).await;
         let out = match outcome {
             Ok(out) => out,
+            // Shutdown ran out of grace: the call was cut, not abandoned by its client, and may
+            // be retried elsewhere.
+            Err(ExecError::Cancelled) if state.abort.is_cancelled() => return Err(ServiceError::Draining),
             Err(e) => {
                 observe::exec_failed(&e);
                 return Err(e.into());

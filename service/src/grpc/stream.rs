@@ -424,6 +424,12 @@ impl Session {
                 live.metrics.chunk_succeeded(started.elapsed());
                 self.send(message).await
             }
+            // Shutdown ran out of grace while the chunk ran: the stream ends as a draining one
+            // does (final metrics, UNAVAILABLE), not as if its client had left.
+            Err(ExecError::Cancelled) if self.state.abort.is_cancelled() => {
+                let _ = self.send(metrics_response(&self.stats)).await;
+                Err(ServiceError::Draining)
+            }
             Err(ExecError::Cancelled) => Err(client_left()),
             Err(e) => {
                 observe::exec_failed(&e);
