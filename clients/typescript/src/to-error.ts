@@ -44,10 +44,24 @@ export function fromErrorResponse(error: ErrorResponse): RemoteMediaError {
   });
 }
 
+/**
+ * Whether a call failed before any response came: the fetch API rejects with a TypeError when
+ * the server is down, refuses the connection or (in a browser) the page's origin is not
+ * allowed ("Failed to fetch", "NetworkError when attempting to fetch resource.", "Load
+ * failed", "fetch failed"), which Connect passes on as UNKNOWN.
+ */
+function isNetworkFailure(reason: unknown): boolean {
+  if (reason instanceof TypeError) return true;
+  return reason instanceof ConnectError && reason.code === Code.Unknown && reason.cause instanceof TypeError;
+}
+
 /** Any failure of a call: a ConnectError with its details, or an error already converted. */
 export function toRemoteMediaError(reason: unknown): RemoteMediaError {
   if (reason instanceof RemoteMediaError) return reason;
-  const error = ConnectError.from(reason);
+  // Unreachable over fetch (gRPC-Web) is UNAVAILABLE, as it is over HTTP/2, so it is retried.
+  const error = isNetworkFailure(reason)
+    ? new ConnectError(`the server could not be reached: ${ConnectError.from(reason).rawMessage}`, Code.Unavailable, undefined, undefined, reason)
+    : ConnectError.from(reason);
   const info = error.findDetails(ErrorInfoSchema)[0];
   const retry = error.findDetails(RetryInfoSchema)[0];
   const badRequest = error.findDetails(BadRequestSchema)[0];

@@ -29,10 +29,10 @@ after(async () => {
 });
 
 /** Opens the page for `token`, waits for it to finish and returns what it shows. */
-async function open(token: string): Promise<{ version: string; result: string; error: string }> {
+async function open(token: string, serverUrl = server.url): Promise<{ version: string; result: string; error: string }> {
   const tab = await browser.newPage();
   try {
-    const query = new URLSearchParams({ server: server.url, token });
+    const query = new URLSearchParams({ server: serverUrl, token });
     await tab.goto(`${pageUrl}?${query.toString()}`);
     await tab.waitForFunction(() => {
       const text = (id: string): string => document.getElementById(id)?.textContent ?? "";
@@ -61,6 +61,12 @@ test("without the token the page shows the AUTHENTICATION error, after the versi
   const shown = await open("");
   assert.match(shown.version, /compatible/);
   assert.match(shown.error, /^AUTHENTICATION: /);
+});
+
+test("a server out of reach shows UNAVAILABLE (retried), not INTERNAL", async () => {
+  // Nothing listens on port 1: the browser's fetch rejects before any response.
+  const shown = await open(TOKEN, "http://127.0.0.1:1");
+  assert.match(shown.error, /^UNAVAILABLE: the server could not be reached/);
 });
 
 test("a 69 MB gRPC-Web request from the page is answered with its RESOURCE_EXHAUSTED status", async () => {

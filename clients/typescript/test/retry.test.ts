@@ -118,3 +118,17 @@ test("backoff grows, is capped and jittered within bounds", () => {
   assert.throws(() => retryPolicy({ jitter: 1 }), RangeError);
   assert.throws(() => retryPolicy({ multiplier: 0.5 }), RangeError);
 });
+
+test("a fetch that failed before any response (gRPC-Web to a server out of reach) is UNAVAILABLE", () => {
+  // What Chromium's fetch rejects with, bare and as Connect's web transport passes it on.
+  const refused = new TypeError("Failed to fetch");
+  for (const reason of [refused, new ConnectError(refused.message, Code.Unknown, undefined, undefined, refused)]) {
+    const e = toRemoteMediaError(reason);
+    assert.equal(e.kind, "UNAVAILABLE");
+    assert.equal(e.code, Code.Unavailable);
+    assert.match(e.message, /could not be reached: Failed to fetch/);
+    assert.equal(retryDelay(e, 1, DEFAULT_RETRY) !== undefined, true, "retried");
+  }
+  // An UNKNOWN status the server sent is not a network failure.
+  assert.equal(toRemoteMediaError(new ConnectError("boom", Code.Unknown)).kind, "INTERNAL");
+});
