@@ -262,6 +262,8 @@ def test_a_stream_that_cannot_get_a_recogniser_in_time_ends_with_retry_info(
         assert e.value.retry_delay is not None and e.value.retry_delay > 0, "RetryInfo"
         assert e.value.context.get("retry_after_ms", 0) > 0, "the in-band error carries the delay too"
         assert RECOGNISER in e.value.message and "model_wait_ms" in e.value.message
+        # Worded as the unary call's refusal below, with no Python exception name in it.
+        assert f"model {RECOGNISER}: all 1 instances stayed in use" in e.value.message and "ModelPoolExhausted" not in e.value.message
         # The first stream never noticed.
         assert finals(finish(first, beckett, resume, first_results)) == expected
     assert s.metric("remotemedia_model_pool_exhausted_total", model=RECOGNISER) == 1
@@ -281,6 +283,7 @@ def test_a_request_that_cannot_get_a_recogniser_in_time_gets_resource_limit(
         assert e.value.error_type == "RESOURCE_LIMIT" and e.value.node_id == "asr"
         assert e.value.retry_delay is not None and e.value.retry_delay > 0
         assert e.value.limit == "model_wait_ms"
+        assert f"model {RECOGNISER}: all 1 instances stayed in use" in e.value.message
         assert finals(finish(first, beckett, resume, first_results)) == expected
         # Once the recogniser is free, the same request succeeds.
         assert [u.text for u in run(client, ASR, beckett).transcripts["asr"].utterances if u.text] == expected

@@ -242,6 +242,9 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
         .unwrap_or_default();
     let message = if kind == NodeErrorKind::Cancelled {
         "execution cancelled".to_owned()
+    } else if kind == NodeErrorKind::ResourceLimit && !text.is_empty() {
+        // Worded like the server's own pool-exhausted error, which it is to the client.
+        text.clone()
     } else if text.is_empty() {
         type_name.clone()
     } else {
