@@ -426,9 +426,12 @@ CATALOGUE: dict[str, Any] = {
             'as SpeechRecognitionNode\'s `text`; an object with a `"text"` string works too) '
             "and returns\n"
             "it on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an\n"
-            "AudioResampleNode for another). Empty text gives empty audio. Each input is "
-            "spoken as it\n"
-            "arrives, so a stream speaks each utterance on its own.",
+            "AudioResampleNode for another). Empty text gives empty audio; text is spoken as "
+            "written\n"
+            "(markup such as SSML is read out, not interpreted), at most 5000 characters per "
+            "input.\n"
+            "Each input is spoken as it arrives, so a stream speaks each utterance on its "
+            "own.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",
@@ -458,7 +461,7 @@ CATALOGUE: dict[str, Any] = {
                 "required": [],
                 "additionalProperties": False,
             },
-            "inputs": [{"name": "data", "kind": "data", "description": 'text to speak, or {"text": ...}'}],
+            "inputs": [{"name": "data", "kind": "data", "description": 'text to speak (at most 5000 characters), or {"text": ...}'}],
             "outputs": [{"name": "output", "kind": "audio", "description": "the speech, mono int16 at 22050 Hz"}],
             "runtimes": ["python"],
         },

@@ -535,7 +535,7 @@ export const CATALOGUE: CatalogueJson = {
       "name": "TextToSpeechNode",
       "aliases": [],
       "description": "Text to speech with espeak-ng.",
-      "details": "Speaks the text arriving on its `data` port (from `data_inputs`, or an upstream node such\nas SpeechRecognitionNode's `text`; an object with a `\"text\"` string works too) and returns\nit on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an\nAudioResampleNode for another). Empty text gives empty audio. Each input is spoken as it\narrives, so a stream speaks each utterance on its own.",
+      "details": "Speaks the text arriving on its `data` port (from `data_inputs`, or an upstream node such\nas SpeechRecognitionNode's `text`; an object with a `\"text\"` string works too) and returns\nit on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an\nAudioResampleNode for another). Empty text gives empty audio; text is spoken as written\n(markup such as SSML is read out, not interpreted), at most 5000 characters per input.\nEach input is spoken as it arrives, so a stream speaks each utterance on its own.",
       "params_schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
@@ -569,7 +569,7 @@ export const CATALOGUE: CatalogueJson = {
         {
           "name": "data",
           "kind": "data",
-          "description": "text to speak, or {\"text\": ...}"
+          "description": "text to speak (at most 5000 characters), or {\"text\": ...}"
         }
       ],
       "outputs": [

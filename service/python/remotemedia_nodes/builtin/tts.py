@@ -110,12 +110,13 @@ class TextToSpeech(Node):
     Speaks the text arriving on its `data` port (from `data_inputs`, or an upstream node such
     as SpeechRecognitionNode's `text`; an object with a `"text"` string works too) and returns
     it on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an
-    AudioResampleNode for another). Empty text gives empty audio. Each input is spoken as it
-    arrives, so a stream speaks each utterance on its own.
+    AudioResampleNode for another). Empty text gives empty audio; text is spoken as written
+    (markup such as SSML is read out, not interpreted), at most 5000 characters per input.
+    Each input is spoken as it arrives, so a stream speaks each utterance on its own.
     """
 
     models = (ESPEAK,)
-    inputs = (Port.data("data", 'text to speak, or {"text": ...}'),)
+    inputs = (Port.data("data", 'text to speak (at most 5000 characters), or {"text": ...}'),)
     outputs = (Port.audio("output", "the speech, mono int16 at 22050 Hz"),)
 
     def __init__(
