@@ -4,15 +4,18 @@ configured origins, and authentication unchanged."""
 from __future__ import annotations
 
 import http.client
+import json
 import struct
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 
 from conftest import RunningServer, start_server
 from helpers import f32, manifest, node, samples
 from remotemedia_client import pb
+from remotemedia_client._proto.remotemedia.v1 import service_pb2_grpc
 
 ORIGIN = "http://localhost:8123"
 TOKEN = "web-token-5d2e"
@@ -151,3 +154,21 @@ def test_without_configured_origins_no_origin_is_allowed(server: RunningServer) 
 def test_a_bad_origin_setting_stops_start_up() -> None:
     with pytest.raises(AssertionError, match="is not an origin"):
         start_server("--cors-allowed-origins", "*")
+
+
+def test_every_json_log_line_has_a_message_even_at_debug_level() -> None:
+    # Libraries on the gRPC-Web path (tonic-web among them) emit bare structured events at
+    # debug level; the contract's log lines all carry timestamp, level and message.
+    s = start_server("--cors-allowed-origins", ORIGIN, "--log-level", "debug", "--log-format", "json")
+    try:
+        response, _ = call(s, "GetVersion", pb.VersionRequest(client_version="v1").SerializeToString(), {})
+        assert response.status == 200
+        # A plain gRPC call passes the gRPC-Web layer too (which logs it as "other h2").
+        with grpc.insecure_channel(s.address) as channel:
+            service_pb2_grpc.PipelineServiceStub(channel).GetVersion(pb.VersionRequest(), timeout=10)
+    finally:
+        assert s.stop() == 0
+    records = [json.loads(line) for line in s.lines]
+    assert any(r.get("level") == "DEBUG" for r in records), "debug logging is on"
+    missing = [r for r in records if not {"timestamp", "level", "message"} <= r.keys()]
+    assert missing == [], missing[:3]

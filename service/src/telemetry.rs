@@ -5,6 +5,8 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -15,7 +17,14 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log_level `{level}`: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry.with(tracing_flat_json::FlatJsonLayer::new(std::io::stdout)).try_init(),
+        // Every JSON line has a `message`: events without one (bare structured events some
+        // libraries emit at debug level) are left out, as their callsite declares no such field.
+        LogFormat::Json => registry
+            .with(
+                tracing_flat_json::FlatJsonLayer::new(std::io::stdout)
+                    .with_filter(filter_fn(|meta| !meta.is_event() || meta.fields().field("message").is_some())),
+            )
+            .try_init(),
         LogFormat::Pretty => {
             // Colour only on a terminal (and not under NO_COLOR): escape codes in a pipe or a
             // file are noise for whatever reads it.
