@@ -16,7 +16,7 @@ AuthenticationError        ``AUTHENTICATION``; UNAUTHENTICATED, PERMISSION_DENIE
 VersionMismatchError       ``VERSION_MISMATCH``; a GetVersion answer of ``compatible: false``
 ServiceUnavailableError    UNAVAILABLE (server unreachable or draining for shutdown)
 DeadlineExceededError      DEADLINE_EXCEEDED (the call's deadline passed)
-PipelineCancelledError     CANCELLED (the call was cancelled, or the server cancelled the work)
+PipelineCancelledError     CANCELLED (the call was cancelled)
 InternalError              ``INTERNAL``; INTERNAL, UNKNOWN, DATA_LOSS, UNIMPLEMENTED, anything else
 =========================  =========================================================================
 """
@@ -183,7 +183,8 @@ class VersionMismatchError(RemoteMediaError):
 
 
 class ServiceUnavailableError(RemoteMediaError):
-    """The server cannot be reached or is draining for shutdown; retry later or elsewhere
+    """The server cannot be reached or is draining for shutdown (it refuses new work, and
+    work still running when its grace period ends is cut); retry later or elsewhere
     (``retry_delay`` when the server suggested one)."""
 
 
@@ -192,8 +193,8 @@ class DeadlineExceededError(RemoteMediaError):
 
 
 class PipelineCancelledError(RemoteMediaError):
-    """The call was cancelled: by this client (``stream.cancel()``) or by the server, which
-    cancels work still running when its shutdown grace period ends."""
+    """The call was cancelled, by this client (``stream.cancel()``). Work the server cuts at
+    the end of its shutdown grace period is :class:`ServiceUnavailableError` instead."""
 
 
 class InternalError(RemoteMediaError):
