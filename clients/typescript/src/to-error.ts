@@ -44,15 +44,23 @@ export function fromErrorResponse(error: ErrorResponse): RemoteMediaError {
   });
 }
 
+/** What the fetch API of Chromium, Firefox, Safari and Node rejects with when no response came. */
+const FETCH_FAILURES: readonly string[] = [
+  "Failed to fetch",
+  "NetworkError when attempting to fetch resource.",
+  "Load failed",
+  "fetch failed",
+];
+
 /**
- * Whether a call failed before any response came: the fetch API rejects with a TypeError when
- * the server is down, refuses the connection or (in a browser) the page's origin is not
- * allowed ("Failed to fetch", "NetworkError when attempting to fetch resource.", "Load
- * failed", "fetch failed"), which Connect passes on as UNKNOWN.
+ * Whether a call failed before any response came: the fetch API rejects with a TypeError of a
+ * known message when the server is down, refuses the connection or (in a browser) the page's
+ * origin is not allowed, which Connect passes on as UNKNOWN. Other TypeErrors (a mistake in
+ * the calling code) stay INTERNAL.
  */
 function isNetworkFailure(reason: unknown): boolean {
-  if (reason instanceof TypeError) return true;
-  return reason instanceof ConnectError && reason.code === Code.Unknown && reason.cause instanceof TypeError;
+  const cause = reason instanceof ConnectError && reason.code === Code.Unknown ? reason.cause : reason;
+  return cause instanceof TypeError && FETCH_FAILURES.includes(cause.message);
 }
 
 /** Any failure of a call: a ConnectError with its details, or an error already converted. */

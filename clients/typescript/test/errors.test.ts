@@ -104,7 +104,10 @@ test("the kind of a status: version first, then what happened to the call, then 
   assert.equal(kindOf(Code.Aborted), "NODE_EXECUTION");
   assert.equal(kindOf(Code.Unknown), "INTERNAL");
   assert.equal(kindOf(Code.Unimplemented), "INTERNAL");
-  assert.equal(toRemoteMediaError(new TypeError("fetch failed")).kind, "INTERNAL");
+  // A fetch that got no response (the server out of reach) is UNAVAILABLE; any other TypeError
+  // is a mistake in the calling code.
+  assert.equal(toRemoteMediaError(new TypeError("fetch failed")).kind, "UNAVAILABLE");
+  assert.equal(toRemoteMediaError(new TypeError("x.map is not a function")).kind, "INTERNAL");
   assert.deepEqual(
     [...ERROR_KINDS].sort(),
     ["AUTHENTICATION", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL", "NODE_EXECUTION", "RESOURCE_LIMIT", "UNAVAILABLE", "VALIDATION", "VERSION_MISMATCH"],
