@@ -111,7 +111,7 @@ async def test_a_chunk_for_a_node_that_takes_no_audio_ends_the_stream_like_a_wro
     # TextToSpeechNode takes text on `data` only: its chunk cannot be run, so the stream ends
     # with INVALID_ARGUMENT naming the node's ports, as a chunk for an unknown node does.
     for node_id, says in [
-        ("tts", "node `tts` (TextToSpeechNode) has no audio input port `input`; its input ports are: data"),
+        ("tts", "node `tts` (TextToSpeechNode) has no input port `input`; its input ports are: data"),
         ("ghost", "not a node of this pipeline"),
     ]:
         async with AsyncClient(server.address) as client:

@@ -177,17 +177,16 @@ impl Pipeline {
     /// description naming the node and the ports it has.
     pub fn check_audio_input(&self, index: usize) -> Result<(), String> {
         let node = &self.plan.nodes[index];
-        let inputs = &node.resolved.spec.inputs;
-        if inputs.iter().any(|p| p.name == crate::nodes::INPUT && p.kind == crate::nodes::PortKind::Audio) {
-            return Ok(());
+        let spec = &node.resolved.spec;
+        match spec.inputs.iter().find(|p| p.name == crate::nodes::INPUT) {
+            Some(p) if p.kind == crate::nodes::PortKind::Audio => Ok(()),
+            Some(_) => Err(format!(
+                "node `{}` ({}) takes data, not audio, on its input port `input`",
+                crate::text::quoted(&node.id),
+                node.resolved.node_type
+            )),
+            None => Err(spec.missing_port(&node.id, crate::nodes::INPUT, false)),
         }
-        let names: Vec<&str> = inputs.iter().map(|p| p.name.as_str()).collect();
-        Err(format!(
-            "node `{}` ({}) has no audio input port `input`; its input ports are: {}",
-            crate::text::quoted(&node.id),
-            node.resolved.node_type,
-            names.join(", ")
-        ))
     }
 
     /// Each node's type, as its reports carry it, and runtime, in manifest order.
@@ -540,11 +539,10 @@ impl Pipeline {
                 if !retry {
                     let err = if error.kind == crate::nodes::NodeErrorKind::Cancelled {
                         ExecError::Cancelled
-                    } else if error.kind == crate::nodes::NodeErrorKind::MemoryLimit
-                        && let Some((limit, needed)) = error
-                            .context
-                            .as_deref()
-                            .and_then(|c| Some((c.get("limit_bytes")?.as_u64()?, c.get("needed_bytes")?.as_u64()?)))
+                    } else if let crate::nodes::NodeErrorKind::MemoryLimit {
+                        limit_bytes: limit,
+                        needed_bytes: needed,
+                    } = error.kind
                     {
                         // Refused before the output was made: the run's memory limit, as if
                         // the output had been counted.

@@ -300,20 +300,8 @@ impl<'a> Check<'a> {
         let ports = if is_output { &spec.outputs } else { &spec.inputs };
         let found = ports.iter().find(|p| p.name == port).map(|p| p.kind);
         if found.is_none() {
-            let dir = if is_output { "output" } else { "input" };
-            let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
             self.push(
-                Violation::new(
-                    field,
-                    format!(
-                        "{label}: node `{}` ({}) has no {dir} port `{}`; its {dir} ports are: {}",
-                        quoted(id),
-                        resolved.node_type,
-                        quoted(port),
-                        names.join(", ")
-                    ),
-                )
-                .on_node(id),
+                Violation::new(field, format!("{label}: {}", spec.missing_port(id, port, is_output))).on_node(id),
             );
         }
         found

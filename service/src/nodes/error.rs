@@ -54,10 +54,11 @@ pub enum NodeErrorKind {
     /// The input is of a form the node does not take (audio at another sample rate or channel
     /// count): the request itself is invalid. Reported as VALIDATION; not retried.
     Validation,
-    /// The node's output would take the run over its memory limit; refused before it was
-    /// allocated ([`super::NodeContext::reserve_output`]). The executor reports it as the
-    /// run's memory limit (RESOURCE_LIMIT, `limit: "max_memory_bytes"`).
-    MemoryLimit,
+    /// The node's output would take the run over its memory limit of `limit_bytes`, to
+    /// `needed_bytes`; refused before it was allocated ([`super::NodeContext::reserve_output`]).
+    /// The executor reports it as the run's memory limit (RESOURCE_LIMIT,
+    /// `limit: "max_memory_bytes"`).
+    MemoryLimit { limit_bytes: u64, needed_bytes: u64 },
     /// A shared resource the node needs stayed busy past its wait (every instance of a pooled
     /// model leased): RESOURCE_LIMIT, with `retry_after`. Not retried, not the node's fault.
     ResourceLimit,
@@ -96,6 +97,12 @@ impl NodeError {
     /// with, or a stream whose layout changed): [`NodeErrorKind::Validation`].
     pub fn unsupported_audio(message: impl Into<String>) -> Self {
         Self::new(NodeErrorKind::Validation, message)
+    }
+
+    /// An output that would bring the run to `needed_bytes`, over its memory limit of
+    /// `limit_bytes` ([`NodeErrorKind::MemoryLimit`]).
+    pub fn memory_limit(limit_bytes: u64, needed_bytes: u64, message: impl Into<String>) -> Self {
+        Self::new(NodeErrorKind::MemoryLimit { limit_bytes, needed_bytes }, message)
     }
 
     pub fn transient(message: impl Into<String>) -> Self {

@@ -99,14 +99,13 @@ impl NodeContext {
         if needed <= limit {
             return Ok(());
         }
-        let mut error = NodeError::new(
-            NodeErrorKind::MemoryLimit,
+        Err(NodeError::memory_limit(
+            limit,
+            needed,
             format!(
                 "its output of {bytes} bytes would bring the pipeline to {needed} bytes, over its limit of {limit}"
             ),
-        );
-        error.context = Some(Box::new(serde_json::json!({ "limit_bytes": limit, "needed_bytes": needed })));
-        Err(error)
+        ))
     }
 
     /// Returns `Err(Cancelled)` once the execution has been cancelled or timed out. Long loops

@@ -127,6 +127,21 @@ pub struct PortSpec {
 }
 
 impl NodeSpec {
+    /// Why node `id` of this type cannot take a connection or input on `port`, which it does not
+    /// declare: names the node and lists the ports it has on that side. `id` and `port` come
+    /// from the client and are quoted bounded.
+    pub fn missing_port(&self, id: &str, port: &str, is_output: bool) -> String {
+        let (dir, ports) = if is_output { ("output", &self.outputs) } else { ("input", &self.inputs) };
+        let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+        format!(
+            "node `{}` ({}) has no {dir} port `{}`; its {dir} ports are: {}",
+            crate::text::quoted(id),
+            self.node_type,
+            crate::text::quoted(port),
+            names.join(", ")
+        )
+    }
+
     /// A declaration with no parameters and no ports yet.
     pub fn new(node_type: &str, description: &str) -> Self {
         Self {

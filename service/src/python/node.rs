@@ -214,7 +214,11 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
     } else if is(&api.model_pool_exhausted) {
         NodeErrorKind::ResourceLimit
     } else if is(&api.memory_limit_exceeded) {
-        NodeErrorKind::MemoryLimit
+        // Figures the exception carries (`remotemedia_nodes.reserve_output`); the executor
+        // reports them as the run's memory limit.
+        let value = err.value(py);
+        let bytes = |name: &str| value.getattr(name).ok().and_then(|v| v.extract::<u64>().ok()).unwrap_or_default();
+        NodeErrorKind::MemoryLimit { limit_bytes: bytes("limit_bytes"), needed_bytes: bytes("needed_bytes") }
     } else if is(&api.unsupported_audio) {
         NodeErrorKind::Validation
     } else if is(&api.transient)
@@ -255,12 +259,8 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
     if let Some(field) = err.value(py).getattr("field").ok().and_then(|f| f.extract::<String>().ok()) {
         error = error.with_field(text::clip(&field, text::MAX_QUOTED_BYTES));
     }
-    if kind == NodeErrorKind::MemoryLimit {
-        // The executor reports it as the run's memory limit, from these two figures.
-        let value = err.value(py);
-        let bytes = |name: &str| value.getattr(name).ok().and_then(|v| v.extract::<u64>().ok()).unwrap_or_default();
-        return error
-            .with_context(json!({ "limit_bytes": bytes("limit_bytes"), "needed_bytes": bytes("needed_bytes") }));
+    if matches!(kind, NodeErrorKind::MemoryLimit { .. }) {
+        return error;
     }
     if kind == NodeErrorKind::ResourceLimit {
         let value = err.value(py);
