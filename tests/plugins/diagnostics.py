@@ -116,3 +116,22 @@ class Raise(Node):
 
 def helper_that_fails(kind: type[BaseException], message: str) -> None:
     raise kind(message)
+
+
+@node("ToggleNode")
+class Toggle(Node):
+    """Raises RuntimeError while the file `fail` exists; otherwise writes `marker`, waits
+    `seconds` and passes audio through (for circuit-breaker tests)."""
+
+    def __init__(self, fail: str, marker: str = "", seconds: float = 0.0) -> None:
+        self.fail = Path(fail)
+        self.marker = Path(marker) if marker else None
+        self.seconds = seconds
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.fail.exists():
+            raise RuntimeError("toggled to fail")
+        if self.marker is not None:
+            self.marker.write_text("running")
+        time.sleep(self.seconds)
+        return {"output": inputs["input"]}

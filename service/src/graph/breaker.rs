@@ -114,9 +114,52 @@ impl CircuitBreakers {
         }
     }
 
+    /// [`Self::admit`] as a guard: an admitted attempt whose outcome is never recorded (its
+    /// future dropped by a time limit, a deadline or a cancel) gives its trial back when the
+    /// guard drops, so a half-open breaker lets the next attempt through instead of staying
+    /// open for good.
+    pub fn attempt<'a>(&'a self, node_type: &'a str, threshold: u32) -> Result<Attempt<'a>, (Duration, u32)> {
+        match self.admit(node_type, threshold) {
+            Admission::Rejected { retry_after, failures } => Err((retry_after, failures)),
+            admission => Ok(Attempt { breakers: self, node_type, threshold, trial: admission == Admission::Trial }),
+        }
+    }
+
+    /// Gives back a trial whose outcome will never be known.
+    fn abandon_trial(&self, node_type: &str) {
+        if let Some(st) = self.states().get_mut(node_type) {
+            st.trial_in_flight = false;
+        }
+    }
+
     /// Consecutive failures currently recorded for `node_type`.
     pub fn failures(&self, node_type: &str) -> u32 {
         self.states().get(node_type).map_or(0, |s| s.consecutive_failures)
+    }
+}
+
+/// An admitted attempt ([`CircuitBreakers::attempt`]): [`Attempt::record`] its outcome.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    breakers: &'a CircuitBreakers,
+    node_type: &'a str,
+    threshold: u32,
+    /// Whether this attempt holds the half-open breaker's single trial, until it is recorded.
+    trial: bool,
+}
+
+impl Attempt<'_> {
+    pub fn record(mut self, outcome: Outcome) {
+        self.trial = false;
+        self.breakers.record(self.node_type, self.threshold, outcome);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.trial {
+            self.breakers.abandon_trial(self.node_type);
+        }
     }
 }
 
@@ -195,5 +238,21 @@ mod tests {
         }
         assert_eq!(b.admit("X", 5), Admission::Allowed);
         assert_eq!(b.admit("Z", 0), Admission::Allowed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_trial_lets_the_next_attempt_through() {
+        let b = CircuitBreakers::new(Duration::from_secs(30));
+        for _ in 0..5 {
+            b.attempt("X", 5).expect("closed").record(Outcome::Failure);
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let trial = b.attempt("X", 5).expect("half-open: one trial");
+        assert!(b.attempt("X", 5).is_err(), "only one trial at a time");
+        // The trial's future is dropped (a time limit, a deadline, a cancel) before it records.
+        drop(trial);
+        b.attempt("X", 5).expect("the next attempt is the trial").record(Outcome::Success);
+        assert_eq!(b.admit("X", 5), Admission::Allowed, "a successful trial closes the breaker");
+        assert_eq!(b.failures("X"), 0);
     }
 }

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::{Admission, CircuitBreakers, Outcome};
+use super::breaker::{CircuitBreakers, Outcome};
 use super::error::{ExecError, ValidationError, Violation};
 use super::manifest::Manifest;
 use super::metrics::{MemoryTracker, NodeOutput, NodeReport, NodeStatus, RunOutput, thread_cpu_time};
@@ -505,15 +505,18 @@ impl Pipeline {
                 figures: Figures::new(),
             };
             loop {
-                if let Admission::Rejected { retry_after, failures } = breakers.admit(&ctx.node_type, threshold) {
-                    let err = ExecError::CircuitOpen {
-                        node_id: ctx.node_id.to_string(),
-                        node_type: ctx.node_type.to_string(),
-                        failures,
-                        retry_after,
-                    };
-                    return (i, instance, Err(err));
-                }
+                let attempt = match breakers.attempt(&ctx.node_type, threshold) {
+                    Ok(attempt) => attempt,
+                    Err((retry_after, failures)) => {
+                        let err = ExecError::CircuitOpen {
+                            node_id: ctx.node_id.to_string(),
+                            node_type: ctx.node_type.to_string(),
+                            failures,
+                            retry_after,
+                        };
+                        return (i, instance, Err(err));
+                    }
+                };
                 report.attempts += 1;
                 let Some(current) = instance.take() else {
                     return (i, None, Err(ExecError::Internal(format!("node `{}` was lost", ctx.node_id))));
@@ -528,13 +531,13 @@ impl Pipeline {
                 instance = back;
                 let error = match result {
                     Ok(outputs) => {
-                        breakers.record(&ctx.node_type, threshold, Outcome::Success);
+                        attempt.record(Outcome::Success);
                         return (i, instance, Ok(CallOk { outputs, report }));
                     }
                     Err(e) => e,
                 };
                 let counted = if error.counts_for_breaker() { Outcome::Failure } else { Outcome::NotCounted };
-                breakers.record(&ctx.node_type, threshold, counted);
+                attempt.record(counted);
                 let retry = error.is_retryable() && report.attempts <= policy.max_retries && instance.is_some();
                 if !retry {
                     let err = if error.kind == crate::nodes::NodeErrorKind::Cancelled {
