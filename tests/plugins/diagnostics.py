@@ -135,3 +135,15 @@ class Toggle(Node):
             self.marker.write_text("running")
         time.sleep(self.seconds)
         return {"output": inputs["input"]}
+
+
+@node("FlushFailNode")
+class FlushFail(Node):
+    """Passes audio through; its flush (a stream's close, the end of a request) raises
+    RuntimeError."""
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"output": inputs["input"]}
+
+    def flush(self) -> dict[str, Any]:
+        raise RuntimeError("flush failed")

@@ -456,9 +456,10 @@ impl Session {
             r = live.pipeline.run(Default::default(), Mode::Flush, run_limits, &live.cancel) => r,
             () = self.tx.closed() => return Err(client_left()),
         };
+        // What the flush emits answers the sequence after the last chunk's.
+        let sequence = self.last_sequence.map_or(0, |s| s.wrapping_add(1));
         match outcome {
             Ok(out) if !out.outputs.is_empty() => {
-                let sequence = self.last_sequence.map_or(0, |s| s.wrapping_add(1));
                 let enable_metrics = live.pipeline.enable_metrics();
                 let message = result_message(&out, enable_metrics, sequence, started, Duration::ZERO, &live.metrics);
                 self.send(message).await?;
@@ -466,7 +467,16 @@ impl Session {
             Ok(_) => {}
             Err(e) => {
                 observe::exec_failed(&e);
-                return Err(e.into());
+                let error = ServiceError::from(e);
+                if error.delivery(Call::StreamChunk) != Delivery::InBandAndContinue {
+                    return Err(error);
+                }
+                // A node that fails while flushing fails as it would on a chunk: told in-band,
+                // and the close still ends with the final metrics and OK.
+                self.failed_chunks.get_or_insert(error.outcome());
+                let mut in_band = error.to_error_response();
+                in_band.context = with_sequence(&in_band.context, sequence);
+                self.send(response(stream_response::Response::Error(in_band))).await?;
             }
         }
         self.send(metrics_response(&self.stats)).await
