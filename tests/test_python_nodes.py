@@ -21,7 +21,9 @@ from remotemedia_client import Client, pb
 RNG = np.random.default_rng(99)
 
 
-def execute(server: RunningServer, nodes: list[pb.NodeManifest], edges: list[tuple[str, str]], inputs: dict[str, pb.AudioBuffer], **extra: object) -> pb.ExecuteResponse:
+def execute(
+    server: RunningServer, nodes: list[pb.NodeManifest], edges: list[tuple[str, str]], inputs: dict[str, pb.AudioBuffer], **extra: object
+) -> pb.ExecuteResponse:
     with Client(server.address) as client:
         return client.execute(pb.ExecuteRequest(manifest=manifest(nodes, edges), audio_inputs=inputs, **extra))
 
@@ -50,7 +52,11 @@ def test_a_node_reports_the_embedded_interpreter(plugin_server: RunningServer) -
     assert info["pid"] == plugin_server.proc.pid, "in the server process, not a subprocess"
     start = plugin_server.records()
     ready = next(r for r in start if r.get("message") == "python runtime ready")
-    assert ready["python_version"].startswith("3.11.7") and ready["sys_prefix"] == str(REPO / ".venv") and ready["numpy_version"] == np.__version__
+    assert (
+        ready["python_version"].startswith("3.11.7")
+        and ready["sys_prefix"] == str(REPO / ".venv")
+        and ready["numpy_version"] == np.__version__
+    )
 
 
 def test_python_nodes_see_the_servers_buffer_without_a_copy(plugin_server: RunningServer) -> None:
@@ -62,6 +68,38 @@ def test_python_nodes_see_the_servers_buffer_without_a_copy(plugin_server: Runni
     assert probe["nbytes"] == probe["base_nbytes"] == stereo.nbytes
     assert probe["writeable"] is False and probe["owndata"] is False
     assert probe["shape"] == [4_800, 2] and probe["dtype"] == "float32"
+
+
+# Node ids of 1 to 4 bytes move the samples to every offset modulo 4 within the request, so
+# some arrive at an address unaligned for float32.
+IDS = ["n", "nx", "nxx", "nxxx"]
+
+
+@pytest.mark.parametrize("runtime", [pb.RUNTIME_HINT_RUST, pb.RUNTIME_HINT_CPYTHON], ids=["native", "python"])
+def test_input_passed_on_is_one_buffer_wherever_it_sits_in_the_request(server: RunningServer, runtime: int) -> None:
+    # A Python node handed a copy of unaligned input returned a second buffer: twice the memory
+    # counted, and a memory limit hit at half the size the native node takes.
+    x = RNG.uniform(-1, 1, 48_000).astype(np.float32)
+    for node_id in IDS:
+        for node_type in ("PassThroughNode", "VADNode"):
+            limits = pb.ResourceLimits(max_memory_bytes=x.nbytes + 1_000)
+            res = result(execute(server, [node(node_id, node_type, runtime=runtime)], [], {node_id: f32(x)}, resource_limits=limits))
+            assert res.metrics.memory_used_bytes < x.nbytes + 1_000, (node_id, node_type)
+            np.testing.assert_array_equal(samples(res.audio_outputs[node_id]), x)
+
+    def requests(node_id: str):  # noqa: ANN202
+        yield pb.StreamRequest(manifest=manifest([node(node_id, "VADNode", runtime=runtime)]))
+        for seq in range(4):
+            yield pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=node_id, buffer=f32(x[:16_000]), sequence=seq))
+        yield pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE))
+
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.stream_stream(
+            "/remotemedia.v1.PipelineService/StreamPipeline", pb.StreamRequest.SerializeToString, pb.StreamResponse.FromString
+        )
+        for node_id in IDS:
+            used = [r.result.metrics.memory_used_bytes for r in call(requests(node_id)) if r.WhichOneof("response") == "result"]
+            assert all(u < 64_000 + 1_000 for u in used), (node_id, used)
 
 
 def test_rust_and_python_nodes_mix_in_one_pipeline(server: RunningServer) -> None:
@@ -115,7 +153,12 @@ def test_a_spinning_python_node_does_not_delay_native_requests(plugin_server: Ru
     while not marker.exists():
         assert time.monotonic() < deadline, "the spin node never started"
         time.sleep(0.005)
-    native = execute(plugin_server, [node("g", "GainNode", gain=2.0), node("r", "AudioResampleNode", output_rate=8_000)], [("g", "r")], {"g": f32(np.ones(16_000) * 0.1)})
+    native = execute(
+        plugin_server,
+        [node("g", "GainNode", gain=2.0), node("r", "AudioResampleNode", output_rate=8_000)],
+        [("g", "r")],
+        {"g": f32(np.ones(16_000) * 0.1)},
+    )
     assert native.WhichOneof("outcome") == "result"
     finished.append("native")
     spinner.join()
@@ -172,7 +215,9 @@ def test_cpython_and_auto_vad_find_the_same_segments(server: RunningServer) -> N
 
 
 def test_rust_hint_refuses_a_python_only_node(server: RunningServer) -> None:
-    resp = execute(server, [node("b", "BandpassFilterNode", runtime=pb.RUNTIME_HINT_RUST, low_hz=100, high_hz=200)], [], {"b": f32(np.zeros(16))})
+    resp = execute(
+        server, [node("b", "BandpassFilterNode", runtime=pb.RUNTIME_HINT_RUST, low_hz=100, high_hz=200)], [], {"b": f32(np.zeros(16))}
+    )
     assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION
     assert "has no native Rust implementation" in resp.error.message
 
@@ -186,10 +231,15 @@ def test_plugins_are_served_like_built_in_nodes(plugin_server: RunningServer) ->
 def test_a_broken_plugin_stops_start_up_naming_its_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "good.py").write_text("x = 1\n")
     bad = tmp_path / "broken_node.py"
-    bad.write_text("from remotemedia_nodes import node\n\n@node('Broken')\nclass Broken:\n    def process(self, inputs)\n        return {}\n")
+    bad.write_text(
+        "from remotemedia_nodes import node\n\n@node('Broken')\nclass Broken:\n    def process(self, inputs)\n        return {}\n"
+    )
     out = subprocess.run(
         [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--python-nodes-path", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=server_env(),
     )
     assert out.returncode == 1
     assert f"{bad}:5" in out.stderr and "SyntaxError" in out.stderr, out.stderr
@@ -197,7 +247,12 @@ def test_a_broken_plugin_stops_start_up_naming_its_file_and_line(tmp_path: Path)
 
 def test_python_exceptions_come_back_with_the_node_and_traceback(plugin_server: RunningServer, tmp_path: Path) -> None:
     counter = tmp_path / "calls"
-    resp = execute(plugin_server, [node("bad", "RaiseNode", kind="ValueError", message="sample rate 7 Hz is silly", counter=str(counter))], [], {"bad": f32(np.zeros(8))})
+    resp = execute(
+        plugin_server,
+        [node("bad", "RaiseNode", kind="ValueError", message="sample rate 7 Hz is silly", counter=str(counter))],
+        [],
+        {"bad": f32(np.zeros(8))},
+    )
     err = resp.error
     assert err.error_type == pb.ERROR_TYPE_NODE_EXECUTION
     assert err.failing_node_id == "bad"
@@ -210,7 +265,12 @@ def test_python_exceptions_come_back_with_the_node_and_traceback(plugin_server: 
 
 def test_transient_python_errors_are_retried(plugin_server: RunningServer, tmp_path: Path) -> None:
     counter = tmp_path / "calls"
-    resp = execute(plugin_server, [node("flaky", "RaiseNode", kind="TransientError", message="model busy", counter=str(counter))], [], {"flaky": f32(np.zeros(8))})
+    resp = execute(
+        plugin_server,
+        [node("flaky", "RaiseNode", kind="TransientError", message="model busy", counter=str(counter))],
+        [],
+        {"flaky": f32(np.zeros(8))},
+    )
     assert resp.error.error_type == pb.ERROR_TYPE_NODE_EXECUTION
     assert json.loads(resp.error.context)["attempts"] == 4
     assert counter.read_text() == "4", "three retries after the first failure"
@@ -218,12 +278,23 @@ def test_transient_python_errors_are_retried(plugin_server: RunningServer, tmp_p
 
 def test_an_endless_python_loop_is_stopped_by_the_time_limit_and_the_server_goes_on(plugin_server: RunningServer) -> None:
     start = time.monotonic()
-    resp = execute(plugin_server, [node("spin", "SpinNode", seconds=-1)], [], {"spin": f32(np.zeros(16))}, resource_limits=pb.ResourceLimits(max_timeout_ms=300))
+    resp = execute(
+        plugin_server,
+        [node("spin", "SpinNode", seconds=-1)],
+        [],
+        {"spin": f32(np.zeros(16))},
+        resource_limits=pb.ResourceLimits(max_timeout_ms=300),
+    )
     assert resp.error.error_type == pb.ERROR_TYPE_RESOURCE_LIMIT
     assert json.loads(resp.error.context)["running_nodes"] == ["spin"]
     assert time.monotonic() - start < 10
     for _ in range(3):  # more requests than workers: every worker serves again
-        ok = execute(plugin_server, [node("spin", "SpinNode", seconds=0.01), node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON)], [("spin", "g")], {"spin": f32(np.ones(16))})
+        ok = execute(
+            plugin_server,
+            [node("spin", "SpinNode", seconds=0.01), node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON)],
+            [("spin", "g")],
+            {"spin": f32(np.ones(16))},
+        )
         assert ok.WhichOneof("outcome") == "result", ok.error
 
 
@@ -231,7 +302,10 @@ def test_sigterm_lets_an_in_flight_python_request_finish(tmp_path: Path) -> None
     s = start_server("--python-nodes-path", str(PLUGINS))
     marker, release = tmp_path / "marker", tmp_path / "release"
     outcome: list[pb.ExecuteResponse] = []
-    req = pb.ExecuteRequest(manifest=manifest([node("gate", "GateNode", marker=str(marker), release=str(release))]), audio_inputs={"gate": f32(np.full(32, 0.25))})
+    req = pb.ExecuteRequest(
+        manifest=manifest([node("gate", "GateNode", marker=str(marker), release=str(release))]),
+        audio_inputs={"gate": f32(np.full(32, 0.25))},
+    )
     channel = grpc.insecure_channel(s.address)
     call = threading.Thread(target=lambda: outcome.append(Client(s.address).execute(req)))
     call.start()
@@ -273,7 +347,9 @@ EMPTY_CASES = [
 def test_a_node_with_no_output_samples_still_returns_its_output(
     server: RunningServer, runtime: int, node_type: str, params: dict, rate: int, channels: int, frames: int
 ) -> None:
-    res = result(execute(server, [node("n", node_type, runtime=runtime, **params)], [], {"n": f32(np.full(frames, 0.25, np.float32), 44_100)}))
+    res = result(
+        execute(server, [node("n", node_type, runtime=runtime, **params)], [], {"n": f32(np.full(frames, 0.25, np.float32), 44_100)})
+    )
     assert "n" in res.audio_outputs, f"{node_type} returned no output for {frames} frame(s)"
     out = res.audio_outputs["n"]
     assert (out.sample_rate, out.channels) == (rate, channels)
@@ -289,7 +365,9 @@ def test_one_sample_resampled_to_16k_is_an_empty_buffer_at_16k(server: RunningSe
 
 @pytest.mark.parametrize("runtime", [pb.RUNTIME_HINT_RUST, pb.RUNTIME_HINT_CPYTHON], ids=["rust", "cpython"])
 def test_duplicate_param_keys_are_refused_naming_the_key(server: RunningServer, runtime: int) -> None:
-    m = manifest([pb.NodeManifest(id="r", node_type="AudioResampleNode", runtime_hint=runtime, params='{"output_rate": 16000, "output_rate": 8000}')])
+    m = manifest(
+        [pb.NodeManifest(id="r", node_type="AudioResampleNode", runtime_hint=runtime, params='{"output_rate": 16000, "output_rate": 8000}')]
+    )
     resp = execute_manifest(server, m, {"r": f32(np.zeros(480, np.float32), 48_000)})
     assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION
     assert "duplicate key `output_rate`" in resp.error.message

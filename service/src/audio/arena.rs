@@ -72,6 +72,17 @@ impl OutputArena {
         self.freeze(format, sample_rate, channels)
     }
 
+    /// `audio` itself when its samples sit at an address aligned for their type, else a copy
+    /// written here ([`AudioBuffer::into_aligned`] without an allocation per call).
+    pub fn aligned(&mut self, audio: AudioBuffer) -> AudioBuffer {
+        if audio.is_aligned() {
+            return audio;
+        }
+        let copy = self.write_bytes(audio.bytes(), audio.format(), audio.sample_rate(), audio.channels());
+        debug_assert!(copy.is_aligned());
+        copy
+    }
+
     /// Gives `fill` `len` zeroed bytes to fill with little-endian samples of `format`.
     pub fn write_raw(
         &mut self,

@@ -184,6 +184,28 @@ impl AudioBuffer {
         Self { bytes: vec_into_bytes(samples), format, sample_rate, channels }
     }
 
+    /// The same samples at an address aligned for their type, copied only when they are not:
+    /// bytes cut out of a request can start anywhere. Typed views need the alignment; without
+    /// it each node reading the samples, and the Python bridge's numpy view, would make a copy
+    /// of its own, and a node passing its input on would hand out a second buffer.
+    pub fn into_aligned(self) -> Self {
+        if self.is_aligned() {
+            return self;
+        }
+        let bytes = match self.format {
+            SampleFormat::F32 => vec_into_bytes(bytemuck::pod_collect_to_vec::<u8, f32>(&self.bytes)),
+            SampleFormat::I16 => vec_into_bytes(bytemuck::pod_collect_to_vec::<u8, i16>(&self.bytes)),
+            SampleFormat::I32 => vec_into_bytes(bytemuck::pod_collect_to_vec::<u8, i32>(&self.bytes)),
+        };
+        Self { bytes, ..self }
+    }
+
+    /// Whether typed views of the samples need no copy: they start at an address aligned for
+    /// their type (always true on big-endian targets, where views always copy anyway).
+    pub fn is_aligned(&self) -> bool {
+        cfg!(target_endian = "big") || self.bytes.as_ptr().addr().is_multiple_of(self.format.bytes_per_sample())
+    }
+
     /// A buffer of no samples in the given layout (what a node returns when it has no output yet).
     pub fn empty(format: SampleFormat, sample_rate: u32, channels: u32) -> Self {
         Self { bytes: Bytes::new(), format, sample_rate, channels }
@@ -353,6 +375,22 @@ mod tests {
 
     fn f32_bytes(v: &[f32]) -> Bytes {
         Bytes::from(v.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    #[test]
+    fn unaligned_samples_are_copied_once_to_aligned_memory_and_aligned_ones_kept() {
+        let samples = [0.25f32, -0.5, 1.0];
+        let mut shifted = vec![0u8];
+        shifted.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+        let odd = Bytes::from(shifted).slice(1..);
+        let a = AudioBuffer::from_wire(odd, SampleFormat::F32, 16_000, 1, 3).unwrap();
+        assert!(!a.is_aligned() && a.f32_slice().is_none());
+        let aligned = a.into_aligned();
+        assert_eq!(aligned.f32_slice(), Some(&samples[..]), "a view without a copy, same samples");
+
+        let before = aligned.bytes().as_ptr();
+        let kept = aligned.into_aligned();
+        assert_eq!(kept.bytes().as_ptr(), before, "aligned samples are not copied");
     }
 
     #[test]

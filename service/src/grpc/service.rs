@@ -75,6 +75,7 @@ impl Pipelines {
             match audio_from_proto(buffer, &field) {
                 Ok(audio) => {
                     limits::check_audio(&audio, &field, &limits)?;
+                    let audio = audio.into_aligned();
                     inputs.entry(node.clone()).or_default().insert(INPUT, PortValue::Audio(audio));
                 }
                 Err(v) => violations.push(v),

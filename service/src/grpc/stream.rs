@@ -30,6 +30,7 @@ use super::limits::{self, Effective};
 use super::observe;
 use super::state::{AppState, SessionGuard, SessionInfo};
 use super::status::{self, Call, Delivery, ServiceError};
+use crate::audio::OutputArena;
 use crate::graph::{ExecError, Feed, Mode, Pipeline, RequestShape, RunLimits, RunOutput, ValidationError};
 use crate::nodes::{INPUT, PortValue, Ports};
 use crate::proto::{
@@ -94,6 +95,7 @@ pub fn spawn(
         failed_chunks: None,
         cancel_requested: false,
         ahead: ReadAhead::default(),
+        inputs: OutputArena::new(),
     };
     tokio::spawn(session.run(permit).instrument(tracing::Span::current()));
     Ok(rx)
@@ -132,6 +134,9 @@ struct Session {
     /// Whether the client sent `COMMAND_CANCEL` (rather than going away).
     cancel_requested: bool,
     ahead: ReadAhead,
+    /// Where a chunk whose samples arrive unaligned for their type is copied to, so every node
+    /// (and the Python bridge) views it without a copy of its own; reused from chunk to chunk.
+    inputs: OutputArena,
 }
 
 /// Messages taken from the transport while a chunk ran, in arrival order.
@@ -381,6 +386,7 @@ impl Session {
         let audio = audio_from_proto(&buffer, &field)
             .map_err(|v| ServiceError::from(ExecError::Validation(ValidationError::single(v))))?;
         limits::check_audio(&audio, &field, &self.limits)?;
+        let audio = self.inputs.aligned(audio);
         let samples = audio.num_samples() as u64;
         let decode_time = started.elapsed();
         let feed = Feed::from_buf([(index, Ports::new().with(INPUT, PortValue::Audio(audio)))]);

@@ -32,14 +32,19 @@ impl RustBuffer {
 }
 
 /// A read-only `frames × channels` numpy array over `audio`'s own memory when its bytes are
-/// aligned for the sample type (always, for buffers the server made), a copy otherwise.
+/// aligned for the sample type (always, for buffers the server made and for request audio,
+/// see [`AudioBuffer::into_aligned`]), a copy otherwise.
 pub fn array<'py>(py: Python<'py>, audio: &AudioBuffer) -> PyResult<Bound<'py, PyUntypedArray>> {
     let shape = (audio.frames(), audio.channels() as usize);
     let container = Bound::new(py, RustBuffer { bytes: audio.bytes().clone() })?.into_any();
     let array = match audio.format() {
         SampleFormat::F32 => view(py, audio.f32_slice(), || audio.as_f32().into_owned(), shape, container)?,
-        SampleFormat::I16 => view(py, audio.i16_slice(), || unaligned::<i16>(audio.bytes()), shape, container)?,
-        SampleFormat::I32 => view(py, audio.i32_slice(), || unaligned::<i32>(audio.bytes()), shape, container)?,
+        SampleFormat::I16 => {
+            view(py, audio.i16_slice(), || bytemuck::pod_collect_to_vec(audio.bytes()), shape, container)?
+        }
+        SampleFormat::I32 => {
+            view(py, audio.i32_slice(), || bytemuck::pod_collect_to_vec(audio.bytes()), shape, container)?
+        }
     };
     array.call_method1("setflags", (false,))?;
     Ok(array)
@@ -67,10 +72,6 @@ fn view<'py, T: numpy::Element + Copy>(
         }
     };
     Ok(array.into_any().cast_into::<PyUntypedArray>()?)
-}
-
-fn unaligned<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
-    bytes.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect()
 }
 
 /// The node's inputs as a `dict`: audio ports as `Audio`, data ports as Python values.
