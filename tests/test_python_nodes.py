@@ -245,6 +245,32 @@ def test_a_broken_plugin_stops_start_up_naming_its_file_and_line(tmp_path: Path)
     assert f"{bad}:5" in out.stderr and "SyntaxError" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize(
+    ("declaration", "expected"),
+    [
+        ("@node('VAD')", "the Python node type VAD cannot have its name VAD: VAD already names VADNode"),
+        ("@node('MyGain', aliases=('Gain',))", "the Python node type MyGain cannot have its alias Gain: Gain already names GainNode"),
+    ],
+    ids=["name is a native alias", "alias is a native alias"],
+)
+def test_a_plugin_taking_another_types_name_stops_start_up(tmp_path: Path, declaration: str, expected: str) -> None:
+    # A plug-in registered as `VAD` used to start, listed twice in the catalogue and never run:
+    # requests resolve `VAD` to VADNode.
+    (tmp_path / "clash.py").write_text(
+        f"from remotemedia_nodes import Node, node\n\n{declaration}\nclass Clash(Node):\n"
+        "    \"\"\"A plug-in.\"\"\"\n\n    def process(self, inputs):\n        return {}\n"
+    )
+    out = subprocess.run(
+        [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--python-nodes-path", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=server_env(),
+    )
+    assert out.returncode == 1, out.stdout
+    assert expected in out.stdout + out.stderr, out.stdout + out.stderr
+
+
 def test_python_exceptions_come_back_with_the_node_and_traceback(plugin_server: RunningServer, tmp_path: Path) -> None:
     counter = tmp_path / "calls"
     resp = execute(

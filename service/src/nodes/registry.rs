@@ -178,6 +178,18 @@ impl Registry {
                     return Err(RegistrationError(format!("node type {name} is declared twice by the Python runtime")));
                 }
                 None => {
+                    // A name or alias taken by another type would make one of the two
+                    // unreachable: requests resolve aliases first.
+                    for taken in std::iter::once(&name).chain(&decl.aliases) {
+                        let owner = self.aliases.get(taken).or_else(|| self.specs.contains_key(taken).then_some(taken));
+                        if let Some(owner) = owner {
+                            let what = if taken == &name { "its name" } else { "its alias" };
+                            return Err(RegistrationError(format!(
+                                "the Python node type {name} cannot have {what} {taken}: {taken} already names {owner}; \
+                                 choose another name"
+                            )));
+                        }
+                    }
                     for alias in &decl.aliases {
                         self.aliases.insert(alias.clone(), name.clone());
                     }
@@ -414,5 +426,20 @@ mod tests {
         wrong.params.pop();
         let err = Registry::builtin().attach_foreign(Arc::new(Twins(vec![wrong]))).unwrap_err().to_string();
         assert!(err.contains("the Python node GainNode does not match the native GainNode"), "{err}");
+    }
+
+    #[test]
+    fn a_python_node_cannot_take_a_name_or_alias_another_type_has() {
+        let attach = |spec: NodeSpec| Registry::builtin().attach_foreign(Arc::new(Twins(vec![spec]))).map(|()| ());
+        let err = attach(NodeSpec::new("VAD", "a plug-in")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the Python node type VAD cannot have its name VAD: VAD already names VADNode; choose another name"
+        );
+        let err = attach(NodeSpec::new("MyVad", "a plug-in").alias("VADNode")).unwrap_err().to_string();
+        assert!(err.contains("cannot have its alias VADNode: VADNode already names VADNode"), "{err}");
+        let err = attach(NodeSpec::new("MyGain", "a plug-in").alias("AudioResample")).unwrap_err().to_string();
+        assert!(err.contains("AudioResample already names AudioResampleNode"), "{err}");
+        attach(NodeSpec::new("MyVad", "a plug-in").alias("MyVAD")).expect("names of its own");
     }
 }
