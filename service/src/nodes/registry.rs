@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_python_node_cannot_take_a_name_or_alias_another_type_has() {
-        let attach = |spec: NodeSpec| Registry::builtin().attach_foreign(Arc::new(Twins(vec![spec]))).map(|()| ());
+        let attach = |spec: NodeSpec| Registry::builtin().attach_foreign(Arc::new(Twins(vec![spec])));
         let err = attach(NodeSpec::new("VAD", "a plug-in")).unwrap_err().to_string();
         assert_eq!(
             err,
