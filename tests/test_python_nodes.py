@@ -258,7 +258,7 @@ def test_a_plugin_taking_another_types_name_stops_start_up(tmp_path: Path, decla
     # requests resolve `VAD` to VADNode.
     (tmp_path / "clash.py").write_text(
         f"from remotemedia_nodes import Node, node\n\n{declaration}\nclass Clash(Node):\n"
-        "    \"\"\"A plug-in.\"\"\"\n\n    def process(self, inputs):\n        return {}\n"
+        '    """A plug-in."""\n\n    def process(self, inputs):\n        return {}\n'
     )
     out = subprocess.run(
         [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--python-nodes-path", str(tmp_path)],
@@ -269,6 +269,19 @@ def test_a_plugin_taking_another_types_name_stops_start_up(tmp_path: Path, decla
     )
     assert out.returncode == 1, out.stdout
     assert expected in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_a_constructor_that_raises_is_reported_against_the_nodes_params(plugin_server: RunningServer) -> None:
+    resp = execute(plugin_server, [node("n", "InitFailNode")], [], {"n": f32(np.zeros(8))})
+    assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION, resp
+    assert resp.error.message.endswith("node `n` (InitFailNode): could not be built: RuntimeError: init boom"), resp.error.message
+    assert [v["field"] for v in json.loads(resp.error.context)["violations"]] == ["nodes[0].params"]
+
+
+def test_audio_returned_on_a_declared_data_port_is_a_node_error(plugin_server: RunningServer) -> None:
+    resp = execute(plugin_server, [node("n", "WrongKindNode")], [], {"n": f32(np.zeros(8))})
+    assert resp.error.error_type == pb.ERROR_TYPE_NODE_EXECUTION, resp
+    assert "output `stats` is declared as a data port, but the node returned audio on it" in resp.error.message
 
 
 def test_python_exceptions_come_back_with_the_node_and_traceback(plugin_server: RunningServer, tmp_path: Path) -> None:

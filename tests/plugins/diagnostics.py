@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import numpy
 import scipy
 
-from remotemedia_nodes import InvalidInput, Node, Param, TransientError, node
+from remotemedia_nodes import InvalidInput, Node, Param, Port, TransientError, node
 
 
 @node("InterpreterInfoNode")
@@ -147,3 +147,24 @@ class FlushFail(Node):
 
     def flush(self) -> dict[str, Any]:
         raise RuntimeError("flush failed")
+
+
+@node("InitFailNode")
+class InitFail(Node):
+    """Its constructor raises RuntimeError (for build-error tests)."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("init boom")
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+@node("WrongKindNode")
+class WrongKind(Node):
+    """Returns its input audio on `stats`, which it declares as a data port."""
+
+    outputs = (Port.audio("output"), Port.data("stats"))
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"output": inputs["input"], "stats": inputs["input"]}

@@ -29,6 +29,7 @@ stream closes. One instance serves one execution, or one stream session.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -142,8 +143,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def split_outputs(outputs: Any) -> tuple[dict[str, Audio], str | None]:
-    """Separates a node's outputs into audio ports and the JSON text of its data ports."""
+@functools.cache
+def _declared_outputs(cls: type) -> dict[str, str]:
+    """A node class's output ports and their kinds."""
+    return {port.name: port.kind for port in getattr(cls, "outputs", DEFAULT_OUTPUTS)}
+
+
+def split_outputs(outputs: Any, declared: dict[str, str] | None = None) -> tuple[dict[str, Audio], str | None]:
+    """Separates a node's outputs into audio ports and the JSON text of its data ports.
+    ``declared`` maps the node's declared output ports to their kind (``"audio"``/``"data"``):
+    a value of the other kind on a declared port is refused (a data port that carried audio
+    would hand it to the data inputs it is connected to)."""
     if outputs is None:
         return {}, None
     if not isinstance(outputs, dict):
@@ -151,6 +161,9 @@ def split_outputs(outputs: Any) -> tuple[dict[str, Audio], str | None]:
     audio: dict[str, Audio] = {}
     data: dict[str, Any] = {}
     for port, value in outputs.items():
+        kind = "audio" if isinstance(value, Audio) else "data"
+        if declared is not None and declared.get(str(port), kind) != kind:
+            raise TypeError(f"output `{port}` is declared as a {declared[str(port)]} port, but the node returned {kind} on it")
         if isinstance(value, Audio):
             audio[str(port)] = value
         elif isinstance(value, np.ndarray):
@@ -185,11 +198,12 @@ def call(
     memory limit and the bytes it holds, ``(limit, live)``, for :func:`reserve_output`."""
     _memory.budget = memory
     try:
+        declared = _declared_outputs(type(instance))
         with models.host.calling(instance):
             if method == "process":
-                return split_outputs(instance.process(inputs))
+                return split_outputs(instance.process(inputs), declared)
             fn = getattr(instance, "flush", None)
-            return split_outputs(fn() if fn is not None else None)
+            return split_outputs(fn() if fn is not None else None, declared)
     finally:
         _memory.budget = None
 

@@ -35,7 +35,12 @@ impl ParamError {
 
 impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "parameter `{}` {}", self.param, self.message)
+        // A failure of the parameters as a whole (a node whose constructor raised) names none.
+        if self.param.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "parameter `{}` {}", self.param, self.message)
+        }
     }
 }
 
