@@ -271,8 +271,18 @@ def test_a_plugin_taking_another_types_name_stops_start_up(tmp_path: Path, decla
     assert expected in out.stdout + out.stderr, out.stdout + out.stderr
 
 
-def test_a_constructor_that_raises_is_reported_against_the_nodes_params(plugin_server: RunningServer) -> None:
-    resp = execute(plugin_server, [node("n", "InitFailNode")], [], {"n": f32(np.zeros(8))})
+def test_a_constructor_that_raises_is_reported_against_the_nodes_params(tmp_path: Path) -> None:
+    # In a directory of its own: the catalogue tests build every plug-in of tests/plugins.
+    (tmp_path / "init_fail.py").write_text(
+        "from remotemedia_nodes import Node, node\n\n@node('InitFailNode')\nclass InitFail(Node):\n"
+        '    """Its constructor raises."""\n\n    def __init__(self):\n        raise RuntimeError(\'init boom\')\n\n'
+        "    def process(self, inputs):\n        return {}\n"
+    )
+    s = start_server("--python-nodes-path", str(tmp_path))
+    try:
+        resp = execute(s, [node("n", "InitFailNode")], [], {"n": f32(np.zeros(8))})
+    finally:
+        assert s.stop() == 0
     assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION, resp
     assert resp.error.message.endswith("node `n` (InitFailNode): could not be built: RuntimeError: init boom"), resp.error.message
     assert [v["field"] for v in json.loads(resp.error.context)["violations"]] == ["nodes[0].params"]

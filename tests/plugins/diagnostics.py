@@ -149,17 +149,6 @@ class FlushFail(Node):
         raise RuntimeError("flush failed")
 
 
-@node("InitFailNode")
-class InitFail(Node):
-    """Its constructor raises RuntimeError (for build-error tests)."""
-
-    def __init__(self) -> None:
-        raise RuntimeError("init boom")
-
-    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {}
-
-
 @node("WrongKindNode")
 class WrongKind(Node):
     """Returns its input audio on `stats`, which it declares as a data port."""
