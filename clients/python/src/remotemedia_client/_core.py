@@ -356,6 +356,9 @@ class Attempts:
 
 Item = Result | RemoteMediaError
 
+#: What a stream used before it is opened raises (as ``RuntimeError``, like one used after ``close``).
+NOT_OPEN = "the stream is not open: use it as `with client.stream(...) as s:` (`async with` for AsyncClient), or call `s.open()` first"
+
 
 @dataclass(frozen=True)
 class Ended:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from remotemedia_client import pb
 from remotemedia_client._core import (
     DEFAULT_TIMEOUT,
+    NOT_OPEN,
     PROTOCOL_VERSION,
     TLS,
     Attempts,
@@ -53,6 +54,11 @@ class AsyncClient:
 
     >>> async with AsyncClient() as client:                    # doctest: +SKIP
     ...     result = await client.run(pipeline, audio)
+
+    The client may be made anywhere, at module level too: its ``grpc.aio`` channel is made in
+    the event loop that first uses it, and belongs to that loop. Used from another loop (a
+    second ``asyncio.run``), it raises :class:`~remotemedia_client.errors.RemoteMediaError`;
+    make one client per loop.
     """
 
     def __init__(
@@ -77,14 +83,13 @@ class AsyncClient:
             protocol_version=protocol_version,
             channel_options=channel_options,
         )
-        s = self.settings
-        if s.tls is not None:
-            self._channel = grpc.aio.secure_channel(s.address, s.tls.credentials(), options=s.options())
-        else:
-            self._channel = grpc.aio.insecure_channel(s.address, options=s.options())
-        self._stub: Any = pb.PipelineServiceStub(self._channel)
         self._catalogue: Catalogue | None = None
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        # Made by _bound() in the loop of the first call: grpc.aio objects belong to one loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+        self._health: Any = None
+        self._closed = False
 
     @property
     def address(self) -> str:
@@ -92,12 +97,39 @@ class AsyncClient:
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        return self._channel
+        """The ``grpc.aio`` channel, made in the running event loop on first use."""
+        return self._bound()
 
     @property
     def stub(self) -> Any:
         """The generated ``PipelineServiceStub`` on this client's ``grpc.aio`` channel."""
+        self._bound()
         return self._stub
+
+    def _bound(self) -> grpc.aio.Channel:
+        """The channel of the running loop: made on first use, refused from any other loop."""
+        if self._closed:
+            raise RemoteMediaError("the client is closed; make a new AsyncClient to make more calls")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RemoteMediaError("an AsyncClient makes its calls in a running event loop: await them in a coroutine") from None
+        if self._channel is None:
+            s = self.settings
+            if s.tls is not None:
+                self._channel = grpc.aio.secure_channel(s.address, s.tls.credentials(), options=s.options())
+            else:
+                self._channel = grpc.aio.insecure_channel(s.address, options=s.options())
+            self._loop = loop
+            self._stub = pb.PipelineServiceStub(self._channel)
+            self._health = health_pb2_grpc.HealthStub(self._channel)
+        elif loop is not self._loop:
+            raise RemoteMediaError(
+                "this AsyncClient is used from another event loop than the one it first ran in: an AsyncClient "
+                "belongs to one event loop (its grpc.aio channel lives there); make a new AsyncClient in each loop, "
+                "for instance one per asyncio.run"
+            )
+        return self._channel
 
     async def _call(self, rpc: str, attempt: Callable[[float | None], Awaitable[T]], timeout: float | None, retry: RetryPolicy | None) -> T:
         attempts = Attempts(rpc, retry or self.settings.retry, timeout if timeout is not None else self.settings.timeout)
@@ -142,7 +174,7 @@ class AsyncClient:
         )
 
         async def attempt(t: float | None) -> pb.ExecuteResponse:
-            response: pb.ExecuteResponse = await self._stub.ExecutePipeline(
+            response: pb.ExecuteResponse = await self.stub.ExecutePipeline(
                 request, metadata=self.settings.metadata(), timeout=t, compression=self.settings.grpc_compression()
             )
             return response
@@ -154,7 +186,7 @@ class AsyncClient:
 
     async def execute(self, request: pb.ExecuteRequest, *, timeout: float | None = None) -> pb.ExecuteResponse:
         """The raw ``ExecutePipeline`` call; see :meth:`remotemedia_client.Client.execute`."""
-        response: pb.ExecuteResponse = await self._stub.ExecutePipeline(
+        response: pb.ExecuteResponse = await self.stub.ExecutePipeline(
             request,
             metadata=self.settings.metadata(),
             timeout=timeout if timeout is not None else self.settings.timeout,
@@ -180,7 +212,7 @@ class AsyncClient:
     def stream_call(self, *, timeout: float | None = None) -> grpc.aio.StreamStreamCall[pb.StreamRequest, pb.StreamResponse]:
         """The raw ``StreamPipeline`` call (this client's headers and compression added), for
         driving the protocol message by message with ``write``/``read``. Prefer :meth:`stream`."""
-        call: grpc.aio.StreamStreamCall[pb.StreamRequest, pb.StreamResponse] = self._stub.StreamPipeline(
+        call: grpc.aio.StreamStreamCall[pb.StreamRequest, pb.StreamResponse] = self.stub.StreamPipeline(
             metadata=self.settings.metadata(), timeout=timeout, compression=self.settings.grpc_compression()
         )
         return call
@@ -238,7 +270,7 @@ class AsyncClient:
         request = pb.VersionRequest(client_version=client_version or self.settings.protocol_version)
 
         async def attempt(t: float | None) -> pb.VersionResponse:
-            response: pb.VersionResponse = await self._stub.GetVersion(request, metadata=self.settings.metadata(), timeout=t)
+            response: pb.VersionResponse = await self.stub.GetVersion(request, metadata=self.settings.metadata(), timeout=t)
             return response
 
         return await self._call("GetVersion", attempt, timeout, None)
@@ -261,6 +293,7 @@ class AsyncClient:
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status of ``service``; see :meth:`remotemedia_client.Client.health`."""
+        self._bound()
 
         async def check(t: float | None) -> str:
             try:
@@ -276,7 +309,16 @@ class AsyncClient:
     # --- lifetime ---------------------------------------------------------------------------
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        """Closes the channel; calls made afterwards raise
+        :class:`~remotemedia_client.errors.RemoteMediaError`. Allowed from another loop only
+        once the client's own loop has ended (then there is nothing left to close)."""
+        if self._closed:
+            return
+        if self._channel is not None and self._loop is not None and not self._loop.is_closed():
+            channel = self._bound()
+            self._closed = True
+            await channel.close(None)
+        self._closed = True
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -351,6 +393,9 @@ class AsyncStream:
     slows the sender; results are read in the background and come out of ``async for`` in
     sequence order. A node failing on one chunk raises ``NodeExecutionError`` (with
     ``.sequence``) from the iteration; the session goes on, so iteration may continue.
+
+    A stream does nothing until it is opened (``async with``, or :meth:`open`): before that,
+    ``send``, ``close``, ``cancel`` and iteration raise ``RuntimeError``.
     """
 
     def __init__(self, client: AsyncClient, core: StreamCore, *, timeout: float | None, max_pending: int, retry: RetryPolicy) -> None:
@@ -388,7 +433,10 @@ class AsyncStream:
         return self._end is not None
 
     async def open(self) -> AsyncStream:
-        """Sends the manifest and waits for ``ready``, retrying what the policy allows."""
+        """Sends the manifest and waits for ``ready``, retrying what the policy allows. A stream
+        opens once."""
+        if self._call is not None:
+            raise RuntimeError("the stream is already open; make a new one for another session")
         if unknown_node_types(self._core.pipeline):
             self._core.check(await self._client.catalogue(timeout=self._timeout))
         settings = self._client.settings
@@ -464,6 +512,7 @@ class AsyncStream:
     async def send(self, chunk: AudioInput, *, node_id: str | None = None, sample_rate: int | None = None) -> int:
         """Queues ``chunk`` for ``node_id`` (default: the stream's source) and returns its
         sequence number; waits while ``max_pending`` chunks are queued."""
+        self._check_opened()
         if self._closed or self._cancelled:
             raise RuntimeError("the stream is closed; open a new one to send more")
         self._raise_if_ended()
@@ -476,6 +525,10 @@ class AsyncStream:
         sequence: int = request.audio_chunk.sequence
         return sequence
 
+    def _check_opened(self) -> None:
+        if self._call is None:
+            raise RuntimeError(NOT_OPEN)
+
     def _raise_if_ended(self) -> None:
         if self._end is not None and self._end.error is not None:
             raise self._end.error
@@ -483,6 +536,7 @@ class AsyncStream:
     async def close(self) -> None:
         """Ends the input: the server flushes every node, sends the last result and final
         metrics, and ends the stream. Results stay readable."""
+        self._check_opened()
         if self._closed or self._cancelled:
             return
         self._closed = True
@@ -491,12 +545,12 @@ class AsyncStream:
     async def cancel(self) -> None:
         """Ends the stream at once; the server stops the running chunk and frees the session.
         Iterating afterwards raises :class:`PipelineCancelledError`."""
+        self._check_opened()
         if self._cancelled or self._end is not None:
             return
         self._cancelled = True
         await self._outbox.abort()
-        if self._call is not None:
-            self._call.cancel()
+        self._call.cancel()
         await self.wait()
 
     async def wait(self) -> None:
@@ -509,6 +563,7 @@ class AsyncStream:
         return self
 
     async def __anext__(self) -> Result:
+        self._check_opened()
         if self._exhausted:
             raise StopAsyncIteration
         item = await self._results.get()

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from remotemedia_client import pb
 from remotemedia_client._core import (
     DEFAULT_TIMEOUT,
+    NOT_OPEN,
     PROTOCOL_VERSION,
     TLS,
     Attempts,
@@ -97,6 +98,7 @@ class Client:
         self._stub: Any = pb.PipelineServiceStub(self._channel)
         self._catalogue: Catalogue | None = None
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._closed = False
 
     @property
     def address(self) -> str:
@@ -109,8 +111,14 @@ class Client:
 
     @property
     def stub(self) -> Any:
-        """The generated ``PipelineServiceStub``, for calls this client does not wrap."""
+        """The generated ``PipelineServiceStub``, for calls this client does not wrap. Raises
+        :class:`~remotemedia_client.errors.RemoteMediaError` once the client is closed."""
+        self._check_open()
         return self._stub
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RemoteMediaError("the client is closed; make a new Client to make more calls")
 
     def _call(self, rpc: str, attempt: Callable[[float | None], T], timeout: float | None, retry: RetryPolicy | None) -> T:
         attempts = Attempts(rpc, retry or self.settings.retry, timeout if timeout is not None else self.settings.timeout)
@@ -170,7 +178,7 @@ class Client:
         try:
             response = self._call(
                 "ExecutePipeline",
-                lambda t: self._stub.ExecutePipeline(
+                lambda t: self.stub.ExecutePipeline(
                     request, metadata=self.settings.metadata(), timeout=t, compression=self.settings.grpc_compression()
                 ),
                 timeout,
@@ -184,7 +192,7 @@ class Client:
         """The raw ``ExecutePipeline`` call with a hand-built request: the client's headers,
         deadline and compression are added and nothing else. In-band errors stay in the
         response, statuses raise ``grpc.RpcError``, and nothing is retried. Prefer :meth:`run`."""
-        response: pb.ExecuteResponse = self._stub.ExecutePipeline(
+        response: pb.ExecuteResponse = self.stub.ExecutePipeline(
             request,
             metadata=self.settings.metadata(),
             timeout=timeout if timeout is not None else self.settings.timeout,
@@ -216,7 +224,7 @@ class Client:
         """The raw ``StreamPipeline`` call over ``requests`` (this client's headers and
         compression added): the responses as they come, statuses raised as ``grpc.RpcError``.
         Prefer :meth:`stream`."""
-        responses: Iterator[pb.StreamResponse] = self._stub.StreamPipeline(
+        responses: Iterator[pb.StreamResponse] = self.stub.StreamPipeline(
             iter(requests), metadata=self.settings.metadata(), timeout=timeout, compression=self.settings.grpc_compression()
         )
         return responses
@@ -273,7 +281,7 @@ class Client:
         request = pb.VersionRequest(client_version=client_version or self.settings.protocol_version)
         response: pb.VersionResponse = self._call(
             "GetVersion",
-            lambda t: self._stub.GetVersion(request, metadata=self.settings.metadata(), timeout=t),
+            lambda t: self.stub.GetVersion(request, metadata=self.settings.metadata(), timeout=t),
             timeout,
             None,
         )
@@ -301,6 +309,8 @@ class Client:
         """The gRPC health status of ``service`` (``""``: the server as a whole):
         ``"SERVING"``, ``"NOT_SERVING"`` or ``"SERVICE_UNKNOWN"``."""
 
+        self._check_open()
+
         def check(t: float | None) -> str:
             try:
                 r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=t)
@@ -315,6 +325,9 @@ class Client:
     # --- lifetime ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Closes the channel; calls made afterwards raise
+        :class:`~remotemedia_client.errors.RemoteMediaError`."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -381,6 +394,9 @@ class Stream:
     Results are read in the background as they arrive; iterate the stream to get them in
     sequence order. A node failing on one chunk raises ``NodeExecutionError`` (with
     ``.sequence``) from the iteration; the session goes on, so iteration may continue.
+
+    A stream does nothing until it is opened (``with``, or :meth:`open`): before that,
+    ``send``, ``close``, ``cancel`` and iteration raise ``RuntimeError``.
     """
 
     def __init__(self, client: Client, core: StreamCore, *, timeout: float | None, max_pending: int, retry: RetryPolicy) -> None:
@@ -420,7 +436,9 @@ class Stream:
 
     def open(self) -> Stream:
         """Sends the manifest and waits for the server's ``ready`` (retrying refusals the
-        retry policy allows: nothing has run yet)."""
+        retry policy allows: nothing has run yet). A stream opens once."""
+        if self._call is not None:
+            raise RuntimeError("the stream is already open; make a new one for another session")
         if unknown_node_types(self._core.pipeline):
             self._core.check(self._client.catalogue(timeout=self._timeout))
         settings = self._client.settings
@@ -486,6 +504,7 @@ class Stream:
         """Queues ``chunk`` (an :class:`AudioBuffer`, or a numpy array at the stream's or the
         given ``sample_rate``) for ``node_id`` (default: the stream's source) and returns its
         sequence number. Blocks while ``max_pending`` chunks are waiting to be sent."""
+        self._check_opened()
         if self._closed or self._cancelled:
             raise RuntimeError("the stream is closed; open a new one to send more")
         self._raise_if_ended()
@@ -495,6 +514,10 @@ class Stream:
             self._raise_if_ended()
             raise RuntimeError("the stream ended")
         return request.audio_chunk.sequence
+
+    def _check_opened(self) -> None:
+        if self._call is None:
+            raise RuntimeError(NOT_OPEN)
 
     def _raise_if_ended(self) -> None:
         final = self._final or self._peek_end()
@@ -509,6 +532,7 @@ class Stream:
     def close(self) -> None:
         """Ends the input: the server flushes every node, sends their last output as one more
         result and final metrics, and ends the stream. Results stay readable."""
+        self._check_opened()
         if self._closed or self._cancelled:
             return
         self._closed = True
@@ -517,13 +541,13 @@ class Stream:
     def cancel(self) -> None:
         """Ends the stream at once: the server stops the running chunk and frees the session.
         Iterating afterwards raises :class:`PipelineCancelledError`."""
+        self._check_opened()
         if self._cancelled or self._final is not None:
             return
         self._cancelled = True
         self._outbox.abort()
-        if self._call is not None:
-            self._call.cancel()
-            self._join_reader()
+        self._call.cancel()
+        self._join_reader()
 
     def _join_reader(self) -> None:
         if self._reader is not None and self._reader is not threading.current_thread():
@@ -533,6 +557,7 @@ class Stream:
         return self
 
     def __next__(self) -> Result:
+        self._check_opened()
         with self._results_cv:
             while not self._results:
                 self._results_cv.wait()
