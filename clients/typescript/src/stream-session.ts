@@ -7,7 +7,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Audio } from "./audio.js";
-import { RemoteMediaError } from "./error.js";
+import { RemoteMediaError, validationError } from "./error.js";
 import type { ErrorResponse } from "./gen/remotemedia/v1/common_pb.js";
 import type { PipelineManifest } from "./gen/remotemedia/v1/manifest_pb.js";
 import {
@@ -35,7 +35,11 @@ export interface StreamOptions {
 export interface SendOptions {
   /** Node whose "input" port receives the chunk (default: the session's input node). */
   nodeId?: string;
-  /** Sequence number echoed by the result (default: one more than the previous chunk's, from 0). */
+  /**
+   * Sequence number echoed by the result: a non-negative integer up to Number.MAX_SAFE_INTEGER
+   * (default: one more than the previous chunk's, from 0). The server takes repeated and
+   * decreasing numbers as they are; each result carries the number its chunk was sent with.
+   */
   sequence?: number;
 }
 
@@ -159,7 +163,8 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
 
   /**
    * Queues one chunk and resolves with its sequence number once it is queued; waits while
-   * maxBufferedChunks chunks are already waiting for the transport.
+   * maxBufferedChunks chunks are already waiting for the transport. A `sequence` that is not a
+   * non-negative safe integer rejects with a VALIDATION error and leaves the session open.
    */
   async send(audio: Audio, options: SendOptions = {}): Promise<number> {
     this.#assertOpen();
@@ -167,7 +172,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
     if (nodeId === undefined) {
       throw new TypeError("the pipeline has several source nodes: pass the chunk's nodeId or the stream's inputNode");
     }
-    const sequence = options.sequence ?? this.#nextSequence;
+    const sequence = checkSequence(options.sequence ?? this.#nextSequence, options.sequence === undefined);
     this.#nextSequence = sequence + 1;
     const buffer = audio.toProto();
     const request = create(StreamRequestSchema, {
@@ -270,6 +275,16 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
     this.#queue.fail(error ?? new TypeError("the stream session has ended"));
     this.#unlinkSignal();
   }
+}
+
+/** `sequence` if it is a valid chunk sequence, else the VALIDATION error naming the field. */
+function checkSequence(sequence: unknown, automatic: boolean): number {
+  if (typeof sequence === "number" && Number.isSafeInteger(sequence) && sequence >= 0) return sequence;
+  const got = typeof sequence === "number" ? String(sequence) : `a ${typeof sequence}`;
+  const description = automatic
+    ? `must be a non-negative integer up to Number.MAX_SAFE_INTEGER: automatic numbering reached ${got}; pass sequence explicitly`
+    : `must be a non-negative integer up to Number.MAX_SAFE_INTEGER, got ${got}`;
+  throw validationError([{ field: "sequence", description }]);
 }
 
 function cancelledReason(): ConnectError {

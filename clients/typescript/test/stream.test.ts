@@ -24,14 +24,14 @@ function doubling(): Pipeline {
   return new Pipeline("double").passThrough("src").gain("gain", { gain: 2 }).connect("src", "gain");
 }
 
-async function cancelledError(promise: Promise<unknown>): Promise<RemoteMediaError> {
+async function rejection(promise: Promise<unknown>): Promise<RemoteMediaError> {
   try {
     await promise;
   } catch (e) {
     assert.ok(e instanceof RemoteMediaError, `expected a RemoteMediaError, got ${String(e)}`);
     return e;
   }
-  assert.fail("expected the stream to fail");
+  assert.fail("expected a RemoteMediaError");
 }
 
 async function streamsDrainTo(count: number): Promise<void> {
@@ -80,10 +80,10 @@ test("cancel() ends the stream with the CANCELLED kind and the server frees the 
   const waiting = results.next();
   session.cancel();
 
-  const error = await cancelledError(waiting);
+  const error = await rejection(waiting);
   assert.equal(error.kind, "CANCELLED");
   assert.equal(error.code, Code.Canceled);
-  assert.equal((await cancelledError(session.send(new Audio(new Float32Array(160), 16_000)))).kind, "CANCELLED");
+  assert.equal((await rejection(session.send(new Audio(new Float32Array(160), 16_000)))).kind, "CANCELLED");
   assert.equal(session.state, "ended");
   await streamsDrainTo(0);
 });
@@ -97,9 +97,9 @@ test("an AbortSignal cancels the stream like cancel()", async () => {
 
   controller.abort();
 
-  assert.equal((await cancelledError(results.next())).kind, "CANCELLED");
+  assert.equal((await rejection(results.next())).kind, "CANCELLED");
   await streamsDrainTo(0);
-  const late = await cancelledError(client.stream(doubling(), { signal: controller.signal }));
+  const late = await rejection(client.stream(doubling(), { signal: controller.signal }));
   assert.equal(late.kind, "CANCELLED");
 });
 
@@ -146,4 +146,48 @@ test("a slow consumer makes send() wait instead of buffering without bound", asy
   // server's 8 buffered results and the chunks being read and processed: about 20.
   assert.ok(mostAhead <= 40, `the sender ran ${mostAhead} chunks ahead of the consumer`);
   assert.equal(session.metrics?.chunksProcessed, total);
+});
+
+test("a sequence that is not a non-negative safe integer is a VALIDATION error naming it, and the session goes on", async () => {
+  const session = await client.stream(doubling());
+  const chunk = new Audio(new Float32Array(160), 16_000);
+  for (const sequence of [-1, 2 ** 64, 1.5, Number.NaN, Number.MAX_SAFE_INTEGER + 1, 7n as unknown as number]) {
+    const error = await rejection(session.send(chunk, { sequence }));
+    assert.equal(error.kind, "VALIDATION", `sequence ${String(sequence)}: ${error.message}`);
+    assert.deepEqual(
+      error.violations.map((v) => v.field),
+      ["sequence"],
+    );
+    assert.match(error.message, /sequence: must be a non-negative integer/);
+    assert.equal(session.state, "open");
+  }
+  assert.equal(await session.send(chunk, { sequence: Number.MAX_SAFE_INTEGER }), Number.MAX_SAFE_INTEGER);
+  // Automatic numbering cannot go past the largest safe integer either.
+  const next = await rejection(session.send(chunk));
+  assert.equal(next.kind, "VALIDATION");
+  assert.match(next.message, /sequence: /);
+  assert.equal(await session.send(chunk, { sequence: 3 }), 3);
+  await session.close();
+  const sequences: number[] = [];
+  for await (const result of session) sequences.push(result.sequence ?? -1);
+  assert.deepEqual(sequences.slice(0, 2), [Number.MAX_SAFE_INTEGER, 3]);
+  await streamsDrainTo(0);
+});
+
+test("automatic numbering continues from the last sequence sent, and results carry the chunk's", async () => {
+  const session = await client.stream(doubling());
+  const chunk = new Audio(new Float32Array(160), 16_000);
+  const sent = [
+    await session.send(chunk),
+    await session.send(chunk, { sequence: 0 }),
+    await session.send(chunk),
+    await session.send(chunk, { sequence: 10 }),
+    await session.send(chunk),
+  ];
+  assert.deepEqual(sent, [0, 0, 1, 10, 11]);
+  await session.close();
+  const sequences: number[] = [];
+  for await (const result of session) sequences.push(result.sequence ?? -1);
+  assert.deepEqual(sequences.slice(0, sent.length), sent);
+  await streamsDrainTo(0);
 });
