@@ -114,6 +114,36 @@ def test_a_plugin_node_is_served_with_its_declaration(srv: RunningServer) -> Non
     assert [(p["name"], p["kind"]) for p in echo.outputs] == [("output", "audio"), ("echoes", "data")]
 
 
+def test_a_plugin_without_a_docstring_is_served_without_its_base_classes_description(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "bare.py").write_text(
+        "from remotemedia_nodes import Node, node\n\n\n"
+        "class Documented(Node):\n"
+        '    """A base with its own docstring.\n\n    Its details.\n    """\n\n'
+        "    def process(self, inputs):\n"
+        '        return {"output": inputs["input"]}\n\n\n'
+        '@node("BareNode")\n'
+        "class Bare(Node):\n"
+        "    def process(self, inputs):\n"
+        '        return {"output": inputs["input"]}\n\n\n'
+        '@node("DerivedNode")\n'
+        "class Derived(Documented):\n"
+        "    pass\n"
+    )
+    s = start_server("--python-nodes-path", str(plugins))
+    try:
+        catalogue = server_catalogue(s)
+        with Client(s.address) as client:
+            result = client.run(Pipeline.chain(Node("BareNode", "bare"), Node("DerivedNode", "derived")), [0.25] * 4, sample_rate=16_000)
+    finally:
+        assert s.stop() == 0
+    for name in ("BareNode", "DerivedNode"):
+        entry = catalogue.get(name)
+        assert entry is not None and (entry.description, entry.details) == ("", ""), entry
+    assert result.audio["derived"].frames == 4
+
+
 def test_the_python_client_builds_and_checks_a_plugin_pipeline_with_no_change(srv: RunningServer) -> None:
     assert not BUILTIN_CATALOGUE.knows("EchoNode")
     with Client(srv.address) as client:

@@ -29,7 +29,16 @@ from speech import (
     with_noise,
 )
 
-from remotemedia_client import AudioBuffer, Client, Node, SileroVADNode, SpeechRecognitionNode, TextToSpeechNode, ValidationError
+from remotemedia_client import (
+    AudioBuffer,
+    Client,
+    Node,
+    RemoteMediaError,
+    SileroVADNode,
+    SpeechRecognitionNode,
+    TextToSpeechNode,
+    ValidationError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +150,26 @@ def test_text_to_speech_refuses_an_unknown_voice_and_text_that_is_not_text(clien
     with pytest.raises(ValidationError) as e:
         client.run(pipeline(Node("TextToSpeechNode", id="tts", voice="en-xx")), data={"tts": "hello"}, timeout=60)
     assert "`voice` names no espeak-ng voice: `en-xx`" in str(e.value) and "en-us" in str(e.value)
-    with pytest.raises(Exception, match='must be text or an object with a "text" string'):
+    with pytest.raises(ValidationError, match="must be a string or an object with a `text` string, got an array"):
         client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": [1, 2]}, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("data", "got"),
+    [
+        ({"foo": 1}, "an object without a `text` string"),
+        ({"text": 5}, "an object whose `text` is a number"),
+        (5, "a number"),
+        (None, "null"),
+        ([1, 2], "an array"),
+        (True, "a boolean"),
+    ],
+)
+def test_text_to_speech_names_in_json_terms_the_data_it_cannot_speak(client: Client, data: object, got: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": data}, timeout=60)
+    assert e.value.message.endswith(f"its data input must be a string or an object with a `text` string, got {got}"), e.value.message
+    assert e.value.node_id == "tts" and e.value.context.get("field") == "data"
 
 
 def _espeak_speech(tmp: Path) -> np.ndarray:

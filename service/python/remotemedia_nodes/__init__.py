@@ -27,6 +27,7 @@ from remotemedia_nodes.errors import (  # noqa: E402
     ParamError,
     ParamErrors,
     TransientError,
+    InvalidRequest,
     UnsupportedAudio,
 )
 from remotemedia_nodes.registry import Node, declarations, node, node_types, reserve_output  # noqa: E402
@@ -44,6 +45,7 @@ __all__ = [
     "ParamErrors",
     "Port",
     "TransientError",
+    "InvalidRequest",
     "UnsupportedAudio",
     "declarations",
     "from_float",

@@ -23,6 +23,8 @@ The class says everything once::
             mode: Annotated[Literal["mono", "stereo"], Param(doc="where the echo goes")] = "mono",
         ) -> None: ...
 
+- The class's own docstring is its description (first paragraph) and details (the rest); a
+  class without one has an empty description, whatever its base classes say.
 - Each ``__init__`` parameter is a node parameter. A default makes it optional; ``None`` as
   the default makes it optional with no default.
 - Its annotation gives its kind: ``int`` (an integer), ``float`` (a number; integers accepted),
@@ -161,7 +163,9 @@ def _jsonable(where: str, value: Any) -> Any:
 
 def declaration(node_type: str, cls: type, aliases: tuple[str, ...] = ()) -> dict[str, Any]:
     """The declaration of `cls` as the server reads it (the JSON form of the server's `NodeSpec`)."""
-    doc = inspect.getdoc(cls) or ""
+    # The class's own docstring only: inherited ones describe a base (`Node`'s, or a plug-in's
+    # shared base), not this node. None gives an empty description.
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
     first, _, rest = doc.partition("\n\n")
     init = cls.__init__ if cls.__init__ is not object.__init__ else None
     params = []

@@ -2,7 +2,8 @@
 
 | raised | error type | retried |
 | --- | --- | --- |
-| ``UnsupportedAudio`` | audio the node does not take (rate, channels): VALIDATION | no |
+| ``InvalidRequest`` | input the request must change (data of a shape the node does not take): VALIDATION | no |
+| ``UnsupportedAudio`` (an ``InvalidRequest``) | audio the node does not take (rate, channels): VALIDATION | no |
 | ``InvalidInput``, ``ValueError``, ``TypeError``, ``KeyError``, ``IndexError`` | bad input: NODE_EXECUTION | no |
 | ``TransientError``, ``TimeoutError``, ``ConnectionError`` | may pass: NODE_EXECUTION | yes, with backoff |
 | any other exception | a node failure: NODE_EXECUTION | no (counts toward the circuit breaker) |
@@ -28,7 +29,13 @@ class InvalidInput(NodeError, ValueError):
     """The node's input is unusable (wrong rate, missing port, ...). Not retried."""
 
 
-class UnsupportedAudio(InvalidInput):
+class InvalidRequest(InvalidInput):
+    """Input of a form the node does not take, which only a changed request can fix (data of
+    the wrong JSON type on a data port): the client gets ``ERROR_TYPE_VALIDATION``. The message
+    says what the node takes and what it got."""
+
+
+class UnsupportedAudio(InvalidRequest):
     """Audio in a form the node does not take (another sample rate or channel count): the
     request must change, so the client gets ``ERROR_TYPE_VALIDATION``. The message says what
     the node needs and which node converts to it."""

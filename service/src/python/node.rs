@@ -219,7 +219,7 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
         let value = err.value(py);
         let bytes = |name: &str| value.getattr(name).ok().and_then(|v| v.extract::<u64>().ok()).unwrap_or_default();
         NodeErrorKind::MemoryLimit { limit_bytes: bytes("limit_bytes"), needed_bytes: bytes("needed_bytes") }
-    } else if is(&api.unsupported_audio) {
+    } else if is(&api.invalid_request) {
         NodeErrorKind::Validation
     } else if is(&api.transient)
         || err.is_instance_of::<PyTimeoutError>(py)

@@ -14,7 +14,7 @@ import numpy as np
 from remotemedia_nodes import models
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.declare import Param, Port
-from remotemedia_nodes.errors import InvalidInput, ParamError
+from remotemedia_nodes.errors import InvalidInput, InvalidRequest, ParamError
 from remotemedia_nodes.registry import Node, node
 
 #: Longest text synthesised in one call (about five minutes of speech).
@@ -90,16 +90,34 @@ ESPEAK = models.register(
 )
 
 
+def _json_kind(value: Any) -> str:
+    """What `value`, parsed from JSON, is, in JSON's words (`a number`, `null`, ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: a JSON boolean arrives as a bool, an int subclass
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
 def _text(value: Any) -> str:
     """The text of a `data` input: a string, or an object with a `text` string (such as
     SpeechRecognitionNode's output)."""
+    got = _json_kind(value)
     if isinstance(value, dict):
+        got = "an object without a `text` string" if "text" not in value else f"an object whose `text` is {_json_kind(value['text'])}"
         value = value.get("text")
     if not isinstance(value, str):
-        kind = type(value).__name__
-        raise InvalidInput(f'TextToSpeechNode: the data input must be text or an object with a "text" string, got {kind}')
+        raise InvalidRequest(f"TextToSpeechNode: its data input must be a string or an object with a `text` string, got {got}", field="data")
     if len(value) > MAX_TEXT:
-        raise InvalidInput(f"TextToSpeechNode: the text is {len(value)} characters long; at most {MAX_TEXT} are spoken per input")
+        raise InvalidRequest(
+            f"TextToSpeechNode: the text is {len(value)} characters long; at most {MAX_TEXT} are spoken per input", field="data"
+        )
     return re.sub(r"\s+", " ", value).strip()
 
 
