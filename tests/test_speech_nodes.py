@@ -101,6 +101,19 @@ def test_recognition_gives_pocketsphinx_s_text(client: Client, beckett: np.ndarr
     assert partials, "partial hypotheses arrive while an utterance is open"
 
 
+@pytest.mark.parametrize("seconds", [0.0, 0.1, 2.0])
+def test_recognition_of_no_speech_answers_with_an_empty_transcript(client: Client, seconds: float) -> None:
+    # Silence used to leave no `asr` entry at all, so reading the transcript raised KeyError.
+    silence = np.zeros(int(seconds * 16_000), np.int16)
+    asr = pipeline(SpeechRecognitionNode("asr"))
+    res = run(client, asr, silence)
+    assert res.data["asr"] == {"text": "", "segments": []}
+    assert res.transcripts["asr"].text == "" and res.transcripts["asr"].utterances == []
+    if seconds:
+        last = list(stream_chunks(client, asr, silence))[-1]
+        assert last.data["asr"] == {"text": "", "segments": []}, "the close answers too"
+
+
 def test_audio_the_nodes_do_not_take_is_a_validation_error_naming_the_fix(client: Client, beckett: np.ndarray) -> None:
     for node_type in ("SileroVADNode", "SpeechRecognitionNode"):
         p = pipeline(Node(node_type, id="n"))

@@ -88,6 +88,22 @@ def test_the_example_client_script_answers_a_wav_file(srv: RunningServer, tmp_pa
     assert rate == 22050 and len(samples) / rate > 10
 
 
+@pytest.mark.parametrize("mode", [[], ["--stream"]], ids=["one request", "stream"])
+def test_the_example_client_script_says_when_it_heard_nothing(srv: RunningServer, tmp_path: Path, mode: list[str]) -> None:
+    # Silence used to end the one-request mode with a KeyError: no transcript came back.
+    silent = tmp_path / "silence.wav"
+    soundfile.write(silent, np.zeros(32_000, np.int16), 16_000)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "run.py"), str(silent), str(tmp_path / "answer.wav"), "--address", srv.address, *mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr.strip()) == (1, "no speech recognised; nothing to answer"), done.stderr
+    assert not (tmp_path / "answer.wav").exists()
+
+
 def test_a_minute_of_speech_streams_partials_then_the_transcript_on_close(srv: RunningServer, client: Client) -> None:
     # 44.4 s of two_cities.wav, then endgame_nagg_nell.wav up to 60 s: the cut falls inside a
     # line of dialogue, so an utterance is still open when the stream closes.

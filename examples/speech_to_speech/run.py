@@ -53,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=60,
             )
             transcript = result.transcripts["asr"]
-            heard.append(transcript.text)
             for u in transcript.utterances:
                 print(f"heard [{u.start_s:6.2f} – {u.end_s:6.2f} s, confidence {u.confidence:.2f}]: {u.text}")
-            if "tts" in result.audio:
+            if "tts" in result.audio and result.audio["tts"].frames:
                 speech.append(result.audio["tts"])
     if not speech:
         print("no speech recognised; nothing to answer", file=sys.stderr)

@@ -229,7 +229,9 @@ class SpeechRecognition(Node):
 
     def _outputs(self, final: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if self.ready:
+        if self.ready or final:
+            # The end of a request or stream always answers, with empty text and no segments
+            # when no speech was heard, so a transcript is there to read whatever the audio.
             ready, self.ready = self.ready, []
             out["segments"] = ready
             out["text"] = " ".join(s["text"] for s in ready if s["text"])
