@@ -94,12 +94,29 @@ def test_an_in_band_failure_counts_as_a_failure_not_a_success(srv: RunningServer
     assert GRPCURL.exists()
     data = {
         "manifest": {"version": "v1", "nodes": [{"id": "gain", "node_type": "GainNod", "params": '{"gain_db": -6}'}]},
-        "audio_inputs": {"gain": {"samples": "AAAAPwAAAL8AAIA+AAAAAA==", "sample_rate": 16000, "channels": 1, "format": "AUDIO_FORMAT_F32", "num_samples": 4}},
+        "audio_inputs": {
+            "gain": {
+                "samples": "AAAAPwAAAL8AAIA+AAAAAA==",
+                "sample_rate": 16000,
+                "channels": 1,
+                "format": "AUDIO_FORMAT_F32",
+                "num_samples": 4,
+            }
+        },
     }
     before_ok = srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", outcome="success")
     before_bad = srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="OK", outcome="validation")
     out = subprocess.run(
-        [str(GRPCURL), "-plaintext", "-H", "authorization: Bearer t0k3n", "-d", json.dumps(data), srv.address, "remotemedia.v1.PipelineService/ExecutePipeline"],
+        [
+            str(GRPCURL),
+            "-plaintext",
+            "-H",
+            "authorization: Bearer t0k3n",
+            "-d",
+            json.dumps(data),
+            srv.address,
+            "remotemedia.v1.PipelineService/ExecutePipeline",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -146,3 +163,28 @@ def test_an_unauthenticated_call_counts_by_code_and_outcome(srv: RunningServer) 
     with pytest.raises(grpc.RpcError):
         stub.ExecutePipeline(pb.ExecuteRequest(), timeout=30)
     assert srv.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="UNAUTHENTICATED", outcome="authentication") == before + 1
+
+
+def test_node_time_counts_the_nodes_of_a_failed_run(srv: RunningServer) -> None:
+    # Node time used to be recorded only for runs that succeeded: a dashboard showed none for
+    # failing work, not even for the nodes that finished before the failure.
+    def count(node_type: str) -> float:
+        return srv.metric("remotemedia_node_duration_seconds_count", node_type=node_type, runtime="rust")
+
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    auth = (("authorization", "Bearer t0k3n"),)
+    m = manifest([node("p", "PassThroughNode"), node("c", "ChannelMixerNode", output_channels=1)], [("p", "c")])
+    nan = f32(np.full(160, np.nan, np.float32))
+    before = count("PassThroughNode"), count("ChannelMixerNode")
+    resp = stub.ExecutePipeline(pb.ExecuteRequest(manifest=m, audio_inputs={"p": nan}), metadata=auth, timeout=30)
+    assert resp.error.failing_node_id == "c", resp
+    assert (count("PassThroughNode"), count("ChannelMixerNode")) == (before[0] + 1, before[1] + 1)
+
+    requests = [
+        pb.StreamRequest(manifest=m),
+        pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="p", buffer=nan, sequence=0)),
+        pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE)),
+    ]
+    responses = list(stub.StreamPipeline(iter(requests), metadata=auth, timeout=30))
+    assert [r.WhichOneof("response") for r in responses][:2] == ["ready", "error"]
+    assert (count("PassThroughNode"), count("ChannelMixerNode")) == (before[0] + 2, before[1] + 2)

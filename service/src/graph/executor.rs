@@ -94,6 +94,7 @@ impl Engine {
             run_token: None,
             breakers: self.breakers.clone(),
             lost_nodes: false,
+            failed_reports: Vec::new(),
         })
     }
 }
@@ -143,6 +144,8 @@ pub struct Pipeline {
     breakers: Arc<CircuitBreakers>,
     /// Set when a timed-out run abandoned running nodes: the pipeline can no longer run.
     lost_nodes: bool,
+    /// The reports of the nodes a failed run called, until [`Pipeline::take_failed_reports`].
+    failed_reports: Vec<NodeReport>,
 }
 
 struct CallOk {
@@ -150,7 +153,19 @@ struct CallOk {
     report: NodeReport,
 }
 
-type CallResult = (usize, Option<NodeInstance>, Result<CallOk, ExecError>);
+/// A failed call: the error, and the node's report when it was called.
+struct CallFailed {
+    error: ExecError,
+    report: Option<NodeReport>,
+}
+
+impl From<ExecError> for CallFailed {
+    fn from(error: ExecError) -> Self {
+        Self { error, report: None }
+    }
+}
+
+type CallResult = (usize, Option<NodeInstance>, Result<CallOk, CallFailed>);
 
 impl Pipeline {
     pub fn name(&self) -> &str {
@@ -238,26 +253,7 @@ impl Pipeline {
             return Err(ExecError::Internal(format!("node index {i} is out of range")));
         }
         let started = Instant::now();
-        let result = match limits.timeout {
-            None => self.drive(feed, mode, limits.max_memory_bytes, cancel).await,
-            Some(limit) => {
-                match tokio::time::timeout(limit, self.drive(feed, mode, limits.max_memory_bytes, cancel)).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.cancel_run();
-                        let running: Vec<String> = self
-                            .slots
-                            .iter()
-                            .zip(&self.plan.nodes)
-                            .filter(|(s, _)| s.is_none())
-                            .map(|(_, n)| n.id.clone())
-                            .collect();
-                        self.lost_nodes = !running.is_empty();
-                        Err(ExecError::Timeout { limit, running })
-                    }
-                }
-            }
-        };
+        let result = self.drive(feed, mode, limits, cancel).await;
         self.cancel_run();
         result.map(|mut out| {
             out.wall_time = started.elapsed();
@@ -303,16 +299,49 @@ impl Pipeline {
         &mut self,
         mut feed: Feed,
         mode: Mode,
-        max_memory: Option<u64>,
+        limits: RunLimits,
         cancel: &CancellationToken,
     ) -> Result<RunOutput, ExecError> {
         let mut run = std::mem::take(&mut self.scratch);
         run.reset(&self.plan, &self.preds, &feed, mode);
-        let result = self.drive_with(&mut run, &mut feed, mode, max_memory, cancel).await;
-        let output = result.map(|()| run.take_output(&self.plan, &self.names));
+        let max_memory = limits.max_memory_bytes;
+        // The time limit is applied here, around the walk, so that the run's state (the reports
+        // of the nodes that ran) outlives a timeout.
+        let result = match limits.timeout {
+            None => self.drive_with(&mut run, &mut feed, mode, max_memory, cancel).await,
+            Some(limit) => {
+                match tokio::time::timeout(limit, self.drive_with(&mut run, &mut feed, mode, max_memory, cancel)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(self.timed_out(limit)),
+                }
+            }
+        };
+        let output = match result {
+            Ok(()) => Ok(run.take_output(&self.plan, &self.names)),
+            Err(e) => {
+                self.failed_reports = std::mem::take(&mut run.reports);
+                Err(e)
+            }
+        };
         run.clear();
         self.scratch = run;
         output
+    }
+
+    /// Ends a run past its time limit: cancels what still runs and names it.
+    fn timed_out(&mut self, limit: Duration) -> ExecError {
+        self.cancel_run();
+        let running: Vec<String> =
+            self.slots.iter().zip(&self.plan.nodes).filter(|(s, _)| s.is_none()).map(|(_, n)| n.id.clone()).collect();
+        self.lost_nodes = !running.is_empty();
+        ExecError::Timeout { limit, running }
+    }
+
+    /// The reports of the nodes the last failed run called (the failed ones included), for
+    /// the node-time metrics; empty once taken.
+    pub fn take_failed_reports(&mut self) -> Vec<NodeReport> {
+        std::mem::take(&mut self.failed_reports)
     }
 
     async fn drive_with(
@@ -338,7 +367,7 @@ impl Pipeline {
                     Ok(p) => p,
                     Err(e) => {
                         self.cancel_run();
-                        self.drain(&mut inflight).await;
+                        self.drain(&mut inflight, &mut run.reports).await;
                         return Err(self.node_error(i, 1, e.into()));
                     }
                 };
@@ -366,7 +395,7 @@ impl Pipeline {
                 let (i, instance, result) = call.await;
                 self.slots[i] = instance;
                 if let Err(e) = self.completed(run, i, result, max_memory) {
-                    self.drain(&mut inflight).await;
+                    self.drain(&mut inflight, &mut run.reports).await;
                     return Err(e);
                 }
             }
@@ -375,7 +404,7 @@ impl Pipeline {
             let Some((i, instance, result)) = calls.next().await else { break };
             self.slots[i] = instance;
             if let Err(e) = self.completed(run, i, result, max_memory) {
-                self.drain(&mut inflight).await;
+                self.drain(&mut inflight, &mut run.reports).await;
                 return Err(e);
             }
         }
@@ -387,12 +416,16 @@ impl Pipeline {
         &mut self,
         run: &mut RunState,
         i: usize,
-        result: Result<CallOk, ExecError>,
+        result: Result<CallOk, CallFailed>,
         max_memory: Option<u64>,
     ) -> Result<(), ExecError> {
-        let finished = result.and_then(|CallOk { outputs, report }| {
-            run.completed(&self.plan, &self.preds, i, outputs, report, max_memory)
-        });
+        let finished = match result {
+            Ok(CallOk { outputs, report }) => run.completed(&self.plan, &self.preds, i, outputs, report, max_memory),
+            Err(CallFailed { error, report }) => {
+                run.reports.extend(report);
+                Err(error)
+            }
+        };
         if finished.is_err() {
             self.cancel_run();
         }
@@ -468,10 +501,19 @@ impl Pipeline {
     }
 
     /// Waits for in-flight nodes after a failure so their instances return to their slots.
-    async fn drain(&mut self, inflight: &mut Option<FuturesUnordered<impl Future<Output = CallResult>>>) {
+    async fn drain(
+        &mut self,
+        inflight: &mut Option<FuturesUnordered<impl Future<Output = CallResult>>>,
+        reports: &mut Vec<NodeReport>,
+    ) {
         let Some(inflight) = inflight else { return };
-        while let Some((i, instance, _)) = inflight.next().await {
+        while let Some((i, instance, result)) = inflight.next().await {
             self.slots[i] = instance;
+            let report = match result {
+                Ok(CallOk { report, .. }) => Some(report),
+                Err(CallFailed { report, .. }) => report,
+            };
+            reports.extend(report);
         }
     }
 
@@ -514,12 +556,12 @@ impl Pipeline {
                             failures,
                             retry_after,
                         };
-                        return (i, instance, Err(err));
+                        return (i, instance, Err(err.into()));
                     }
                 };
                 report.attempts += 1;
                 let Some(current) = instance.take() else {
-                    return (i, None, Err(ExecError::Internal(format!("node `{}` was lost", ctx.node_id))));
+                    return (i, None, Err(ExecError::Internal(format!("node `{}` was lost", ctx.node_id)).into()));
                 };
                 let started = Instant::now();
                 let (back, result, Measured { cpu, custom, figures }) =
@@ -558,11 +600,15 @@ impl Pipeline {
                             source: Box::new(error),
                         }
                     };
-                    return (i, instance, Err(err));
+                    report.status = NodeStatus::Failed;
+                    return (i, instance, Err(CallFailed { error: err, report: Some(report) }));
                 }
                 tokio::select! {
                     () = tokio::time::sleep(policy.delay(report.attempts)) => {}
-                    () = ctx.cancel.cancelled() => return (i, instance, Err(ExecError::Cancelled)),
+                    () = ctx.cancel.cancelled() => {
+                        report.status = NodeStatus::Failed;
+                        return (i, instance, Err(CallFailed { error: ExecError::Cancelled, report: Some(report) }));
+                    }
                 }
             }
         }

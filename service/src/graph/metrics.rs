@@ -15,6 +15,8 @@ pub enum NodeStatus {
     Success,
     /// Not called: its inputs produced nothing in this run.
     Skipped,
+    /// Called, and it failed (its report reaches the node-time metrics of a failed run only).
+    Failed,
 }
 
 /// Measurements of one node in one run.

@@ -240,6 +240,7 @@ fn node_result(r: &NodeReport, out: &RunOutput) -> proto::NodeResult {
     let status = match r.status {
         NodeStatus::Success => proto::NodeStatus::Success,
         NodeStatus::Skipped => proto::NodeStatus::Skipped,
+        NodeStatus::Failed => proto::NodeStatus::Failed,
     };
     let ports = out.outputs.iter().find(|o| o.node_id == r.node_id).map(|o| &o.ports);
     let metadata = OutputMetadata { node_type: &r.node_type, runtime: r.runtime.name(), outputs: PortSummaries(ports) };

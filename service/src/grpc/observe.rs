@@ -385,10 +385,10 @@ impl ChunkMetrics {
         self.conversion.record(elapsed.as_secs_f64());
     }
 
-    /// The nodes of one run; a node whose type the session was not opened with is recorded
-    /// by name.
+    /// The nodes of one run that were called (failed ones included); a node whose type the
+    /// session was not opened with is recorded by name.
     pub fn nodes_ran(&self, reports: &[NodeReport]) {
-        for r in reports.iter().filter(|r| r.status == NodeStatus::Success) {
+        for r in reports.iter().filter(|r| r.status != NodeStatus::Skipped) {
             let handle = self
                 .nodes
                 .iter()
@@ -401,8 +401,9 @@ impl ChunkMetrics {
     }
 }
 
+/// Time inside every node of a run that was called, whether it succeeded or failed.
 pub fn nodes_ran(reports: &[NodeReport]) {
-    for r in reports.iter().filter(|r| r.status == NodeStatus::Success) {
+    for r in reports.iter().filter(|r| r.status != NodeStatus::Skipped) {
         histogram!(NODE_DURATION, "node_type" => r.node_type.to_string(), "runtime" => r.runtime.name())
             .record(r.execution_time.as_secs_f64());
     }

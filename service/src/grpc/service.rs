@@ -112,6 +112,7 @@ impl Pipelines {
             // be retried elsewhere.
             Err(ExecError::Cancelled) if state.abort.is_cancelled() => return Err(ServiceError::Draining),
             Err(e) => {
+                observe::nodes_ran(&pipeline.take_failed_reports());
                 observe::exec_failed(&e);
                 return Err(e.into());
             }

@@ -438,6 +438,7 @@ impl Session {
             }
             Err(ExecError::Cancelled) => Err(client_left()),
             Err(e) => {
+                live.metrics.nodes_ran(&pipeline.take_failed_reports());
                 observe::exec_failed(&e);
                 let error = ServiceError::from(e);
                 if error.delivery(Call::StreamChunk) != Delivery::InBandAndContinue {
@@ -472,6 +473,7 @@ impl Session {
             }
             Ok(_) => {}
             Err(e) => {
+                live.metrics.nodes_ran(&live.pipeline.take_failed_reports());
                 observe::exec_failed(&e);
                 let error = ServiceError::from(e);
                 if error.delivery(Call::StreamChunk) != Delivery::InBandAndContinue {

@@ -418,6 +418,47 @@ async fn the_time_limit_cancels_running_nodes() {
 }
 
 #[tokio::test]
+async fn a_failed_run_keeps_the_reports_of_the_nodes_it_called() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let engine = engine_with(|r| register(r, "Broken", flaky(calls.clone(), u32::MAX, NodeErrorKind::Internal)));
+    let m = Manifest::new("m").node("g", "GainNode", &gain(2.0)).node("b", "Broken", "").connect("g", "b");
+    let mut p = engine.build(&m, &shape(&["g"])).await.unwrap();
+    let err = p
+        .run(inputs(&[("g", audio(vec![0.5]))]), Mode::Once, RunLimits::default(), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExecError::Node { .. }), "{err:?}");
+    let reports = p.take_failed_reports();
+    let seen: Vec<(&str, NodeStatus)> = reports.iter().map(|r| (&*r.node_id, r.status)).collect();
+    assert_eq!(seen, [("g", NodeStatus::Success), ("b", NodeStatus::Failed)]);
+    assert!(p.take_failed_reports().is_empty(), "taken once");
+}
+
+#[tokio::test]
+async fn a_timed_out_run_keeps_the_reports_of_the_nodes_that_finished() {
+    let engine = engine_with(|r| {
+        register(r, "Spin", || {
+            Box::new(FnNode(|_: Ports, ctx: &NodeContext| {
+                loop {
+                    ctx.check_cancelled()?;
+                    std::thread::yield_now();
+                }
+            }))
+        })
+    });
+    let m = Manifest::new("m").node("g", "GainNode", &gain(2.0)).node("s", "Spin", "").connect("g", "s");
+    let mut p = engine.build(&m, &shape(&["g"])).await.unwrap();
+    let limits = RunLimits { timeout: Some(Duration::from_millis(20)), max_memory_bytes: None };
+    let err = p
+        .run(inputs(&[("g", audio(vec![0.0; 100_000]))]), Mode::Once, limits, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, ExecError::Timeout { running, .. } if running == &["s"]), "{err:?}");
+    let reports = p.take_failed_reports();
+    assert_eq!(reports.iter().map(|r| (&*r.node_id, r.status)).collect::<Vec<_>>(), [("g", NodeStatus::Success)]);
+}
+
+#[tokio::test]
 async fn the_memory_limit_stops_a_pipeline_that_holds_too_much() {
     let engine = engine_with(|_| {});
     let m = Manifest::new("mem").node("a", "GainNode", &gain(2.0)).node("b", "GainNode", &gain(2.0)).connect("a", "b");
