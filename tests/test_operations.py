@@ -57,7 +57,9 @@ def test_probe_exits_zero_when_serving_and_nonzero_when_down() -> None:
     ok = subprocess.run([str(SERVER_BIN), "probe", "--addr", s.address], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
     assert s.stop() == 0
-    down = subprocess.run([str(SERVER_BIN), "probe", "--addr", s.address, "--timeout-ms", "500"], capture_output=True, text=True, timeout=30)
+    down = subprocess.run(
+        [str(SERVER_BIN), "probe", "--addr", s.address, "--timeout-ms", "500"], capture_output=True, text=True, timeout=30
+    )
     assert down.returncode == 1
     assert "cannot connect" in down.stderr
 
@@ -83,7 +85,9 @@ def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
     assert s.address == f"127.0.0.1:{env_port}"
     s.stop()
     s = start_server(
-        "--listen", f"127.0.0.1:{flag_port}", defaults=False,
+        "--listen",
+        f"127.0.0.1:{flag_port}",
+        defaults=False,
         env={"REMOTEMEDIA_CONFIG": str(cfg), "REMOTEMEDIA_LISTEN": f"127.0.0.1:{env_port}"},
     )
     assert s.address == f"127.0.0.1:{flag_port}"
@@ -213,6 +217,35 @@ def test_shutdown_follows_the_grace_period_when_work_outlasts_it(tmp_path: Path)
     # elsewhere; the stream gets its final metrics first, as a draining stream does.
     assert results["unary"] == grpc.StatusCode.UNAVAILABLE, results
     assert results["stream"] == (grpc.StatusCode.UNAVAILABLE, ["ready", "metrics"]), results
+
+
+def test_a_native_call_holding_the_gil_does_not_hold_the_exit(tmp_path: Path) -> None:
+    # The process used to live on until the call returned (minutes here), long after the
+    # shutdown had answered every client: the runtime waited for a blocking task that waited
+    # for the GIL.
+    s = start_server("--grace-period-ms", "500", "--python-nodes-path", str(PLUGINS))
+    marker = tmp_path / "summing"
+    req = pb.ExecuteRequest(manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]), audio_inputs={"hog": f32(np.zeros(16))})
+    ended: "queue.Queue[object]" = queue.Queue()
+
+    def call() -> None:
+        try:
+            with grpc.insecure_channel(s.address) as channel:
+                service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline(req, timeout=60)
+            ended.put("no error")
+        except grpc.RpcError as e:
+            ended.put(e.code())
+
+    threading.Thread(target=call, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the node never started"
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert s.stop(signal.SIGTERM, timeout=60) == 0
+    took = time.monotonic() - started
+    assert took < 10, f"the process exited {took:.1f} s after SIGTERM with a 0.5 s grace period"
+    assert ended.get(timeout=10) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_expected_client_errors_are_not_logged_at_error() -> None:

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use remotemedia::{config, probe, shutdown, telemetry};
 
+/// How long the exit waits for blocking tasks still running after shutdown.
+const EXIT_WAIT: Duration = Duration::from_millis(200);
+
 fn main() -> ExitCode {
     let matches = config::cli().get_matches();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -68,7 +71,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(remotemedia::run(config, signal)) {
+    let outcome = runtime.block_on(remotemedia::run(config, signal));
+    // Shutdown has ended every call by now. A blocking task may still wait for the GIL held by
+    // a node's native call that cannot be interrupted (`sum(range(10**10))`); dropping the
+    // runtime would wait for it, so the process leaves it behind.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server stopped");

@@ -157,3 +157,17 @@ class WrongKind(Node):
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {"output": inputs["input"], "stats": inputs["input"]}
+
+
+@node("GilHogNode")
+class GilHog(Node):
+    """Writes `marker`, then sums `range(n)` in one C call, which holds the GIL and cannot be
+    interrupted until it returns (minutes for the default)."""
+
+    def __init__(self, marker: str, n: int = 10**12) -> None:
+        self.marker = Path(marker)
+        self.n = n
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.marker.write_text("summing")
+        return {"output": inputs["input"], "sum": sum(range(self.n))}
