@@ -248,6 +248,33 @@ def test_a_native_call_holding_the_gil_does_not_hold_the_exit(tmp_path: Path) ->
     assert ended.get(timeout=10) == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_time_limit_covers_building_a_python_node_that_waits_for_the_gil(tmp_path: Path) -> None:
+    # A request whose Python node could not be built while another node's native call held
+    # the GIL used to wait for that call (minutes), its time limit unenforced.
+    s = start_server("--python-nodes-path", str(PLUGINS), "--python-workers", "2")
+    try:
+        marker = tmp_path / "summing"
+        hog = pb.ExecuteRequest(manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]), audio_inputs={"hog": f32(np.zeros(16))})
+        channel = grpc.insecure_channel(s.address)
+        stub = service_pb2_grpc.PipelineServiceStub(channel)
+        pending = stub.ExecutePipeline.future(hog, timeout=120)  # kept: a dropped future cancels the call
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the node never started"
+            time.sleep(0.01)
+        gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
+        resp = stub.ExecutePipeline(
+            pb.ExecuteRequest(manifest=gain, audio_inputs={"g": f32(np.ones(16))}, resource_limits=pb.ResourceLimits(max_timeout_ms=1000)),
+            timeout=30,
+        )
+        assert resp.error.error_type == pb.ERROR_TYPE_RESOURCE_LIMIT, resp
+        assert resp.error.message == "execution exceeded its time limit of 1000 ms (while its nodes were being built)"
+        assert json.loads(resp.error.context)["limit"] == "max_timeout_ms"
+        assert not pending.done(), "answered while the other call still held the GIL"
+    finally:
+        assert s.stop(signal.SIGTERM, timeout=60) == 0
+
+
 def test_expected_client_errors_are_not_logged_at_error() -> None:
     s = start_server("--auth-tokens", "right-token", "--max-message-bytes", "1000000", "--python-nodes-path", str(PLUGINS))
     stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(s.address))

@@ -121,7 +121,8 @@ pub enum ExecError {
     )]
     CircuitOpen { node_id: String, node_type: String, failures: u32, retry_after: Duration },
 
-    #[error("execution exceeded its time limit of {} ms (running: {})", limit.as_millis(), running.join(", "))]
+    /// `running` is empty when the limit ran out while the pipeline's nodes were being built.
+    #[error("execution exceeded its time limit of {} ms ({})", limit.as_millis(), running_note(running))]
     Timeout { limit: Duration, running: Vec<String> },
 
     /// `node_id` is the node whose outputs went over the limit, `None` for the request's inputs.
@@ -136,6 +137,14 @@ pub enum ExecError {
 
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn running_note(running: &[String]) -> String {
+    if running.is_empty() {
+        "while its nodes were being built".to_owned()
+    } else {
+        format!("running: {}", running.join(", "))
+    }
 }
 
 fn attempts_note(attempts: u32) -> String {

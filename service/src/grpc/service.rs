@@ -94,7 +94,14 @@ impl Pipelines {
             data_inputs: request.data_inputs.keys().cloned().collect(),
             output_nodes: request.output_nodes.clone(),
         };
-        let built = state.engine.build(&manifest, &shape).await;
+        // The time limit covers building too: a Python node is made on a Python worker, which
+        // may have to wait for the GIL as long as another node's native call holds it.
+        let limit_started = tokio::time::Instant::now();
+        let Ok(built) = tokio::time::timeout(limits.timeout, state.engine.build(&manifest, &shape)).await else {
+            let e = ExecError::Timeout { limit: limits.timeout, running: Vec::new() };
+            observe::exec_failed(&e);
+            return Err(e.into());
+        };
         let mut pipeline = match built {
             Ok(p) if violations.is_empty() => p,
             Ok(_) => return Err(ExecError::Validation(ValidationError::new(violations)).into()),
@@ -104,8 +111,13 @@ impl Pipelines {
         // Cancelled if the client goes away (this future is dropped) or shutdown runs out of time.
         let cancel = state.abort.child_token();
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let run_limits = RunLimits { timeout: Some(limits.timeout), max_memory_bytes: Some(limits.memory_bytes) };
-        let outcome = pipeline.run(inputs, Mode::Once, run_limits, &cancel).await;
+        let left = limits.timeout.saturating_sub(limit_started.elapsed());
+        let run_limits = RunLimits { timeout: Some(left), max_memory_bytes: Some(limits.memory_bytes) };
+        let outcome = match pipeline.run(inputs, Mode::Once, run_limits, &cancel).await {
+            // The limit the request had, not what was left of it after building.
+            Err(ExecError::Timeout { running, .. }) => Err(ExecError::Timeout { limit: limits.timeout, running }),
+            other => other,
+        };
         let out = match outcome {
             Ok(out) => out,
             // Shutdown ran out of grace: the call was cut, not abandoned by its client, and may
