@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from conftest import GRPCURL, REPO, RunningServer, start_server
 from helpers import f32, manifest, node
@@ -188,3 +190,45 @@ def test_node_time_counts_the_nodes_of_a_failed_run(srv: RunningServer) -> None:
     responses = list(stub.StreamPipeline(iter(requests), metadata=auth, timeout=30))
     assert [r.WhichOneof("response") for r in responses][:2] == ["ready", "error"]
     assert (count("PassThroughNode"), count("ChannelMixerNode")) == (before[0] + 2, before[1] + 2)
+
+
+def reason(e: grpc.RpcError) -> str:
+    """The `google.rpc.ErrorInfo` reason of a status."""
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    assert status is not None, f"no status details in {e}"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    raise AssertionError(f"no ErrorInfo in {e}")
+
+
+@pytest.mark.parametrize("rpc", ["ExecutePipeline", "GetVersion"])
+def test_a_unary_call_without_a_request_message_is_the_clients_mistake(srv: RunningServer, rpc: str) -> None:
+    # tonic answers it INTERNAL "Missing request message.", which was logged at ERROR and not
+    # counted.
+    before = srv.metric("remotemedia_requests_total", rpc=rpc, code="INVALID_ARGUMENT", outcome="validation")
+    call = grpc.insecure_channel(srv.address).stream_unary(f"/remotemedia.v1.PipelineService/{rpc}")
+    with pytest.raises(grpc.RpcError) as refused:
+        call(iter([]), metadata=(("authorization", "Bearer t0k3n"),), timeout=10)
+    e = refused.value
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e  # type: ignore[attr-defined]
+    assert e.details() == "the call carried no request message; a unary call takes exactly one"  # type: ignore[attr-defined]
+    assert reason(e) == "VALIDATION"
+    assert srv.metric("remotemedia_requests_total", rpc=rpc, code="INVALID_ARGUMENT", outcome="validation") == before + 1
+    assert not [r for r in srv.records() if r.get("level") == "ERROR"], "a client's mistake is not a server error"
+
+
+def test_a_gzip_request_over_the_size_cap_once_decompressed_is_a_limit_rejection(srv: RunningServer) -> None:
+    # Zeros compress 1000-fold: 800 kB of samples travel as under 1 kB, under the 200 kB cap.
+    before = srv.metric("remotemedia_limit_rejections_total", limit="max_message_bytes")
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    req = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(200_000, np.float32))})
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ExecutePipeline(req, metadata=(("authorization", "Bearer t0k3n"),), timeout=10, compression=grpc.Compression.Gzip)
+    e = refused.value
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e  # type: ignore[attr-defined]
+    assert "max_message_bytes" in e.details(), e.details()  # type: ignore[attr-defined]
+    assert reason(e) == "RESOURCE_LIMIT"
+    assert srv.metric("remotemedia_limit_rejections_total", limit="max_message_bytes") == before + 1

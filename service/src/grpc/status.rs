@@ -261,13 +261,26 @@ pub fn from_codec(status: &Status) -> Option<ServiceError> {
             ),
             limit: "max_message_bytes",
         }),
+        // Compressed within the size cap, but over it once decompressed.
+        Code::ResourceExhausted if msg.starts_with("Error decompressing: size limit") => Some(ServiceError::Limit {
+            message: format!(
+                "the request message is larger than the server accepts (max_message_bytes) once decompressed: {}",
+                msg.trim_start_matches("Error decompressing: ")
+            ),
+            limit: "max_message_bytes",
+        }),
         Code::Internal
             if msg.contains("failed to decode Protobuf message")
                 || msg.contains("Unexpected EOF decoding stream")
+                || msg.starts_with("Error decompressing")
                 || msg.starts_with("protocol error") =>
         {
             Some(ServiceError::InvalidArgument(format!("the request message is malformed: {msg}")))
         }
+        // A unary call whose request stream ended without a message.
+        Code::Internal if msg == "Missing request message." => Some(ServiceError::InvalidArgument(
+            "the call carried no request message; a unary call takes exactly one".to_owned(),
+        )),
         _ => None,
     }
 }
@@ -445,6 +458,23 @@ mod tests {
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "VALIDATION");
 
         assert!(from_codec(&Status::internal("something else")).is_none());
+
+        let unpacked = Status::resource_exhausted(
+            "Error decompressing: size limit, of 1000000 bytes, exceeded while decompressing message",
+        );
+        let s = from_codec(&unpacked).unwrap().to_status();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message().contains("max_message_bytes) once decompressed: size limit, of 1000000 bytes"),
+            "{}",
+            s.message()
+        );
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "RESOURCE_LIMIT");
+
+        let s = from_codec(&Status::internal("Missing request message.")).unwrap().to_status();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "the call carried no request message; a unary call takes exactly one");
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "VALIDATION");
     }
 
     #[test]
