@@ -102,6 +102,18 @@ def test_port_zero_logs_the_bound_port() -> None:
     s.stop()
 
 
+@pytest.mark.parametrize("level", ["verbose", "info,verbose", "remotemedia=loud"])
+def test_a_log_level_that_names_no_level_exits_2(level: str) -> None:
+    # `verbose` parses as a tracing target: the server used to start logging nothing at all,
+    # not even the line with the address it bound.
+    bad = subprocess.run(
+        [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--log-level", level], capture_output=True, text=True, timeout=30, env=server_env()
+    )
+    assert bad.returncode == 2, bad.stdout
+    assert f"invalid value for `log_level` (from --log-level): expected a level (trace, debug, info, warn, error, off)" in bad.stderr
+    assert f"got `{level}`" in bad.stderr
+
+
 def test_bad_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     bad = subprocess.run([str(SERVER_BIN), "--max-timeout-ms", "soon"], capture_output=True, text=True, timeout=30, env=server_env())
     assert bad.returncode == 2

@@ -226,7 +226,11 @@ def test_a_chunk_before_the_manifest_gets_the_documented_error(srv: RunningServe
     [
         (b"\x0a\xff\xff\xff\xff\xff", 4003, "INVALID_ARGUMENT: the request message is malformed: protocol error: not a StreamRequest"),
         ("hello", 4003, "INVALID_ARGUMENT: the request message is malformed: protocol error: a text frame (binary frames only)"),
-        (b"\0" * (8 * MAX_MESSAGE_BYTES), 4008, "RESOURCE_EXHAUSTED: the request message is larger than the server accepts (max_message_bytes)"),
+        (
+            b"\0" * (8 * MAX_MESSAGE_BYTES),
+            4008,
+            "RESOURCE_EXHAUSTED: the request message is larger than the server accepts (max_message_bytes)",
+        ),
     ],
     ids=["garbage", "text", "oversized"],
 )
@@ -258,9 +262,23 @@ def test_a_frame_that_is_not_a_stream_request_is_refused_with_a_clear_reason(
 @pytest.mark.parametrize(
     ("token", "version", "code", "reason", "error_type", "outcome"),
     [
-        (None, "v1", 4016, "UNAUTHENTICATED: missing bearer token: offer the subprotocol `bearer.<base64url token>`", pb.ERROR_TYPE_AUTHENTICATION, "authentication"),
+        (
+            None,
+            "v1",
+            4016,
+            "UNAUTHENTICATED: missing bearer token: offer the subprotocol `bearer.<base64url token>`",
+            pb.ERROR_TYPE_AUTHENTICATION,
+            "authentication",
+        ),
         ("wrong-token", "v1", 4016, "UNAUTHENTICATED: the bearer token is not valid", pb.ERROR_TYPE_AUTHENTICATION, "authentication"),
-        (TOKEN, "v2", 4009, "FAILED_PRECONDITION: protocol version `v2` is not supported; supported versions: v1", pb.ERROR_TYPE_VERSION_MISMATCH, "version_mismatch"),
+        (
+            TOKEN,
+            "v2",
+            4009,
+            "FAILED_PRECONDITION: protocol version `v2` is not supported; supported versions: v1",
+            pb.ERROR_TYPE_VERSION_MISMATCH,
+            "version_mismatch",
+        ),
     ],
     ids=["no token", "wrong token", "unsupported version"],
 )
@@ -327,9 +345,7 @@ async def test_a_client_sending_faster_than_its_pipeline_is_slowed_down_and_memo
     try:
         marker, release = tmp_path / "marker", tmp_path / "release"
         gated = manifest([node("gate", "GateNode", marker=str(marker), release=str(release))])
-        async with async_connect(
-            f"ws://{s.address}{PATH}", subprotocols=[Subprotocol("remotemedia.v1")], proxy=None, max_size=None
-        ) as ws:
+        async with async_connect(f"ws://{s.address}{PATH}", subprotocols=[Subprotocol("remotemedia.v1")], proxy=None, max_size=None) as ws:
             await ws.send(pb.StreamRequest(manifest=gated).SerializeToString())
             ready = pb.StreamResponse.FromString(await ws.recv(decode=False))
             assert ready.WhichOneof("response") == "ready", ready
@@ -373,3 +389,23 @@ async def test_a_client_sending_faster_than_its_pipeline_is_slowed_down_and_memo
         assert responses[-1].metrics.chunks_processed == frames
     finally:
         assert s.stop() == 0
+
+
+def test_no_sample_bytes_reach_the_logs_at_trace_level() -> None:
+    # The WebSocket library logs each frame's payload at trace level; those lines are dropped
+    # whatever the filter asks for.
+    s = start_server("--log-level", "trace,tungstenite=trace,tokio_tungstenite=trace")
+    try:
+        x = np.array([0.123456, -0.654321, 0.5, 0.25] * 40, np.float32)
+        with connect(f"ws://{s.address}{PATH}", subprotocols=[Subprotocol("remotemedia.v1")], open_timeout=10) as ws:
+            send(ws, pb.StreamRequest(manifest=gain_manifest()))
+            assert receive(ws).WhichOneof("response") == "ready"
+            send(ws, chunk(0, x))
+            assert receive(ws).WhichOneof("response") == "result"
+            send(ws, control(pb.StreamControl.COMMAND_CLOSE))
+            until_close(ws)
+    finally:
+        assert s.stop() == 0
+    text = "\n".join(s.lines)
+    assert "tungstenite" not in text or "payload" not in text, "frame payloads logged"
+    assert x[:4].tobytes().hex() not in text.replace("0x", ""), "sample bytes in the logs"

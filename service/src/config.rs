@@ -377,6 +377,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether `s` is a tracing filter of levels and `target=level` directives. A bare word parses
+/// as a target (`verbose` would log only a target of that name: nothing), so only level names
+/// stand alone.
+fn is_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    !s.is_empty()
+        && tracing_subscriber::EnvFilter::try_new(s).is_ok()
+        && s.split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .all(|d| d.contains('=') || LEVELS.contains(&d.to_ascii_lowercase().as_str()))
+}
+
 impl Config {
     /// Builds the configuration from the layered sources, then reads the tokens file if one is
     /// named (its tokens are added to any given directly).
@@ -462,7 +475,11 @@ impl Config {
             listen: r.addr("listen"),
             metrics_listen,
             log_format,
-            log_level: r.string("log_level"),
+            log_level: r.parse(
+                "log_level",
+                "a level (trace, debug, info, warn, error, off) or directives such as `remotemedia=debug,info`",
+                |s| is_log_filter(s).then(|| s.to_owned()),
+            ),
             auth_tokens,
             allow_unauthenticated: r.bool("allow_unauthenticated"),
             python_enabled: r.bool("python"),
@@ -691,6 +708,21 @@ mod tests {
         {
             let err = Config::with(&[("cors_allowed_origins", bad)]).unwrap_err().to_string();
             assert!(err.contains(&format!("`{bad}` is not an origin")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_log_level_must_name_levels() {
+        for good in ["info", "WARN", "off", "remotemedia=debug,info", "remotemedia=trace,tower=off"] {
+            assert_eq!(Config::with(&[("log_level", good)]).unwrap().log_level, good, "{good}");
+        }
+        // A bare word parses as a target, which would silence every other log line.
+        for bad in ["verbose", "remotemedia=loud", "info,verbose", ""] {
+            let err = Config::with(&[("log_level", bad)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid value for `log_level` (from --log-level): expected a level"),
+                "{bad}: {err}"
+            );
         }
     }
 
