@@ -287,6 +287,24 @@ def test_the_time_limit_covers_building_a_python_node_that_waits_for_the_gil(tmp
         assert s.stop(signal.SIGTERM, timeout=60) == 0
 
 
+def test_what_a_node_prints_goes_to_stderr_and_leaves_the_json_lines_whole() -> None:
+    # A node's print() used to land on stdout, fused with the server's next JSON line.
+    s = start_server("--python-nodes-path", str(PLUGINS))
+    try:
+        req = pb.ExecuteRequest(
+            manifest=manifest([node("p", "PrintNode", text="HELLO-FROM-A-NODE")]), audio_inputs={"p": f32(np.zeros(16))}
+        )
+        with grpc.insecure_channel(s.address) as channel:
+            resp = service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline(req, timeout=30)
+        assert resp.WhichOneof("outcome") == "result", resp.error
+    finally:
+        assert s.stop() == 0
+    assert s.lines and all(json.loads(line)["message"] for line in s.lines), "stdout holds JSON lines only"
+    assert not any("HELLO-FROM-A-NODE" in line for line in s.lines)
+    assert s.proc.stderr is not None
+    assert s.proc.stderr.read().count("HELLO-FROM-A-NODE") == 2
+
+
 def test_expected_client_errors_are_not_logged_at_error() -> None:
     s = start_server("--auth-tokens", "right-token", "--max-message-bytes", "1000000", "--python-nodes-path", str(PLUGINS))
     stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(s.address))

@@ -171,3 +171,18 @@ class GilHog(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         self.marker.write_text("summing")
         return {"output": inputs["input"], "sum": sum(range(self.n))}
+
+
+@node("PrintNode")
+class Print(Node):
+    """Prints `text` with print(), then writes it again with no newline, then passes audio
+    through (for log-stream tests)."""
+
+    def __init__(self, text: str = "printed by a node") -> None:
+        self.text = text
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        print(self.text)
+        sys.stdout.write(self.text)
+        sys.stdout.flush()
+        return {"output": inputs["input"]}
