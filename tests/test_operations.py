@@ -145,6 +145,21 @@ def test_logs_are_json_lines_with_request_id_and_rpc(fresh_server: RunningServer
         json.loads(line)
 
 
+@pytest.mark.parametrize(
+    ("sent", "kept"), [("client-id-42", True), ("x" * 8000, False), ("has space", False)], ids=["usable", "too long", "not visible ASCII"]
+)
+def test_the_request_id_in_the_logs_is_the_one_echoed(fresh_server: RunningServer, sent: str, kept: bool) -> None:
+    # An 8000-character id used to be echoed whole but logged cut to 64 characters.
+    req = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(16))})
+    with grpc.insecure_channel(fresh_server.address) as channel:
+        _, call = service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline.with_call(
+            req, metadata=(("x-request-id", sent),), timeout=30
+        )
+    echoed = dict(call.initial_metadata())["x-request-id"]
+    assert (echoed == sent) == kept and (kept or len(echoed) == 32), echoed
+    fresh_server.wait_for(lambda r: r.get("message") == "ExecutePipeline finished" and r.get("request_id") == echoed)
+
+
 def watch_health(address: str, seen: "queue.Queue[object]") -> None:
     """Opens a Health/Watch stream and reports each status, then how it ended."""
     channel = grpc.insecure_channel(address)

@@ -476,14 +476,28 @@ impl MakeRequestId for NewRequestId {
     }
 }
 
+/// Longest client-sent `x-request-id` kept.
+const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// The client's `x-request-id` when it is usable as the call's id: 1 to 64 visible ASCII
+/// characters. Anything else is replaced by a generated id ([`keep_usable_request_id`]), so
+/// the id in the logs is always the one echoed in the response.
+pub fn usable_request_id(headers: &http::HeaderMap) -> Option<&str> {
+    let id = headers.get("x-request-id")?.to_str().ok()?;
+    (!id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic())).then_some(id)
+}
+
+/// Drops an `x-request-id` the call cannot use as its id, for [`NewRequestId`] to replace.
+pub fn keep_usable_request_id<B>(mut request: http::Request<B>) -> http::Request<B> {
+    if usable_request_id(request.headers()).is_none() {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
 /// The span every RPC runs in: its request id and method, so every log line carries both.
 pub fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(64).collect::<String>())
-        .unwrap_or_default();
+    let request_id = usable_request_id(request.headers()).unwrap_or_default();
     let path = request.uri().path();
     let rpc = path.rsplit('/').next().unwrap_or(path);
     let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();

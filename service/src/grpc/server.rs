@@ -116,6 +116,7 @@ impl BoundServer {
                 let policy = config.response_compression;
                 move |req: &http::Request<tonic::body::Body>| compression::accept_encoding(policy, req.headers())
             }))
+            .map_request(observe::keep_usable_request_id::<tonic::body::Body>)
             .layer(SetRequestIdLayer::x_request_id(NewRequestId))
             .layer(TraceLayer::new_for_grpc().make_span_with(observe::rpc_span).on_failure(observe::LogFailure))
             .layer(PropagateRequestIdLayer::x_request_id())

@@ -253,11 +253,8 @@ fn accept(key: &HeaderValue, protocol: Option<&str>) -> Response {
 
 /// The span of a WebSocket session, shaped like the gRPC calls' (request id, rpc, service).
 fn span(headers: &HeaderMap) -> tracing::Span {
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(64).collect::<String>())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let request_id = crate::grpc::observe::usable_request_id(headers)
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     let service = PIPELINE_PATH_PREFIX.trim_matches('/');
     tracing::info_span!("rpc", request_id = %request_id, rpc = RPC, service = %service, transport = "websocket")
 }
