@@ -391,7 +391,7 @@ def test_a_misspelled_preloaded_model_stops_start_up_naming_it() -> None:
     proc = _start(["--preload-models", "pocketsphinx-en-uss"])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
-    assert "unknown model `pocketsphinx-en-uss` in the configuration" in err, err
+    assert "preload_models names unknown model `pocketsphinx-en-uss`" in err, err
     assert RECOGNISER in err, "the known models are listed"
 
 

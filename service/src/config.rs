@@ -36,7 +36,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("python_nodes_path", "", "comma-separated directories of Python node plug-ins"),
     ("python", "true", "start the embedded Python interpreter and its nodes"),
     ("python_home", "", "Python environment the interpreter uses (a venv or prefix; default: the build's)"),
-    ("python_workers", "2", "threads that run Python nodes"),
+    ("python_workers", "2", "threads that run Python nodes (1 to 256)"),
     (
         "model_pools",
         "",
@@ -175,6 +175,10 @@ pub enum ConfigError {
     Several(Vec<ConfigError>),
 }
 
+/// Most Python worker threads: each is an OS thread with its own stack, and more threads than
+/// this only contend for the GIL.
+pub const MAX_PYTHON_WORKERS: usize = 256;
+
 /// Raw values from one source.
 pub type Layer = BTreeMap<String, String>;
 
@@ -216,11 +220,17 @@ impl Sources {
             }
             let text = match value {
                 toml::Value::String(s) => s,
-                toml::Value::Array(items) => items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                // Every list key holds text (paths, tokens, origins, model names).
+                toml::Value::Array(items) => match items.iter().find(|v| !v.is_str()) {
+                    Some(bad) => {
+                        return Err(ConfigError::Invalid {
+                            key,
+                            origin: format!("config file {path}"),
+                            message: format!("expected a list of strings, got the item {bad}"),
+                        });
+                    }
+                    None => items.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(","),
+                },
                 other => other.to_string(),
             };
             layer.insert(key, text);
@@ -421,6 +431,11 @@ impl Config {
         let tokens_file = r.string("auth_tokens_file");
         match read_tokens_file(&tokens_file) {
             _ if tokens_file.is_empty() => {}
+            Err(ConfigError::Read { path, message, .. }) => r.error(ConfigError::Invalid {
+                key: "auth_tokens_file".into(),
+                origin: describe("auth_tokens_file", sources.lookup("auth_tokens_file").1),
+                message: format!("cannot read {path}: {message}"),
+            }),
             Err(e) => r.error(e),
             Ok(from_file) if from_file.is_empty() => {
                 r.error(ConfigError::Invalid {
@@ -449,17 +464,24 @@ impl Config {
             stream_idle_timeout: r.millis("stream_idle_timeout_ms"),
             stream_max_duration: r.millis("stream_max_duration_ms"),
         };
-        for (default, cap, what) in [
+        for (default, cap, default_key, cap_key) in [
             (
                 limits.default_timeout.as_millis() as u64,
                 limits.max_timeout.as_millis() as u64,
-                "default_timeout_ms exceeds max_timeout_ms",
+                "default_timeout_ms",
+                "max_timeout_ms",
             ),
-            (limits.default_memory_bytes, limits.max_memory_bytes, "default_memory_bytes exceeds max_memory_bytes"),
-            (limits.default_audio_samples, limits.max_audio_samples, "default_audio_samples exceeds max_audio_samples"),
+            (limits.default_memory_bytes, limits.max_memory_bytes, "default_memory_bytes", "max_memory_bytes"),
+            (limits.default_audio_samples, limits.max_audio_samples, "default_audio_samples", "max_audio_samples"),
         ] {
             if default > cap {
-                r.error(ConfigError::Conflict(format!("{what} ({default} > {cap})")));
+                let from = |key: &str| describe(key, sources.lookup(key).1);
+                r.error(ConfigError::Conflict(format!(
+                    "`{default_key}` = {default} (from {}) exceeds `{cap_key}` = {cap} (from {}); \
+                     lower the first or raise the second",
+                    from(default_key),
+                    from(cap_key)
+                )));
             }
         }
 
@@ -485,7 +507,9 @@ impl Config {
             python_enabled: r.bool("python"),
             python_nodes_paths: r.list("python_nodes_path").into_iter().map(PathBuf::from).collect(),
             python_home: Some(r.string("python_home")).filter(|h| !h.is_empty()).map(PathBuf::from),
-            python_workers: usize::try_from(r.positive("python_workers")).unwrap_or(1),
+            python_workers: r.parse("python_workers", &format!("an integer from 1 to {MAX_PYTHON_WORKERS}"), |s| {
+                s.replace('_', "").parse().ok().filter(|n| (1..=MAX_PYTHON_WORKERS).contains(n))
+            }),
             models: crate::python::ModelSettings {
                 pools: r.model_pools("model_pools"),
                 wait: r.millis("model_wait_ms"),
@@ -694,6 +718,11 @@ mod tests {
         .unwrap();
         assert_eq!(l["grace_period_ms"], "5");
         assert_eq!(l["python_nodes_path"], "/a,/b");
+        let err = Sources::file_layer("preload_models = [\"silero-vad\", 5]", "c.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `preload_models` (from config file c.toml): expected a list of strings, got the item 5"
+        );
         let err = Sources::file_layer("lisen = 1", "c.toml").unwrap_err();
         assert!(err.to_string().starts_with("unknown configuration key `lisen` in config file c.toml"), "{err}");
     }
@@ -708,6 +737,20 @@ mod tests {
         {
             let err = Config::with(&[("cors_allowed_origins", bad)]).unwrap_err().to_string();
             assert!(err.contains(&format!("`{bad}` is not an origin")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn python_workers_are_bounded() {
+        assert_eq!(Config::with(&[("python_workers", "256")]).unwrap().python_workers, 256);
+        for bad in ["0", "257", "100000"] {
+            let err = Config::with(&[("python_workers", bad)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(
+                    "invalid value for `python_workers` (from --python-workers): expected an integer from 1 to 256"
+                ),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -811,7 +854,11 @@ mod tests {
     #[test]
     fn defaults_above_caps_are_refused() {
         let err = Config::with(&[("default_timeout_ms", "40000")]).unwrap_err();
-        assert_eq!(err.to_string(), "default_timeout_ms exceeds max_timeout_ms (40000 > 30000)");
+        assert_eq!(
+            err.to_string(),
+            "`default_timeout_ms` = 40000 (from --default-timeout-ms) exceeds `max_timeout_ms` = 30000 (from the default); \
+             lower the first or raise the second"
+        );
     }
 
     #[test]
@@ -825,7 +872,7 @@ mod tests {
         .unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("4 configuration problems: "), "{text}");
-        for key in ["`max_timeout_ms`", "`listen`", "`cors_allowed_origins`", "default_memory_bytes exceeds"] {
+        for key in ["`max_timeout_ms`", "`listen`", "`cors_allowed_origins`", "`default_memory_bytes` = 9000000000"] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
         // One problem reads as itself.
@@ -860,6 +907,11 @@ mod tests {
         assert_eq!(tokens, ["a", "b", "file-token-1", "file-token-2"]);
         assert_eq!(format!("{:?}", c.auth_tokens[0]), "Secret(***)");
         let err = Config::with(&[("auth_tokens_file", "/nonexistent/tokens")]).unwrap_err();
-        assert!(err.to_string().starts_with("cannot read auth tokens file /nonexistent/tokens"), "{err}");
+        assert!(
+            err.to_string().starts_with(
+                "invalid value for `auth_tokens_file` (from --auth-tokens-file): cannot read /nonexistent/tokens"
+            ),
+            "{err}"
+        );
     }
 }

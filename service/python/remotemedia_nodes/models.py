@@ -275,10 +275,14 @@ class ModelHost:
 
     def configure(self, pools: Mapping[str, int], wait_s: float, preload: list[str]) -> None:
         """Applies the server configuration; unknown model names are refused, all at once."""
-        unknown = [f"`{n}`" for n in [*pools, *preload] if n not in self.models]
-        if unknown:
+        problems = [
+            f"{key} names unknown model{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+            for key, names in (("model_pools", list(pools)), ("preload_models", preload))
+            if (unknown := [f"`{n}`" for n in names if n not in self.models])
+        ]
+        if problems:
             known = ", ".join(sorted(self.models)) or "none"
-            raise ValueError(f"unknown model {', '.join(unknown)} in the configuration; known models: {known}")
+            raise ValueError(f"{'; '.join(problems)}; known models: {known}")
         not_pooled = [n for n in pools if not self.models[n].pooled]
         if not_pooled:
             raise ValueError(f"model_pools names {', '.join(not_pooled)}, which are shared, not pooled (one instance serves every user)")
