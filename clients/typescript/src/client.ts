@@ -5,7 +5,7 @@ import { type Client, createClient as createConnectClient } from "@connectrpc/co
 import type { Audio } from "./audio.js";
 import type { CallOptions, ClientOptions } from "./client-options.js";
 import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
-import { RemoteMediaError, validationError } from "./error.js";
+import { RemoteMediaError, clientClosedError, validationError } from "./error.js";
 import {
   type ExecuteInputs,
   type PipelineLike,
@@ -56,7 +56,11 @@ export interface RemoteMediaClient {
    * client's `streamTransport` says.
    */
   stream(pipeline: PipelineLike, options?: StreamOptions): Promise<StreamSession>;
-  /** Closes the client's connections. */
+  /**
+   * Closes the client's connections and ends its open streams (iteration and `send` reject with
+   * a CANCELLED error saying the client is closed). Calls made afterwards reject with that
+   * error too; closing again does nothing.
+   */
   close(): void;
 }
 
@@ -84,18 +88,33 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     return (requests, callOptions) => rpc.streamPipeline(requests, callOptions);
   };
   let serverCatalogue: Promise<Catalogue> | undefined;
+  // Aborted by close(): new calls and retries refuse to start, open streams end.
+  const closing = new AbortController();
+  const assertOpen = (): void => {
+    if (closing.signal.aborted) throw clientClosedError();
+  };
 
   const unary = <T>(call: (timeoutMs: number | undefined) => Promise<T>, callOptions: CallOptions): Promise<T> =>
-    withRetry(call, {
-      policy,
-      timeoutMs: callOptions.timeoutMs ?? options.timeoutMs,
-      signal: callOptions.signal,
-    });
+    withRetry(
+      async (timeoutMs) => {
+        // Without this check, the transport would quietly open a new connection.
+        assertOpen();
+        try {
+          return await call(timeoutMs);
+        } catch (e) {
+          // A call in flight when close() reset the connection.
+          assertOpen();
+          throw e;
+        }
+      },
+      { policy, timeoutMs: callOptions.timeoutMs ?? options.timeoutMs, signal: callOptions.signal },
+    );
 
   return {
     baseUrl,
 
     async execute(pipeline, inputs = {}, callOptions = {}) {
+      assertOpen();
       const manifest = toManifest(pipeline);
       const known = unknownNodeTypes(manifest) ? await this.catalogue(callOptions) : BUILTIN_CATALOGUE;
       const request = executeRequest(manifest, inputs, protocolVersion, known);
@@ -119,6 +138,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     },
 
     async getVersion(callOptions = {}) {
+      assertOpen();
       const request = create(VersionRequestSchema, { clientVersion: callOptions.clientVersion ?? protocolVersion });
       const response = await unary(
         (timeoutMs) => rpc.getVersion(request, callArgs(callOptions.signal, timeoutMs)),
@@ -149,6 +169,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     },
 
     async stream(pipeline, streamOptions = {}) {
+      assertOpen();
       const call = streamCall();
       const manifest = toManifest(pipeline);
       const known = unknownNodeTypes(manifest) ? await this.catalogue(streamOptions) : BUILTIN_CATALOGUE;
@@ -158,15 +179,21 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
       const inputNode = streamOptions.inputNode ?? (sources.length === 1 ? sources[0] : undefined);
       return withRetry(
         (timeoutMs) =>
-          StreamSession.open(call, manifest, inputNode, {
-            ...streamOptions,
-            ...(timeoutMs === undefined ? {} : { timeoutMs }),
-          }),
+          StreamSession.open(
+            call,
+            manifest,
+            inputNode,
+            { ...streamOptions, ...(timeoutMs === undefined ? {} : { timeoutMs }) },
+            closing.signal,
+          ),
         { policy, timeoutMs: streamOptions.timeoutMs, signal: streamOptions.signal },
       );
     },
 
     close() {
+      if (closing.signal.aborted) return;
+      // Streams first, so they end with the client's error rather than the connection's.
+      closing.abort();
       opened.close();
     },
   };

@@ -1,6 +1,6 @@
 // RemoteMediaError: the one error type of the client. `kind` says what went wrong, whether the
 // error came back in-band (ExecuteResponse.error, StreamResponse.error) or as a gRPC status.
-import type { Code } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 
 /**
  * What went wrong, as the service's ErrorType names it, plus what happened to the call itself:
@@ -115,5 +115,17 @@ export function validationError(violations: Violation[]): RemoteMediaError {
     kind: "VALIDATION",
     message: `${n} validation error${n === 1 ? "" : "s"}:\n${lines}`,
     violations,
+  });
+}
+
+/**
+ * The CANCELLED error of a call made after `client.close()`, and of a stream the close ended:
+ * the client's connections are gone, and it makes no new ones.
+ */
+export function clientClosedError(): RemoteMediaError {
+  return new RemoteMediaError({
+    kind: "CANCELLED",
+    code: Code.Canceled,
+    message: "the client is closed; create a new client to make more calls",
   });
 }

@@ -7,7 +7,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Audio } from "./audio.js";
-import { RemoteMediaError, validationError } from "./error.js";
+import { RemoteMediaError, clientClosedError, validationError } from "./error.js";
 import type { ErrorResponse } from "./gen/remotemedia/v1/common_pb.js";
 import type { PipelineManifest } from "./gen/remotemedia/v1/manifest_pb.js";
 import {
@@ -58,7 +58,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
   readonly #responses: AsyncIterator<StreamResponse>;
   readonly #abort: AbortController;
   readonly #inputNode: string | undefined;
-  readonly #unlinkSignal: () => void;
+  readonly #unlinkSignals: () => void;
   #nextSequence = 0;
   #metrics: StreamMetrics | undefined;
   #state: "open" | "closing" | "ended" = "open";
@@ -73,6 +73,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
     abort: AbortController,
     inputNode: string | undefined,
     signal: AbortSignal | undefined,
+    clientClosed: AbortSignal | undefined,
   ) {
     this.sessionId = sessionId;
     this.#queue = queue;
@@ -82,18 +83,31 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
     const onAbort = (): void => {
       this.cancel();
     };
+    const onClientClosed = (): void => {
+      this.#cancel(clientClosedError());
+    };
     signal?.addEventListener("abort", onAbort, { once: true });
-    this.#unlinkSignal = () => signal?.removeEventListener("abort", onAbort);
+    clientClosed?.addEventListener("abort", onClientClosed, { once: true });
+    this.#unlinkSignals = () => {
+      signal?.removeEventListener("abort", onAbort);
+      clientClosed?.removeEventListener("abort", onClientClosed);
+    };
   }
 
-  /** Sends the manifest and resolves once the server has built every node (`ready`). */
+  /**
+   * Sends the manifest and resolves once the server has built every node (`ready`).
+   * `clientClosed` is the client's: aborting it (`client.close()`) ends the session with a
+   * CANCELLED error saying the client is closed.
+   */
   static async open(
     call: StreamCall,
     manifest: PipelineManifest,
     inputNode: string | undefined,
     options: StreamOptions = {},
+    clientClosed?: AbortSignal,
   ): Promise<StreamSession> {
     const { signal } = options;
+    if (clientClosed?.aborted === true) throw clientClosedError();
     if (signal?.aborted === true) throw cancelledError("the stream was cancelled before it opened");
     const queue = new RequestQueue<StreamRequest>(options.maxBufferedChunks ?? DEFAULT_MAX_BUFFERED_CHUNKS);
     const abort = new AbortController();
@@ -101,14 +115,20 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
       abort.abort(cancelledReason());
     };
     signal?.addEventListener("abort", onAbort, { once: true });
-    const fail = (error: RemoteMediaError): RemoteMediaError => {
+    clientClosed?.addEventListener("abort", onAbort, { once: true });
+    const unlink = (): void => {
       signal?.removeEventListener("abort", onAbort);
-      queue.fail(error);
+      clientClosed?.removeEventListener("abort", onAbort);
+    };
+    const fail = (error: RemoteMediaError): RemoteMediaError => {
+      unlink();
+      const reported = clientClosed?.aborted === true ? clientClosedError() : error;
+      queue.fail(reported);
       abort.abort(cancelledReason());
-      return error;
+      return reported;
     };
     queue.pushNow(create(StreamRequestSchema, { request: { case: "manifest", value: manifest } }));
-    const responses = call(queue, {
+    const responses = call(transportSide(queue), {
       signal: abort.signal,
       ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
     })[Symbol.asyncIterator]();
@@ -119,8 +139,20 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
       throw fail(toRemoteMediaError(e));
     }
     if (first.done !== true && first.value.response.case === "ready") {
-      signal?.removeEventListener("abort", onAbort);
-      return new StreamSession(first.value.response.value.sessionId, queue, responses, abort, inputNode, signal);
+      unlink();
+      const session = new StreamSession(
+        first.value.response.value.sessionId,
+        queue,
+        responses,
+        abort,
+        inputNode,
+        signal,
+        clientClosed,
+      );
+      // Aborted while the ready was on its way: the session's own listeners came too late.
+      if (isAborted(clientClosed)) session.#cancel(clientClosedError());
+      else if (isAborted(signal)) session.cancel();
+      return session;
     }
     if (first.done !== true && first.value.response.case === "error") {
       let error = fromErrorResponse(first.value.response.value);
@@ -201,8 +233,12 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
    * CANCELLED error, and the call is reset so the server frees the session.
    */
   cancel(): void {
+    this.#cancel(cancelledError("the stream was cancelled by the client"));
+  }
+
+  #cancel(error: RemoteMediaError): void {
     if (this.#state === "ended") return;
-    this.#finish(cancelledError("the stream was cancelled by the client"));
+    this.#finish(error);
     this.#abort.abort(cancelledReason());
   }
 
@@ -273,7 +309,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
     this.#state = "ended";
     this.#error = error;
     this.#queue.fail(error ?? new TypeError("the stream session has ended"));
-    this.#unlinkSignal();
+    this.#unlinkSignals();
   }
 }
 
@@ -285,6 +321,36 @@ function checkSequence(sequence: unknown, automatic: boolean): number {
     ? `must be a non-negative integer up to Number.MAX_SAFE_INTEGER: automatic numbering reached ${got}; pass sequence explicitly`
     : `must be a non-negative integer up to Number.MAX_SAFE_INTEGER, got ${got}`;
   throw validationError([{ field: "sequence", description }]);
+}
+
+/**
+ * The queue as the transport sees it. A transport that ends the call stops taking requests with
+ * `throw(reason)` (the call's failure: a deadline, a reset, a closed socket) or `return()`;
+ * `send` and `close` then reject with that failure as a RemoteMediaError, as iteration does.
+ */
+function transportSide(queue: RequestQueue<StreamRequest>): AsyncIterable<StreamRequest> {
+  return {
+    [Symbol.asyncIterator]: () => {
+      const requests = queue[Symbol.asyncIterator]();
+      const done = { done: true as const, value: undefined };
+      return {
+        next: () => requests.next(),
+        return: () => {
+          queue.fail(new TypeError("the stream session has ended"));
+          return Promise.resolve(done);
+        },
+        throw: (reason: unknown) => {
+          queue.fail(toRemoteMediaError(reason));
+          return Promise.resolve(done);
+        },
+      };
+    },
+  };
+}
+
+/** Whether `signal` is aborted now (a call, so that TypeScript does not narrow it for good). */
+function isAborted(signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true;
 }
 
 function cancelledReason(): ConnectError {

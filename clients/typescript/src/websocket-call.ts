@@ -114,7 +114,8 @@ class WebSocketStream implements AsyncIterator<StreamResponse> {
   readonly #requests: AsyncIterator<StreamRequest>;
   readonly #maxBufferedBytes: number;
   readonly #unread: StreamResponse[] = [];
-  #reader: { resolve: (r: IteratorResult<StreamResponse>) => void; reject: (e: unknown) => void } | undefined;
+  /** `next()` calls waiting for a response, in call order (concurrent calls each get their own). */
+  readonly #readers: { resolve: (r: IteratorResult<StreamResponse>) => void; reject: (e: unknown) => void }[] = [];
   #readerWait: (() => void) | undefined;
   #opened = false;
   #lastError: string | undefined;
@@ -174,7 +175,7 @@ class WebSocketStream implements AsyncIterator<StreamResponse> {
       return this.#end.error === undefined ? Promise.resolve({ done: true, value: undefined }) : Promise.reject(this.#end.error);
     }
     return new Promise((resolve, reject) => {
-      this.#reader = { resolve, reject };
+      this.#readers.push({ resolve, reject });
     });
   }
 
@@ -236,9 +237,8 @@ class WebSocketStream implements AsyncIterator<StreamResponse> {
       this.#stop(Code.Internal, `the server sent a frame that is not a StreamResponse: ${String(e)}`);
       return;
     }
-    const reader = this.#reader;
+    const reader = this.#readers.shift();
     if (reader !== undefined) {
-      this.#reader = undefined;
       reader.resolve({ done: false, value: response });
     } else {
       this.#unread.push(response);
@@ -257,12 +257,13 @@ class WebSocketStream implements AsyncIterator<StreamResponse> {
     this.#end = { error };
     this.#cleanup();
     this.#wakePump();
-    void this.#requests.return?.();
-    const reader = this.#reader;
-    this.#reader = undefined;
-    if (reader === undefined) return;
+    // The request side learns why the call ended, so a waiting or later send() can say it.
+    if (error === undefined) void this.#requests.return?.();
+    else void this.#requests.throw?.(error);
     // Responses still unread are delivered first; the end is seen once they are read.
-    if (error === undefined) reader.resolve({ done: true, value: undefined });
-    else reader.reject(error);
+    for (const reader of this.#readers.splice(0)) {
+      if (error === undefined) reader.resolve({ done: true, value: undefined });
+      else reader.reject(error);
+    }
   }
 }
