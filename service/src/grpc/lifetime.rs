@@ -27,6 +27,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+
+use super::status::ServiceError;
 use tower::{Layer, Service};
 
 /// The request header carrying the client's deadline.
@@ -260,16 +262,30 @@ impl Body for Watched {
 /// request body failed is answered by tonic, before any handler runs, with INTERNAL ("missing
 /// request message"): a server fault to its logs and metrics, although the client went away.
 /// Such an answer becomes CANCELLED, or DEADLINE_EXCEEDED when the deadline explains the reset,
-/// and is counted here.
+/// and is counted here. The same answer to a request stream that ended cleanly without a
+/// message is the client's mistake: INVALID_ARGUMENT (VALIDATION), counted here too.
 fn reset_answer<B>(
     response: http::Response<B>,
     reset: &AtomicBool,
     uncounted: &mut Uncounted,
 ) -> http::Response<Option<B>> {
-    let internal = response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
-    if !(internal && reset.load(Ordering::Relaxed)) {
+    let Some(internal) = Status::from_header_map(response.headers()).filter(|s| s.code() == tonic::Code::Internal)
+    else {
         uncounted.answered();
         return response.map(Some);
+    };
+    if !reset.load(Ordering::Relaxed) {
+        if internal.message() != "Missing request message." {
+            uncounted.answered();
+            return response.map(Some);
+        }
+        let error = ServiceError::InvalidArgument(
+            "the call carried no request message; a unary call takes exactly one".to_owned(),
+        );
+        tracing::info!(error = %error, "request message refused");
+        let status = error.to_status();
+        uncounted.count(status.code(), error.outcome());
+        return status.into_http().map(|()| None);
     }
     let (code, outcome) = CallDeadline::abandoned(uncounted.deadline);
     tracing::info!(code = ?code, "request stream reset by the client; nothing ran");
