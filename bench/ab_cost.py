@@ -26,7 +26,7 @@ from load import cpu_seconds, loadgen, server, total  # noqa: E402
 def one_run(binary: Path, mode: str, seconds: int) -> tuple[float, str]:
     with server("--python", "false", "--max-concurrent-streams", "300", binary=binary) as s:
         if mode == "stream":
-            loadgen("pingpong", addr=s.address, chunks=500)  # warm-up: connection, resampler pool
+            loadgen("pingpong", addr=s.address, chunks=500)  # warm-up: connection, the resampler's filter and plans
             counted = "remotemedia_stream_chunks_total"
         else:
             loadgen("unary", addr=s.address, seconds=2, audio_seconds=1)

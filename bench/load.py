@@ -185,7 +185,7 @@ def run_ghz(opts: argparse.Namespace, results: dict) -> None:
         req = Path(tmp) / "resample-1s.bin"
         req.write_bytes(resample_request(1))
         with server() as s:
-            ghz(s.address, req, 2, 16)  # warm-up: connections, resampler pool
+            ghz(s.address, req, 2, 16)  # warm-up: connections, the resampler's filter and plans
             ours = ghz(s.address, req, opts.seconds, 16)
         with baseline() as b:
             ghz(b.address, req, 2, 16)
@@ -291,7 +291,7 @@ def run_cost(opts: argparse.Namespace, results: dict) -> None:
     streams, seconds = 200, opts.cost_seconds
     out: dict = {"streams": streams, "seconds": seconds}
     with server("--max-concurrent-streams", str(streams + 100)) as s:
-        loadgen("pingpong", addr=s.address, chunks=500)  # warm-up: connection, resampler pool
+        loadgen("pingpong", addr=s.address, chunks=500)  # warm-up: connection, the resampler's filter and plans
         chunks, cpu = total(s.scrape(), "remotemedia_stream_chunks_total"), cpu_seconds(s.proc.pid)
         run = loadgen("stream", addr=s.address, streams=streams, rate=50, seconds=seconds, connections=16)
         cpu = cpu_seconds(s.proc.pid) - cpu

@@ -7,9 +7,10 @@
 //! with the input (a sine keeps its phase) and has exactly `round(frames × out / in)` frames.
 //!
 //! The resampler is rubato's synchronous FFT resampler (windowed-sinc anti-aliasing with a
-//! Blackman-Harris² window, about 140 dB of stopband attenuation at every quality). The quality
-//! sets the FFT block length, which trades latency against how close to Nyquist the passband
-//! stays flat:
+//! Blackman-Harris² window, about 140 dB of stopband attenuation at every quality), run with its
+//! filter and FFT plans shared by every stream at the same rates and quality (see [`fft`]). The
+//! quality sets the FFT block length, which trades latency against how close to Nyquist the
+//! passband stays flat:
 //!
 //! | quality | block (input frames) | flat within 0.1 dB up to | block + delay at 48 → 16 kHz |
 //! | --- | --- | --- | --- |
@@ -17,15 +18,15 @@
 //! | `medium` | 512 – 1024 | 0.85 × | 16 + 8 ms |
 //! | `low` | 256 – 512 | 0.75 × | 8 + 4 ms |
 //!
-//! Within each range the length with the fastest FFT is chosen. Built resamplers are pooled and
-//! reused by later requests with the same rates, quality and channels.
+//! Within each range the length with the fastest FFT is chosen. A rate pair's filter and plans
+//! are built on first use and kept for later requests and streams.
 //!
 //! Blocks are a multiple of `input_rate / gcd(input_rate, output_rate)` frames, so unusual rate
 //! pairs (44 101 → 16 000 Hz) get long blocks and more latency; the output still lines up.
 
-use audioadapter_buffers::direct::{InterleavedSlice, SequentialSlice};
-use rubato::audioadapter::{Adapter, AdapterMut};
-use rubato::{Fft, FixedSync, Indexing, Resampler, WindowFunction};
+mod fft;
+
+use fft::Fft;
 
 use super::{
     Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
@@ -82,58 +83,13 @@ fn blocks_per_fft(min_block: usize, target: usize) -> usize {
         .unwrap_or(first)
 }
 
-/// Key of a reusable resampler: rates, quality and channels.
-type PoolKey = (u32, u32, Quality, usize);
-type Pool = std::collections::HashMap<PoolKey, Vec<Box<dyn Resampler<f32>>>>;
-
-/// Built resamplers waiting for reuse. Planning the FFTs and the filter costs about as much as
-/// resampling a second of audio, so a finished stream hands its resampler back here, reset,
-/// for the next request with the same rates, quality and channel count.
-static POOL: std::sync::LazyLock<std::sync::Mutex<Pool>> = std::sync::LazyLock::new(Default::default);
-/// Most resamplers kept per key, and in all.
-const POOL_PER_KEY: usize = 8;
-const POOL_TOTAL: usize = 64;
-
-fn pooled(key: PoolKey) -> Option<Box<dyn Resampler<f32>>> {
-    POOL.lock().ok()?.get_mut(&key)?.pop()
-}
-
-fn give_back(key: PoolKey, mut r: Box<dyn Resampler<f32>>) {
-    r.reset();
-    let Ok(mut pool) = POOL.lock() else { return };
-    let total: usize = pool.values().map(Vec::len).sum();
-    let slot = pool.entry(key).or_default();
-    if slot.len() < POOL_PER_KEY && total < POOL_TOTAL {
-        slot.push(r);
-    }
-}
-
-/// The rubato resampler for a rate pair, quality and channel count: from the pool, or built.
-fn build_resampler(
-    input_rate: u32,
-    output_rate: u32,
-    quality: Quality,
-    channels: usize,
-) -> Result<Box<dyn Resampler<f32>>, String> {
-    if let Some(r) = pooled((input_rate, output_rate, quality, channels)) {
-        return Ok(r);
-    }
-    let (fin, fout) = (input_rate as usize, output_rate as usize);
-    let min_block = fin / gcd(fin, fout);
-    let block = blocks_per_fft(min_block, quality.block()) * min_block;
-    let r = Fft::<f32>::new_custom(fin, fout, block, 1, channels, WindowFunction::BlackmanHarris2, FixedSync::Input)
-        .map_err(|e| e.to_string())?;
-    Ok(Box::new(r))
-}
-
 /// Resampling state of one stream (or one request).
 struct Stream {
-    key: PoolKey,
     input_rate: u32,
     channels: usize,
     format: SampleFormat,
     /// `None` when input and output rates are equal: the audio passes through untouched.
-    resampler: Option<Box<dyn Resampler<f32>>>,
+    resampler: Option<Fft>,
     /// Input frames not yet consumed by the resampler, interleaved.
     pending: Vec<f32>,
     /// Output of the current node call, interleaved.
@@ -150,12 +106,11 @@ impl Stream {
         let resampler = if input_rate == output_rate {
             None
         } else {
-            Some(build_resampler(input_rate, output_rate, quality, channels)?)
+            Some(Fft::new(fft::design(input_rate, output_rate, quality)?, channels))
         };
         let (block_in, block_out, delay) =
-            resampler.as_ref().map_or((0, 0, 0), |r| (r.input_frames_max(), r.output_frames_max(), r.output_delay()));
+            resampler.as_ref().map_or((0, 0, 0), |r| (r.design().block_in, r.design().block_out, r.design().delay()));
         Ok(Self {
-            key: (input_rate, output_rate, quality, channels),
             input_rate,
             channels,
             format: audio.format(),
@@ -191,11 +146,12 @@ impl Stream {
     fn whole_blocks(&mut self, data: &[f32], ctx: &NodeContext) -> Result<usize, NodeError> {
         let Some(r) = self.resampler.as_mut() else { return Ok(0) };
         let ch = self.channels;
+        let block = r.design().block_in;
         let mut consumed = 0;
-        while data.len() / ch - consumed >= r.input_frames_next() {
-            let indexing = Indexing::new().input_offset(consumed);
-            consumed += resample_block(r.as_mut(), data, ch, &indexing, &mut self.collected, &mut self.to_trim)
-                .map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
+        while data.len() / ch - consumed >= block {
+            let input = &data[consumed * ch..(consumed + block) * ch];
+            resample_block(r, input, ch, &mut self.collected, &mut self.to_trim)?;
+            consumed += block;
             ctx.check_cancelled()?;
         }
         Ok(consumed)
@@ -204,14 +160,8 @@ impl Stream {
     /// Feeds the pending remainder as a last, short block (the resampler pads it with silence).
     fn last_block(&mut self) -> Result<(), NodeError> {
         let Some(r) = self.resampler.as_mut() else { return Ok(()) };
-        let ch = self.channels;
-        let available = self.pending.len() / ch;
-        if available > 0 {
-            // The adapter must span a whole block even though only `available` frames are read.
-            self.pending.resize(r.input_frames_next().max(available) * ch, 0.0);
-            let indexing = Indexing::new().partial_len(available);
-            resample_block(r.as_mut(), &self.pending, ch, &indexing, &mut self.collected, &mut self.to_trim)
-                .map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
+        if !self.pending.is_empty() {
+            resample_block(r, &self.pending, self.channels, &mut self.collected, &mut self.to_trim)?;
         }
         self.pending.clear();
         Ok(())
@@ -221,11 +171,8 @@ impl Stream {
     fn finish(&mut self, target: u64) -> Result<(), NodeError> {
         let ch = self.channels;
         let Some(r) = self.resampler.as_mut() else { return Ok(()) };
-        let silence = vec![0.0f32; r.input_frames_max() * ch];
-        let zeros = Indexing::new().partial_len(0);
         while self.frames_out + ((self.collected.len() / ch) as u64) < target {
-            resample_block(r.as_mut(), &silence, ch, &zeros, &mut self.collected, &mut self.to_trim)
-                .map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
+            resample_block(r, &[], ch, &mut self.collected, &mut self.to_trim)?;
         }
         let keep = (target - self.frames_out) as usize * ch;
         self.collected.truncate(keep);
@@ -233,47 +180,25 @@ impl Stream {
     }
 }
 
-/// One resampler call over interleaved `input`, appending its output to `out` after dropping
-/// any of the delay still to trim. Returns the input frames consumed. Mono audio goes through
-/// the sequential adapters, whose copies are plain `memcpy`s.
+/// One block of interleaved `input` (at most a block; less is padded with silence) through the
+/// resampler, its output appended to `out` after dropping any of the delay still to trim.
 fn resample_block(
-    r: &mut dyn Resampler<f32>,
+    r: &mut Fft,
     input: &[f32],
     ch: usize,
-    indexing: &Indexing,
     out: &mut Vec<f32>,
     to_trim: &mut usize,
-) -> Result<usize, String> {
-    let frames_in = input.len() / ch;
+) -> Result<(), NodeError> {
     let start = out.len();
-    let frames_out = r.output_frames_next();
-    out.resize(start + frames_out * ch, 0.0);
-    let (seq_in, inter_in, mut seq_out, mut inter_out);
-    let (adapter_in, adapter_out): (&dyn Adapter<f32>, &mut dyn AdapterMut<f32>) = if ch == 1 {
-        seq_in = SequentialSlice::new(input, 1, frames_in).map_err(|e| e.to_string())?;
-        seq_out = SequentialSlice::new_mut(&mut out[start..], 1, frames_out).map_err(|e| e.to_string())?;
-        (&seq_in, &mut seq_out)
-    } else {
-        inter_in = InterleavedSlice::new(input, ch, frames_in).map_err(|e| e.to_string())?;
-        inter_out = InterleavedSlice::new_mut(&mut out[start..], ch, frames_out).map_err(|e| e.to_string())?;
-        (&inter_in, &mut inter_out)
-    };
-    let (used, written) = r.process_into_buffer(adapter_in, adapter_out, Some(indexing)).map_err(|e| e.to_string())?;
-    out.truncate(start + written * ch);
-    let skip = written.min(*to_trim);
+    out.resize(start + r.design().block_out * ch, 0.0);
+    r.block(input, &mut out[start..]).map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
+    let skip = (out.len() - start) / ch;
+    let skip = skip.min(*to_trim);
     if skip > 0 {
         *to_trim -= skip;
         out.drain(start..start + skip * ch);
     }
-    Ok(used)
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        if let Some(r) = self.resampler.take() {
-            give_back(self.key, r);
-        }
-    }
+    Ok(())
 }
 
 /// Resamples `input` audio to `output_rate`, keeping its format and channel count.
@@ -375,9 +300,10 @@ impl Node for ResampleNode {
     }
 
     fn is_heavy(&self, inputs: &NodeInputs) -> bool {
-        // The first call builds the resampler, which plans FFTs of the block length: well under a
-        // millisecond for common rate pairs, about a second for a co-prime pair such as
-        // 767 881 → 1 000 Hz, so it never runs on the async runtime, however short its input.
+        // The first call may plan the rate pair's filter and FFTs (when nothing has used that pair
+        // yet): well under a millisecond for common rate pairs, about a second for a co-prime pair
+        // such as 767 881 → 1 000 Hz, so it never runs on the async runtime, however short its
+        // input.
         self.stream.is_none() || inputs.samples() > super::INLINE_MAX_SAMPLES
     }
 
@@ -441,7 +367,8 @@ concatenated, equal the one-shot output sample for sample.
 
 Rate pairs with a large `input_rate / gcd(input_rate, output_rate)` (an \"odd\" rate such as 44 101 Hz) need \
 long FFT blocks, so they add more latency (about a second). Equal rates pass the buffer through without \
-copying. Resamplers are pooled, so repeated requests with the same rates skip the FFT planning.";
+copying. The filter and FFT plans of a rate pair are built once and shared by every request and stream at that pair \
+and quality; a stream keeps only its filter overlap.";
 
 #[cfg(test)]
 mod tests;

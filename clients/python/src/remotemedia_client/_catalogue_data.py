@@ -66,8 +66,9 @@ CATALOGUE: dict[str, Any] = {
             "\n"
             'Rate pairs with a large `input_rate / gcd(input_rate, output_rate)` (an "odd" '
             "rate such as 44 101 Hz) need long FFT blocks, so they add more latency (about a "
-            "second). Equal rates pass the buffer through without copying. Resamplers are "
-            "pooled, so repeated requests with the same rates skip the FFT planning.",
+            "second). Equal rates pass the buffer through without copying. The filter and "
+            "FFT plans of a rate pair are built once and shared by every request and stream "
+            "at that pair and quality; a stream keeps only its filter overlap.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",

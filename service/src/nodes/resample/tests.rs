@@ -317,15 +317,16 @@ fn a_call_with_no_output_yet_returns_an_empty_buffer_at_the_output_rate() {
 }
 
 #[test]
-fn a_pooled_resampler_gives_the_same_output_as_a_fresh_one() {
+fn streams_sharing_a_design_carry_no_state_between_them() {
     let x = sine(1_234.0, 44_100, 30_000, 0.5, 0.2);
     let p = json!({"output_rate": 22_050, "quality": "medium"});
     let first = once(p.clone(), &x, 44_100, 1).as_f32().into_owned();
-    // The first node's resampler went back to the pool; the next request reuses it.
+    // The next requests at these rates use the same filter and plans, and the same thread's
+    // transform buffers.
     let noise: Vec<f32> = (0..10_000).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     once(p.clone(), &noise, 44_100, 1);
     let again = once(p, &x, 44_100, 1).as_f32().into_owned();
-    assert!(first == again, "a reset resampler carries no state from earlier requests");
+    assert!(first == again, "a stream's output depends on nothing another stream did");
 }
 
 #[test]
@@ -333,10 +334,64 @@ fn reported_latencies_match_the_docs() {
     // docs/nodes.md states the block and filter delay per quality at 48 -> 16 kHz.
     for (q, block_ms, delay_ms) in [(Quality::High, 32.0, 16.0), (Quality::Medium, 16.0, 8.0), (Quality::Low, 8.0, 4.0)]
     {
-        let r = build_resampler(48_000, 16_000, q, 1).unwrap();
-        let block = r.input_frames_next() as f64 / 48.0;
-        let delay = r.output_delay() as f64 / 16.0;
+        let d = fft::design(48_000, 16_000, q).unwrap();
+        let block = d.block_in as f64 / 48.0;
+        let delay = d.delay() as f64 / 16.0;
         assert!((block - block_ms).abs() < 1.0, "{q:?}: block {block:.1} ms");
         assert!((delay - delay_ms).abs() < 1.0, "{q:?}: delay {delay:.1} ms");
+    }
+}
+
+/// Blocks through rubato's own `Fft`, built with the settings the shared design uses.
+fn rubato_blocks(fin: u32, fout: u32, q: Quality, ch: usize, blocks: &[Vec<f32>]) -> Vec<f32> {
+    use rubato::audioadapter_buffers::direct::InterleavedSlice;
+    use rubato::{FixedSync, Indexing, Resampler, WindowFunction};
+    let (a, b) = (fin as usize, fout as usize);
+    let min_block = a / gcd(a, b);
+    let block = blocks_per_fft(min_block, q.block()) * min_block;
+    let mut r =
+        rubato::Fft::<f32>::new_custom(a, b, block, 1, ch, WindowFunction::BlackmanHarris2, FixedSync::Input).unwrap();
+    let mut out = Vec::new();
+    let mut input = vec![0.0; block * ch];
+    for x in blocks {
+        input[..x.len()].copy_from_slice(x);
+        let mut y = vec![0.0; r.output_frames_next() * ch];
+        let (frames, _) = (y.len() / ch, ());
+        let adapter_in = InterleavedSlice::new(&input, ch, block).unwrap();
+        let mut adapter_out = InterleavedSlice::new_mut(&mut y, ch, frames).unwrap();
+        let indexing = Indexing::new().partial_len(x.len() / ch);
+        let (_, written) = r.process_into_buffer(&adapter_in, &mut adapter_out, Some(&indexing)).unwrap();
+        out.extend_from_slice(&y[..written * ch]);
+    }
+    out
+}
+
+#[test]
+fn the_output_is_rubatos() {
+    // Down, up, an odd ratio, two channels, every quality; whole blocks, a short block and an
+    // empty one (silence), as a stream feeds them.
+    let cases = [
+        (48_000, 16_000, Quality::High, 1),
+        (16_000, 48_000, Quality::Medium, 1),
+        (44_100, 16_000, Quality::High, 2),
+        (8_000, 22_050, Quality::Low, 2),
+    ];
+    for (fin, fout, q, ch) in cases {
+        let design = fft::design(fin, fout, q).unwrap();
+        let n = design.block_in * ch;
+        let noise: Vec<f32> = (0..3 * n).map(|i| ((i * 7919 + 13) % 2003) as f32 / 2003.0 - 0.5).collect();
+        let blocks =
+            vec![noise[..n].to_vec(), noise[n..2 * n].to_vec(), noise[2 * n..2 * n + n / 3 / ch * ch].to_vec(), vec![]];
+        let mut ours = fft::Fft::new(design.clone(), ch);
+        let mut got = Vec::new();
+        for x in &blocks {
+            let start = got.len();
+            got.resize(start + design.block_out * ch, 0.0);
+            ours.block(x, &mut got[start..]).unwrap();
+        }
+        let want = rubato_blocks(fin, fout, q, ch, &blocks);
+        assert_eq!(got.len(), want.len(), "{fin} -> {fout} Hz");
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(got == want, "{fin} -> {fout} Hz, {q:?}, {ch} channels: differs from rubato by up to {worst:e}");
     }
 }
