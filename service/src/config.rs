@@ -33,7 +33,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("auth_tokens", "", "comma-separated bearer tokens (prefer the tokens file)"),
     ("auth_tokens_file", "", "file with one bearer token per line (# comments allowed)"),
     ("allow_unauthenticated", "false", "allow a non-loopback listen address without tokens"),
-    ("python_nodes_path", "", "comma-separated directories of Python node plug-ins"),
+    ("python_nodes_path", "", "comma-separated directories of Python node plug-ins; each must exist"),
     ("python", "true", "start the embedded Python interpreter and its nodes"),
     ("python_home", "", "Python environment the interpreter uses (a venv or prefix; default: the build's)"),
     ("python_workers", "2", "threads that run Python nodes (1 to 256)"),
@@ -358,6 +358,25 @@ impl<'a> Reader<'a> {
         Vec::new()
     }
 
+    /// A list of directories, each of which must exist (a plug-in directory that is not there
+    /// is a typo, not an empty set of plug-ins).
+    fn directories(&self, key: &str) -> Vec<PathBuf> {
+        let dirs: Vec<PathBuf> = self.list(key).into_iter().map(PathBuf::from).collect();
+        let missing: Vec<String> = dirs.iter().filter(|d| !d.is_dir()).map(|d| format!("`{}`", d.display())).collect();
+        if !missing.is_empty() {
+            self.error(ConfigError::Invalid {
+                key: key.to_owned(),
+                origin: describe(key, self.sources.lookup(key).1),
+                message: if missing.len() == 1 {
+                    format!("{} is not a directory", missing[0])
+                } else {
+                    format!("{} are not directories", missing.join(", "))
+                },
+            });
+        }
+        dirs
+    }
+
     fn list(&self, key: &str) -> Vec<String> {
         self.string(key).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
     }
@@ -505,7 +524,7 @@ impl Config {
             auth_tokens,
             allow_unauthenticated: r.bool("allow_unauthenticated"),
             python_enabled: r.bool("python"),
-            python_nodes_paths: r.list("python_nodes_path").into_iter().map(PathBuf::from).collect(),
+            python_nodes_paths: r.directories("python_nodes_path"),
             python_home: Some(r.string("python_home")).filter(|h| !h.is_empty()).map(PathBuf::from),
             python_workers: r.parse("python_workers", &format!("an integer from 1 to {MAX_PYTHON_WORKERS}"), |s| {
                 s.replace('_', "").parse().ok().filter(|n| (1..=MAX_PYTHON_WORKERS).contains(n))
@@ -738,6 +757,16 @@ mod tests {
             let err = Config::with(&[("cors_allowed_origins", bad)]).unwrap_err().to_string();
             assert!(err.contains(&format!("`{bad}` is not an origin")), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn plug_in_directories_must_exist() {
+        let here = env!("CARGO_MANIFEST_DIR");
+        let ok = Config::with(&[("python_nodes_path", here)]).unwrap();
+        assert_eq!(ok.python_nodes_paths, vec![PathBuf::from(here)]);
+        let err = Config::with(&[("python_nodes_path", &format!("{here},/no/such/plugins"))]).unwrap_err().to_string();
+        assert!(err.contains("python_nodes_path") && err.contains("`/no/such/plugins` is not a directory"), "{err}");
+        assert!(!err.contains(here), "only the missing directory is named: {err}");
     }
 
     #[test]
