@@ -109,9 +109,16 @@ def _cpu(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: The server's timings and the direct call's timing each is compared with.
+COMPARED = (("wall", "wall"), ("processing", "wall"), ("cpu", "cpu"), ("worker_cpu", "cpu"))
+
+
 def recognition(client: Client, pid: int, audio: np.ndarray, repeats: int = 7) -> dict[str, float]:
     """Median real-time factors, wall-clock and CPU (the server process's CPU time against the
-    direct process's), of `repeats` alternating runs."""
+    direct process's), of `repeats` alternating runs, and for each of COMPARED the median,
+    lowest and highest of the `repeats` ratios server ÷ direct, each of a server run and the
+    direct run right after it (`ratio_*`, `ratio_min_*`, `ratio_max_*`): a pair sees the same
+    machine, so its ratio moves less than the ratio of medians when the host's speed drifts."""
     duration = len(audio) / RATE
     asr = pipeline(Node("SpeechRecognitionNode", id="asr"))
     parts = chunks(audio)
@@ -138,7 +145,12 @@ def recognition(client: Client, pid: int, audio: np.ndarray, repeats: int = 7) -
         wall, cpu_rtf = direct_recognition()
         runs["direct_wall"].append(wall)
         runs["direct_cpu"].append(cpu_rtf)
-    return {k: statistics.median(v) for k, v in runs.items()}
+    out = {k: statistics.median(v) for k, v in runs.items()}
+    for kind, baseline in COMPARED:
+        ratios = [a / b for a, b in zip(runs[f"server_{kind}"], runs[f"direct_{baseline}"], strict=True)]
+        out[f"ratio_{kind}"] = statistics.median(ratios)
+        out[f"ratio_min_{kind}"], out[f"ratio_max_{kind}"] = min(ratios), max(ratios)
+    return out
 
 
 def silero(client: Client, audio: np.ndarray) -> tuple[float, float, float]:
@@ -235,18 +247,20 @@ def main() -> None:
         f"placement: {placement}; the server's Python worker threads were ready but waiting for a core for "
         f"{rtf['server_worker_wait']:.3f} s per second of audio, summed over the threads"
     )
-    print("| what | through the server | called directly | server ÷ direct |")
+    print("| what | through the server | called directly | server ÷ direct, median of the pairs (lowest – highest) |")
     print("| --- | --- | --- | --- |")
-    for kind, what, baseline in (
-        ("wall", "the client's wall-clock", "wall"),
-        ("processing", "the server's processing time", "wall"),
-        ("cpu", "CPU time (the whole server)", "cpu"),
-        ("worker_cpu", "CPU time (the server's Python workers)", "cpu"),
-    ):
-        server, direct = rtf[f"server_{kind}"], rtf[f"direct_{baseline}"]
+    whats = {
+        "wall": "the client's wall-clock",
+        "processing": "the server's processing time",
+        "cpu": "CPU time (the whole server)",
+        "worker_cpu": "CPU time (the server's Python workers)",
+    }
+    for kind, baseline in COMPARED:
+        server, direct, ratio = rtf[f"server_{kind}"], rtf[f"direct_{baseline}"], rtf[f"ratio_{kind}"]
         print(
-            f"| recognition, real-time factor by {what} (two_cities.wav, 44.4 s, 20 ms chunks) | {server:.3f} | {direct:.3f} "
-            f"| {server / direct:.3f} ({(server / direct - 1) * 100:+.1f} %) |"
+            f"| recognition, real-time factor by {whats[kind]} (two_cities.wav, 44.4 s, 20 ms chunks) | {server:.3f} "
+            f"| {direct:.3f} | {ratio:.3f} ({(ratio - 1) * 100:+.1f} %; {rtf[f'ratio_min_{kind}']:.3f} – "
+            f"{rtf[f'ratio_max_{kind}']:.3f}) |"
         )
     for what, server in (("the client's round trip", vad_server), ("the server's processing", vad_processing)):
         print(

@@ -101,6 +101,23 @@ def test_recognition_gives_pocketsphinx_s_text(client: Client, beckett: np.ndarr
     assert partials, "partial hypotheses arrive while an utterance is open"
 
 
+def test_partial_hypotheses_are_read_every_partial_every_ms_of_audio(client: Client, beckett: np.ndarray) -> None:
+    def partials(every_ms: int) -> tuple[list[int], list[str]]:
+        asr = pipeline(SpeechRecognitionNode("asr", partial_every_ms=every_ms))
+        results = list(stream_chunks(client, asr, beckett))
+        sent = [r.sequence for r in results if (r.data.get("asr") or {}).get("partial")]
+        finals = [u.text for r in results for t in r.transcripts.values() for u in t.utterances if u.text]
+        return sent, finals
+
+    every_chunk, finals = partials(0)
+    spaced, same_finals = partials(200)
+    assert same_finals == finals, "how often the hypothesis is read does not change the transcript"
+    assert spaced, "partial hypotheses still arrive"
+    assert len(spaced) < len(every_chunk), (len(spaced), len(every_chunk))
+    # 200 ms is 10 chunks of 20 ms: a hypothesis is read at most once in any 10.
+    assert min(b - a for a, b in zip(spaced, spaced[1:])) >= 10, spaced
+
+
 @pytest.mark.parametrize("seconds", [0.0, 0.1, 2.0])
 def test_recognition_of_no_speech_answers_with_an_empty_transcript(client: Client, seconds: float) -> None:
     # Silence used to leave no `asr` entry at all, so reading the transcript raised KeyError.

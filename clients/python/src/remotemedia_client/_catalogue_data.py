@@ -378,8 +378,11 @@ CATALOGUE: dict[str, Any] = {
             "  utterance's words (0 to 1).\n"
             '- `partial`: while streaming, `{"start_s", "text"}`, the hypothesis so far of '
             "the\n"
-            "  utterance still open after this chunk (sent when it changes), and `null` once "
-            "it ended.\n"
+            "  utterance still open after this chunk, and `null` once it ended. The "
+            "hypothesis is read\n"
+            "  once `partial_every_ms` of audio has arrived since the last reading, and sent "
+            "when it\n"
+            "  changed.\n"
             "\n"
             "Closing a stream (or the end of a request) ends the open utterance. When every "
             "recogniser\n"
@@ -397,7 +400,15 @@ CATALOGUE: dict[str, Any] = {
                         "enum": ["fast", "accurate"],
                         "default": "fast",
                         "description": "`fast`: pruned search, one pass (about 4× faster); `accurate`: pocketsphinx's defaults",
-                    }
+                    },
+                    "partial_every_ms": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 10000,
+                        "default": 100,
+                        "x-unit": "ms",
+                        "description": "audio between readings of the partial hypothesis; 0 reads it after every input",
+                    },
                 },
                 "required": [],
                 "additionalProperties": False,

@@ -203,15 +203,22 @@ class SpeechRecognitionNode(Node):
 
     - ``search`` (string, "fast", "accurate", default "fast"): `fast`: pruned search, one pass (about 4×
       faster); `accurate`: pocketsphinx's defaults
+    - ``partial_every_ms`` (integer, 0–10000, in ms, default 100): audio between readings of the partial
+      hypothesis; 0 reads it after every input
 
     Inputs: ``input`` (audio). Outputs: ``text`` (data), ``segments`` (data), ``partial`` (data).
     Runs Python.
     """
 
     def __init__(
-        self, id: str | None = None, *, search: Literal["fast", "accurate"] | None = None, runtime: Runtime | str = Runtime.AUTO
+        self,
+        id: str | None = None,
+        *,
+        search: Literal["fast", "accurate"] | None = None,
+        partial_every_ms: int | None = None,
+        runtime: Runtime | str = Runtime.AUTO,
     ) -> None:
-        super().__init__("SpeechRecognitionNode", id, runtime=runtime, params=_given(search=search))
+        super().__init__("SpeechRecognitionNode", id, runtime=runtime, params=_given(search=search, partial_every_ms=partial_every_ms))
 
 
 class TextToSpeechNode(Node):

@@ -73,6 +73,8 @@ export interface SileroVADParams {
 export interface SpeechRecognitionParams {
   /** `fast`: pruned search, one pass (about 4× faster); `accurate`: pocketsphinx's defaults ("fast", "accurate"; default "fast") */
   search?: "fast" | "accurate";
+  /** audio between readings of the partial hypothesis; 0 reads it after every input (0–10000; in ms; default 100) */
+  partial_every_ms?: number;
 }
 
 /** Parameters of TextToSpeechNode: Text to speech with espeak-ng. */

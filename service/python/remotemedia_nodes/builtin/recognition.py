@@ -67,7 +67,9 @@ class SpeechRecognition(Node):
       from the start of the input; `confidence` is the mean posterior probability of the
       utterance's words (0 to 1).
     - `partial`: while streaming, `{"start_s", "text"}`, the hypothesis so far of the
-      utterance still open after this chunk (sent when it changes), and `null` once it ended.
+      utterance still open after this chunk, and `null` once it ended. The hypothesis is read
+      once `partial_every_ms` of audio has arrived since the last reading, and sent when it
+      changed.
 
     Closing a stream (or the end of a request) ends the open utterance. When every recogniser
     is in use, speech is held back (at most 60 s of it) until one is free, for at most
@@ -89,8 +91,18 @@ class SpeechRecognition(Node):
             Literal["fast", "accurate"],
             Param(doc="`fast`: pruned search, one pass (about 4× faster); `accurate`: pocketsphinx's defaults"),
         ] = "fast",
+        partial_every_ms: Annotated[
+            int, Param(0, 10000, unit="ms", doc="audio between readings of the partial hypothesis; 0 reads it after every input")
+        ] = 100,
     ) -> None:
         self.settings = {"search": search}
+        # Reading a hypothesis traces the search back through the whole utterance so far: after
+        # every 20 ms chunk it took 2.9 % of the server's CPU on a recognition stream (perf,
+        # `ps_get_hyp`), a third of what the server adds to pocketsphinx's own work; every
+        # 100 ms it takes a fifth of that, still five updates a second (BENCHMARKS.md, issue 14).
+        self.partial_every = SAMPLE_RATE * partial_every_ms // 1000
+        #: `samples` when the partial hypothesis was last read.
+        self.partial_read_at = 0
         self.endpointer = Endpointer(sample_rate=SAMPLE_RATE)
         self.frame_bytes: int = self.endpointer.frame_bytes
         self.buffer = b""
@@ -236,6 +248,9 @@ class SpeechRecognition(Node):
             out["segments"] = ready
             out["text"] = " ".join(s["text"] for s in ready if s["text"])
         if self.in_utterance and not final:
+            if self.samples - self.partial_read_at < self.partial_every:
+                return out
+            self.partial_read_at = self.samples
             assert self.lease is not None
             hyp = self.lease.instance.hyp()
             text = hyp.hypstr if hyp is not None else ""
