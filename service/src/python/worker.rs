@@ -179,10 +179,7 @@ impl Drop for InterruptOnDrop {
 
 /// How long a worker that just finished a job keeps looking for the next one before it sleeps:
 /// under load, jobs follow each other closely and a sleeping thread costs a wake-up (several
-/// microseconds) per job. It yields its core between looks: the next job comes from a runtime
-/// thread that may be waiting for this very core (a server on one CPU), which a busy spin kept
-/// off it for the whole spin (about 20 µs per 20 ms chunk on `bench/speech.py --split-cores`'s
-/// recognition stream, 0.7 % of the server's CPU in `perf`).
+/// microseconds) per job.
 const WORKER_SPIN: Duration = Duration::from_micros(50);
 /// How long a caller keeps polling for a quick job's result before it sleeps on the channel.
 /// A caller whose jobs take longer does not poll ([`Expect::Slow`]): `bench/speech.py`'s
@@ -196,7 +193,7 @@ fn next_job(rx: &Receiver<Job>) -> Result<Job, crossbeam_channel::RecvError> {
         match rx.try_recv() {
             Ok(job) => return Ok(job),
             Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(crossbeam_channel::RecvError),
-            Err(crossbeam_channel::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(crossbeam_channel::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
     rx.recv()
