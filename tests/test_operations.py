@@ -194,6 +194,37 @@ def test_idle_health_watches_do_not_hold_the_shutdown(grace_ms: int) -> None:
     assert took < min(grace_ms / 1000, 5.0), took
 
 
+def test_a_second_signal_ends_the_grace_period_at_once(tmp_path: Path) -> None:
+    s = start_server("--grace-period-ms", "60000", "--python-nodes-path", str(PLUGINS))
+    spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "spinning"))])
+    req = pb.ExecuteRequest(manifest=spin, audio_inputs={"spin": f32(np.zeros(16))})
+    ended: "queue.Queue[object]" = queue.Queue()
+
+    def call() -> None:
+        try:
+            with grpc.insecure_channel(s.address) as channel:
+                service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline(req, timeout=120)
+            ended.put("no error")
+        except grpc.RpcError as e:
+            ended.put(e.code())
+
+    threading.Thread(target=call, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "spinning").exists():
+        assert time.monotonic() < deadline, "the spinning node never started"
+        time.sleep(0.01)
+    s.proc.send_signal(signal.SIGTERM)
+    s.wait_for(lambda rec: rec.get("message") == "signal received")
+    # The first signal drains: the running call holds the exit for the 60 s grace period.
+    assert s.proc.poll() is None
+    started = time.monotonic()
+    assert s.stop(signal.SIGINT, timeout=20) == 1
+    assert time.monotonic() - started < 10
+    second = s.wait_for(lambda rec: str(rec.get("message", "")).startswith("second signal received"), timeout=5)
+    assert second["level"] == "WARN" and second["signal"] == "SIGINT", second
+    assert ended.get(timeout=10) != "no error"
+
+
 def test_shutdown_follows_the_grace_period_when_work_outlasts_it(tmp_path: Path) -> None:
     s = start_server("--grace-period-ms", "1000", "--python-nodes-path", str(PLUGINS), "--python-workers", "2")
     spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "unary"))])

@@ -1,4 +1,6 @@
-//! The process's shutdown signal: SIGTERM or SIGINT.
+//! The process's shutdown signal: SIGTERM or SIGINT. The first starts the drain (the grace
+//! period); a second one while it runs ends the process at once, with exit status 1, for an
+//! operator who will not wait.
 //!
 //! The handlers are installed when [`signal`] is called, not when its future is first polled:
 //! a signal that arrives while the server is still starting (the embedded Python interpreter can
@@ -8,7 +10,8 @@
 
 use std::future::Future;
 
-/// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them.
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them and
+/// leaves a task that exits the process on the next.
 ///
 /// Must be called inside a Tokio runtime.
 pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
@@ -22,6 +25,14 @@ pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
                 _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
                 _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
             }
+            tokio::spawn(async move {
+                let name = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                };
+                tracing::warn!(signal = name, "second signal received: exiting without waiting for the grace period");
+                std::process::exit(1);
+            });
         })
     }
     #[cfg(not(unix))]
