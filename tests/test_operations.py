@@ -194,25 +194,36 @@ def test_idle_health_watches_do_not_hold_the_shutdown(grace_ms: int) -> None:
     assert took < min(grace_ms / 1000, 5.0), took
 
 
-def test_a_second_signal_ends_the_grace_period_at_once(tmp_path: Path) -> None:
-    s = start_server("--grace-period-ms", "60000", "--python-nodes-path", str(PLUGINS))
-    spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "spinning"))])
-    req = pb.ExecuteRequest(manifest=spin, audio_inputs={"spin": f32(np.zeros(16))})
+def execute_in_background(address: str, req: pb.ExecuteRequest, timeout: float) -> "queue.Queue[object]":
+    """Calls ExecutePipeline on a thread of its own; the queue gets "no error" or the call's
+    status code when it ends."""
     ended: "queue.Queue[object]" = queue.Queue()
 
     def call() -> None:
         try:
-            with grpc.insecure_channel(s.address) as channel:
-                service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline(req, timeout=120)
+            with grpc.insecure_channel(address) as channel:
+                service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline(req, timeout=timeout)
             ended.put("no error")
         except grpc.RpcError as e:
             ended.put(e.code())
 
     threading.Thread(target=call, daemon=True).start()
+    return ended
+
+
+def wait_for_file(path: Path, what: str) -> None:
+    """Waits (up to 30 s) for the marker file a test node writes when it starts running."""
     deadline = time.monotonic() + 30
-    while not (tmp_path / "spinning").exists():
-        assert time.monotonic() < deadline, "the spinning node never started"
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{what} never started"
         time.sleep(0.01)
+
+
+def test_a_second_signal_ends_the_grace_period_at_once(tmp_path: Path) -> None:
+    s = start_server("--grace-period-ms", "60000", "--python-nodes-path", str(PLUGINS))
+    spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "spinning"))])
+    ended = execute_in_background(s.address, pb.ExecuteRequest(manifest=spin, audio_inputs={"spin": f32(np.zeros(16))}), 120)
+    wait_for_file(tmp_path / "spinning", "the spinning node")
     s.proc.send_signal(signal.SIGTERM)
     s.wait_for(lambda rec: rec.get("message") == "signal received")
     # The first signal drains: the running call holds the exit for the 60 s grace period.
@@ -262,10 +273,8 @@ def test_shutdown_follows_the_grace_period_when_work_outlasts_it(tmp_path: Path)
 
     for f in (call, stream):
         threading.Thread(target=f, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not ((tmp_path / "unary").exists() and (tmp_path / "stream").exists()):
-        assert time.monotonic() < deadline, "the spinning nodes never started"
-        time.sleep(0.01)
+    wait_for_file(tmp_path / "unary", "the spinning unary call")
+    wait_for_file(tmp_path / "stream", "the spinning stream")
     started = time.monotonic()
     assert s.stop(signal.SIGTERM) == 0
     took = time.monotonic() - started
@@ -284,21 +293,8 @@ def test_a_native_call_holding_the_gil_does_not_hold_the_exit(tmp_path: Path) ->
     s = start_server("--grace-period-ms", "500", "--python-nodes-path", str(PLUGINS))
     marker = tmp_path / "summing"
     req = pb.ExecuteRequest(manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]), audio_inputs={"hog": f32(np.zeros(16))})
-    ended: "queue.Queue[object]" = queue.Queue()
-
-    def call() -> None:
-        try:
-            with grpc.insecure_channel(s.address) as channel:
-                service_pb2_grpc.PipelineServiceStub(channel).ExecutePipeline(req, timeout=60)
-            ended.put("no error")
-        except grpc.RpcError as e:
-            ended.put(e.code())
-
-    threading.Thread(target=call, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the node never started"
-        time.sleep(0.01)
+    ended = execute_in_background(s.address, req, 60)
+    wait_for_file(marker, "the node")
     started = time.monotonic()
     assert s.stop(signal.SIGTERM, timeout=60) == 0
     took = time.monotonic() - started
@@ -316,10 +312,7 @@ def test_the_time_limit_covers_building_a_python_node_that_waits_for_the_gil(tmp
         channel = grpc.insecure_channel(s.address)
         stub = service_pb2_grpc.PipelineServiceStub(channel)
         pending = stub.ExecutePipeline.future(hog, timeout=120)  # kept: a dropped future cancels the call
-        deadline = time.monotonic() + 30
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the node never started"
-            time.sleep(0.01)
+        wait_for_file(marker, "the node")
         gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
         resp = stub.ExecutePipeline(
             pb.ExecuteRequest(manifest=gain, audio_inputs={"g": f32(np.ones(16))}, resource_limits=pb.ResourceLimits(max_timeout_ms=1000)),
