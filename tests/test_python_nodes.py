@@ -228,19 +228,24 @@ def test_plugins_are_served_like_built_in_nodes(plugin_server: RunningServer) ->
     assert {"InterpreterInfoNode", "SpinNode", "GateNode", "BandpassFilterNode", "LoudnessNode"} <= types
 
 
+def start_up(plugins: Path) -> subprocess.CompletedProcess[str]:
+    """Runs the server on the plug-in directory `plugins` until it exits (start-up refused)."""
+    return subprocess.run(
+        [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--python-nodes-path", str(plugins)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=server_env(),
+    )
+
+
 def test_a_broken_plugin_stops_start_up_naming_its_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "good.py").write_text("x = 1\n")
     bad = tmp_path / "broken_node.py"
     bad.write_text(
         "from remotemedia_nodes import node\n\n@node('Broken')\nclass Broken:\n    def process(self, inputs)\n        return {}\n"
     )
-    out = subprocess.run(
-        [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--python-nodes-path", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=server_env(),
-    )
+    out = start_up(tmp_path)
     assert out.returncode == 1
     assert f"{bad}:5" in out.stderr and "SyntaxError" in out.stderr, out.stderr
 
@@ -260,13 +265,7 @@ def test_a_plugin_taking_another_types_name_stops_start_up(tmp_path: Path, decla
         f"from remotemedia_nodes import Node, node\n\n{declaration}\nclass Clash(Node):\n"
         '    """A plug-in."""\n\n    def process(self, inputs):\n        return {}\n'
     )
-    out = subprocess.run(
-        [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--python-nodes-path", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=server_env(),
-    )
+    out = start_up(tmp_path)
     assert out.returncode == 1, out.stdout
     assert expected in out.stdout + out.stderr, out.stdout + out.stderr
 

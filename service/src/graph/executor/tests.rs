@@ -250,6 +250,16 @@ async fn two_slow_async_branches_take_the_time_of_one() {
 }
 
 /// Fails with `kind` for the first `fail` calls, then passes audio through. Counts calls.
+/// A node that runs until its call is cancelled.
+fn spin() -> Box<dyn Node> {
+    Box::new(FnNode(|_: Ports, ctx: &NodeContext| {
+        loop {
+            ctx.check_cancelled()?;
+            std::thread::yield_now();
+        }
+    }))
+}
+
 fn flaky(calls: Arc<AtomicU32>, fail: u32, kind: NodeErrorKind) -> impl Fn() -> Box<dyn Node> + Send + Sync {
     move || {
         let calls = calls.clone();
@@ -353,16 +363,7 @@ async fn retries_count_toward_the_breaker() {
 
 #[tokio::test]
 async fn a_node_that_checks_the_token_stops_on_cancel() {
-    let engine = engine_with(|r| {
-        register(r, "Spin", || {
-            Box::new(FnNode(|_: Ports, ctx: &NodeContext| {
-                loop {
-                    ctx.check_cancelled()?;
-                    std::thread::yield_now();
-                }
-            }))
-        })
-    });
+    let engine = engine_with(|r| register(r, "Spin", spin));
     let m = Manifest::new("spin").node("s", "Spin", "");
     let mut p = engine.build(&m, &shape(&["s"])).await.unwrap();
     let cancel = CancellationToken::new();
@@ -436,16 +437,7 @@ async fn a_failed_run_keeps_the_reports_of_the_nodes_it_called() {
 
 #[tokio::test]
 async fn a_timed_out_run_keeps_the_reports_of_the_nodes_that_finished() {
-    let engine = engine_with(|r| {
-        register(r, "Spin", || {
-            Box::new(FnNode(|_: Ports, ctx: &NodeContext| {
-                loop {
-                    ctx.check_cancelled()?;
-                    std::thread::yield_now();
-                }
-            }))
-        })
-    });
+    let engine = engine_with(|r| register(r, "Spin", spin));
     let m = Manifest::new("m").node("g", "GainNode", &gain(2.0)).node("s", "Spin", "").connect("g", "s");
     let mut p = engine.build(&m, &shape(&["g"])).await.unwrap();
     let limits = RunLimits { timeout: Some(Duration::from_millis(20)), max_memory_bytes: None };
