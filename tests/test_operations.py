@@ -302,13 +302,17 @@ def test_a_native_call_holding_the_gil_does_not_hold_the_exit(tmp_path: Path) ->
     assert ended.get(timeout=10) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_the_time_limit_covers_building_a_python_node_that_waits_for_the_gil(tmp_path: Path) -> None:
+def test_the_time_limit_covers_building_python_nodes_that_wait_for_the_gil(tmp_path: Path) -> None:
     # A request whose Python node could not be built while another node's native call held
     # the GIL used to wait for that call (minutes), its time limit unenforced.
-    s = start_server("--python-nodes-path", str(PLUGINS), "--python-workers", "2")
+    s = start_server("--python-nodes-path", str(PLUGINS), "--python-workers", "2", "--default-timeout-ms", "1000")
     try:
         marker = tmp_path / "summing"
-        hog = pb.ExecuteRequest(manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]), audio_inputs={"hog": f32(np.zeros(16))})
+        hog = pb.ExecuteRequest(
+            manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]),
+            audio_inputs={"hog": f32(np.zeros(16))},
+            resource_limits=pb.ResourceLimits(max_timeout_ms=30_000),
+        )
         channel = grpc.insecure_channel(s.address)
         stub = service_pb2_grpc.PipelineServiceStub(channel)
         pending = stub.ExecutePipeline.future(hog, timeout=120)  # kept: a dropped future cancels the call
@@ -321,6 +325,13 @@ def test_the_time_limit_covers_building_a_python_node_that_waits_for_the_gil(tmp
         assert resp.error.error_type == pb.ERROR_TYPE_RESOURCE_LIMIT, resp
         assert resp.error.message == "execution exceeded its time limit of 1000 ms (while its nodes were being built)"
         assert json.loads(resp.error.context)["limit"] == "max_timeout_ms"
+        # A stream's build is bounded by its chunks' time limit (the server's default here); it
+        # used to wait for the GIL as long as the client's deadline allowed.
+        with pytest.raises(grpc.RpcError) as opened:
+            for _ in stub.StreamPipeline(iter([pb.StreamRequest(manifest=gain)]), timeout=30):
+                pass
+        assert opened.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, opened.value
+        assert "execution exceeded its time limit of 1000 ms (while its nodes were being built)" in opened.value.details()
         assert not pending.done(), "answered while the other call still held the GIL"
     finally:
         assert s.stop(signal.SIGTERM, timeout=60) == 0

@@ -250,7 +250,15 @@ impl Session {
         let manifest = first_manifest(first)?;
         limits::check_manifest_size(&manifest, &self.state.config.limits)?;
         let (manifest, violations) = manifest_from_proto(&manifest);
-        let pipeline = match self.state.engine.build(&manifest, &RequestShape::stream()).await {
+        // The time limit of a chunk bounds building too, as a request's bounds its build: a
+        // Python node is made on a Python worker, which waits for the GIL (another node's
+        // native call can hold it for minutes), and a stream without a deadline would wait with it.
+        let limit = self.limits.timeout;
+        let Ok(built) = tokio::time::timeout(limit, self.state.engine.build(&manifest, &RequestShape::stream())).await
+        else {
+            return Err(ExecError::Timeout { limit, running: Vec::new() }.into());
+        };
+        let pipeline = match built {
             Ok(_) if !violations.is_empty() => {
                 return Err(ExecError::Validation(ValidationError::new(violations)).into());
             }
