@@ -122,3 +122,28 @@ async def test_a_chunk_for_a_node_that_takes_no_audio_ends_the_stream_like_a_wro
             assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT, node_id
         assert len(errors) == 1 and says in errors[0].message, errors
     await wait_gauge_zero(server, "remotemedia_active_streams")
+
+
+async def test_tiny_chunks_sent_faster_than_the_pipeline_runs_are_slowed_not_disconnected(server: RunningServer) -> None:
+    # 20-sample chunks (100-byte HTTP/2 DATA frames) through a Python node, written as fast as
+    # flow control lets them: the unread frames used to exceed h2's allowance for small frames
+    # after about 1 500 chunks, and the server closed the connection (GOAWAY ENHANCE_YOUR_CALM,
+    # "too_many_data_frames"), so the client saw UNAVAILABLE.
+    count = 8_000
+    python_gain = manifest([node("src", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
+    async with AsyncClient(server.address) as client:
+        call = client.stream_call()
+        await call.write(pb.StreamRequest(manifest=python_gain))
+
+        async def send() -> None:
+            for seq in range(count):
+                await call.write(chunk(seq, np.full(20, 0.25, dtype=np.float32)))
+            await call.write(control(pb.StreamControl.COMMAND_CLOSE))
+            await call.done_writing()
+
+        sender = asyncio.create_task(send())
+        responses = await drain(call)
+        await sender
+        assert await call.code() == grpc.StatusCode.OK, await call.details()
+    results = [r.result for r in responses if r.WhichOneof("response") == "result"]
+    assert [r.sequence for r in results] == list(range(count))

@@ -95,6 +95,19 @@ where
     transport
 }
 
+/// Flow-control windows of an HTTP/2 connection and of each stream on it. h2 closes a connection
+/// (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames") when the DATA frames under 256 bytes it holds
+/// unread cost more than half the connection window in framing overhead (256 bytes less each
+/// payload). A stream of tiny chunks sent faster than its pipeline runs (20 samples a chunk,
+/// 100-byte frames) filled hyper's 1 MiB windows with about 1.5 MiB of such overhead, against a
+/// 512 KiB allowance, and lost its connection (`tests/test_stream.py`). With an 8 MiB connection
+/// window (a 4 MiB allowance) and 512 KiB per stream, one stream's unread frames cost at most
+/// 0.8 MiB of overhead at 100-byte frames and 2.7 MiB at 40-byte ones (one-sample chunks); a
+/// connection holds at most 8 MiB of unread request data, and 512 KiB per stream still lets a
+/// 10 MB/s upload through at 50 ms of round trip.
+const CONNECTION_WINDOW: u32 = 8 << 20;
+const STREAM_WINDOW: u32 = 512 << 10;
+
 fn builder(settings: &Settings) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -102,7 +115,9 @@ fn builder(settings: &Settings) -> Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout)
-        .max_frame_size(settings.max_frame_size);
+        .max_frame_size(settings.max_frame_size)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW);
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder
 }
