@@ -337,6 +337,45 @@ def test_the_time_limit_covers_building_python_nodes_that_wait_for_the_gil(tmp_p
         assert s.stop(signal.SIGTERM, timeout=60) == 0
 
 
+def test_a_stream_being_built_counts_as_open_and_ends_when_its_client_leaves(tmp_path: Path) -> None:
+    # While its Python node waited for the GIL, a stream was not in remotemedia_active_streams
+    # (though max_concurrent_streams counted it), and a client cancelling it was ignored until
+    # the build ended.
+    s = start_server("--python-nodes-path", str(PLUGINS), "--python-workers", "2", "--default-timeout-ms", "30000")
+    try:
+        marker = tmp_path / "summing"
+        hog = pb.ExecuteRequest(
+            manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]),
+            audio_inputs={"hog": f32(np.zeros(16))},
+            resource_limits=pb.ResourceLimits(max_timeout_ms=30_000),
+        )
+        channel = grpc.insecure_channel(s.address)
+        stub = service_pb2_grpc.PipelineServiceStub(channel)
+        pending = stub.ExecutePipeline.future(hog, timeout=120)  # kept: a dropped future cancels the call
+        wait_for_file(marker, "the node")
+        gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
+        leave = threading.Event()
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            yield pb.StreamRequest(manifest=gain)
+            leave.wait(60)
+
+        stream = stub.StreamPipeline(requests(), timeout=60)
+        deadline = time.monotonic() + 20
+        while s.metric("remotemedia_active_streams") != 1:
+            assert time.monotonic() < deadline, "the stream being built is not counted as open"
+            time.sleep(0.01)
+        stream.cancel()
+        leave.set()
+        while s.metric("remotemedia_requests_total", rpc="StreamPipeline", code="CANCELLED") != 1:
+            assert time.monotonic() < deadline, "the cancelled stream was not ended while its build waited"
+            time.sleep(0.01)
+        assert s.metric("remotemedia_active_streams") == 0
+        assert not pending.done(), "the build was still waiting for the GIL"
+    finally:
+        assert s.stop(signal.SIGTERM, timeout=60) == 0
+
+
 def test_what_a_node_prints_goes_to_stderr_and_leaves_the_json_lines_whole() -> None:
     # A node's print() used to land on stdout, fused with the server's next JSON line.
     s = start_server("--python-nodes-path", str(PLUGINS))

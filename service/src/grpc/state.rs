@@ -140,7 +140,6 @@ pub struct Sessions {
 pub struct SessionGuard {
     open: Arc<Mutex<HashMap<String, SessionInfo>>>,
     id: String,
-    _gauge: observe::Active,
 }
 
 /// The map of open sessions. Inserts and removes cannot leave it inconsistent, so a poisoned
@@ -152,7 +151,7 @@ fn lock(open: &Mutex<HashMap<String, SessionInfo>>) -> std::sync::MutexGuard<'_,
 impl Sessions {
     pub fn register(&self, id: String, info: SessionInfo) -> SessionGuard {
         lock(&self.open).insert(id.clone(), info);
-        SessionGuard { open: self.open.clone(), id, _gauge: observe::Active::new(observe::ACTIVE_STREAMS) }
+        SessionGuard { open: self.open.clone(), id }
     }
 
     pub fn count(&self) -> usize {

@@ -197,6 +197,9 @@ impl Session {
         let started = Instant::now();
         let state = self.state.clone();
         let _inflight = state.inflight.enter();
+        // Open from admission on, building included: the concurrency cap counts the session from
+        // there, and the gauge is compared with that cap.
+        let _active = observe::Active::new(observe::ACTIVE_STREAMS);
         let end = match self.open().await {
             Ok(mut live) => self.pump(&mut live).await,
             Err(e) => Err(e),
@@ -253,9 +256,13 @@ impl Session {
         // The time limit of a chunk bounds building too, as a request's bounds its build: a
         // Python node is made on a Python worker, which waits for the GIL (another node's
         // native call can hold it for minutes), and a stream without a deadline would wait with it.
-        let limit = self.limits.timeout;
-        let Ok(built) = tokio::time::timeout(limit, self.state.engine.build(&manifest, &RequestShape::stream())).await
-        else {
+        // A client that leaves meanwhile ends the build (its messages are read once it is built).
+        let (limit, shape) = (self.limits.timeout, RequestShape::stream());
+        let built = tokio::select! {
+            built = tokio::time::timeout(limit, self.state.engine.build(&manifest, &shape)) => built,
+            () = self.tx.closed() => return Err(client_left()),
+        };
+        let Ok(built) = built else {
             return Err(ExecError::Timeout { limit, running: Vec::new() }.into());
         };
         let pipeline = match built {
