@@ -65,10 +65,13 @@ CATALOGUE: dict[str, Any] = {
             "| `low` | ≥ 0.75 × | ≥ 135 dB | 8 ms + 4 ms |\n"
             "\n"
             'Rate pairs with a large `input_rate / gcd(input_rate, output_rate)` (an "odd" '
-            "rate such as 44 101 Hz) need long FFT blocks, so they add more latency (about a "
-            "second). Equal rates pass the buffer through without copying. The filter and "
-            "FFT plans of a rate pair are built once and shared by every request and stream "
-            "at that pair and quality; a stream keeps only its filter overlap.",
+            "rate such as 44 101 Hz) need long FFT blocks, whatever the quality: four times "
+            "that many input frames, so for rates that share no factor (44 101 → 16 000 Hz) "
+            "a block is 4 s of input, a stream's first output comes after 4 s, and the "
+            "filter rings for about a second around abrupt starts and stops. Equal rates "
+            "pass the buffer through without copying. The filter and FFT plans of a rate "
+            "pair are built once and shared by every request and stream at that pair and "
+            "quality; a stream keeps only its filter overlap.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",

@@ -73,9 +73,19 @@ impl Design {
         self.block_out / 2
     }
 
+    /// Memory the design holds, over-estimated: the spectrum, and for the plans 16 complex
+    /// values per point (a block length with a large prime factor is planned with Bluestein's
+    /// algorithm, whose inner transforms are longer than the block; 767 999 → 1 000 Hz measured
+    /// about 150 MB).
     fn bytes(&self) -> usize {
-        // The spectrum and, roughly, the plans' twiddles (one complex value per point).
-        (self.filter.len() + 2 * (self.block_in + self.block_out)) * std::mem::size_of::<Complex<f32>>()
+        (self.filter.len() + 16 * (self.block_in + self.block_out)) * std::mem::size_of::<Complex<f32>>()
+    }
+
+    /// Whether a thread should let go of its transform buffers after a block of this design
+    /// rather than keep them for the next: a long design's buffers are megabytes, which every
+    /// runtime thread that ran one would otherwise hold for good.
+    fn scratch_is_large(&self) -> bool {
+        self.block_in + self.block_out > SCRATCH_KEPT_FRAMES
     }
 }
 
@@ -147,8 +157,13 @@ fn lookup(key: (u32, u32, Quality)) -> Option<Arc<Design>> {
     Some(design.clone())
 }
 
+/// Longest blocks (input and output frames together) whose transform buffers a thread keeps:
+/// 48 → 16 kHz uses 2 048, an odd rate pair such as 44 101 → 16 000 Hz 240 404.
+const SCRATCH_KEPT_FRAMES: usize = 1 << 15;
+
 /// Transform buffers, shared by every stream a thread runs. They only grow, to the largest
-/// design the thread has used, so after the first block nothing is allocated.
+/// design the thread has used, so after the first block nothing is allocated; those of designs
+/// longer than [`SCRATCH_KEPT_FRAMES`] are freed after each block.
 #[derive(Default)]
 struct Scratch {
     time_in: Vec<f32>,
@@ -161,6 +176,19 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// Floats and complex values this thread's transform buffers hold now.
+#[cfg(test)]
+pub(super) fn scratch_held() -> usize {
+    SCRATCH.with_borrow(|s| {
+        s.time_in.capacity()
+            + s.time_out.capacity()
+            + s.spectrum_in.capacity()
+            + s.spectrum_out.capacity()
+            + s.forward.capacity()
+            + s.inverse.capacity()
+    })
 }
 
 /// `v[..len]`, grown with zeros first if it is shorter.
@@ -228,6 +256,9 @@ impl Fft {
                     *o = time_out[k] + overlap[k];
                 }
                 overlap.copy_from_slice(&time_out[d.block_out..]);
+            }
+            if d.scratch_is_large() {
+                *s = Scratch::default();
             }
             Ok(())
         })

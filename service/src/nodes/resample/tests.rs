@@ -395,3 +395,23 @@ fn the_output_is_rubatos() {
         assert!(got == want, "{fin} -> {fout} Hz, {q:?}, {ch} channels: differs from rubato by up to {worst:e}");
     }
 }
+
+#[test]
+fn a_thread_keeps_the_buffers_of_short_designs_only() {
+    // Run on a thread of its own: the buffers are per thread.
+    std::thread::spawn(|| {
+        assert_eq!(fft::design(44_101, 16_000, Quality::Low).unwrap().block_in, 4 * 44_101, "as docs/nodes.md says");
+        let short = fft::design(48_000, 16_000, Quality::High).unwrap();
+        let mut r = fft::Fft::new(short.clone(), 1);
+        r.block(&[0.5; 100], &mut vec![0.0; short.block_out]).unwrap();
+        let kept = fft::scratch_held();
+        assert!(kept >= 2 * short.block_in, "the buffers stay for the next block: {kept}");
+        // 44 101 Hz shares no factor with 16 000: blocks of 176 404 frames, megabytes of buffers.
+        let long = fft::design(44_101, 16_000, Quality::High).unwrap();
+        let mut r = fft::Fft::new(long.clone(), 1);
+        r.block(&[0.5; 100], &mut vec![0.0; long.block_out]).unwrap();
+        assert_eq!(fft::scratch_held(), 0, "a long design's buffers are freed after its block");
+    })
+    .join()
+    .unwrap();
+}
