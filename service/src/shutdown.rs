@@ -1,6 +1,7 @@
 //! The process's shutdown signal: SIGTERM or SIGINT. The first starts the drain (the grace
-//! period); a second one while it runs ends the process at once, with exit status 1, for an
-//! operator who will not wait.
+//! period); a SIGINT while it runs (Ctrl-C pressed again) ends the process at once, with exit
+//! status 1, for an operator who will not wait. A repeated SIGTERM changes nothing: supervisors
+//! and scripts resend it while they wait, and it must not cut the drain short.
 //!
 //! The handlers are installed when [`signal`] is called, not when its future is first polled:
 //! a signal that arrives while the server is still starting (the embedded Python interpreter can
@@ -11,7 +12,7 @@
 use std::future::Future;
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them and
-/// leaves a task that exits the process on the next.
+/// leaves a task that exits the process on the next SIGINT.
 ///
 /// Must be called inside a Tokio runtime.
 pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
@@ -25,12 +26,15 @@ pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
                 _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
                 _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
             }
+            // The handler stays installed after `term` is gone: later SIGTERMs are caught and
+            // ignored, not left to their default action (ending the process).
+            drop(term);
             tokio::spawn(async move {
-                let name = tokio::select! {
-                    _ = int.recv() => "SIGINT",
-                    _ = term.recv() => "SIGTERM",
-                };
-                tracing::warn!(signal = name, "second signal received: exiting without waiting for the grace period");
+                int.recv().await;
+                tracing::warn!(
+                    signal = "SIGINT",
+                    "second signal received: exiting without waiting for the grace period"
+                );
                 std::process::exit(1);
             });
         })
