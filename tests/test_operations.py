@@ -294,8 +294,7 @@ def test_a_native_call_holding_the_gil_does_not_hold_the_exit(tmp_path: Path) ->
     # for the GIL.
     s = start_server("--grace-period-ms", "500", "--python-nodes-path", str(PLUGINS))
     marker = tmp_path / "summing"
-    req = pb.ExecuteRequest(manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]), audio_inputs={"hog": f32(np.zeros(16))})
-    ended = execute_in_background(s.address, req, 60)
+    ended = execute_in_background(s.address, gil_hog(marker), 60)
     wait_for_file(marker, "the node")
     started = time.monotonic()
     assert s.stop(signal.SIGTERM, timeout=60) == 0
@@ -304,21 +303,30 @@ def test_a_native_call_holding_the_gil_does_not_hold_the_exit(tmp_path: Path) ->
     assert ended.get(timeout=10) == grpc.StatusCode.UNAVAILABLE
 
 
+def gil_hog(marker: Path, **limits: int) -> pb.ExecuteRequest:
+    """A request for a GilHogNode: a native call that holds the GIL for minutes once it has
+    written `marker`."""
+    req = pb.ExecuteRequest(manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]), audio_inputs={"hog": f32(np.zeros(16))})
+    if limits:
+        req.resource_limits.CopyFrom(pb.ResourceLimits(**limits))
+    return req
+
+
+def hold_the_gil(address: str, marker: Path) -> tuple[service_pb2_grpc.PipelineServiceStub, grpc.Future]:
+    """Starts a GilHogNode call (30 s time limit) and waits until it holds the GIL; returns the
+    stub and the call, which the caller keeps (a dropped future cancels the call)."""
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(address))
+    pending = stub.ExecutePipeline.future(gil_hog(marker, max_timeout_ms=30_000), timeout=120)
+    wait_for_file(marker, "the node")
+    return stub, pending
+
+
 def test_the_time_limit_covers_building_python_nodes_that_wait_for_the_gil(tmp_path: Path) -> None:
     # A request whose Python node could not be built while another node's native call held
     # the GIL used to wait for that call (minutes), its time limit unenforced.
     s = start_server("--python-nodes-path", str(PLUGINS), "--python-workers", "2", "--default-timeout-ms", "1000")
     try:
-        marker = tmp_path / "summing"
-        hog = pb.ExecuteRequest(
-            manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]),
-            audio_inputs={"hog": f32(np.zeros(16))},
-            resource_limits=pb.ResourceLimits(max_timeout_ms=30_000),
-        )
-        channel = grpc.insecure_channel(s.address)
-        stub = service_pb2_grpc.PipelineServiceStub(channel)
-        pending = stub.ExecutePipeline.future(hog, timeout=120)  # kept: a dropped future cancels the call
-        wait_for_file(marker, "the node")
+        stub, pending = hold_the_gil(s.address, tmp_path / "summing")
         gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
         resp = stub.ExecutePipeline(
             pb.ExecuteRequest(manifest=gain, audio_inputs={"g": f32(np.ones(16))}, resource_limits=pb.ResourceLimits(max_timeout_ms=1000)),
@@ -345,16 +353,7 @@ def test_a_stream_being_built_counts_as_open_and_ends_when_its_client_leaves(tmp
     # the build ended.
     s = start_server("--python-nodes-path", str(PLUGINS), "--python-workers", "2", "--default-timeout-ms", "30000")
     try:
-        marker = tmp_path / "summing"
-        hog = pb.ExecuteRequest(
-            manifest=manifest([node("hog", "GilHogNode", marker=str(marker))]),
-            audio_inputs={"hog": f32(np.zeros(16))},
-            resource_limits=pb.ResourceLimits(max_timeout_ms=30_000),
-        )
-        channel = grpc.insecure_channel(s.address)
-        stub = service_pb2_grpc.PipelineServiceStub(channel)
-        pending = stub.ExecutePipeline.future(hog, timeout=120)  # kept: a dropped future cancels the call
-        wait_for_file(marker, "the node")
+        stub, pending = hold_the_gil(s.address, tmp_path / "summing")
         gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
         leave = threading.Event()
 
