@@ -253,10 +253,10 @@ impl Session {
         let manifest = first_manifest(first)?;
         limits::check_manifest_size(&manifest, &self.state.config.limits)?;
         let (manifest, violations) = manifest_from_proto(&manifest);
-        // The time limit of a chunk bounds building too, as a request's bounds its build: a
-        // Python node is made on a Python worker, which waits for the GIL (another node's
-        // native call can hold it for minutes), and a stream without a deadline would wait with it.
-        // A client that leaves meanwhile ends the build (its messages are read once it is built).
+        // Building is bounded by the time limit of a chunk, as a request's build is by its own: a
+        // Python node is made on a Python worker, which waits for the GIL (another node's native
+        // call can hold it for minutes). A client that leaves meanwhile ends the build; its other
+        // messages are read once the pipeline is built.
         let (limit, shape) = (self.limits.timeout, RequestShape::stream());
         let built = tokio::select! {
             built = tokio::time::timeout(limit, self.state.engine.build(&manifest, &shape)) => built,

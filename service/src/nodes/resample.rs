@@ -192,8 +192,7 @@ fn resample_block(
     let start = out.len();
     out.resize(start + r.design().block_out * ch, 0.0);
     r.block(input, &mut out[start..]).map_err(|e| NodeError::internal(format!("resampler failed: {e}")))?;
-    let skip = (out.len() - start) / ch;
-    let skip = skip.min(*to_trim);
+    let skip = r.design().block_out.min(*to_trim);
     if skip > 0 {
         *to_trim -= skip;
         out.drain(start..start + skip * ch);
