@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import urllib.request
@@ -385,6 +386,23 @@ def test_health_is_not_serving_until_the_preloaded_models_are_ready(tmp_path: Pa
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_models_preload_stops_the_server_before_it_serves(tmp_path: Path, signal_name: str) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)  # never opened here: the model stays loading
+    proc = _start(["--python-nodes-path", str(MODEL_PLUGINS), "--preload-models", "gated-test-model"], {"MODEL_GATE_FIFO": str(gate)})
+    try:
+        _next_record(proc, "preloading models before serving")
+        proc.send_signal(getattr(signal, signal_name))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    messages = [json.loads(line).get("message", "") for line in out.splitlines() if line.startswith("{")]
+    assert "shutdown requested while preloading models; stopped before serving" in messages, out
+    assert not any(m.startswith("remotemedia-server listening") for m in messages), "it never served"
 
 
 def test_a_misspelled_preloaded_model_stops_start_up_naming_it() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import socket
@@ -50,6 +51,28 @@ def test_sigint_stops_a_server_started_with_sigint_ignored() -> None:
     messages = [r.get("message") for r in s.records()]
     assert "signal received" in messages
     assert messages[-1] == "shutdown complete"
+
+
+def test_a_signal_while_python_nodes_import_stops_the_server_before_it_serves(tmp_path: Path) -> None:
+    # A plug-in whose import waits on a FIFO nobody opens: start-up stays in the Python runtime's
+    # imports until the signal stops it.
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    gate, importing = tmp_path / "gate", tmp_path / "importing"
+    os.mkfifo(gate)
+    (plugins / "slow_import.py").write_text(f"open({str(importing)!r}, 'w').close()\nwith open({str(gate)!r}) as fifo:\n    fifo.read()\n")
+    argv = [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--python-nodes-path", str(plugins)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=server_env())
+    try:
+        wait_for_file(importing, "the plug-in's import")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    messages = [json.loads(line).get("message", "") for line in out.splitlines() if line.startswith("{")]
+    assert "shutdown requested while starting; stopped before serving" in messages, out
+    assert not any(m.startswith("remotemedia-server listening") for m in messages), "it never served"
 
 
 def test_probe_exits_zero_when_serving_and_nonzero_when_down() -> None:

@@ -3,11 +3,12 @@
 //! status 1, for an operator who will not wait. A repeated SIGTERM changes nothing: supervisors
 //! and scripts resend it while they wait, and it must not cut the drain short.
 //!
-//! The handlers are installed when [`signal`] is called, not when its future is first polled:
-//! a signal that arrives while the server is still starting (the embedded Python interpreter can
-//! take seconds to import its nodes) is remembered and stops the server as soon as it serves. A
-//! process started with SIGINT ignored (a background job of a non-interactive shell) would
-//! otherwise drop a SIGINT sent right after the "listening" log line.
+//! The handlers are installed when [`signal`] is called, not when its future is first polled,
+//! and the server watches the future from the start: a signal that arrives while it is still
+//! starting (the embedded Python interpreter can take seconds to import its nodes, preloaded
+//! models minutes to load) stops it there, before it serves, and a second SIGINT then exits at
+//! once. A process started with SIGINT ignored (a background job of a non-interactive shell)
+//! would otherwise drop a SIGINT sent right after the "listening" log line.
 
 use std::future::Future;
 

@@ -99,8 +99,10 @@ impl BoundServer {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains within the grace period and returns.
+    /// Serves until `shutdown` resolves, then drains within the grace period and returns. A
+    /// `shutdown` while the preloaded models load stops the server there, before it serves.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        tokio::pin!(shutdown);
         let addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         let state = self.state;
@@ -146,10 +148,24 @@ impl BoundServer {
             if !config.models.preload.is_empty() {
                 info!(address = %addr, models = %config.models.preload.join(", "), "preloading models before serving");
             }
-            if let Err(e) = foreign.warm_up().await {
+            // A signal does not wait for the models: loading one can take minutes, longer than
+            // a supervisor waits before it kills. Dropping `warm_up` interrupts the Python job.
+            let warmed = tokio::select! {
+                r = foreign.warm_up() => Some(r),
+                () = &mut shutdown => None,
+            };
+            let stopped = match warmed {
+                Some(Ok(())) => None,
+                Some(Err(e)) => Some(Err(ServerError::Startup(e))),
+                None => {
+                    info!(address = %addr, "shutdown requested while preloading models; stopped before serving");
+                    Some(Ok(()))
+                }
+            };
+            if let Some(outcome) = stopped {
                 metrics_stop.cancel();
                 transport.shutdown(Duration::ZERO).await;
-                return Err(ServerError::Startup(e));
+                return outcome;
             }
         }
         health.set_service_status("", ServingStatus::Serving).await;
@@ -304,7 +320,16 @@ async fn serve_metrics(listener: TcpListener, stop: tokio_util::sync::Cancellati
 /// Builds the registry (native nodes, and the Python runtime unless `python` is off), binds and
 /// serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let registry = registry(&config).await?;
+    tokio::pin!(shutdown);
+    // Starting the Python runtime (importing its nodes and plug-ins) can take seconds; a signal
+    // meanwhile stops the server there instead of once it serves.
+    let registry = tokio::select! {
+        r = registry(&config) => r?,
+        () = &mut shutdown => {
+            info!("shutdown requested while starting; stopped before serving");
+            return Ok(());
+        }
+    };
     let server = bind(config, registry).await?;
     server.serve(shutdown).await
 }
