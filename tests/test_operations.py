@@ -75,6 +75,16 @@ def test_a_signal_while_python_nodes_import_stops_the_server_before_it_serves(tm
     assert not any(m.startswith("remotemedia-server listening") for m in messages), "it never served"
 
 
+def test_the_lifecycle_lines_show_at_any_level_filter() -> None:
+    # Port 0 is usable at `warn` too: the listening line (with the bound address) passes the
+    # filter, and so do the shutdown lines; the other INFO lines (the Python start-up) do not.
+    s = start_server("--log-level", "warn")
+    assert s.stop(signal.SIGTERM) == 0
+    messages = [r.get("message") for r in s.records() if r.get("level") == "INFO"]
+    assert str(messages[0]).startswith("remotemedia-server listening on 127.0.0.1:"), messages
+    assert messages[1:] == ["signal received", "shutdown started; draining", "shutdown complete"], messages
+
+
 def test_probe_exits_zero_when_serving_and_nonzero_when_down() -> None:
     s = start_server()
     ok = subprocess.run([str(SERVER_BIN), "probe", "--addr", s.address], capture_output=True, text=True, timeout=30)

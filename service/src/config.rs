@@ -29,7 +29,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("listen", "127.0.0.1:50051", "gRPC listen address (port 0 picks a free port)"),
     ("metrics_listen", "127.0.0.1:9464", "Prometheus /metrics address, or `off`"),
     ("log_format", "json", "`json` (one JSON object per line) or `pretty`"),
-    ("log_level", "info", "tracing filter, e.g. `info` or `remotemedia=debug`"),
+    (
+        "log_level",
+        "info",
+        "tracing filter, e.g. `info` or `remotemedia=debug` (start-up and shutdown lines pass unless it names `remotemedia::lifecycle`)",
+    ),
     ("auth_tokens", "", "comma-separated bearer tokens (prefer the tokens file)"),
     ("auth_tokens_file", "", "file with one bearer token per line (# comments allowed)"),
     ("allow_unauthenticated", "false", "allow a non-loopback listen address without tokens"),

@@ -12,6 +12,8 @@
 
 use std::future::Future;
 
+use crate::telemetry::LIFECYCLE;
+
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them and
 /// leaves a task that exits the process on the next SIGINT.
 ///
@@ -24,8 +26,8 @@ pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
         let mut term = signal(SignalKind::terminate())?;
         Ok(async move {
             tokio::select! {
-                _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-                _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                _ = int.recv() => tracing::info!(target: LIFECYCLE, signal = "SIGINT", "signal received"),
+                _ = term.recv() => tracing::info!(target: LIFECYCLE, signal = "SIGTERM", "signal received"),
             }
             // The handler stays installed after `term` is gone: later SIGTERMs are caught and
             // ignored, not left to their default action (ending the process).

@@ -12,7 +12,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `level` is a tracing filter (`info`, `remotemedia=debug`).
+/// The target of the lines that mark the process's life (`remotemedia-server listening on
+/// ADDR`, preloading, signals, shutdown): shown at every level filter that does not name this
+/// target itself, so `--log-level warn` still tells an operator the bound address.
+pub const LIFECYCLE: &str = "remotemedia::lifecycle";
+
+/// Installs the global subscriber. `level` is a tracing filter (`info`, `remotemedia=debug`);
+/// [`LIFECYCLE`] lines pass unless it names that target.
 ///
 /// The log keeps standard output to itself: it writes to its own handle on it, and file
 /// descriptor 1 is pointed at standard error, so whatever else in the process writes to
@@ -20,6 +26,11 @@ use crate::config::LogFormat;
 /// instead of breaking the JSON lines.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log_level `{level}`: {e}"))?;
+    let filter = if level.contains(LIFECYCLE) {
+        filter
+    } else {
+        filter.add_directive(format!("{LIFECYCLE}=info").parse().expect("a valid directive"))
+    };
     let out: &'static std::fs::File =
         Box::leak(Box::new(claim_stdout().map_err(|e| format!("cannot set up standard output: {e}"))?));
     let stdout = move || out;

@@ -36,6 +36,7 @@ use crate::graph::{CircuitBreakers, Engine};
 use crate::nodes::Registry;
 use crate::proto::pipeline_service_server::PipelineServiceServer;
 use crate::python::PythonRuntime;
+use crate::telemetry::LIFECYCLE;
 
 /// The largest HTTP/2 frame clients may send. A second of 48 kHz audio (192 KB) then arrives in
 /// one frame instead of twelve 16 KB ones, which takes a fifth off a unary call's latency; the
@@ -146,7 +147,7 @@ impl BoundServer {
 
         if let Some(foreign) = state.engine.registry().foreign() {
             if !config.models.preload.is_empty() {
-                info!(address = %addr, models = %config.models.preload.join(", "), "preloading models before serving");
+                info!(target: LIFECYCLE, address = %addr, models = %config.models.preload.join(", "), "preloading models before serving");
             }
             // A signal does not wait for the models: loading one can take minutes, longer than
             // a supervisor waits before it kills. Dropping `warm_up` interrupts the Python job.
@@ -158,7 +159,7 @@ impl BoundServer {
                 Some(Ok(())) => None,
                 Some(Err(e)) => Some(Err(ServerError::Startup(e))),
                 None => {
-                    info!(address = %addr, "shutdown requested while preloading models; stopped before serving");
+                    info!(target: LIFECYCLE, address = %addr, "shutdown requested while preloading models; stopped before serving");
                     Some(Ok(()))
                 }
             };
@@ -171,6 +172,7 @@ impl BoundServer {
         health.set_service_status("", ServingStatus::Serving).await;
         health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
         info!(
+            target: LIFECYCLE,
             address = %addr,
             metrics_address = metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             auth = if config.auth_tokens.is_empty() { "off" } else { "bearer" },
@@ -239,7 +241,7 @@ impl<T> HealthService for T where
 async fn drain(state: &AppState, health: &tonic_health::server::HealthReporter, transport: transport::Transport) {
     let grace = state.config.grace_period;
     let started = Instant::now();
-    info!(grace_period_ms = grace.as_millis() as u64, in_flight = state.inflight.count(), "shutdown started; draining");
+    info!(target: LIFECYCLE, grace_period_ms = grace.as_millis() as u64, in_flight = state.inflight.count(), "shutdown started; draining");
     health.set_service_status("", ServingStatus::NotServing).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     state.draining.cancel();
@@ -252,7 +254,7 @@ async fn drain(state: &AppState, health: &tonic_health::server::HealthReporter, 
     if !transport.shutdown(left).await {
         warn!(waited_ms = left.as_millis() as u64, "connections did not close in time; closed them");
     }
-    info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "shutdown complete");
+    info!(target: LIFECYCLE, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "shutdown complete");
 }
 
 /// How long cancelled work may take to unwind once the grace period is over.
@@ -326,7 +328,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let registry = tokio::select! {
         r = registry(&config) => r?,
         () = &mut shutdown => {
-            info!("shutdown requested while starting; stopped before serving");
+            info!(target: LIFECYCLE, "shutdown requested while starting; stopped before serving");
             return Ok(());
         }
     };
