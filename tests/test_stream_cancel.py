@@ -175,3 +175,98 @@ def test_cancel_over_websocket_stops_the_running_chunk_and_skips_the_queued_ones
     )
     assert not gate.release.exists()
     assert_freed(srv)
+
+
+def test_a_client_that_resets_the_stream_between_chunks_is_cancelled_not_flushed(
+    srv: RunningServer,
+) -> None:
+    # grpcio's cancel() resets the stream (RST_STREAM CANCEL) without half-closing it, and tonic
+    # ends a request stream reset that way as if the client had finished sending. Taken for a
+    # close, the session flushed its nodes and counted OK whenever it saw the end of its
+    # requests before the response side saw the reset: about half the time, so several rounds.
+    rounds = 6
+    requests_total = "remotemedia_requests_total"
+    ok = srv.metric(requests_total, rpc="StreamPipeline", code="OK")
+    cancelled = srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
+    node_calls = "remotemedia_node_duration_seconds_count"
+    calls = srv.metric(node_calls, node_type="AudioChunkerNode")
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    # 100 samples into 64-sample chunks: a flush would emit the 36 held back, a call of its own.
+    chunker = manifest([node("c", "AudioChunkerNode", chunk_samples=64)])
+    one_chunk = pb.StreamRequest(
+        audio_chunk=pb.AudioChunk(
+            node_id="c", buffer=f32(np.zeros(100, np.float32)), sequence=1
+        )
+    )
+    for n in range(1, rounds + 1):
+        outbox: queue.Queue[pb.StreamRequest | None] = queue.Queue()
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            while (r := outbox.get()) is not None:
+                yield r
+
+        call = stub.StreamPipeline(requests(), timeout=20)
+        outbox.put(pb.StreamRequest(manifest=chunker))
+        assert next(call).WhichOneof("response") == "ready"
+        outbox.put(one_chunk)
+        assert next(call).WhichOneof("response") == "result"
+        call.cancel()
+        outbox.put(None)
+        wait_for(
+            f"stream {n} to end",
+            lambda: (
+                srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
+                + srv.metric(requests_total, rpc="StreamPipeline", code="OK")
+                == cancelled + ok + n
+            ),
+        )
+    assert srv.metric(requests_total, rpc="StreamPipeline", code="OK") == ok
+    assert (
+        srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
+        == cancelled + rounds
+    )
+    assert srv.metric(node_calls, node_type="AudioChunkerNode") == calls + rounds, (
+        "one call per chunk: nothing flushed"
+    )
+    assert_freed(srv)
+
+
+def test_a_websocket_client_that_leaves_between_chunks_is_cancelled_not_flushed(
+    srv: RunningServer,
+) -> None:
+    # A client's close frame (without COMMAND_CLOSE) drops the session's responses before its
+    # requests end; the session that saw the end of its requests first flushed its nodes.
+    rounds = 6
+    requests_total = "remotemedia_requests_total"
+    cancelled = srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
+    node_calls = "remotemedia_node_duration_seconds_count"
+    calls = srv.metric(node_calls, node_type="AudioChunkerNode")
+    chunker = manifest([node("c", "AudioChunkerNode", chunk_samples=64)])
+    one_chunk = pb.StreamRequest(
+        audio_chunk=pb.AudioChunk(
+            node_id="c", buffer=f32(np.zeros(100, np.float32)), sequence=1
+        )
+    )
+    for n in range(1, rounds + 1):
+        with connect(
+            f"ws://{srv.address}/ws/StreamPipeline",
+            subprotocols=["remotemedia.v1"],  # type: ignore[list-item]
+            open_timeout=10,
+        ) as ws:
+            ws.send(pb.StreamRequest(manifest=chunker).SerializeToString())
+            ready = pb.StreamResponse.FromString(ws.recv(timeout=30))
+            assert ready.WhichOneof("response") == "ready"
+            ws.send(one_chunk.SerializeToString())
+            result = pb.StreamResponse.FromString(ws.recv(timeout=30))
+            assert result.WhichOneof("response") == "result"
+        wait_for(
+            f"stream {n} to end",
+            lambda: (
+                srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
+                == cancelled + n
+            ),
+        )
+    assert srv.metric(node_calls, node_type="AudioChunkerNode") == calls + rounds, (
+        "one call per chunk: nothing flushed"
+    )
+    assert_freed(srv)

@@ -57,6 +57,28 @@ impl Counted {
     }
 }
 
+/// Whether the client reset the call's stream (RST_STREAM) while its request was arriving. tonic
+/// ends a request stream reset with CANCEL as if the client had finished sending, so a stream
+/// session asks this before it takes the end of its requests for a close. A request extension.
+#[derive(Debug, Clone, Default)]
+pub struct RequestReset(Arc<AtomicBool>);
+
+impl RequestReset {
+    /// The flag of `request`'s call (never set if the layer did not wrap it).
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        request.extensions().get::<Self>().cloned().unwrap_or_default()
+    }
+
+    /// Whether the request body failed: the client reset the stream or the connection broke.
+    pub fn happened(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn note(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Counts a unary call that ends before its handler counted it: dropped (the client reset it),
 /// or answered by the deadline while its request was still arriving.
 struct Uncounted {
@@ -176,7 +198,7 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let timeout = request.headers().get(GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let reset = Arc::new(AtomicBool::new(false));
+        let reset = RequestReset::default();
         let counted = Counted::default();
         let mut uncounted = Uncounted {
             rpc: unary_rpc(request.uri().path()),
@@ -188,6 +210,7 @@ where
         let mut request =
             http::Request::from_parts(parts, tonic::body::Body::new(Watched { inner: body, reset: reset.clone() }));
         request.extensions_mut().insert(counted);
+        request.extensions_mut().insert(reset.clone());
         let Some((timeout, deadline)) = timeout.zip(deadline) else {
             let response = self.inner.call(request);
             return async move {
@@ -231,7 +254,7 @@ fn unary_rpc(path: &str) -> Option<&'static str> {
 /// broke) before the whole request arrived.
 struct Watched {
     inner: tonic::body::Body,
-    reset: Arc<AtomicBool>,
+    reset: RequestReset,
 }
 
 impl Body for Watched {
@@ -244,7 +267,7 @@ impl Body for Watched {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if matches!(frame, Some(Err(_))) {
-            self.reset.store(true, Ordering::Relaxed);
+            self.reset.note();
         }
         Poll::Ready(frame)
     }
@@ -266,7 +289,7 @@ impl Body for Watched {
 /// message is the client's mistake: INVALID_ARGUMENT (VALIDATION), counted here too.
 fn reset_answer<B>(
     response: http::Response<B>,
-    reset: &AtomicBool,
+    reset: &RequestReset,
     uncounted: &mut Uncounted,
 ) -> http::Response<Option<B>> {
     let Some(internal) = Status::from_header_map(response.headers()).filter(|s| s.code() == tonic::Code::Internal)
@@ -274,7 +297,7 @@ fn reset_answer<B>(
         uncounted.answered();
         return response.map(Some);
     };
-    if !reset.load(Ordering::Relaxed) {
+    if !reset.happened() {
         if internal.message() != "Missing request message." {
             uncounted.answered();
             return response.map(Some);

@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, node_type_info, result_to_proto};
 use super::interceptors::version;
-use super::lifetime::{CallDeadline, Counted};
+use super::lifetime::{CallDeadline, Counted, RequestReset};
 use super::limits;
 use super::observe;
 use super::state::AppState;
@@ -200,7 +201,13 @@ impl PipelineService for Pipelines {
         request: Request<Streaming<StreamRequest>>,
     ) -> Result<Response<Self::StreamPipelineStream>, Status> {
         let deadline = CallDeadline::of(&request);
-        let inbound: stream::Inbound = Box::pin(request.into_inner());
+        // A client that resets the call (a cancel, its deadline) ends the request stream as one
+        // that finished sending would; the reset is made an error here, so the session is
+        // cancelled instead of closed (flushed and counted OK).
+        let reset = RequestReset::of(&request);
+        let ended_by_reset = futures::stream::once(async move { reset.happened() })
+            .filter_map(|reset| async move { reset.then(|| Err(Status::cancelled("the client reset the stream"))) });
+        let inbound: stream::Inbound = Box::pin(request.into_inner().chain(ended_by_reset));
         stream::start(self.state.clone(), inbound, deadline).map(Response::new).map_err(|e| {
             observe::request_finished("StreamPipeline", e.to_status().code(), e.outcome(), Duration::ZERO);
             info!(error = %e, "StreamPipeline refused");

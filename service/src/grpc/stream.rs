@@ -349,6 +349,9 @@ impl Session {
             };
             last_message = tokio::time::Instant::now();
             let request = match message {
+                // A WebSocket client that leaves drops the session's responses before its
+                // requests end: gone, not closing.
+                None if self.tx.is_closed() => return Err(client_left()),
                 None => return self.close(live).await,
                 Some(Err(status)) => return Err(client_gone(&status)),
                 Some(Ok(StreamRequest { request: Some(r) })) => r,
@@ -475,8 +478,10 @@ impl Session {
         let run_limits =
             RunLimits { timeout: Some(self.limits.timeout), max_memory_bytes: Some(self.limits.memory_bytes) };
         let outcome = tokio::select! {
-            r = live.pipeline.run(Default::default(), Mode::Flush, run_limits, &live.cancel) => r,
+            // Nothing is flushed for a client that is gone.
+            biased;
             () = self.tx.closed() => return Err(client_left()),
+            r = live.pipeline.run(Default::default(), Mode::Flush, run_limits, &live.cancel) => r,
         };
         // What the flush emits answers the sequence after the last chunk's.
         let sequence = self.last_sequence.map_or(0, |s| s.wrapping_add(1));
