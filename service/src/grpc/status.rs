@@ -194,18 +194,24 @@ impl ServiceError {
         let mut metadata = MetadataMap::new();
         match self {
             ServiceError::Exec(ExecError::Validation(v)) => {
-                for violation in v.violations.iter().take(MAX_STATUS_VIOLATIONS) {
+                // All of them when they fit, else all but one and a line counting the rest.
+                let listed = if v.violations.len() <= MAX_STATUS_VIOLATIONS {
+                    v.violations.len()
+                } else {
+                    MAX_STATUS_VIOLATIONS - 1
+                };
+                for violation in &v.violations[..listed] {
                     details.add_bad_request_violation(
                         text::clip(&violation.field, MAX_STATUS_FIELD_BYTES),
                         text::clip(&violation.message, MAX_STATUS_VIOLATION_BYTES),
                     );
                 }
-                if v.violations.len() > MAX_STATUS_VIOLATIONS {
+                if listed < v.violations.len() {
                     details.add_bad_request_violation(
                         "violations",
                         format!(
                             "{} more violations are not listed here; the in-band error lists every one",
-                            v.violations.len() - MAX_STATUS_VIOLATIONS
+                            v.violations.len() - listed
                         ),
                     );
                 }
@@ -531,8 +537,32 @@ mod tests {
         assert!(status.message().contains("and 12 more"), "{}", status.message());
         let details = status.get_error_details();
         let listed = &details.bad_request().unwrap().field_violations;
-        assert_eq!(listed.len(), MAX_STATUS_VIOLATIONS + 1);
+        assert_eq!(listed.len(), MAX_STATUS_VIOLATIONS);
         assert!(listed.iter().all(|v| !v.description.contains("GainNode")));
+    }
+
+    #[test]
+    fn a_status_lists_at_most_eight_violations_counting_the_line_for_the_rest() {
+        let listed = |n: usize| {
+            let violations = (0..n).map(|i| Violation::new(format!("nodes[{i}].params"), "bad")).collect();
+            let status = ServiceError::Exec(ExecError::Validation(ValidationError::new(violations))).to_status();
+            let details = status.get_error_details();
+            details.bad_request().unwrap().field_violations.iter().map(|v| v.field.clone()).collect::<Vec<_>>()
+        };
+        let eight = listed(8);
+        assert_eq!(eight.len(), 8);
+        assert_eq!(eight.last().unwrap(), "nodes[7].params", "all eight, none summarised");
+        let nine = listed(9);
+        assert_eq!(nine.len(), 8);
+        assert_eq!(nine[6], "nodes[6].params");
+        assert_eq!(nine[7], "violations", "seven listed and a line for the other two");
+        let status = ServiceError::Exec(ExecError::Validation(ValidationError::new(
+            (0..9).map(|i| Violation::new(format!("n{i}"), "bad")).collect(),
+        )))
+        .to_status();
+        let details = status.get_error_details();
+        let rest = &details.bad_request().unwrap().field_violations[7];
+        assert!(rest.description.starts_with("2 more violations are not listed here"), "{}", rest.description);
     }
 
     #[test]
