@@ -89,7 +89,9 @@ def test_recognition_gives_pocketsphinx_s_text(client: Client, beckett: np.ndarr
     assert expected, "pocketsphinx hears words in the recording"
     asr = pipeline(SpeechRecognitionNode("asr", search="fast"))
 
-    once = run(client, asr, beckett).transcripts["asr"]
+    answer = run(client, asr, beckett)
+    assert set(answer.data["asr"]) == {"text", "segments"}, "a request's answer has no partial"
+    once = answer.transcripts["asr"]
     assert [u.text for u in once.utterances if u.text] == expected
     assert once.text == " ".join(expected)
     assert all(0 <= u.confidence <= 1 and u.start_s < u.end_s for u in once.utterances)

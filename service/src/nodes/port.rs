@@ -193,8 +193,8 @@ impl Ports {
     }
 
     /// Appends `later` after `self`, port by port: audio is concatenated, JSON arrays are joined,
-    /// text is joined with a space, other data is replaced by the later value. Used to join a node's `process` and `flush`
-    /// outputs.
+    /// text is joined with a space, a later `null` removes the port, other data is replaced by
+    /// the later value. Used to join a node's `process` and `flush` outputs.
     pub fn append(&mut self, later: Ports) -> Result<(), PortError> {
         for (port, value) in later.values {
             let merged = match (self.remove(&port), value) {
@@ -210,6 +210,9 @@ impl Ports {
                     (Value::String(x), Value::String(y)) => PortValue::data(Value::String(
                         [x.as_str(), y.as_str()].into_iter().filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" "),
                     )),
+                    // A later null withdraws the value (a partial hypothesis that the end of the
+                    // input closed), so the merged answer has the port only if it has a value.
+                    (_, Value::Null) => continue,
                     _ => PortValue::Data(b),
                 },
                 (Some(_), v) => v,
@@ -249,6 +252,16 @@ mod tests {
         let p = Ports::new().with("data", PortValue::data(json!({"a": 1})));
         assert_eq!(p.audio("input").unwrap_err().to_string(), "missing input port `input`");
         assert_eq!(p.audio("data").unwrap_err().to_string(), "port `data` carries data, expected audio");
+    }
+
+    #[test]
+    fn a_later_null_withdraws_an_earlier_value() {
+        let mut a = Ports::new().with("partial", PortValue::data(json!({"text": "hel"})));
+        a.append(Ports::new().with("partial", PortValue::data(Value::Null))).unwrap();
+        assert!(a.get("partial").is_none(), "withdrawn");
+        let mut b = Ports::new();
+        b.append(Ports::new().with("partial", PortValue::data(Value::Null))).unwrap();
+        assert_eq!(b.get("partial").unwrap().as_data().unwrap(), &Value::Null, "nothing to withdraw: kept");
     }
 
     #[test]

@@ -385,7 +385,9 @@ CATALOGUE: dict[str, Any] = {
             "hypothesis is read\n"
             "  once `partial_every_ms` of audio has arrived since the last reading, and sent "
             "when it\n"
-            "  changed.\n"
+            "  changed. A request's answer has none: the `null` that ends the last "
+            "hypothesis\n"
+            "  withdraws it.\n"
             "\n"
             "Closing a stream (or the end of a request) ends the open utterance. When every "
             "recogniser\n"
@@ -427,7 +429,7 @@ CATALOGUE: dict[str, Any] = {
                 {
                     "name": "partial",
                     "kind": "data",
-                    "description": 'the open utterance\'s hypothesis so far, {"start_s", "text"}, or null once it ended',
+                    "description": 'while streaming, the open utterance\'s hypothesis so far, {"start_s", "text"}, or null once it ended',
                 },
             ],
             "runtimes": ["python"],

@@ -485,7 +485,7 @@ export const CATALOGUE: CatalogueJson = {
       "name": "SpeechRecognitionNode",
       "aliases": [],
       "description": "Speech to text with pocketsphinx and its bundled US English model.",
-      "details": "Finds utterances with pocketsphinx's endpointer (WebRTC voice activity over a 0.3 s window)\nand decodes each with a recogniser leased from the `pocketsphinx-en-us` model pool for the\nlength of that utterance only. Each utterance is decoded from the model's initial state, so\nits text is what a fresh pocketsphinx decoder gives for it. Data outputs:\n\n- `text`: the text of the utterances that ended with this input (words separated by\n  spaces; at the end of a request, the whole transcript).\n- `segments`: those utterances, `[{\"start_s\", \"end_s\", \"text\", \"confidence\"}]`, in seconds\n  from the start of the input; `confidence` is the mean posterior probability of the\n  utterance's words (0 to 1).\n- `partial`: while streaming, `{\"start_s\", \"text\"}`, the hypothesis so far of the\n  utterance still open after this chunk, and `null` once it ended. The hypothesis is read\n  once `partial_every_ms` of audio has arrived since the last reading, and sent when it\n  changed.\n\nClosing a stream (or the end of a request) ends the open utterance. When every recogniser\nis in use, speech is held back (at most 60 s of it) until one is free, for at most\n`model_wait_ms`; then the node fails with ERROR_TYPE_RESOURCE_LIMIT. Needs 16 kHz mono\naudio.",
+      "details": "Finds utterances with pocketsphinx's endpointer (WebRTC voice activity over a 0.3 s window)\nand decodes each with a recogniser leased from the `pocketsphinx-en-us` model pool for the\nlength of that utterance only. Each utterance is decoded from the model's initial state, so\nits text is what a fresh pocketsphinx decoder gives for it. Data outputs:\n\n- `text`: the text of the utterances that ended with this input (words separated by\n  spaces; at the end of a request, the whole transcript).\n- `segments`: those utterances, `[{\"start_s\", \"end_s\", \"text\", \"confidence\"}]`, in seconds\n  from the start of the input; `confidence` is the mean posterior probability of the\n  utterance's words (0 to 1).\n- `partial`: while streaming, `{\"start_s\", \"text\"}`, the hypothesis so far of the\n  utterance still open after this chunk, and `null` once it ended. The hypothesis is read\n  once `partial_every_ms` of audio has arrived since the last reading, and sent when it\n  changed. A request's answer has none: the `null` that ends the last hypothesis\n  withdraws it.\n\nClosing a stream (or the end of a request) ends the open utterance. When every recogniser\nis in use, speech is held back (at most 60 s of it) until one is free, for at most\n`model_wait_ms`; then the node fails with ERROR_TYPE_RESOURCE_LIMIT. Needs 16 kHz mono\naudio.",
       "params_schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
@@ -532,7 +532,7 @@ export const CATALOGUE: CatalogueJson = {
         {
           "name": "partial",
           "kind": "data",
-          "description": "the open utterance's hypothesis so far, {\"start_s\", \"text\"}, or null once it ended"
+          "description": "while streaming, the open utterance's hypothesis so far, {\"start_s\", \"text\"}, or null once it ended"
         }
       ],
       "runtimes": [

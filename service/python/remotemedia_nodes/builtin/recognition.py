@@ -69,7 +69,8 @@ class SpeechRecognition(Node):
     - `partial`: while streaming, `{"start_s", "text"}`, the hypothesis so far of the
       utterance still open after this chunk, and `null` once it ended. The hypothesis is read
       once `partial_every_ms` of audio has arrived since the last reading, and sent when it
-      changed.
+      changed. A request's answer has none: the `null` that ends the last hypothesis
+      withdraws it.
 
     Closing a stream (or the end of a request) ends the open utterance. When every recogniser
     is in use, speech is held back (at most 60 s of it) until one is free, for at most
@@ -82,7 +83,10 @@ class SpeechRecognition(Node):
     outputs = (
         Port.data("text", "text of the utterances that ended with this input"),
         Port.data("segments", 'utterances that ended with this input: [{"start_s", "end_s", "text", "confidence"}]'),
-        Port.data("partial", 'the open utterance\'s hypothesis so far, {"start_s", "text"}, or null once it ended'),
+        Port.data(
+            "partial",
+            'while streaming, the open utterance\'s hypothesis so far, {"start_s", "text"}, or null once it ended',
+        ),
     )
 
     def __init__(
