@@ -157,3 +157,27 @@ def test_inputs_for_a_port_the_node_lacks_are_a_validation_error(
     assert err.error_type == pb.ERROR_TYPE_VALIDATION, err
     found = {v["field"]: v["description"] for v in violations(err)}
     assert text in found[field], found
+
+
+@pytest.mark.parametrize("method", ["ExecutePipeline", "GetVersion"])
+def test_a_unary_call_carrying_two_request_messages_is_refused(server: RunningServer, method: str) -> None:
+    # A client-streaming call on a unary method: tonic would decode the first message and drop
+    # the second, answering as if the call were well formed.
+    request = (
+        pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(8))})
+        if method == "ExecutePipeline"
+        else pb.VersionRequest(client_version="v1")
+    )
+    before = server.metric("remotemedia_requests_total", rpc=method, code="INVALID_ARGUMENT")
+    with grpc.insecure_channel(server.address) as channel:
+        twice = channel.stream_unary(
+            f"/remotemedia.v1.PipelineService/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            twice(iter([request, request]), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "carried 2 request messages; a unary call takes exactly one" in e.value.details()  # type: ignore[attr-defined]
+        assert twice(iter([request]), timeout=10), "one message is answered"
+    assert server.metric("remotemedia_requests_total", rpc=method, code="INVALID_ARGUMENT") == before + 1

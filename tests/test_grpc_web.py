@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import struct
+import urllib.parse
 from collections.abc import Iterator
 
 import grpc
@@ -50,13 +51,13 @@ def unframe(body: bytes) -> tuple[list[bytes], dict[str, str]]:
     return messages, trailers
 
 
-def call(s: RunningServer, method: str, message: bytes, headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+def call(s: RunningServer, method: str, message: bytes, headers: dict[str, str], copies: int = 1) -> tuple[http.client.HTTPResponse, bytes]:
     host, port = s.address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     conn.request(
         "POST",
         f"{SERVICE}/{method}",
-        body=frame(message),
+        body=frame(message) * copies,
         headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "origin": ORIGIN, **headers},
     )
     response = conn.getresponse()
@@ -93,6 +94,16 @@ def test_execute_over_grpc_web_needs_the_token_and_runs_the_pipeline(web: Runnin
     assert status_of(response, trailers) == "0", trailers
     result = pb.ExecuteResponse.FromString(messages[0]).result
     np.testing.assert_allclose(samples(result.audio_outputs["g"]), 0.5 * 10 ** (-6 / 20), rtol=1e-5)
+
+
+def test_a_unary_call_carrying_two_request_messages_is_refused(web: RunningServer) -> None:
+    request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(8))})
+    response, body = call(web, "ExecutePipeline", request.SerializeToString(), {"authorization": f"Bearer {TOKEN}"}, copies=2)
+    messages, trailers = unframe(body)
+    assert status_of(response, trailers) == "3", (response.headers, trailers)
+    assert not messages
+    message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
+    assert "carried 2 request messages; a unary call takes exactly one" in message, message
 
 
 def test_a_request_refused_while_it_is_still_being_sent_gets_its_status() -> None:

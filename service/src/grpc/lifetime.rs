@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -76,6 +76,55 @@ impl RequestReset {
 
     fn note(&self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How many gRPC messages a unary call's request body carried. tonic decodes the first and
+/// drops the rest, so a handler asks this to refuse a call that carried more than one (a
+/// protocol violation, on HTTP/2 and gRPC-Web alike). A request extension of unary calls.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMessages(Arc<AtomicUsize>);
+
+impl RequestMessages {
+    /// The count of `request`'s call (0 if the layer did not count it).
+    pub fn of<T>(request: &tonic::Request<T>) -> usize {
+        request.extensions().get::<Self>().map_or(0, |m| m.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Finds the messages in a request body: each is a 5-byte header (compression flag, then the
+/// length, big-endian) and that many bytes, split across DATA frames anyhow.
+struct Framing {
+    header: [u8; 5],
+    have: usize,
+    skip: usize,
+    count: RequestMessages,
+}
+
+impl Framing {
+    fn new(count: RequestMessages) -> Self {
+        Self { header: [0; 5], have: 0, skip: 0, count }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (self.header.len() - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == self.header.len() {
+                self.have = 0;
+                let [_, a, b, c, d] = self.header;
+                self.skip = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.count.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -206,11 +255,18 @@ where
             deadline,
             started: std::time::Instant::now(),
         };
+        let messages = uncounted.rpc.map(|_| RequestMessages::default());
+        let framing = messages.clone().map(Framing::new);
         let (parts, body) = request.into_parts();
-        let mut request =
-            http::Request::from_parts(parts, tonic::body::Body::new(Watched { inner: body, reset: reset.clone() }));
+        let mut request = http::Request::from_parts(
+            parts,
+            tonic::body::Body::new(Watched { inner: body, reset: reset.clone(), framing }),
+        );
         request.extensions_mut().insert(counted);
         request.extensions_mut().insert(reset.clone());
+        if let Some(messages) = messages {
+            request.extensions_mut().insert(messages);
+        }
         let Some((timeout, deadline)) = timeout.zip(deadline) else {
             let response = self.inner.call(request);
             return async move {
@@ -255,6 +311,8 @@ fn unary_rpc(path: &str) -> Option<&'static str> {
 struct Watched {
     inner: tonic::body::Body,
     reset: RequestReset,
+    /// Unary calls only: their messages are counted.
+    framing: Option<Framing>,
 }
 
 impl Body for Watched {
@@ -266,8 +324,14 @@ impl Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if matches!(frame, Some(Err(_))) {
-            self.reset.note();
+        match &frame {
+            Some(Err(_)) => self.reset.note(),
+            Some(Ok(f)) => {
+                if let (Some(framing), Some(data)) = (self.framing.as_mut(), f.data_ref()) {
+                    framing.feed(data);
+                }
+            }
+            None => {}
         }
         Poll::Ready(frame)
     }
@@ -451,6 +515,28 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod framing_tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_counted_however_the_frames_cut_them() {
+        let message = |len: u32, flag: u8| {
+            let mut m = vec![flag];
+            m.extend(len.to_be_bytes());
+            m.extend(std::iter::repeat_n(7u8, len as usize));
+            m
+        };
+        let body: Vec<u8> = [message(3, 0), message(0, 0), message(300, 1)].concat();
+        for cut in [1, 2, 4, 5, 6, 9, 64, body.len()] {
+            let count = RequestMessages::default();
+            let mut framing = Framing::new(count.clone());
+            body.chunks(cut).for_each(|piece| framing.feed(piece));
+            assert_eq!(count.0.load(Ordering::Relaxed), 3, "frames of {cut} bytes");
+        }
     }
 }
 

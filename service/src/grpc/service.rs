@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::convert::{audio_from_proto, data_from_proto, manifest_from_proto, node_type_info, result_to_proto};
 use super::interceptors::version;
-use super::lifetime::{CallDeadline, Counted, RequestReset};
+use super::lifetime::{CallDeadline, Counted, RequestMessages, RequestReset};
 use super::limits;
 use super::observe;
 use super::state::AppState;
@@ -161,9 +161,13 @@ impl PipelineService for Pipelines {
     async fn execute_pipeline(&self, request: Request<ExecuteRequest>) -> Result<Response<ExecuteResponse>, Status> {
         let record = observe::RpcRecord::start("ExecutePipeline", &request);
         let started = Instant::now();
+        let messages = RequestMessages::of(&request);
         let request = request.into_inner();
         let nodes = request.manifest.as_ref().map_or(0, |m| m.nodes.len());
-        let outcome = self.execute(request).await;
+        let outcome = match one_message(messages) {
+            Ok(()) => self.execute(request).await,
+            Err(e) => Err(e),
+        };
         match &outcome {
             Ok(ExecuteResponse { outcome: Some(execute_response::Outcome::Error(e)) }) => {
                 let error_type = ErrorType::try_from(e.error_type).unwrap_or(ErrorType::Internal);
@@ -218,6 +222,12 @@ impl PipelineService for Pipelines {
     async fn get_version(&self, request: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
         Counted::claim(&request);
         let started = Instant::now();
+        if let Err(e) = one_message(RequestMessages::of(&request)) {
+            let status = e.to_status();
+            observe::request_finished("GetVersion", status.code(), e.outcome(), started.elapsed());
+            info!(error = %e, "GetVersion refused");
+            return Err(status);
+        }
         let client_version = request.into_inner().client_version;
         let (compatible, compatibility_message) = match version::check(&client_version) {
             Ok(()) => (true, format!("protocol {} is supported", version::CURRENT)),
@@ -228,4 +238,14 @@ impl PipelineService for Pipelines {
         observe::request_finished("GetVersion", tonic::Code::Ok, observe::outcome::SUCCESS, started.elapsed());
         Ok(Response::new(response))
     }
+}
+
+/// A unary call carries exactly one request message; tonic reads the first and drops the rest.
+fn one_message(messages: usize) -> Result<(), ServiceError> {
+    if messages > 1 {
+        return Err(ServiceError::InvalidArgument(format!(
+            "the call carried {messages} request messages; a unary call takes exactly one"
+        )));
+    }
+    Ok(())
 }
