@@ -389,6 +389,7 @@ async def test_the_concurrency_cap_is_retried_after_the_servers_delay(
         with pytest.raises(ResourceLimitError) as info:
             await a.call("run", Pipeline.chain(GainNode("g")), x, sample_rate=RATE, retry=RetryPolicy.none())
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and info.value.retry_delay == pytest.approx(0.25)
+        assert info.value.limit == "max_concurrent_executions", "the cap is named, as the metrics name it"
 
         waiting = asyncio.create_task(
             a.call("run", Pipeline.chain(GainNode("g")), x, sample_rate=RATE, retry=RetryPolicy(max_attempts=100))
@@ -417,6 +418,7 @@ async def test_a_stream_over_the_cap_opens_once_a_slot_frees(kind: Kind, one_slo
                 async with a.stream(p, sample_rate=RATE, retry=RetryPolicy.none()):
                     pass
             assert info.value.retry_delay == pytest.approx(0.25)
+            assert info.value.limit == "max_concurrent_streams"
 
             async def second() -> list[float]:
                 async with a.stream(p, sample_rate=RATE, retry=RetryPolicy(max_attempts=100)) as s:

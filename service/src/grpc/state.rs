@@ -62,6 +62,7 @@ impl AppState {
                     "the server is running its maximum of {} concurrent executions (max_concurrent_executions); retry shortly",
                     self.config.limits.max_concurrent_executions
                 ),
+                limit: "max_concurrent_executions",
                 retry_after: OVERLOAD_RETRY_AFTER,
             }
         })
@@ -76,6 +77,7 @@ impl AppState {
                     "the server has its maximum of {} concurrent streams open (max_concurrent_streams); retry shortly",
                     self.config.limits.max_concurrent_streams
                 ),
+                limit: "max_concurrent_streams",
                 retry_after: OVERLOAD_RETRY_AFTER,
             }
         })

@@ -77,7 +77,7 @@ pub enum ServiceError {
 
     /// Too many concurrent executions or streams.
     #[error("{message}")]
-    Overloaded { message: String, retry_after: Duration },
+    Overloaded { message: String, limit: &'static str, retry_after: Duration },
 
     /// The server is shutting down.
     #[error("the server is shutting down; retry on another instance")]
@@ -159,7 +159,9 @@ impl ServiceError {
             ServiceError::VersionMismatch { requested, supported } => {
                 json!({ "requested": requested, "supported_versions": supported })
             }
-            ServiceError::Overloaded { retry_after, .. } => json!({ "retry_after_ms": retry_after.as_millis() as u64 }),
+            ServiceError::Overloaded { limit, retry_after, .. } => {
+                json!({ "limit": limit, "retry_after_ms": retry_after.as_millis() as u64 })
+            }
             _ => Value::Null,
         };
         if !context.is_null() {
@@ -242,7 +244,8 @@ impl ServiceError {
                     metadata.insert("remotemedia-supported-versions", v);
                 }
             }
-            ServiceError::Overloaded { retry_after, .. } => {
+            ServiceError::Overloaded { limit, retry_after, .. } => {
+                info.insert("limit".to_owned(), (*limit).to_owned());
                 details.set_retry_info(Some(*retry_after));
             }
             _ => {}
@@ -426,11 +429,16 @@ mod tests {
 
     #[test]
     fn overload_has_retry_info_and_version_mismatch_lists_versions() {
-        let s =
-            ServiceError::Overloaded { message: "busy".into(), retry_after: Duration::from_millis(250) }.to_status();
+        let s = ServiceError::Overloaded {
+            message: "busy".into(),
+            limit: "max_concurrent_streams",
+            retry_after: Duration::from_millis(250),
+        }
+        .to_status();
         assert_eq!(s.code(), Code::ResourceExhausted);
         let d = s.get_error_details();
         assert_eq!(d.error_info().unwrap().reason, "RESOURCE_LIMIT");
+        assert_eq!(d.error_info().unwrap().metadata["limit"], "max_concurrent_streams", "the cap is named");
         assert_eq!(d.retry_info().unwrap().retry_delay, Some(Duration::from_millis(250)));
 
         let s = ServiceError::VersionMismatch { requested: "v2".into(), supported: vec!["v1".into()] }.to_status();
@@ -604,7 +612,11 @@ mod tests {
         });
         let invalid = ServiceError::Exec(ExecError::Validation(ValidationError::single(Violation::new("f", "m"))));
         let cancelled = ServiceError::Cancelled("gone".into());
-        let overloaded = ServiceError::Overloaded { message: "busy".into(), retry_after: Duration::from_millis(1) };
+        let overloaded = ServiceError::Overloaded {
+            message: "busy".into(),
+            limit: "max_concurrent_executions",
+            retry_after: Duration::from_millis(1),
+        };
         assert_eq!(node.delivery(Call::Execute), Delivery::InBand);
         assert_eq!(node.delivery(Call::StreamChunk), Delivery::InBandAndContinue);
         assert_eq!(node.delivery(Call::Stream), Delivery::InBandThenStatus);
