@@ -95,6 +95,12 @@ def test_probe_exits_zero_when_serving_and_nonzero_when_down() -> None:
     )
     assert down.returncode == 1
     assert "cannot connect" in down.stderr
+    for bad in ("abc", "-5", "0", "1e3"):
+        refused = subprocess.run(
+            [str(SERVER_BIN), "probe", "--addr", s.address, f"--timeout-ms={bad}"], capture_output=True, text=True, timeout=30
+        )
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert f"invalid value for `--timeout-ms`: expected a whole number of milliseconds above 0, got `{bad}`" in refused.stderr
 
 
 def test_probe_defaults_to_the_configured_listen_address() -> None:

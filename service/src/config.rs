@@ -444,11 +444,12 @@ impl Config {
         // behind a proxy, a silently open service is the worst outcome of a typo.
         let mut auth_tokens: Vec<Secret> = r.list("auth_tokens").into_iter().map(Secret).collect();
         let (raw_tokens, tokens_source) = sources.lookup("auth_tokens");
-        if auth_tokens.is_empty() && !raw_tokens.trim().is_empty() {
+        if auth_tokens.is_empty() && !raw_tokens.is_empty() {
             r.error(ConfigError::Invalid {
                 key: "auth_tokens".into(),
                 origin: describe("auth_tokens", tokens_source),
-                message: "holds no token (only separators); give at least one token, or leave it unset".into(),
+                message: "holds no token (only separators or spaces); give at least one token, or leave it unset"
+                    .into(),
             });
         }
         let tokens_file = r.string("auth_tokens_file");
@@ -926,6 +927,9 @@ mod tests {
         let err = Config::with(&[("auth_tokens_file", path.to_str().unwrap())]).unwrap_err().to_string();
         assert!(err.contains("`auth_tokens_file`") && err.contains("holds no token"), "{err}");
         let err = Config::with(&[("auth_tokens", " , ,")]).unwrap_err().to_string();
+        assert!(err.contains("`auth_tokens`") && err.contains("holds no token"), "{err}");
+        // A templated secret that came out blank is not "auth off" either.
+        let err = Config::with(&[("auth_tokens", " ")]).unwrap_err().to_string();
         assert!(err.contains("`auth_tokens`") && err.contains("holds no token"), "{err}");
         assert!(Config::with(&[("auth_tokens", "")]).unwrap().auth_tokens.is_empty(), "unset is not an error");
     }

@@ -30,7 +30,17 @@ fn main() -> ExitCode {
             },
         };
         let service = args.get_one::<String>("service").cloned().unwrap_or_default();
-        let timeout = args.get_one::<String>("timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(3_000);
+        let raw = args.get_one::<String>("timeout-ms").map_or("3000", String::as_str);
+        let timeout = match raw.parse::<u64>() {
+            Ok(ms) if ms > 0 => ms,
+            _ => {
+                let shown = remotemedia::text::quoted(raw);
+                eprintln!(
+                    "remotemedia-server probe: invalid value for `--timeout-ms`: expected a whole number of milliseconds above 0, got `{shown}`"
+                );
+                return ExitCode::from(2);
+            }
+        };
         return match runtime.block_on(probe::probe(&addr, &service, Duration::from_millis(timeout))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
