@@ -163,7 +163,12 @@ export class Pipeline extends NodeBuilders {
         { field: `nodes[${index}].id`, description: `duplicate node id "${id}" (also nodes[${other}])`, nodeId: id },
       ]);
     }
-    this.#nodes.push({ id, type, params: { ...params }, runtime: options.runtime ?? "auto" });
+    // Read as `fromJSON` reads it (any case, `native`, `python`), so a pipeline runs where it
+    // did after a save and a load; anything else is refused here, not sent as AUTO.
+    const problems: Violation[] = [];
+    const runtime = options.runtime === undefined ? "auto" : runtimeOf(options.runtime, `nodes[${index}].runtime`, id, problems);
+    if (runtime === undefined) throw validationError(problems);
+    this.#nodes.push({ id, type, params: { ...params }, runtime });
     return this;
   }
 

@@ -156,3 +156,19 @@ test("node() takes the id first, as the typed helpers do, and a built-in type gi
   // @ts-expect-error the node id comes first
   new Pipeline("swapped").node("AudioResampleNode", "rs", { output_rate: 16_000 });
 });
+
+test("a builder's runtime is read as fromJSON reads it, and an unknown one is refused", () => {
+  const hints = (runtime: string) =>
+    new Pipeline("p").gain("g", {}, { runtime: runtime as "auto" }).toProto().nodes.map((n) => n.runtimeHint);
+  assert.deepEqual(hints("RUST"), [pb.RuntimeHint.RUST]);
+  assert.deepEqual(hints("native"), [pb.RuntimeHint.RUST]);
+  assert.deepEqual(hints("python"), [pb.RuntimeHint.CPYTHON]);
+  for (const runtime of ["wasm", "rustpython", "java"]) {
+    const error = validationOf(() => new Pipeline("p").gain("g", {}, { runtime: runtime as "auto" }));
+    assert.deepEqual(
+      error.violations.map((v) => [v.field, v.nodeId]),
+      [["nodes[0].runtime", "g"]],
+    );
+    assert.match(error.message, new RegExp(`runtime "${runtime}" is not supported; use auto, rust or cpython`));
+  }
+});
