@@ -455,6 +455,33 @@ async def test_a_missing_or_wrong_token_is_an_authentication_error(kind: Kind, m
             await a.close()
 
 
+async def test_a_token_read_with_its_newline_works_and_one_a_header_cannot_carry_is_refused(kind: Kind, main_server: RunningServer) -> None:
+    a = Api(kind, main_server.address, token=TOKEN + "\n")  # as read from a file
+    try:
+        assert (await a.call("run", Pipeline.chain(GainNode("g")), tone(0.01), sample_rate=RATE)).output().frames > 0
+    finally:
+        await a.close()
+    with pytest.raises(ValueError, match="only visible ASCII") as info:
+        Api(kind, main_server.address, token="sec\x00ret")
+    assert "sec" not in str(info.value), "the token is never shown"
+
+
+async def test_bad_timeout_and_retry_arguments_are_refused_naming_them(kind: Kind, main_server: RunningServer) -> None:
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None, got str"):
+        Api(kind, main_server.address, timeout="1")
+    with pytest.raises(TypeError, match="retry must be a RetryPolicy or None, got str"):
+        Api(kind, main_server.address, retry="x")
+    a = Api(kind, main_server.address, token=TOKEN)
+    try:
+        for timeout in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="timeout must be a finite number of seconds, 0 or more"):
+                await a.call("run", Pipeline.chain(GainNode("g")), tone(0.01), sample_rate=RATE, timeout=timeout)
+        with pytest.raises(TypeError, match="retry must be a RetryPolicy or None"):
+            await a.call("run", Pipeline.chain(GainNode("g")), tone(0.01), sample_rate=RATE, retry="x")
+    finally:
+        await a.close()
+
+
 @produces(VersionMismatchError)
 async def test_an_unsupported_protocol_version_lists_the_supported_ones(kind: Kind, main_server: RunningServer) -> None:
     a = Api(kind, main_server.address, token=TOKEN, protocol_version="v2")

@@ -90,6 +90,18 @@ def test_a_file_with_more_channels_than_its_last_chunk_has_frames_reads_whole(tm
     assert [(c.frames, c.channels) for c in chunks] == [(320, 16), (1, 16)]
 
 
+def test_bad_chunk_sizes_and_sample_formats_of_a_file_are_refused_naming_them(tmp_path: Path) -> None:
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, np.zeros(1600, np.float32), 16_000)
+    for chunk_ms in (0, -5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="chunk_ms must be a positive, finite number of milliseconds"):
+            AudioBuffer.iter_file(path, chunk_ms=chunk_ms)  # refused at the call, not at the first chunk
+    with pytest.raises(ValueError, match=r"dtype must be one of 'f32', 'i16', 'i32', got 'f64'"):
+        AudioBuffer.iter_file(path, dtype="f64")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"dtype must be one of 'f32', 'i16', 'i32', got 'f64'"):
+        AudioBuffer.from_file(path, dtype="f64")  # type: ignore[arg-type]
+
+
 def test_plain_lists_are_samples_and_lists_of_ints_say_what_to_pass() -> None:
     mono = AudioBuffer.from_numpy([0.5, -0.5, 0.25], 8_000)
     assert (mono.format, mono.frames, mono.channels) == ("f32", 3, 1)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from remotemedia_client import (
+    AudioBuffer,
     AudioChunkerNode,
     AudioResampleNode,
     Client,
@@ -178,6 +179,12 @@ def test_inputs_are_checked_with_the_pipeline_before_any_call() -> None:
     with Client("127.0.0.1:9") as client, pytest.raises(ValidationError) as info:
         client.run(Pipeline.chain(GainNode("g")), np.zeros(4, np.float32))
     assert "sample_rate" in str(info.value)
+
+    # An AudioBuffer carries its rate: a sample_rate= that says otherwise is a mistake to name.
+    buffer = AudioBuffer.from_numpy(np.zeros(4, np.float32), 48_000)
+    with Client("127.0.0.1:9", retry=RetryPolicy.none()) as client, pytest.raises(ValidationError) as info:
+        client.run(Pipeline.chain(GainNode("g")), buffer, sample_rate=16_000)
+    assert "sample_rate=16000 contradicts the AudioBuffer's 48000 Hz" in str(info.value)
 
 
 def test_a_seed_manifest_loads_and_round_trips_through_json_and_protobuf(tmp_path: Path) -> None:

@@ -112,9 +112,12 @@ class Settings:
     ) -> Settings:
         if compression not in (None, "gzip", "deflate"):
             raise ValueError(f"compression must be 'gzip', 'deflate' or None, got {compression!r}")
+        check_timeout(timeout, "timeout")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         return cls(
             address=address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS,
-            token=token if token is not None else (os.environ.get(TOKEN_ENV) or None),
+            token=bearer_token(token if token is not None else (os.environ.get(TOKEN_ENV) or None)),
             tls=TLS() if tls is True else (tls or None),
             timeout=timeout,
             compression=compression,
@@ -172,6 +175,16 @@ def as_pipeline(pipeline: Pipeline | pb.PipelineManifest) -> Pipeline:
 
 def to_audio(value: AudioInput, sample_rate: int | None, what: str) -> AudioBuffer:
     if isinstance(value, AudioBuffer):
+        if sample_rate is not None and sample_rate != value.sample_rate:
+            raise ValidationError.of(
+                [
+                    Violation(
+                        what,
+                        f"sample_rate={sample_rate} contradicts the AudioBuffer's {value.sample_rate} Hz; "
+                        "leave sample_rate out or resample the audio",
+                    )
+                ]
+            )
         return value
     if sample_rate is None:
         raise ValidationError.of([Violation(what, "samples given as an array or a list need sample_rate= (or pass an AudioBuffer)")])
@@ -320,6 +333,9 @@ class Attempts:
     the policy's decision after each failure."""
 
     def __init__(self, rpc: str, policy: RetryPolicy, timeout: float | None) -> None:
+        check_timeout(timeout, "timeout")
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {type(policy).__name__}")
         self.rpc = rpc
         self.policy = policy
         self.deadline = time.monotonic() + timeout if timeout is not None else None
@@ -464,3 +480,29 @@ class StreamCore:
         log.debug("stream ended", session_id=self.session_id, code=err.code.name if err is not None and err.code else "OK")
         rest.append(Ended(err))
         return rest
+
+
+def bearer_token(token: str | None) -> str | None:
+    """``token`` without surrounding whitespace (a token read from a file keeps its newline);
+    ``ValueError`` if a header cannot carry it. The message never shows the token."""
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a string, got {type(token).__name__}")
+    token = token.strip()
+    if not token:
+        return None
+    if not all("!" <= c <= "~" for c in token):
+        raise ValueError("token holds a character an HTTP header cannot carry (only visible ASCII); its value is not shown")
+    return token
+
+
+def check_timeout(timeout: object, name: str) -> None:
+    """``timeout`` is None or a number of seconds from 0 (a deadline already passed) up, else
+    ``ValueError``/``TypeError`` naming ``name``."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout >= 0 or timeout == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds, 0 or more, got {timeout!r}")

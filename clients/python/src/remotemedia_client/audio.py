@@ -159,19 +159,19 @@ class AudioBuffer:
     def from_file(cls, path: str | os.PathLike[str], *, dtype: SampleFormat = "f32") -> AudioBuffer:
         """Reads a sound file (WAV, FLAC, anything libsndfile reads) through soundfile."""
 
-        data, rate = soundfile.read(os.fspath(path), dtype=_SOUNDFILE_DTYPE[dtype], always_2d=True)
+        data, rate = soundfile.read(os.fspath(path), dtype=_soundfile_dtype(dtype), always_2d=True)
         return cls.from_numpy(data, int(rate), channels_first=False)
 
     @staticmethod
     def iter_file(path: str | os.PathLike[str], *, chunk_ms: float = 20, dtype: SampleFormat = "f32") -> Iterator[AudioBuffer]:
-        """Reads a sound file in chunks of ``chunk_ms`` (the last one may be shorter)."""
+        """Reads a sound file in chunks of ``chunk_ms`` (the last one may be shorter).
 
-        with soundfile.SoundFile(os.fspath(path)) as f:
-            frames = max(1, round(f.samplerate * chunk_ms / 1000))
-            rate = int(f.samplerate)
-            for block in f.blocks(blocksize=frames, dtype=_SOUNDFILE_DTYPE[dtype], always_2d=True):
-                if len(block):
-                    yield AudioBuffer.from_numpy(block, rate, channels_first=False)
+        Raises ``ValueError`` for a ``chunk_ms`` that is not a positive, finite number or an
+        unknown ``dtype``, before the file is opened."""
+
+        if isinstance(chunk_ms, bool) or not isinstance(chunk_ms, (int, float)) or not 0 < chunk_ms < float("inf"):
+            raise ValueError(f"chunk_ms must be a positive, finite number of milliseconds, got {chunk_ms!r}")
+        return _file_blocks(os.fspath(path), chunk_ms, _soundfile_dtype(dtype))
 
     def to_file(self, path: str | os.PathLike[str], *, subtype: str | None = None, format: str | None = None) -> None:
         """Writes a sound file in any format soundfile writes (WAV, FLAC, OGG, AIFF, MP3, ...):
@@ -296,3 +296,20 @@ class AudioBuffer:
 
     def __repr__(self) -> str:
         return f"AudioBuffer({self.frames} frames × {self.channels} ch, {self.format}, {self._sample_rate} Hz)"
+
+
+def _soundfile_dtype(dtype: object) -> str:
+    """soundfile's name for sample format ``dtype``; ``ValueError`` naming the formats if unknown."""
+    try:
+        return _SOUNDFILE_DTYPE[dtype]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, _SOUNDFILE_DTYPE))}, got {dtype!r}") from None
+
+
+def _file_blocks(path: str, chunk_ms: float, dtype: str) -> Iterator[AudioBuffer]:
+    with soundfile.SoundFile(path) as f:
+        frames = max(1, round(f.samplerate * chunk_ms / 1000))
+        rate = int(f.samplerate)
+        for block in f.blocks(blocksize=frames, dtype=dtype, always_2d=True):
+            if len(block):
+                yield AudioBuffer.from_numpy(block, rate, channels_first=False)
