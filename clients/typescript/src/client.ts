@@ -65,6 +65,7 @@ export interface RemoteMediaClient {
 }
 
 export function createClient(options: ClientOptions): RemoteMediaClient {
+  options = { ...options, ...(options.token === undefined ? {} : { token: bearerToken(options.token) }) };
   const baseUrl = resolveBaseUrl(options);
   const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
   const kind = options.transport ?? DEFAULT_TRANSPORT;
@@ -209,4 +210,18 @@ function resolveBaseUrl(options: ClientOptions): string {
     return /^[a-z]+:\/\//i.test(options.address) ? options.address : `http://${options.address}`;
   }
   throw new TypeError("createClient needs an address (host:port) or a baseUrl");
+}
+
+/**
+ * `token` without surrounding whitespace (a token read from a file keeps its newline); a
+ * VALIDATION error, which never shows the token, if an HTTP header cannot carry it.
+ */
+function bearerToken(token: string): string {
+  const trimmed = token.trim();
+  if (!/^[\x21-\x7e]*$/.test(trimmed)) {
+    throw validationError([
+      { field: "token", description: "holds a character an HTTP header cannot carry (only visible ASCII); its value is not shown" },
+    ]);
+  }
+  return trimmed;
 }

@@ -24,6 +24,13 @@ export interface ResourceLimits {
   maxAudioSamples?: number;
 }
 
+/** Each limit and its field in `ResourceLimits`. */
+const LIMIT_FIELDS = [
+  ["maxMemoryBytes", "max_memory_bytes"],
+  ["maxTimeoutMs", "max_timeout_ms"],
+  ["maxAudioSamples", "max_audio_samples"],
+] as const;
+
 export interface ExecuteInputs {
   /** Audio for each source node's "input" port, keyed by node id. */
   audio?: Record<string, Audio>;
@@ -147,8 +154,17 @@ export function executeRequest(
       problems.push({ field: `nodes[${i}]`, description: `source node "${n.id}" has no input (give it audio or data)`, nodeId: n.id });
     }
   });
-  if (problems.length > 0) throw validationError(problems);
   const limits = resolved.limits;
+  for (const [name, field] of LIMIT_FIELDS) {
+    const value = limits?.[name];
+    if (value !== undefined && !(Number.isSafeInteger(value) && value >= 0)) {
+      problems.push({
+        field: `resource_limits.${field}`,
+        description: `limits.${name} must be a whole number from 0 (the server default) to ${Number.MAX_SAFE_INTEGER}, got ${String(value)}`,
+      });
+    }
+  }
+  if (problems.length > 0) throw validationError(problems);
   return create(ExecuteRequestSchema, {
     manifest,
     audioInputs,

@@ -196,13 +196,19 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
   /**
    * Queues one chunk and resolves with its sequence number once it is queued; waits while
    * maxBufferedChunks chunks are already waiting for the transport. A `sequence` that is not a
-   * non-negative safe integer rejects with a VALIDATION error and leaves the session open.
+   * non-negative safe integer, or no `nodeId` for a pipeline of several source nodes without
+   * the stream's `inputNode`, rejects with a VALIDATION error and leaves the session open.
    */
   async send(audio: Audio, options: SendOptions = {}): Promise<number> {
     this.#assertOpen();
     const nodeId = options.nodeId ?? this.#inputNode;
     if (nodeId === undefined) {
-      throw new TypeError("the pipeline has several source nodes: pass the chunk's nodeId or the stream's inputNode");
+      throw validationError([
+        {
+          field: "nodeId",
+          description: "the pipeline has several source nodes: pass the chunk's nodeId or the stream's inputNode",
+        },
+      ]);
     }
     const sequence = checkSequence(options.sequence ?? this.#nextSequence, options.sequence === undefined);
     this.#nextSequence = sequence + 1;

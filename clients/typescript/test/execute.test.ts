@@ -2,7 +2,7 @@
 // format, and the error kinds of validation, authentication and version refusals.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { Audio, Code, Pipeline, type RemoteMediaClient, createClient } from "../src/index.js";
+import { Audio, Code, Pipeline, type RemoteMediaClient, RemoteMediaError, createClient } from "../src/index.js";
 import { RunningServer } from "./server.js";
 import { failure } from "./expect.js";
 
@@ -116,6 +116,33 @@ describe("execute", () => {
 });
 
 describe("errors", () => {
+  test("a token a header cannot carry is refused without being shown; one read with its newline works", async () => {
+    assert.throws(
+      () => createClient({ address: server.address, token: "sec\u0000ret" }),
+      (e: unknown) =>
+        e instanceof RemoteMediaError && e.kind === "VALIDATION" && e.message.includes("only visible ASCII") && !e.message.includes("sec"),
+    );
+    const trimmed = createClient({ address: server.address, token: `${TOKEN}\n` });
+    try {
+      const result = await trimmed.execute(new Pipeline("p").gain("g", { gain: 2 }), new Audio(new Float32Array(4), 8_000));
+      assert.equal(result.output("g").samples.length, 4);
+    } finally {
+      trimmed.close();
+    }
+  });
+
+  test("limits that are not whole numbers from 0 are a validation error naming them", async () => {
+    for (const limits of [{ maxTimeoutMs: -1 }, { maxTimeoutMs: 1.5 }, { maxMemoryBytes: 2 ** 70 }]) {
+      const error = await failure(() =>
+        client.execute(new Pipeline("p").gain("g"), { audio: { g: new Audio(new Float32Array(4), 8_000) }, limits }),
+      );
+      assert.equal(error.kind, "VALIDATION");
+      const [name, value] = Object.entries(limits)[0] as [string, number];
+      assert.match(error.message, new RegExp(`limits\\.${name} must be a whole number from 0`));
+      assert.ok(error.message.includes(String(value)), error.message);
+    }
+  });
+
   test("an invalid pipeline is a VALIDATION error listing every violation", async () => {
     const pipeline = new Pipeline("broken")
       .passThrough("in")

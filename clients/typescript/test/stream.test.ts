@@ -174,6 +174,25 @@ test("a sequence that is not a non-negative safe integer is a VALIDATION error n
   await streamsDrainTo(0);
 });
 
+test("a chunk without a nodeId for a pipeline of several sources is a VALIDATION error, and the session goes on", async () => {
+  const two = new Pipeline("two").gain("a", { gain: 2 }).gain("b", { gain: 3 });
+  const session = await client.stream(two);
+  const chunk = new Audio(new Float32Array(160).fill(0.25), 16_000);
+  const error = await rejection(session.send(chunk));
+  assert.equal(error.kind, "VALIDATION", error.message);
+  assert.deepEqual(
+    error.violations.map((v) => v.field),
+    ["nodeId"],
+  );
+  assert.equal(session.state, "open");
+  await session.send(chunk, { nodeId: "b" });
+  await session.close();
+  const outputs: number[] = [];
+  for await (const result of session) outputs.push(result.output("b").samples[0] ?? Number.NaN);
+  assert.deepEqual(outputs, [0.75]);
+  await streamsDrainTo(0);
+});
+
 test("automatic numbering continues from the last sequence sent, and results carry the chunk's", async () => {
   const session = await client.stream(doubling());
   const chunk = new Audio(new Float32Array(160), 16_000);
