@@ -304,6 +304,20 @@ impl<'a> Reader<'a> {
 
     fn parse<T>(&self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> T {
         let (raw, source) = self.sources.lookup(key);
+        // A value a higher layer overrides must parse too, or a typo in the file stays hidden
+        // until the flag or variable that overrides it is removed.
+        let layers = [(&self.sources.env, Source::Env), (&self.sources.file, Source::File)];
+        for (layer, shadowed) in layers {
+            if let Some(value) = layer.get(key).filter(|_| shadowed != source)
+                && f(value.trim()).is_none()
+            {
+                self.error(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    origin: describe(key, shadowed),
+                    message: format!("expected {expected}, got `{value}` (overridden, but it must be valid too)"),
+                });
+            }
+        }
         f(raw.trim()).unwrap_or_else(|| {
             self.error(ConfigError::Invalid {
                 key: key.to_owned(),
@@ -813,6 +827,26 @@ mod tests {
         );
         let err = Config::with(&[("listen", "localhost")]).unwrap_err();
         assert!(err.to_string().contains("(from --listen)"), "{err}");
+    }
+
+    #[test]
+    fn an_overridden_value_must_be_valid_too() {
+        let s = Sources {
+            file: layer(&[("max_timeout_ms", "abc"), ("python", "banana")]),
+            env: layer(&[("max_timeout_ms", "20000")]),
+            flags: layer(&[("python", "false")]),
+        };
+        let err = Config::from_sources(&s).unwrap_err().to_string();
+        assert!(err.contains("`max_timeout_ms` (from the config file)"), "{err}");
+        assert!(err.contains("got `abc` (overridden, but it must be valid too)"), "{err}");
+        assert!(err.contains("`python` (from the config file)") && err.contains("got `banana`"), "{err}");
+        let s = Sources {
+            env: layer(&[("max_timeout_ms", "soon")]),
+            flags: layer(&[("max_timeout_ms", "20000")]),
+            ..Sources::default()
+        };
+        let err = Config::from_sources(&s).unwrap_err().to_string();
+        assert!(err.contains("(from REMOTEMEDIA_MAX_TIMEOUT_MS)") && err.contains("got `soon`"), "{err}");
     }
 
     #[test]
