@@ -89,13 +89,25 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_server(
-    *args: str, env: dict[str, str] | None = None, defaults: bool = True, preexec_fn: Any = None
-) -> RunningServer:
+def start_server(*args: str, env: dict[str, str] | None = None, defaults: bool = True, preexec_fn: Any = None) -> RunningServer:
     if not SERVER_BIN.exists():
         raise AssertionError(f"{SERVER_BIN} is missing; run `make build` (make test does)")
     base = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"] if defaults else []
     return start_process([str(SERVER_BIN), *base, *args], env, preexec_fn=preexec_fn)
+
+
+def assert_stops_before_serving(proc: subprocess.Popen[str], signum: int, expected: str) -> None:
+    """Sends `signum` to a server that is still starting (its stdout unread past that point) and
+    checks that it stopped there: exit status 0, the log line `expected`, no listening line."""
+    try:
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    messages = [json.loads(line).get("message", "") for line in out.splitlines() if line.startswith("{")]
+    assert expected in messages, out
+    assert not any(m.startswith("remotemedia-server listening") for m in messages), "it never served"
 
 
 def start_process(argv: list[str], env: dict[str, str] | None, preexec_fn: Any = None) -> RunningServer:

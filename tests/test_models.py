@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import speech_data
-from conftest import REPO, SERVER_BIN, RunningServer, server_env, start_server
+from conftest import REPO, SERVER_BIN, RunningServer, assert_stops_before_serving, server_env, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from speech import CHUNK, RATE, pipeline, pocketsphinx_direct, run, settles, stream_chunks
 
@@ -393,16 +393,8 @@ def test_a_signal_while_models_preload_stops_the_server_before_it_serves(tmp_pat
     gate = tmp_path / "gate"
     os.mkfifo(gate)  # never opened here: the model stays loading
     proc = _start(["--python-nodes-path", str(MODEL_PLUGINS), "--preload-models", "gated-test-model"], {"MODEL_GATE_FIFO": str(gate)})
-    try:
-        _next_record(proc, "preloading models before serving")
-        proc.send_signal(getattr(signal, signal_name))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    messages = [json.loads(line).get("message", "") for line in out.splitlines() if line.startswith("{")]
-    assert "shutdown requested while preloading models; stopped before serving" in messages, out
-    assert not any(m.startswith("remotemedia-server listening") for m in messages), "it never served"
+    _next_record(proc, "preloading models before serving")
+    assert_stops_before_serving(proc, getattr(signal, signal_name), "shutdown requested while preloading models; stopped before serving")
 
 
 def test_a_misspelled_preloaded_model_stops_start_up_naming_it() -> None:

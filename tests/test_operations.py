@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import GRPCURL, PLUGINS, SERVER_BIN, RunningServer, server_env, start_server
+from conftest import GRPCURL, PLUGINS, SERVER_BIN, RunningServer, assert_stops_before_serving, server_env, start_server
 from helpers import f32, manifest, node
 from remotemedia_client import Client, RetryPolicy, pb
 from remotemedia_client._proto.remotemedia.v1 import service_pb2_grpc
@@ -63,16 +63,8 @@ def test_a_signal_while_python_nodes_import_stops_the_server_before_it_serves(tm
     (plugins / "slow_import.py").write_text(f"open({str(importing)!r}, 'w').close()\nwith open({str(gate)!r}) as fifo:\n    fifo.read()\n")
     argv = [str(SERVER_BIN), "--listen", "127.0.0.1:0", "--python-nodes-path", str(plugins)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=server_env())
-    try:
-        wait_for_file(importing, "the plug-in's import")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    messages = [json.loads(line).get("message", "") for line in out.splitlines() if line.startswith("{")]
-    assert "shutdown requested while starting; stopped before serving" in messages, out
-    assert not any(m.startswith("remotemedia-server listening") for m in messages), "it never served"
+    wait_for_file(importing, "the plug-in's import")
+    assert_stops_before_serving(proc, signal.SIGTERM, "shutdown requested while starting; stopped before serving")
 
 
 def test_the_lifecycle_lines_show_at_any_level_filter() -> None:

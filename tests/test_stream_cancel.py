@@ -177,6 +177,27 @@ def test_cancel_over_websocket_stops_the_running_chunk_and_skips_the_queued_ones
     assert_freed(srv)
 
 
+# The reset tests: a chunker keeps 36 of a 100-sample chunk back (64-sample chunks), so a flush
+# would be a node call of its own, seen in the node-call count.
+ROUNDS = 6
+REQUESTS = "remotemedia_requests_total"
+NODE_CALLS = "remotemedia_node_duration_seconds_count"
+CHUNKER = manifest([node("c", "AudioChunkerNode", chunk_samples=64)])
+ONE_CHUNK = pb.StreamRequest(
+    audio_chunk=pb.AudioChunk(
+        node_id="c", buffer=f32(np.zeros(100, np.float32)), sequence=1
+    )
+)
+
+
+def streams_ended(srv: RunningServer, code: str) -> float:
+    return srv.metric(REQUESTS, rpc="StreamPipeline", code=code)
+
+
+def chunker_calls(srv: RunningServer) -> float:
+    return srv.metric(NODE_CALLS, node_type="AudioChunkerNode")
+
+
 def test_a_client_that_resets_the_stream_between_chunks_is_cancelled_not_flushed(
     srv: RunningServer,
 ) -> None:
@@ -184,50 +205,35 @@ def test_a_client_that_resets_the_stream_between_chunks_is_cancelled_not_flushed
     # ends a request stream reset that way as if the client had finished sending. Taken for a
     # close, the session flushed its nodes and counted OK whenever it saw the end of its
     # requests before the response side saw the reset: about half the time, so several rounds.
-    rounds = 6
-    requests_total = "remotemedia_requests_total"
-    ok = srv.metric(requests_total, rpc="StreamPipeline", code="OK")
-    cancelled = srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
-    node_calls = "remotemedia_node_duration_seconds_count"
-    calls = srv.metric(node_calls, node_type="AudioChunkerNode")
+    ok, cancelled = streams_ended(srv, "OK"), streams_ended(srv, "CANCELLED")
+    calls = chunker_calls(srv)
     stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
-    # 100 samples into 64-sample chunks: a flush would emit the 36 held back, a call of its own.
-    chunker = manifest([node("c", "AudioChunkerNode", chunk_samples=64)])
-    one_chunk = pb.StreamRequest(
-        audio_chunk=pb.AudioChunk(
-            node_id="c", buffer=f32(np.zeros(100, np.float32)), sequence=1
-        )
-    )
-    for n in range(1, rounds + 1):
+    for n in range(1, ROUNDS + 1):
         outbox: queue.Queue[pb.StreamRequest | None] = queue.Queue()
 
-        def requests() -> Iterator[pb.StreamRequest]:
-            while (r := outbox.get()) is not None:
+        def requests(
+            box: queue.Queue[pb.StreamRequest | None],
+        ) -> Iterator[pb.StreamRequest]:
+            while (r := box.get()) is not None:
                 yield r
 
-        call = stub.StreamPipeline(requests(), timeout=20)
-        outbox.put(pb.StreamRequest(manifest=chunker))
+        call = stub.StreamPipeline(requests(outbox), timeout=20)
+        outbox.put(pb.StreamRequest(manifest=CHUNKER))
         assert next(call).WhichOneof("response") == "ready"
-        outbox.put(one_chunk)
+        outbox.put(ONE_CHUNK)
         assert next(call).WhichOneof("response") == "result"
         call.cancel()
         outbox.put(None)
         wait_for(
             f"stream {n} to end",
-            lambda: (
-                srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
-                + srv.metric(requests_total, rpc="StreamPipeline", code="OK")
+            lambda n=n: (
+                streams_ended(srv, "CANCELLED") + streams_ended(srv, "OK")
                 == cancelled + ok + n
             ),
         )
-    assert srv.metric(requests_total, rpc="StreamPipeline", code="OK") == ok
-    assert (
-        srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
-        == cancelled + rounds
-    )
-    assert srv.metric(node_calls, node_type="AudioChunkerNode") == calls + rounds, (
-        "one call per chunk: nothing flushed"
-    )
+    assert streams_ended(srv, "OK") == ok
+    assert streams_ended(srv, "CANCELLED") == cancelled + ROUNDS
+    assert chunker_calls(srv) == calls + ROUNDS, "one call per chunk: nothing flushed"
     assert_freed(srv)
 
 
@@ -236,37 +242,23 @@ def test_a_websocket_client_that_leaves_between_chunks_is_cancelled_not_flushed(
 ) -> None:
     # A client's close frame (without COMMAND_CLOSE) drops the session's responses before its
     # requests end; the session that saw the end of its requests first flushed its nodes.
-    rounds = 6
-    requests_total = "remotemedia_requests_total"
-    cancelled = srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
-    node_calls = "remotemedia_node_duration_seconds_count"
-    calls = srv.metric(node_calls, node_type="AudioChunkerNode")
-    chunker = manifest([node("c", "AudioChunkerNode", chunk_samples=64)])
-    one_chunk = pb.StreamRequest(
-        audio_chunk=pb.AudioChunk(
-            node_id="c", buffer=f32(np.zeros(100, np.float32)), sequence=1
-        )
-    )
-    for n in range(1, rounds + 1):
+    cancelled = streams_ended(srv, "CANCELLED")
+    calls = chunker_calls(srv)
+    for n in range(1, ROUNDS + 1):
         with connect(
             f"ws://{srv.address}/ws/StreamPipeline",
             subprotocols=["remotemedia.v1"],  # type: ignore[list-item]
             open_timeout=10,
         ) as ws:
-            ws.send(pb.StreamRequest(manifest=chunker).SerializeToString())
+            ws.send(pb.StreamRequest(manifest=CHUNKER).SerializeToString())
             ready = pb.StreamResponse.FromString(ws.recv(timeout=30))
             assert ready.WhichOneof("response") == "ready"
-            ws.send(one_chunk.SerializeToString())
+            ws.send(ONE_CHUNK.SerializeToString())
             result = pb.StreamResponse.FromString(ws.recv(timeout=30))
             assert result.WhichOneof("response") == "result"
         wait_for(
             f"stream {n} to end",
-            lambda: (
-                srv.metric(requests_total, rpc="StreamPipeline", code="CANCELLED")
-                == cancelled + n
-            ),
+            lambda n=n: streams_ended(srv, "CANCELLED") == cancelled + n,
         )
-    assert srv.metric(node_calls, node_type="AudioChunkerNode") == calls + rounds, (
-        "one call per chunk: nothing flushed"
-    )
+    assert chunker_calls(srv) == calls + ROUNDS, "one call per chunk: nothing flushed"
     assert_freed(srv)
