@@ -57,7 +57,8 @@ class Client:
 
     Args:
         address: ``host:port``; default ``$REMOTEMEDIA_ADDRESS``, else ``127.0.0.1:50051``.
-        token: bearer token sent with pipeline calls; default ``$REMOTEMEDIA_TOKEN``.
+        token: bearer token sent with pipeline calls; default ``$REMOTEMEDIA_TOKEN``. Surrounding
+            whitespace is removed; a character a header cannot carry raises ``ValueError``.
         tls: ``True`` for TLS with the system's roots, or a :class:`TLS` with root
             certificates and a client certificate; plaintext when ``None``.
         timeout: default deadline in seconds for unary calls (``None``: no deadline).
