@@ -400,7 +400,7 @@ def test_a_signal_while_models_preload_stops_the_server_before_it_serves(tmp_pat
 def test_a_misspelled_preloaded_model_stops_start_up_naming_it() -> None:
     proc = _start(["--preload-models", "pocketsphinx-en-uss"])
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 2, "a configuration error, as other bad settings are"
     assert "preload_models names unknown model `pocketsphinx-en-uss`" in err, err
     assert RECOGNISER in err, "the known models are listed"
 

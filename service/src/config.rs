@@ -563,6 +563,22 @@ impl Config {
             cors_allowed_origins,
             response_compression,
         };
+        // The models run in the embedded interpreter: naming them with it off is a mistake to
+        // point out, not a setting to ignore.
+        if !config.python_enabled {
+            for key in ["model_pools", "preload_models"] {
+                let (raw, source) = sources.lookup(key);
+                if source != Source::Default && !raw.trim().is_empty() {
+                    r.error(ConfigError::Invalid {
+                        key: key.to_owned(),
+                        origin: describe(key, source),
+                        message: "names models, but `python` is false and the models run in the embedded Python \
+                                  interpreter; leave it unset or set python = true"
+                            .into(),
+                    });
+                }
+            }
+        }
         r.finish()?;
         Ok(config)
     }
@@ -827,6 +843,15 @@ mod tests {
         );
         let err = Config::with(&[("listen", "localhost")]).unwrap_err();
         assert!(err.to_string().contains("(from --listen)"), "{err}");
+    }
+
+    #[test]
+    fn model_settings_need_the_python_runtime() {
+        let err = Config::with(&[("python", "false"), ("preload_models", "silero-vad")]).unwrap_err().to_string();
+        assert!(err.contains("`preload_models` (from --preload-models)") && err.contains("`python` is false"), "{err}");
+        let err = Config::with(&[("python", "false"), ("model_pools", "silero-vad=2")]).unwrap_err().to_string();
+        assert!(err.contains("`model_pools`"), "{err}");
+        assert!(Config::with(&[("python", "false")]).is_ok(), "the defaults name no model");
     }
 
     #[test]

@@ -91,7 +91,10 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "server stopped");
             eprintln!("remotemedia-server: {e}");
-            ExitCode::FAILURE
+            match e {
+                remotemedia::grpc::server::ServerError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -58,6 +58,10 @@ pub enum ServerError {
     Unauthenticated(SocketAddr),
     #[error("{0}")]
     Startup(String),
+    /// A setting that start-up found wrong (a model name no model has): exit status 2, as for
+    /// the errors found while reading the configuration.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A server whose sockets are bound; [`BoundServer::serve`] runs it.
@@ -351,7 +355,10 @@ pub async fn registry(config: &Config) -> Result<Registry, ServerError> {
             tokio::task::spawn_blocking(move || PythonRuntime::start(home.as_deref(), workers, &paths, &models))
                 .await
                 .map_err(|e| ServerError::Startup(format!("python start-up task failed: {e}")))?
-                .map_err(|e| ServerError::Startup(e.to_string()))?;
+                .map_err(|e| match e {
+                    crate::python::PythonError::ModelSettings(m) => ServerError::Config(m),
+                    e => ServerError::Startup(e.to_string()),
+                })?;
         registry.attach_foreign(runtime).map_err(|e| ServerError::Startup(e.to_string()))?;
     }
     Ok(registry)

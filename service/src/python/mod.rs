@@ -45,6 +45,10 @@ pub enum PythonError {
     Plugin(String),
     #[error("{0}")]
     Models(String),
+    /// The configuration's model settings name models that do not exist: a configuration
+    /// error, not a failure of the runtime.
+    #[error("{0}")]
+    ModelSettings(String),
 }
 
 /// What start-up learned about the interpreter.
@@ -149,7 +153,7 @@ fn configure_models(api: &Api, settings: &ModelSettings) -> Result<(), PythonErr
         api.models_json.bind(py).call0()?.extract()
     })
     .map_err(|e| {
-        Python::attach(|py| PythonError::Models(format!("model configuration: {}", describe_value(py, &e))))
+        Python::attach(|py| PythonError::ModelSettings(format!("model configuration: {}", describe_value(py, &e))))
     })?;
     let known: Vec<models::ModelInfo> = serde_json::from_str(&text)
         .map_err(|e| PythonError::Models(format!("the model descriptions do not parse: {e}")))?;
