@@ -77,6 +77,23 @@ def test_the_lifecycle_lines_show_at_any_level_filter() -> None:
     assert messages[1:] == ["signal received", "shutdown started; draining", "shutdown complete"], messages
 
 
+def test_log_level_off_logs_nothing() -> None:
+    port = free_port()
+    argv = [str(SERVER_BIN), "--listen", f"127.0.0.1:{port}", "--metrics-listen", "off", "--python", "false", "--log-level", "off"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=server_env())
+    try:
+        probe = [str(SERVER_BIN), "probe", "--addr", f"127.0.0.1:{port}", "--timeout-ms", "500"]
+        deadline = time.monotonic() + 30
+        while subprocess.run(probe, capture_output=True, timeout=30).returncode != 0:
+            assert time.monotonic() < deadline, "the server never served"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "", out
+
+
 def test_probe_exits_zero_when_serving_and_nonzero_when_down() -> None:
     s = start_server()
     ok = subprocess.run([str(SERVER_BIN), "probe", "--addr", s.address], capture_output=True, text=True, timeout=30)

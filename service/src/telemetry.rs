@@ -18,7 +18,7 @@ use crate::config::LogFormat;
 pub const LIFECYCLE: &str = "remotemedia::lifecycle";
 
 /// Installs the global subscriber. `level` is a tracing filter (`info`, `remotemedia=debug`);
-/// [`LIFECYCLE`] lines pass unless it names that target.
+/// [`LIFECYCLE`] lines pass unless it names that target or is `off`.
 ///
 /// The log keeps standard output to itself: it writes to its own handle on it, and file
 /// descriptor 1 is pointed at standard error, so whatever else in the process writes to
@@ -26,7 +26,7 @@ pub const LIFECYCLE: &str = "remotemedia::lifecycle";
 /// instead of breaking the JSON lines.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log_level `{level}`: {e}"))?;
-    let filter = if level.contains(LIFECYCLE) {
+    let filter = if level.contains(LIFECYCLE) || level.trim().eq_ignore_ascii_case("off") {
         filter
     } else {
         filter.add_directive(format!("{LIFECYCLE}=info").parse().expect("a valid directive"))
