@@ -482,6 +482,44 @@ async def test_bad_timeout_and_retry_arguments_are_refused_naming_them(kind: Kin
         await a.close()
 
 
+async def test_arguments_of_the_wrong_kind_are_refused_naming_them(kind: Kind, main_server: RunningServer) -> None:
+    with pytest.raises(TypeError, match="address must be a 'host:port' string or None, got int"):
+        Api(kind, 50051)  # type: ignore[arg-type]
+    bad: Any
+    for bad in (-1, 1.5, True, 2**64):
+        with pytest.raises(ValidationError, match=r"resource_limits\.max_timeout_ms") as info:
+            ResourceLimits(max_timeout_ms=bad)
+        assert repr(bad) in str(info.value)
+    ResourceLimits(max_memory_bytes=0, max_timeout_ms=2**64 - 1)  # both ends of the range are fine
+    g = GainNode("g")
+    pipeline = Pipeline.chain(g)
+    a = Api(kind, main_server.address, token=TOKEN)
+    try:
+        with pytest.raises(TypeError, match=r"pipeline must be a remotemedia_client\.Pipeline or a PipelineManifest, got str"):
+            await a.call("run", "not a pipeline", tone(0.01), sample_rate=RATE)
+        with pytest.raises(TypeError, match=r"limits must be a remotemedia_client\.ResourceLimits, got dict"):
+            await a.call("run", pipeline, tone(0.01), sample_rate=RATE, limits={"max_timeout_ms": 5})
+        with pytest.raises(TypeError, match="data must be a mapping of node id"):
+            await a.call("run", pipeline, tone(0.01), sample_rate=RATE, data=["x"])
+        for one in ("g", g):
+            with pytest.raises(TypeError, match=r"output_nodes must be a sequence of nodes or node ids, got one \w+: wrap it in a list"):
+                await a.call("run", pipeline, tone(0.01), sample_rate=RATE, output_nodes=one)
+        with pytest.raises(TypeError, match=r"pipeline must be a remotemedia_client\.Pipeline"):
+            a.client.stream("not a pipeline", sample_rate=RATE)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="sample_rate must be a positive integer or None, got -3"):
+            a.client.stream(pipeline, sample_rate=-3)
+        # A correct call still runs after the refusals.
+        assert (await a.call("run", pipeline, tone(0.01), sample_rate=RATE, output_nodes=["g"])).output("g").frames > 0
+    finally:
+        await a.close()
+    with pytest.raises(TypeError, match="only a Node can be added to a pipeline, got str"):
+        Pipeline("p").add("GainNode")  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="a node id must be a string or None, got int"):
+        GainNode(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a pipeline's name must be a string, got int"):
+        Pipeline(5)  # type: ignore[arg-type]
+
+
 @produces(VersionMismatchError)
 async def test_an_unsupported_protocol_version_lists_the_supported_ones(kind: Kind, main_server: RunningServer) -> None:
     a = Api(kind, main_server.address, token=TOKEN, protocol_version="v2")

@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ ADDRESS_ENV, TOKEN_ENV = "REMOTEMEDIA_ADDRESS", "REMOTEMEDIA_TOKEN"
 DEFAULT_TIMEOUT = 60.0
 # How early, at most, a server may see a deadline pass: the grpc-timeout header it gets is rounded.
 DEADLINE_SLACK = 0.01
+_UINT64_MAX = 2**64 - 1
 
 #: Audio for one node: an AudioBuffer, or samples (a numpy array or a list of floats) with a sample rate.
 AudioInput = AudioBuffer | npt.NDArray[Any] | Sequence[float] | Sequence[Sequence[float]]
@@ -113,6 +114,8 @@ class Settings:
         if compression not in (None, "gzip", "deflate"):
             raise ValueError(f"compression must be 'gzip', 'deflate' or None, got {compression!r}")
         check_timeout(timeout, "timeout")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a 'host:port' string or None, got {type(address).__name__}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         return cls(
@@ -158,6 +161,21 @@ class ResourceLimits:
     max_timeout_ms: int | None = None
     max_audio_samples: int | None = None
 
+    def __post_init__(self) -> None:
+        """Raises :class:`~remotemedia_client.errors.ValidationError` naming each field that is
+        not ``None`` or a whole number from 0 (the server's default) to 2**64 - 1."""
+        violations = [
+            Violation(
+                f"resource_limits.{f.name}",
+                f"{f.name} must be None or a whole number from 0 (the server's default) to 2**64 - 1, got {value!r}",
+            )
+            for f in fields(self)
+            if (value := getattr(self, f.name)) is not None
+            and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT64_MAX)
+        ]
+        if violations:
+            raise ValidationError.of(violations)
+
     def to_pb(self) -> pb.ResourceLimits:
         return pb.ResourceLimits(
             max_memory_bytes=self.max_memory_bytes or 0,
@@ -170,7 +188,12 @@ class ResourceLimits:
 
 
 def as_pipeline(pipeline: Pipeline | pb.PipelineManifest) -> Pipeline:
-    return Pipeline.from_manifest(pipeline) if isinstance(pipeline, pb.PipelineManifest) else pipeline
+    """The :class:`Pipeline` of ``pipeline``; anything else raises TypeError naming the argument."""
+    if isinstance(pipeline, pb.PipelineManifest):
+        return Pipeline.from_manifest(pipeline)
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(f"pipeline must be a remotemedia_client.Pipeline or a PipelineManifest, got {type(pipeline).__name__}")
+    return pipeline
 
 
 def to_audio(value: AudioInput, sample_rate: int | None, what: str) -> AudioBuffer:
@@ -220,6 +243,10 @@ def execute_request(
     """Builds an ``ExecuteRequest`` after checking what can be checked here (node parameters
     against ``catalogue``); a problem raises :class:`ValidationError` listing every one."""
     p = as_pipeline(pipeline)
+    if data is not None and not isinstance(data, Mapping):
+        raise TypeError(f"data must be a mapping of node id to a JSON-serialisable value, got {type(data).__name__}")
+    if isinstance(output_nodes, (str, bytes, Node)):
+        raise TypeError(f"output_nodes must be a sequence of nodes or node ids, got one {type(output_nodes).__name__}: wrap it in a list")
     problems = p.violations(catalogue)
     audio: dict[str, AudioBuffer] = {}
     if inputs is not None and not isinstance(inputs, Mapping):
@@ -266,8 +293,14 @@ def execute_request(
         output_nodes=outputs,
     )
     if limits is not None:
-        request.resource_limits.CopyFrom(limits.to_pb())
+        request.resource_limits.CopyFrom(limits_pb(limits))
     return request
+
+
+def limits_pb(limits: ResourceLimits) -> pb.ResourceLimits:
+    if not isinstance(limits, ResourceLimits):
+        raise TypeError(f"limits must be a remotemedia_client.ResourceLimits, got {type(limits).__name__}")
+    return limits.to_pb()
 
 
 # Limits a long input runs into, and the ResourceLimits field that raises each (None: only the
@@ -400,6 +433,8 @@ class StreamCore:
         self.node_ids = {n.id for n in p.nodes}
         if source is not None and source not in self.node_ids:
             raise ValidationError.of([Violation("source", f"no node {source!r} in this pipeline", source)])
+        if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
+            raise ValidationError.of([Violation("sample_rate", f"sample_rate must be a positive integer or None, got {sample_rate!r}")])
         self.source = source
         self.sample_rate = sample_rate
         self.session_id: str | None = None

@@ -140,6 +140,10 @@ class Node:
                 f"runtime_hint is the manifest's name for where a node runs; pass runtime={kw_params['runtime_hint']!r} "
                 "(auto, rust or cpython), or params={'runtime_hint': ...} for a node parameter of that name"
             )
+        if not isinstance(node_type, str):
+            raise TypeError(f"node_type must be a string, got {type(node_type).__name__}")
+        if id is not None and not isinstance(id, str):
+            raise TypeError(f"a node id must be a string or None, got {type(id).__name__}")
         self.type = node_type
         self.id: str = id or ""
         self.runtime = Runtime.parse(runtime)
@@ -317,6 +321,11 @@ class Pipeline:
     connections: list[Connection] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for name in ("name", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"a pipeline's {name} must be a string, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.config, PipelineConfig):
+            raise TypeError(f"config must be a PipelineConfig, got {type(self.config).__name__}")
         pending, self.nodes = self.nodes, []
         for n in pending:
             self.add(n)
@@ -333,6 +342,8 @@ class Pipeline:
 
     def add(self, node: N) -> N:
         """Adds ``node`` (giving it an id from its type if it has none) and returns it."""
+        if not isinstance(node, Node):
+            raise TypeError(f"only a Node can be added to a pipeline, got {type(node).__name__}")
         if node.pipeline is self:
             return node
         if node.pipeline is not None:
