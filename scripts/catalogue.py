@@ -258,12 +258,14 @@ def typescript_nodes(catalogue: list[dict[str, Any]]) -> str:
         if not params(entry):
             out += [f"export type {base_name(name)}Params = Record<string, never>;", ""]
             continue
-        out.append(f"export interface {base_name(name)}Params {{")
+        # A type alias, not an interface: an object type alias is assignable to the
+        # Record<string, unknown> that `node()` takes, so builders pass params as they are.
+        out.append(f"export type {base_name(name)}Params = {{")
         for pname, s, required in params(entry):
             out += ts_doc(ts_param_doc(s, required), "  ")
             key = pname if re.fullmatch(r"[A-Za-z_$][A-Za-z0-9_$]*", pname) else json.dumps(pname)
             out.append(f"  {key}{'' if required else '?'}: {ts_type(s)};")
-        out += ["}", ""]
+        out += ["};", ""]
     types = " | ".join(json.dumps(e["name"]) for e in catalogue)
     out += ts_doc("The node types the catalogue declares, by their canonical names.")
     out += [f"export type CatalogueNodeType = {types};", ""]
@@ -285,7 +287,7 @@ def typescript_nodes(catalogue: list[dict[str, Any]]) -> str:
         out.append("")
         out += ts_doc(f"Adds a {name}: {entry['description']}", "  ")
         out.append(f"  {method_name(name)}(id: string, params: {base_name(name)}Params{default}, options?: NodeOptions): this {{")
-        out.append(f"    return this.node(id, {json.dumps(name)}, {{ ...params }}, options);")
+        out.append(f"    return this.node(id, {json.dumps(name)}, params, options);")
         out.append("  }")
     out += ["}", ""]
     return "\n".join(out)

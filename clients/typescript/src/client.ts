@@ -24,6 +24,7 @@ import { type StreamCall, type StreamOptions, StreamSession } from "./stream-ses
 import { explainLengthLimit } from "./length-limit.js";
 import { fromErrorResponse, toRemoteMediaError } from "./to-error.js";
 import { DEFAULT_TRANSPORT, openSocket, openTransport } from "./transport-node.js";
+import { CALL_OPTIONS, checkOptions, isCount, isDurationMs, isString, oneOf } from "./options-check.js";
 import { type VersionInfo, versionInfo } from "./version-info.js";
 import { webSocketCall } from "./websocket-call.js";
 
@@ -64,7 +65,23 @@ export interface RemoteMediaClient {
   close(): void;
 }
 
+/** createClient's options and their checks (`retry` is checked by retryPolicy). */
+const CLIENT_OPTIONS = {
+  address: isString,
+  baseUrl: isString,
+  token: isString,
+  protocolVersion: isString,
+  timeoutMs: isDurationMs,
+  compression: oneOf("gzip", "none"),
+  transport: oneOf("grpc", "grpc-web"),
+  streamTransport: oneOf("grpc", "websocket"),
+  retry: () => undefined,
+};
+const STREAM_OPTIONS = { ...CALL_OPTIONS, inputNode: isString, maxBufferedChunks: isCount };
+const VERSION_OPTIONS = { ...CALL_OPTIONS, clientVersion: isString };
+
 export function createClient(options: ClientOptions): RemoteMediaClient {
+  checkOptions(options, CLIENT_OPTIONS);
   options = { ...options, ...(options.token === undefined ? {} : { token: bearerToken(options.token) }) };
   const baseUrl = resolveBaseUrl(options);
   const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
@@ -116,6 +133,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
 
     async execute(pipeline, inputs = {}, callOptions = {}) {
       assertOpen();
+      checkOptions(callOptions, CALL_OPTIONS);
       const manifest = toManifest(pipeline);
       const known = unknownNodeTypes(manifest) ? await this.catalogue(callOptions) : BUILTIN_CATALOGUE;
       const request = executeRequest(manifest, inputs, protocolVersion, known);
@@ -140,6 +158,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
 
     async getVersion(callOptions = {}) {
       assertOpen();
+      checkOptions(callOptions, VERSION_OPTIONS);
       const request = create(VersionRequestSchema, { clientVersion: callOptions.clientVersion ?? protocolVersion });
       const response = await unary(
         (timeoutMs) => rpc.getVersion(request, callArgs(callOptions.signal, timeoutMs)),
@@ -149,6 +168,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     },
 
     catalogue(callOptions = {}) {
+      checkOptions(callOptions, CALL_OPTIONS);
       serverCatalogue ??= this.getVersion(callOptions).then((info) => BUILTIN_CATALOGUE.merged(info.catalogue));
       // A failed fetch is not kept: the next call asks again.
       serverCatalogue.catch(() => (serverCatalogue = undefined));
@@ -171,10 +191,17 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
 
     async stream(pipeline, streamOptions = {}) {
       assertOpen();
+      checkOptions(streamOptions, STREAM_OPTIONS);
       const call = streamCall();
       const manifest = toManifest(pipeline);
-      const known = unknownNodeTypes(manifest) ? await this.catalogue(streamOptions) : BUILTIN_CATALOGUE;
+      const known = unknownNodeTypes(manifest)
+        ? await this.catalogue(callArgs(streamOptions.signal, streamOptions.timeoutMs))
+        : BUILTIN_CATALOGUE;
       const problems = manifestViolations(manifest, known);
+      const { inputNode: named } = streamOptions;
+      if (named !== undefined && !manifest.nodes.some((n) => n.id === named)) {
+        problems.push({ field: "inputNode", description: `no node "${named}" in this pipeline`, nodeId: named });
+      }
       if (problems.length > 0) throw validationError(problems);
       const sources = sourceNodes(manifest);
       const inputNode = streamOptions.inputNode ?? (sources.length === 1 ? sources[0] : undefined);
@@ -209,7 +236,7 @@ function resolveBaseUrl(options: ClientOptions): string {
   if (options.address !== undefined && options.address !== "") {
     return /^[a-z]+:\/\//i.test(options.address) ? options.address : `http://${options.address}`;
   }
-  throw new TypeError("createClient needs an address (host:port) or a baseUrl");
+  throw validationError([{ field: "address", description: "createClient needs an address (host:port) or a baseUrl" }]);
 }
 
 /**

@@ -2,6 +2,7 @@
 import { create, isMessage } from "@bufbuild/protobuf";
 import { Audio } from "./audio.js";
 import { type Violation, validationError } from "./error.js";
+import { checkOptions, describe, isPlainObject, optionViolations } from "./options-check.js";
 import { type ExecuteRequest, ExecuteRequestSchema } from "./gen/remotemedia/v1/execution_pb.js";
 import { type PipelineManifest, PipelineManifestSchema } from "./gen/remotemedia/v1/manifest_pb.js";
 import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
@@ -123,16 +124,25 @@ export function executeRequest(
   clientVersion: string,
   catalogue: Catalogue = BUILTIN_CATALOGUE,
 ): ExecuteRequest {
+  if (!(inputs instanceof Audio) && !isPlainObject(inputs)) {
+    throw validationError([
+      { field: "inputs", description: `must be an Audio or { audio, data, outputNodes, limits }, got ${describe(inputs)}` },
+    ]);
+  }
   const resolved: ExecuteInputs = inputs instanceof Audio ? { audio: { [onlySource(manifest, "inputs")]: inputs } } : inputs;
+  checkOptions(resolved, INPUT_FIELDS, "inputs.");
   const ids = new Set(manifest.nodes.map((n) => n.id));
   const problems: Violation[] = manifestViolations(manifest, catalogue);
   const audioInputs: ExecuteRequest["audioInputs"] = {};
-  for (const [id, audio] of Object.entries(resolved.audio ?? {})) audioInputs[id] = audio.toProto();
+  for (const [id, audio] of Object.entries(resolved.audio ?? {})) {
+    if (audio instanceof Audio) audioInputs[id] = audio.toProto();
+    else problems.push({ field: `audio_inputs[${id}]`, description: `must be an Audio, got ${describe(audio)}`, nodeId: id });
+  }
   const dataInputs: Record<string, string> = {};
   for (const [id, value] of Object.entries(resolved.data ?? {})) {
-    const text = JSON.stringify(value) as string | undefined;
-    if (text === undefined) problems.push({ field: `data_inputs[${id}]`, description: "is not JSON-serialisable", nodeId: id });
-    else dataInputs[id] = text;
+    const text = jsonText(value);
+    if (typeof text === "string") dataInputs[id] = text;
+    else problems.push({ field: `data_inputs[${id}]`, description: `is not JSON-serialisable${text.reason}`, nodeId: id });
   }
   const feeds = [
     ["audio_inputs", Object.keys(audioInputs), INPUT_PORT, "audio"],
@@ -155,6 +165,7 @@ export function executeRequest(
     }
   });
   const limits = resolved.limits;
+  problems.push(...optionViolations(limits, LIMIT_KEYS, "limits."));
   for (const [name, field] of LIMIT_FIELDS) {
     const value = limits?.[name];
     if (value !== undefined && !(Number.isSafeInteger(value) && value >= 0)) {
@@ -182,6 +193,28 @@ export function executeRequest(
         }),
   });
 }
+
+/** `value` as JSON text, or why JSON.stringify cannot write it. */
+function jsonText(value: unknown): string | { reason: string } {
+  try {
+    const text = JSON.stringify(value) as string | undefined;
+    return text ?? { reason: ` (${describe(value)} has no JSON form)` };
+  } catch (e) {
+    return { reason: `: ${e instanceof Error ? e.message : String(e)}` };
+  }
+}
+
+/** The keys of ExecuteInputs and the kind of each; the contents are checked where they are read. */
+const INPUT_FIELDS = {
+  audio: (v: unknown) => (isPlainObject(v) ? undefined : `must be an object of node id to Audio, got ${describe(v)}`),
+  data: (v: unknown) => (isPlainObject(v) ? undefined : `must be an object of node id to a JSON value, got ${describe(v)}`),
+  outputNodes: (v: unknown) =>
+    Array.isArray(v) && v.every((id) => typeof id === "string") ? undefined : `must be an array of node ids, got ${describe(v)}`,
+  limits: (v: unknown) => (isPlainObject(v) ? undefined : `must be an object, got ${describe(v)}`),
+};
+
+/** The keys `limits` may have; their values are checked with the request's other problems. */
+const LIMIT_KEYS = Object.fromEntries(LIMIT_FIELDS.map(([name]) => [name, () => undefined]));
 
 /** The pipeline's only source node; `field` names what needed it in the error otherwise. */
 export function onlySource(manifest: PipelineManifest, field: string): string {

