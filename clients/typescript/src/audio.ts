@@ -2,6 +2,7 @@
 // the wire AudioBuffer (little-endian bytes, num_samples counting every channel).
 import { create } from "@bufbuild/protobuf";
 import { validationError } from "./error.js";
+import { describe } from "./options-check.js";
 import { type AudioBuffer, AudioBufferSchema } from "./gen/remotemedia/v1/common_pb.js";
 import {
   type SampleFormat,
@@ -35,8 +36,9 @@ export class Audio<S extends Samples = Samples> {
 
   constructor(samples: S, sampleRate: number, channels = 1) {
     formatOf(samples);
-    if (!Number.isInteger(sampleRate) || sampleRate <= 0) {
-      throw invalid(`sampleRate must be a positive integer, got ${sampleRate}`);
+    // The wire's sample_rate is a uint32.
+    if (!Number.isInteger(sampleRate) || sampleRate <= 0 || sampleRate > 0xffff_ffff) {
+      throw invalid(`sampleRate must be a whole number of Hz from 1 to 4294967295, got ${describe(sampleRate)}`);
     }
     if (!Number.isInteger(channels) || channels < 1 || channels > MAX_CHANNELS) {
       throw invalid(`channels must be an integer from 1 to ${MAX_CHANNELS}, got ${channels}`);

@@ -24,7 +24,7 @@ import { type StreamCall, type StreamOptions, StreamSession } from "./stream-ses
 import { explainLengthLimit } from "./length-limit.js";
 import { fromErrorResponse, toRemoteMediaError } from "./to-error.js";
 import { DEFAULT_TRANSPORT, openSocket, openTransport } from "./transport-node.js";
-import { CALL_OPTIONS, checkOptions, isCount, isDurationMs, isString, oneOf } from "./options-check.js";
+import { CALL_OPTIONS, checkOptions, describe, isCount, isDurationMs, isString, oneOf } from "./options-check.js";
 import { type VersionInfo, versionInfo } from "./version-info.js";
 import { webSocketCall } from "./websocket-call.js";
 
@@ -232,11 +232,22 @@ function callArgs(signal: AbortSignal | undefined, timeoutMs: number | undefined
 }
 
 function resolveBaseUrl(options: ClientOptions): string {
-  if (options.baseUrl !== undefined && options.baseUrl !== "") return options.baseUrl.replace(/\/+$/, "");
-  if (options.address !== undefined && options.address !== "") {
-    return /^[a-z]+:\/\//i.test(options.address) ? options.address : `http://${options.address}`;
+  const { baseUrl, address } = options;
+  if (baseUrl !== undefined && baseUrl !== "") return parsedUrl("baseUrl", baseUrl, baseUrl.replace(/\/+$/, ""));
+  if (address !== undefined && address !== "") {
+    return parsedUrl("address", address, /^[a-z]+:\/\//i.test(address) ? address : `http://${address}`);
   }
   throw validationError([{ field: "address", description: "createClient needs an address (host:port) or a baseUrl" }]);
+}
+
+/** `url`, made from option `field`'s `value`, or a VALIDATION error naming the option. */
+function parsedUrl(field: string, value: string, url: string): string {
+  try {
+    new URL(url); // parsed only to check it (URL.canParse is newer than some browsers)
+  } catch {
+    throw validationError([{ field, description: `${describe(value)} is not a host:port or a URL` }]);
+  }
+  return url;
 }
 
 /**

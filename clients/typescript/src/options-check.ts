@@ -15,7 +15,8 @@ export function describe(value: unknown): string {
   if (typeof value === "number" || typeof value === "boolean") return String(value);
   if (typeof value === "bigint") return `${value}n`;
   // "[object Map]", "[object AbortSignal]": the built-in tag says what an object is.
-  return `a ${typeof value === "object" ? Object.prototype.toString.call(value).slice(8, -1) : typeof value}`;
+  const kind = typeof value === "object" ? Object.prototype.toString.call(value).slice(8, -1) : typeof value;
+  return `${/^[aeiou]/i.test(kind) ? "an" : "a"} ${kind}`;
 }
 
 export function isPlainObject(value: unknown): value is Record<string, unknown> {

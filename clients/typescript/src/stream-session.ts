@@ -6,7 +6,7 @@
 // read while chunks are sent (two loops, or one that alternates); otherwise `send` waits forever.
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Audio } from "./audio.js";
+import { Audio } from "./audio.js";
 import { RemoteMediaError, clientClosedError, validationError } from "./error.js";
 import type { ErrorResponse } from "./gen/remotemedia/v1/common_pb.js";
 import type { PipelineManifest } from "./gen/remotemedia/v1/manifest_pb.js";
@@ -17,6 +17,7 @@ import {
   type StreamResponse,
 } from "./gen/remotemedia/v1/streaming_pb.js";
 import { type StreamMetrics, streamMetrics } from "./metrics.js";
+import { checkOptions, describe, isString } from "./options-check.js";
 import { RequestQueue } from "./request-queue.js";
 import { PipelineResult } from "./result.js";
 import { fromErrorResponse, mergeStatus, toRemoteMediaError } from "./to-error.js";
@@ -50,6 +51,8 @@ export type StreamCall = (
 ) => AsyncIterable<StreamResponse>;
 
 const DEFAULT_MAX_BUFFERED_CHUNKS = 8;
+/** send()'s options; `sequence` has its own check, which says what the default would have been. */
+const SEND_OPTIONS = { nodeId: isString, sequence: () => undefined };
 
 export class StreamSession implements AsyncIterable<PipelineResult> {
   /** The server's id for the session (StreamReady.session_id). */
@@ -58,6 +61,8 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
   readonly #responses: AsyncIterator<StreamResponse>;
   readonly #abort: AbortController;
   readonly #inputNode: string | undefined;
+  /** The pipeline's node ids, which a chunk's nodeId must be one of. */
+  readonly #nodeIds: ReadonlySet<string>;
   readonly #unlinkSignals: () => void;
   #nextSequence = 0;
   #metrics: StreamMetrics | undefined;
@@ -72,6 +77,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
     responses: AsyncIterator<StreamResponse>,
     abort: AbortController,
     inputNode: string | undefined,
+    nodeIds: ReadonlySet<string>,
     signal: AbortSignal | undefined,
     clientClosed: AbortSignal | undefined,
   ) {
@@ -80,6 +86,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
     this.#responses = responses;
     this.#abort = abort;
     this.#inputNode = inputNode;
+    this.#nodeIds = nodeIds;
     const onAbort = (): void => {
       this.cancel();
     };
@@ -146,6 +153,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
         responses,
         abort,
         inputNode,
+        new Set(manifest.nodes.map((n) => n.id)),
         signal,
         clientClosed,
       );
@@ -201,6 +209,10 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
    */
   async send(audio: Audio, options: SendOptions = {}): Promise<number> {
     this.#assertOpen();
+    checkOptions(options, SEND_OPTIONS);
+    if (!(audio instanceof Audio)) {
+      throw validationError([{ field: "audio", description: `must be an Audio, got ${describe(audio)}` }]);
+    }
     const nodeId = options.nodeId ?? this.#inputNode;
     if (nodeId === undefined) {
       throw validationError([
@@ -209,6 +221,9 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
           description: "the pipeline has several source nodes: pass the chunk's nodeId or the stream's inputNode",
         },
       ]);
+    }
+    if (!this.#nodeIds.has(nodeId)) {
+      throw validationError([{ field: "nodeId", description: `no node "${nodeId}" in this pipeline`, nodeId }]);
     }
     const sequence = checkSequence(options.sequence ?? this.#nextSequence, options.sequence === undefined);
     this.#nextSequence = sequence + 1;

@@ -174,6 +174,35 @@ test("a sequence that is not a non-negative safe integer is a VALIDATION error n
   await streamsDrainTo(0);
 });
 
+test("send() arguments of the wrong kind are VALIDATION errors naming them, and the session goes on", async () => {
+  const session = await client.stream(doubling());
+  const chunk = new Audio(new Float32Array(160), 16_000);
+  const loose = (value: unknown): never => value as never;
+  const cases: [Promise<number>, string, RegExp][] = [
+    [session.send(loose(new Float32Array(160))), "audio", /must be an Audio, got a Float32Array/],
+    [session.send(chunk, loose(null)), "options", /must be an object, got null/],
+    [session.send(chunk, { nodeId: "nope" }), "nodeId", /no node "nope" in this pipeline/],
+    [session.send(chunk, { nodeId: loose(5) }), "nodeId", /must be a string, got 5/],
+  ];
+  for (const [sent, field, says] of cases) {
+    const error = await rejection(sent);
+    assert.equal(error.kind, "VALIDATION", error.message);
+    assert.deepEqual(
+      error.violations.map((v) => v.field),
+      [field],
+    );
+    assert.match(error.message, says);
+    assert.equal(session.state, "open");
+  }
+  // Nothing was sent for the refused chunks: the first chunk sent gets sequence 0.
+  assert.equal(await session.send(chunk), 0);
+  await session.close();
+  const sequences: number[] = [];
+  for await (const result of session) sequences.push(result.sequence ?? -1);
+  assert.equal(sequences[0], 0);
+  await streamsDrainTo(0);
+});
+
 test("a chunk without a nodeId for a pipeline of several sources is a VALIDATION error, and the session goes on", async () => {
   const two = new Pipeline("two").gain("a", { gain: 2 }).gain("b", { gain: 3 });
   const session = await client.stream(two);
