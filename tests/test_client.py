@@ -506,8 +506,13 @@ async def test_arguments_of_the_wrong_kind_are_refused_naming_them(kind: Kind, m
                 await a.call("run", pipeline, tone(0.01), sample_rate=RATE, output_nodes=one)
         with pytest.raises(TypeError, match=r"pipeline must be a remotemedia_client\.Pipeline"):
             a.client.stream("not a pipeline", sample_rate=RATE)  # type: ignore[arg-type]
-        with pytest.raises(ValidationError, match="sample_rate must be a positive integer or None, got -3"):
-            a.client.stream(pipeline, sample_rate=-3)
+        for rate in (-3, 2**32):
+            with pytest.raises(
+                ValidationError, match=rf"sample_rate must be None or a positive integer \(Hz, at most 4294967295\), got {rate}"
+            ):
+                a.client.stream(pipeline, sample_rate=rate)
+        with pytest.raises(ValidationError, match="at most 4294967295"):
+            await a.call("run", pipeline, tone(0.01), sample_rate=2**32)
         # A correct call still runs after the refusals.
         assert (await a.call("run", pipeline, tone(0.01), sample_rate=RATE, output_nodes=["g"])).output("g").frames > 0
     finally:

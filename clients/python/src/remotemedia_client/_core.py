@@ -433,8 +433,12 @@ class StreamCore:
         self.node_ids = {n.id for n in p.nodes}
         if source is not None and source not in self.node_ids:
             raise ValidationError.of([Violation("source", f"no node {source!r} in this pipeline", source)])
-        if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
-            raise ValidationError.of([Violation("sample_rate", f"sample_rate must be a positive integer or None, got {sample_rate!r}")])
+        if sample_rate is not None and (
+            isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 0 < sample_rate <= 0xFFFF_FFFF
+        ):
+            raise ValidationError.of(
+                [Violation("sample_rate", f"sample_rate must be None or a positive integer (Hz, at most 4294967295), got {sample_rate!r}")]
+            )
         self.source = source
         self.sample_rate = sample_rate
         self.session_id: str | None = None

@@ -117,8 +117,9 @@ class AudioBuffer:
             if not isinstance(array, np.ndarray) and arr.dtype.kind in "iu":
                 hint = " (a list of Python ints has no sample format: pass floats in [-1, 1], or np.array(values, dtype=np.int16))"
             raise _bad(f"samples must be float32, int16 or int32 (or float64, converted to float32), got {arr.dtype}{hint}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise _bad(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        # The wire's sample_rate is a uint32.
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or not 0 < sample_rate <= 0xFFFF_FFFF:
+            raise _bad(f"sample_rate must be a positive integer (Hz, at most 4294967295), got {sample_rate!r}")
         if arr.ndim == 1:
             arr = arr.reshape(-1, 1)
         elif arr.ndim != 2:
