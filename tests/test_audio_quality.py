@@ -22,7 +22,9 @@ from remotemedia_client import AsyncClient, Client, pb
 RNG = np.random.default_rng(1234)
 
 
-def run(server: RunningServer, nodes: list[pb.NodeManifest], edges: list[tuple[str, str]], source: str, audio: pb.AudioBuffer) -> pb.ExecutionResult:
+def run(
+    server: RunningServer, nodes: list[pb.NodeManifest], edges: list[tuple[str, str]], source: str, audio: pb.AudioBuffer
+) -> pb.ExecutionResult:
     with Client(server.address) as client:
         resp = client.execute(pb.ExecuteRequest(manifest=manifest(nodes, edges), audio_inputs={source: audio}))
     assert resp.WhichOneof("outcome") == "result", resp.error
@@ -44,7 +46,9 @@ def multitone(rate: int, seconds: float, top_hz: float) -> np.ndarray:
 SNR_FLOOR_DB = 80.0
 
 
-@pytest.mark.parametrize(("fin", "fout"), [(48_000, 16_000), (44_100, 16_000), (16_000, 48_000), (44_100, 48_000), (22_050, 16_000), (96_000, 44_100)])
+@pytest.mark.parametrize(
+    ("fin", "fout"), [(48_000, 16_000), (44_100, 16_000), (16_000, 48_000), (44_100, 48_000), (22_050, 16_000), (96_000, 44_100)]
+)
 def test_resampling_matches_soxr_vhq(server: RunningServer, fin: int, fout: int) -> None:
     x = multitone(fin, 2.0, 0.8 * min(fin, fout) / 2)
     out = samples(run(server, [node("rs", "AudioResampleNode", output_rate=fout)], [], "rs", f32(x, fin)).audio_outputs["rs"])
@@ -57,9 +61,52 @@ def test_resampling_matches_soxr_vhq(server: RunningServer, fin: int, fout: int)
     assert snr >= SNR_FLOOR_DB, f"{fin}->{fout}: SNR against soxr VHQ {snr:.1f} dB"
 
 
+def tone_gain_db(server: RunningServer, runtime: int, quality: str, fin: int, fout: int, freq: float) -> float:
+    """Level change (dB) of a 1 s tone at `freq` through AudioResampleNode, fitted on the
+    output's steady middle: the passband gain below the output Nyquist frequency, what leaks
+    through above it."""
+    t = np.arange(fin) / fin
+    fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.1)  # a hard onset would splatter into the passband
+    x = (0.5 * fade * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    rs = node("rs", "AudioResampleNode", runtime=runtime, output_rate=fout, quality=quality)
+    y = samples(run(server, [rs], [], "rs", f32(x, fin)).audio_outputs["rs"]).astype(np.float64)
+    n = len(y)
+    mid = slice(n // 4, n - n // 4)
+    if freq >= fout / 2:
+        return float(20 * np.log10(np.sqrt(np.mean(y[mid] ** 2)) / (0.5 / np.sqrt(2)) + 1e-30))
+    ty = np.arange(n)[mid] / fout
+    basis = np.stack([np.sin(2 * np.pi * freq * ty), np.cos(2 * np.pi * freq * ty)], axis=1)
+    sin_cos = np.linalg.lstsq(basis, y[mid], rcond=None)[0]
+    return float(20 * np.log10(np.hypot(*sin_cos) / 0.5))
+
+
+RUNTIMES = [pytest.param(pb.RUNTIME_HINT_RUST, id="rust"), pytest.param(pb.RUNTIME_HINT_CPYTHON, id="python")]
+
+# docs/nodes.md: each quality is flat within 0.1 dB up to this fraction of the lower Nyquist
+# frequency, and the spec's stopband is 90 dB. Large down-sampling ratios included: there the
+# output side of the filter sets its transition band.
+FLAT_TO = {"high": 0.92, "medium": 0.85, "low": 0.75}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize(("fin", "fout"), [(48_000, 16_000), (96_000, 8_000), (192_000, 16_000), (48_000, 1_000), (16_000, 48_000)])
+def test_every_quality_keeps_its_documented_passband_and_stopband_at_any_ratio(
+    server: RunningServer, runtime: int, fin: int, fout: int
+) -> None:
+    nyquist = min(fin, fout) / 2
+    for quality, flat_to in FLAT_TO.items():
+        gain = tone_gain_db(server, runtime, quality, fin, fout, flat_to * nyquist)
+        assert abs(gain) < 0.1, f"{runtime} {quality} {fin}->{fout}: {gain:.3f} dB at {flat_to} x Nyquist"
+        if fout < fin:
+            leak = tone_gain_db(server, runtime, quality, fin, fout, 1.1 * fout / 2)
+            assert leak <= -90, f"{runtime} {quality} {fin}->{fout}: a tone at 1.1 x the output Nyquist leaks at {leak:.1f} dB"
+
+
 def test_multichannel_resampling_matches_soxr(server: RunningServer) -> None:
     x = np.stack([multitone(48_000, 1.0, 6_000), multitone(48_000, 1.0, 6_000)], axis=1)
-    out = samples(run(server, [node("rs", "AudioResampleNode", output_rate=16_000)], [], "rs", f32(x.reshape(-1), 48_000, 2)).audio_outputs["rs"])
+    out = samples(
+        run(server, [node("rs", "AudioResampleNode", output_rate=16_000)], [], "rs", f32(x.reshape(-1), 48_000, 2)).audio_outputs["rs"]
+    )
     out = out.reshape(-1, 2)
     ref = soxr.resample(x, 48_000, 16_000, quality="VHQ")
     for ch in range(2):
@@ -67,14 +114,18 @@ def test_multichannel_resampling_matches_soxr(server: RunningServer) -> None:
         assert 10 * np.log10(np.sum(b**2) / np.sum((a - b) ** 2)) >= SNR_FLOOR_DB
 
 
-async def stream_outputs(server: RunningServer, m: pb.PipelineManifest, source: str, x: np.ndarray, rate: int, chunk: int) -> list[pb.ExecutionResult]:
+async def stream_outputs(
+    server: RunningServer, m: pb.PipelineManifest, source: str, x: np.ndarray, rate: int, chunk: int
+) -> list[pb.ExecutionResult]:
     async with AsyncClient(server.address) as client:
         call = client.stream_call()
         await call.write(pb.StreamRequest(manifest=m))
         assert (await call.read()).WhichOneof("response") == "ready"
         results = []
         for seq, start in enumerate(range(0, len(x), chunk)):
-            await call.write(pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=source, buffer=f32(x[start : start + chunk], rate), sequence=seq)))
+            await call.write(
+                pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=source, buffer=f32(x[start : start + chunk], rate), sequence=seq))
+            )
         await call.write(pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE)))
         await call.done_writing()
         while (resp := await call.read()) is not grpc.aio.EOF:
@@ -192,7 +243,9 @@ def test_vad_in_noise_finds_the_phrases_and_nothing_in_the_noise(
     assert_matches(segments, truth, f"{kind} at {snr_db} dB")
 
 
-async def test_vad_gives_the_same_segments_streamed_in_20_ms_chunks(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], tmp_path: Path) -> None:
+async def test_vad_gives_the_same_segments_streamed_in_20_ms_chunks(
+    server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], tmp_path: Path
+) -> None:
     x, truth = speech
     mixed = mix_at_snr(x, truth, noise("whitenoise", len(x), tmp_path), 15)
     whole = vad_segments(server, mixed)
@@ -203,8 +256,6 @@ async def test_vad_gives_the_same_segments_streamed_in_20_ms_chunks(server: Runn
 
 # --- VAD under the conditions recorded audio really has ------------------------------------
 
-RUNTIMES = [pytest.param(pb.RUNTIME_HINT_RUST, id="rust"), pytest.param(pb.RUNTIME_HINT_CPYTHON, id="python")]
-
 
 def vad_segments_on(server: RunningServer, x: np.ndarray, runtime: int, **params: object) -> list[dict[str, float]]:
     res = run(server, [node("vad", "VADNode", runtime=runtime, **params)], [], "vad", f32(x, RATE))
@@ -213,13 +264,17 @@ def vad_segments_on(server: RunningServer, x: np.ndarray, runtime: int, **params
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("offset", [0.1, 0.2, 0.3, -0.2])
-def test_a_dc_offset_changes_no_segment(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int, offset: float) -> None:
+def test_a_dc_offset_changes_no_segment(
+    server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int, offset: float
+) -> None:
     x, truth = speech
     assert_matches(vad_segments_on(server, (x + offset).astype(np.float32), runtime), truth, f"DC {offset:+}")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_speech_from_the_first_sample_is_found(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int) -> None:
+def test_speech_from_the_first_sample_is_found(
+    server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int
+) -> None:
     x, truth = speech
     cut = int(truth[0][0] * RATE)
     shifted = [(a - cut / RATE, b - cut / RATE) for a, b in truth]
@@ -257,7 +312,9 @@ def test_a_sudden_change_of_level_keeps_both_phrases(
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_padding_widens_segments_within_the_audio(server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int) -> None:
+def test_padding_widens_segments_within_the_audio(
+    server: RunningServer, speech: tuple[np.ndarray, list[tuple[float, float]]], runtime: int
+) -> None:
     x, truth = speech
     plain = vad_segments_on(server, x, runtime)
     padded = vad_segments_on(server, x, runtime, speech_pad_ms=200)
@@ -276,7 +333,9 @@ async def test_tone_bursts_from_the_first_sample_each_give_a_segment_in_a_stream
     rate = 48_000
     t = np.arange(10 * rate) / rate
     bursts = (0.4 * np.sin(2 * np.pi * 300 * t) * (t % 1 < 0.5)).astype(np.float32)
-    m = manifest([node("down", "AudioResampleNode", runtime=runtime, output_rate=16_000), node("vad", "VADNode", runtime=runtime)], [("down", "vad")])
+    m = manifest(
+        [node("down", "AudioResampleNode", runtime=runtime, output_rate=16_000), node("vad", "VADNode", runtime=runtime)], [("down", "vad")]
+    )
     results = await stream_outputs(server, m, "down", bursts, rate, rate // 50)
     found = [s for r in results if "vad" in r.data_outputs for s in json.loads(r.data_outputs["vad"]).get("segments", [])]
     assert len(found) == 10, found

@@ -127,10 +127,7 @@ pub(super) fn design(input_rate: u32, output_rate: u32, quality: Quality) -> Res
     if let Some(found) = lookup(key) {
         return Ok(found);
     }
-    let (fin, fout) = (input_rate as usize, output_rate as usize);
-    let g = super::gcd(fin, fout);
-    let blocks = super::blocks_per_fft(fin / g, quality.block());
-    let (block_in, block_out) = (blocks * fin / g, blocks * fout / g);
+    let (block_in, block_out) = super::block_frames(input_rate, output_rate, quality);
     let built = Arc::new(Design::new(block_in, block_out)?);
     let mut designs = DESIGNS.lock().unwrap_or_else(|e| e.into_inner());
     designs.tick += 1;

@@ -88,6 +88,11 @@ const PAIRS: &[(u32, u32)] = &[
     (96_000, 48_000),
     (44_100, 48_000),
     (44_101, 16_000),
+    // Large down-sampling ratios: the output side of the block sets the transition band.
+    (96_000, 8_000),
+    (192_000, 8_000),
+    (48_000, 1_000),
+    (768_000, 8_000),
 ];
 
 #[test]
@@ -111,9 +116,8 @@ fn high_quality_passband_is_flat_and_keeps_phase() {
 /// passband) and lasts three filter lengths, so the middle of the output is steady state.
 fn stopband_db(params: &Value, fin: u32, fout: u32, freq: f64) -> f64 {
     let amp = 0.5;
-    let (fi, fo) = (fin as usize, fout as usize);
-    let min_block = fi / gcd(fi, fo);
-    let block = blocks_per_fft(min_block, Quality::High.block()) * min_block;
+    let fi = fin as usize;
+    let (block, _) = block_frames(fin, fout, Quality::High);
     let frames = (3 * 2 * block).max(fi);
     let fade = fi / 4;
     let mut x = sine(freq, fin, frames, amp, 0.0);
@@ -145,7 +149,7 @@ fn high_quality_attenuates_tones_above_the_output_nyquist_by_90_db() {
 #[test]
 fn lower_qualities_roll_off_earlier_but_reject_aliases_as_well() {
     for (q, flat_to) in [("medium", 0.85), ("low", 0.75)] {
-        for &(fin, fout) in &[(48_000, 16_000), (96_000, 48_000), (44_100, 16_000)] {
+        for &(fin, fout) in &[(48_000, 16_000), (96_000, 48_000), (44_100, 16_000), (96_000, 8_000), (48_000, 1_000)] {
             let p = json!({"output_rate": fout, "quality": q});
             let nyq = f64::from(fin.min(fout)) / 2.0;
             for k in 1..=6 {
@@ -340,6 +344,12 @@ fn reported_latencies_match_the_docs() {
         assert!((block - block_ms).abs() < 1.0, "{q:?}: block {block:.1} ms");
         assert!((delay - delay_ms).abs() < 1.0, "{q:?}: delay {delay:.1} ms");
     }
+    // And the blocks of large down-sampling ratios, at high quality.
+    for (fin, fout, block_ms) in [(96_000, 8_000, 64.0), (48_000, 1_000, 512.0)] {
+        let d = fft::design(fin, fout, Quality::High).unwrap();
+        assert_eq!(d.block_out, 512, "{fin} -> {fout}");
+        assert_eq!(d.block_in as f64 * 1000.0 / f64::from(fin), block_ms, "{fin} -> {fout}");
+    }
 }
 
 /// Blocks through rubato's own `Fft`, built with the settings the shared design uses.
@@ -347,8 +357,7 @@ fn rubato_blocks(fin: u32, fout: u32, q: Quality, ch: usize, blocks: &[Vec<f32>]
     use rubato::audioadapter_buffers::direct::InterleavedSlice;
     use rubato::{FixedSync, Indexing, Resampler, WindowFunction};
     let (a, b) = (fin as usize, fout as usize);
-    let min_block = a / gcd(a, b);
-    let block = blocks_per_fft(min_block, q.block()) * min_block;
+    let (block, _) = block_frames(fin, fout, q);
     let mut r =
         rubato::Fft::<f32>::new_custom(a, b, block, 1, ch, WindowFunction::BlackmanHarris2, FixedSync::Input).unwrap();
     let mut out = Vec::new();
