@@ -31,8 +31,9 @@ READERS: list[tuple[str, dict[str, Any]]] = [
     ("AudioResampleNode", {"output_rate": 16_000}),
     ("AudioChunkerNode", {"chunk_samples": 100}),
 ]
-#: The nodes with both a native and a Python implementation that read samples.
-NATIVE_CHECKED = ["VADNode", "AudioResampleNode", "AudioChunkerNode", "GainNode", "FormatConverterNode", "ChannelMixerNode"]
+#: The nodes with both a native and a Python implementation that check a stream's layout: those
+#: that read samples, and PassThroughNode, which would pass a change on.
+NATIVE_CHECKED = ["VADNode", "AudioResampleNode", "AudioChunkerNode", "GainNode", "FormatConverterNode", "ChannelMixerNode", "PassThroughNode"]
 
 #: (first chunk's rate and channels, second chunk's, the native message for the change).
 CHANGES = [
@@ -126,7 +127,7 @@ def test_loudness_flushes_the_audio_of_the_streams_layout_after_refusing_another
 def test_both_runtimes_refuse_a_layout_change_in_the_same_words(
     server: RunningServer, node_type: str, first: tuple[int, int], second: tuple[int, int], text: str
 ) -> None:
-    params = dict(READERS)[node_type]
+    params = dict(READERS).get(node_type, {})
     (r1, c1), (r2, c2) = first, second
     found = {}
     for runtime in (RUST, CPYTHON):
@@ -140,15 +141,21 @@ def test_both_runtimes_refuse_a_layout_change_in_the_same_words(
     assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, native_message(node_type, text), field)
 
 
-def test_both_chunkers_refuse_a_format_change_in_the_same_words(server: RunningServer) -> None:
+@pytest.mark.parametrize("node_type", NATIVE_CHECKED)
+def test_both_runtimes_refuse_a_format_change_in_the_same_words(server: RunningServer, node_type: str) -> None:
+    # A stream's format is its first chunk's, as its rate and channels are (docs/errors.md); a
+    # node that passes its input on would otherwise change its results' format mid-stream.
+    params = dict(READERS).get(node_type, {})
     found = {}
     for runtime in (RUST, CPYTHON):
-        n = node("n", "AudioChunkerNode", runtime=runtime, chunk_samples=100)
-        responses, code = stream(server, n, [i16(noise(1_600)), f32(noise(1_600))])
+        n = node("n", node_type, runtime=runtime, **params)
+        responses, code = stream(server, n, [i16(noise(1_600)), f32(noise(1_600)), i16(noise(1_600))])
         assert code == grpc.StatusCode.OK
         (err,) = errors(responses)
-        found[runtime] = (err.error_type, without_python_prefix(err.message, "AudioChunkerNode"), json.loads(err.context).get("field"))
-    expected = native_message("AudioChunkerNode", "input format changed from i16 to f32 within the stream")
+        found[runtime] = (err.error_type, without_python_prefix(err.message, node_type), json.loads(err.context).get("field"))
+        # The session goes on: the chunk after the refused one has its result.
+        assert 2 in [r.sequence for r in results(responses)], responses
+    expected = native_message(node_type, "input format changed from i16 to f32 within the stream")
     assert found[RUST] == found[CPYTHON] == (pb.ERROR_TYPE_VALIDATION, expected, "input.format")
 
 
@@ -160,8 +167,9 @@ def test_both_chunkers_refuse_a_format_change_in_the_same_words(server: RunningS
         ("SileroVADNode", i16(noise(800), 8_000, 1), "SileroVADNode needs 16000 Hz audio, got 8000 Hz; put an AudioResampleNode"),
         ("SpeechRecognitionNode", i16(noise(1_600, 2), 16_000, 2), "SpeechRecognitionNode needs mono audio, got 2 channels"),
         ("SpeechRecognitionNode", i16(noise(800), 8_000, 1), "SpeechRecognitionNode needs 16000 Hz audio, got 8000 Hz"),
+        ("SpeechRecognitionNode", f32(noise(1_600), 16_000, 1), "input format changed from i16 to f32 within the stream"),
     ],
-    ids=["silero-format", "silero-channels", "silero-rate", "recognition-channels", "recognition-rate"],
+    ids=["silero-format", "silero-channels", "silero-rate", "recognition-channels", "recognition-rate", "recognition-format"],
 )
 def test_model_nodes_refuse_a_layout_change_as_validation(server: RunningServer, node_type: str, second: pb.AudioBuffer, text: str) -> None:
     responses, code = stream(server, node("n", node_type), [i16(noise(1_600)), second, i16(noise(1_600))])

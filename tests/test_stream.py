@@ -124,6 +124,28 @@ async def test_a_chunk_for_a_node_that_takes_no_audio_ends_the_stream_like_a_wro
     await wait_gauge_zero(server, "remotemedia_active_streams")
 
 
+async def test_the_last_sequence_number_is_kept_for_the_flush_and_refused_on_a_chunk(server: RunningServer) -> None:
+    # The close's result answers the number after the last chunk's; after 2^64 - 1 it would wrap
+    # to 0 and be taken for chunk 0's. The largest number a chunk may carry is 2^64 - 2.
+    last = 2**64 - 1
+    async with AsyncClient(server.address) as client:
+        call = client.stream_call()
+        await call.write(pb.StreamRequest(manifest=gain_manifest()))
+        await call.write(chunk(last - 1, np.zeros(160, dtype=np.float32)))
+        await call.write(control(pb.StreamControl.COMMAND_CLOSE))
+        responses = await drain(call)
+        assert await call.code() == grpc.StatusCode.OK
+        assert [r.result.sequence for r in responses if r.WhichOneof("response") == "result"] == [last - 1]
+
+        call = client.stream_call()
+        await call.write(pb.StreamRequest(manifest=gain_manifest()))
+        await call.write(chunk(last, np.zeros(160, dtype=np.float32)))
+        errors = [r.error for r in await drain(call) if r.WhichOneof("response") == "error"]
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(errors) == 1 and "sequence 2^64 - 1 is kept for the result of the close" in errors[0].message, errors
+    await wait_gauge_zero(server, "remotemedia_active_streams")
+
+
 async def test_tiny_chunks_sent_faster_than_the_pipeline_runs_are_slowed_not_disconnected(server: RunningServer) -> None:
     # 20-sample chunks (100-byte HTTP/2 DATA frames) through a Python node, written as fast as
     # flow control lets them: the unread frames used to exceed h2's allowance for small frames

@@ -397,6 +397,13 @@ impl Session {
         if let Err(why) = pipeline.check_audio_input(index) {
             return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence}: {why}")));
         }
+        if sequence == u64::MAX {
+            // The flush's result answers the number after the last chunk's; there is none.
+            return Err(ServiceError::InvalidArgument(format!(
+                "audio_chunk {sequence}: sequence 2^64 - 1 is kept for the result of the close that follows it; \
+                 number chunks below it"
+            )));
+        }
         let Some(buffer) = chunk.buffer else {
             return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence} has no buffer")));
         };
@@ -484,7 +491,8 @@ impl Session {
             r = live.pipeline.run(Default::default(), Mode::Flush, run_limits, &live.cancel) => r,
         };
         // What the flush emits answers the sequence after the last chunk's.
-        let sequence = self.last_sequence.map_or(0, |s| s.wrapping_add(1));
+        // (No chunk is numbered u64::MAX: `chunk` refuses it.)
+        let sequence = self.last_sequence.map_or(0, |s| s + 1);
         match outcome {
             Ok(out) if !out.outputs.is_empty() => {
                 let enable_metrics = live.pipeline.enable_metrics();

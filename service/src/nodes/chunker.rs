@@ -33,14 +33,7 @@ impl Node for AudioChunkerNode {
         let audio = check::audio_input(&inputs)?;
         let (format, rate, channels, chunk_frames) = match self.layout {
             Some((format, rate, channels, frames)) => {
-                check::same_layout(audio, rate, channels)?;
-                if audio.format() != format {
-                    return Err(NodeError::unsupported_audio(format!(
-                        "input format changed from {format} to {} within the stream",
-                        audio.format()
-                    ))
-                    .with_field("input.format"));
-                }
+                check::same_layout(audio, rate, channels, format)?;
                 (format, rate, channels, frames)
             }
             None => {

@@ -1,15 +1,23 @@
 //! `PassThroughNode`: forwards its inputs unchanged (useful as a tap, a join point and in tests).
 
 use super::{
-    DATA, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, Params, PortSpec,
+    DATA, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, Params,
+    PortSpec, PortValue, check,
 };
 
 /// Forwards `input` audio to `output` and `data` to `data`, sharing the buffers.
-pub struct PassThroughNode;
+#[derive(Default)]
+pub struct PassThroughNode {
+    /// A stream's layout is fixed by its first chunk, here as at the nodes that read samples.
+    layout: check::StreamLayout,
+}
 
 impl Node for PassThroughNode {
     fn process(&mut self, mut inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         if let Some(audio) = inputs.remove(INPUT) {
+            if let PortValue::Audio(a) = &audio {
+                self.layout.check(a)?;
+            }
             inputs.insert(OUTPUT, audio);
         }
         Ok(inputs)
@@ -38,7 +46,7 @@ impl NodeFactory for PassThroughFactory {
     }
 
     fn create(&self, _params: &Params) -> Box<dyn Node> {
-        Box::new(PassThroughNode)
+        Box::new(PassThroughNode::default())
     }
 }
 
@@ -56,7 +64,7 @@ mod tests {
         let ptr = audio.bytes().as_ptr();
         let inputs = Ports::new().with(INPUT, PortValue::Audio(audio)).with(DATA, PortValue::data(json!({"k": 1})));
         let ctx = NodeContext::new("p", "PassThroughNode", CancellationToken::new());
-        let out = PassThroughNode.process(inputs, &ctx).unwrap();
+        let out = PassThroughNode::default().process(inputs, &ctx).unwrap();
         assert_eq!(out.audio(OUTPUT).unwrap().bytes().as_ptr(), ptr);
         assert_eq!(out.get(DATA).unwrap().as_data().unwrap(), &json!({"k": 1}));
     }

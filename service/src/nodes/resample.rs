@@ -277,7 +277,7 @@ impl Node for ResampleNode {
             ctx.reserve_output(frames * u64::from(audio.channels()) * width)?;
         }
         match &self.stream {
-            Some(st) => check::same_layout(audio, st.input_rate, st.channels as u32)?,
+            Some(st) => check::same_layout(audio, st.input_rate, st.channels as u32, st.format)?,
             None => {
                 let st = Stream::new(audio.sample_rate(), self.output_rate, self.quality, audio)
                     .map_err(|e| NodeError::internal(format!("cannot build the resampler: {e}")))?;

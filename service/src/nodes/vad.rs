@@ -428,6 +428,8 @@ struct VadConfig {
 pub struct VadNode {
     cfg: VadConfig,
     detector: Option<Detector>,
+    /// The stream's rate, channels and format, fixed by its first chunk.
+    layout: check::StreamLayout,
     converted: Vec<f32>,
 }
 
@@ -451,11 +453,9 @@ impl Node for VadNode {
             ))
             .with_field("input.sample_rate"));
         }
+        self.layout.check(audio)?;
         let det = match &mut self.detector {
-            Some(d) => {
-                check::same_layout(audio, d.sample_rate, d.channels)?;
-                d
-            }
+            Some(d) => d,
             None => self.detector.insert(Detector::new(&self.cfg, audio.sample_rate(), audio.channels())),
         };
         match audio.f32_slice() {
@@ -548,7 +548,7 @@ impl NodeFactory for VadFactory {
             min_silence_ms: p.u32("min_silence_ms"),
             speech_pad_ms: p.u32("speech_pad_ms"),
         };
-        Box::new(VadNode { cfg, detector: None, converted: Vec::new() })
+        Box::new(VadNode { cfg, detector: None, layout: check::StreamLayout::default(), converted: Vec::new() })
     }
 }
 

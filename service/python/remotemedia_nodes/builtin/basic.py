@@ -34,16 +34,15 @@ def audio_input(inputs: dict[str, Any], node_name: str) -> Audio:
 
 
 class StreamLayout:
-    """The sample rate and channel count a stream's first chunk fixed (with `with_format`, also its
-    sample format), as the native nodes' ``check::StreamLayout``: a later chunk with another one
+    """The sample rate, channel count and sample format a stream's first chunk fixed, as the
+    native nodes' ``check::StreamLayout``: a later chunk with another one
     is refused with ``UnsupportedAudio`` (VALIDATION), in the native nodes' words. One per node
     instance, so a unary call gets a fresh one. Empty chunks fix the layout too: they carry a
     rate and channels. Check what a node refuses whatever the layout (a rate it cannot take)
     first, so that a refused first chunk fixes nothing."""
 
-    def __init__(self, node_name: str, *, with_format: bool = False) -> None:
+    def __init__(self, node_name: str) -> None:
         self.node_name = node_name
-        self.with_format = with_format
         self.first: tuple[int, int, type] | None = None
 
     @property
@@ -73,7 +72,7 @@ class StreamLayout:
             raise UnsupportedAudio(
                 f"{self.node_name}: input channels changed from {channels} to {audio.channels} within the stream", field="input.channels"
             )
-        if self.with_format and dtype is not first_dtype:
+        if dtype is not first_dtype:
             raise UnsupportedAudio(
                 f"{self.node_name}: input format changed from {FORMAT_NAMES[first_dtype]} to {FORMAT_NAMES[dtype]} within the stream",
                 field="input.format",
@@ -93,9 +92,14 @@ class PassThrough(Node):
     inputs = (Port.audio("input"), Port.data("data"))
     outputs = (Port.audio("output"), Port.data("data"))
 
+    def __init__(self) -> None:
+        # A stream's layout is fixed by its first chunk, here as at the nodes that read samples.
+        self.layout = StreamLayout("PassThroughNode")
+
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        out = {("output" if k == "input" else k): v for k, v in inputs.items()}
-        return out
+        if isinstance(inputs.get("input"), Audio):
+            self.layout.check(inputs["input"])
+        return {("output" if k == "input" else k): v for k, v in inputs.items()}
 
 
 @node("GainNode")

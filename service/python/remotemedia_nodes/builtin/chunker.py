@@ -23,7 +23,7 @@ class AudioChunker(Node):
         self.ms = chunk_ms
         self.pending: np.ndarray | None = None
         self.rate = 0
-        self.layout = StreamLayout("AudioChunkerNode", with_format=True)
+        self.layout = StreamLayout("AudioChunkerNode")
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "AudioChunkerNode")

@@ -12,7 +12,7 @@ from pocketsphinx import Decoder, Endpointer
 
 from remotemedia_nodes import models
 from remotemedia_nodes.audio import from_float
-from remotemedia_nodes.builtin.basic import audio_input, require_audio
+from remotemedia_nodes.builtin.basic import StreamLayout, audio_input, require_audio
 from remotemedia_nodes.declare import Param, Port
 from remotemedia_nodes.registry import Node, node
 
@@ -108,6 +108,7 @@ class SpeechRecognition(Node):
         #: `samples` when the partial hypothesis was last read.
         self.partial_read_at = 0
         self.endpointer = Endpointer(sample_rate=SAMPLE_RATE)
+        self.layout = StreamLayout("SpeechRecognitionNode")
         self.frame_bytes: int = self.endpointer.frame_bytes
         self.buffer = b""
         #: Samples read so far.
@@ -128,6 +129,7 @@ class SpeechRecognition(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         audio = audio_input(inputs, "SpeechRecognitionNode")
         require_audio(audio, "SpeechRecognitionNode", SAMPLE_RATE)
+        self.layout.check(audio)
         samples = audio.samples if audio.samples.dtype == np.int16 else from_float(audio.as_float()[:, 0], SAMPLE_RATE, np.int16).samples
         self.samples += samples.size
         self.buffer += samples.reshape(-1).tobytes()

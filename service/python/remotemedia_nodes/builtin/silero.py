@@ -80,7 +80,7 @@ class SileroVad(Node):
         #: Samples short of a whole frame, in the stream's sample type (int16 or float32).
         self.pending: np.ndarray | None = None
         #: 16 kHz mono, and the first chunk's sample format (a stream's stays that).
-        self.layout = StreamLayout("SileroVADNode", with_format=True)
+        self.layout = StreamLayout("SileroVADNode")
         self.frames = 0
         self.start: int | None = None
         self.silence_since: int | None = None
