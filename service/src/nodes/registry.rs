@@ -257,12 +257,22 @@ impl Registry {
     }
 
     /// The known type or alias closest to `name`, if one is close enough to be a typo of it.
+    ///
+    /// The edit distance costs the product of the two lengths; a type whose length alone rules
+    /// it out (the distance is at least the difference of the lengths) is skipped, so a request
+    /// of a thousand unknown 20 000-character types costs milliseconds, not the 40 s it took.
     fn closest(&self, name: &str) -> Option<String> {
         const MIN_SIMILARITY: f64 = 0.75;
+        let length = name.chars().count();
+        let could_match = |t: &&String| {
+            let known = t.chars().count();
+            length.abs_diff(known) as f64 <= (1.0 - MIN_SIMILARITY) * length.max(known) as f64
+        };
         let lower = name.to_ascii_lowercase();
         self.specs
             .keys()
             .chain(self.aliases.keys())
+            .filter(could_match)
             .map(|t| (strsim::normalized_damerau_levenshtein(&lower, &t.to_ascii_lowercase()), t))
             .filter(|(score, _)| *score >= MIN_SIMILARITY)
             .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -341,6 +351,12 @@ mod tests {
         assert_eq!(err, "unknown node type `GainNod`; did you mean `GainNode`?");
         let err = r.resolve("vad", RuntimeHint::Auto).unwrap_err().to_string();
         assert!(err.ends_with("did you mean `VADNode`?"), "{err}");
+        // A length within a quarter of a known type's can still be a typo of it; one further off
+        // cannot, and is not compared.
+        let err = r.resolve("GainNodeXX", RuntimeHint::Auto).unwrap_err().to_string();
+        assert!(err.ends_with("did you mean `GainNode`?"), "{err}");
+        let err = r.resolve("GainNodeGainNode", RuntimeHint::Auto).unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "{err}");
     }
 
     #[test]
