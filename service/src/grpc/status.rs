@@ -250,7 +250,14 @@ impl ServiceError {
             }
             _ => {}
         }
-        details.set_error_info(error_type.as_str_name().trim_start_matches("ERROR_TYPE_"), ERROR_DOMAIN, info);
+        // A cancelled call is no error of the service's: ErrorType has no name for it, and
+        // INTERNAL ("a bug in the service") would count client cancels as server faults.
+        let reason = if code == Code::Cancelled {
+            "CANCELLED"
+        } else {
+            error_type.as_str_name().trim_start_matches("ERROR_TYPE_")
+        };
+        details.set_error_info(reason, ERROR_DOMAIN, info);
         let message = text::clip(&self.to_string(), MAX_STATUS_MESSAGE_BYTES).into_owned();
         Status::with_error_details_and_metadata(code, message, details, metadata)
     }
@@ -642,5 +649,16 @@ mod tests {
         let s = ServiceError::Draining.to_status();
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "INTERNAL");
+    }
+
+    #[test]
+    fn a_cancelled_call_has_reason_cancelled_not_internal() {
+        for error in
+            [ServiceError::Cancelled("the stream was cancelled by the client".into()), ExecError::Cancelled.into()]
+        {
+            let s = error.to_status();
+            assert_eq!(s.code(), Code::Cancelled);
+            assert_eq!(s.get_error_details().error_info().unwrap().reason, "CANCELLED");
+        }
     }
 }

@@ -31,11 +31,13 @@ impl Tokens {
             observe::auth_rejected("missing");
             return Err(ServiceError::Unauthenticated("missing `authorization: Bearer <token>` metadata".to_owned()));
         };
+        // The scheme is case-insensitive (RFC 9110, section 11.1): `Bearer`, `bearer`, `BEARER`.
         let presented = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         let Some(presented) = presented else {
             observe::auth_rejected("malformed");
             return Err(ServiceError::Unauthenticated(
@@ -85,7 +87,9 @@ mod tests {
     #[test]
     fn good_token_passes_and_bad_ones_never_echo_the_token() {
         let t = Tokens::new(vec![Secret::new("s3cret-one"), Secret::new("s3cret-two")]);
-        assert!(t.check(&headers(Some("Bearer s3cret-two"))).is_ok());
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(t.check(&headers(Some(&format!("{scheme} s3cret-two")))).is_ok(), "{scheme}");
+        }
         for (h, why) in [
             (None, "missing"),
             (Some("Bearer wrong-token"), "not valid"),
