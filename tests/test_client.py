@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -517,6 +518,40 @@ async def test_arguments_of_the_wrong_kind_are_refused_naming_them(kind: Kind, m
         assert (await a.call("run", pipeline, tone(0.01), sample_rate=RATE, output_nodes=["g"])).output("g").frames > 0
     finally:
         await a.close()
+    settings_errors: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"tls": "yes"}, TypeError, "tls must be a TLS, True, False or None, got str"),
+        ({"protocol_version": 3}, TypeError, "protocol_version must be a string, got int"),
+        ({"protocol_version": "v\n1"}, ValueError, "protocol_version must be visible ASCII"),
+        ({"channel_options": "x"}, TypeError, "channel_options must be a sequence of"),
+    ]
+    for settings, error, says in settings_errors:
+        with pytest.raises(error, match=re.escape(says)):
+            Api(kind, main_server.address, **settings)
+    for address in ("127.0.0.1:99999", "127.0.0.1:0", "localhost:"):
+        with pytest.raises(ValueError, match="must end in a port from 1 to 65535"):
+            Api(kind, address)
+    for fine in ("[::1]:50051", "unix:/tmp/remotemedia.sock", "dns:///localhost:50051"):
+        await Api(kind, fine).close()
+    with pytest.raises(TypeError, match=r"max_attempts must be a whole number, got 2\.5"):
+        RetryPolicy(max_attempts=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="initial_backoff must be a finite number, got nan"):
+        RetryPolicy(initial_backoff=float("nan"))
+    b = Api(kind, main_server.address, token=TOKEN)
+    try:
+        with pytest.raises(TypeError, match="client_version must be a string, got int"):
+            await b.call("version", 5)
+        with pytest.raises(TypeError, match="service must be a string, got int"):
+            await b.call("health", 5)
+        with pytest.raises(ValueError, match="max_pending must be 1 or more, got 0"):
+            b.client.stream(pipeline, sample_rate=RATE, max_pending=0)
+        with pytest.raises(FileNotFoundError, match="no such sound file"):
+            await b.stream_file("/nonexistent/speech.wav", pipeline)
+        # A chunk's own sample_rate=0 is refused, not replaced by the stream's rate.
+        async with b.stream(pipeline, sample_rate=RATE) as st:
+            with pytest.raises(ValidationError, match="sample_rate must be a positive integer"):
+                await st.send(tone(0.01), sample_rate=0)
+    finally:
+        await b.close()
     with pytest.raises(TypeError, match="only a Node can be added to a pipeline, got str"):
         Pipeline("p").add("GainNode")  # type: ignore[type-var]
     with pytest.raises(TypeError, match="a node id must be a string or None, got int"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -116,6 +117,17 @@ class Settings:
         check_timeout(timeout, "timeout")
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a 'host:port' string or None, got {type(address).__name__}")
+        if address is not None:
+            check_port(address)
+        if tls is not None and not isinstance(tls, (bool, TLS)):
+            raise TypeError(f"tls must be a TLS, True, False or None, got {type(tls).__name__}")
+        check_header_text(protocol_version, "protocol_version")
+        if channel_options is not None and not (
+            isinstance(channel_options, Sequence)
+            and not isinstance(channel_options, str)
+            and all(isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in channel_options)
+        ):
+            raise TypeError("channel_options must be a sequence of (name, value) pairs, as grpc.insecure_channel takes")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         return cls(
@@ -459,7 +471,7 @@ class StreamCore:
         target = node_id or self.source or default_source(self.pipeline, "node_id")
         if target not in self.node_ids:
             raise ValidationError.of([Violation("node_id", f"no node {target!r} in this pipeline", target)])
-        audio = to_audio(chunk, sample_rate or self.sample_rate, "chunk")
+        audio = to_audio(chunk, self.sample_rate if sample_rate is None else sample_rate, "chunk")
         request = pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id=target, buffer=audio.to_pb(), sequence=self.sent))
         self.sent += 1
         return request
@@ -534,6 +546,31 @@ def bearer_token(token: str | None) -> str | None:
     if not all("!" <= c <= "~" for c in token):
         raise ValueError("token holds a character an HTTP header cannot carry (only visible ASCII); its value is not shown")
     return token
+
+
+def check_port(address: str) -> None:
+    """``ValueError`` for a ``host:port`` (or ``[ipv6]:port``) address whose port is not 1 to
+    65535; grpc would dial it modulo 65536. Other target forms (``unix:``, ``dns:///``) pass."""
+    match = re.fullmatch(r"(?:\[[^\]]*\]|[^:/\[\]]*):(\d*)", address)
+    if match is not None and not (match.group(1).isdigit() and 1 <= int(match.group(1)) <= 65535):
+        raise ValueError(f"address {address[:80]!r} must end in a port from 1 to 65535")
+
+
+def check_header_text(value: object, name: str) -> None:
+    """``value`` is a non-empty string an HTTP header can carry, else ``TypeError`` or
+    ``ValueError`` naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    if not value or not all("!" <= c <= "~" for c in value):
+        raise ValueError(f"{name} must be visible ASCII with no spaces (it travels in a header), got {value[:40]!r}")
+
+
+def check_max_pending(max_pending: object) -> None:
+    """``max_pending`` is a whole number of chunks, 1 or more, else ``TypeError``/``ValueError``."""
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+        raise TypeError(f"max_pending must be a whole number of chunks, got {max_pending!r}")
+    if max_pending < 1:
+        raise ValueError(f"max_pending must be 1 or more, got {max_pending}")
 
 
 def check_timeout(timeout: object, name: str) -> None:

@@ -31,6 +31,8 @@ from remotemedia_client._core import (
     ResourceLimits,
     Settings,
     StreamCore,
+    check_header_text,
+    check_max_pending,
     check_version,
     execute_request,
     execute_result,
@@ -206,6 +208,7 @@ class AsyncClient:
     ) -> AsyncStream:
         """A streaming session, to use as ``async with client.stream(pipeline) as s:``; see
         :meth:`remotemedia_client.Client.stream`."""
+        check_max_pending(max_pending)
         core = StreamCore(pipeline, source=source, sample_rate=sample_rate)
         return AsyncStream(self, core, timeout=timeout, max_pending=max_pending, retry=retry or self.settings.retry)
 
@@ -230,12 +233,12 @@ class AsyncClient:
     ) -> AsyncIterator[Result]:
         """Streams a sound file through ``pipeline`` in chunks of ``chunk_ms`` and yields the
         results in order; see :meth:`remotemedia_client.Client.stream_file`."""
+        chunks = AudioBuffer.iter_file(path, chunk_ms=chunk_ms, dtype=dtype)
         async with self.stream(pipeline, source=source, timeout=timeout, max_pending=max_pending) as s:
             failure: list[BaseException] = []
 
             async def feed() -> None:
                 try:
-                    chunks = AudioBuffer.iter_file(path, chunk_ms=chunk_ms, dtype=dtype)
                     for chunk in chunks:
                         await s.send(chunk)
                     await s.close()
@@ -267,6 +270,8 @@ class AsyncClient:
 
     async def version(self, client_version: str | None = None, *, timeout: float | None = None) -> pb.VersionResponse:
         """``GetVersion``; see :meth:`remotemedia_client.Client.version`."""
+        if client_version is not None:
+            check_header_text(client_version, "client_version")
         request = pb.VersionRequest(client_version=client_version or self.settings.protocol_version)
 
         async def attempt(t: float | None) -> pb.VersionResponse:
@@ -294,6 +299,8 @@ class AsyncClient:
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status of ``service``; see :meth:`remotemedia_client.Client.health`."""
         self._bound()
+        if not isinstance(service, str):
+            raise TypeError(f"service must be a string, got {type(service).__name__}")
 
         async def check(t: float | None) -> str:
             try:

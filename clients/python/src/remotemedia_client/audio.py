@@ -118,6 +118,8 @@ class AudioBuffer:
                 hint = " (a list of Python ints has no sample format: pass floats in [-1, 1], or np.array(values, dtype=np.int16))"
             raise _bad(f"samples must be float32, int16 or int32 (or float64, converted to float32), got {arr.dtype}{hint}")
         # The wire's sample_rate is a uint32.
+        if channels_first is not None and not isinstance(channels_first, bool):
+            raise TypeError(f"channels_first must be True, False or None, got {channels_first!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or not 0 < sample_rate <= 0xFFFF_FFFF:
             raise _bad(f"sample_rate must be a positive integer (Hz, at most 4294967295), got {sample_rate!r}")
         if arr.ndim == 1:
@@ -158,9 +160,10 @@ class AudioBuffer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, dtype: SampleFormat = "f32") -> AudioBuffer:
-        """Reads a sound file (WAV, FLAC, anything libsndfile reads) through soundfile."""
+        """Reads a sound file (WAV, FLAC, anything libsndfile reads) through soundfile;
+        ``FileNotFoundError`` if there is none at ``path``."""
 
-        data, rate = soundfile.read(os.fspath(path), dtype=_soundfile_dtype(dtype), always_2d=True)
+        data, rate = soundfile.read(existing(path), dtype=_soundfile_dtype(dtype), always_2d=True)
         return cls.from_numpy(data, int(rate), channels_first=False)
 
     @staticmethod
@@ -172,7 +175,8 @@ class AudioBuffer:
 
         if isinstance(chunk_ms, bool) or not isinstance(chunk_ms, (int, float)) or not 0 < chunk_ms < float("inf"):
             raise ValueError(f"chunk_ms must be a positive, finite number of milliseconds, got {chunk_ms!r}")
-        return _file_blocks(os.fspath(path), chunk_ms, _soundfile_dtype(dtype))
+        sample_type = _soundfile_dtype(dtype)
+        return _file_blocks(existing(path), chunk_ms, sample_type)
 
     def to_file(self, path: str | os.PathLike[str], *, subtype: str | None = None, format: str | None = None) -> None:
         """Writes a sound file in any format soundfile writes (WAV, FLAC, OGG, AIFF, MP3, ...):
@@ -203,7 +207,7 @@ class AudioBuffer:
         for 8- and 16-bit integer files (and μ-law, A-law, ADPCM), ``"i32"`` for 20- to 32-bit
         integer files, ``"f32"`` for float and lossy formats (FLOAT, DOUBLE, VORBIS, MP3, ...)."""
 
-        subtype = soundfile.info(os.fspath(path)).subtype
+        subtype = soundfile.info(existing(path)).subtype
         bits = re.fullmatch(r"(?:PCM|ALAC|DPCM|DWVW)_(?:S|U)?(\d+)", subtype)
         if bits is not None:
             return "i16" if int(bits.group(1)) <= 16 else "i32"
@@ -238,6 +242,8 @@ class AudioBuffer:
         """Joins buffers of one rate, channel count and format end to end."""
         if not buffers:
             raise ValueError("nothing to concatenate")
+        if not all(isinstance(b, AudioBuffer) for b in buffers):
+            raise TypeError("concatenate joins AudioBuffers only")
         first = buffers[0]
         for b in buffers[1:]:
             if (b.sample_rate, b.channels, b.format) != (first.sample_rate, first.channels, first.format):
@@ -297,6 +303,15 @@ class AudioBuffer:
 
     def __repr__(self) -> str:
         return f"AudioBuffer({self.frames} frames × {self.channels} ch, {self.format}, {self._sample_rate} Hz)"
+
+
+def existing(path: str | os.PathLike[str]) -> str:
+    """``path`` as a string; ``FileNotFoundError`` naming it if no file is there (libsndfile
+    would only say "System error")."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"no such sound file: {name!r}")
+    return name
 
 
 def _soundfile_dtype(dtype: object) -> str:

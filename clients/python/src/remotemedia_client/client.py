@@ -31,6 +31,8 @@ from remotemedia_client._core import (
     ResourceLimits,
     Settings,
     StreamCore,
+    check_header_text,
+    check_max_pending,
     check_version,
     execute_request,
     execute_result,
@@ -218,6 +220,7 @@ class Client:
         ``max_pending`` is how many chunks may wait to be sent before :meth:`Stream.send`
         blocks. Opening is retried by ``retry``; an open stream never is.
         """
+        check_max_pending(max_pending)
         core = StreamCore(pipeline, source=source, sample_rate=sample_rate)
         return Stream(self, core, timeout=timeout, max_pending=max_pending, retry=retry or self.settings.retry)
 
@@ -244,13 +247,15 @@ class Client:
         """Streams a sound file through ``pipeline`` in chunks of ``chunk_ms`` and yields the
         results in order (one per chunk, then the flushed remainder, if any). The file is read
         as ``dtype`` samples (``AudioBuffer.file_format(path)`` keeps its own format). Files of
-        any length go through: each request carries one chunk."""
+        any length go through: each request carries one chunk. A missing file, a bad
+        ``chunk_ms`` or ``dtype`` raise before the stream opens."""
+        chunks = AudioBuffer.iter_file(path, chunk_ms=chunk_ms, dtype=dtype)
         with self.stream(pipeline, source=source, timeout=timeout, max_pending=max_pending) as s:
             failure: list[BaseException] = []
 
             def feed() -> None:
                 try:
-                    for chunk in AudioBuffer.iter_file(path, chunk_ms=chunk_ms, dtype=dtype):
+                    for chunk in chunks:
                         s.send(chunk)
                     s.close()
                 except BaseException as e:  # noqa: BLE001 - handed to the consumer below
@@ -279,6 +284,8 @@ class Client:
     def version(self, client_version: str | None = None, *, timeout: float | None = None) -> pb.VersionResponse:
         """``GetVersion``: the server's versions, node types, and whether ``client_version``
         (default: this client's protocol version) is compatible. Needs no token."""
+        if client_version is not None:
+            check_header_text(client_version, "client_version")
         request = pb.VersionRequest(client_version=client_version or self.settings.protocol_version)
         response: pb.VersionResponse = self._call(
             "GetVersion",
@@ -311,6 +318,8 @@ class Client:
         ``"SERVING"``, ``"NOT_SERVING"`` or ``"SERVICE_UNKNOWN"``."""
 
         self._check_open()
+        if not isinstance(service, str):
+            raise TypeError(f"service must be a string, got {type(service).__name__}")
 
         def check(t: float | None) -> str:
             try:
