@@ -24,8 +24,8 @@ use super::retry::RetryPolicy;
 use super::validate::{Plan, RequestShape, param_violation, validate};
 use crate::audio::AudioBuffer;
 use crate::nodes::{
-    Figures, NodeContext, NodeError, NodeInstance, ParamError, PortError, PortName, PortValue, Ports, Registry,
-    RuntimeChoice,
+    Figures, MemoryBudget, NodeContext, NodeError, NodeInstance, ParamError, PortError, PortName, PortValue, Ports,
+    Registry, RuntimeChoice,
 };
 
 /// The node registry and the server-wide circuit breakers: everything needed to build pipelines.
@@ -85,6 +85,7 @@ impl Engine {
         let preds = (0..plan.nodes.len())
             .map(|i| plan.incoming[i].iter().map(|l| l.from).collect::<BTreeSet<_>>().into_iter().collect())
             .collect();
+        let budget = Arc::new(MemoryBudget::new(slots.len()));
         Ok(Pipeline {
             plan,
             slots,
@@ -95,6 +96,7 @@ impl Engine {
             breakers: self.breakers.clone(),
             lost_nodes: false,
             failed_reports: Vec::new(),
+            budget,
         })
     }
 }
@@ -146,6 +148,8 @@ pub struct Pipeline {
     lost_nodes: bool,
     /// The reports of the nodes a failed run called, until [`Pipeline::take_failed_reports`].
     failed_reports: Vec<NodeReport>,
+    /// The memory limit of the current run as its running calls share it.
+    budget: Arc<MemoryBudget>,
 }
 
 struct CallOk {
@@ -305,6 +309,9 @@ impl Pipeline {
         let mut run = std::mem::take(&mut self.scratch);
         run.reset(&self.plan, &self.preds, &feed, mode);
         let max_memory = limits.max_memory_bytes;
+        if let Some(limit) = max_memory {
+            self.budget.reset(limit);
+        }
         // The time limit is applied here, around the walk, so that the run's state (the reports
         // of the nodes that ran) outlives a timeout.
         let result = match limits.timeout {
@@ -355,7 +362,7 @@ impl Pipeline {
         for (_, ports) in feed.iter() {
             run.memory.hold(ports);
         }
-        check_memory(&run.memory, max_memory, "")?;
+        check_memory(&run.memory, max_memory.map(|limit| (limit, 0)), "")?;
         // Calls running off the driving task. Made on the first such call: making the set
         // allocates, and a run of light native nodes needs none.
         let mut inflight = None;
@@ -377,13 +384,34 @@ impl Pipeline {
                     run.skipped(&self.plan, &self.preds, i, self.skipped_report(i));
                     continue;
                 }
+                let inline = matches!(&self.slots[i], Some(NodeInstance::Native(n)) if !n.is_heavy(&inputs));
+                if max_memory.is_some() {
+                    self.budget.set_live(run.memory.live());
+                    if !inline {
+                        // Calls running at once each make their output before any is counted.
+                        // A call off this task reserves about its inputs' size for its output
+                        // (a node that makes more reserves the rest itself), and while that
+                        // does not fit beside the calls already running, it waits for them: a
+                        // fan-out of a thousand heavy branches runs as many at once as the
+                        // limit has room for, not all of them (`parallel_branches_share_the_memory_limit`).
+                        let estimate = inputs.size_bytes();
+                        while self.budget.reserve(i, estimate).is_err() {
+                            let Some(calls) = inflight.as_mut().filter(|c| !c.is_empty()) else { break };
+                            let Some((j, instance, result)) = calls.next().await else { break };
+                            self.slots[j] = instance;
+                            if let Err(e) = self.completed(run, j, result, max_memory) {
+                                self.drain(&mut inflight, &mut run.reports).await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
                 let instance = self.slots[i]
                     .take()
                     .ok_or_else(|| ExecError::Internal(format!("node `{}` is not available", self.plan.nodes[i].id)))?;
-                let inline = matches!(&instance, NodeInstance::Native(n) if !n.is_heavy(&inputs));
                 let mut ctx = self.context(i, inline, cancel);
-                if let Some(limit) = max_memory {
-                    ctx = ctx.with_memory(limit, run.memory.live());
+                if max_memory.is_some() {
+                    ctx = ctx.with_memory(self.budget.clone(), i);
                 }
                 let call = self.invoke(i, instance, inputs, mode, ctx);
                 if !inline {
@@ -419,13 +447,20 @@ impl Pipeline {
         result: Result<CallOk, CallFailed>,
         max_memory: Option<u64>,
     ) -> Result<(), ExecError> {
+        // What others reserved still counts against this node's output; its own reservation
+        // ends as its output is counted.
+        let others = self.budget.reserved_by_others(i);
+        self.budget.release(i);
         let finished = match result {
-            Ok(CallOk { outputs, report }) => run.completed(&self.plan, &self.preds, i, outputs, report, max_memory),
+            Ok(CallOk { outputs, report }) => {
+                run.completed(&self.plan, &self.preds, i, outputs, report, max_memory.map(|limit| (limit, others)))
+            }
             Err(CallFailed { error, report }) => {
                 run.reports.extend(report);
                 Err(error)
             }
         };
+        self.budget.set_live(run.memory.live());
         if finished.is_err() {
             self.cancel_run();
         }
@@ -697,11 +732,11 @@ impl RunState {
         i: usize,
         outputs: Ports,
         mut report: NodeReport,
-        max_memory: Option<u64>,
+        limit_and_reserved: Option<(u64, u64)>,
     ) -> Result<(), ExecError> {
         self.memory.hold(&outputs);
         report.memory_bytes = outputs.size_bytes();
-        check_memory(&self.memory, max_memory, &plan.nodes[i].id)?;
+        check_memory(&self.memory, limit_and_reserved, &plan.nodes[i].id)?;
         if let Some(own) = self.held_inputs[i].take() {
             self.memory.release(&own);
         }
@@ -775,15 +810,19 @@ fn is_result_node(plan: &Plan, i: usize) -> bool {
     plan.is_sink(i) || plan.output_nodes.contains(&i)
 }
 
-fn check_memory(memory: &MemoryTracker, limit: Option<u64>, node_id: &str) -> Result<(), ExecError> {
-    match limit {
-        Some(limit) if memory.live() > limit => Err(ExecError::MemoryLimit {
-            limit,
-            needed: memory.live(),
-            node_id: (!node_id.is_empty()).then(|| node_id.to_owned()),
-        }),
-        _ => Ok(()),
+/// Fails when the run's values and the room reserved for running calls' outputs come to more
+/// than the limit (`limit_and_reserved`: the limit and that room; `None` without a limit).
+fn check_memory(
+    memory: &MemoryTracker,
+    limit_and_reserved: Option<(u64, u64)>,
+    node_id: &str,
+) -> Result<(), ExecError> {
+    let Some((limit, reserved)) = limit_and_reserved else { return Ok(()) };
+    let needed = memory.live().saturating_add(reserved);
+    if needed <= limit {
+        return Ok(());
     }
+    Err(ExecError::MemoryLimit { limit, needed, node_id: (!node_id.is_empty()).then(|| node_id.to_owned()) })
 }
 
 /// What a node call measured besides its outputs: CPU time where it ran, and the node's own

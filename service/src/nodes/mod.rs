@@ -6,6 +6,7 @@
 //! [`Registry::builtin`]. Nodes implemented outside Rust (the embedded Python interpreter)
 //! come in through [`ForeignNodes`], declarations included, and run as [`AsyncNode`]s.
 
+mod budget;
 pub mod check;
 mod error;
 mod port;
@@ -20,6 +21,7 @@ mod passthrough;
 mod resample;
 mod vad;
 
+pub use budget::MemoryBudget;
 pub use error::{NodeError, NodeErrorKind, ParamError};
 pub use port::{DATA, INPUT, NodeInputs, NodeOutputs, OUTPUT, PortError, PortName, PortValue, Ports, port_name};
 pub use registry::{
@@ -73,9 +75,8 @@ pub struct NodeContext {
     pub node_id: Arc<str>,
     pub node_type: Arc<str>,
     pub cancel: CancellationToken,
-    /// The run's memory limit and the bytes it held when the call started, in bytes; `None`
-    /// without a limit.
-    pub memory: Option<(u64, u64)>,
+    /// The run's memory budget and this call's node index in it; `None` without a limit.
+    pub memory: Option<(Arc<MemoryBudget>, usize)>,
 }
 
 impl NodeContext {
@@ -83,22 +84,30 @@ impl NodeContext {
         Self { node_id: node_id.into(), node_type: node_type.into(), cancel, memory: None }
     }
 
-    /// The same context under a memory limit of `limit` bytes, of which the run holds `live`.
-    pub fn with_memory(mut self, limit: u64, live: u64) -> Self {
-        self.memory = Some((limit, live));
+    /// The same context under the run's memory `budget`, for node `node`'s call.
+    pub fn with_memory(mut self, budget: Arc<MemoryBudget>, node: usize) -> Self {
+        self.memory = Some((budget, node));
         self
+    }
+
+    /// The run's memory limit and the bytes this call must count as taken (the run's values
+    /// and what other running calls reserved), for a node that checks its output itself (a
+    /// Python node's `reserve_output`); `None` without a limit.
+    pub fn memory_snapshot(&self) -> Option<(u64, u64)> {
+        self.memory.as_ref().map(|(budget, node)| (budget.limit(), budget.taken_for(*node)))
     }
 
     /// Refuses, before anything is allocated, an output of `bytes` that would take the run over
     /// its memory limit (RESOURCE_LIMIT). Nodes whose output can be many times their input
     /// (upmixing, upsampling, widening the sample format) call this first, so the limit holds
     /// before the memory is taken rather than only after the node returns.
+    ///
+    /// The room is reserved until the call returns, so calls running at the same time (the
+    /// branches of a fan-out) cannot each take the same room ([`MemoryBudget`]).
     pub fn reserve_output(&self, bytes: u64) -> Result<(), NodeError> {
-        let Some((limit, live)) = self.memory else { return Ok(()) };
-        let needed = live.saturating_add(bytes);
-        if needed <= limit {
-            return Ok(());
-        }
+        let Some((budget, node)) = &self.memory else { return Ok(()) };
+        let Err(needed) = budget.reserve(*node, bytes) else { return Ok(()) };
+        let limit = budget.limit();
         Err(NodeError::memory_limit(
             limit,
             needed,

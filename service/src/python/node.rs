@@ -99,7 +99,7 @@ impl PyNode {
             p = self.busy.clone().lock_owned() => p,
             () = ctx.cancel.cancelled() => return Err(NodeError::cancelled()),
         };
-        let (instance, api, memory) = (self.instance.clone(), self.api.clone(), ctx.memory);
+        let (instance, api, memory) = (self.instance.clone(), self.api.clone(), ctx.memory_snapshot());
         let job = move |py: Python<'_>| {
             let _permit = permit;
             let cpu = thread_cpu_time();

@@ -478,6 +478,74 @@ async fn the_memory_limit_stops_a_pipeline_that_holds_too_much() {
     );
 }
 
+/// Heavy nodes that hold an output `times` their input's size for a while, counting how many
+/// hold one at once. With `reserve`, each reserves its output first, as expanding nodes do.
+struct Holder {
+    times: usize,
+    reserve: bool,
+    holding: Arc<AtomicU32>,
+    most: Arc<AtomicU32>,
+}
+
+impl Node for Holder {
+    fn process(&mut self, inputs: Ports, ctx: &NodeContext) -> Result<Ports, NodeError> {
+        let input = inputs.audio(INPUT)?.as_f32().into_owned();
+        let bytes = (4 * input.len() * self.times) as u64;
+        if self.reserve {
+            ctx.reserve_output(bytes)?;
+        }
+        let output = input.repeat(self.times);
+        let now = self.holding.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+        self.holding.fetch_sub(1, Ordering::SeqCst);
+        Ok(Ports::audio_output(crate::audio::AudioBuffer::from_f32(output, 16_000, 1)))
+    }
+    fn is_heavy(&self, _: &Ports) -> bool {
+        true
+    }
+}
+
+/// A fan-out of 64 heavy branches under a memory limit with room for a few of their outputs:
+/// the branches' outputs held at once stay within the limit (calls running at once used to
+/// each see only what the run held when they started: all 64 ran at once), and the run ends
+/// with MemoryLimit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_branches_share_the_memory_limit() {
+    for (times, reserve) in [(8, true), (1, false)] {
+        let (holding, most) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (h, m) = (holding.clone(), most.clone());
+        let engine = engine_with(move |r| {
+            register(r, "Holder", move || -> Box<dyn Node> {
+                Box::new(Holder { times, reserve, holding: h.clone(), most: m.clone() })
+            })
+        });
+        let mut manifest = Manifest::new("fan-out").node("src", "PassThroughNode", "");
+        for b in 0..64 {
+            let id = format!("b{b}");
+            manifest = manifest.node(&id, "Holder", "").connect("src", &id);
+        }
+        let mut p = engine.build(&manifest, &shape(&["src"])).await.unwrap();
+        let (input_bytes, output_bytes) = (4_000u64, 4_000 * times as u64);
+        let limit = input_bytes + 6 * output_bytes;
+        let limits = RunLimits { timeout: None, max_memory_bytes: Some(limit) };
+        let err = p
+            .run(inputs(&[("src", audio(vec![0.1; 1_000]))]), Mode::Once, limits, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::MemoryLimit { .. }), "{err:?}");
+        let most = u64::from(most.load(Ordering::SeqCst));
+        if !reserve {
+            // Branches that reserve nothing still run side by side, as many as there is room for.
+            assert!(most >= 2, "the branches ran one at a time");
+        }
+        assert!(
+            input_bytes + most * output_bytes <= limit,
+            "{most} outputs of {output_bytes} bytes held at once under a limit of {limit} (times {times})"
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_are_recorded_per_node() {
     let engine = engine_with(|_| {});
