@@ -137,3 +137,21 @@ def test_an_output_over_the_memory_limit_is_refused_before_it_is_allocated(
     # (telling only where the output is many times the request, which is decoded too).
     if output_mb >= 10 * len(audio.samples) / 1_000_000:
         assert grown_kib < output_mb * 1_000 / 4, f"the server's peak resident size grew by {grown_kib} KiB"
+
+
+def test_branches_of_different_rates_joined_at_one_port_are_a_validation_error(server: RunningServer) -> None:
+    # 16 kHz straight through and 8 kHz through a resampler, mixed at `join`'s input: audio the
+    # join cannot take, named as such with the nodes that fix it, not a node failure.
+    nodes = [
+        node("src", "PassThroughNode"),
+        node("down", "AudioResampleNode", output_rate=8_000),
+        node("join", "PassThroughNode"),
+    ]
+    m = manifest(nodes, [("src", "down"), ("src", "join"), ("down", "join")])
+    with Client(server.address) as client:
+        resp = client.execute(pb.ExecuteRequest(manifest=m, audio_inputs={"src": f32(np.zeros(1_600), rate=16_000)}))
+    assert resp.error.error_type == pb.ERROR_TYPE_VALIDATION, resp
+    assert resp.error.failing_node_id == "join"
+    assert "cannot merge port `input`" in resp.error.message
+    assert "put an AudioResampleNode or a ChannelMixerNode on the branch that differs" in resp.error.message
+    assert json.loads(resp.error.context).get("field") == "input"

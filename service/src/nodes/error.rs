@@ -182,12 +182,22 @@ impl std::error::Error for NodeError {}
 
 impl From<PortError> for NodeError {
     fn from(e: PortError) -> Self {
-        let field = match &e {
-            PortError::Missing(p) | PortError::WrongKind { port: p, .. } | PortError::Merge { port: p, .. } => {
-                p.clone()
+        match e {
+            // Branches joined at one port with different rates or channel counts: the pipeline
+            // gives the node audio it cannot take, as a chunk of another layout would.
+            PortError::Merge { ref port, .. } => {
+                let field = port.clone();
+                NodeError::unsupported_audio(format!(
+                    "{e}; the connections into one port must carry one rate and channel count: put an \
+                     AudioResampleNode or a ChannelMixerNode on the branch that differs"
+                ))
+                .with_field(field)
             }
-        };
-        NodeError::invalid_input(e.to_string()).with_field(field)
+            PortError::Missing(ref p) | PortError::WrongKind { port: ref p, .. } => {
+                let field = p.clone();
+                NodeError::invalid_input(e.to_string()).with_field(field)
+            }
+        }
     }
 }
 

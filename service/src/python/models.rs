@@ -191,7 +191,7 @@ pub fn register_metrics() {
     describe_histogram!(
         MODEL_WAIT_DURATION,
         metrics::Unit::Seconds,
-        "time calls waited for a free instance of a pooled model, by model"
+        "time calls that found every instance of a pooled model in use waited for one, by model"
     );
     describe_counter!(MODEL_POOL_EXHAUSTED_TOTAL, "calls that found no free instance within model_wait_ms, by model");
     describe_histogram!(
