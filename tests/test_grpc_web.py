@@ -3,6 +3,7 @@ configured origins, and authentication unchanged."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import struct
@@ -104,6 +105,36 @@ def test_a_unary_call_carrying_two_request_messages_is_refused(web: RunningServe
     assert not messages
     message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
     assert "carried 2 request messages; a unary call takes exactly one" in message, message
+
+
+def text_body(answer: bytes) -> bytes:
+    """A grpc-web-text response: each frame is base64 on its own, padding included."""
+    chunks = [c + b"=" * (-len(c) % 4) for c in answer.replace(b"=", b" ").split()]
+    return b"".join(base64.b64decode(c) for c in chunks)
+
+
+def test_grpc_web_text_runs_and_a_body_that_is_not_base64_is_invalid_argument(web: RunningServer) -> None:
+    # application/grpc-web-text (the default of Google's grpc-web library) carries the frames in
+    # base64. A body that is not base64 was sent whole: it is malformed, not a reset call.
+    request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(8))})
+    host, port = web.address.rsplit(":", 1)
+    for body, want in [(base64.b64encode(frame(request.SerializeToString())), "0"), (b"!!not base64!!", "3")]:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        headers = {
+            "content-type": "application/grpc-web-text",
+            "accept": "application/grpc-web-text",
+            "x-grpc-web": "1",
+            "origin": ORIGIN,
+            "authorization": f"Bearer {TOKEN}",
+        }
+        conn.request("POST", f"{SERVICE}/ExecutePipeline", body=body, headers=headers)
+        response = conn.getresponse()
+        answer = response.read()
+        _, trailers = unframe(text_body(answer))
+        assert status_of(response, trailers) == want, (response.headers, trailers)
+        if want == "3":
+            message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
+            assert "not valid gRPC-Web text" in message, message
 
 
 def test_a_request_refused_while_it_is_still_being_sent_gets_its_status() -> None:

@@ -61,7 +61,7 @@ impl Counted {
 /// ends a request stream reset with CANCEL as if the client had finished sending, so a stream
 /// session asks this before it takes the end of its requests for a close. A request extension.
 #[derive(Debug, Clone, Default)]
-pub struct RequestReset(Arc<AtomicBool>);
+pub struct RequestReset(Arc<AtomicBool>, Arc<AtomicBool>);
 
 impl RequestReset {
     /// The flag of `request`'s call (never set if the layer did not wrap it).
@@ -74,8 +74,16 @@ impl RequestReset {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn note(&self) {
-        self.0.store(true, Ordering::Relaxed);
+    /// Whether the request body could not be decoded: gRPC-Web text that is not base64. The
+    /// client sent it whole; it is malformed, not reset.
+    pub fn malformed(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    fn note(&self, error: &Status) {
+        // tonic-web's decoding errors are the only body errors it makes itself.
+        let flag = if error.message().starts_with("tonic-web: ") { &self.1 } else { &self.0 };
+        flag.store(true, Ordering::Relaxed);
     }
 }
 
@@ -325,7 +333,7 @@ impl Body for Watched {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
-            Some(Err(_)) => self.reset.note(),
+            Some(Err(error)) => self.reset.note(error),
             Some(Ok(f)) => {
                 if let (Some(framing), Some(data)) = (self.framing.as_mut(), f.data_ref()) {
                     framing.feed(data);
@@ -361,6 +369,17 @@ fn reset_answer<B>(
         uncounted.answered();
         return response.map(Some);
     };
+    if reset.malformed() {
+        let error = ServiceError::InvalidArgument(
+            "the request body is not valid gRPC-Web text: application/grpc-web-text carries the framed \
+             messages in base64"
+                .to_owned(),
+        );
+        tracing::info!(error = %error, "request message refused");
+        let status = error.to_status();
+        uncounted.count(status.code(), error.outcome());
+        return status.into_http().map(|()| None);
+    }
     if !reset.happened() {
         if internal.message() != "Missing request message." {
             uncounted.answered();
