@@ -46,6 +46,11 @@ export class Audio<S extends Samples = Samples> {
     if (samples.length % channels !== 0) {
       throw invalid(`${samples.length} samples do not make whole frames of ${channels} channels`);
     }
+    if (samples instanceof Float32Array) {
+      // As the Python client refuses them: the service would fail the node that reads them.
+      const index = samples.findIndex((s) => !Number.isFinite(s));
+      if (index >= 0) throw invalid(`samples must be finite; sample ${index} is ${String(samples[index])}`);
+    }
     this.samples = samples;
     this.sampleRate = sampleRate;
     this.channels = channels;

@@ -20,6 +20,17 @@ test("rates, channel counts and partial frames are refused", () => {
   assert.match(e.violations[0]?.description ?? "", /whole frames of 2 channels/);
 });
 
+test("NaN and infinite float samples are refused, naming the first, as the Python client refuses them", () => {
+  for (const [bad, shown] of [
+    [Number.NaN, "NaN"],
+    [Number.POSITIVE_INFINITY, "Infinity"],
+  ] as const) {
+    const e = validationOf(() => new Audio(Float32Array.from([0, 0.5, bad, bad]), 8_000));
+    assert.equal(e.violations[0]?.description, `samples must be finite; sample 2 is ${shown}`);
+  }
+  assert.equal(new Audio(Float32Array.from([0, -1, 1]), 8_000).samples.length, 3);
+});
+
 test("channels interleave and de-interleave in every format", () => {
   for (const Type of [Float32Array, Int16Array, Int32Array] as const) {
     const left = Type.from([1, 2, 3]);
