@@ -177,7 +177,7 @@ def test_a_public_address_without_tokens_is_refused() -> None:
     out = subprocess.run(
         [str(SERVER_BIN), "--listen", "0.0.0.0:0", "--metrics-listen", "off"], capture_output=True, text=True, timeout=30, env=server_env()
     )
-    assert out.returncode == 1
+    assert out.returncode == 2  # a configuration refusal, as an unknown key is
     assert "refusing to listen on 0.0.0.0:0 without authentication" in out.stderr
 
 
@@ -510,3 +510,16 @@ def test_pretty_logs_in_a_pipe_have_no_colour_codes() -> None:
     assert proc.returncode == 0
     assert "listening on" in text and "shutdown complete" in text
     assert "\x1b[" not in text, repr(text[:300])
+
+
+def test_a_port_taken_by_the_other_listener_names_which_listener_failed() -> None:
+    # gRPC and metrics on one port: the second bind fails, and says it was the metrics one.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    addr = f"127.0.0.1:{port}"
+    out = subprocess.run(
+        [str(SERVER_BIN), "--listen", addr, "--metrics-listen", addr], capture_output=True, text=True, timeout=30, env=server_env()
+    )
+    assert out.returncode == 1
+    assert f"cannot listen on {addr} (metrics_listen)" in out.stderr, out.stderr

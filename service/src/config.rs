@@ -412,7 +412,7 @@ impl<'a> Reader<'a> {
     }
 
     fn bool(&self, key: &str) -> bool {
-        self.parse(key, "true or false", |s| match s.to_ascii_lowercase().as_str() {
+        self.parse(key, "true or false (or 1/0, yes/no, on/off)", |s| match s.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => Some(true),
             "false" | "0" | "no" | "off" | "" => Some(false),
             _ => None,

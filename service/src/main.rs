@@ -92,7 +92,9 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "server stopped");
             eprintln!("remotemedia-server: {e}");
             match e {
-                remotemedia::grpc::server::ServerError::Config(_) => ExitCode::from(2),
+                // Settings refused at start-up, as those refused while reading the configuration.
+                remotemedia::grpc::server::ServerError::Config(_)
+                | remotemedia::grpc::server::ServerError::Unauthenticated(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }

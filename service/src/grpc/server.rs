@@ -49,8 +49,8 @@ pub const SERVICE_NAME: &str = "remotemedia.v1.PipelineService";
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(
         "refusing to listen on {0} without authentication: configure auth_tokens or auth_tokens_file, \
          listen on a loopback address, or pass --allow-unauthenticated"
@@ -77,10 +77,17 @@ pub async fn bind(config: Config, registry: Registry) -> Result<BoundServer, Ser
     if config.auth_tokens.is_empty() && !config.listen.ip().is_loopback() && !config.allow_unauthenticated {
         return Err(ServerError::Unauthenticated(config.listen));
     }
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind {
+        key: "listen",
+        addr: config.listen,
+        source,
+    })?;
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?),
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+            key: "metrics_listen",
+            addr,
+            source,
+        })?),
         None => None,
     };
     observe::init(&registry.implementations());
