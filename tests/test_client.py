@@ -357,6 +357,17 @@ async def test_validation_errors_list_every_violation(api: Api) -> None:
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(info.value.violations) == 2
 
+    # A cycle beside an unknown type: the client alone would list the cycle only; every
+    # violation comes back at once, from the service.
+    looped = Pipeline("looped")
+    a, b = looped.add(GainNode("a")), looped.add(GainNode("b"))
+    a >> b >> a
+    looped.add(PassThroughNode("in")) >> looped.add(Node("NoSuchNode", "ghost"))
+    with pytest.raises(ValidationError) as info:
+        await api.call("run", looped, {"in": tone(0.01), "a": tone(0.01)}, sample_rate=RATE)
+    found = " | ".join(f"{v.field}: {v.description}" for v in info.value.violations)
+    assert "NoSuchNode" in found and "a → b → a" in found, found
+
 
 @produces(NodeExecutionError)
 async def test_a_failing_python_node_names_itself_and_carries_its_traceback(api: Api) -> None:

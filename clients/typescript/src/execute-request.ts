@@ -55,10 +55,13 @@ export function unknownNodeTypes(manifest: PipelineManifest): boolean {
 }
 
 /**
- * Every problem of the manifest's node parameters and connection ports the service would
- * report, checked against `catalogue` (see `pipelineViolations`).
+ * Every problem of the manifest's node parameters, connection ports and graph the service would
+ * report, checked against `catalogue` (see `pipelineViolations`). A manifest with a node type
+ * `catalogue` does not know gets none: the service reports every violation at once, the unknown
+ * type among them, where a list made here would miss it.
  */
 export function manifestViolations(manifest: PipelineManifest, catalogue: Catalogue): Violation[] {
+  if (manifest.nodes.some((n) => n.nodeType !== "" && !catalogue.knows(n.nodeType))) return [];
   const nodes: CheckedNode[] = manifest.nodes.map((n) => ({ id: n.id, type: n.nodeType, params: paramsOf(n.params) }));
   const edges: PipelineEdge[] = manifest.connections.map((c) => ({
     from: c.from,
@@ -129,10 +132,21 @@ export function executeRequest(
       { field: "inputs", description: `must be an Audio or { audio, data, outputNodes, limits }, got ${describe(inputs)}` },
     ]);
   }
-  const resolved: ExecuteInputs = inputs instanceof Audio ? { audio: { [onlySource(manifest, "inputs")]: inputs } } : inputs;
+  const problems: Violation[] = manifestViolations(manifest, catalogue);
+  let resolved: ExecuteInputs;
+  if (inputs instanceof Audio) {
+    // The pipeline's own problems (a self loop leaves no source) come first, with this one.
+    const sources = sourceNodes(manifest);
+    const [only] = sources;
+    if (sources.length !== 1 || only === undefined) {
+      throw validationError([...problems, sourceViolation(sources, "inputs")]);
+    }
+    resolved = { audio: { [only]: inputs } };
+  } else {
+    resolved = inputs;
+  }
   checkOptions(resolved, INPUT_FIELDS, "inputs.");
   const ids = new Set(manifest.nodes.map((n) => n.id));
-  const problems: Violation[] = manifestViolations(manifest, catalogue);
   const audioInputs: ExecuteRequest["audioInputs"] = {};
   for (const [id, audio] of Object.entries(resolved.audio ?? {})) {
     if (audio instanceof Audio) audioInputs[id] = audio.toProto();
@@ -216,16 +230,10 @@ const INPUT_FIELDS = {
 /** The keys `limits` may have; their values are checked with the request's other problems. */
 const LIMIT_KEYS = Object.fromEntries(LIMIT_FIELDS.map(([name]) => [name, () => undefined]));
 
-/** The pipeline's only source node; `field` names what needed it in the error otherwise. */
-export function onlySource(manifest: PipelineManifest, field: string): string {
-  const sources = sourceNodes(manifest);
-  if (sources.length !== 1 || sources[0] === undefined) {
-    throw validationError([
-      {
-        field,
-        description: `the pipeline has ${sources.length} source nodes (${sources.join(", ") || "none"}); name the node to feed`,
-      },
-    ]);
-  }
-  return sources[0];
+/** Why a bare Audio cannot be fed: the pipeline has no source node, or several. */
+function sourceViolation(sources: string[], field: string): Violation {
+  return {
+    field,
+    description: `the pipeline has ${sources.length} source nodes (${sources.join(", ") || "none"}); name the node to feed`,
+  };
 }

@@ -380,6 +380,42 @@ export interface CheckedNode {
  * connected to itself or of a connection that repeats an earlier one (the service refuses
  * those for what they are).
  */
+/** Each cycle of the graph once, as a path from its node listed first back to it (self loops are reported apart). */
+function cycles(nodes: readonly CheckedNode[], edges: readonly PipelineEdge[]): string[][] {
+  const order = new Map<string, number>();
+  nodes.forEach((n, i) => {
+    if (!order.has(n.id)) order.set(n.id, i);
+  });
+  const next = new Map<string, string[]>([...order.keys()].map((id) => [id, []]));
+  for (const e of edges) {
+    const out = next.get(e.from);
+    if (out !== undefined && order.has(e.to) && e.from !== e.to && !out.includes(e.to)) out.push(e.to);
+  }
+  const found = new Map<string, string[]>();
+  const state = new Map<string, "open" | "done">();
+  const path: string[] = [];
+  const visit = (id: string): void => {
+    state.set(id, "open");
+    path.push(id);
+    for (const to of next.get(id) ?? []) {
+      if (state.get(to) === "open") {
+        const cycle = path.slice(path.indexOf(to));
+        const rank = (k: string): number => order.get(k) ?? 0;
+        const first = cycle.reduce((best, k, i) => (rank(k) < rank(cycle[best] ?? k) ? i : best), 0);
+        const ordered = [...cycle.slice(first), ...cycle.slice(0, first)];
+        const key = [...cycle].sort().join("\u0000");
+        if (!found.has(key)) found.set(key, [...ordered, ordered[0] ?? to]);
+      } else if (!state.has(to)) {
+        visit(to);
+      }
+    }
+    path.pop();
+    state.set(id, "done");
+  };
+  for (const id of order.keys()) if (!state.has(id)) visit(id);
+  return [...found.values()];
+}
+
 export function pipelineViolations(nodes: readonly CheckedNode[], edges: readonly PipelineEdge[], catalogue: Catalogue): Violation[] {
   // Each node id (its first node, as the service indexes them) with the type whose ports are
   // checked, or undefined when they are not.
@@ -397,6 +433,9 @@ export function pipelineViolations(nodes: readonly CheckedNode[], edges: readonl
   });
   const seen = new Set<string>();
   edges.forEach((e, j) => {
+    if (e.from === e.to) {
+      problems.push({ field: `connections[${j}]`, description: `node "${e.from}" connects to itself`, nodeId: e.from });
+    }
     if (!planned.has(e.from) || !planned.has(e.to) || e.from === e.to) return;
     const key = JSON.stringify([e.from, e.outputKey, e.to, e.inputKey]);
     if (seen.has(key)) return;
@@ -425,6 +464,9 @@ export function pipelineViolations(nodes: readonly CheckedNode[], edges: readonl
       });
     }
   });
+  for (const path of cycles(nodes, edges)) {
+    problems.push({ field: "connections", description: `connections form a cycle: ${path.join(" → ")}` });
+  }
   return problems;
 }
 

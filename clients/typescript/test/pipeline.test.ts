@@ -172,3 +172,32 @@ test("a builder's runtime is read as fromJSON reads it, and an unknown one is re
     assert.match(error.message, new RegExp(`runtime "${runtime}" is not supported; use auto, rust or cpython`));
   }
 });
+
+test("self loops and cycles are found before sending, each cycle once, from its first node", async () => {
+  const { Audio, createClient } = await import("../src/index.js");
+  // Nothing listens on port 1: a pipeline that reached the transport would fail as UNAVAILABLE.
+  const client = createClient({ address: "127.0.0.1:1", retry: false });
+  try {
+    const pipeline = new Pipeline("loops")
+      .passThrough("in")
+      .gain("a")
+      .gain("b")
+      .gain("c")
+      .connect("in", "a")
+      .connect("a", "b")
+      .connect("b", "a")
+      .connect("c", "c")
+      .connect("in", "c");
+    const error = await client.execute(pipeline, new Audio(new Float32Array(4), 8_000)).then(
+      () => assert.fail("the pipeline was sent"),
+      (e: unknown) => e as { kind: string; violations: { field: string; description: string }[] },
+    );
+    assert.equal(error.kind, "VALIDATION");
+    assert.deepEqual(
+      error.violations.map((v) => `${v.field}: ${v.description}`),
+      ['connections[3]: node "c" connects to itself', "connections: connections form a cycle: a → b → a"],
+    );
+  } finally {
+    client.close();
+  }
+});

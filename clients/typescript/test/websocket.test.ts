@@ -133,9 +133,13 @@ const failures: [string, (c: (options?: Partial<ClientOptions>) => RemoteMediaCl
   [
     "a chunk for a node the pipeline lacks",
     async (c) => {
+      // Refused by the session before it is sent, which leaves the session open: cancel it.
       const session = await c().stream(doubling());
-      await session.send(new Audio(new Float32Array(4), 16_000), { nodeId: "nowhere" });
-      return firstResult(session);
+      try {
+        return await session.send(new Audio(new Float32Array(4), 16_000), { nodeId: "nowhere" });
+      } finally {
+        session.cancel();
+      }
     },
   ],
   [

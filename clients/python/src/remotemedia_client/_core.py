@@ -235,6 +235,15 @@ def default_source(pipeline: Pipeline, what: str) -> str:
     return sources[0]
 
 
+def call_violations(pipeline: Pipeline, catalogue: Catalogue) -> list[Violation]:
+    """What a call checks before sending: every violation ``Pipeline.violations`` finds, or none
+    when a node type is unknown even to ``catalogue``. The service then reports every violation
+    at once, the unknown type among them, where a list made here would miss it."""
+    if any(n.type and not catalogue.knows(n.type) for n in pipeline.nodes):
+        return []
+    return pipeline.violations(catalogue)
+
+
 def unknown_node_types(pipeline: Pipeline | pb.PipelineManifest) -> bool:
     """Whether ``pipeline`` uses node types the client's built-in catalogue does not know
     (plug-ins), so the server's catalogue is needed to check it."""
@@ -259,7 +268,7 @@ def execute_request(
         raise TypeError(f"data must be a mapping of node id to a JSON-serialisable value, got {type(data).__name__}")
     if isinstance(output_nodes, (str, bytes, Node)):
         raise TypeError(f"output_nodes must be a sequence of nodes or node ids, got one {type(output_nodes).__name__}: wrap it in a list")
-    problems = p.violations(catalogue)
+    problems = call_violations(p, catalogue)
     audio: dict[str, AudioBuffer] = {}
     if inputs is not None and not isinstance(inputs, Mapping):
         # One input (an AudioBuffer, an array, a list of samples) for the only source node.
@@ -439,7 +448,8 @@ class StreamCore:
 
     def __init__(self, pipeline: Pipeline | pb.PipelineManifest, *, source: str | None, sample_rate: int | None) -> None:
         p = as_pipeline(pipeline)
-        p.validate()
+        if problems := call_violations(p, BUILTIN_CATALOGUE):
+            raise ValidationError.of(problems)
         self.pipeline = p
         self.manifest = p.to_manifest()
         self.node_ids = {n.id for n in p.nodes}
@@ -462,7 +472,8 @@ class StreamCore:
 
     def check(self, catalogue: Catalogue) -> None:
         """Checks the pipeline again, against a catalogue that knows its plug-ins."""
-        self.pipeline.validate(catalogue)
+        if problems := call_violations(self.pipeline, catalogue):
+            raise ValidationError.of(problems)
 
     def manifest_request(self) -> pb.StreamRequest:
         return pb.StreamRequest(manifest=self.manifest)
