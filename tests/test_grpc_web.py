@@ -141,7 +141,7 @@ def test_a_request_refused_while_it_is_still_being_sent_gets_its_status() -> Non
     """HTTP/1.1 cannot stop an upload: the server reads the rest of a refused request while it
     answers, so a client that sends its whole body before reading (as http.client and browsers
     do) gets the refusal instead of a broken pipe."""
-    s = start_server("--max-message-bytes", "262144", "--auth-tokens", TOKEN)
+    s = start_server("--max-message-bytes", "262144", "--auth-tokens", TOKEN, "--cors-allowed-origins", ORIGIN)
     try:
         request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(1_000_000))})
         too_large = request.SerializeToString()  # 4 MB, 16 × the cap
@@ -181,6 +181,28 @@ def test_cors_preflight_allows_only_the_configured_origins(web: RunningServer) -
 
     refused = preflight(web, "https://evil.example.net")
     assert refused.getheader("access-control-allow-origin") is None
+
+
+def test_a_call_from_an_origin_outside_the_list_is_refused_before_it_runs(web: RunningServer) -> None:
+    # CORS keeps the answer from the page, but the call would run: it is refused first, with
+    # PERMISSION_DENIED, and counted. A call without Origin (not from a browser) runs.
+    request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.zeros(8))})
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    before = web.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="PERMISSION_DENIED", outcome="authentication")
+    response, body = call(web, "ExecutePipeline", request.SerializeToString(), {**auth, "origin": "https://evil.example.net"})
+    messages, trailers = unframe(body)
+    assert status_of(response, trailers) == "7", (response.headers, trailers)
+    assert not messages
+    message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
+    assert "this origin is not allowed (cors_allowed_origins)" in message
+    after = web.metric("remotemedia_requests_total", rpc="ExecutePipeline", code="PERMISSION_DENIED", outcome="authentication")
+    assert after == before + 1
+    host, port = web.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **auth}
+    conn.request("POST", f"{SERVICE}/ExecutePipeline", body=frame(request.SerializeToString()), headers=headers)
+    plain = conn.getresponse()
+    assert status_of(plain, unframe(plain.read())[1]) == "0"
 
 
 def test_without_configured_origins_no_origin_is_allowed(server: RunningServer) -> None:

@@ -64,6 +64,7 @@ const KNOWN_RESULTS: &[(Code, &str)] = &[
     (Code::Aborted, outcome::NODE_EXECUTION),
     (Code::ResourceExhausted, outcome::RESOURCE_LIMIT),
     (Code::Unauthenticated, outcome::AUTHENTICATION),
+    (Code::PermissionDenied, outcome::AUTHENTICATION),
     (Code::Unavailable, outcome::UNAVAILABLE),
     (Code::Cancelled, outcome::CANCELLED),
     (Code::DeadlineExceeded, outcome::DEADLINE_EXCEEDED),

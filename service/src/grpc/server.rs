@@ -136,7 +136,7 @@ impl BoundServer {
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(DeadlineLayer)
             .layer(DrainLayer::new(state.draining.clone(), PIPELINE_PATH_PREFIX))
-            .layer(GuardLayer::new(Guards { tokens: tokens.clone() }))
+            .layer(GuardLayer::new(Guards { tokens: tokens.clone(), origins: config.cors_allowed_origins.clone() }))
             .service(routes(&state, health_service)?);
         // WebSocket upgrades are answered before the gRPC-Web layer, which refuses every other
         // HTTP/1.1 request; the endpoint makes its own checks.

@@ -71,6 +71,10 @@ pub enum ServiceError {
     #[error("{0}")]
     Unauthenticated(String),
 
+    /// A browser call from an `Origin` outside `cors_allowed_origins`.
+    #[error("{0}")]
+    Forbidden(String),
+
     /// The client's protocol version is not supported.
     #[error("protocol version `{}` is not supported; supported versions: {}", text::quoted(requested), supported.join(", "))]
     VersionMismatch { requested: String, supported: Vec<String> },
@@ -102,7 +106,7 @@ impl ServiceError {
         match self {
             ServiceError::Exec(e) => exec_error_type(e),
             ServiceError::Limit { .. } | ServiceError::Overloaded { .. } => ErrorType::ResourceLimit,
-            ServiceError::Unauthenticated(_) => ErrorType::Authentication,
+            ServiceError::Unauthenticated(_) | ServiceError::Forbidden(_) => ErrorType::Authentication,
             ServiceError::VersionMismatch { .. } => ErrorType::VersionMismatch,
             ServiceError::OutOfOrder(_) | ServiceError::InvalidArgument(_) => ErrorType::Validation,
             ServiceError::Draining | ServiceError::Cancelled(_) => ErrorType::Internal,
@@ -187,6 +191,7 @@ impl ServiceError {
             ServiceError::Exec(ExecError::Internal(_)) => Code::Internal,
             ServiceError::Limit { .. } | ServiceError::Overloaded { .. } => Code::ResourceExhausted,
             ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::Forbidden(_) => Code::PermissionDenied,
             ServiceError::VersionMismatch { .. } | ServiceError::OutOfOrder(_) => Code::FailedPrecondition,
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::Draining => Code::Unavailable,

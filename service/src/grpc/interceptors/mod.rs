@@ -1,5 +1,6 @@
-//! Checks that run before a pipeline RPC reaches its handler, as one small tower layer:
-//! authentication ([`auth`]) and the protocol version header ([`version`]). Health,
+//! Checks that run before a pipeline RPC reaches its handler, as one small tower layer: the
+//! browser `Origin` ([`check_origin`]), authentication ([`auth`]) and the protocol version
+//! header ([`version`]). Health,
 //! reflection and `GetVersion` pass through untouched. Because the layer sits in front of the
 //! service, a stream is refused before its first message is read.
 //!
@@ -46,6 +47,8 @@ pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Default)]
 pub struct Guards {
     pub tokens: auth::Tokens,
+    /// `cors_allowed_origins`: the pages whose scripts may call.
+    pub origins: Vec<String>,
 }
 
 impl Guards {
@@ -54,6 +57,12 @@ impl Guards {
         let Some(method) = path.strip_prefix(PIPELINE_PATH_PREFIX) else { return Ok(()) };
         if PUBLIC_METHODS.contains(&method) {
             return Ok(());
+        }
+        // A page from another origin cannot read the answer (CORS), but the call would run:
+        // refused before it does, as a WebSocket upgrade from such a page is.
+        if let Err(origin) = check_origin(&self.origins, headers) {
+            tracing::info!(origin = %crate::text::quoted(&origin), "call refused: origin not in cors_allowed_origins");
+            return Err(ServiceError::Forbidden("this origin is not allowed (cors_allowed_origins)".to_owned()));
         }
         self.tokens.check(headers)?;
         version::check_header(headers)?;
@@ -223,6 +232,14 @@ fn rewrite_codec_status(
     status.into_http()
 }
 
+/// `Err(origin)` when the request has an `Origin` outside `allowed` (browsers always send one;
+/// other clients send none, and pass).
+pub fn check_origin(allowed: &[String], headers: &http::HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(http::header::ORIGIN) else { return Ok(()) };
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    if allowed.iter().any(|a| *a == origin) { Ok(()) } else { Err(origin.into_owned()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +247,7 @@ mod tests {
 
     #[test]
     fn only_pipeline_rpcs_other_than_get_version_are_guarded() {
-        let g = Guards { tokens: auth::Tokens::new(vec![Secret::new("t")]) };
+        let g = Guards { tokens: auth::Tokens::new(vec![Secret::new("t")]), origins: Vec::new() };
         let none = http::HeaderMap::new();
         assert!(g.check("/grpc.health.v1.Health/Check", &none).is_ok());
         assert!(g.check("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &none).is_ok());
@@ -251,5 +268,23 @@ mod tests {
             g.check("/remotemedia.v1.PipelineService/ExecutePipeline", &h),
             Err(ServiceError::VersionMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_browser_origin_outside_the_allow_list_is_forbidden_before_the_token_is_read() {
+        let g =
+            Guards { tokens: auth::Tokens::new(vec![Secret::new("t")]), origins: vec!["https://app.example".into()] };
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::ORIGIN, "https://evil.example".parse().unwrap());
+        let path = "/remotemedia.v1.PipelineService/ExecutePipeline";
+        assert!(matches!(g.check(path, &h), Err(ServiceError::Forbidden(_))));
+        assert!(g.check("/remotemedia.v1.PipelineService/GetVersion", &h).is_ok());
+        h.insert(http::header::ORIGIN, "https://app.example".parse().unwrap());
+        assert!(
+            matches!(g.check(path, &h), Err(ServiceError::Unauthenticated(_))),
+            "allowed: the token is checked next"
+        );
+        h.insert(http::header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        assert!(g.check(path, &h).is_ok());
     }
 }

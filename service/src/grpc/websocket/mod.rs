@@ -111,13 +111,7 @@ impl Endpoint {
 
     /// `Err(origin)` when the request has an `Origin` outside the allow-list.
     fn check_origin(&self, headers: &HeaderMap) -> Result<(), String> {
-        let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
-        let origin = String::from_utf8_lossy(origin.as_bytes());
-        if self.state.config.cors_allowed_origins.iter().any(|allowed| *allowed == origin) {
-            Ok(())
-        } else {
-            Err(origin.into_owned())
-        }
+        crate::grpc::interceptors::check_origin(&self.state.config.cors_allowed_origins, headers)
     }
 
     /// The token, then the protocol version, as the gRPC guard checks them.
