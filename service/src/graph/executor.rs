@@ -362,7 +362,7 @@ impl Pipeline {
         for (_, ports) in feed.iter() {
             run.memory.hold(ports);
         }
-        check_memory(&run.memory, max_memory.map(|limit| (limit, 0)), "")?;
+        check_memory(&run.memory, max_memory, "")?;
         // Calls running off the driving task. Made on the first such call: making the set
         // allocates, and a run of light native nodes needs none.
         let mut inflight = None;
@@ -387,22 +387,38 @@ impl Pipeline {
                 let inline = matches!(&self.slots[i], Some(NodeInstance::Native(n)) if !n.is_heavy(&inputs));
                 if max_memory.is_some() {
                     self.budget.set_live(run.memory.live());
-                    if !inline {
+                    {
                         // Calls running at once each make their output before any is counted.
-                        // A call off this task reserves about its inputs' size for its output
-                        // (a node that makes more reserves the rest itself), and while that
-                        // does not fit beside the calls already running, it waits for them: a
-                        // fan-out of a thousand heavy branches runs as many at once as the
-                        // limit has room for, not all of them (`parallel_branches_share_the_memory_limit`).
-                        let estimate = inputs.size_bytes();
-                        while self.budget.reserve(i, estimate).is_err() {
-                            let Some(calls) = inflight.as_mut().filter(|c| !c.is_empty()) else { break };
-                            let Some((j, instance, result)) = calls.next().await else { break };
+                        // A call reserves its output's size (what the node says
+                        // it will make, else its inputs' size). Without room beside the calls
+                        // already running, it waits for one of them to finish, lets the nodes
+                        // that one readied go first (consuming its output frees it), and tries
+                        // again; with none running, it runs alone and is checked when it
+                        // returns. A fan-out of a thousand heavy branches so runs as many at
+                        // once as the limit has room for (`parallel_branches_share_the_memory_limit`,
+                        // `a_fan_out_into_chains_runs_each_chain_on_and_fits_a_tight_limit`).
+                        // Less what its predecessors' outputs free once it has run, if it is
+                        // their last consumer: running a chain's next node makes room.
+                        let estimate = match &self.slots[i] {
+                            Some(NodeInstance::Native(n)) => n.output_bytes(&inputs),
+                            _ => None,
+                        }
+                        .unwrap_or_else(|| inputs.size_bytes())
+                        .saturating_sub(run.freed_by(&self.plan, &self.preds, i));
+                        if self.budget.reserve(i, estimate).is_err()
+                            && let Some(calls) = inflight.as_mut().filter(|c| !c.is_empty())
+                            && let Some((j, instance, result)) = calls.next().await
+                        {
                             self.slots[j] = instance;
                             if let Err(e) = self.completed(run, j, result, max_memory) {
                                 self.drain(&mut inflight, &mut run.reports).await;
                                 return Err(e);
                             }
+                            if let Some(own) = run.held_inputs[i].take() {
+                                feed.push((i, own));
+                            }
+                            run.ready.push_back(i);
+                            continue;
                         }
                     }
                 }
@@ -447,14 +463,13 @@ impl Pipeline {
         result: Result<CallOk, CallFailed>,
         max_memory: Option<u64>,
     ) -> Result<(), ExecError> {
-        // What others reserved still counts against this node's output; its own reservation
-        // ends as its output is counted.
-        let others = self.budget.reserved_by_others(i);
+        // The reservation ends as the output is counted. The output is checked against what the
+        // run holds, not against what running calls reserved: those are room promised, which
+        // the calls were admitted with (and a chain's next node, which frees its input, must
+        // not fail for them).
         self.budget.release(i);
         let finished = match result {
-            Ok(CallOk { outputs, report }) => {
-                run.completed(&self.plan, &self.preds, i, outputs, report, max_memory.map(|limit| (limit, others)))
-            }
+            Ok(CallOk { outputs, report }) => run.completed(&self.plan, &self.preds, i, outputs, report, max_memory),
             Err(CallFailed { error, report }) => {
                 run.reports.extend(report);
                 Err(error)
@@ -732,11 +747,11 @@ impl RunState {
         i: usize,
         outputs: Ports,
         mut report: NodeReport,
-        limit_and_reserved: Option<(u64, u64)>,
+        max_memory: Option<u64>,
     ) -> Result<(), ExecError> {
         self.memory.hold(&outputs);
         report.memory_bytes = outputs.size_bytes();
-        check_memory(&self.memory, limit_and_reserved, &plan.nodes[i].id)?;
+        check_memory(&self.memory, max_memory, &plan.nodes[i].id)?;
         if let Some(own) = self.held_inputs[i].take() {
             self.memory.release(&own);
         }
@@ -746,14 +761,29 @@ impl RunState {
         Ok(())
     }
 
+    /// Bytes node `i`'s predecessors' outputs hold that are freed once `i` has run: those it
+    /// is the last active consumer of and that are not part of the result.
+    fn freed_by(&self, plan: &Plan, preds: &[Vec<usize>], i: usize) -> u64 {
+        preds[i]
+            .iter()
+            .filter(|&&p| self.active[p] && self.consumers_left[p] == 1 && !is_result_node(plan, p))
+            .filter_map(|&p| self.produced[p].as_ref())
+            .map(Ports::size_bytes)
+            .sum()
+    }
+
     /// After node `i` has run (or been skipped): wakes its successors and drops the outputs of
     /// predecessors nobody needs any more, keeping their unconsumed data for the result.
     fn finish_node(&mut self, plan: &Plan, preds: &[Vec<usize>], i: usize) {
-        for &s in &plan.outgoing[i] {
+        // Successors go first, ahead of the nodes already waiting (in their own order): a branch
+        // runs on to the nodes that consume its outputs, which frees them, before more branches
+        // start. A fan-out into chains under a tight memory limit then holds one output per
+        // running branch, not every first stage's output at once.
+        for &s in plan.outgoing[i].iter().rev() {
             if self.active[s] {
                 self.waiting[s] -= 1;
                 if self.waiting[s] == 0 {
-                    self.ready.push_back(s);
+                    self.ready.push_front(s);
                 }
             }
         }
@@ -810,19 +840,16 @@ fn is_result_node(plan: &Plan, i: usize) -> bool {
     plan.is_sink(i) || plan.output_nodes.contains(&i)
 }
 
-/// Fails when the run's values and the room reserved for running calls' outputs come to more
-/// than the limit (`limit_and_reserved`: the limit and that room; `None` without a limit).
-fn check_memory(
-    memory: &MemoryTracker,
-    limit_and_reserved: Option<(u64, u64)>,
-    node_id: &str,
-) -> Result<(), ExecError> {
-    let Some((limit, reserved)) = limit_and_reserved else { return Ok(()) };
-    let needed = memory.live().saturating_add(reserved);
-    if needed <= limit {
-        return Ok(());
+/// Fails when the run's values come to more than `limit` bytes.
+fn check_memory(memory: &MemoryTracker, limit: Option<u64>, node_id: &str) -> Result<(), ExecError> {
+    match limit {
+        Some(limit) if memory.live() > limit => Err(ExecError::MemoryLimit {
+            limit,
+            needed: memory.live(),
+            node_id: (!node_id.is_empty()).then(|| node_id.to_owned()),
+        }),
+        _ => Ok(()),
     }
-    Err(ExecError::MemoryLimit { limit, needed, node_id: (!node_id.is_empty()).then(|| node_id.to_owned()) })
 }
 
 /// What a node call measured besides its outputs: CPU time where it ran, and the node's own

@@ -68,13 +68,25 @@ pub struct FormatConverterNode {
     layout: check::StreamLayout,
 }
 
+impl FormatConverterNode {
+    /// The output's bytes when it is wider than the input.
+    fn widened_bytes(&self, audio: &crate::audio::AudioBuffer) -> Option<u64> {
+        let wider = self.target.bytes_per_sample() > audio.format().bytes_per_sample();
+        wider.then(|| (audio.num_samples() * self.target.bytes_per_sample()) as u64)
+    }
+}
+
 impl Node for FormatConverterNode {
+    fn output_bytes(&self, inputs: &NodeInputs) -> Option<u64> {
+        self.widened_bytes(inputs.audio(INPUT).ok()?)
+    }
+
     fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         self.layout.check(audio)?;
-        if self.target.bytes_per_sample() > audio.format().bytes_per_sample() {
+        if let Some(bytes) = self.widened_bytes(audio) {
             // i16 → f32 or i32 doubles the audio: the limit is checked before the copy is made.
-            ctx.reserve_output((audio.num_samples() * self.target.bytes_per_sample()) as u64)?;
+            ctx.reserve_output(bytes)?;
         }
         self.converted += audio.num_samples() as u64;
         Ok(Ports::audio_output(convert(audio, self.target, &mut self.arena)))

@@ -21,7 +21,19 @@ pub struct ChannelMixerNode {
     layout: check::StreamLayout,
 }
 
+impl ChannelMixerNode {
+    /// The output's bytes when it has more channels than the input.
+    fn upmixed_bytes(&self, audio: &crate::audio::AudioBuffer) -> Option<u64> {
+        let (n, m) = (audio.channels() as usize, self.output_channels as usize);
+        (m > n).then(|| (audio.frames() * m * audio.format().bytes_per_sample()) as u64)
+    }
+}
+
 impl Node for ChannelMixerNode {
+    fn output_bytes(&self, inputs: &NodeInputs) -> Option<u64> {
+        self.upmixed_bytes(inputs.audio(INPUT).ok()?)
+    }
+
     fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         self.layout.check(audio)?;
@@ -31,9 +43,9 @@ impl Node for ChannelMixerNode {
         }
         let frames = audio.frames();
         let width = audio.format().bytes_per_sample();
-        if m > n {
+        if let Some(bytes) = self.upmixed_bytes(audio) {
             // Up to 256 channels from one: the limit is checked before the copy is made.
-            ctx.reserve_output((frames * m * width) as u64)?;
+            ctx.reserve_output(bytes)?;
             // Duplication copies whole samples, so every format is copied exactly.
             let src = audio.bytes();
             let out = self.arena.write_raw(frames * m * width, audio.format(), audio.sample_rate(), m as u32, |out| {

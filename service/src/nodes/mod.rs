@@ -141,6 +141,15 @@ pub trait Node: Send + 'static {
         inputs.samples() > INLINE_MAX_SAMPLES
     }
 
+    /// The bytes this call's output will take, for a node whose output can be larger than its
+    /// input (an upmix, an upsampling, a wider format) and that reserves it with
+    /// [`NodeContext::reserve_output`]. The executor reserves it before the call starts, so a
+    /// call that has no room waits for the running ones instead of failing; `None` (the
+    /// default): about the input's size.
+    fn output_bytes(&self, _inputs: &NodeInputs) -> Option<u64> {
+        None
+    }
+
     /// Node-specific figures for `NodeMetrics.custom_metrics`, read after each call when the
     /// pipeline reports metrics.
     fn custom_metrics(&self) -> Figures {

@@ -250,7 +250,21 @@ impl ResampleNode {
     }
 }
 
+impl ResampleNode {
+    /// What an upsampling call holds at once: its output as f32 and in the input's format.
+    fn upsampled_bytes(&self, audio: &AudioBuffer) -> Option<u64> {
+        (self.output_rate > audio.sample_rate()).then(|| {
+            let frames = (audio.frames() as u64 * u64::from(self.output_rate)).div_ceil(u64::from(audio.sample_rate()));
+            frames * u64::from(audio.channels()) * (4 + audio.format().bytes_per_sample() as u64)
+        })
+    }
+}
+
 impl Node for ResampleNode {
+    fn output_bytes(&self, inputs: &NodeInputs) -> Option<u64> {
+        self.upsampled_bytes(inputs.audio(INPUT).ok()?)
+    }
+
     fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         if let Some(expected) = self.expected_input_rate
@@ -269,12 +283,10 @@ impl Node for ResampleNode {
             ))
             .with_field("input.sample_rate"));
         }
-        if self.output_rate > audio.sample_rate() {
+        if let Some(bytes) = self.upsampled_bytes(audio) {
             // Upsampling multiplies the audio (768× from 1 kHz to 768 kHz), collected as f32 and
             // then written in the input's format: the limit is checked before either is made.
-            let frames = (audio.frames() as u64 * u64::from(self.output_rate)).div_ceil(u64::from(audio.sample_rate()));
-            let width = 4 + audio.format().bytes_per_sample() as u64;
-            ctx.reserve_output(frames * u64::from(audio.channels()) * width)?;
+            ctx.reserve_output(bytes)?;
         }
         match &self.stream {
             Some(st) => check::same_layout(audio, st.input_rate, st.channels as u32, st.format)?,

@@ -488,6 +488,10 @@ struct Holder {
 }
 
 impl Node for Holder {
+    fn output_bytes(&self, inputs: &Ports) -> Option<u64> {
+        let bytes = inputs.audio(INPUT).ok()?.bytes().len() * self.times;
+        self.reserve.then_some(bytes as u64)
+    }
     fn process(&mut self, inputs: Ports, ctx: &NodeContext) -> Result<Ports, NodeError> {
         let input = inputs.audio(INPUT)?.as_f32().into_owned();
         let bytes = (4 * input.len() * self.times) as u64;
@@ -544,6 +548,43 @@ async fn parallel_branches_share_the_memory_limit() {
             "{most} outputs of {output_bytes} bytes held at once under a limit of {limit} (times {times})"
         );
     }
+}
+
+/// A fan-out into chains (an upmix by 8, then back down) under a limit with room for every
+/// chain's final output but for only a few of the upmixes at once: each branch runs on to its
+/// second stage, which frees the upmix, so the run fits. Starting every first stage before any
+/// second one (as the ready queue used to) held all the upmixes and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_into_chains_runs_each_chain_on_and_fits_a_tight_limit() {
+    let (holding, most) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let engine = engine_with(move |r| {
+        register(r, "Holder", move || -> Box<dyn Node> {
+            Box::new(Holder { times: 8, reserve: true, holding: holding.clone(), most: most.clone() })
+        });
+        register(r, "Shrink", || -> Box<dyn Node> {
+            Box::new(FnNode(|inputs: Ports, _: &NodeContext| {
+                let x = inputs.audio(INPUT)?.as_f32().into_owned();
+                Ok(Ports::audio_output(crate::audio::AudioBuffer::from_f32(x[..x.len() / 8].to_vec(), 16_000, 1)))
+            }))
+        });
+    });
+    let mut manifest = Manifest::new("chains").node("src", "PassThroughNode", "");
+    for b in 0..64 {
+        let (up, down) = (format!("up{b}"), format!("down{b}"));
+        manifest = manifest.node(&up, "Holder", "").node(&down, "Shrink", "").connect("src", &up).connect(&up, &down);
+    }
+    let mut p = engine.build(&manifest, &shape(&["src"])).await.unwrap();
+    let (input, upmix) = (4_000u64, 32_000u64);
+    // The input, every chain's output (an input's size), room for four upmixes, and for one
+    // second stage's output while the upmix it reads is still held.
+    let limit = input + 64 * input + 4 * (upmix + input) + input;
+    let limits = RunLimits { timeout: None, max_memory_bytes: Some(limit) };
+    let out = p
+        .run(inputs(&[("src", audio(vec![0.25; 1_000]))]), Mode::Once, limits, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out.outputs.len(), 64);
+    assert!(out.outputs.iter().all(|o| o.ports.audio(OUTPUT).unwrap().as_f32().iter().all(|&v| v == 0.25)));
 }
 
 #[tokio::test]
