@@ -367,6 +367,15 @@ async def test_validation_errors_list_every_violation(api: Api) -> None:
         await api.call("run", looped, {"in": tone(0.01), "a": tone(0.01)}, sample_rate=RATE)
     found = " | ".join(f"{v.field}: {v.description}" for v in info.value.violations)
     assert "NoSuchNode" in found and "a → b → a" in found, found
+    # The same with a bare array for a pipeline of two sources: it has no node to go to, and the
+    # service still lists every problem.
+    two = Pipeline("two")
+    two.add(Node("NoSuchNode", "ghost"))
+    two.add(GainNode("g", gain_db=500))
+    with pytest.raises(ValidationError) as info:
+        await api.call("run", two, tone(0.01), sample_rate=RATE)
+    found = " | ".join(f"{v.field}: {v.description}" for v in info.value.violations)
+    assert "NoSuchNode" in found and "gain_db" in found, found
 
 
 @produces(NodeExecutionError)

@@ -49,6 +49,11 @@ export function toManifest(pipeline: PipelineLike): PipelineManifest {
   return Pipeline.fromJSON(pipeline).toProto();
 }
 
+/** Whether a node type of the manifest is unknown even to `catalogue`: only the service can judge it. */
+function unknownTo(manifest: PipelineManifest, catalogue: Catalogue): boolean {
+  return manifest.nodes.some((n) => n.nodeType !== "" && !catalogue.knows(n.nodeType));
+}
+
 /** Whether the manifest uses node types the client's built-in catalogue does not know (plug-ins). */
 export function unknownNodeTypes(manifest: PipelineManifest): boolean {
   return manifest.nodes.some((n) => !BUILTIN_CATALOGUE.knows(n.nodeType));
@@ -61,7 +66,7 @@ export function unknownNodeTypes(manifest: PipelineManifest): boolean {
  * type among them, where a list made here would miss it.
  */
 export function manifestViolations(manifest: PipelineManifest, catalogue: Catalogue): Violation[] {
-  if (manifest.nodes.some((n) => n.nodeType !== "" && !catalogue.knows(n.nodeType))) return [];
+  if (unknownTo(manifest, catalogue)) return [];
   const nodes: CheckedNode[] = manifest.nodes.map((n) => ({ id: n.id, type: n.nodeType, params: paramsOf(n.params) }));
   const edges: PipelineEdge[] = manifest.connections.map((c) => ({
     from: c.from,
@@ -138,10 +143,13 @@ export function executeRequest(
     // The pipeline's own problems (a self loop leaves no source) come first, with this one.
     const sources = sourceNodes(manifest);
     const [only] = sources;
-    if (sources.length !== 1 || only === undefined) {
+    if (only !== undefined && sources.length === 1) {
+      resolved = { audio: { [only]: inputs } };
+    } else if (unknownTo(manifest, catalogue)) {
+      resolved = {}; // the service names the unknown type and the sources left without input
+    } else {
       throw validationError([...problems, sourceViolation(sources, "inputs")]);
     }
-    resolved = { audio: { [only]: inputs } };
   } else {
     resolved = inputs;
   }
@@ -189,7 +197,8 @@ export function executeRequest(
       });
     }
   }
-  if (problems.length > 0) throw validationError(problems);
+  // With a node type only the service can judge, it reports every problem, these included.
+  if (problems.length > 0 && !unknownTo(manifest, catalogue)) throw validationError(problems);
   return create(ExecuteRequestSchema, {
     manifest,
     audioInputs,

@@ -206,6 +206,17 @@ describe("errors", () => {
     assert.ok(error.violations.some((v) => v.nodeId === "ghost"));
   });
 
+  test("an unknown node type beside other problems: the service lists them all, even for a bare Audio", async () => {
+    // Two sources, so a bare Audio has no node to go to; only the service can name the type.
+    const pipeline = new Pipeline("two").node("ghost", "NoSuchNode").gain("g", { gain_db: 500 });
+    const error = await failure(() => client.execute(pipeline, new Audio(new Float32Array(4), 8_000)));
+    assert.equal(error.kind, "VALIDATION");
+    const text = error.violations.map((v) => `${v.field}: ${v.description}`).join("\n");
+    assert.match(text, /NoSuchNode/);
+    assert.match(text, /gain_db/);
+    assert.ok(error.violations.length >= 3, text);
+  });
+
   test("bad node parameters name the node and the parameter", async () => {
     const pipeline = new Pipeline("bad-rate").audioResample("rs", { output_rate: -5 });
     const error = await failure(() => client.execute(pipeline, new Audio(new Float32Array(4), 8_000)));

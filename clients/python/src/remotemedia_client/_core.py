@@ -235,13 +235,16 @@ def default_source(pipeline: Pipeline, what: str) -> str:
     return sources[0]
 
 
+def has_unknown_types(pipeline: Pipeline, catalogue: Catalogue) -> bool:
+    """Whether a node type is unknown even to ``catalogue``: then only the service can list
+    every violation at once, the unknown type among them, and a call leaves the checking to it."""
+    return any(n.type and not catalogue.knows(n.type) for n in pipeline.nodes)
+
+
 def call_violations(pipeline: Pipeline, catalogue: Catalogue) -> list[Violation]:
     """What a call checks before sending: every violation ``Pipeline.violations`` finds, or none
-    when a node type is unknown even to ``catalogue``. The service then reports every violation
-    at once, the unknown type among them, where a list made here would miss it."""
-    if any(n.type and not catalogue.knows(n.type) for n in pipeline.nodes):
-        return []
-    return pipeline.violations(catalogue)
+    when :func:`has_unknown_types`."""
+    return [] if has_unknown_types(pipeline, catalogue) else pipeline.violations(catalogue)
 
 
 def unknown_node_types(pipeline: Pipeline | pb.PipelineManifest) -> bool:
@@ -304,7 +307,8 @@ def execute_request(
             for n in p.sources
             if n.id not in audio and n.id not in data_text
         ]
-    if problems:
+    # With a node type only the service can judge, it reports every problem, these included.
+    if problems and not has_unknown_types(p, catalogue):
         raise ValidationError.of(problems)
     request = pb.ExecuteRequest(
         manifest=p.to_manifest(),
