@@ -62,6 +62,10 @@ export class Audio<S extends Samples = Samples> {
    * than their count, are refused as one array per frame; interleave those into `new Audio`.
    */
   static fromChannels<S extends Samples>(channels: readonly S[], sampleRate: number): Audio<S> {
+    const given: unknown = channels;
+    if (!Array.isArray(given)) {
+      throw invalid(`channels must be an array of sample arrays, one per channel, got ${describe(channels)}`);
+    }
     const first = channels[0];
     if (first === undefined) throw invalid("at least one channel is required");
     const frames = first.length;

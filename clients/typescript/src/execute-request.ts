@@ -134,7 +134,12 @@ export function executeRequest(
 ): ExecuteRequest {
   if (!(inputs instanceof Audio) && !isPlainObject(inputs)) {
     throw validationError([
-      { field: "inputs", description: `must be an Audio or { audio, data, outputNodes, limits }, got ${describe(inputs)}` },
+      {
+        field: "inputs",
+        description: `must be an Audio or { audio, data, outputNodes, limits }, got ${describe(inputs)}${
+          ArrayBuffer.isView(inputs) ? ": wrap samples in new Audio(samples, sampleRate)" : ""
+        }`,
+      },
     ]);
   }
   const problems: Violation[] = manifestViolations(manifest, catalogue);

@@ -9,7 +9,7 @@ export type Check = (value: unknown) => string | undefined;
 
 /** What a value is, for error messages: its type, and the value itself when it is short. */
 export function describe(value: unknown): string {
-  if (value === null) return "null";
+  if (value === null || value === undefined) return String(value);
   if (Array.isArray(value)) return "an array";
   if (typeof value === "string") return value.length <= 40 ? JSON.stringify(value) : "a long string";
   if (typeof value === "number" || typeof value === "boolean") return String(value);
@@ -19,8 +19,11 @@ export function describe(value: unknown): string {
   return `${/^[aeiou]/i.test(kind) ? "an" : "a"} ${kind}`;
 }
 
+/** An object literal (or one made without a prototype): not an array, a typed array, a class instance. */
 export function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
+  if (typeof value !== "object" || value === null) return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
 }
 
 export const isString: Check = (v) => (typeof v === "string" ? undefined : `must be a string, got ${describe(v)}`);

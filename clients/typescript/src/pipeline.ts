@@ -166,6 +166,7 @@ export class Pipeline extends NodeBuilders {
   ): this {
     const index = this.#nodes.length;
     checkOptions({ id, type, params }, NODE_ARGUMENTS, `nodes[${index}].`);
+    checkOptions(options, { runtime: () => undefined }, `nodes[${index}].`);
     if (id === "") throw validationError([{ field: `nodes[${index}].id`, description: "node ids must not be empty" }]);
     const other = this.#nodes.findIndex((n) => n.id === id);
     if (other >= 0) {
@@ -207,6 +208,18 @@ export class Pipeline extends NodeBuilders {
   /** Connects `from`'s output port to `to`'s input port (default ports "output" and "input"). */
   connect(from: string, to: string, ports: { outputKey?: string; inputKey?: string } = {}): this {
     const index = this.#edges.length;
+    // Left out in plain JavaScript, an end is as wrong as any other non-string.
+    const ends: [string, unknown][] = [
+      ["from", from],
+      ["to", to],
+    ];
+    const wrong = ends.filter(([, id]) => typeof id !== "string");
+    if (wrong.length > 0) {
+      throw validationError(
+        wrong.map(([end, id]) => ({ field: `connections[${index}].${end}`, description: `must be a node id, got ${describe(id)}` })),
+      );
+    }
+    checkOptions(ports, { outputKey: isString, inputKey: isString }, `connections[${index}].`);
     const missing: Violation[] = [];
     for (const [end, id] of [["from", from], ["to", to]] as const) {
       if (!this.#nodes.some((n) => n.id === id)) {

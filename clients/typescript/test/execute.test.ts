@@ -178,6 +178,10 @@ describe("errors", () => {
     await refused(() => new Pipeline(loose(5)), "name", /must be a string, got 5/);
     await refused(() => new Pipeline("q").gain(loose(7)), "nodes[0].id", /must be a string, got 7/);
     await refused(() => new Pipeline("q").gain("g", loose(5)), "nodes[0].params", /object of parameter names/);
+    await refused(() => new Pipeline("q").gain("g", {}, loose(5)), "nodes[0]", /must be an object, got 5/);
+    await refused(() => new Pipeline("q").gain("g").connect("g", loose(undefined)), "connections[0].to", /must be a node id, got undefined/);
+    await refused(() => Audio.fromChannels(loose("x"), 8_000), "audio", /array of sample arrays/);
+    await refused(() => client.execute(p, loose(new Float32Array(4))), "inputs", /wrap samples in new Audio/);
     // The client is unharmed: a correct call still runs.
     assert.equal((await client.execute(p, audio, { timeoutMs: 10_000 })).output("g").samples.length, 4);
   });
