@@ -490,7 +490,7 @@ async def test_a_token_read_with_its_newline_works_and_one_a_header_cannot_carry
 async def test_bad_timeout_and_retry_arguments_are_refused_naming_them(kind: Kind, main_server: RunningServer) -> None:
     with pytest.raises(TypeError, match="timeout must be a number of seconds or None, got str"):
         Api(kind, main_server.address, timeout="1")
-    with pytest.raises(TypeError, match="retry must be a RetryPolicy or None, got str"):
+    with pytest.raises(TypeError, match=r"retry must be a RetryPolicy or None \(RetryPolicy.none\(\) for no retries\), got 'x'"):
         Api(kind, main_server.address, retry="x")
     a = Api(kind, main_server.address, token=TOKEN)
     try:
@@ -547,7 +547,9 @@ async def test_arguments_of_the_wrong_kind_are_refused_naming_them(kind: Kind, m
     for settings, error, says in settings_errors:
         with pytest.raises(error, match=re.escape(says)):
             Api(kind, main_server.address, **settings)
-    for address in ("127.0.0.1:99999", "127.0.0.1:0", "localhost:"):
+    with pytest.raises(ValueError, match="address must not be empty"):
+        Api(kind, "")
+    for address in ("127.0.0.1:99999", "127.0.0.1:0", "localhost:", "localhost:notaport"):
         with pytest.raises(ValueError, match="must end in a port from 1 to 65535"):
             Api(kind, address)
     for fine in ("[::1]:50051", "unix:/tmp/remotemedia.sock", "dns:///localhost:50051"):
@@ -562,6 +564,10 @@ async def test_arguments_of_the_wrong_kind_are_refused_naming_them(kind: Kind, m
             await b.call("version", 5)
         with pytest.raises(TypeError, match="service must be a string, got int"):
             await b.call("health", 5)
+        with pytest.raises(TypeError, match="retry must be a RetryPolicy or None"):
+            await b.call("run", pipeline, tone(0.01), sample_rate=RATE, retry=False)
+        with pytest.raises(TypeError, match="retry must be a RetryPolicy or None"):
+            b.client.stream(pipeline, sample_rate=RATE, retry=False)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="max_pending must be 1 or more, got 0"):
             b.client.stream(pipeline, sample_rate=RATE, max_pending=0)
         with pytest.raises(FileNotFoundError, match="no such sound file"):
@@ -574,6 +580,8 @@ async def test_arguments_of_the_wrong_kind_are_refused_naming_them(kind: Kind, m
         await b.close()
     with pytest.raises(TypeError, match="only a Node can be added to a pipeline, got str"):
         Pipeline("p").add("GainNode")  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="runtime must be a Runtime, its name or its RuntimeHint number, got True"):
+        GainNode("g", runtime=True)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="a node id must be a string or None, got int"):
         GainNode(5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="a pipeline's name must be a string, got int"):

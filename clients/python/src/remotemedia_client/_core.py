@@ -128,8 +128,8 @@ class Settings:
             and all(isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in channel_options)
         ):
             raise TypeError("channel_options must be a sequence of (name, value) pairs, as grpc.insecure_channel takes")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
+        if retry is not None:
+            check_retry(retry)
         return cls(
             address=address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS,
             token=bearer_token(token if token is not None else (os.environ.get(TOKEN_ENV) or None)),
@@ -392,8 +392,7 @@ class Attempts:
 
     def __init__(self, rpc: str, policy: RetryPolicy, timeout: float | None) -> None:
         check_timeout(timeout, "timeout")
-        if not isinstance(policy, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy or None, got {type(policy).__name__}")
+        check_retry(policy)
         self.rpc = rpc
         self.policy = policy
         self.deadline = time.monotonic() + timeout if timeout is not None else None
@@ -566,7 +565,9 @@ def bearer_token(token: str | None) -> str | None:
 def check_port(address: str) -> None:
     """``ValueError`` for a ``host:port`` (or ``[ipv6]:port``) address whose port is not 1 to
     65535; grpc would dial it modulo 65536. Other target forms (``unix:``, ``dns:///``) pass."""
-    match = re.fullmatch(r"(?:\[[^\]]*\]|[^:/\[\]]*):(\d*)", address)
+    if not address.strip():
+        raise ValueError("address must not be empty: give host:port, or leave it out for $REMOTEMEDIA_ADDRESS or 127.0.0.1:50051")
+    match = re.fullmatch(r"(?:\[[^\]]*\]|[^:/\[\]]*):([^:/]*)", address)
     if match is not None and not (match.group(1).isdigit() and 1 <= int(match.group(1)) <= 65535):
         raise ValueError(f"address {address[:80]!r} must end in a port from 1 to 65535")
 
@@ -578,6 +579,13 @@ def check_header_text(value: object, name: str) -> None:
         raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     if not value or not all("!" <= c <= "~" for c in value):
         raise ValueError(f"{name} must be visible ASCII with no spaces (it travels in a header), got {value[:40]!r}")
+
+
+def check_retry(retry: object) -> None:
+    """``TypeError`` naming ``retry`` unless it is a :class:`RetryPolicy` (``RetryPolicy.none()``
+    turns retries off; ``False`` does not)."""
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy or None (RetryPolicy.none() for no retries), got {retry!r}")
 
 
 def check_max_pending(max_pending: object) -> None:

@@ -33,6 +33,7 @@ from remotemedia_client._core import (
     StreamCore,
     check_header_text,
     check_max_pending,
+    check_retry,
     check_version,
     execute_request,
     execute_result,
@@ -134,7 +135,7 @@ class AsyncClient:
         return self._channel
 
     async def _call(self, rpc: str, attempt: Callable[[float | None], Awaitable[T]], timeout: float | None, retry: RetryPolicy | None) -> T:
-        attempts = Attempts(rpc, retry or self.settings.retry, timeout if timeout is not None else self.settings.timeout)
+        attempts = Attempts(rpc, self.settings.retry if retry is None else retry, timeout if timeout is not None else self.settings.timeout)
         while True:
             left = attempts.start()
             started = time.monotonic()
@@ -209,8 +210,10 @@ class AsyncClient:
         """A streaming session, to use as ``async with client.stream(pipeline) as s:``; see
         :meth:`remotemedia_client.Client.stream`."""
         check_max_pending(max_pending)
+        if retry is not None:
+            check_retry(retry)
         core = StreamCore(pipeline, source=source, sample_rate=sample_rate)
-        return AsyncStream(self, core, timeout=timeout, max_pending=max_pending, retry=retry or self.settings.retry)
+        return AsyncStream(self, core, timeout=timeout, max_pending=max_pending, retry=self.settings.retry if retry is None else retry)
 
     def stream_call(self, *, timeout: float | None = None) -> grpc.aio.StreamStreamCall[pb.StreamRequest, pb.StreamResponse]:
         """The raw ``StreamPipeline`` call (this client's headers and compression added), for

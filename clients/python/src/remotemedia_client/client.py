@@ -33,6 +33,7 @@ from remotemedia_client._core import (
     StreamCore,
     check_header_text,
     check_max_pending,
+    check_retry,
     check_version,
     execute_request,
     execute_result,
@@ -124,7 +125,7 @@ class Client:
             raise RemoteMediaError("the client is closed; make a new Client to make more calls")
 
     def _call(self, rpc: str, attempt: Callable[[float | None], T], timeout: float | None, retry: RetryPolicy | None) -> T:
-        attempts = Attempts(rpc, retry or self.settings.retry, timeout if timeout is not None else self.settings.timeout)
+        attempts = Attempts(rpc, self.settings.retry if retry is None else retry, timeout if timeout is not None else self.settings.timeout)
         while True:
             left = attempts.start()
             started = time.monotonic()
@@ -221,8 +222,10 @@ class Client:
         blocks. Opening is retried by ``retry``; an open stream never is.
         """
         check_max_pending(max_pending)
+        if retry is not None:
+            check_retry(retry)
         core = StreamCore(pipeline, source=source, sample_rate=sample_rate)
-        return Stream(self, core, timeout=timeout, max_pending=max_pending, retry=retry or self.settings.retry)
+        return Stream(self, core, timeout=timeout, max_pending=max_pending, retry=self.settings.retry if retry is None else retry)
 
     def stream_call(self, requests: Iterable[pb.StreamRequest], *, timeout: float | None = None) -> Iterator[pb.StreamResponse]:
         """The raw ``StreamPipeline`` call over ``requests`` (this client's headers and

@@ -57,6 +57,8 @@ class Runtime(str, enum.Enum):
             return value
         if value is None:
             return cls.AUTO
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError(f"runtime must be a Runtime, its name or its RuntimeHint number, got {value!r}")
         if isinstance(value, int):
             name = pb.RuntimeHint.Name(value) if value in pb.RuntimeHint.values() else str(value)
             return _RUNTIME_FROM_PB.get(value) or _unsupported_runtime(name)
