@@ -56,7 +56,7 @@ function unknownTo(manifest: PipelineManifest, catalogue: Catalogue): boolean {
 
 /** Whether the manifest uses node types the client's built-in catalogue does not know (plug-ins). */
 export function unknownNodeTypes(manifest: PipelineManifest): boolean {
-  return manifest.nodes.some((n) => !BUILTIN_CATALOGUE.knows(n.nodeType));
+  return unknownTo(manifest, BUILTIN_CATALOGUE);
 }
 
 /**
@@ -143,6 +143,8 @@ export function executeRequest(
     ]);
   }
   const problems: Violation[] = manifestViolations(manifest, catalogue);
+  // With a node type only the service can judge, it reports every problem, those found here too.
+  const serviceJudges = unknownTo(manifest, catalogue);
   let resolved: ExecuteInputs;
   if (inputs instanceof Audio) {
     // The pipeline's own problems (a self loop leaves no source) come first, with this one.
@@ -150,7 +152,7 @@ export function executeRequest(
     const [only] = sources;
     if (only !== undefined && sources.length === 1) {
       resolved = { audio: { [only]: inputs } };
-    } else if (unknownTo(manifest, catalogue)) {
+    } else if (serviceJudges) {
       resolved = {}; // the service names the unknown type and the sources left without input
     } else {
       throw validationError([...problems, sourceViolation(sources, "inputs")]);
@@ -202,8 +204,7 @@ export function executeRequest(
       });
     }
   }
-  // With a node type only the service can judge, it reports every problem, these included.
-  if (problems.length > 0 && !unknownTo(manifest, catalogue)) throw validationError(problems);
+  if (problems.length > 0 && !serviceJudges) throw validationError(problems);
   return create(ExecuteRequestSchema, {
     manifest,
     audioInputs,

@@ -386,40 +386,37 @@ impl Pipeline {
                 }
                 let inline = matches!(&self.slots[i], Some(NodeInstance::Native(n)) if !n.is_heavy(&inputs));
                 if max_memory.is_some() {
+                    // Calls running at once each make their output before any is counted, so a
+                    // call first reserves its output's size: what the node says it will make,
+                    // else its inputs' size, less what its predecessors' outputs free once it
+                    // has run (running a chain's next node makes room). Without room beside
+                    // the calls already running, it waits for one of them to finish, lets the
+                    // nodes that one readied go first (consuming its output frees it), and tries
+                    // again; with none running, it runs alone and is checked when it returns. A
+                    // fan-out of a thousand heavy branches so runs as many at once as the limit
+                    // has room for (`parallel_branches_share_the_memory_limit`,
+                    // `a_fan_out_into_chains_runs_each_chain_on_and_fits_a_tight_limit`).
                     self.budget.set_live(run.memory.live());
+                    let estimate = match &self.slots[i] {
+                        Some(NodeInstance::Native(n)) => n.output_bytes(&inputs),
+                        _ => None,
+                    }
+                    .unwrap_or_else(|| inputs.size_bytes())
+                    .saturating_sub(run.freed_by(&self.plan, &self.preds, i));
+                    if self.budget.reserve(i, estimate).is_err()
+                        && let Some(calls) = inflight.as_mut().filter(|c| !c.is_empty())
+                        && let Some((j, instance, result)) = calls.next().await
                     {
-                        // Calls running at once each make their output before any is counted.
-                        // A call reserves its output's size (what the node says
-                        // it will make, else its inputs' size). Without room beside the calls
-                        // already running, it waits for one of them to finish, lets the nodes
-                        // that one readied go first (consuming its output frees it), and tries
-                        // again; with none running, it runs alone and is checked when it
-                        // returns. A fan-out of a thousand heavy branches so runs as many at
-                        // once as the limit has room for (`parallel_branches_share_the_memory_limit`,
-                        // `a_fan_out_into_chains_runs_each_chain_on_and_fits_a_tight_limit`).
-                        // Less what its predecessors' outputs free once it has run, if it is
-                        // their last consumer: running a chain's next node makes room.
-                        let estimate = match &self.slots[i] {
-                            Some(NodeInstance::Native(n)) => n.output_bytes(&inputs),
-                            _ => None,
+                        self.slots[j] = instance;
+                        if let Err(e) = self.completed(run, j, result, max_memory) {
+                            self.drain(&mut inflight, &mut run.reports).await;
+                            return Err(e);
                         }
-                        .unwrap_or_else(|| inputs.size_bytes())
-                        .saturating_sub(run.freed_by(&self.plan, &self.preds, i));
-                        if self.budget.reserve(i, estimate).is_err()
-                            && let Some(calls) = inflight.as_mut().filter(|c| !c.is_empty())
-                            && let Some((j, instance, result)) = calls.next().await
-                        {
-                            self.slots[j] = instance;
-                            if let Err(e) = self.completed(run, j, result, max_memory) {
-                                self.drain(&mut inflight, &mut run.reports).await;
-                                return Err(e);
-                            }
-                            if let Some(own) = run.held_inputs[i].take() {
-                                feed.push((i, own));
-                            }
-                            run.ready.push_back(i);
-                            continue;
+                        if let Some(own) = run.held_inputs[i].take() {
+                            feed.push((i, own));
                         }
+                        run.ready.push_back(i);
+                        continue;
                     }
                 }
                 let instance = self.slots[i]

@@ -250,7 +250,7 @@ def call_violations(pipeline: Pipeline, catalogue: Catalogue) -> list[Violation]
 def unknown_node_types(pipeline: Pipeline | pb.PipelineManifest) -> bool:
     """Whether ``pipeline`` uses node types the client's built-in catalogue does not know
     (plug-ins), so the server's catalogue is needed to check it."""
-    return any(not BUILTIN_CATALOGUE.knows(n.type) for n in as_pipeline(pipeline).nodes)
+    return has_unknown_types(as_pipeline(pipeline), BUILTIN_CATALOGUE)
 
 
 def execute_request(
@@ -271,7 +271,9 @@ def execute_request(
         raise TypeError(f"data must be a mapping of node id to a JSON-serialisable value, got {type(data).__name__}")
     if isinstance(output_nodes, (str, bytes, Node)):
         raise TypeError(f"output_nodes must be a sequence of nodes or node ids, got one {type(output_nodes).__name__}: wrap it in a list")
-    problems = call_violations(p, catalogue)
+    # With a node type only the service can judge, it reports every problem, those found here too.
+    service_judges = has_unknown_types(p, catalogue)
+    problems = [] if service_judges else p.violations(catalogue)
     audio: dict[str, AudioBuffer] = {}
     if inputs is not None and not isinstance(inputs, Mapping):
         # One input (an AudioBuffer, an array, a list of samples) for the only source node.
@@ -307,8 +309,7 @@ def execute_request(
             for n in p.sources
             if n.id not in audio and n.id not in data_text
         ]
-    # With a node type only the service can judge, it reports every problem, these included.
-    if problems and not has_unknown_types(p, catalogue):
+    if problems and not service_judges:
         raise ValidationError.of(problems)
     request = pb.ExecuteRequest(
         manifest=p.to_manifest(),
