@@ -366,100 +366,85 @@ impl Pipeline {
         // Calls running off the driving task. Made on the first such call: making the set
         // allocates, and a run of light native nodes needs none.
         let mut inflight = None;
-
-        loop {
-            while let Some(i) = run.ready.pop_front() {
-                let own = feed.iter().position(|(n, _)| *n == i).map(|k| feed.swap_remove(k).1);
-                let inputs = match self.gather(i, own.clone(), &run.produced) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.cancel_run();
-                        self.drain(&mut inflight, &mut run.reports).await;
-                        return Err(self.node_error(i, 1, e.into()));
-                    }
-                };
-                // A node's own inputs stay accounted until it has finished with them.
-                run.held_inputs[i] = own;
-                if inputs.is_empty() && mode != Mode::Flush {
-                    run.skipped(&self.plan, &self.preds, i, self.skipped_report(i));
-                    continue;
-                }
-                let inline = matches!(&self.slots[i], Some(NodeInstance::Native(n)) if !n.is_heavy(&inputs));
-                if max_memory.is_some() {
-                    // Calls running at once each make their output before any is counted, so a
-                    // call first reserves its output's size: what the node says it will make,
-                    // else its inputs' size, less what its predecessors' outputs free once it
-                    // has run (running a chain's next node makes room). Without room beside
-                    // the calls already running, it waits for one of them to finish, lets the
-                    // nodes that one readied go first (consuming its output frees it), and tries
-                    // again; with none running, it runs alone and is checked when it returns. A
-                    // fan-out of a thousand heavy branches so runs as many at once as the limit
-                    // has room for (`parallel_branches_share_the_memory_limit`,
-                    // `a_fan_out_into_chains_runs_each_chain_on_and_fits_a_tight_limit`).
-                    self.budget.set_live(run.memory.live());
-                    let estimate = match &self.slots[i] {
-                        Some(NodeInstance::Native(n)) => n.output_bytes(&inputs),
-                        _ => None,
-                    }
-                    .unwrap_or_else(|| inputs.size_bytes())
-                    .saturating_sub(run.freed_by(&self.plan, &self.preds, i));
-                    if self.budget.reserve(i, estimate).is_err()
-                        && let Some(calls) = inflight.as_mut().filter(|c| !c.is_empty())
-                        && let Some((j, instance, result)) = calls.next().await
-                    {
-                        self.slots[j] = instance;
-                        if let Err(e) = self.completed(run, j, result, max_memory) {
-                            self.drain(&mut inflight, &mut run.reports).await;
-                            return Err(e);
-                        }
-                        if let Some(own) = run.held_inputs[i].take() {
-                            feed.push((i, own));
-                        }
-                        run.ready.push_back(i);
+        let walk = async {
+            loop {
+                while let Some(i) = run.ready.pop_front() {
+                    let own = feed.iter().position(|(n, _)| *n == i).map(|k| feed.swap_remove(k).1);
+                    let inputs =
+                        self.gather(i, own.clone(), &run.produced).map_err(|e| self.node_error(i, 1, e.into()))?;
+                    // A node's own inputs stay accounted until it has finished with them.
+                    run.held_inputs[i] = own;
+                    if inputs.is_empty() && mode != Mode::Flush {
+                        run.skipped(&self.plan, &self.preds, i, self.skipped_report(i));
                         continue;
                     }
+                    let inline = matches!(&self.slots[i], Some(NodeInstance::Native(n)) if !n.is_heavy(&inputs));
+                    if max_memory.is_some() {
+                        // Calls running at once each make their output before any is counted, so a
+                        // call first reserves its output's size: what the node says it will make,
+                        // else its inputs' size, less what its predecessors' outputs free once it
+                        // has run (running a chain's next node makes room). Without room beside
+                        // the calls already running, it waits for one of them to finish, lets the
+                        // nodes that one readied go first (consuming its output frees it), and tries
+                        // again; with none running, it runs alone and is checked when it returns. A
+                        // fan-out of a thousand heavy branches so runs as many at once as the limit
+                        // has room for (`parallel_branches_share_the_memory_limit`,
+                        // `a_fan_out_into_chains_runs_each_chain_on_and_fits_a_tight_limit`).
+                        self.budget.set_live(run.memory.live());
+                        let estimate = match &self.slots[i] {
+                            Some(NodeInstance::Native(n)) => n.output_bytes(&inputs),
+                            _ => None,
+                        }
+                        .unwrap_or_else(|| inputs.size_bytes())
+                        .saturating_sub(run.freed_by(&self.plan, &self.preds, i));
+                        if self.budget.reserve(i, estimate).is_err()
+                            && let Some(calls) = inflight.as_mut().filter(|c: &&mut FuturesUnordered<_>| !c.is_empty())
+                            && let Some(call) = calls.next().await
+                        {
+                            self.completed(run, call, max_memory)?;
+                            if let Some(own) = run.held_inputs[i].take() {
+                                feed.push((i, own));
+                            }
+                            run.ready.push_back(i);
+                            continue;
+                        }
+                    }
+                    let instance = self.slots[i].take().ok_or_else(|| {
+                        ExecError::Internal(format!("node `{}` is not available", self.plan.nodes[i].id))
+                    })?;
+                    let mut ctx = self.context(i, inline, cancel);
+                    if max_memory.is_some() {
+                        ctx = ctx.with_memory(self.budget.clone(), i);
+                    }
+                    let call = self.invoke(i, instance, inputs, mode, ctx);
+                    if inline {
+                        // A light native call completes when first polled, so it is awaited here
+                        // rather than pushed to `inflight`, which allocates a task per push.
+                        self.completed(run, call.await, max_memory)?;
+                    } else {
+                        inflight.get_or_insert_with(FuturesUnordered::new).push(call);
+                    }
                 }
-                let instance = self.slots[i]
-                    .take()
-                    .ok_or_else(|| ExecError::Internal(format!("node `{}` is not available", self.plan.nodes[i].id)))?;
-                let mut ctx = self.context(i, inline, cancel);
-                if max_memory.is_some() {
-                    ctx = ctx.with_memory(self.budget.clone(), i);
-                }
-                let call = self.invoke(i, instance, inputs, mode, ctx);
-                if !inline {
-                    inflight.get_or_insert_with(FuturesUnordered::new).push(call);
-                    continue;
-                }
-                // A light native call completes when first polled, so it is awaited here
-                // rather than pushed to `inflight`, which allocates a task per push.
-                let (i, instance, result) = call.await;
-                self.slots[i] = instance;
-                if let Err(e) = self.completed(run, i, result, max_memory) {
-                    self.drain(&mut inflight, &mut run.reports).await;
-                    return Err(e);
-                }
+                let Some(call) = inflight.as_mut().map(StreamExt::next) else { break };
+                let Some(call) = call.await else { break };
+                self.completed(run, call, max_memory)?;
             }
-
-            let Some(calls) = inflight.as_mut() else { break };
-            let Some((i, instance, result)) = calls.next().await else { break };
-            self.slots[i] = instance;
-            if let Err(e) = self.completed(run, i, result, max_memory) {
-                self.drain(&mut inflight, &mut run.reports).await;
-                return Err(e);
-            }
+            Ok(())
+        };
+        let result = walk.await;
+        if result.is_err() {
+            // Whatever failed, the calls still running are cancelled and awaited, so that every
+            // instance is back in its slot and every report is kept.
+            self.cancel_run();
+            self.drain(&mut inflight, &mut run.reports).await;
         }
-        Ok(())
+        result
     }
 
-    /// Records node `i`'s call; on failure cancels the rest of the run.
-    fn completed(
-        &mut self,
-        run: &mut RunState,
-        i: usize,
-        result: Result<CallOk, CallFailed>,
-        max_memory: Option<u64>,
-    ) -> Result<(), ExecError> {
+    /// Records a finished call and puts its node back in its slot.
+    fn completed(&mut self, run: &mut RunState, call: CallResult, max_memory: Option<u64>) -> Result<(), ExecError> {
+        let (i, instance, result) = call;
+        self.slots[i] = instance;
         // The reservation ends as the output is counted. The output is checked against what the
         // run holds, not against what running calls reserved: those are room promised, which
         // the calls were admitted with (and a chain's next node, which frees its input, must
@@ -473,9 +458,6 @@ impl Pipeline {
             }
         };
         self.budget.set_live(run.memory.live());
-        if finished.is_err() {
-            self.cancel_run();
-        }
         finished
     }
 
