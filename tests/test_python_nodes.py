@@ -293,6 +293,33 @@ def test_audio_returned_on_a_declared_data_port_is_a_node_error(plugin_server: R
     assert "output `stats` is declared as a data port, but the node returned audio on it" in resp.error.message
 
 
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("misspelt", "process() returned output `inf`, a port the node does not declare (its output ports: `output`, `info`)"),
+        ("big_int", "data output `info` holds an integer of 81 bits, outside the range a data output carries exactly"),
+        ("surrogate", "data output `info` holds a string that is not valid Unicode: surrogates not allowed at position 0"),
+    ],
+)
+def test_data_outputs_the_server_cannot_carry_as_given_are_node_errors_naming_the_port(
+    plugin_server: RunningServer, mode: str, expected: str
+) -> None:
+    resp = execute(plugin_server, [node("n", "DataOutputNode", mode=mode)], [], {"n": f32(np.zeros(8))})
+    assert resp.error.error_type == pb.ERROR_TYPE_NODE_EXECUTION, resp
+    assert expected in resp.error.message, resp.error.message
+    assert resp.error.stack_trace, "with the Python traceback"
+
+
+def test_data_outputs_keep_64_bit_integers_and_carry_non_finite_floats_as_null(plugin_server: RunningServer) -> None:
+    res = result(execute(plugin_server, [node("n", "DataOutputNode", mode="max_u64")], [], {"n": f32(np.zeros(8))}))
+    assert data(res, "n") == {"info": [2**64 - 1, -(2**63)]}
+    res = result(execute(plugin_server, [node("n", "DataOutputNode", mode="nan")], [], {"n": f32(np.zeros(8))}))
+    assert data(res, "n") == {"info": [None, None, None, 1.5]}
+    # None from process() is no outputs, as {} is.
+    res = result(execute(plugin_server, [node("n", "DataOutputNode", mode="none")], [], {"n": f32(np.zeros(8))}))
+    assert "n" not in res.data_outputs and "n" not in res.audio_outputs
+
+
 def test_python_exceptions_come_back_with_the_node_and_traceback(plugin_server: RunningServer, tmp_path: Path) -> None:
     counter = tmp_path / "calls"
     resp = execute(

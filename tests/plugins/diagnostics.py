@@ -159,6 +159,28 @@ class WrongKind(Node):
         return {"output": inputs["input"], "stats": inputs["input"]}
 
 
+@node("DataOutputNode")
+class DataOutput(Node):
+    """Returns one chosen value on its data port `info` (or on a misspelt `inf`), for the
+    checks of data outputs."""
+
+    outputs = (Port.audio("output"), Port.data("info"))
+
+    def __init__(self, mode: Literal["misspelt", "big_int", "surrogate", "nan", "none", "max_u64"]) -> None:
+        self.mode = mode
+
+    def process(self, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        values: dict[str, Any] = {
+            "big_int": {"info": {"n": 2**80}},
+            "surrogate": {"info": ["ok", "\ud800"]},
+            "nan": {"info": [float("nan"), float("inf"), numpy.float32("-inf"), 1.5]},
+            "max_u64": {"info": [2**64 - 1, -(2**63)]},
+            "misspelt": {"inf": 1},
+            "none": None,
+        }
+        return values[self.mode]
+
+
 @node("GilHogNode")
 class GilHog(Node):
     """Writes `marker`, then sums `range(n)` in one C call, which holds the GIL and cannot be

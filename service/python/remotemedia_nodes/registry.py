@@ -129,39 +129,69 @@ def create(node_type: str, params: dict[str, Any]) -> Any:
         raise ParamErrors([ParamError("", f"rejected: {e}")]) from e
 
 
-def _jsonable(value: Any) -> Any:
+#: The integers a data output carries exactly: the server reads JSON numbers as 64-bit
+#: integers or doubles (serde_json), so a larger integer would arrive rounded.
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _jsonable(port: str, value: Any) -> Any:
+    """``value`` as plain JSON values. numpy scalars and arrays become numbers and lists,
+    non-finite floats ``null`` (JSON has none); an integer the server cannot carry exactly or a
+    string that is not Unicode (a lone surrogate) raises ValueError naming ``port``."""
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        raise ValueError(
+            f"data output `{port}` holds an integer of {value.bit_length()} bits, outside the range a data output "
+            f"carries exactly (-2**63 to 2**64 - 1); send it as a string or a float"
+        )
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"data output `{port}` holds a string that is not valid Unicode: {e.reason} at position {e.start}"
+            ) from None
+        return value
     if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
+        return [_jsonable(port, v) for v in value.tolist()]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {_jsonable(port, str(k)): _jsonable(port, v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(port, v) for v in value]
     return value
 
 
 @functools.cache
-def _declared_outputs(cls: type) -> dict[str, str]:
-    """A node class's output ports and their kinds."""
-    return {port.name: port.kind for port in getattr(cls, "outputs", DEFAULT_OUTPUTS)}
+def _declared_outputs(cls: type) -> tuple[dict[str, str], bool]:
+    """A node class's output ports and their kinds, and whether the class declares them itself
+    (rather than taking the default single audio port)."""
+    outputs = getattr(cls, "outputs", DEFAULT_OUTPUTS)
+    return {port.name: port.kind for port in outputs}, outputs is not DEFAULT_OUTPUTS
 
 
-def split_outputs(outputs: Any, declared: dict[str, str] | None = None) -> tuple[dict[str, Audio], str | None]:
+def split_outputs(
+    outputs: Any, declared: dict[str, str] | None = None, method: str = "process", strict: bool = False
+) -> tuple[dict[str, Audio], str | None]:
     """Separates a node's outputs into audio ports and the JSON text of its data ports.
     ``declared`` maps the node's declared output ports to their kind (``"audio"``/``"data"``):
     a value of the other kind on a declared port is refused (a data port that carried audio
-    would hand it to the data inputs it is connected to)."""
+    would hand it to the data inputs it is connected to), and with ``strict`` (a node that
+    declares its outputs) so is a port it does not declare (a misspelt port reaches no
+    consumer). ``None`` means no outputs, as ``{}`` does."""
     if outputs is None:
         return {}, None
     if not isinstance(outputs, dict):
-        raise TypeError(f"process() must return a dict of outputs by port, got {type(outputs).__name__}")
+        raise TypeError(f"{method}() must return a dict of outputs by port, got {type(outputs).__name__}")
     audio: dict[str, Audio] = {}
     data: dict[str, Any] = {}
     for port, value in outputs.items():
         kind = "audio" if isinstance(value, Audio) else "data"
+        if strict and declared is not None and str(port) not in declared:
+            names = ", ".join(f"`{p}`" for p in declared) or "none"
+            raise TypeError(f"{method}() returned output `{port}`, a port the node does not declare (its output ports: {names})")
         if declared is not None and declared.get(str(port), kind) != kind:
             raise TypeError(f"output `{port}` is declared as a {declared[str(port)]} port, but the node returned {kind} on it")
         if isinstance(value, Audio):
@@ -169,7 +199,7 @@ def split_outputs(outputs: Any, declared: dict[str, str] | None = None) -> tuple
         elif isinstance(value, np.ndarray):
             raise TypeError(f"output `{port}` is a bare numpy array; wrap audio as Audio(samples, sample_rate)")
         else:
-            data[str(port)] = _jsonable(value)
+            data[str(port)] = _jsonable(str(port), value)
     return audio, (json.dumps(data, allow_nan=False) if data else None)
 
 
@@ -198,12 +228,12 @@ def call(
     memory limit and the bytes it holds, ``(limit, live)``, for :func:`reserve_output`."""
     _memory.budget = memory
     try:
-        declared = _declared_outputs(type(instance))
+        declared, strict = _declared_outputs(type(instance))
         with models.host.calling(instance):
             if method == "process":
-                return split_outputs(instance.process(inputs), declared)
+                return split_outputs(instance.process(inputs), declared, "process", strict)
             fn = getattr(instance, "flush", None)
-            return split_outputs(fn() if fn is not None else None, declared)
+            return split_outputs(fn() if fn is not None else None, declared, "flush", strict)
     finally:
         _memory.budget = None
 
