@@ -302,30 +302,33 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn parse<T>(&self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> T {
+    /// Reads `key` through `check`, which says what is wrong with a value. A value a higher
+    /// layer overrides is checked too, or a typo in the file stays hidden until the flag or
+    /// variable that overrides it is removed. A bad value is recorded and read as `None`.
+    fn checked<T>(&self, key: &str, check: impl Fn(&str) -> Result<T, String>) -> Option<T> {
         let (raw, source) = self.sources.lookup(key);
-        // A value a higher layer overrides must parse too, or a typo in the file stays hidden
-        // until the flag or variable that overrides it is removed.
         let layers = [(&self.sources.env, Source::Env), (&self.sources.file, Source::File)];
         for (layer, shadowed) in layers {
             if let Some(value) = layer.get(key).filter(|_| shadowed != source)
-                && f(value.trim()).is_none()
+                && let Err(message) = check(value.trim())
             {
                 self.error(ConfigError::Invalid {
                     key: key.to_owned(),
                     origin: describe(key, shadowed),
-                    message: format!("expected {expected}, got `{value}` (overridden, but it must be valid too)"),
+                    message: format!("{message} (overridden, but it must be valid too)"),
                 });
             }
         }
-        f(raw.trim()).unwrap_or_else(|| {
-            self.error(ConfigError::Invalid {
-                key: key.to_owned(),
-                origin: describe(key, source),
-                message: format!("expected {expected}, got `{raw}`"),
-            });
-            f(default_of(key)).expect("every default parses (a test reads them all)")
-        })
+        check(raw.trim())
+            .map_err(|message| {
+                self.error(ConfigError::Invalid { key: key.to_owned(), origin: describe(key, source), message });
+            })
+            .ok()
+    }
+
+    fn parse<T>(&self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> T {
+        self.checked(key, |value| f(value).ok_or_else(|| format!("expected {expected}, got `{value}`")))
+            .unwrap_or_else(|| f(default_of(key)).expect("every default parses (a test reads them all)"))
     }
 
     fn string(&self, key: &str) -> String {
@@ -335,45 +338,64 @@ impl<'a> Reader<'a> {
     /// A list of browser origins, each `http(s)://host[:port]` with nothing after the authority.
     /// `*` is refused: the service takes bearer tokens, so every origin is named.
     fn origins(&self, key: &str) -> Vec<String> {
-        let origins = self.list(key);
-        match origins.iter().find(|o| !is_origin(o)) {
-            None => origins,
-            Some(bad) => {
-                self.error(ConfigError::Invalid {
-                    key: key.to_owned(),
-                    origin: describe(key, self.sources.lookup(key).1),
-                    message: format!(
-                        "`{bad}` is not an origin; expected scheme://host[:port] such as https://app.example.com \
-                         (no path, no wildcard)"
-                    ),
-                });
-                Vec::new()
+        self.checked(key, |value| {
+            let origins = split_list(value);
+            match origins.iter().find(|o| !is_origin(o)) {
+                None => Ok(origins),
+                Some(bad) => Err(format!(
+                    "`{bad}` is not an origin; expected scheme://host[:port] such as https://app.example.com \
+                     (no path, no wildcard)"
+                )),
             }
-        }
+        })
+        .unwrap_or_default()
     }
 
-    /// `model=instances` pairs; every bad pair is named (and the whole list read as empty).
+    /// `model=instances` pairs, each model at most once; every bad pair is named (and the whole
+    /// list read as empty).
     fn model_pools(&self, key: &str) -> Vec<(String, usize)> {
-        let mut pools = Vec::new();
-        let mut bad = Vec::new();
-        for item in self.list(key) {
-            match item.split_once('=').map(|(m, n)| (m.trim(), n.trim().parse::<usize>())) {
-                Some((model, Ok(size))) if !model.is_empty() && size > 0 => pools.push((model.to_owned(), size)),
-                _ => bad.push(format!("`{item}`")),
+        self.checked(key, |value| {
+            let mut pools: Vec<(String, usize)> = Vec::new();
+            let mut bad = Vec::new();
+            for item in split_list(value) {
+                match item.split_once('=').map(|(m, n)| (m.trim(), n.trim().parse::<usize>())) {
+                    Some((model, Ok(size))) if !model.is_empty() && size > 0 => {
+                        if pools.iter().any(|(m, _)| m == model) {
+                            return Err(format!("names `{model}` twice; give each model one pool size"));
+                        }
+                        pools.push((model.to_owned(), size));
+                    }
+                    _ => bad.push(format!("`{item}`")),
+                }
             }
-        }
-        if bad.is_empty() {
-            return pools;
-        }
-        self.error(ConfigError::Invalid {
-            key: key.to_owned(),
-            origin: describe(key, self.sources.lookup(key).1),
-            message: format!(
+            if bad.is_empty() {
+                return Ok(pools);
+            }
+            Err(format!(
                 "{} not `model=instances` with instances at least 1 (e.g. pocketsphinx-en-us=2)",
                 if bad.len() == 1 { format!("{} is", bad[0]) } else { format!("{} are", bad.join(", ")) }
-            ),
-        });
-        Vec::new()
+            ))
+        })
+        .unwrap_or_default()
+    }
+
+    /// Bearer tokens: given at all (an empty value is not "authentication off"), and each one
+    /// a client can send in an `authorization` header (visible ASCII).
+    fn tokens(&self, key: &str) -> Vec<Secret> {
+        if self.sources.lookup(key).1 == Source::Default {
+            return Vec::new();
+        }
+        self.checked(key, |value| {
+            let tokens = split_list(value);
+            if tokens.is_empty() {
+                return Err("holds no token (it is empty, or only separators or spaces); give at least one token, \
+                            or leave it unset"
+                    .into());
+            }
+            check_tokens(tokens.iter().map(String::as_str), |n| format!("token {n}"))?;
+            Ok(tokens.into_iter().map(Secret).collect())
+        })
+        .unwrap_or_default()
     }
 
     /// A list of directories, each of which must exist (a plug-in directory that is not there
@@ -396,7 +418,7 @@ impl<'a> Reader<'a> {
     }
 
     fn list(&self, key: &str) -> Vec<String> {
-        self.string(key).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        split_list(&self.string(key))
     }
 
     fn u64(&self, key: &str) -> u64 {
@@ -405,6 +427,14 @@ impl<'a> Reader<'a> {
 
     fn positive(&self, key: &str) -> u64 {
         self.parse(key, "a positive integer", |s| s.replace('_', "").parse().ok().filter(|n| *n > 0))
+    }
+
+    /// A count of permits of a semaphore (tokio's hold at most `Semaphore::MAX_PERMITS`).
+    fn permits(&self, key: &str) -> usize {
+        let max = tokio::sync::Semaphore::MAX_PERMITS;
+        self.parse(key, &format!("an integer from 1 to {max}"), |s| {
+            s.replace('_', "").parse().ok().filter(|n| (1..=max).contains(n))
+        })
     }
 
     fn millis(&self, key: &str) -> Duration {
@@ -442,12 +472,9 @@ impl Config {
     /// named (its tokens are added to any given directly).
     pub fn from_sources(sources: &Sources) -> Result<Self, ConfigError> {
         let r = Reader::new(sources);
-        let metrics_raw = r.string("metrics_listen");
-        let metrics_listen = if metrics_raw.eq_ignore_ascii_case("off") || metrics_raw.is_empty() {
-            None
-        } else {
-            Some(r.addr("metrics_listen"))
-        };
+        let metrics_listen = r.parse("metrics_listen", "an address like 127.0.0.1:9464, or `off`", |s| {
+            if s.eq_ignore_ascii_case("off") || s.is_empty() { Some(None) } else { s.parse().ok().map(Some) }
+        });
         let log_format = r.parse("log_format", "`json` or `pretty`", |s| match s {
             "json" => Some(LogFormat::Json),
             "pretty" => Some(LogFormat::Pretty),
@@ -455,19 +482,17 @@ impl Config {
         });
 
         // A token source that is configured but holds no token is an error, not "auth off":
-        // behind a proxy, a silently open service is the worst outcome of a typo.
-        let mut auth_tokens: Vec<Secret> = r.list("auth_tokens").into_iter().map(Secret).collect();
-        let (raw_tokens, tokens_source) = sources.lookup("auth_tokens");
-        if auth_tokens.is_empty() && !raw_tokens.is_empty() {
-            r.error(ConfigError::Invalid {
-                key: "auth_tokens".into(),
-                origin: describe("auth_tokens", tokens_source),
-                message: "holds no token (only separators or spaces); give at least one token, or leave it unset"
-                    .into(),
-            });
-        }
+        // behind a proxy, a silently open service is the worst outcome of a typo (or of an
+        // unset variable that a compose file turns into an empty one).
+        let mut auth_tokens = r.tokens("auth_tokens");
         let tokens_file = r.string("auth_tokens_file");
+        let tokens_file_source = sources.lookup("auth_tokens_file").1;
         match read_tokens_file(&tokens_file) {
+            _ if tokens_file.is_empty() && tokens_file_source != Source::Default => r.error(ConfigError::Invalid {
+                key: "auth_tokens_file".into(),
+                origin: describe("auth_tokens_file", tokens_file_source),
+                message: "is empty; name the tokens file, or leave it unset to run without authentication".into(),
+            }),
             _ if tokens_file.is_empty() => {}
             Err(ConfigError::Read { path, message, .. }) => r.error(ConfigError::Invalid {
                 key: "auth_tokens_file".into(),
@@ -497,8 +522,8 @@ impl Config {
             max_audio_samples: r.positive("max_audio_samples"),
             max_message_bytes: usize::try_from(r.positive("max_message_bytes")).unwrap_or(usize::MAX),
             max_pipeline_nodes: usize::try_from(r.positive("max_pipeline_nodes")).unwrap_or(usize::MAX),
-            max_concurrent_executions: usize::try_from(r.positive("max_concurrent_executions")).unwrap_or(usize::MAX),
-            max_concurrent_streams: usize::try_from(r.positive("max_concurrent_streams")).unwrap_or(usize::MAX),
+            max_concurrent_executions: r.permits("max_concurrent_executions"),
+            max_concurrent_streams: r.permits("max_concurrent_streams"),
             stream_idle_timeout: r.millis("stream_idle_timeout_ms"),
             stream_max_duration: r.millis("stream_max_duration_ms"),
         };
@@ -705,12 +730,34 @@ fn read_tokens_file(path: &str) -> Result<Vec<Secret>, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| Secret(l.to_owned()))
-        .collect())
+    // Editors on Windows may save the file with a byte-order mark; it is not part of a token.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let lines: Vec<(usize, &str)> =
+        text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#')).collect();
+    check_tokens(lines.iter().map(|(_, l)| *l), |n| format!("the token on line {}", lines[n - 1].0 + 1))
+        .map_err(|message| ConfigError::Read { what: "auth tokens file", path: path.to_owned(), message })?;
+    Ok(lines.into_iter().map(|(_, l)| Secret(l.to_owned())).collect())
+}
+
+/// Refuses a token no client can send: an `authorization` header value holds visible ASCII
+/// only (gRPC metadata), so a token with a space, a control or a non-ASCII character could
+/// never match. `name(n)` names the n-th token (from 1) without showing it.
+fn check_tokens<'a>(tokens: impl Iterator<Item = &'a str>, name: impl Fn(usize) -> String) -> Result<(), String> {
+    for (n, token) in tokens.enumerate() {
+        if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
+            let what = if c.is_ascii() { format!("the character {:?}", c) } else { "a non-ASCII character".to_owned() };
+            return Err(format!(
+                "{} holds {what}; a token is sent in an `authorization` header, which carries visible ASCII only",
+                name(n + 1)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The items of a comma-separated list, trimmed, without empty ones.
+fn split_list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 #[cfg(test)]
@@ -937,6 +984,8 @@ mod tests {
         assert_eq!(defaults.wait, Duration::from_secs(2));
         let err = Config::with(&[("model_pools", "a=0,b,c=2")]).unwrap_err().to_string();
         assert!(err.contains("`model_pools`") && err.contains("`a=0`, `b` are not `model=instances`"), "{err}");
+        let err = Config::with(&[("model_pools", "silero-vad=1, silero-vad=3")]).unwrap_err().to_string();
+        assert!(err.contains("`model_pools`") && err.contains("names `silero-vad` twice"), "{err}");
     }
 
     #[test]
@@ -990,7 +1039,79 @@ mod tests {
         // A templated secret that came out blank is not "auth off" either.
         let err = Config::with(&[("auth_tokens", " ")]).unwrap_err().to_string();
         assert!(err.contains("`auth_tokens`") && err.contains("holds no token"), "{err}");
-        assert!(Config::with(&[("auth_tokens", "")]).unwrap().auth_tokens.is_empty(), "unset is not an error");
+        assert!(Config::with(&[]).unwrap().auth_tokens.is_empty(), "unset is not an error");
+        // Nor is an empty value, however it is given: `REMOTEMEDIA_AUTH_TOKENS: ${TOKENS}` with
+        // TOKENS unset must not override the file's tokens with none.
+        let s = Sources {
+            file: layer(&[("auth_tokens", "filesecret")]),
+            env: layer(&[("auth_tokens", "")]),
+            ..Sources::default()
+        };
+        let err = Config::from_sources(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("`auth_tokens` (from REMOTEMEDIA_AUTH_TOKENS)") && err.contains("holds no token"),
+            "{err}"
+        );
+        for (key, value) in [("auth_tokens", ""), ("auth_tokens_file", "")] {
+            let err = Config::with(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}` (from --{})", key.replace('_', "-"))), "{err}");
+        }
+        let err = Config::from_sources(&Sources { file: layer(&[("auth_tokens", "")]), ..Sources::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(from the config file)") && err.contains("holds no token"), "{err}");
+    }
+
+    #[test]
+    fn tokens_a_client_cannot_send_are_refused_without_showing_them() {
+        let err = Config::with(&[("auth_tokens", "good,s\u{e9}same")]).unwrap_err().to_string();
+        assert!(err.contains("token 2 holds a non-ASCII character") && !err.contains("same"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# tokens\nfirst\nopen sesame\n").unwrap();
+        let err = Config::with(&[("auth_tokens_file", path.to_str().unwrap())]).unwrap_err().to_string();
+        assert!(err.contains("the token on line 3 holds the character ' '") && !err.contains("sesame"), "{err}");
+        // A byte-order mark is not part of the first token; CRLF line ends are not either.
+        std::fs::write(&path, "\u{feff}bomtoken\r\nsecond\r\n").unwrap();
+        let c = Config::with(&[("auth_tokens_file", path.to_str().unwrap())]).unwrap();
+        assert_eq!(c.auth_tokens.iter().map(Secret::expose).collect::<Vec<_>>(), ["bomtoken", "second"]);
+    }
+
+    #[test]
+    fn every_overridden_list_and_address_must_be_valid_too() {
+        for (key, bad, good) in [
+            ("metrics_listen", "nope", "off"),
+            ("cors_allowed_origins", "*", "https://app.example.com"),
+            ("auth_tokens", ",", "tok"),
+            ("model_pools", "silero-vad", "silero-vad=2"),
+        ] {
+            for shadowed in ["env", "file"] {
+                let bad_layer = layer(&[(key, bad)]);
+                let s = if shadowed == "env" {
+                    Sources { env: bad_layer, flags: layer(&[(key, good)]), ..Sources::default() }
+                } else {
+                    Sources { file: bad_layer, env: layer(&[(key, good)]), ..Sources::default() }
+                };
+                let err = Config::from_sources(&s).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("`{key}`")) && err.contains("(overridden, but it must be valid too)"),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn concurrency_caps_are_semaphore_sized() {
+        let max = tokio::sync::Semaphore::MAX_PERMITS;
+        for key in ["max_concurrent_executions", "max_concurrent_streams"] {
+            assert_eq!(
+                Config::with(&[(key, &max.to_string())]).map(|c| c.limits.max_concurrent_streams.min(1)).ok(),
+                Some(1)
+            );
+            let err = Config::with(&[(key, &(max + 1).to_string())]).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")) && err.contains(&format!("an integer from 1 to {max}")), "{err}");
+        }
     }
 
     #[test]
