@@ -142,3 +142,28 @@ def test_log_lines_stay_bounded(srv: RunningServer) -> None:
         pb.ExecuteRequest(manifest=manifest([node("a", long)]), audio_inputs={"a": f32(np.zeros(4, np.float32))}), timeout=30
     )
     assert max(len(line) for line in srv.lines) < 8 * 1024
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_does_not_echo_an_unbounded_name_into_its_status(srv: RunningServer, version: str) -> None:
+    # ServerReflectionRequest{file_containing_symbol (field 4) = name}, encoded by hand: the
+    # reflection protos are not among the client's.
+    def request(name: bytes) -> bytes:
+        length, size = b"", len(name)
+        while True:
+            size, low = size >> 7, size & 0x7F
+            length += bytes([low | (0x80 if size else 0)])
+            if not size:
+                return b"\x22" + length + name
+
+    lookup = grpc.insecure_channel(srv.address).stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        list(lookup(iter([request(b"x" * 20_000)]), timeout=30))
+    err = caught.value
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err  # type: ignore[attr-defined]
+    assert "xxxx" in err.details() and "more bytes)" in err.details(), err.details()  # type: ignore[attr-defined]
+    assert metadata_bytes(err) < STRICT_METADATA_BYTES

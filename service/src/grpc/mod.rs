@@ -8,9 +8,11 @@
 //! - [`interceptors`]: auth and protocol version checks in front of the service
 //! - [`limits`]: per-request limits against server caps
 //! - [`compression`]: when responses are gzip-compressed
-//! - [`convert`]: wire messages ↔ executor types; [`status`]: every error → wire error
+//! - [`convert`]: wire messages ↔ executor types; [`status`]: every error → wire error;
+//!   [`bounded`]: status messages of hosted services (reflection) cut to size
 //! - [`observe`]: Prometheus metrics and request spans; [`state`]: shared server state
 
+pub mod bounded;
 pub mod coalesce;
 pub mod codec;
 pub mod compression;

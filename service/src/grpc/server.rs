@@ -205,8 +205,8 @@ fn routes(state: &Arc<AppState>, health: impl HealthService) -> Result<tonic::se
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(health)
-        .add_service(reflection(Builder::build_v1)?)
-        .add_service(reflection(Builder::build_v1alpha)?)
+        .add_service(super::bounded::Bounded(reflection(Builder::build_v1)?))
+        .add_service(super::bounded::Bounded(reflection(Builder::build_v1alpha)?))
         .add_service(
             PipelineServiceServer::new(Pipelines::new(state.clone()))
                 .accept_compressed(CompressionEncoding::Gzip)
