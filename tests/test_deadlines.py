@@ -6,7 +6,9 @@ from __future__ import annotations
 import http.client
 import struct
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -98,3 +100,29 @@ def test_a_deadline_longer_than_the_work_changes_nothing(srv: RunningServer) -> 
     stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
     resp = stub.ExecutePipeline(slow_request(0.05), timeout=10)
     assert resp.WhichOneof("outcome") == "result"
+
+
+def test_the_log_line_of_a_call_cut_short_carries_its_request_id(srv: RunningServer, tmp_path: Path) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+
+    def gated(name: str) -> pb.ExecuteRequest:
+        gate = node("gate", "GateNode", marker=str(tmp_path / name), release=str(tmp_path / "release"))
+        return pb.ExecuteRequest(manifest=manifest([gate]), audio_inputs={"gate": f32(np.zeros(160, np.float32))})
+
+    def cut_line() -> dict:
+        return srv.wait_for(lambda r: r.get("message", "").endswith("work cancelled") and r.get("rpc") == "ExecutePipeline")
+
+    try:
+        # The client's deadline passes first: the server learns of it when the client resets the call.
+        with pytest.raises(grpc.RpcError):
+            stub.ExecutePipeline(gated("deadline"), metadata=[("x-request-id", "cut-by-deadline")], timeout=0.3)
+        assert cut_line().get("request_id") == "cut-by-deadline"
+        # The client cancels while the node runs.
+        call = stub.ExecutePipeline.future(gated("cancel"), metadata=[("x-request-id", "cut-by-cancel")], timeout=30)
+        while not (tmp_path / "cancel").exists():
+            assert not call.done(), call
+            time.sleep(0.01)
+        call.cancel()
+        assert cut_line().get("request_id") == "cut-by-cancel"
+    finally:
+        (tmp_path / "release").write_text("go")

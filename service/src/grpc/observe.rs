@@ -255,6 +255,9 @@ pub struct RpcRecord {
     started: std::time::Instant,
     deadline: Option<tokio::time::Instant>,
     done: bool,
+    /// The call's span (its `request_id`), which a handler dropped by a client that went away
+    /// has left when the drop logs.
+    span: tracing::Span,
 }
 
 impl RpcRecord {
@@ -263,7 +266,7 @@ impl RpcRecord {
     pub fn start<T>(rpc: &'static str, request: &tonic::Request<T>) -> Self {
         crate::grpc::lifetime::Counted::claim(request);
         let deadline = crate::grpc::lifetime::CallDeadline::of(request);
-        Self { rpc, started: std::time::Instant::now(), deadline, done: false }
+        Self { rpc, started: std::time::Instant::now(), deadline, done: false, span: tracing::Span::current() }
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -281,6 +284,7 @@ impl Drop for RpcRecord {
         if self.done {
             return;
         }
+        let _span = self.span.enter();
         let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
         let (code, outcome) = crate::grpc::lifetime::CallDeadline::abandoned(self.deadline);
         if code == Code::DeadlineExceeded {
