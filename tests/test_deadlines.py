@@ -31,7 +31,9 @@ def srv() -> Iterator[RunningServer]:
 
 def slow_request(seconds: float = 0.3) -> pb.ExecuteRequest:
     """A pipeline that takes about `seconds` (a Python node busy-looping)."""
-    return pb.ExecuteRequest(manifest=manifest([node("spin", "SpinNode", seconds=seconds)]), audio_inputs={"spin": f32(np.zeros(160, np.float32))})
+    return pb.ExecuteRequest(
+        manifest=manifest([node("spin", "SpinNode", seconds=seconds)]), audio_inputs={"spin": f32(np.zeros(160, np.float32))}
+    )
 
 
 def grpc_web_status(s: RunningServer, message: bytes, timeout: str) -> str | None:

@@ -232,3 +232,27 @@ def test_a_gzip_request_over_the_size_cap_once_decompressed_is_a_limit_rejection
     assert "max_message_bytes" in e.details(), e.details()  # type: ignore[attr-defined]
     assert reason(e) == "RESOURCE_LIMIT"
     assert srv.metric("remotemedia_limit_rejections_total", limit="max_message_bytes") == before + 1
+
+
+def test_a_call_refused_for_its_compression_is_counted(srv: RunningServer) -> None:
+    # The server takes gzip only; tonic refuses deflate (UNIMPLEMENTED, naming the encodings it
+    # takes) before any handler runs, and the call still counts.
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    auth = [("authorization", "Bearer t0k3n")]
+    request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode", gain_db=-3)]), audio_inputs={"g": f32(np.zeros(16, np.float32))})
+    for rpc, call in [
+        ("ExecutePipeline", lambda: stub.ExecutePipeline(request, metadata=auth, timeout=10, compression=grpc.Compression.Deflate)),
+        (
+            "StreamPipeline",
+            lambda: list(
+                stub.StreamPipeline(
+                    iter([pb.StreamRequest(manifest=request.manifest)]), metadata=auth, timeout=10, compression=grpc.Compression.Deflate
+                )
+            ),
+        ),
+    ]:
+        before = srv.metric("remotemedia_requests_total", rpc=rpc, code="UNIMPLEMENTED", outcome="validation")
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED, e.value  # type: ignore[attr-defined]
+        assert srv.metric("remotemedia_requests_total", rpc=rpc, code="UNIMPLEMENTED", outcome="validation") == before + 1, rpc

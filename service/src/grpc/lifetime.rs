@@ -258,12 +258,12 @@ where
         let reset = RequestReset::default();
         let counted = Counted::default();
         let mut uncounted = Uncounted {
-            rpc: unary_rpc(request.uri().path()),
+            rpc: pipeline_rpc(request.uri().path()),
             counted: counted.clone(),
             deadline,
             started: std::time::Instant::now(),
         };
-        let messages = uncounted.rpc.map(|_| RequestMessages::default());
+        let messages = uncounted.rpc.filter(|rpc| *rpc != "StreamPipeline").map(|_| RequestMessages::default());
         let framing = messages.clone().map(Framing::new);
         let (parts, body) = request.into_parts();
         let mut request = http::Request::from_parts(
@@ -308,10 +308,10 @@ where
     }
 }
 
-/// The unary pipeline RPC a path names, for its metrics.
-fn unary_rpc(path: &str) -> Option<&'static str> {
+/// The pipeline service's RPC a path names, for its metrics.
+fn pipeline_rpc(path: &str) -> Option<&'static str> {
     let method = path.strip_prefix("/remotemedia.v1.PipelineService/")?;
-    ["ExecutePipeline", "GetVersion"].into_iter().find(|m| *m == method)
+    super::observe::RPCS.iter().copied().find(|m| *m == method)
 }
 
 /// A request body that notes when it fails: the client reset the stream (or the connection
@@ -364,9 +364,16 @@ fn reset_answer<B>(
     reset: &RequestReset,
     uncounted: &mut Uncounted,
 ) -> http::Response<Option<B>> {
-    let Some(internal) = Status::from_header_map(response.headers()).filter(|s| s.code() == tonic::Code::Internal)
-    else {
-        uncounted.answered();
+    let status = Status::from_header_map(response.headers());
+    let Some(internal) = status.as_ref().filter(|s| s.code() == tonic::Code::Internal) else {
+        match status.filter(|s| s.code() == tonic::Code::Unimplemented) {
+            // tonic refuses a `grpc-encoding` it does not take before any handler runs.
+            Some(refused) => {
+                tracing::info!(error = %crate::text::quoted(refused.message()), "request refused");
+                uncounted.count(refused.code(), super::observe::outcome::VALIDATION);
+            }
+            None => uncounted.answered(),
+        }
         return response.map(Some);
     };
     if reset.malformed() {

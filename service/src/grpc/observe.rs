@@ -59,6 +59,7 @@ const KNOWN_RESULTS: &[(Code, &str)] = &[
     (Code::Ok, outcome::RESOURCE_LIMIT),
     (Code::Ok, outcome::INTERNAL),
     (Code::InvalidArgument, outcome::VALIDATION),
+    (Code::Unimplemented, outcome::VALIDATION),
     (Code::FailedPrecondition, outcome::VALIDATION),
     (Code::FailedPrecondition, outcome::VERSION_MISMATCH),
     (Code::Aborted, outcome::NODE_EXECUTION),
