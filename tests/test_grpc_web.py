@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import socket
 import json
 import struct
 import urllib.parse
@@ -135,6 +136,22 @@ def test_grpc_web_text_runs_and_a_body_that_is_not_base64_is_invalid_argument(we
         if want == "3":
             message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
             assert "not valid gRPC-Web text" in message, message
+
+
+def test_a_binary_upload_cut_short_is_not_blamed_on_base64(web: RunningServer) -> None:
+    # Binary gRPC-Web whose body ends (the client half-closes) before its declared length: the
+    # message says the request ended early, not that it is malformed gRPC-Web text.
+    host, port = web.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        head = f"POST {SERVICE}/GetVersion HTTP/1.1\r\nHost: x\r\ncontent-type: application/grpc-web\r\norigin: {ORIGIN}\r\n"
+        conn.sendall(head.encode() + b"content-length: 100\r\n\r\n" + b"\x00" * 5)
+        conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    text = urllib.parse.unquote(answer.decode("latin1"))
+    assert "grpc-status: 1" in text, text
+    assert "the request ended before its message arrived whole" in text and "gRPC-Web text" not in text, text
 
 
 def test_a_request_refused_while_it_is_still_being_sent_gets_its_status() -> None:

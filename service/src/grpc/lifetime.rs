@@ -81,8 +81,15 @@ impl RequestReset {
     }
 
     fn note(&self, error: &Status) {
-        // tonic-web's decoding errors are the only body errors it makes itself.
-        let flag = if error.message().starts_with("tonic-web: ") { &self.1 } else { &self.0 };
+        // tonic-web prefixes every body error with `tonic-web: `: its base64 decoding errors
+        // (its own `malformed base64 request`, the base64 crate's `Invalid symbol …`, `Invalid
+        // padding`, …) and the connection's (a body cut short, a reset) alike. Its text is the
+        // only sign which it was.
+        let base64 = error
+            .message()
+            .strip_prefix("tonic-web: ")
+            .is_some_and(|m| m.starts_with("malformed base64") || m.starts_with("Invalid "));
+        let flag = if base64 { &self.1 } else { &self.0 };
         flag.store(true, Ordering::Relaxed);
     }
 }
@@ -403,7 +410,12 @@ fn reset_answer<B>(
     let (code, outcome) = CallDeadline::abandoned(uncounted.deadline);
     tracing::info!(code = ?code, "request stream reset by the client; nothing ran");
     uncounted.count(code, outcome);
-    Status::new(code, "the client reset the call before its request arrived").into_http().map(|()| None)
+    Status::new(
+        code,
+        "the request ended before its message arrived whole (the client reset the call or closed its connection)",
+    )
+    .into_http()
+    .map(|()| None)
 }
 
 fn deadline_exceeded(timeout: Duration) -> Status {
