@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import RunningServer, start_server
 
-from remotemedia_client import AsyncClient, AudioResampleNode, Client, GainNode, Pipeline, RemoteMediaError, VADNode
+from remotemedia_client import AsyncClient, AudioResampleNode, Client, GainNode, Pipeline, RemoteMediaError, RetryPolicy, VADNode
 
 # Nothing listens here: these clients must fail before they try to connect.
 NOWHERE = "127.0.0.1:1"
@@ -145,3 +147,74 @@ def test_an_async_client_made_outside_the_loop_works_in_it_and_belongs_to_it(ser
 
 def gain_close_to_half(x: float) -> bool:
     return abs(x - 0.25 * 10 ** (6 / 20)) < 1e-3
+
+
+# --- a server that comes back ----------------------------------------------------------------------
+
+
+class LateProxy:
+    """A port that refuses connections until :meth:`open`, then forwards them to ``target``."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def open(self) -> None:
+        self.sock.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        host, port = self.target.rsplit(":", 1)
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((host, int(port)))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_retry_reaches_a_server_that_starts_listening_between_attempts(server: RunningServer) -> None:
+    # Retries 50 ms apart, all within gRPC's default 1 s wait before it dials again after a
+    # refused connection: only a client that dials again on its own policy's scale gets through.
+    proxy = LateProxy(server.address)
+    first_failure = threading.Event()
+
+    class OnRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            first_failure.set()
+
+    handler = OnRetry(level=logging.INFO)
+    logger = logging.getLogger("remotemedia_client")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with Client(proxy.address, retry=RetryPolicy(max_attempts=14, initial_backoff=0.05, multiplier=1.0, jitter=0.0)) as client:
+            answer: list[object] = []
+            worker = threading.Thread(target=lambda: answer.append(client.version(timeout=30)))
+            worker.start()
+            assert first_failure.wait(10), "the first attempt was refused and retried"
+            proxy.open()
+            worker.join(30)
+        assert answer and answer[0].compatible, "a later attempt reached the server"  # type: ignore[attr-defined]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        proxy.close()

@@ -150,7 +150,16 @@ class Settings:
     def options(self) -> list[tuple[str, Any]]:
         # The server enforces its own message cap (64 MiB by default); gRPC's 4 MiB receive
         # default would refuse a few seconds of multichannel output.
-        opts: dict[str, Any] = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
+        opts: dict[str, Any] = {
+            "grpc.max_receive_message_length": -1,
+            "grpc.max_send_message_length": -1,
+            # After a failed connect, gRPC waits 1 s (growing to 2 min) before it dials again,
+            # and fails calls at once meanwhile: the retries of the default policy (100, 200,
+            # 400 ms apart) would all fail without a new dial, even against a server up again
+            # after 300 ms. Dialling on the policy's own scale lets a retry reach it.
+            "grpc.initial_reconnect_backoff_ms": 100,
+            "grpc.max_reconnect_backoff_ms": 5_000,
+        }
         if self.tls is not None and self.tls.server_name:
             opts["grpc.ssl_target_name_override"] = self.tls.server_name
         opts.update(self.channel_options)
