@@ -17,6 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import PLUGINS, RunningServer, start_server
 from helpers import f32, manifest, node
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
+
 from remotemedia_client import AsyncClient, Client, pb
 
 TOKEN = "s3cr3t-7b1f0c2e9a"
@@ -109,10 +113,14 @@ def test_versions_are_negotiated(secured: RunningServer, declared: str, accepted
 @pytest.fixture(scope="module")
 def limited() -> Iterator[RunningServer]:
     s = start_server(
-        "--max-message-bytes", "262144",
-        "--max-concurrent-executions", "1",
-        "--stream-idle-timeout-ms", "400",
-        "--python-nodes-path", str(PLUGINS),
+        "--max-message-bytes",
+        "262144",
+        "--max-concurrent-executions",
+        "1",
+        "--stream-idle-timeout-ms",
+        "400",
+        "--python-nodes-path",
+        str(PLUGINS),
     )
     yield s
     assert s.stop() == 0
@@ -156,7 +164,9 @@ def test_each_limit_gets_its_documented_error_and_the_next_request_is_served(lim
 
 def test_over_the_concurrency_cap_is_resource_exhausted_with_retry_info(limited: RunningServer, tmp_path: Path) -> None:
     marker = tmp_path / "spinning"
-    spinning = pb.ExecuteRequest(manifest=manifest([node("spin", "SpinNode", seconds=1.5, marker=str(marker))]), audio_inputs={"spin": f32(np.zeros(8))})
+    spinning = pb.ExecuteRequest(
+        manifest=manifest([node("spin", "SpinNode", seconds=1.5, marker=str(marker))]), audio_inputs={"spin": f32(np.zeros(8))}
+    )
     first = threading.Thread(target=lambda: Client(limited.address).execute(spinning))
     first.start()
     deadline = time.monotonic() + 30
@@ -189,6 +199,43 @@ def test_an_idle_stream_is_closed(limited: RunningServer) -> None:
     assert asyncio.run(idle()) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_a_client_waiting_for_a_slow_result_is_not_idle(limited: RunningServer) -> None:
+    # The chunk takes 1 s, past the 400 ms idle timeout: that time is the server's work, not the
+    # client's silence, so the client gets its result and closes the stream normally, over gRPC
+    # and over WebSocket alike.
+    spin = manifest([node("spin", "SpinNode", seconds=1.0)])
+    chunk = pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="spin", buffer=f32(np.zeros(160, np.float32)), sequence=0))
+    close = pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE))
+
+    result_read = threading.Event()
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=spin)
+        yield chunk
+        assert result_read.wait(10)  # the close is sent only once the result has come
+        yield close
+
+    with Client(limited.address) as client:
+        kinds = []
+        for response in client.stream_call(requests()):
+            kinds.append(response.WhichOneof("response"))
+            if kinds[-1] == "result":
+                result_read.set()
+    assert kinds[:2] == ["ready", "result"] and "error" not in kinds, kinds
+
+    with ws_connect(f"ws://{limited.address}/ws/StreamPipeline", subprotocols=[Subprotocol("remotemedia.v1")], open_timeout=10) as ws:
+        ws.send(pb.StreamRequest(manifest=spin).SerializeToString())
+        ws.send(chunk.SerializeToString())
+        assert pb.StreamResponse.FromString(ws.recv(timeout=10)).WhichOneof("response") == "ready"
+        assert pb.StreamResponse.FromString(ws.recv(timeout=10)).WhichOneof("response") == "result"
+        ws.send(close.SerializeToString())
+        kinds = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                kinds.append(pb.StreamResponse.FromString(ws.recv(timeout=10)).WhichOneof("response"))
+    assert "error" not in kinds and closed.value.rcvd is not None and closed.value.rcvd.code == 1000, (kinds, closed.value)
+
+
 def metric(server: RunningServer, name: str, **labels: str) -> float:
     total = 0.0
     for family in text_string_to_metric_families(server.metrics()):
@@ -200,7 +247,12 @@ def metric(server: RunningServer, name: str, **labels: str) -> float:
 
 def test_metrics_parse_as_prometheus_text_and_move_with_requests(limited: RunningServer) -> None:
     families = {f.name: f for f in text_string_to_metric_families(limited.metrics())}
-    for name in ("remotemedia_requests", "remotemedia_request_duration_seconds", "remotemedia_active_executions", "remotemedia_active_streams"):
+    for name in (
+        "remotemedia_requests",
+        "remotemedia_request_duration_seconds",
+        "remotemedia_active_executions",
+        "remotemedia_active_streams",
+    ):
         assert name in families, sorted(families)
     before = metric(limited, "remotemedia_requests_total", rpc="ExecutePipeline", code="OK")
     decoded = metric(limited, "remotemedia_codec_duration_seconds_count", direction="decode")
@@ -222,7 +274,9 @@ def test_a_client_that_leaves_mid_execution_stops_the_work_and_gauges_return_to_
     cancelled_before = metric(limited, "remotemedia_requests_total", rpc="ExecutePipeline", code="CANCELLED")
     channel = grpc.insecure_channel(limited.address)
     future = pb.PipelineServiceStub(channel).ExecutePipeline.future(
-        pb.ExecuteRequest(manifest=manifest([node("spin", "SpinNode", seconds=-1, marker=str(marker))]), audio_inputs={"spin": f32(np.zeros(8))})
+        pb.ExecuteRequest(
+            manifest=manifest([node("spin", "SpinNode", seconds=-1, marker=str(marker))]), audio_inputs={"spin": f32(np.zeros(8))}
+        )
     )
     deadline = time.monotonic() + 30
     while not marker.exists():
@@ -231,7 +285,10 @@ def test_a_client_that_leaves_mid_execution_stops_the_work_and_gauges_return_to_
     assert metric(limited, "remotemedia_active_executions") == 1
     future.cancel()
     channel.close()
-    while metric(limited, "remotemedia_active_executions") != 0 or metric(limited, "remotemedia_requests_total", rpc="ExecutePipeline", code="CANCELLED") == cancelled_before:
+    while (
+        metric(limited, "remotemedia_active_executions") != 0
+        or metric(limited, "remotemedia_requests_total", rpc="ExecutePipeline", code="CANCELLED") == cancelled_before
+    ):
         assert time.monotonic() < deadline, "the abandoned execution was not stopped"
         time.sleep(0.01)
     assert metric(limited, "remotemedia_active_streams") == 0

@@ -301,9 +301,10 @@ impl Session {
         let drain = self.state.draining.child_token();
         let draining = drain.cancelled();
         tokio::pin!(draining);
-        // One timer for idleness, moved on only when it fires: a message records its time,
-        // and a timer that fires early (messages came since it was set) is set again.
-        let mut last_message = tokio::time::Instant::now();
+        // One timer for idleness, moved on only when it fires: the session notes when it last
+        // began to wait for the client (after each chunk's work, whose time is not the
+        // client's silence), and a timer that fires early is set again.
+        let mut waiting_since = tokio::time::Instant::now();
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
         let mut ticker = tokio::time::interval(self.state.config.stream_metrics_interval);
@@ -330,7 +331,7 @@ impl Session {
                         });
                     }
                     () = &mut idle_timer => {
-                        let due = last_message + idle;
+                        let due = waiting_since + idle;
                         if due <= tokio::time::Instant::now() {
                             return Err(idle_limit(idle));
                         }
@@ -347,7 +348,6 @@ impl Session {
                     m = self.inbound.next() => m,
                 }
             };
-            last_message = tokio::time::Instant::now();
             let request = match message {
                 // A WebSocket client that leaves drops the session's responses before its
                 // requests end: gone, not closing.
@@ -377,7 +377,12 @@ impl Session {
                         )));
                     }
                 },
-                stream_request::Request::AudioChunk(chunk) => self.chunk(live, chunk).await?,
+                stream_request::Request::AudioChunk(chunk) => {
+                    self.chunk(live, chunk).await?;
+                    // A client waiting for a slow result is not idle: closed the moment the
+                    // result arrived, it could not even send its close.
+                    waiting_since = tokio::time::Instant::now();
+                }
             }
         }
     }
