@@ -19,6 +19,7 @@ import {
 import { type StreamMetrics, streamMetrics } from "./metrics.js";
 import { checkOptions, describe, isString } from "./options-check.js";
 import { RequestQueue } from "./request-queue.js";
+import { ReadAhead } from "./read-ahead.js";
 import { PipelineResult } from "./result.js";
 import { fromErrorResponse, mergeStatus, toRemoteMediaError } from "./to-error.js";
 
@@ -51,6 +52,11 @@ export type StreamCall = (
 ) => AsyncIterable<StreamResponse>;
 
 const DEFAULT_MAX_BUFFERED_CHUNKS = 8;
+/**
+ * Responses read ahead of the application (see ReadAhead): a stream the server ends while the
+ * application is busy keeps its last results and its status.
+ */
+const READ_AHEAD_RESPONSES = 64;
 /** send()'s options; `sequence` has its own check, which says what the default would have been. */
 const SEND_OPTIONS = { nodeId: isString, sequence: () => undefined };
 
@@ -83,7 +89,7 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
   ) {
     this.sessionId = sessionId;
     this.#queue = queue;
-    this.#responses = responses;
+    this.#responses = new ReadAhead(responses, READ_AHEAD_RESPONSES);
     this.#abort = abort;
     this.#inputNode = inputNode;
     this.#nodeIds = nodeIds;

@@ -215,3 +215,41 @@ for (const transport of STREAM_TRANSPORTS) {
     await streamsDrainTo(0);
   });
 }
+
+for (const transport of STREAM_TRANSPORTS) {
+  test(`over ${transport}, a stream the server ends while the application is not reading keeps its results and status`, async () => {
+    // Node's HTTP/2 client drops what it has received but not read when the server resets the
+    // request side after its status (as HTTP/2 lets it); the client reads ahead to keep it.
+    const own = await RunningServer.start(["--stream-idle-timeout-ms", "300"]);
+    const shutdown = await RunningServer.start();
+    const opened: RemoteMediaClient[] = [];
+    try {
+      const idle = createClient({ address: own.address, retry: false, streamTransport: transport });
+      const draining = createClient({ address: shutdown.address, retry: false, streamTransport: transport });
+      opened.push(idle, draining);
+      const cases: [StreamSession, RunningServer, () => Promise<unknown>, string, Code][] = [
+        [await idle.stream(doubling()), own, () => waitFor("the idle session to end", async () => (await own.metric(ACTIVE_STREAMS)) === 0), "RESOURCE_LIMIT", Code.ResourceExhausted],
+        [await draining.stream(doubling()), shutdown, () => shutdown.stop(), "UNAVAILABLE", Code.Unavailable],
+      ];
+      for (const [stream, server_, end, kind, code] of cases) {
+        const chunks = await server_.metric("remotemedia_stream_chunks_total");
+        await stream.send(chunk());
+        await stream.send(chunk());
+        // Both results are on their way before the server ends the stream.
+        await waitFor("both chunks to run", async () => (await server_.metric("remotemedia_stream_chunks_total")) === chunks + 2);
+        await end();
+        const sequences: number[] = [];
+        const e = await failure(async () => {
+          for await (const r of stream) sequences.push(r.sequence ?? -1);
+        });
+        assert.deepEqual(sequences, [0, 1], kind);
+        assert.equal(e.kind, kind, e.message);
+        assert.equal(e.code, code, `${kind}: ${e.message}`);
+      }
+    } finally {
+      for (const c of opened) c.close();
+      await own.stop();
+      await shutdown.stop();
+    }
+  });
+}
