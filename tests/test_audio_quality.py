@@ -156,6 +156,36 @@ def test_format_conversion_matches_numpy(server: RunningServer) -> None:
     np.testing.assert_array_equal(back, ints.astype(np.float32) / 32768)
 
 
+def i32(x: np.ndarray, channels: int = 1) -> pb.AudioBuffer:
+    a = np.ascontiguousarray(x, dtype="<i4")
+    return pb.AudioBuffer(samples=a.tobytes(), sample_rate=16_000, channels=channels, format=pb.AUDIO_FORMAT_I32, num_samples=a.size)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_gain_and_downmix_keep_32_bit_integers_exact(server: RunningServer, runtime: int) -> None:
+    # 32-bit integers carry more precision than float32's 24-bit mantissa: scaled or averaged in
+    # float32, most samples would move by up to 64 steps, even at unity gain.
+    x = RNG.integers(-(2**31), 2**31, 20_000, dtype=np.int64).astype(np.int32)
+    x[:4] = [16_777_217, -987_654_321, 2**31 - 1, -(2**31)]
+
+    def out(n: pb.NodeManifest, buf: pb.AudioBuffer) -> np.ndarray:
+        return samples(run(server, [n], [], n.id, buf).audio_outputs[n.id])
+
+    for params in ({}, {"gain_db": 0}, {"gain": 1.0}):
+        np.testing.assert_array_equal(out(node("g", "GainNode", runtime, **params), i32(x)), x, err_msg=str(params))
+    for gain in (0.5, 1.7):
+        want = np.clip(np.round(x.astype(np.float64) * gain), -(2**31), 2**31 - 1).astype(np.int32)
+        np.testing.assert_array_equal(out(node("g", "GainNode", runtime, gain=gain), i32(x)), want, err_msg=str(gain))
+
+    stereo = np.stack([x, x], axis=1)
+    np.testing.assert_array_equal(out(node("m", "ChannelMixerNode", runtime, output_channels=1), i32(stereo, 2)), x)
+    six = RNG.integers(-(2**31), 2**31, (5_000, 6), dtype=np.int64).astype(np.int32)
+    wide = six.astype(np.float64)
+    want = np.stack([np.round((wide[:, j::2]).sum(axis=1) / 3) for j in range(2)], axis=1).astype(np.int32)
+    got = out(node("m", "ChannelMixerNode", runtime, output_channels=2), i32(six, 6)).reshape(-1, 2)
+    np.testing.assert_array_equal(got, want)
+
+
 # --- VAD on real speech ---------------------------------------------------------------------
 
 RATE = 16_000

@@ -269,6 +269,20 @@ impl AudioBuffer {
         self.typed_slice(SampleFormat::I32)
     }
 
+    /// The samples of an `i32` buffer: borrowed when aligned, one copy otherwise. Empty for a
+    /// buffer of another format.
+    pub fn i32_samples(&self) -> Cow<'_, [i32]> {
+        if self.format != SampleFormat::I32 {
+            return Cow::Borrowed(&[]);
+        }
+        match self.i32_slice() {
+            Some(s) => Cow::Borrowed(s),
+            None => {
+                Cow::Owned(self.bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+        }
+    }
+
     fn typed_slice<T: bytemuck::Pod>(&self, format: SampleFormat) -> Option<&[T]> {
         if self.format != format || cfg!(target_endian = "big") {
             return None;

@@ -4,12 +4,14 @@ use super::{
     Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
     ParamSpec, Params, PortSpec, Ports, check,
 };
-use crate::audio::OutputArena;
+use crate::audio::{OutputArena, SampleFormat};
 
 /// Multiplies every sample by `factor`. Integer audio is scaled in float and converted back
-/// with rounding and saturation, so a boost clips instead of wrapping around.
+/// with rounding and saturation, so a boost clips instead of wrapping around; 32-bit integers
+/// in f64, whose 53-bit mantissa holds them exactly (f32's 24 bits would change most of them,
+/// even at unity gain). Unity gain passes the buffer on as it is.
 pub struct GainNode {
-    factor: f32,
+    factor: f64,
     scratch: Vec<f32>,
     arena: OutputArena,
     clipped: u64,
@@ -17,7 +19,7 @@ pub struct GainNode {
 }
 
 impl GainNode {
-    pub fn new(factor: f32) -> Self {
+    pub fn new(factor: f64) -> Self {
         Self { factor, scratch: Vec::new(), arena: OutputArena::new(), clipped: 0, layout: Default::default() }
     }
 }
@@ -26,8 +28,27 @@ impl Node for GainNode {
     fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         self.layout.check(audio)?;
+        if self.factor == 1.0 {
+            self.clipped += match audio.f32_slice() {
+                Some(s) => s.iter().filter(|v| v.abs() > 1.0).count() as u64,
+                None => 0, // integers are within full scale by construction
+            };
+            return Ok(Ports::audio_output(audio.clone()));
+        }
+        if audio.format() == SampleFormat::I32 {
+            let factor = self.factor;
+            let scale = |v: i32| (f64::from(v) * factor).round_ties_even();
+            let samples = audio.i32_samples();
+            self.clipped +=
+                samples.iter().filter(|&&v| !(f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&scale(v))).count()
+                    as u64;
+            let out = self.arena.write_map(&samples, SampleFormat::I32, audio.sample_rate(), audio.channels(), |v| {
+                scale(v).clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+            });
+            return Ok(Ports::audio_output(out));
+        }
         audio.read_f32_into(&mut self.scratch);
-        let factor = self.factor;
+        let factor = self.factor as f32;
         let mut clipped = 0u64;
         for s in &mut self.scratch {
             *s *= factor;
@@ -51,10 +72,11 @@ impl NodeFactory for GainFactory {
             .alias("Gain")
             .at_most_one_of(&["gain_db", "gain"])
             .details(
-                "Integer audio is scaled in floating point and converted back with rounding and saturation, \
-                 so a boost clips instead of wrapping around; `custom_metrics.samples_over_full_scale` counts \
-                 the samples that clipped. Give `gain_db` or `gain`, not both; with neither, the audio passes \
-                 at 0 dB.",
+                "Integer audio is scaled in floating point (32-bit integers in double precision, exactly) \
+                 and converted back with rounding and saturation, so a boost clips instead of wrapping \
+                 around; `custom_metrics.samples_over_full_scale` counts the samples beyond full scale \
+                 (clipped, for integer audio; float audio keeps them). Give `gain_db` or `gain`, not both; \
+                 with neither, the audio passes at 0 dB, unchanged.",
             )
             .param(
                 ParamSpec::number("gain_db", -120.0, 60.0)
@@ -71,7 +93,7 @@ impl NodeFactory for GainFactory {
             Some(linear) => linear,
             None => 10f64.powf(params.opt_f64("gain_db").unwrap_or(0.0) / 20.0),
         };
-        Box::new(GainNode::new(factor as f32))
+        Box::new(GainNode::new(factor))
     }
 }
 

@@ -8,7 +8,7 @@ use super::{
     INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT, ParamSpec, Params,
     PortSpec, Ports, check,
 };
-use crate::audio::{MAX_CHANNELS, OutputArena};
+use crate::audio::{AudioBuffer, MAX_CHANNELS, OutputArena, SampleFormat};
 
 pub struct ChannelMixerNode {
     output_channels: u32,
@@ -23,6 +23,32 @@ pub struct ChannelMixerNode {
 
 impl ChannelMixerNode {
     /// The output's bytes when it has more channels than the input.
+    /// Downmixes 32-bit integer audio to `m` channels: each output sample is the exact average
+    /// of its inputs, rounded half to even (summed in f64, which holds up to 2^22 of them
+    /// exactly; in f32 most samples would move by up to 64 steps).
+    fn downmix_i32(&mut self, audio: &AudioBuffer, m: usize) -> AudioBuffer {
+        let n = audio.channels() as usize;
+        let samples = audio.i32_samples();
+        self.arena.write_typed(
+            audio.frames() * m,
+            SampleFormat::I32,
+            audio.sample_rate(),
+            m as u32,
+            |out: &mut [i32]| {
+                for (frame, mixed) in samples.chunks_exact(n).zip(out.chunks_exact_mut(m)) {
+                    for (j, o) in mixed.iter_mut().enumerate() {
+                        let (sum, count) = frame
+                            .iter()
+                            .skip(j)
+                            .step_by(m)
+                            .fold((0.0f64, 0u32), |(s, c), &v| (s + f64::from(v), c + 1));
+                        *o = (sum / f64::from(count)).round_ties_even() as i32;
+                    }
+                }
+            },
+        )
+    }
+
     fn upmixed_bytes(&self, audio: &crate::audio::AudioBuffer) -> Option<u64> {
         let (n, m) = (audio.channels() as usize, self.output_channels as usize);
         (m > n).then(|| (audio.frames() * m * audio.format().bytes_per_sample()) as u64)
@@ -57,6 +83,9 @@ impl Node for ChannelMixerNode {
                 }
             });
             return Ok(Ports::audio_output(out));
+        }
+        if audio.format() == SampleFormat::I32 {
+            return Ok(Ports::audio_output(self.downmix_i32(audio, m)));
         }
         audio.read_f32_into(&mut self.scratch);
         self.mixed.clear();
@@ -98,8 +127,8 @@ impl NodeFactory for ChannelMixerFactory {
                 "With `N` input and `M` output channels: when `M < N`, output channel `j` is the average of the \
                  input channels `i` with `i % M == j` (stereo → mono averages left and right; 5.1 → stereo \
                  averages channels 0, 2, 4 into left and 1, 3, 5 into right); when `M > N`, output channel `j` \
-                 is a copy of input channel `j % N`, exact in every format. Equal counts pass the buffer \
-                 through.",
+                 is a copy of input channel `j % N`, exact in every format. 32-bit integer averages are \
+                 exact, rounded half to even. Equal counts pass the buffer through.",
             )
             .param(
                 ParamSpec::integer("output_channels", 1, i64::from(MAX_CHANNELS))

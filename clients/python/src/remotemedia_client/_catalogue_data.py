@@ -157,7 +157,8 @@ CATALOGUE: dict[str, Any] = {
             "average of the input channels `i` with `i % M == j` (stereo → mono averages "
             "left and right; 5.1 → stereo averages channels 0, 2, 4 into left and 1, 3, 5 "
             "into right); when `M > N`, output channel `j` is a copy of input channel `j % "
-            "N`, exact in every format. Equal counts pass the buffer through.",
+            "N`, exact in every format. 32-bit integer averages are exact, rounded half to "
+            "even. Equal counts pass the buffer through.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",
@@ -205,10 +206,12 @@ CATALOGUE: dict[str, Any] = {
             "name": "GainNode",
             "aliases": ["Gain"],
             "description": "Scales audio by a gain in decibels or a linear factor, keeping its format.",
-            "details": "Integer audio is scaled in floating point and converted back with rounding and "
-            "saturation, so a boost clips instead of wrapping around; "
-            "`custom_metrics.samples_over_full_scale` counts the samples that clipped. Give "
-            "`gain_db` or `gain`, not both; with neither, the audio passes at 0 dB.",
+            "details": "Integer audio is scaled in floating point (32-bit integers in double precision, "
+            "exactly) and converted back with rounding and saturation, so a boost clips "
+            "instead of wrapping around; `custom_metrics.samples_over_full_scale` counts the "
+            "samples beyond full scale (clipped, for integer audio; float audio keeps them). "
+            "Give `gain_db` or `gain`, not both; with neither, the audio passes at 0 dB, "
+            "unchanged.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",

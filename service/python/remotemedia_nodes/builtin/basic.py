@@ -115,6 +115,12 @@ class Gain(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "GainNode")
         self.layout.check(a)
+        if self.factor == 1.0:
+            return {"output": a}
+        if a.samples.dtype == np.int32:
+            # In float64, which holds 32-bit integers exactly (float32 would move most of them).
+            scaled = np.round(a.samples.astype(np.float64) * self.factor)
+            return {"output": Audio(np.clip(scaled, -(2**31), 2**31 - 1).astype(np.int32), a.sample_rate)}
         y = a.as_float() * np.float32(self.factor)
         return {"output": from_float(shaped(y, a.channels), a.sample_rate, a.samples.dtype.type)}
 
@@ -165,6 +171,11 @@ class ChannelMixer(Node):
             # Up to 256 channels from one: the memory limit is checked before the copy is made.
             reserve_output(x.shape[0] * m * x.dtype.itemsize)
             return {"output": Audio(np.ascontiguousarray(x[:, [j % n for j in range(m)]]), a.sample_rate)}
+        if x.dtype == np.int32:
+            # The exact average of 32-bit integers, rounded half to even, as the native node does.
+            wide = x.astype(np.float64)
+            mixed = np.stack([wide[:, j::m].sum(axis=1) / wide[:, j::m].shape[1] for j in range(m)], axis=1)
+            return {"output": Audio(shaped(np.round(mixed).astype(np.int32), m), a.sample_rate)}
         f = a.as_float()
         y = np.stack([f[:, j::m].mean(axis=1) for j in range(m)], axis=1)
         return {"output": from_float(shaped(y, m), a.sample_rate, a.samples.dtype.type)}
