@@ -186,6 +186,18 @@ def test_gain_and_downmix_keep_32_bit_integers_exact(server: RunningServer, runt
     np.testing.assert_array_equal(got, want)
 
 
+def test_integer_branches_join_in_their_own_format(server: RunningServer) -> None:
+    x = np.array([20_000, -20_000, 100, 0], dtype=np.int16)
+    buf = pb.AudioBuffer(samples=x.tobytes(), sample_rate=16_000, channels=1, format=pb.AUDIO_FORMAT_I16, num_samples=x.size)
+    nodes = [node("src", "PassThroughNode"), node("a", "PassThroughNode"), node("b", "GainNode", gain=0.5), node("join", "PassThroughNode")]
+    res = run(server, nodes, [("src", "a"), ("src", "b"), ("a", "join"), ("b", "join")], "src", buf)
+    joined = res.audio_outputs["join"]
+    assert joined.format == pb.AUDIO_FORMAT_I16
+    np.testing.assert_array_equal(samples(joined), [30_000, -30_000, 150, 0])
+    loud = run(server, nodes[:2] + [node("b", "PassThroughNode"), nodes[3]], [("src", "a"), ("src", "b"), ("a", "join"), ("b", "join")], "src", buf)
+    np.testing.assert_array_equal(samples(loud.audio_outputs["join"]), [32_767, -32_768, 200, 0], "saturated, not wrapped")
+
+
 # --- VAD on real speech ---------------------------------------------------------------------
 
 RATE = 16_000

@@ -357,20 +357,42 @@ impl AudioBuffer {
         Ok(self.with_bytes(Bytes::from(joined)))
     }
 
-    /// Sums buffers of the same layout sample by sample (how several connections into one audio
-    /// port are mixed). The result is `f32`, as wide as the longest input; integer inputs are
-    /// scaled to [-1, 1] first.
+    /// Sums buffers of the same rate and channel count sample by sample (how several connections
+    /// into one audio port are mixed), as wide as the longest input. Buffers of one integer
+    /// format are summed exactly in that format, saturating; otherwise the result is `f32`, with
+    /// integer inputs scaled to [-1, 1] first.
     pub fn mix(buffers: &[AudioBuffer]) -> Result<AudioBuffer, AudioError> {
         let first = buffers.first().expect("mix is only called with at least one buffer");
         if buffers.len() == 1 {
             return Ok(first.clone());
         }
+        if let Some(b) = buffers.iter().find(|b| b.sample_rate != first.sample_rate || b.channels != first.channels) {
+            return Err(AudioError::Incompatible { left: first.describe(), right: b.describe() });
+        }
+        if buffers.iter().all(|b| b.format == first.format) {
+            match first.format {
+                SampleFormat::I16 => {
+                    let sum = sum_integers(buffers, |b| {
+                        b.bytes.chunks_exact(2).map(|c| i64::from(i16::from_le_bytes([c[0], c[1]])))
+                    });
+                    let out =
+                        sum.into_iter().map(|v| v.clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16).collect();
+                    return Ok(AudioBuffer::from_i16(out, first.sample_rate, first.channels));
+                }
+                SampleFormat::I32 => {
+                    let sum = sum_integers(buffers, |b| {
+                        b.bytes.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    });
+                    let out =
+                        sum.into_iter().map(|v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32).collect();
+                    return Ok(AudioBuffer::from_i32(out, first.sample_rate, first.channels));
+                }
+                SampleFormat::F32 => {}
+            }
+        }
         let mut acc: Vec<f32> = Vec::new();
         let mut scratch = Vec::new();
         for b in buffers {
-            if b.sample_rate != first.sample_rate || b.channels != first.channels {
-                return Err(AudioError::Incompatible { left: first.describe(), right: b.describe() });
-            }
             b.read_f32_into(&mut scratch);
             if scratch.len() > acc.len() {
                 acc.resize(scratch.len(), 0.0);
@@ -381,6 +403,24 @@ impl AudioBuffer {
         }
         Ok(AudioBuffer::from_f32(acc, first.sample_rate, first.channels))
     }
+}
+
+/// The sample-by-sample sum of `buffers`' integer samples (read by `samples`), as long as the
+/// longest; an i64 holds the sum of 2^32 full-scale 32-bit samples.
+fn sum_integers<'a, I: Iterator<Item = i64>>(
+    buffers: &'a [AudioBuffer],
+    samples: impl Fn(&'a AudioBuffer) -> I,
+) -> Vec<i64> {
+    let mut acc: Vec<i64> = Vec::new();
+    for b in buffers {
+        for (k, v) in samples(b).enumerate() {
+            match acc.get_mut(k) {
+                Some(a) => *a += v,
+                None => acc.push(v),
+            }
+        }
+    }
+    acc
 }
 
 #[cfg(test)]
@@ -491,6 +531,19 @@ mod tests {
         let b = AudioBuffer::from_i16(vec![16_384], 8_000, 1);
         let m = AudioBuffer::mix(&[a, b]).unwrap();
         assert_eq!(&*m.as_f32(), &[0.75, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn buffers_of_one_integer_format_mix_exactly_in_it_saturating() {
+        let a = AudioBuffer::from_i16(vec![30_000, -30_000, 7, 1], 8_000, 1);
+        let b = AudioBuffer::from_i16(vec![10_000, -10_000, -3], 8_000, 1);
+        let m = AudioBuffer::mix(&[a, b]).unwrap();
+        assert_eq!(m.format(), SampleFormat::I16);
+        assert_eq!(m.i16_slice(), Some(&[32_767, -32_768, 4, 1][..]));
+        let c = AudioBuffer::from_i32(vec![16_777_217, i32::MAX], 8_000, 1);
+        let d = AudioBuffer::from_i32(vec![-1, 1], 8_000, 1);
+        let m = AudioBuffer::mix(&[c, d]).unwrap();
+        assert_eq!(m.i32_slice(), Some(&[16_777_216, i32::MAX][..]), "exact where f32 would round");
     }
 
     #[test]
