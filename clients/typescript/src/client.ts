@@ -112,17 +112,33 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
     if (closing.signal.aborted) throw clientClosedError();
   };
 
-  const unary = <T>(call: (timeoutMs: number | undefined) => Promise<T>, callOptions: CallOptions): Promise<T> =>
+  const unary = <T>(
+    call: (options: CallOptions) => Promise<T>,
+    callOptions: CallOptions,
+  ): Promise<T> =>
     withRetry(
       async (timeoutMs) => {
         // Without this check, the transport would quietly open a new connection.
         assertOpen();
+        // close() stops calls in flight on every transport: closing an HTTP/2 connection
+        // resets its calls, but a gRPC-Web request (fetch, HTTP/1.1) runs on unless aborted.
+        const either = new AbortController();
+        const signals = [callOptions.signal, closing.signal].filter((x) => x !== undefined);
+        const abort = (): void => {
+          either.abort(signals.find((x) => x.aborted)?.reason);
+        };
+        for (const signal of signals) {
+          if (signal.aborted) abort();
+          signal.addEventListener("abort", abort, { once: true });
+        }
         try {
-          return await call(timeoutMs);
+          return await call(callArgs(either.signal, timeoutMs));
         } catch (e) {
-          // A call in flight when close() reset the connection.
+          // A call in flight when close() was called.
           assertOpen();
           throw e;
+        } finally {
+          for (const signal of signals) signal.removeEventListener("abort", abort);
         }
       },
       { policy, timeoutMs: callOptions.timeoutMs ?? options.timeoutMs, signal: callOptions.signal },
@@ -139,7 +155,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
       const request = executeRequest(manifest, inputs, protocolVersion, known);
       let response;
       try {
-        response = await unary((timeoutMs) => rpc.executePipeline(request, callArgs(callOptions.signal, timeoutMs)), callOptions);
+        response = await unary((args) => rpc.executePipeline(request, args), callOptions);
       } catch (e) {
         throw explainLengthLimit(toRemoteMediaError(e), request);
       }
@@ -160,10 +176,7 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
       assertOpen();
       checkOptions(callOptions, VERSION_OPTIONS);
       const request = create(VersionRequestSchema, { clientVersion: callOptions.clientVersion ?? protocolVersion });
-      const response = await unary(
-        (timeoutMs) => rpc.getVersion(request, callArgs(callOptions.signal, timeoutMs)),
-        callOptions,
-      );
+      const response = await unary((args) => rpc.getVersion(request, args), callOptions);
       return versionInfo(response);
     },
 

@@ -232,7 +232,13 @@ export class Pipeline extends NodeBuilders {
   }
 
   /** Sets the execution configuration; fields left out keep the service defaults. */
+  /**
+   * Sets the pipeline's execution settings. A setting of the wrong type, out of the server's
+   * range or unknown is a VALIDATION error naming it, before anything is sent.
+   */
   configure(config: PipelineConfig): this {
+    const problems = configViolations(config);
+    if (problems.length > 0) throw validationError(problems);
     this.config = { ...config };
     return this;
   }
@@ -553,19 +559,55 @@ function runtimeNamed(name: string): Runtime | undefined {
 function configOf(c: Record<string, unknown>, problems: Violation[]): PipelineConfig {
   const retry = isRecord(c["retry"]) ? c["retry"] : {};
   const setting = (name: string): unknown => retry[name] ?? c[name];
-  const number = (value: unknown): number | undefined => (typeof value === "number" ? value : undefined);
-  const config: PipelineConfig = defined({
-    enableMetrics: typeof c["enable_metrics"] === "boolean" ? c["enable_metrics"] : undefined,
-    maxRetries: number(setting("max_retries")),
-    initialDelayMs: number(setting("initial_delay_ms")),
-    multiplier: number(setting("multiplier")),
-    circuitBreakerThreshold: number(c["circuit_breaker_threshold"]),
-  });
+  const config = defined({
+    enableMetrics: c["enable_metrics"],
+    maxRetries: setting("max_retries"),
+    initialDelayMs: setting("initial_delay_ms"),
+    multiplier: setting("multiplier"),
+    circuitBreakerThreshold: c["circuit_breaker_threshold"],
+  }) as Record<string, unknown>;
   const backoffName = retry["backoff"] ?? c["retry_policy"] ?? c["backoff"];
   if (typeof backoffName === "string") {
     const b = backoffName.toLowerCase().replace(/^backoff_/, "");
-    if (b === "exponential" || b === "fixed" || b === "none") config.backoff = b;
+    if (b === "exponential" || b === "fixed" || b === "none") config["backoff"] = b;
     else problems.push({ field: "config.retry_policy", description: `must be one of exponential, fixed, none, got "${backoffName}"` });
+  } else if (backoffName !== undefined) {
+    problems.push({ field: "config.retry_policy", description: `must be one of exponential, fixed, none, got ${describe(backoffName)}` });
   }
-  return config;
+  const bad = configViolations(config);
+  problems.push(...bad);
+  return bad.length > 0 ? {} : config;
+}
+
+/** The server's range of each PipelineConfig setting (proto/remotemedia/v1/manifest.proto). */
+const CONFIG_RULES: Record<keyof PipelineConfig, [wire: string, check: (v: unknown) => string | undefined]> = {
+  enableMetrics: ["enable_metrics", (v) => (typeof v === "boolean" ? undefined : "must be true or false")],
+  maxRetries: ["max_retries", (v) => integerIn(v, 0, 10)],
+  backoff: ["retry_policy", (v) => (v === "exponential" || v === "fixed" || v === "none" ? undefined : "must be one of exponential, fixed, none")],
+  initialDelayMs: ["initial_delay_ms", (v) => integerIn(v, 0, 30_000)],
+  multiplier: ["multiplier", (v) => (typeof v === "number" && v >= 1 && v <= 10 ? undefined : "must be a number from 1 to 10")],
+  circuitBreakerThreshold: ["circuit_breaker_threshold", (v) => integerIn(v, 0, 2 ** 32 - 1)],
+};
+
+function integerIn(v: unknown, min: number, max: number): string | undefined {
+  return Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max
+    ? undefined
+    : `must be a whole number from ${min} to ${max}`;
+}
+
+/** What is wrong with each setting of `config` (unknown keys included), as violations. */
+function configViolations(config: unknown): Violation[] {
+  if (!isRecord(config)) return [{ field: "config", description: `must be an object, got ${describe(config)}` }];
+  const problems: Violation[] = [];
+  for (const [key, value] of Object.entries(config)) {
+    const rule = CONFIG_RULES[key as keyof PipelineConfig] as (typeof CONFIG_RULES)[keyof PipelineConfig] | undefined;
+    if (rule === undefined) {
+      problems.push({ field: `config.${key}`, description: `is not a setting; the settings are ${Object.keys(CONFIG_RULES).join(", ")}` });
+      continue;
+    }
+    if (value === undefined) continue;
+    const problem = rule[1](value);
+    if (problem !== undefined) problems.push({ field: `config.${rule[0]}`, description: `${problem}, got ${describe(value)}` });
+  }
+  return problems;
 }

@@ -3,7 +3,7 @@
 // when to come back). Other rejections would fail the same way again; in-band pipeline errors are
 // never retried (the service retries failing nodes itself), and neither is an open stream.
 import { Code } from "@connectrpc/connect";
-import { RemoteMediaError } from "./error.js";
+import { type ErrorKind, RemoteMediaError } from "./error.js";
 import { checkOptions, describe, isCount, isDurationMs } from "./options-check.js";
 import { toRemoteMediaError } from "./to-error.js";
 
@@ -114,11 +114,19 @@ export async function withRetry<T>(attempt: (timeoutMs: number | undefined) => P
   const deadline = ctx.timeoutMs === undefined ? undefined : now() + ctx.timeoutMs;
   const aborted = (): boolean => ctx.signal?.aborted === true;
   for (let n = 1; ; n++) {
-    const left = deadline === undefined ? undefined : Math.max(1, deadline - now());
+    const left = deadline === undefined ? undefined : deadline - now();
+    // A deadline already passed (`timeoutMs: 0`) sends nothing: a call sent with the 1 ms
+    // the transport would make of it could still run, and succeed.
+    if (left !== undefined && left <= 0) throw deadlineExceededError(ctx.timeoutMs ?? 0);
     try {
       return await attempt(left);
     } catch (e) {
-      const error = toRemoteMediaError(e);
+      let error = toRemoteMediaError(e);
+      // Past its deadline, a call the transport broke off (a reset, EPIPE on a gRPC-Web upload)
+      // failed because of the deadline, as the server counts it.
+      if (deadline !== undefined && now() >= deadline && BROKEN_OFF.includes(error.kind) && !aborted()) {
+        error = deadlineExceededError(ctx.timeoutMs ?? 0, error);
+      }
       const delay = retryDelay(error, n, ctx.policy);
       if (delay === undefined || aborted()) throw error;
       if (deadline !== undefined && now() + delay >= deadline) throw error;
@@ -126,6 +134,18 @@ export async function withRetry<T>(attempt: (timeoutMs: number | undefined) => P
       if (aborted()) throw cancelledError(error);
     }
   }
+}
+
+/** Kinds of the errors of a call the transport broke off, rather than one the server answered. */
+const BROKEN_OFF: readonly ErrorKind[] = ["INTERNAL", "CANCELLED"];
+
+function deadlineExceededError(timeoutMs: number, cause?: RemoteMediaError): RemoteMediaError {
+  return new RemoteMediaError({
+    kind: "DEADLINE_EXCEEDED",
+    code: Code.DeadlineExceeded,
+    message: `the call's deadline (timeoutMs ${timeoutMs}) passed`,
+    ...(cause === undefined ? {} : { cause }),
+  });
 }
 
 function cancelledError(last: RemoteMediaError): RemoteMediaError {

@@ -96,6 +96,21 @@ for (const [name, options] of CLIENTS) {
     for (const [what, call] of calls) assertClientClosed(await promptly(what, failure(call)), what);
     assert.equal(await server.metric(REQUESTS), before, "a closed client made calls");
   });
+
+  test(`${name}: close() stops a call in flight with that error, and timeoutMs 0 sends nothing`, async () => {
+    const c = client(options);
+    const before = await server.metric(REQUESTS);
+    const zero = await promptly("timeoutMs 0", failure(() => c.getVersion({ timeoutMs: 0 })));
+    assert.equal(zero.kind, "DEADLINE_EXCEEDED", zero.message);
+    assert.equal(await server.metric(REQUESTS), before, "a call with no time left was sent");
+
+    const slow = new Pipeline("slow").node("spin", "SpinNode", { seconds: 3 });
+    const running = failure(() => c.execute(slow, chunk()));
+    await waitFor("the call to run", async () => (await server.metric("remotemedia_active_executions")) === 1);
+    c.close();
+    assertClientClosed(await promptly("the call in flight", running), "execute in flight");
+    await waitFor("the server to drop the call", async () => (await server.metric("remotemedia_active_executions")) === 0);
+  });
 }
 
 for (const transport of STREAM_TRANSPORTS) {

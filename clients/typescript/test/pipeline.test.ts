@@ -201,3 +201,31 @@ test("self loops and cycles are found before sending, each cycle once, from its 
     client.close();
   }
 });
+
+test("configure() and fromJSON refuse settings of the wrong type, out of range or unknown, naming each", () => {
+  const p = new Pipeline("p");
+  const cases: [Record<string, unknown>, string][] = [
+    [{ initialDelayMs: 1.5 }, "config.initial_delay_ms"],
+    [{ maxRetries: -1 }, "config.max_retries"],
+    [{ maxRetries: 11 }, "config.max_retries"],
+    [{ maxRetries: "3" }, "config.max_retries"],
+    [{ circuitBreakerThreshold: -1 }, "config.circuit_breaker_threshold"],
+    [{ enableMetrics: "false" }, "config.enable_metrics"],
+    [{ backoff: "linear" }, "config.retry_policy"],
+    [{ multiplier: 0.5 }, "config.multiplier"],
+    [{ retries: 3 }, "config.retries"],
+  ];
+  for (const [config, field] of cases) {
+    const e = validationOf(() => p.configure(config));
+    assert.deepEqual(
+      e.violations.map((v) => v.field),
+      [field],
+      JSON.stringify(config),
+    );
+  }
+  assert.deepEqual(p.config, {}, "a refused configuration changes nothing");
+  const e = validationOf(() =>
+    Pipeline.fromJSON({ version: "v1", nodes: [{ id: "a", node_type: "GainNode" }], config: { enable_metrics: "false", max_retries: 2.5 } }),
+  );
+  assert.deepEqual(e.violations.map((v) => v.field).sort(), ["config.enable_metrics", "config.max_retries"]);
+});

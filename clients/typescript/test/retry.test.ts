@@ -142,3 +142,38 @@ test("a fetch that failed before any response (gRPC-Web to a server out of reach
   // An UNKNOWN status the server sent is not a network failure.
   assert.equal(toRemoteMediaError(new ConnectError("boom", Code.Unknown)).kind, "INTERNAL");
 });
+
+test("a deadline already passed sends nothing, and a call broken off past its deadline is DEADLINE_EXCEEDED", async () => {
+  const time = fakeTime();
+  let attempts = 0;
+  const never = await withRetry(
+    () => {
+      attempts++;
+      return Promise.resolve("sent");
+    },
+    { policy: NO_JITTER, timeoutMs: 0, signal: undefined, now: time.now, sleep: time.sleep },
+  ).catch((e: unknown) => e);
+  assert.ok(never instanceof RemoteMediaError && never.kind === "DEADLINE_EXCEEDED", String(never));
+  assert.equal(attempts, 0, "timeoutMs 0 makes no call");
+
+  // The transport broke the call off (gRPC-Web's EPIPE on an upload cut by its deadline).
+  const broken = await withRetry(
+    () => {
+      time.sleep(60);
+      return Promise.reject(new ConnectError("write EPIPE", Code.Internal));
+    },
+    { policy: NO_JITTER, timeoutMs: 50, signal: undefined, now: time.now, sleep: time.sleep },
+  ).catch((e: unknown) => e);
+  assert.ok(broken instanceof RemoteMediaError, String(broken));
+  assert.equal(broken.kind, "DEADLINE_EXCEEDED", broken.message);
+  assert.equal(broken.code, Code.DeadlineExceeded);
+  // An answer of the server's own stays what it is.
+  const answered = await withRetry(
+    () => {
+      time.sleep(60);
+      return Promise.reject(new ConnectError("bad", Code.InvalidArgument));
+    },
+    { policy: NO_JITTER, timeoutMs: 50, signal: undefined, now: time.now, sleep: time.sleep },
+  ).catch((e: unknown) => e);
+  assert.ok(answered instanceof RemoteMediaError && answered.kind === "VALIDATION", String(answered));
+});
