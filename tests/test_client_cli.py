@@ -163,6 +163,42 @@ def test_a_ten_minute_16_bit_file_stays_16_bit_and_an_over_limit_run_names_the_w
     assert np.all(soundfile.read(str(tmp_path / "out.wav"), dtype="int16", frames=1_000)[0] == 501)  # 1000 × 10^(-6/20)
 
 
+def test_bad_settings_and_arguments_are_usage_errors_naming_them_not_tracebacks(server: RunningServer, tmp_path: Path) -> None:
+    soundfile.write(tmp_path / "in.wav", np.zeros(1_600, np.float32), 16_000)
+    wav = str(tmp_path / "in.wav")
+    gain = tmp_path / "gain.json"
+    Pipeline.chain(GainNode("g", gain_db=-1)).save(gain)
+    two = tmp_path / "two.json"
+    Pipeline.from_dict(
+        {
+            "version": "v1",
+            "nodes": [
+                {"id": "a", "node_type": "PassThroughNode"},
+                {"id": "b", "node_type": "PassThroughNode"},
+                {"id": "m", "node_type": "GainNode"},
+            ],
+            "edges": [{"from": "a", "to": "m"}, {"from": "b", "to": "m"}],
+        }
+    ).save(two)
+    typed = tmp_path / "typed.json"
+    typed.write_text(
+        '{"version": "v1", "nodes": [{"id": "g", "node_type": "GainNode", "runtime_hint": true}], "config": {"max_retries": "3"}}'
+    )
+    cases = [
+        (("--timeout", "-1", "nodes"), "timeout"),
+        (("--timeout", "nan", "nodes"), "timeout"),
+        (("--address", "127.0.0.1:99999", "nodes"), "port"),
+        (("--token", "two words", "nodes"), "token"),
+        (("stream", str(gain), "--input", wav, "--chunk-ms", "nan"), "--chunk-ms"),
+        (("stream", str(two), "--input", wav), "--node"),
+        (("run", str(typed), "-i", wav), "runtime_hint"),
+    ]
+    for args, named in cases:
+        done = remotemedia("--address", server.address, *args) if "--address" not in args else remotemedia(*args)
+        assert done.returncode == 2 or (named == "runtime_hint" and done.returncode == 5), (args, done.returncode, done.stderr)
+        assert "Traceback" not in done.stderr and named in done.stderr, (args, done.stderr)
+
+
 def test_output_files_take_any_format_and_subtype_soundfile_writes(server: RunningServer, tmp_path: Path) -> None:
     soundfile.write(tmp_path / "in.wav", tone(0.5, 16_000, start=0, stop=0.5), 16_000, subtype="PCM_16")
     Pipeline.chain(GainNode("g", gain_db=-6)).save(tmp_path / "gain.json")

@@ -26,6 +26,7 @@ from remotemedia_client import (
     ValidationError,
     pb,
 )
+from remotemedia_client._core import Settings, execute_request
 
 # The manifest of the executor's data model (seed 000), as written there: `type`, `edges`,
 # version "1.0", a flat config.
@@ -253,3 +254,56 @@ def test_a_malformed_manifest_reports_every_problem() -> None:
     assert [v.field for v in info.value.violations] == ["nodes[0].params"]
     assert "params are not valid JSON" in info.value.violations[0].description
     assert Pipeline.from_json(json.dumps({"version": "v1", "nodes": [{"id": "a", "type": "GainNode", "params": ""}]})).nodes[0].params == {}
+
+
+def test_manifest_fields_of_the_wrong_type_are_validation_errors_naming_them() -> None:
+    manifest = {
+        "version": "v1",
+        "nodes": [{"id": "g", "node_type": "GainNode", "runtime_hint": True}, {"id": "h", "node_type": "GainNode"}],
+        "edges": [{"from": "g", "to": "h", "output_key": 0}],
+        "config": {"max_retries": "3", "enable_metrics": "false", "retry": {"initial_delay_ms": 2.5}},
+    }
+    with pytest.raises(ValidationError) as e:
+        Pipeline.from_dict(manifest)
+    assert {v.field for v in e.value.violations} == {
+        "nodes[0].runtime_hint",
+        "connections[0].output_key",
+        "config.retry.max_retries",
+        "config.enable_metrics",
+        "config.retry.initial_delay_ms",
+    }
+    with pytest.raises(ValidationError, match="edges: must be a list of connections, got dict"):
+        Pipeline.from_dict({"version": "v1", "nodes": [{"id": "a", "node_type": "GainNode"}], "edges": {"from": "a"}})
+    assert [v.field for v in PipelineConfig(max_retries="3", multiplier=True).violations()] == [  # type: ignore[arg-type]
+        "config.retry.max_retries",
+        "config.retry.multiplier",
+    ]
+
+
+def test_numpy_numbers_are_the_numbers_they_hold_in_params_and_data() -> None:
+    p = Pipeline.chain(AudioResampleNode("r", output_rate=np.int64(8_000)), GainNode("g", gain_db=np.float32(-6.0)))
+    p.validate()
+    assert json.loads(p.to_manifest().nodes[0].params) == {"output_rate": 8_000}
+    assert type(p.nodes[1].params["gain_db"]) is float
+
+
+def test_data_that_json_cannot_carry_is_refused_before_sending() -> None:
+    tts = Pipeline.chain(Node("TextToSpeechNode", "t"))
+    settings = Settings("127.0.0.1:1")
+
+    def request(value: object) -> pb.ExecuteRequest:
+        return execute_request(settings, tts, None, sample_rate=None, data={"t": value}, output_nodes=(), limits=None)
+
+    for bad in (float("nan"), {"text": "x", "n": float("inf")}):
+        with pytest.raises(ValidationError) as e:
+            request(bad)
+        assert [(v.field, v.description) for v in e.value.violations] == [
+            ("data_inputs[t]", "holds NaN or infinity, which JSON cannot carry")
+        ]
+    assert json.loads(request({"text": "hi", "n": np.float32(1.5)}).data_inputs["t"]) == {"text": "hi", "n": 1.5}
+
+
+def test_a_long_retry_policy_caps_its_delay_without_overflowing() -> None:
+    policy = RetryPolicy(max_attempts=5_000, initial_backoff=0.01, max_backoff=1.0)
+    assert policy.backoff(1) == 0.01 and policy.backoff(2) == 0.02
+    assert policy.backoff(1_100) == 1.0 and policy.backoff(4_999) == 1.0

@@ -31,7 +31,7 @@ from remotemedia_client.errors import (
     from_rpc_error,
     merge,
 )
-from remotemedia_client.pipeline import Node, Pipeline, input_port_violations
+from remotemedia_client.pipeline import Node, Pipeline, input_port_violations, plain
 from remotemedia_client.results import Result, StreamStats
 from remotemedia_client.retry import RetryPolicy
 
@@ -299,8 +299,11 @@ def execute_request(
     data_text: dict[str, str] = {}
     for node_id, value in (data or {}).items():
         try:
-            data_text[node_id] = json.dumps(value)
-        except (TypeError, ValueError) as e:
+            # numpy numbers and arrays are the values they hold; NaN and infinity have no JSON.
+            data_text[node_id] = json.dumps(plain(value), allow_nan=False)
+        except ValueError:
+            problems.append(Violation(f"data_inputs[{node_id}]", "holds NaN or infinity, which JSON cannot carry", node_id))
+        except TypeError as e:
             problems.append(Violation(f"data_inputs[{node_id}]", f"is not JSON-serialisable: {e}", node_id))
     by_id = {n.id: n for n in p.nodes}
     ids = set(by_id)
@@ -316,7 +319,7 @@ def execute_request(
         problems += [
             Violation(f"nodes[{p.nodes.index(n)}]", f"source node {n.id!r} has no input (give it audio or data)", n.id)
             for n in p.sources
-            if n.id not in audio and n.id not in data_text
+            if n.id not in audio and n.id not in (data or {})
         ]
     if problems and not service_judges:
         raise ValidationError.of(problems)

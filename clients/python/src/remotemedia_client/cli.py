@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -211,7 +212,12 @@ class _Cli:
                 raise UsageError(f"cannot use the TLS files: {e}") from None
         elif a.tls:
             tls = True
-        return Client(a.address, token=a.token or None, tls=tls, timeout=a.timeout)
+        try:
+            return Client(a.address, token=a.token or None, tls=tls, timeout=a.timeout)
+        except (TypeError, ValueError) as e:
+            # The client names the bad setting (`timeout must be ...`, `address ... port`); the
+            # flags are where it came from.
+            raise UsageError(str(e)) from None
 
     def emit(self, payload: Any) -> None:
         print(json.dumps(payload, indent=2, default=str))
@@ -311,8 +317,11 @@ class _Cli:
             info = soundfile.info(path)
         except Exception as e:  # noqa: BLE001 - soundfile raises several types for unreadable files
             raise UsageError(f"cannot read {path}: {e}") from None
-        if self.args.chunk_ms <= 0:
-            raise UsageError("--chunk-ms must be positive")
+        if not math.isfinite(self.args.chunk_ms) or self.args.chunk_ms <= 0:
+            raise UsageError(f"--chunk-ms must be a positive number of milliseconds, got {self.args.chunk_ms:g}")
+        if self.args.node is None and len(pipeline.sources) > 1:
+            names = ", ".join(n.id for n in pipeline.sources)
+            raise UsageError(f"the pipeline has {len(pipeline.sources)} source nodes ({names}); name the one to stream into with --node")
         if self.args.node is not None and self.args.node not in ids:
             raise UsageError(f"--node {self.args.node!r}: no such node (nodes: {', '.join(sorted(ids))})")
         output = self.target(self.args.output, ids, pipeline, "--output", sinks=True) if self.args.output else None

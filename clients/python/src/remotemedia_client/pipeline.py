@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import numpy as np
+
 from remotemedia_client import pb
 from remotemedia_client.catalogue import BUILTIN_CATALOGUE, Catalogue
 from remotemedia_client.errors import ValidationError, Violation
@@ -116,6 +118,20 @@ class Port:
         return f"{self.node.id}[{self.name!r}]"
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays, at any depth, as the Python numbers and lists
+    they hold (what JSON takes)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 class Node:
     """A node of any registered type: ``Node("GainNode", id="gain", gain_db=-6)``.
 
@@ -149,7 +165,8 @@ class Node:
         self.type = node_type
         self.id: str = id or ""
         self.runtime = Runtime.parse(runtime)
-        self.params: dict[str, Any] = {**(params or {}), **kw_params}
+        # numpy numbers (a rate or a gain worked out in numpy) are the Python numbers they hold.
+        self.params: dict[str, Any] = {k: plain(v) for k, v in {**(params or {}), **kw_params}.items()}
         self.pipeline: Pipeline | None = None
 
     def __getitem__(self, port: str) -> Port:
@@ -235,18 +252,33 @@ class PipelineConfig:
     circuit_breaker_threshold: int | None = None
 
     def violations(self) -> list[Violation]:
-        out = []
-        if self.max_retries is not None and not 0 <= self.max_retries <= 10:
-            out.append(Violation("config.retry.max_retries", f"must be between 0 and 10, got {self.max_retries}"))
-        if self.initial_delay_ms is not None and not 0 <= self.initial_delay_ms <= 30_000:
-            out.append(Violation("config.retry.initial_delay_ms", f"must be between 0 and 30000, got {self.initial_delay_ms}"))
-        if self.multiplier is not None and not 1 <= self.multiplier <= 10:
-            out.append(Violation("config.retry.multiplier", f"must be between 1 and 10, got {self.multiplier}"))
-        if self.backoff is not None and self.backoff not in _BACKOFFS:
-            out.append(Violation("config.retry.backoff", f"must be one of {', '.join(_BACKOFFS)}, got {self.backoff!r}"))
-        if self.circuit_breaker_threshold is not None and self.circuit_breaker_threshold < 0:
-            out.append(Violation("config.circuit_breaker_threshold", "must not be negative"))
-        return out
+        """Every setting of the wrong type or outside the service's range (the wire's field names)."""
+
+        def whole(value: object, low: int, high: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+        def number(value: object, low: float, high: float) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+        checks = (
+            ("config.enable_metrics", self.enable_metrics, isinstance(self.enable_metrics, bool), "must be true or false"),
+            ("config.retry.max_retries", self.max_retries, whole(self.max_retries, 0, 10), "must be a whole number from 0 to 10"),
+            ("config.retry.backoff", self.backoff, self.backoff in _BACKOFFS, f"must be one of {', '.join(_BACKOFFS)}"),
+            (
+                "config.retry.initial_delay_ms",
+                self.initial_delay_ms,
+                whole(self.initial_delay_ms, 0, 30_000),
+                "must be a whole number from 0 to 30000",
+            ),
+            ("config.retry.multiplier", self.multiplier, number(self.multiplier, 1, 10), "must be a number from 1 to 10"),
+            (
+                "config.circuit_breaker_threshold",
+                self.circuit_breaker_threshold,
+                whole(self.circuit_breaker_threshold, 0, 2**32 - 1),
+                "must be a whole number from 0 to 4294967295",
+            ),
+        )
+        return [Violation(field, f"{rule}, got {value!r}") for field, value, ok, rule in checks if value is not None and not ok]
 
     def is_default(self) -> bool:
         return self == PipelineConfig()
@@ -588,19 +620,35 @@ class Pipeline:
             except ValidationError as e:
                 problems += [Violation(f"nodes[{i}].runtime_hint", v.description, node_id or None) for v in e.violations]
                 continue
+            except TypeError:
+                got = raw.get("runtime_hint")
+                rule = f"must be auto, rust or cpython (or its RuntimeHint number), got {got!r}"
+                problems.append(Violation(f"nodes[{i}].runtime_hint", rule, node_id or None))
+                continue
             node_type = raw.get("node_type", raw.get("type", ""))
             nodes.append(Node(str(node_type), node_id, runtime=runtime, params=params))
-        raw_edges = d.get("edges", d.get("connections", []))
+        edges_key = "edges" if "edges" in d else "connections"
+        raw_edges = d.get(edges_key, [])
+        if not isinstance(raw_edges, list):
+            problems.append(Violation(edges_key, f"must be a list of connections, got {type(raw_edges).__name__}"))
+            raw_edges = []
         connections = []
-        for j, raw in enumerate(raw_edges if isinstance(raw_edges, list) else []):
+        for j, raw in enumerate(raw_edges):
             if not isinstance(raw, Mapping) or "from" not in raw or "to" not in raw:
                 problems.append(Violation(f"connections[{j}]", "must be an object with `from` and `to`"))
                 continue
-            connections.append(Connection(str(raw["from"]), str(raw["to"]), raw.get("output_key") or OUTPUT, raw.get("input_key") or INPUT))
+            keys = {k: raw.get(k) for k in ("output_key", "input_key")}
+            bad = [k for k, v in keys.items() if v is not None and not isinstance(v, str)]
+            if bad:
+                problems += [Violation(f"connections[{j}].{k}", f"must be a port name (a string), got {keys[k]!r}") for k in bad]
+                continue
+            connections.append(Connection(str(raw["from"]), str(raw["to"]), keys["output_key"] or OUTPUT, keys["input_key"] or INPUT))
         config = d.get("config") or {}
         if not isinstance(config, Mapping):
             problems.append(Violation("config", "must be an object"))
             config = {}
+        else:
+            problems += PipelineConfig.from_dict(config).violations()
         if problems:
             raise ValidationError.of(problems)
         p = cls(

@@ -72,7 +72,14 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """The delay after failed attempt number ``attempt`` (1-based), before jitter."""
-        return min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        delay = self.initial_backoff
+        # Grown step by step and capped as it goes: the power itself overflows a float after
+        # about a thousand attempts.
+        for _ in range(attempt - 1):
+            if delay >= self.max_backoff:
+                break
+            delay *= self.multiplier
+        return min(self.max_backoff, delay)
 
     def delay(self, attempt: int, error: RemoteMediaError) -> float | None:
         """Seconds to wait before trying again after attempt ``attempt`` failed with ``error``,
