@@ -181,3 +181,12 @@ def test_a_cancellation_at_the_deadline_reads_as_the_deadline_passing() -> None:
     assert isinstance(err, DeadlineExceededError) and err.code == grpc.StatusCode.DEADLINE_EXCEEDED and delay is None
     err, _ = Attempts("ExecutePipeline", RetryPolicy(), 60.0).retry_after(timeout_expired)
     assert err is timeout_expired
+
+
+def test_a_bad_sample_in_a_streamed_file_is_placed_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nan.wav"
+    x = np.zeros(16_000, np.float32)
+    x[8_000] = np.nan
+    soundfile.write(path, x, 16_000, subtype="FLOAT")
+    with pytest.raises(ValidationError, match=r"frames 8000 to 8319 \(0\.500 s\)"):
+        list(AudioBuffer.iter_file(path, chunk_ms=20))

@@ -31,9 +31,13 @@ export function fromErrorResponse(error: ErrorResponse): RemoteMediaError {
   const context = parseContext(error.context);
   const retryAfter = context["retry_after_ms"];
   const sequence = context["sequence"];
+  const kind = IN_BAND_KINDS[error.errorType] ?? "INTERNAL";
   return new RemoteMediaError({
-    kind: IN_BAND_KINDS[error.errorType] ?? "INTERNAL",
+    kind,
     message: error.message,
+    // The server's ErrorInfo.reason is the ErrorType's name: the same on every transport, a
+    // WebSocket close frame carrying no ErrorInfo.
+    reason: kind,
     nodeId: error.failingNodeId,
     context,
     violations: contextViolations(context),
@@ -109,6 +113,7 @@ export function mergeStatus(inBand: RemoteMediaError, status: RemoteMediaError):
     return new RemoteMediaError({
       kind: status.kind,
       message: inBand.message,
+      reason: status.reason ?? inBand.reason,
       code: status.code,
       nodeId: inBand.nodeId,
       context: inBand.context,

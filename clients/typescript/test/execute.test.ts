@@ -253,6 +253,17 @@ describe("errors", () => {
         assert.equal(error.domain, "remotemedia.v1");
         assert.doesNotMatch(error.message, new RegExp(TOKEN));
         assert.equal((await anonymous.getVersion()).compatible, true);
+        // A stream's refusal names the same reason over either transport.
+        for (const streamTransport of ["grpc", "websocket"] as const) {
+          const refused = createClient({ address: server.address, streamTransport, ...(token === undefined ? {} : { token }) });
+          try {
+            const e = await failure(() => refused.stream(pipeline));
+            assert.equal(e.kind, "AUTHENTICATION", streamTransport);
+            assert.equal(e.reason, "AUTHENTICATION", streamTransport);
+          } finally {
+            refused.close();
+          }
+        }
       } finally {
         anonymous.close();
       }

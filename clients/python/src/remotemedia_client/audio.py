@@ -326,6 +326,15 @@ def _file_blocks(path: str, chunk_ms: float, dtype: str) -> Iterator[AudioBuffer
     with soundfile.SoundFile(path) as f:
         frames = max(1, round(f.samplerate * chunk_ms / 1000))
         rate = int(f.samplerate)
+        start = 0
         for block in f.blocks(blocksize=frames, dtype=dtype, always_2d=True):
             if len(block):
-                yield AudioBuffer.from_numpy(block, rate, channels_first=False)
+                try:
+                    yield AudioBuffer.from_numpy(block, rate, channels_first=False)
+                except ValidationError as e:
+                    # The chunk's own sample index would point at the wrong place in the file.
+                    where = f"{path}, frames {start} to {start + len(block) - 1} ({start / rate:.3f} s)"
+                    raise ValidationError.of(
+                        [Violation(v.field, f"{v.description} (in {where})", v.node_id) for v in e.violations]
+                    ) from None
+            start += len(block)
