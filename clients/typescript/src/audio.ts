@@ -41,7 +41,7 @@ export class Audio<S extends Samples = Samples> {
       throw invalid(`sampleRate must be a whole number of Hz from 1 to 4294967295, got ${describe(sampleRate)}`);
     }
     if (!Number.isInteger(channels) || channels < 1 || channels > MAX_CHANNELS) {
-      throw invalid(`channels must be an integer from 1 to ${MAX_CHANNELS}, got ${channels}`);
+      throw invalid(`channels must be an integer from 1 to ${MAX_CHANNELS}, got ${describe(channels)}`);
     }
     if (samples.length % channels !== 0) {
       throw invalid(`${samples.length} samples do not make whole frames of ${channels} channels`);
@@ -68,6 +68,8 @@ export class Audio<S extends Samples = Samples> {
     }
     const first = channels[0];
     if (first === undefined) throw invalid("at least one channel is required");
+    const bad = channels.findIndex((c: unknown) => !ArrayBuffer.isView(c));
+    if (bad >= 0) throw invalid(`channel ${bad} must be a typed array of samples, got ${describe(channels[bad])}`);
     const frames = first.length;
     if (channels.length > LAYOUT_CHECK_CHANNELS && frames < channels.length) {
       throw invalid(

@@ -225,7 +225,8 @@ export function expected(schema: ParamSchema): string {
 function typeName(v: unknown): string {
   if (v === null) return "null";
   if (typeof v === "boolean") return "a boolean";
-  if (typeof v === "number") return "a number";
+  if (typeof v === "bigint") return "a BigInt, which JSON has no form for; pass a number";
+  if (typeof v === "number") return Number.isFinite(v) ? "a number" : "a number JSON has no form for";
   if (typeof v === "string") return "a string";
   if (Array.isArray(v)) return "an array";
   return "an object";
@@ -233,7 +234,9 @@ function typeName(v: unknown): string {
 
 /** A value as the service quotes it: its JSON text, cut to 40 bytes. */
 function shown(v: unknown): string {
-  const text = (JSON.stringify(v) as string | undefined) ?? String(v);
+  // JSON has no form for a BigInt (JSON.stringify throws) nor for NaN or ±Infinity (it writes null).
+  const text =
+    typeof v === "bigint" ? `${v}n` : typeof v === "number" && !Number.isFinite(v) ? String(v) : ((JSON.stringify(v) as string | undefined) ?? String(v));
   const bytes = new TextEncoder().encode(text);
   if (bytes.length <= 40) return text;
   return `${new TextDecoder().decode(bytes.slice(0, 40)).replace(/\uFFFD$/, "")}…`;

@@ -107,3 +107,10 @@ test("plain arrays are refused with what to pass instead", () => {
   const channels = validationOf(() => new Audio([new Float32Array(2), new Float32Array(2)] as unknown as Float32Array, 8_000));
   assert.match(channels.message, /Audio\.fromChannels/);
 });
+
+test("a channel that is not a typed array, and a channel count that is not a number, are VALIDATION errors saying so", () => {
+  const missing = validationOf(() => Audio.fromChannels([new Float32Array(2), undefined as unknown as Float32Array], 8_000));
+  assert.match(missing.message, /channel 1 must be a typed array of samples, got undefined/);
+  const text = validationOf(() => new Audio(new Float32Array(4), 8_000, "2" as unknown as number));
+  assert.match(text.message, /channels must be an integer from 1 to 256, got "2"/);
+});

@@ -229,3 +229,10 @@ test("configure() and fromJSON refuse settings of the wrong type, out of range o
   );
   assert.deepEqual(e.violations.map((v) => v.field).sort(), ["config.enable_metrics", "config.max_retries"]);
 });
+
+test("a BigInt or non-finite parameter is a violation that says what JSON cannot carry", () => {
+  const big = new Pipeline("p").audioResample("r", { output_rate: 16_000n as unknown as number }).violations();
+  assert.match(big[0]?.description ?? "", /got 16000n \(a BigInt, which JSON has no form for; pass a number\)/);
+  const nan = new Pipeline("p").gain("g", { gain_db: NaN }).violations();
+  assert.match(nan[0]?.description ?? "", /got NaN \(a number JSON has no form for\)/);
+});
