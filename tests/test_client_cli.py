@@ -199,6 +199,19 @@ def test_bad_settings_and_arguments_are_usage_errors_naming_them_not_tracebacks(
         assert "Traceback" not in done.stderr and named in done.stderr, (args, done.stderr)
 
 
+def test_an_empty_file_streams_as_it_runs(server: RunningServer, tmp_path: Path) -> None:
+    soundfile.write(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), 48_000)
+    manifest = tmp_path / "rs.json"
+    Pipeline.chain(AudioResampleNode("rs", output_rate=16_000)).save(manifest)
+    for command in ("run", "stream"):
+        out = tmp_path / f"{command}.wav"
+        flags = ("-i", str(tmp_path / "empty.wav")) if command == "run" else ("--input", str(tmp_path / "empty.wav"))
+        done = remotemedia("--address", server.address, command, str(manifest), *flags, "-o", str(out))
+        assert done.returncode == 0, (command, done.stderr)
+        info = soundfile.info(out)
+        assert (info.frames, info.samplerate) == (0, 16_000), command
+
+
 def test_output_files_take_any_format_and_subtype_soundfile_writes(server: RunningServer, tmp_path: Path) -> None:
     soundfile.write(tmp_path / "in.wav", tone(0.5, 16_000, start=0, stop=0.5), 16_000, subtype="PCM_16")
     Pipeline.chain(GainNode("g", gain_db=-6)).save(tmp_path / "gain.json")

@@ -553,7 +553,8 @@ class StreamCore:
         if status_error is not None:
             status = from_rpc_error(status_error) if isinstance(status_error, grpc.RpcError) else status_error
             err = merge(err, status) if err is not None else status
-        if cancelled and err is not None and not isinstance(err, PipelineCancelledError):
+        if cancelled and err is not None:
+            # In one wording for both clients (grpcio's own is "Locally cancelled by application!").
             err = PipelineCancelledError("the stream was cancelled", code=grpc.StatusCode.CANCELLED)
         log.debug("stream ended", session_id=self.session_id, code=err.code.name if err is not None and err.code else "OK")
         rest.append(Ended(err))

@@ -168,7 +168,8 @@ class AudioBuffer:
 
     @staticmethod
     def iter_file(path: str | os.PathLike[str], *, chunk_ms: float = 20, dtype: SampleFormat = "f32") -> Iterator[AudioBuffer]:
-        """Reads a sound file in chunks of ``chunk_ms`` (the last one may be shorter).
+        """Reads a sound file in chunks of ``chunk_ms`` (the last one may be shorter; an empty
+        file is one empty chunk).
 
         Raises ``ValueError`` for a ``chunk_ms`` that is not a positive, finite number or an
         unknown ``dtype``, before the file is opened."""
@@ -326,6 +327,11 @@ def _file_blocks(path: str, chunk_ms: float, dtype: str) -> Iterator[AudioBuffer
     with soundfile.SoundFile(path) as f:
         frames = max(1, round(f.samplerate * chunk_ms / 1000))
         rate = int(f.samplerate)
+        if f.frames == 0:
+            # One empty chunk, so that a stream of an empty file still answers with its
+            # outputs' rates and channels (as a request of it does), rather than with nothing.
+            yield AudioBuffer.from_numpy(np.zeros((0, f.channels), dtype=dtype), rate, channels_first=False)
+            return
         start = 0
         for block in f.blocks(blocksize=frames, dtype=dtype, always_2d=True):
             if len(block):
