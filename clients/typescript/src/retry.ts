@@ -9,15 +9,15 @@ import { toRemoteMediaError } from "./to-error.js";
 
 export interface RetryOptions {
   /** Attempts in all, the first included (default 4: three retries). 1 disables retries. */
-  maxAttempts?: number;
+  maxAttempts?: number | undefined;
   /** Backoff after the first failure (default 100 ms), times `multiplier` after each further one. */
-  initialBackoffMs?: number;
+  initialBackoffMs?: number | undefined;
   /** Longest backoff (default 5000 ms). */
-  maxBackoffMs?: number;
+  maxBackoffMs?: number | undefined;
   /** Growth of the backoff per attempt (default 2). */
-  multiplier?: number;
+  multiplier?: number | undefined;
   /** Spread of each backoff, ± this fraction (default 0.2), so clients do not retry in step. */
-  jitter?: number;
+  jitter?: number | undefined;
 }
 
 export type RetryPolicy = Required<RetryOptions>;

@@ -25,24 +25,24 @@ import { fromErrorResponse, mergeStatus, toRemoteMediaError } from "./to-error.j
 
 export interface StreamOptions {
   /** Cancels the stream when aborted. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Deadline of the whole stream (none unless given; the client's timeoutMs applies to unary calls). */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Node that receives chunks sent without a `nodeId` (default: the pipeline's only source node). */
-  inputNode?: string;
+  inputNode?: string | undefined;
   /** Chunks `send` may queue ahead of the transport before it waits (default 8). */
-  maxBufferedChunks?: number;
+  maxBufferedChunks?: number | undefined;
 }
 
 export interface SendOptions {
   /** Node whose "input" port receives the chunk (default: the session's input node). */
-  nodeId?: string;
+  nodeId?: string | undefined;
   /**
    * Sequence number echoed by the result: a non-negative integer up to Number.MAX_SAFE_INTEGER
    * (default: one more than the previous chunk's, from 0). The server takes repeated and
    * decreasing numbers as they are; each result carries the number its chunk was sent with.
    */
-  sequence?: number;
+  sequence?: number | undefined;
 }
 
 /** Starts the call: sends `requests`, returns the responses. */

@@ -79,14 +79,17 @@ client.getVersion().then((v) => {
   assert.deepEqual(JSON.parse(node("esm.mjs")), { compatible: true, out: [0.25], error: "function" });
   assert.deepEqual(JSON.parse(node("cjs.cjs")), { compatible: true, protocol: "v1" });
 
-  // The declarations type-check a consumer under strict settings.
+  // The declarations type-check a consumer under strict settings, exactOptionalPropertyTypes
+  // included: an option read from the environment may be undefined, which counts as unset.
   writeFileSync(
     join(project, "typed.ts"),
     `import { type ErrorKind, type PipelineResult, Audio, createClient } from "@remotemedia/client";
 const kind: ErrorKind = "VALIDATION";
 const audio: Audio<Int16Array> = new Audio(new Int16Array(4), 16000, 2);
+declare const env: Record<string, string | undefined>;
 export async function run(address: string): Promise<PipelineResult> {
-  return createClient({ address, compression: "gzip" }).execute('{"version": "v1", "nodes": []}', audio);
+  const client = createClient({ address, compression: "gzip", token: env["TOKEN"], timeoutMs: undefined });
+  return client.execute('{"version": "v1", "nodes": []}', audio, { signal: undefined });
 }
 export { kind };
 `,
@@ -94,7 +97,17 @@ export { kind };
   writeFileSync(
     join(project, "tsconfig.json"),
     JSON.stringify({
-      compilerOptions: { strict: true, module: "NodeNext", moduleResolution: "NodeNext", target: "ES2022", lib: ["ES2022", "DOM"], noEmit: true, skipLibCheck: true, types: [] },
+      compilerOptions: {
+        strict: true,
+        exactOptionalPropertyTypes: true,
+        module: "NodeNext",
+        moduleResolution: "NodeNext",
+        target: "ES2022",
+        lib: ["ES2022", "DOM"],
+        noEmit: true,
+        skipLibCheck: true,
+        types: [],
+      },
       files: ["typed.ts"],
     }),
   );
