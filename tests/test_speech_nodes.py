@@ -217,6 +217,8 @@ def test_text_to_speech_takes_exactly_the_voices_espeak_ng_speaks_with(client: C
     for name in refused[:8]:
         with pytest.raises(ValidationError, match=f"`voice` names no espeak-ng voice: `{re.escape(name)}`"):
             client.run(pipeline(Node("TextToSpeechNode", id="tts", voice=name)), data={"tts": "hello"}, timeout=60)
+    with pytest.raises(ValidationError, match=r"that is a voice's name; give its language, `en-us`"):
+        client.run(pipeline(Node("TextToSpeechNode", id="tts", voice="English_(America)")), data={"tts": "hello"}, timeout=60)
     # A file name from the same listing works.
     assert client.run(pipeline(TextToSpeechNode("tts", voice="gmw/en-US")), data={"tts": "hello"}, timeout=60).audio["tts"].frames > 0
 

@@ -30,6 +30,8 @@ class Espeak:
     command: str
     version: str
     voices: frozenset[str]
+    #: The listing's VoiceName column (which `-v` mostly refuses), to the voice's language.
+    named: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: Whether `-v` takes each listed voice checked so far: a few listed names are refused.
     _accepted: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
@@ -87,13 +89,15 @@ def load_espeak() -> Espeak:
     version = subprocess.run([command, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     listing = subprocess.run([command, "--voices"], capture_output=True, text=True, check=True).stdout
     voices: set[str] = set()
+    named: dict[str, str] = {}
     for line in listing.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 5:
             # Pty, Language, Age/Gender, VoiceName, File: -v takes a language or a file name
             # (most VoiceNames, such as `English_(America)`, it refuses).
             voices.update((fields[1], fields[4]))
-    return Espeak(command, version, frozenset(voices))
+            named.setdefault(fields[3], fields[1])
+    return Espeak(command, version, frozenset(voices), named)
 
 
 #: Stateless and cheap to share: one description of the installation serves every node.
@@ -170,6 +174,8 @@ class TextToSpeech(Node):
         if not self.engine.accepts(voice):
             similar = sorted(v for v in self.engine.voices if v.split("-")[0] == voice.split("-")[0] and self.engine.accepts(v))[:12]
             hint = f"; voices of that language: {', '.join(similar)}" if similar else "; `espeak-ng --voices` lists them"
+            if voice in self.engine.named:
+                hint = f" (that is a voice's name; give its language, `{self.engine.named[voice]}`)"
             raise ParamError("voice", f"names no espeak-ng voice: `{voice}`{hint}")
         self.voice, self.rate_wpm, self.pitch = voice, rate_wpm, pitch
 
