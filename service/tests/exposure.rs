@@ -177,7 +177,11 @@ async fn the_memory_limit_and_a_huge_manifest_get_resource_limit_errors() {
     let s = start(&[]).await;
     let mut c = s.client().await;
     let mut req = execute_request(
-        manifest(vec![node("a", "GainNode", ""), node("b", "GainNode", "")], vec![connect("a", "b")]),
+        // Not at unity gain, which passes the input's buffer on: each node makes a new one.
+        manifest(
+            vec![node("a", "GainNode", r#"{"gain_db": -6}"#), node("b", "GainNode", r#"{"gain_db": -6}"#)],
+            vec![connect("a", "b")],
+        ),
         vec![("a", f32_audio(&[0.1; 1_000], 8_000, 1))],
     );
     req.resource_limits = Some(proto::ResourceLimits { max_memory_bytes: 6_000, ..Default::default() });
