@@ -9,7 +9,7 @@ use crate::audio::{OutputArena, SampleFormat};
 /// Multiplies every sample by `factor`. Integer audio is scaled in float and converted back
 /// with rounding and saturation, so a boost clips instead of wrapping around; 32-bit integers
 /// in f64, whose 53-bit mantissa holds them exactly (f32's 24 bits would change most of them,
-/// even at unity gain). Unity gain passes the buffer on as it is.
+/// even at unity gain).
 pub struct GainNode {
     factor: f64,
     scratch: Vec<f32>,
@@ -28,13 +28,6 @@ impl Node for GainNode {
     fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         self.layout.check(audio)?;
-        if self.factor == 1.0 {
-            self.clipped += match audio.f32_slice() {
-                Some(s) => s.iter().filter(|v| v.abs() > 1.0).count() as u64,
-                None => 0, // integers are within full scale by construction
-            };
-            return Ok(Ports::audio_output(audio.clone()));
-        }
         if audio.format() == SampleFormat::I32 {
             let factor = self.factor;
             let scale = |v: i32| (f64::from(v) * factor).round_ties_even();

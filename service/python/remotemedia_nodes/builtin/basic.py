@@ -115,8 +115,6 @@ class Gain(Node):
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         a = audio_input(inputs, "GainNode")
         self.layout.check(a)
-        if self.factor == 1.0:
-            return {"output": a}
         if a.samples.dtype == np.int32:
             # In float64, which holds 32-bit integers exactly (float32 would move most of them).
             scaled = np.round(a.samples.astype(np.float64) * self.factor)
