@@ -18,12 +18,16 @@ export interface ClientOptions {
    * uncompressed). Default "none": audio rarely compresses enough to pay for the CPU.
    */
   compression?: "gzip" | "none" | undefined;
-  /** "grpc" (HTTP/2, Node's default) or "grpc-web" (browsers' default and only choice). */
+  /**
+   * "grpc" (HTTP/2, Node's default) or "grpc-web" (browsers' default and only choice: "grpc" in a
+   * browser is a VALIDATION error).
+   */
   transport?: TransportKind | undefined;
   /**
    * How `stream()` travels: "grpc" (HTTP/2; Node's default with the "grpc" transport) or
    * "websocket" (the server's WebSocket endpoint; the default of browsers and of "grpc-web",
-   * which carries no bidirectional stream). The same results and errors either way.
+   * which carries no bidirectional stream: "grpc" with it is a VALIDATION error). The same
+   * results and errors either way.
    */
   streamTransport?: StreamTransportKind | undefined;
   /** Retries of unary calls; `false` disables them. */

@@ -86,6 +86,12 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
   const baseUrl = resolveBaseUrl(options);
   const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
   const kind = options.transport ?? DEFAULT_TRANSPORT;
+  if (kind === "grpc-web" && options.streamTransport === "grpc") {
+    // fetch cannot stream a request body, so gRPC-Web has no bidirectional calls.
+    throw validationError([
+      { field: "streamTransport", description: 'gRPC-Web carries unary calls only: with transport "grpc-web", stream over "websocket"' },
+    ]);
+  }
   const policy = retryPolicy(options.retry);
   const opened = openTransport({
     kind,
@@ -99,9 +105,6 @@ export function createClient(options: ClientOptions): RemoteMediaClient {
   const streamCall = (): StreamCall => {
     if (streamKind === "websocket") {
       return webSocketCall({ baseUrl, token: options.token, protocolVersion, open: openSocket });
-    }
-    if (kind !== "grpc") {
-      throw new TypeError('gRPC-Web carries unary calls only: stream with streamTransport "websocket"');
     }
     return (requests, callOptions) => rpc.streamPipeline(requests, callOptions);
   };

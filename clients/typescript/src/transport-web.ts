@@ -2,6 +2,7 @@
 // streams (fetch cannot stream a request body, so gRPC-Web carries no bidirectional stream).
 import type { Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { validationError } from "./error.js";
 import type { TransportKind, TransportSettings } from "./transport-settings.js";
 import type { Socket, SocketEvents } from "./websocket-call.js";
 
@@ -15,7 +16,10 @@ export interface OpenTransport {
 
 export function openTransport(settings: TransportSettings): OpenTransport {
   if (settings.kind !== "grpc-web") {
-    throw new TypeError('browsers cannot speak gRPC over HTTP/2 directly; use transport: "grpc-web"');
+    // An option mistake, reported as createClient reports its others.
+    throw validationError([
+      { field: "transport", description: `browsers cannot speak gRPC over HTTP/2 directly: use "grpc-web", got ${JSON.stringify(settings.kind)}` },
+    ]);
   }
   return {
     transport: createGrpcWebTransport({ baseUrl: settings.baseUrl, interceptors: settings.interceptors }),
