@@ -303,6 +303,22 @@ def test_data_that_json_cannot_carry_is_refused_before_sending() -> None:
     assert json.loads(request({"text": "hi", "n": np.float32(1.5)}).data_inputs["t"]) == {"text": "hi", "n": 1.5}
 
 
+def test_a_parameter_json_cannot_carry_is_refused_by_the_wire_and_json_forms() -> None:
+    p = Pipeline.chain(GainNode("g", gain_db=float("nan")), Node("SomePluginNode", "x", bands=[1.0, -np.inf]))
+    for write in (p.to_manifest, p.to_json):
+        with pytest.raises(ValidationError) as e:
+            write()
+        assert [v.field for v in e.value.violations] == ["nodes[0].params.gain_db", "nodes[1].params.bands[1]"]
+        assert "parameter `gain_db` is NaN, a number JSON has no form for" in str(e.value)
+        assert "parameter `bands` (at nodes[1].params.bands[1]) is -Infinity" in str(e.value)
+
+
+def test_a_none_parameter_is_unset_and_left_out_as_the_typescript_client_does() -> None:
+    p = Pipeline.chain(Node("GainNode", "g", params={"gain_db": None, "gain": 2}), Node("PassThroughNode", "q", x=None))
+    assert [n["params"] for n in p.to_dict()["nodes"]] == [{"gain": 2}, {}]
+    assert [n.params for n in p.to_manifest().nodes] == ['{"gain": 2}', ""]
+
+
 def test_a_long_retry_policy_caps_its_delay_without_overflowing() -> None:
     policy = RetryPolicy(max_attempts=5_000, initial_backoff=0.01, max_backoff=1.0)
     assert policy.backoff(1) == 0.01 and policy.backoff(2) == 0.02

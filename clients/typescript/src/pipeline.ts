@@ -179,7 +179,9 @@ export class Pipeline extends NodeBuilders {
     const problems: Violation[] = [];
     const runtime = options.runtime === undefined ? "auto" : runtimeOf(options.runtime, `nodes[${index}].runtime`, id, problems);
     if (runtime === undefined) throw validationError(problems);
-    this.#nodes.push({ id, type, params: { ...params }, runtime });
+    // null (and undefined) is unset, as the service reads it: the manifest leaves it out.
+    const set = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== null && v !== undefined));
+    this.#nodes.push({ id, type, params: set, runtime });
     return this;
   }
 
@@ -256,6 +258,7 @@ export class Pipeline extends NodeBuilders {
   }
 
   toJSON(): ManifestJson {
+    this.#assertSendable();
     const metadata: ManifestJson["metadata"] = { name: this.name };
     if (this.description !== "") metadata.description = this.description;
     const json: ManifestJson = {
@@ -355,8 +358,38 @@ export class Pipeline extends NodeBuilders {
     return p;
   }
 
-  /** The wire PipelineManifest. */
+  /**
+   * Throws a VALIDATION error naming every parameter that holds NaN or ±Infinity: JSON has no
+   * form for them (JSON.stringify writes null, which the service reads as unset, so the node
+   * would run silently at its default).
+   */
+  #assertSendable(): void {
+    const problems: Violation[] = [];
+    this.#nodes.forEach((n, i) => {
+      const visit = (value: unknown, field: string, param: string): void => {
+        if (typeof value === "number" && !Number.isFinite(value)) {
+          const where = field === `nodes[${i}].params.${param}` ? "" : ` (at ${field})`;
+          problems.push({
+            field,
+            description: `node \`${n.id}\` (${n.type}): parameter \`${param}\`${where} is ${String(value)}, a number JSON has no form for`,
+            nodeId: n.id,
+          });
+        } else if (Array.isArray(value)) {
+          value.forEach((v, k) => {
+            visit(v, `${field}[${k}]`, param);
+          });
+        } else if (isRecord(value)) {
+          for (const [k, v] of Object.entries(value)) visit(v, `${field}.${k}`, param);
+        }
+      };
+      for (const [param, value] of Object.entries(n.params)) visit(value, `nodes[${i}].params.${param}`, param);
+    });
+    if (problems.length > 0) throw validationError(problems);
+  }
+
+  /** The wire PipelineManifest; a parameter JSON cannot carry is a VALIDATION error. */
   toProto(): PipelineManifest {
+    this.#assertSendable();
     const c = this.config;
     const retry = {
       ...(c.maxRetries === undefined ? {} : { maxRetries: c.maxRetries }),

@@ -184,6 +184,9 @@ describe("errors", () => {
     await refused(() => new Pipeline("q").gain("g", {}, loose(5)), "nodes[0]", /must be an object, got 5/);
     await refused(() => new Pipeline("q").gain("g").connect("g", loose(undefined)), "connections[0].to", /must be a node id, got undefined/);
     await refused(() => Audio.fromChannels(loose("x"), 8_000), "audio", /array of sample arrays/);
+    // JSON.stringify would send NaN as null, which the service reads as "use the default".
+    await refused(() => client.execute(new Pipeline("n").gain("g", { gain_db: NaN }), audio), "nodes[0].params.gain_db", /is NaN/);
+    await refused(() => client.stream(new Pipeline("n").gain("g", { gain: Infinity })), "nodes[0].params.gain", /is Infinity/);
     await refused(() => client.execute(p, loose(new Float32Array(4))), "inputs", /wrap samples in new Audio/);
     // The client is unharmed: a correct call still runs.
     assert.equal((await client.execute(p, audio, { timeoutMs: 10_000 })).output("g").samples.length, 4);

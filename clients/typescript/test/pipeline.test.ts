@@ -236,3 +236,22 @@ test("a BigInt or non-finite parameter is a violation that says what JSON cannot
   const nan = new Pipeline("p").gain("g", { gain_db: NaN }).violations();
   assert.match(nan[0]?.description ?? "", /got NaN \(a number JSON has no form for\)/);
 });
+
+test("a non-finite parameter is never sent as null (the node's default): the wire and JSON forms refuse it", () => {
+  const nan = new Pipeline("p").gain("g", { gain_db: NaN }).node("x", "SomePluginNode", { bands: [1, -Infinity] });
+  for (const write of [() => nan.toProto(), () => JSON.stringify(nan)]) {
+    const error = validationOf(write);
+    assert.deepEqual(
+      error.violations.map((v) => v.field),
+      ["nodes[0].params.gain_db", "nodes[1].params.bands[1]"],
+    );
+    assert.match(error.message, /parameter `gain_db` is NaN, a number JSON has no form for/);
+    assert.match(error.message, /parameter `bands` \(at nodes\[1\]\.params\.bands\[1\]\) is -Infinity/);
+  }
+});
+
+test("a null parameter is unset, as the service reads it: left out of the manifest, as the Python client does", () => {
+  const p = new Pipeline("p").gain("g", { gain_db: null as unknown as number, gain: 2 }).passThrough("q", { x: undefined } as never);
+  assert.deepEqual(p.toJSON().nodes.map((n) => n.params), [{ gain: 2 }, {}]);
+  assert.deepEqual(p.toProto().nodes.map((n) => n.params), ['{"gain":2}', ""]);
+});

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -165,8 +166,9 @@ class Node:
         self.type = node_type
         self.id: str = id or ""
         self.runtime = Runtime.parse(runtime)
-        # numpy numbers (a rate or a gain worked out in numpy) are the Python numbers they hold.
-        self.params: dict[str, Any] = {k: plain(v) for k, v in {**(params or {}), **kw_params}.items()}
+        # numpy numbers (a rate or a gain worked out in numpy) are the Python numbers they hold;
+        # None is unset, as the service reads null, and is left out of the manifest.
+        self.params: dict[str, Any] = {k: plain(v) for k, v in {**(params or {}), **kw_params}.items() if v is not None}
         self.pipeline: Pipeline | None = None
 
     def __getitem__(self, port: str) -> Port:
@@ -522,8 +524,34 @@ class Pipeline:
 
     # --- wire and JSON forms ----------------------------------------------------------------
 
+    def _assert_sendable(self) -> None:
+        """Raises :class:`ValidationError` naming every parameter that holds NaN or ±inf: JSON has
+        no form for them (``json.dumps`` writes ``NaN``, which is not JSON)."""
+        problems: list[Violation] = []
+
+        def visit(n: Node, param: str, top: str, path: str, value: Any) -> None:
+            if isinstance(value, float) and not math.isfinite(value):
+                where = "" if path == top else f" (at {path})"
+                text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+                description = f"node `{n.id}` ({n.type}): parameter `{param}`{where} is {text}, a number JSON has no form for"
+                problems.append(Violation(path, description, n.id or None))
+            elif isinstance(value, Mapping):
+                for k, v in value.items():
+                    visit(n, param, top, f"{path}.{k}", v)
+            elif isinstance(value, (list, tuple)):
+                for k, v in enumerate(value):
+                    visit(n, param, top, f"{path}[{k}]", v)
+
+        for i, n in enumerate(self.nodes):
+            for param, value in n.params.items():
+                visit(n, param, f"nodes[{i}].params.{param}", f"nodes[{i}].params.{param}", value)
+        if problems:
+            raise ValidationError.of(problems)
+
     def to_manifest(self) -> pb.PipelineManifest:
-        """The ``remotemedia.v1.PipelineManifest`` message."""
+        """The ``remotemedia.v1.PipelineManifest`` message; a parameter JSON cannot carry (NaN,
+        ±inf) raises :class:`ValidationError` naming it."""
+        self._assert_sendable()
         manifest = pb.PipelineManifest(
             version=MANIFEST_VERSION,
             metadata=pb.ManifestMetadata(name=self.name, description=self.description),
@@ -661,6 +689,9 @@ class Pipeline:
         return p
 
     def to_json(self, *, indent: int | None = 2) -> str:
+        """The JSON manifest; a parameter JSON cannot carry (NaN, ±inf) raises
+        :class:`ValidationError` naming it."""
+        self._assert_sendable()
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     @classmethod
