@@ -651,6 +651,17 @@ mod tests {
     }
 
     #[test]
+    fn a_number_just_past_a_bound_is_read_exactly_and_refused() {
+        // The f64 next to -120 below it; serde_json's fast float parsing (without
+        // `float_roundtrip`) rounded this text to -120 and let it through.
+        let gain = NodeSpec::new("T", "t").param(ParamSpec::number("gain_db", -120.0, 60.0));
+        let params: Map<String, Value> = serde_json::from_str(r#"{"gain_db": -120.00000000000001}"#).unwrap();
+        let errs = gain.check(&params).unwrap_err();
+        assert_eq!(errs[0].param, "gain_db");
+        assert!(gain.check(&serde_json::from_str(r#"{"gain_db": -120.0}"#).unwrap()).is_ok());
+    }
+
+    #[test]
     fn huge_and_fractional_numbers_are_refused_not_wrapped() {
         for bad in [json!(18446744073709551776u128 as f64), json!(0), json!(4.5), json!(-1), json!(true)] {
             let errs = spec().check(&map(json!({"rate": bad}))).unwrap_err();
