@@ -202,6 +202,10 @@ def test_text_to_speech_refuses_an_unknown_voice_and_text_that_is_not_text(clien
     with pytest.raises(ValidationError) as e:
         client.run(pipeline(Node("TextToSpeechNode", id="tts", voice="en-xx")), data={"tts": "hello"}, timeout=60)
     assert "`voice` names no espeak-ng voice: `en-xx`" in str(e.value) and "en-us" in str(e.value)
+    with pytest.raises(ValidationError) as e:
+        client.run(pipeline(Node("TextToSpeechNode", id="tts", voice="😀" * 64)), data={"tts": "hello"}, timeout=60)
+    # Quoted as the server quotes any text from a request: cut to 128 bytes, saying how much is left out.
+    assert f"voice: `{'😀' * 27}… (148 more bytes)`" in str(e.value), str(e.value)
     with pytest.raises(ValidationError, match="must be a string or an object with a `text` string, got an array"):
         client.run(pipeline(Node("TextToSpeechNode", id="tts")), data={"tts": [1, 2]}, timeout=60)
 

@@ -78,3 +78,19 @@ class Cancelled(BaseException):
     It derives from ``BaseException`` so that ``except Exception`` in node code does not
     swallow it.
     """
+
+
+#: Longest piece of client-supplied text quoted in a message, in UTF-8 bytes (the server's bound).
+MAX_QUOTED_BYTES = 128
+
+
+def quoted(text: str, max_bytes: int = MAX_QUOTED_BYTES) -> str:
+    """``text`` (from a request: a value, a name) for a message: cut at a character boundary
+    to at most ``max_bytes`` UTF-8 bytes in all, with a note of how many bytes were left out,
+    as the server cuts what it quotes (``"ab→cdab… (61 more bytes)"``)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= max_bytes:
+        return text
+    room = max_bytes - len(f"… ({len(raw)} more bytes)".encode())
+    keep = raw[: max(room, 0)].decode("utf-8", "ignore")
+    return f"{keep}… ({len(raw) - len(keep.encode('utf-8', 'surrogatepass'))} more bytes)"

@@ -251,6 +251,10 @@ pub fn node_error(py: Python<'_>, api: &Api, err: &PyErr) -> NodeError {
         text.clone()
     } else if text.is_empty() {
         type_name.clone()
+    } else if is(&api.node_error) {
+        // A node's own error (`remotemedia_nodes.NodeError`) says what happened in the words the
+        // native nodes use; the class name stays in `context.exception_type`.
+        text.clone()
     } else {
         format!("{type_name}: {text}")
     };

@@ -41,7 +41,7 @@ class BandpassFilter(Node):
         self.low, self.high, self.order = float(low_hz), float(high_hz), order
         self.sos: np.ndarray | None = None
         self.state: np.ndarray | None = None
-        self.layout = StreamLayout("BandpassFilterNode")
+        self.layout = StreamLayout()
 
     def _check_nyquist(self, rate: int) -> None:
         """Refuses audio whose Nyquist frequency is at or below the pass band's upper edge (and
@@ -54,12 +54,12 @@ class BandpassFilter(Node):
         if needed <= MAX_RESAMPLE_RATE:
             fix += f" or put an AudioResampleNode with output_rate {needed} or more before it"
         raise UnsupportedAudio(
-            f"BandpassFilterNode: high_hz {self.high} Hz is at or above the Nyquist frequency of {rate} Hz audio ({nyquist} Hz); {fix}",
+            f"high_hz {self.high} Hz is at or above the Nyquist frequency of {rate} Hz audio ({nyquist} Hz); {fix}",
             field="input.sample_rate",
         )
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "BandpassFilterNode")
+        a = audio_input(inputs)
         self._check_nyquist(a.sample_rate)
         if self.layout.check(a):
             self.sos = signal.butter(self.order, [self.low, self.high], btype="bandpass", fs=a.sample_rate, output="sos")

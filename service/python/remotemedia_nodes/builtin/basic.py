@@ -21,16 +21,21 @@ _FORMATS = {"f32": np.float32, "i16": np.int16, "i32": np.int32}
 FORMAT_NAMES = {dtype: name for name, dtype in _FORMATS.items()}
 
 
-def audio_input(inputs: dict[str, Any], node_name: str) -> Audio:
+def audio_input(inputs: dict[str, Any]) -> Audio:
     """The `input` audio, refused when missing or not finite (as the native nodes do). Empty
     audio is valid: a node given none returns an empty `output` in its output layout."""
     audio = inputs.get("input")
     if not isinstance(audio, Audio):
-        raise InvalidInput(f"{node_name}: missing input port `input`", field="input")
+        raise InvalidInput("missing input port `input`", field="input")
     if audio.samples.dtype == np.float32 and not np.all(np.isfinite(audio.samples)):
         index = int(np.flatnonzero(~np.isfinite(audio.samples.reshape(-1)))[0])
-        raise InvalidInput(f"{node_name}: input sample {index} is {audio.samples.reshape(-1)[index]}; audio must be finite", field="input")
+        raise InvalidInput(f"input sample {index} is {_shown(float(audio.samples.reshape(-1)[index]))}; audio must be finite", field="input")
     return audio
+
+
+def _shown(sample: float) -> str:
+    """A non-finite sample as the native nodes write it: `NaN`, `inf`, `-inf`."""
+    return "NaN" if np.isnan(sample) else f"{sample}"
 
 
 class StreamLayout:
@@ -41,8 +46,7 @@ class StreamLayout:
     rate and channels. Check what a node refuses whatever the layout (a rate it cannot take)
     first, so that a refused first chunk fixes nothing."""
 
-    def __init__(self, node_name: str) -> None:
-        self.node_name = node_name
+    def __init__(self) -> None:
         self.first: tuple[int, int, type] | None = None
 
     @property
@@ -65,16 +69,16 @@ class StreamLayout:
         rate, channels, first_dtype = self.first
         if audio.sample_rate != rate:
             raise UnsupportedAudio(
-                f"{self.node_name}: input sample_rate changed from {rate} Hz to {audio.sample_rate} Hz within the stream",
+                f"input sample_rate changed from {rate} Hz to {audio.sample_rate} Hz within the stream",
                 field="input.sample_rate",
             )
         if audio.channels != channels:
             raise UnsupportedAudio(
-                f"{self.node_name}: input channels changed from {channels} to {audio.channels} within the stream", field="input.channels"
+                f"input channels changed from {channels} to {audio.channels} within the stream", field="input.channels"
             )
         if dtype is not first_dtype:
             raise UnsupportedAudio(
-                f"{self.node_name}: input format changed from {FORMAT_NAMES[first_dtype]} to {FORMAT_NAMES[dtype]} within the stream",
+                f"input format changed from {FORMAT_NAMES[first_dtype]} to {FORMAT_NAMES[dtype]} within the stream",
                 field="input.format",
             )
         return False
@@ -94,7 +98,7 @@ class PassThrough(Node):
 
     def __init__(self) -> None:
         # A stream's layout is fixed by its first chunk, here as at the nodes that read samples.
-        self.layout = StreamLayout("PassThroughNode")
+        self.layout = StreamLayout()
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if isinstance(inputs.get("input"), Audio):
@@ -110,10 +114,10 @@ class Gain(Node):
 
     def __init__(self, gain_db: float | None = None, gain: float | None = None) -> None:
         self.factor = float(gain) if gain is not None else 10 ** (float(gain_db or 0.0) / 20)
-        self.layout = StreamLayout("GainNode")
+        self.layout = StreamLayout()
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "GainNode")
+        a = audio_input(inputs)
         self.layout.check(a)
         if a.samples.dtype == np.int32:
             # In float64, which holds 32-bit integers exactly (float32 would move most of them).
@@ -129,10 +133,10 @@ class FormatConverter(Node):
 
     def __init__(self, target_format: Literal["f32", "i16", "i32"]) -> None:
         self.target = _FORMATS[target_format]
-        self.layout = StreamLayout("FormatConverterNode")
+        self.layout = StreamLayout()
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "FormatConverterNode")
+        a = audio_input(inputs)
         self.layout.check(a)
         src, dst = a.samples.dtype.type, self.target
         if src is dst:
@@ -156,10 +160,10 @@ class ChannelMixer(Node):
 
     def __init__(self, output_channels: int) -> None:
         self.m = output_channels
-        self.layout = StreamLayout("ChannelMixerNode")
+        self.layout = StreamLayout()
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "ChannelMixerNode")
+        a = audio_input(inputs)
         self.layout.check(a)
         n, m = a.channels, self.m
         if n == m:

@@ -23,10 +23,10 @@ class AudioChunker(Node):
         self.ms = chunk_ms
         self.pending: np.ndarray | None = None
         self.rate = 0
-        self.layout = StreamLayout("AudioChunkerNode")
+        self.layout = StreamLayout()
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "AudioChunkerNode")
+        a = audio_input(inputs)
         if self.layout.check(a):
             self.rate = a.sample_rate
             if self.frames is None:

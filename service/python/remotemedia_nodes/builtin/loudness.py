@@ -45,7 +45,7 @@ class Loudness(Node):
     )
 
     def __init__(self) -> None:
-        self.layout = StreamLayout("LoudnessNode")
+        self.layout = StreamLayout()
         #: Each K-weighting stage: (b, a, passband gain, filter state per channel).
         self.stages: list[tuple[np.ndarray, np.ndarray, float, np.ndarray]] = []
         self.frames = 0
@@ -54,16 +54,16 @@ class Loudness(Node):
         self.current: np.ndarray | None = None
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "LoudnessNode")
+        a = audio_input(inputs)
         if not MIN_RATE <= a.sample_rate <= MAX_RATE:
             raise UnsupportedAudio(
-                f"LoudnessNode: input sample_rate {a.sample_rate} Hz is outside the {MIN_RATE}..={MAX_RATE} Hz it takes; "
+                f"input sample_rate {a.sample_rate} Hz is outside the {MIN_RATE}..={MAX_RATE} Hz it takes; "
                 f"put an AudioResampleNode with output_rate 48000 before it",
                 field="input.sample_rate",
             )
         if a.channels > len(CHANNEL_GAINS):
             raise UnsupportedAudio(
-                f"LoudnessNode: takes at most {len(CHANNEL_GAINS)} channels (L, R, C, Ls, Rs), got {a.channels}; "
+                f"input has {a.channels} channels; LoudnessNode takes at most {len(CHANNEL_GAINS)} (L, R, C, Ls, Rs); "
                 f"put a ChannelMixerNode before it",
                 field="input.channels",
             )

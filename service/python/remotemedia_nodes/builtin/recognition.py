@@ -108,7 +108,7 @@ class SpeechRecognition(Node):
         #: `samples` when the partial hypothesis was last read.
         self.partial_read_at = 0
         self.endpointer = Endpointer(sample_rate=SAMPLE_RATE)
-        self.layout = StreamLayout("SpeechRecognitionNode")
+        self.layout = StreamLayout()
         self.frame_bytes: int = self.endpointer.frame_bytes
         self.buffer = b""
         #: Samples read so far.
@@ -127,7 +127,7 @@ class SpeechRecognition(Node):
         self.last_partial = ""
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        audio = audio_input(inputs, "SpeechRecognitionNode")
+        audio = audio_input(inputs)
         require_audio(audio, "SpeechRecognitionNode", SAMPLE_RATE)
         self.layout.check(audio)
         samples = audio.samples if audio.samples.dtype == np.int16 else from_float(audio.as_float()[:, 0], SAMPLE_RATE, np.int16).samples

@@ -36,7 +36,7 @@ class AudioResample(Node):
         self.input_rate = input_rate
         self.quality = _QUALITY[str(quality).lower()]
         self.stream: soxr.ResampleStream | None = None
-        self.layout = StreamLayout("AudioResampleNode")
+        self.layout = StreamLayout()
         #: The first chunk's sample type, which the output keeps.
         self.dtype: type = np.float32
         self.frames_in = 0
@@ -47,11 +47,11 @@ class AudioResample(Node):
         return {"output": from_float(shaped(y, self.layout.channels), self.output_rate, self.dtype)}
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "AudioResampleNode")
+        a = audio_input(inputs)
         if self.input_rate is not None and a.sample_rate != self.input_rate:
-            raise UnsupportedAudio(f"AudioResampleNode: input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz", field="input.sample_rate")
+            raise UnsupportedAudio(f"input audio is {a.sample_rate} Hz but parameter input_rate is {self.input_rate} Hz", field="input.sample_rate")
         if not MIN_RATE <= a.sample_rate <= MAX_RATE:
-            raise UnsupportedAudio(f"AudioResampleNode: input sample_rate {a.sample_rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz", field="input.sample_rate")
+            raise UnsupportedAudio(f"input sample_rate {a.sample_rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz", field="input.sample_rate")
         if self.output_rate > a.sample_rate:
             # Upsampling multiplies the audio (768x from 1 kHz), resampled as f32 and then written
             # in the input's format: the memory limit is checked before either is made.

@@ -83,7 +83,7 @@ class SileroVad(Node):
         #: Samples short of a whole frame, in the stream's sample type (int16 or float32).
         self.pending: np.ndarray | None = None
         #: 16 kHz mono, and the first chunk's sample format (a stream's stays that).
-        self.layout = StreamLayout("SileroVADNode")
+        self.layout = StreamLayout()
         self.frames = 0
         #: Samples of input read (the zeros that pad the last frame at the end are not).
         self.seen = 0
@@ -93,7 +93,7 @@ class SileroVad(Node):
         self.last_end = 0
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        audio = audio_input(inputs, "SileroVADNode")
+        audio = audio_input(inputs)
         require_audio(audio, "SileroVADNode", SAMPLE_RATE)
         if self.lease is None:
             # Before any state changes: a busy pool runs this call again from the start.

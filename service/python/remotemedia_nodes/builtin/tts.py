@@ -14,7 +14,7 @@ import numpy as np
 from remotemedia_nodes import models
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.declare import Param, Port
-from remotemedia_nodes.errors import InvalidInput, InvalidRequest, ParamError
+from remotemedia_nodes.errors import InvalidInput, InvalidRequest, ParamError, quoted
 from remotemedia_nodes.registry import Node, node
 
 #: Longest text synthesised in one call (about five minutes of speech).
@@ -129,14 +129,14 @@ def _text(value: Any) -> str:
         got = "an object without a `text` string" if "text" not in value else f"an object whose `text` is {_json_kind(value['text'])}"
         value = value.get("text")
     if not isinstance(value, str):
-        raise InvalidRequest(f"TextToSpeechNode: its data input must be a string or an object with a `text` string, got {got}", field="data")
+        raise InvalidRequest(f"its data input must be a string or an object with a `text` string, got {got}", field="data")
     if len(value) > MAX_TEXT:
         raise InvalidRequest(
-            f"TextToSpeechNode: the text is {len(value)} characters long; at most {MAX_TEXT} are spoken per input", field="data"
+            f"the text is {len(value)} characters long; at most {MAX_TEXT} are spoken per input", field="data"
         )
     if "\0" in value:
         raise InvalidRequest(
-            f"TextToSpeechNode: the text holds a NUL character at position {value.index(chr(0))}; espeak-ng stops reading at one",
+            f"the text holds a NUL character at position {value.index(chr(0))}; espeak-ng stops reading at one",
             field="data",
         )
     # espeak-ng reads `[[...]]` as phoneme codes in any text; a space between the brackets keeps
@@ -176,12 +176,12 @@ class TextToSpeech(Node):
             hint = f"; voices of that language: {', '.join(similar)}" if similar else "; `espeak-ng --voices` lists them"
             if voice in self.engine.named:
                 hint = f" (that is a voice's name; give its language, `{self.engine.named[voice]}`)"
-            raise ParamError("voice", f"names no espeak-ng voice: `{voice}`{hint}")
+            raise ParamError("voice", f"names no espeak-ng voice: `{quoted(voice)}`{hint}")
         self.voice, self.rate_wpm, self.pitch = voice, rate_wpm, pitch
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if "data" not in inputs:
-            raise InvalidInput("TextToSpeechNode: missing input port `data` (the text to speak)")
+            raise InvalidInput("missing input port `data` (the text to speak)")
         text = _text(inputs["data"])
         if not text:
             return {"output": Audio(np.zeros(0, dtype=np.int16), OUTPUT_RATE)}

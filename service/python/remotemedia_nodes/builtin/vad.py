@@ -72,7 +72,7 @@ class Vad(Node):
         self.min_silence = max(1, -(-min_silence_ms // frame_ms))
         self.pad_ms = speech_pad_ms
         self.rate = 0
-        self.layout = StreamLayout("VADNode")
+        self.layout = StreamLayout()
         self.buffer = np.zeros(0, dtype=np.float32)
         self.quiet = _SlidingMin(NOISE_WINDOW_MS // frame_ms)
         self.all = _SlidingMin(ADAPT_WINDOW_MS // frame_ms)
@@ -181,16 +181,16 @@ class Vad(Node):
             self.ready.append({"start_s": out_start / self.rate, "end_s": out_end / self.rate, "energy_db": energy_db})
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        a = audio_input(inputs, "VADNode")
+        a = audio_input(inputs)
         if a.sample_rate < MIN_RATE:
             raise UnsupportedAudio(
-                f"VADNode: input sample_rate {a.sample_rate} Hz is below the {MIN_RATE} Hz the speech band needs; "
+                f"input sample_rate {a.sample_rate} Hz is below the {MIN_RATE} Hz the speech band needs; "
                 f"put an AudioResampleNode with output_rate {MIN_RATE} or more before it",
                 field="input.sample_rate",
             )
         if a.sample_rate > MAX_RATE:
             raise UnsupportedAudio(
-                f"VADNode: input sample_rate {a.sample_rate} Hz is above the {MAX_RATE} Hz a VADNode takes; "
+                f"input sample_rate {a.sample_rate} Hz is above the {MAX_RATE} Hz a VADNode takes; "
                 f"put an AudioResampleNode with output_rate {MAX_RATE} or less before it",
                 field="input.sample_rate",
             )
