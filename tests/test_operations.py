@@ -242,6 +242,32 @@ def test_idle_health_watches_do_not_hold_the_shutdown(grace_ms: int) -> None:
     assert took < min(grace_ms / 1000, 5.0), took
 
 
+def test_an_operator_probing_with_grpcurl_during_the_drain_is_answered(tmp_path: Path) -> None:
+    # grpcurl asks reflection before any call. Reflection calls opened during the drain were
+    # cut before they could answer ("shutting down", so Health/Check could not be probed), and
+    # tonic-reflection's task panicked on the dropped response stream (plain text on stderr).
+    s = start_server("--grace-period-ms", "60000", "--python-nodes-path", str(PLUGINS))
+    spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "spinning"))])
+    ended = execute_in_background(s.address, pb.ExecuteRequest(manifest=spin, audio_inputs={"spin": f32(np.zeros(16))}), 120)
+    wait_for_file(tmp_path / "spinning", "the spinning node")
+    s.proc.send_signal(signal.SIGTERM)
+    s.wait_for(lambda rec: rec.get("message") == "signal received")
+
+    def grpcurl(*args: str) -> str:
+        out = subprocess.run([str(GRPCURL), "-plaintext", s.address, *args], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    for _ in range(3):
+        assert "remotemedia.v1.PipelineService" in grpcurl("list").split()
+        assert json.loads(grpcurl("grpc.health.v1.Health/Check")) == {"status": "NOT_SERVING"}
+        assert "ExecutePipeline" in grpcurl("describe", "remotemedia.v1.PipelineService")
+    assert s.stop(signal.SIGINT, timeout=20) == 1
+    assert ended.get(timeout=10) != "no error"
+    stderr = s.proc.stderr.read() if s.proc.stderr else ""
+    assert "panicked" not in stderr, stderr
+
+
 def execute_in_background(address: str, req: pb.ExecuteRequest, timeout: float) -> "queue.Queue[object]":
     """Calls ExecutePipeline on a thread of its own; the queue gets "no error" or the call's
     status code when it ends."""

@@ -57,7 +57,32 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
                 .try_init()
         }
     }
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    log_panics();
+    Ok(())
+}
+
+/// A panic (a bug: a library's or the server's) is logged as an ERROR line too, with where it
+/// happened, so that log collectors see it; the default hook still writes it, and any
+/// backtrace, to standard error.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(
+            panic = %crate::text::clip(&what, crate::text::MAX_MESSAGE_BYTES),
+            location = %location,
+            thread = std::thread::current().name().unwrap_or("unnamed"),
+            "a thread panicked"
+        );
+        default(info);
+    }));
 }
 
 /// Whether an event cannot carry message bytes: the WebSocket library logs every frame's

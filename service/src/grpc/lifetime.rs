@@ -11,7 +11,9 @@
 //! - [`DrainLayer`] ends the long-lived streams of the health and reflection services when
 //!   shutdown starts, once they have nothing more to send: a `Health/Watch` sees its
 //!   NOT_SERVING update and then UNAVAILABLE, so idle watchers never hold the shutdown for the
-//!   whole grace period. Pipeline streams drain themselves (they finish the chunk in flight).
+//!   whole grace period. A health or reflection call opened during the drain is answered
+//!   first (grpcurl asks reflection before `Health/Check`). Pipeline streams drain themselves
+//!   (they finish the chunk in flight).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -457,7 +459,7 @@ impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Drain<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
-    ResBody: Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = http::Response<Cutoff<ResBody>>;
@@ -473,20 +475,46 @@ where
             return self.inner.call(request).map(|r| r.map(|res| res.map(Cutoff::never))).boxed();
         }
         let draining = self.layer.draining.clone();
+        // A call opened during the drain (an operator's `grpcurl ... Health/Check`, which asks
+        // reflection first) is answered: it is cut only once it has had time to be.
+        let opened_draining = draining.is_cancelled();
         self.inner
             .call(request)
             .map(move |r| {
                 r.map(|res| {
                     res.map(|body| {
-                        Cutoff::new(body, async move {
+                        let trigger = async move {
                             draining.cancelled().await;
+                            if opened_draining {
+                                tokio::time::sleep(ANSWER_DURING_DRAIN).await;
+                            }
                             Status::unavailable("the server is shutting down; reconnect to another instance")
-                        })
+                        };
+                        Cutoff::new(body, trigger).reading_out_when_cut()
                     })
                 })
             })
             .boxed()
     }
+}
+
+/// How long a health or reflection call opened during the drain runs before it is ended: ample
+/// for a reflection exchange (milliseconds), short beside any grace period.
+const ANSWER_DURING_DRAIN: Duration = Duration::from_secs(1);
+
+/// Reads `body` to its end on a task of its own. tonic-reflection answers from a task that
+/// panics (`send: SendError`) if the response stream it writes to is dropped while it has a
+/// reply to send; a cut reflection body is read out instead, and the task ends with its
+/// request stream, when the client's stream closes.
+fn read_out<B>(body: B)
+where
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+{
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let mut body = body;
+        while let Some(Ok(_)) = body.frame().await {}
+    });
 }
 
 /// A response body that ends early, with the status its trigger yields, if the trigger fires
@@ -495,19 +523,30 @@ pub struct Cutoff<B> {
     /// `None` once the body has ended (or was cut).
     inner: Option<B>,
     trigger: Option<BoxFuture<'static, Status>>,
+    /// What becomes of the inner body when the trigger cuts it: dropped (which cancels a
+    /// pipeline call's work), or [`read_out`].
+    on_cut: fn(B),
 }
 
 impl<B> Cutoff<B> {
     fn new(inner: B, trigger: impl Future<Output = Status> + Send + 'static) -> Self {
-        Self { inner: Some(inner), trigger: Some(trigger.boxed()) }
+        Self { inner: Some(inner), trigger: Some(trigger.boxed()), on_cut: drop }
     }
 
     fn never(inner: B) -> Self {
-        Self { inner: Some(inner), trigger: None }
+        Self { inner: Some(inner), trigger: None, on_cut: drop }
     }
 
     fn empty() -> Self {
-        Self { inner: None, trigger: None }
+        Self { inner: None, trigger: None, on_cut: drop }
+    }
+
+    /// A cut hands the inner body to [`read_out`] instead of dropping it.
+    fn reading_out_when_cut(self) -> Self
+    where
+        B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    {
+        Self { on_cut: read_out::<B>, ..self }
     }
 }
 
@@ -536,7 +575,9 @@ where
         let Some(trigger) = self.trigger.as_mut() else { return Poll::Pending };
         let status = ready!(trigger.as_mut().poll(cx));
         self.trigger = None;
-        self.inner = None;
+        if let Some(inner) = self.inner.take() {
+            (self.on_cut)(inner);
+        }
         let mut trailers = HeaderMap::new();
         match status.add_header(&mut trailers) {
             Ok(()) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
