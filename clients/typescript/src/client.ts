@@ -249,19 +249,31 @@ function callArgs(signal: AbortSignal | undefined, timeoutMs: number | undefined
 
 function resolveBaseUrl(options: ClientOptions): string {
   const { baseUrl, address } = options;
-  if (baseUrl !== undefined && baseUrl !== "") return parsedUrl("baseUrl", baseUrl, baseUrl.replace(/\/+$/, ""));
-  if (address !== undefined && address !== "") {
-    return parsedUrl("address", address, /^[a-z]+:\/\//i.test(address) ? address : `http://${address}`);
-  }
+  if (baseUrl !== undefined && baseUrl !== "") return parsedUrl("baseUrl", baseUrl).replace(/\/+$/, "");
+  if (address !== undefined && address !== "") return parsedUrl("address", address);
   throw validationError([{ field: "address", description: "createClient needs an address (host:port) or a baseUrl" }]);
 }
 
-/** `url`, made from option `field`'s `value`, or a VALIDATION error naming the option. */
-function parsedUrl(field: string, value: string, url: string): string {
+/**
+ * Option `field`'s `value` as the server's http(s) URL: a URL, or a host:port (`localhost:50051`,
+ * read as http://, not as a URL of scheme "localhost"); a VALIDATION error naming the option
+ * otherwise. The WebSocket URL of streams is derived from it, so ws:// is refused here.
+ */
+function parsedUrl(field: string, value: string): string {
+  const url = /^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`;
+  let parsed: URL;
   try {
-    new URL(url); // parsed only to check it (URL.canParse is newer than some browsers)
+    parsed = new URL(url);
   } catch {
-    throw validationError([{ field, description: `${describe(value)} is not a host:port or a URL` }]);
+    throw validationError([{ field, description: `${describe(value)} is not a host:port or an http(s) URL` }]);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw validationError([
+      {
+        field,
+        description: `${describe(value)}: the scheme must be http or https, got ${parsed.protocol.slice(0, -1)} (streams over WebSocket use the same address; the client derives ws:// or wss:// from it)`,
+      },
+    ]);
   }
   return url;
 }

@@ -67,12 +67,30 @@ function isNetworkFailure(reason: unknown): boolean {
   return cause instanceof TypeError && FETCH_FAILURES.includes(cause.message);
 }
 
+/**
+ * In a page, what else a failed fetch may mean: a browser hides a CORS refusal (an origin
+ * missing from the server's cors_allowed_origins) behind the same error as a server that is
+ * down, and tells the page nothing more.
+ */
+function originHint(): string {
+  const origin = (globalThis as { location?: { origin?: unknown } }).location?.origin;
+  return typeof origin === "string" && origin !== "null"
+    ? ` (a server that is down, or one whose cors_allowed_origins does not list this page's origin, ${origin})`
+    : "";
+}
+
 /** Any failure of a call: a ConnectError with its details, or an error already converted. */
 export function toRemoteMediaError(reason: unknown): RemoteMediaError {
   if (reason instanceof RemoteMediaError) return reason;
   // Unreachable over fetch (gRPC-Web) is UNAVAILABLE, as it is over HTTP/2, so it is retried.
   const error = isNetworkFailure(reason)
-    ? new ConnectError(`the server could not be reached: ${ConnectError.from(reason).rawMessage}`, Code.Unavailable, undefined, undefined, reason)
+    ? new ConnectError(
+        `the server could not be reached: ${ConnectError.from(reason).rawMessage}${originHint()}`,
+        Code.Unavailable,
+        undefined,
+        undefined,
+        reason,
+      )
     : ConnectError.from(reason);
   const info = error.findDetails(ErrorInfoSchema)[0];
   const retry = error.findDetails(RetryInfoSchema)[0];

@@ -69,6 +69,18 @@ test("a server out of reach shows UNAVAILABLE (retried), not INTERNAL", async ()
   assert.match(shown.error, /^UNAVAILABLE: the server could not be reached/);
 });
 
+test("a page whose origin the server does not allow is told that may be why it got no answer", async () => {
+  // The browser hides the CORS refusal behind the error a server that is down gives.
+  const other = await RunningServer.start(["--cors-allowed-origins", "https://app.example.com", "--auth-tokens", TOKEN]);
+  try {
+    const shown = await open(TOKEN, other.url);
+    assert.match(shown.error, /^UNAVAILABLE: the server could not be reached: .*cors_allowed_origins/);
+    assert.ok(shown.error.includes(new URL(pageUrl).origin), shown.error);
+  } finally {
+    assert.equal(await other.stop(), 0);
+  }
+});
+
 test("a 69 MB gRPC-Web request from the page is answered with its RESOURCE_EXHAUSTED status", async () => {
   const tab = await browser.newPage();
   try {

@@ -158,7 +158,17 @@ describe("errors", () => {
     const audio = new Audio(new Float32Array(4), 8_000);
     const p = new Pipeline("p").gain("g");
     await refused(() => createClient({ address: loose(5) }), "address", /must be a string, got 5/);
-    await refused(() => createClient({ address: "a:b:c" }), "address", /"a:b:c" is not a host:port or a URL/);
+    await refused(() => createClient({ address: "a:b:c" }), "address", /"a:b:c" is not a host:port or an http\(s\) URL/);
+    await refused(() => createClient({ baseUrl: "ws://127.0.0.1:1" }), "baseUrl", /the scheme must be http or https, got ws/);
+    // A host:port is not a URL of scheme "localhost" (nor refused as no URL at all).
+    for (const [given, url] of [
+      ["localhost:50051", "http://localhost:50051"],
+      ["127.0.0.1:50051/", "http://127.0.0.1:50051"],
+    ] as const) {
+      const c = createClient({ baseUrl: given });
+      assert.equal(c.baseUrl, url);
+      c.close();
+    }
     await refused(() => new Audio(new Float32Array(4), 2 ** 32), "audio", /sampleRate must be a whole number of Hz from 1 to 4294967295/);
     await refused(() => createClient({ address: server.address, timeoutMs: -1 }), "timeoutMs", /0 or more, got -1/);
     await refused(() => createClient({ address: server.address, transport: loose("udp") }), "transport", /"grpc" or "grpc-web", got "udp"/);

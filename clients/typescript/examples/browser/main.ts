@@ -1,6 +1,6 @@
 // The example page's script: asks the server for its version, then runs a small pipeline on a
 // generated tone, over gRPC-Web from the browser.
-import { Audio, Pipeline, RemoteMediaError, createClient } from "@remotemedia/client";
+import { Audio, Pipeline, type RemoteMediaClient, RemoteMediaError, createClient } from "@remotemedia/client";
 
 function element<T extends HTMLElement>(id: string, type: new () => T): T {
   const found = document.getElementById(id);
@@ -25,8 +25,10 @@ async function run(server: string, token: string): Promise<void> {
   versionOut.textContent = "…";
   resultOut.textContent = "…";
   errorOut.textContent = "";
-  const client = createClient({ baseUrl: server, ...(token === "" ? {} : { token }), timeoutMs: 10_000 });
+  let client: RemoteMediaClient | undefined;
   try {
+    // Inside the try: a server address that is not a URL is a VALIDATION error to show.
+    client = createClient({ baseUrl: server, ...(token === "" ? {} : { token }), timeoutMs: 10_000 });
     const version = await client.getVersion();
     versionOut.textContent = `remotemedia-server ${version.runtimeVersion}, protocols ${version.supportedProtocols.join(", ")}, ${
       version.compatible ? "compatible" : "not compatible"
@@ -45,7 +47,7 @@ async function run(server: string, token: string): Promise<void> {
     resultOut.textContent = "";
     errorOut.textContent = e instanceof RemoteMediaError ? `${e.kind}: ${e.message}` : String(e);
   } finally {
-    client.close();
+    client?.close();
   }
 }
 

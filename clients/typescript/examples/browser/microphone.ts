@@ -5,6 +5,7 @@
 import {
   Audio,
   Pipeline,
+  type RemoteMediaClient,
   RemoteMediaError,
   type SpeechSegment,
   type StreamSession,
@@ -82,8 +83,10 @@ async function start(server: string, token: string, transcribe: boolean, stopAft
   segmentList.replaceChildren();
   processed = [];
   statusOut.textContent = "connecting";
-  const client = createClient({ baseUrl: server, ...(token === "" ? {} : { token }), timeoutMs: 10_000 });
+  let client: RemoteMediaClient | undefined;
   try {
+    // Inside the try: a server address that is not a URL is a VALIDATION error to show.
+    client = createClient({ baseUrl: server, ...(token === "" ? {} : { token }), timeoutMs: 10_000 });
     const version = await client.getVersion();
     const recognise = transcribe && version.supportedNodeTypes.includes("SpeechRecognitionNode");
     const context = new AudioContext();
@@ -133,7 +136,7 @@ async function start(server: string, token: string, transcribe: boolean, stopAft
     showError(e);
     stopCapture();
   } finally {
-    client.close();
+    client?.close();
     session = undefined;
     startButton.disabled = false;
     stopButton.disabled = true;
@@ -184,10 +187,14 @@ serverInput.value = params.get("server") ?? "http://localhost:50051";
 tokenInput.value = params.get("token") ?? "";
 transcribeInput.checked = params.get("transcribe") !== "0";
 const seconds = params.get("seconds");
+const begin = (): void => {
+  void start(serverInput.value, tokenInput.value, transcribeInput.checked, seconds === null ? undefined : Number(seconds));
+};
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  void start(serverInput.value, tokenInput.value, transcribeInput.checked, seconds === null ? undefined : Number(seconds));
+  begin();
 });
+if (params.get("autostart") === "1") begin();
 stopButton.addEventListener("click", () => {
   void stop();
 });
