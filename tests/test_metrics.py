@@ -70,6 +70,8 @@ def test_counters_and_gauges_start_at_zero_for_their_known_labels(srv: RunningSe
         'remotemedia_limit_rejections_total{limit="max_concurrent_streams"}',
         'remotemedia_auth_rejections_total{reason="invalid"}',
         'remotemedia_node_failures_total{node_type="GainNode"}',
+        'remotemedia_stream_chunks_total{outcome="validation"}',
+        'remotemedia_stream_chunks_total{outcome="resource_limit"}',
         "remotemedia_active_executions",
         "remotemedia_active_streams",
         'remotemedia_limit_rejections_total{limit="model_wait_ms"}',
@@ -146,6 +148,22 @@ def test_a_node_failure_in_a_stream_chunk_counts_against_the_chunks(srv: Running
     assert srv.metric("remotemedia_stream_chunks_total", outcome="node_execution") == before + 1
     # The stream ended OK, but its caller saw a chunk fail: it counts as a failure too.
     assert srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="OK", outcome="node_execution") == streams_before + 1
+
+
+def test_audio_a_node_refuses_in_a_stream_counts_as_validation_not_as_a_node_failure(srv: RunningServer) -> None:
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    before = srv.metric("remotemedia_stream_chunks_total", outcome="validation")
+    failures = srv.metric("remotemedia_node_failures_total", node_type="VADNode")
+    requests = [
+        pb.StreamRequest(manifest=manifest([node("v", "VADNode")])),
+        # 4 kHz is below what a VADNode takes: the chunk is refused in-band, the session goes on.
+        pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="v", buffer=f32(np.zeros(80, np.float32), 4_000), sequence=0)),
+        pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControl.COMMAND_CLOSE)),
+    ]
+    responses = list(stub.StreamPipeline(iter(requests), metadata=(("authorization", "Bearer t0k3n"),), timeout=30))
+    assert [r.error.error_type for r in responses if r.WhichOneof("response") == "error"] == [pb.ERROR_TYPE_VALIDATION]
+    assert srv.metric("remotemedia_stream_chunks_total", outcome="validation") == before + 1
+    assert srv.metric("remotemedia_node_failures_total", node_type="VADNode") == failures
 
 
 def test_a_message_over_the_size_cap_counts_as_a_limit_rejection(srv: RunningServer) -> None:

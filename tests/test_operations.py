@@ -189,6 +189,7 @@ def test_logs_are_json_lines_with_request_id_and_rpc(fresh_server: RunningServer
     assert rec["rpc"] == "ExecutePipeline"
     assert len(rec["request_id"]) == 32
     assert {"timestamp", "level", "message"} <= rec.keys()
+    assert "error" not in rec, "a call that succeeded has no error field, not an empty one"
     for line in fresh_server.lines:
         json.loads(line)
 

@@ -139,7 +139,7 @@ pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
     }
     gauge!(ACTIVE_EXECUTIONS).increment(0.0);
     gauge!(ACTIVE_STREAMS).increment(0.0);
-    for outcome in [outcome::SUCCESS, outcome::NODE_EXECUTION] {
+    for outcome in CHUNK_OUTCOMES {
         counter!(STREAM_CHUNKS_TOTAL, "outcome" => outcome).absolute(0);
     }
     let _ = histogram!(STREAM_CHUNK_DURATION);
@@ -344,8 +344,12 @@ impl Drop for Active {
     }
 }
 
-/// Counts a stream chunk by its outcome (`success`, or `node_execution` when a node failed on it
-/// and the session went on).
+/// The outcomes of a stream chunk after which the session goes on: done, or refused by a node
+/// in-band (a node failure, audio the node does not take, no model instance free in time).
+pub const CHUNK_OUTCOMES: [&str; 4] =
+    [outcome::SUCCESS, outcome::NODE_EXECUTION, outcome::VALIDATION, outcome::RESOURCE_LIMIT];
+
+/// Counts a stream chunk by its outcome, one of [`CHUNK_OUTCOMES`].
 pub fn chunk_processed(outcome: &'static str, elapsed: Duration) {
     counter!(STREAM_CHUNKS_TOTAL, "outcome" => outcome).increment(1);
     histogram!(STREAM_CHUNK_DURATION).record(elapsed.as_secs_f64());
@@ -436,6 +440,10 @@ pub fn exec_failed(e: &crate::graph::ExecError) {
         ExecError::Node { source, .. } if source.kind == crate::nodes::NodeErrorKind::ResourceLimit => {
             limit_rejected(crate::python::models::WAIT_LIMIT);
             tracing::info!(error = %e, "no model instance free in time");
+        }
+        // Not the node's fault either: input it does not take (a rate, a layout, a JSON type).
+        ExecError::Node { source, .. } if source.kind == crate::nodes::NodeErrorKind::Validation => {
+            tracing::info!(error = %e, "input refused by a node");
         }
         ExecError::Node { node_type, .. } | ExecError::CircuitOpen { node_type, .. } => {
             node_failed(node_type);

@@ -178,16 +178,14 @@ impl PipelineService for Pipelines {
         }
         match outcome {
             Ok(response) => {
-                let in_band = match &response.outcome {
-                    Some(execute_response::Outcome::Error(e)) => e.message.as_str(),
-                    _ => "",
-                };
-                info!(
-                    nodes,
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                    error = in_band,
-                    "ExecutePipeline finished"
-                );
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                // `error` only when the run failed (in-band), as on every other line.
+                match &response.outcome {
+                    Some(execute_response::Outcome::Error(e)) => {
+                        info!(nodes, elapsed_ms, error = e.message.as_str(), "ExecutePipeline finished");
+                    }
+                    _ => info!(nodes, elapsed_ms, "ExecutePipeline finished"),
+                }
                 Ok(Response::new(response))
             }
             Err(e) => {
