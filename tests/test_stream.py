@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import numpy as np
+from google.rpc import error_details_pb2, status_pb2
 
 from conftest import RunningServer
 from helpers import f32, manifest, node, samples
@@ -169,3 +171,39 @@ async def test_tiny_chunks_sent_faster_than_the_pipeline_runs_are_slowed_not_dis
         assert await call.code() == grpc.StatusCode.OK, await call.details()
     results = [r.result for r in responses if r.WhichOneof("response") == "result"]
     assert [r.sequence for r in results] == list(range(count))
+
+
+async def test_a_request_that_ends_a_stream_names_its_field_in_band_and_in_bad_request(server: RunningServer) -> None:
+    # As a bad manifest does: the in-band context lists the violation, the status's BadRequest too.
+    zeros = np.zeros(160, dtype=np.float32)
+    cases = [
+        ([chunk(0, zeros)], grpc.StatusCode.FAILED_PRECONDITION, "manifest"),
+        ([pb.StreamRequest(manifest=gain_manifest())] * 2, grpc.StatusCode.FAILED_PRECONDITION, "manifest"),
+        ([pb.StreamRequest(manifest=gain_manifest()), pb.StreamRequest()], grpc.StatusCode.INVALID_ARGUMENT, "request"),
+        (
+            [pb.StreamRequest(manifest=gain_manifest()), pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="ghost", buffer=f32(zeros)))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audio_chunk.node_id",
+        ),
+        (
+            [pb.StreamRequest(manifest=gain_manifest()), pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="src"))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audio_chunk.buffer",
+        ),
+        ([pb.StreamRequest(manifest=gain_manifest()), chunk(2**64 - 1, zeros)], grpc.StatusCode.INVALID_ARGUMENT, "audio_chunk.sequence"),
+        ([pb.StreamRequest(manifest=gain_manifest()), control(99)], grpc.StatusCode.INVALID_ARGUMENT, "control.command"),
+    ]
+    async with AsyncClient(server.address) as client:
+        for requests, code, field in cases:
+            call = client.stream_call()
+            for r in requests:
+                await call.write(r)
+            errors = [r.error for r in await drain(call) if r.WhichOneof("response") == "error"]
+            assert await call.code() == code, field
+            assert len(errors) == 1 and errors[0].error_type == pb.ERROR_TYPE_VALIDATION, errors
+            assert [v["field"] for v in json.loads(errors[0].context)["violations"]] == [field]
+            details = dict(await call.trailing_metadata())["grpc-status-details-bin"]
+            bad = error_details_pb2.BadRequest()
+            assert [d.Unpack(bad) for d in status_pb2.Status.FromString(details).details if d.Is(bad.DESCRIPTOR)] == [True], field
+            assert [v.field for v in bad.field_violations] == [field]
+    await wait_gauge_zero(server, "remotemedia_active_streams")

@@ -386,11 +386,11 @@ fn reset_answer<B>(
         return response.map(Some);
     };
     if reset.malformed() {
-        let error = ServiceError::InvalidArgument(
-            "the request body is not valid gRPC-Web text: application/grpc-web-text carries the framed \
-             messages in base64"
-                .to_owned(),
-        );
+        let error = ServiceError::InvalidArgument(crate::graph::Violation::new(
+            "request",
+            "the request body is not valid gRPC-Web text: application/grpc-web-text carries the framed messages in \
+             base64",
+        ));
         tracing::info!(error = %error, "request message refused");
         let status = error.to_status();
         uncounted.count(status.code(), error.outcome());
@@ -401,9 +401,10 @@ fn reset_answer<B>(
             uncounted.answered();
             return response.map(Some);
         }
-        let error = ServiceError::InvalidArgument(
-            "the call carried no request message; a unary call takes exactly one".to_owned(),
-        );
+        let error = ServiceError::InvalidArgument(crate::graph::Violation::new(
+            "request",
+            "the call carried no request message; a unary call takes exactly one",
+        ));
         tracing::info!(error = %error, "request message refused");
         let status = error.to_status();
         uncounted.count(status.code(), error.outcome());

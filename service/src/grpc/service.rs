@@ -241,8 +241,9 @@ impl PipelineService for Pipelines {
 /// A unary call carries exactly one request message; tonic reads the first and drops the rest.
 fn one_message(messages: usize) -> Result<(), ServiceError> {
     if messages > 1 {
-        return Err(ServiceError::InvalidArgument(format!(
-            "the call carried {messages} request messages; a unary call takes exactly one"
+        return Err(ServiceError::InvalidArgument(crate::graph::Violation::new(
+            "request",
+            format!("the call carried {messages} request messages; a unary call takes exactly one"),
         )));
     }
     Ok(())

@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::observe::outcome;
-use crate::graph::{ExecError, ValidationError};
+use crate::graph::{ExecError, ValidationError, Violation};
 use crate::nodes::NodeErrorKind;
 use crate::proto::{ErrorResponse, ErrorType};
 use crate::text;
@@ -88,12 +88,14 @@ pub enum ServiceError {
     Draining,
 
     /// A stream message arrived in the wrong state (chunk before manifest, second manifest).
-    #[error("{0}")]
-    OutOfOrder(String),
+    /// The violation names the message's field (`manifest`, `audio_chunk`).
+    #[error("{}", .0.message)]
+    OutOfOrder(Violation),
 
-    /// A stream message names something that does not exist or cannot be used.
-    #[error("{0}")]
-    InvalidArgument(String),
+    /// A request message names something that does not exist or cannot be used; the violation
+    /// names its field (`audio_chunk.node_id`).
+    #[error("{}", .0.message)]
+    InvalidArgument(Violation),
 
     /// The client cancelled.
     #[error("{0}")]
@@ -158,6 +160,9 @@ impl ServiceError {
                     resp.stack_trace = source.stack_trace.clone().unwrap_or_default();
                 }
                 exec_context(e)
+            }
+            ServiceError::OutOfOrder(v) | ServiceError::InvalidArgument(v) => {
+                validation_context(&ValidationError::new(vec![v.clone()]))
             }
             ServiceError::Limit { limit, .. } => json!({ "limit": limit }),
             ServiceError::VersionMismatch { requested, supported } => {
@@ -238,6 +243,13 @@ impl ServiceError {
                     _ => {}
                 }
             }
+            ServiceError::OutOfOrder(v) | ServiceError::InvalidArgument(v) => {
+                details.add_bad_request_violation(
+                    text::clip(&v.field, MAX_STATUS_FIELD_BYTES),
+                    text::clip(&v.message, MAX_STATUS_VIOLATION_BYTES),
+                );
+                info.insert("violations".to_owned(), "1".to_owned());
+            }
             ServiceError::Limit { limit, .. } => {
                 info.insert("limit".to_owned(), (*limit).to_owned());
             }
@@ -296,7 +308,10 @@ pub fn from_codec(status: &Status) -> Option<ServiceError> {
                 || msg.starts_with("Error decompressing")
                 || msg.starts_with("protocol error") =>
         {
-            Some(ServiceError::InvalidArgument(format!("the request message is malformed: {msg}")))
+            Some(ServiceError::InvalidArgument(Violation::new(
+                "request",
+                format!("the request message is malformed: {msg}"),
+            )))
         }
         _ => None,
     }
@@ -527,8 +542,8 @@ mod tests {
         let errors = [
             ServiceError::Exec(ExecError::Validation(invalid)),
             ServiceError::VersionMismatch { requested: huge.clone(), supported: vec!["v1".into()] },
-            ServiceError::OutOfOrder(huge.clone()),
-            ServiceError::InvalidArgument(huge.clone()),
+            ServiceError::OutOfOrder(Violation::new(huge.clone(), huge.clone())),
+            ServiceError::InvalidArgument(Violation::new(huge.clone(), huge.clone())),
             ServiceError::Exec(ExecError::Node {
                 node_id: huge.clone(),
                 node_type: "GainNode".into(),

@@ -31,7 +31,7 @@ use super::observe;
 use super::state::{AppState, SessionGuard, SessionInfo};
 use super::status::{self, Call, Delivery, ServiceError};
 use crate::audio::OutputArena;
-use crate::graph::{ExecError, Feed, Mode, Pipeline, RequestShape, RunLimits, RunOutput, ValidationError};
+use crate::graph::{ExecError, Feed, Mode, Pipeline, RequestShape, RunLimits, RunOutput, ValidationError, Violation};
 use crate::nodes::{INPUT, PortValue, Ports};
 use crate::proto::{
     self, PipelineManifest, StreamMetrics, StreamReady, StreamRequest, StreamResponse, stream_control, stream_request,
@@ -359,9 +359,10 @@ impl Session {
             };
             match request {
                 stream_request::Request::Manifest(_) => {
-                    return Err(ServiceError::OutOfOrder(
-                        "a second manifest was sent; a stream runs one pipeline (open a new stream for another)".into(),
-                    ));
+                    return Err(ServiceError::OutOfOrder(Violation::new(
+                        "manifest",
+                        "a second manifest was sent; a stream runs one pipeline (open a new stream for another)",
+                    )));
                 }
                 stream_request::Request::Control(c) => match stream_control::Command::try_from(c.command) {
                     Ok(stream_control::Command::Close) => return self.close(live).await,
@@ -371,9 +372,9 @@ impl Session {
                         return Err(cancelled_by_client());
                     }
                     _ => {
-                        return Err(ServiceError::InvalidArgument(format!(
-                            "control.command {} is not COMMAND_CLOSE or COMMAND_CANCEL",
-                            c.command
+                        return Err(ServiceError::InvalidArgument(Violation::new(
+                            "control.command",
+                            format!("control.command {} is not COMMAND_CLOSE or COMMAND_CANCEL", c.command),
                         )));
                     }
                 },
@@ -393,24 +394,38 @@ impl Session {
         let sequence = chunk.sequence;
         let pipeline = &mut live.pipeline;
         let Some(index) = pipeline.index_of(&chunk.node_id) else {
-            return Err(ServiceError::InvalidArgument(format!(
-                "audio_chunk {sequence}: node_id `{}` is not a node of this pipeline (nodes: {})",
-                text::quoted(&chunk.node_id),
-                text::list(pipeline.node_ids(), text::MAX_LISTED)
-            )));
+            return Err(ServiceError::InvalidArgument(
+                Violation::new(
+                    "audio_chunk.node_id",
+                    format!(
+                        "audio_chunk {sequence}: node_id `{}` is not a node of this pipeline (nodes: {})",
+                        text::quoted(&chunk.node_id),
+                        text::list(pipeline.node_ids(), text::MAX_LISTED)
+                    ),
+                )
+                .on_node(&chunk.node_id),
+            ));
         };
         if let Err(why) = pipeline.check_audio_input(index) {
-            return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence}: {why}")));
+            return Err(ServiceError::InvalidArgument(
+                Violation::new("audio_chunk.node_id", format!("audio_chunk {sequence}: {why}")).on_node(&chunk.node_id),
+            ));
         }
         if sequence == u64::MAX {
             // The flush's result answers the number after the last chunk's; there is none.
-            return Err(ServiceError::InvalidArgument(format!(
-                "audio_chunk {sequence}: sequence 2^64 - 1 is kept for the result of the close that follows it; \
-                 number chunks below it"
+            return Err(ServiceError::InvalidArgument(Violation::new(
+                "audio_chunk.sequence",
+                format!(
+                    "audio_chunk {sequence}: sequence 2^64 - 1 is kept for the result of the close that follows it; \
+                     number chunks below it"
+                ),
             )));
         }
         let Some(buffer) = chunk.buffer else {
-            return Err(ServiceError::InvalidArgument(format!("audio_chunk {sequence} has no buffer")));
+            return Err(ServiceError::InvalidArgument(Violation::new(
+                "audio_chunk.buffer",
+                format!("audio_chunk {sequence} has no buffer"),
+            )));
         };
         let field = ChunkField(sequence);
         let audio = audio_from_proto(&buffer, &field)
@@ -572,11 +587,11 @@ fn metrics_response(stats: &Stats) -> StreamResponse {
 /// The manifest from a stream's first message, or why there is none.
 fn first_manifest(first: Option<Result<StreamRequest, Status>>) -> Result<PipelineManifest, ServiceError> {
     match first {
-        None => Err(ServiceError::OutOfOrder(
+        None => Err(ServiceError::OutOfOrder(Violation::new(
+            "manifest",
             "the client closed its side of the stream before sending a manifest; the first message of a stream must be \
-             the manifest"
-                .into(),
-        )),
+             the manifest",
+        ))),
         Some(Err(status)) => Err(client_gone(&status)),
         Some(Ok(StreamRequest { request: Some(stream_request::Request::Manifest(m)) })) => Ok(m),
         Some(Ok(StreamRequest { request: Some(other) })) => {
@@ -584,14 +599,20 @@ fn first_manifest(first: Option<Result<StreamRequest, Status>>) -> Result<Pipeli
                 stream_request::Request::AudioChunk(_) => "an audio_chunk",
                 _ => "a control command",
             };
-            Err(ServiceError::OutOfOrder(format!("the first message of a stream must be the manifest; got {what}")))
+            Err(ServiceError::OutOfOrder(Violation::new(
+                "manifest",
+                format!("the first message of a stream must be the manifest; got {what}"),
+            )))
         }
         Some(Ok(StreamRequest { request: None })) => Err(empty_request()),
     }
 }
 
 fn empty_request() -> ServiceError {
-    ServiceError::InvalidArgument("a StreamRequest must set manifest, audio_chunk or control".into())
+    ServiceError::InvalidArgument(Violation::new(
+        "request",
+        "a StreamRequest must set manifest, audio_chunk or control",
+    ))
 }
 
 fn cancelled_by_client() -> ServiceError {
