@@ -116,12 +116,15 @@ def wrapped(text: str, width: int = 100, indent: str = "") -> list[str]:
     return textwrap.wrap(text, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False) or [""]
 
 
-def exclusive_text(entry: dict[str, Any], quote: str = "`") -> str:
-    """The groups of parameters that exclude each other, as a sentence per group."""
+def rules_text(entry: dict[str, Any], quote: str = "`") -> str:
+    """The rules between parameters, a sentence each: groups of parameters that exclude each
+    other, and parameters that must exceed another."""
     out = []
     for group in entry["params_schema"].get("x-exclusive", ()):
         names = " or ".join(f"{quote}{n}{quote}" for n in group["params"])
         out.append(f"Give {'exactly' if group['required'] else 'at most'} one of {names}.")
+    for rule in entry["params_schema"].get("x-above", ()):
+        out.append(f"{quote}{rule['param']}{quote} must be above {quote}{rule['than']}{quote}.")
     return " ".join(out)
 
 
@@ -143,8 +146,8 @@ def py_docstring(entry: dict[str, Any]) -> str:
                 detail.append("required")
             lines += wrapped(f"- ``{name}`` ({', '.join(detail)}): {s.get('description', '')}", indent="  ")
         lines.append("")
-        if exclusive_text(entry):
-            lines += [*wrapped(exclusive_text(entry, "``")), ""]
+        if rules_text(entry):
+            lines += [*wrapped(rules_text(entry, "``")), ""]
     ports = lambda kind: ", ".join(f"``{p['name']}`` ({p['kind']})" for p in entry[kind])  # noqa: E731
     lines += wrapped(f"Inputs: {ports('inputs')}. Outputs: {ports('outputs')}.")
     runtimes = " and ".join({"rust": "native", "python": "Python"}[r] for r in entry["runtimes"])
@@ -254,7 +257,7 @@ def typescript_nodes(catalogue: list[dict[str, Any]]) -> str:
     ]
     for entry in catalogue:
         name = entry["name"]
-        out += ts_doc(f"Parameters of {name}: {' '.join(filter(None, [entry['description'], exclusive_text(entry)]))}")
+        out += ts_doc(f"Parameters of {name}: {' '.join(filter(None, [entry['description'], rules_text(entry)]))}")
         if not params(entry):
             out += [f"export type {base_name(name)}Params = Record<string, never>;", ""]
             continue
@@ -339,8 +342,8 @@ def docs(catalogue: list[dict[str, Any]]) -> str:
                 cell = lambda t: str(t).replace("|", "\\|")  # noqa: E731
                 out.append(f"| `{name}` | {kind_text(s)} | {cell(values)} | {cell(default)} | {cell(s.get('description', ''))} |")
             out.append("")
-            if exclusive_text(entry):
-                out += [exclusive_text(entry), ""]
+            if rules_text(entry):
+                out += [rules_text(entry), ""]
         else:
             out += ["No parameters.", ""]
         for title, key in (("Inputs", "inputs"), ("Outputs", "outputs")):

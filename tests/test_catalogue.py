@@ -248,6 +248,10 @@ def cases(catalogue: Catalogue) -> list[dict[str, Any]]:
             if group["required"]:
                 none = {k: v for k, v in base.items() if k not in names}
                 out.append({"type": t.name, "params": none, "refused": names[0], "why": "none of a required group"})
+        for rule in t.above:
+            than = base.get(rule["than"], valid_value(dict(props[rule["than"]])))
+            equal = {**base, rule["than"]: than, rule["param"]: than}
+            out.append({"type": t.name, "params": equal, "refused": rule["param"], "why": "a parameter not above the one it must exceed"})
     return out
 
 
@@ -277,6 +281,7 @@ def test_server_and_both_clients_refuse_the_same_inputs_naming_the_same_paramete
     catalogue = server_catalogue(srv)
     all_cases = cases(catalogue)
     assert len(all_cases) > 100 and {c["type"] for c in all_cases} >= {"AudioResampleNode", "VADNode", "EchoNode"}
+    assert any(c["why"] == "a parameter not above the one it must exceed" for c in all_cases)
     doc = {"node_types": [{"name": t.name, "aliases": list(t.aliases), "description": t.description, "details": t.details,
                            "params_schema": dict(t.params_schema), "inputs": list(t.inputs), "outputs": list(t.outputs),
                            "runtimes": list(t.runtimes)} for t in catalogue]}

@@ -27,6 +27,12 @@ export interface ExclusiveGroup {
   required: boolean;
 }
 
+/** Number parameter `param` must be greater than `than` when both have a value (given or default). */
+export interface AboveRule {
+  param: string;
+  than: string;
+}
+
 /** One port of a node type. */
 export interface PortJson {
   name: string;
@@ -45,6 +51,8 @@ export interface NodeTypeJson {
     required?: string[];
     /** Groups of parameters that exclude each other. */
     "x-exclusive"?: ExclusiveGroup[];
+    /** Number parameters that must exceed another. */
+    "x-above"?: AboveRule[];
   } & Record<string, unknown>;
   inputs: PortJson[];
   outputs: PortJson[];
@@ -113,9 +121,11 @@ export class Catalogue {
   }
 
   /**
-   * Each parameter of a `nodeType` node the service would refuse, declared parameters first,
-   * then unknown ones, then groups of parameters that exclude each other; nothing for a type
-   * this catalogue does not know (the service checks it).
+   * Each parameter of a `nodeType` node the service would refuse by the declaration's rules,
+   * declared parameters first, then unknown ones, then groups of parameters that exclude each
+   * other, then parameters that must exceed another; nothing for a type this catalogue does not
+   * know (the service checks it), nor what only the server can know (whether its espeak-ng has
+   * a voice).
    */
   check(nodeType: string, params: Record<string, unknown>): ParamProblem[] {
     const t = this.get(nodeType);
@@ -148,6 +158,20 @@ export class Catalogue {
       } else if (group.required && group.params.length > 0) {
         const others = group.params.slice(1).map((n) => `\`${n}\``).join(" or ");
         problems.push({ param: group.params[0] ?? "", problem: `or ${others} is required (give one of them)` });
+      }
+    }
+    // The value the service would use: a given one that passed its check, or the default.
+    const settled = (name: string): unknown => {
+      const schema = props[name];
+      const value = params[name];
+      if (value === undefined || value === null) return schema?.default;
+      return schema !== undefined && accepts(schema, value) ? value : undefined;
+    };
+    for (const rule of t.params_schema["x-above"] ?? []) {
+      const x = settled(rule.param);
+      const y = settled(rule.than);
+      if (isNumber(x) && isNumber(y) && x <= y) {
+        problems.push({ param: rule.param, problem: `must be above \`${rule.than}\` (${shown(y)}), got ${shown(x)}` });
       }
     }
     return problems;

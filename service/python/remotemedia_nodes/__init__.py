@@ -18,7 +18,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 from remotemedia_nodes import builtin as _builtin  # noqa: E402  (registers the built-in nodes)
 from remotemedia_nodes import models  # noqa: E402
 from remotemedia_nodes.audio import Audio, from_float  # noqa: E402
-from remotemedia_nodes.declare import Exclusive, Param, Port  # noqa: E402
+from remotemedia_nodes.declare import Above, Exclusive, Param, Port  # noqa: E402
 from remotemedia_nodes.errors import (  # noqa: E402
     Cancelled,
     InvalidInput,
@@ -33,6 +33,7 @@ from remotemedia_nodes.errors import (  # noqa: E402
 from remotemedia_nodes.registry import Node, declarations, node, node_types, reserve_output  # noqa: E402
 
 __all__ = [
+    "Above",
     "Audio",
     "Cancelled",
     "Exclusive",

@@ -37,8 +37,10 @@ The class says everything once::
 - ``exclusive`` (optional) lists groups of parameters that exclude each other:
   ``Exclusive.one_of("chunk_samples", "chunk_ms")`` (exactly one must be given) or
   ``Exclusive.at_most_one_of("gain_db", "gain")``.
+- ``above`` (optional) lists number parameters that must exceed another:
+  ``Above("high_hz", "low_hz")``.
 - ``example`` (optional) is a valid parameter object, for a node whose ``__init__`` has rules a
-  declaration cannot say (``high_hz`` above ``low_hz``).
+  declaration cannot say.
 
 The server checks every request's parameters against this declaration before ``__init__``
 runs, with the same rules and messages as for native nodes, and lists it in ``GetVersion``.
@@ -106,6 +108,18 @@ class Exclusive:
 
     def to_json(self) -> dict[str, Any]:
         return {"params": list(self.params), "required": self.required}
+
+
+@dataclass(frozen=True)
+class Above:
+    """Number parameter ``param`` must be greater than number parameter ``than`` when both have a
+    value (given or default): ``Above("high_hz", "low_hz")``."""
+
+    param: str
+    than: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"param": self.param, "than": self.than}
 
 
 DEFAULT_INPUTS = (Port.audio("input", "audio"),)
@@ -196,7 +210,12 @@ def declaration(node_type: str, cls: type, aliases: tuple[str, ...] = ()) -> dic
     for group in exclusive:
         if len(group.params) < 2 or not set(group.params) <= names:
             raise DeclarationError(f"{cls.__qualname__}.exclusive: {group.params} must name two or more of its parameters")
+    above = tuple(getattr(cls, "above", None) or ())
+    for rule in above:
+        if not {rule.param, rule.than} <= names or rule.param == rule.than:
+            raise DeclarationError(f"{cls.__qualname__}.above: {rule} must name two of its parameters")
     return {
+        **({"above": [rule.to_json() for rule in above]} if above else {}),
         **({"example": _jsonable(f"{cls.__qualname__}.example", dict(example))} if example is not None else {}),
         **({"exclusive": [group.to_json() for group in exclusive]} if exclusive else {}),
         "node_type": node_type,

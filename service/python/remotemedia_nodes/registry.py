@@ -41,7 +41,7 @@ import numpy as np
 
 from remotemedia_nodes import models
 from remotemedia_nodes.audio import Audio
-from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Exclusive, Port, declaration
+from remotemedia_nodes.declare import DEFAULT_INPUTS, DEFAULT_OUTPUTS, Above, Exclusive, Port, declaration
 from remotemedia_nodes.errors import MemoryLimitExceeded, ParamError, ParamErrors
 from remotemedia_nodes.models import Model
 
@@ -58,6 +58,8 @@ class Node:
     outputs: tuple[Port, ...] = DEFAULT_OUTPUTS
     #: Groups of parameters that exclude each other.
     exclusive: tuple[Exclusive, ...] = ()
+    #: Number parameters that must exceed another.
+    above: tuple[Above, ...] = ()
     #: A valid parameter object, when ``__init__`` has rules the declaration cannot say.
     example: dict[str, Any] | None = None
     #: The models (:mod:`remotemedia_nodes.models`) the node uses, for their metrics' labels.

@@ -41,6 +41,9 @@ pub struct NodeSpec {
     /// Groups of parameters that exclude each other (`chunk_samples` or `chunk_ms`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclusive: Vec<Exclusive>,
+    /// Parameters whose value must exceed another's (a band's `high_hz` above its `low_hz`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub above: Vec<Above>,
     /// A valid parameter object, for nodes whose rules a schema cannot say (one of two
     /// parameters): the catalogue shows it as the schema's `examples`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +56,14 @@ pub struct Exclusive {
     pub params: Vec<String>,
     #[serde(default)]
     pub required: bool,
+}
+
+/// Number parameter `param` must be greater than number parameter `than`, when both have a
+/// value (given or default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Above {
+    pub param: String,
+    pub than: String,
 }
 
 /// One parameter of a node.
@@ -153,6 +164,7 @@ impl NodeSpec {
             inputs: Vec::new(),
             outputs: Vec::new(),
             exclusive: Vec::new(),
+            above: Vec::new(),
             example: None,
         }
     }
@@ -166,6 +178,12 @@ impl NodeSpec {
     /// At most one of `params` may be given.
     pub fn at_most_one_of(mut self, params: &[&str]) -> Self {
         self.exclusive.push(Exclusive { params: params.iter().map(|p| (*p).to_owned()).collect(), required: false });
+        self
+    }
+
+    /// Number parameter `param` must be greater than `than` (see [`Above`]).
+    pub fn above(mut self, param: &str, than: &str) -> Self {
+        self.above.push(Above { param: param.to_owned(), than: than.to_owned() });
         self
     }
 
@@ -259,6 +277,18 @@ impl NodeSpec {
         for group in &self.exclusive {
             errors.extend(group.check(params));
         }
+        for rule in &self.above {
+            // Only between values that passed their own checks: a bad one is reported once.
+            if let (Some(v), Some(than)) = (out.get(&rule.param), out.get(&rule.than))
+                && let (Some(x), Some(y)) = (v.as_f64(), than.as_f64())
+                && x <= y
+            {
+                errors.push(ParamError::new(
+                    &rule.param,
+                    format!("must be above `{}` ({}), got {}", rule.than, shown(than), shown(v)),
+                ));
+            }
+        }
         (Params(out), errors)
     }
 
@@ -289,6 +319,13 @@ impl NodeSpec {
                 ));
             }
         }
+        if self.above != other.above {
+            return Err(format!(
+                "its ordered parameters are {} where the declaration has {}",
+                json!(other.above),
+                json!(self.above)
+            ));
+        }
         if self.exclusive != other.exclusive {
             return Err(format!(
                 "its exclusive parameters are {} where the declaration has {}",
@@ -302,7 +339,8 @@ impl NodeSpec {
     /// The parameters as a JSON Schema (draft 2020-12) object schema: each parameter's type,
     /// range or `enum`, `default` and `description`, its unit as `x-unit`; `required` and
     /// `additionalProperties: false`; groups of parameters that exclude each other as
-    /// `x-exclusive` (`[{"params": [...], "required": bool}]`).
+    /// `x-exclusive` (`[{"params": [...], "required": bool}]`); a parameter that must exceed
+    /// another as `x-above` (`[{"param": "high_hz", "than": "low_hz"}]`).
     pub fn params_schema(&self) -> Value {
         let mut properties = Map::new();
         for p in &self.params {
@@ -326,6 +364,9 @@ impl NodeSpec {
         });
         if !self.exclusive.is_empty() {
             schema["x-exclusive"] = json!(self.exclusive);
+        }
+        if !self.above.is_empty() {
+            schema["x-above"] = json!(self.above);
         }
         if let Some(example) = &self.example {
             schema["examples"] = json!([example]);
@@ -634,6 +675,23 @@ mod tests {
         assert_eq!(errs[0].to_string(), "parameter `a` or `b` is required (give one of them)");
         assert_eq!(exactly.params_schema()["x-exclusive"], json!([{"params": ["a", "b"], "required": true}]));
         assert!(at_most.agrees_with(&exactly).unwrap_err().contains("exclusive"));
+    }
+
+    #[test]
+    fn a_parameter_that_must_exceed_another_is_checked_and_served() {
+        let band = NodeSpec::new("T", "t")
+            .param(ParamSpec::number("low_hz", 0.001, 1000.0).required())
+            .param(ParamSpec::number("high_hz", 0.001, 1000.0).default(json!(500.0)))
+            .above("high_hz", "low_hz");
+        let errs = band.check(&map(json!({"low_hz": 300, "high_hz": 0.001}))).unwrap_err();
+        assert_eq!(errs[0].to_string(), "parameter `high_hz` must be above `low_hz` (300), got 0.001");
+        // Against the default too; and a value that fails its own range is reported once.
+        assert_eq!(band.check(&map(json!({"low_hz": 600}))).unwrap_err()[0].param, "high_hz");
+        assert_eq!(band.check(&map(json!({"low_hz": 5000, "high_hz": 1}))).unwrap_err().len(), 1);
+        assert!(band.check(&map(json!({"low_hz": 300, "high_hz": 3400.0 / 4.0}))).is_ok());
+        assert_eq!(band.params_schema()["x-above"], json!([{"param": "high_hz", "than": "low_hz"}]));
+        let plain = NodeSpec { above: Vec::new(), ..band.clone() };
+        assert!(plain.agrees_with(&band).unwrap_err().contains("ordered"));
     }
 
     #[test]

@@ -143,6 +143,7 @@ CATALOGUE: dict[str, Any] = {
                 },
                 "required": ["low_hz", "high_hz"],
                 "additionalProperties": False,
+                "x-above": [{"param": "high_hz", "than": "low_hz"}],
                 "examples": [{"low_hz": 300.0, "high_hz": 3400.0}],
             },
             "inputs": [{"name": "input", "kind": "audio", "description": "audio in any format"}],

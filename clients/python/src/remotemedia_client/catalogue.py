@@ -80,10 +80,17 @@ class NodeType:
         (``required``: exactly one of them must be given)."""
         return tuple(self.params_schema.get("x-exclusive", ()))
 
+    @property
+    def above(self) -> tuple[Mapping[str, str], ...]:
+        """Number parameters that must exceed another: ``{"param": "high_hz", "than": "low_hz"}``."""
+        return tuple(self.params_schema.get("x-above", ()))
+
     def check(self, params: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """``(parameter, problem)`` for every parameter the service would refuse, in the
-        service's order and words: declared parameters first, then unknown ones, then groups of
-        parameters that exclude each other."""
+        """``(parameter, problem)`` for every parameter the service would refuse by the
+        declaration's rules, in the service's order and words: declared parameters first, then
+        unknown ones, then groups of parameters that exclude each other, then parameters that
+        must exceed another. What only the server can know (whether its espeak-ng has a voice)
+        it checks itself."""
         problems: list[tuple[str, str]] = []
         props = self.properties
         for name, schema in props.items():
@@ -110,6 +117,19 @@ class NodeType:
             elif group.get("required") and names:
                 others = " or ".join(f"`{n}`" for n in names[1:])
                 problems.append((names[0], f"or {others} is required (give one of them)"))
+
+        def settled(name: str) -> Any:
+            """The value the service would use: a given one that passed its check, or the default."""
+            value = params.get(name)
+            if value is None:
+                return props.get(name, {}).get("default")
+            return value if name in props and accepts(props[name], value) else None
+
+        for rule in self.above:
+            x, y = settled(rule["param"]), settled(rule["than"])
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
+            if numbers and x <= y:
+                problems.append((rule["param"], f"must be above `{rule['than']}` ({shown(y)}), got {shown(x)}"))
         return problems
 
 

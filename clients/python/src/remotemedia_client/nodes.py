@@ -77,6 +77,8 @@ class BandpassFilterNode(Node):
     - ``high_hz`` (number, 0.001–384000, in Hz, required): upper edge of the pass band, above `low_hz`
     - ``order`` (integer, 1–12, default 4): filter order
 
+    ``high_hz`` must be above ``low_hz``.
+
     Inputs: ``input`` (audio). Outputs: ``output`` (audio).
     Runs Python.
     """

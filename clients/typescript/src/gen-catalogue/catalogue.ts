@@ -162,6 +162,12 @@ export const CATALOGUE: CatalogueJson = {
           "high_hz"
         ],
         "additionalProperties": false,
+        "x-above": [
+          {
+            "param": "high_hz",
+            "than": "low_hz"
+          }
+        ],
         "examples": [
           {
             "low_hz": 300.0,

@@ -21,7 +21,7 @@ export type AudioResampleParams = {
   quality?: "low" | "medium" | "high";
 };
 
-/** Parameters of BandpassFilterNode: Butterworth band-pass filter (scipy.signal), its state kept across chunks. */
+/** Parameters of BandpassFilterNode: Butterworth band-pass filter (scipy.signal), its state kept across chunks. `high_hz` must be above `low_hz`. */
 export type BandpassFilterParams = {
   /** lower edge of the pass band (0.001–384000; in Hz; required) */
   low_hz: number;

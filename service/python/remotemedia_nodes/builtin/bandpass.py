@@ -9,8 +9,8 @@ from scipy import signal
 
 from remotemedia_nodes.audio import from_float
 from remotemedia_nodes.builtin.basic import StreamLayout, audio_input, shaped
-from remotemedia_nodes.declare import Param, Port
-from remotemedia_nodes.errors import ParamError, UnsupportedAudio
+from remotemedia_nodes.declare import Above, Param, Port
+from remotemedia_nodes.errors import UnsupportedAudio
 from remotemedia_nodes.registry import Node, node
 
 #: The highest rate an AudioResampleNode gives (its output_rate's bound).
@@ -28,6 +28,7 @@ class BandpassFilter(Node):
 
     inputs = (Port.audio("input", "audio in any format"),)
     outputs = (Port.audio("output", "the filtered audio, in the input's format"),)
+    above = (Above("high_hz", "low_hz"),)
     example = {"low_hz": 300.0, "high_hz": 3400.0}
 
     def __init__(
@@ -36,8 +37,6 @@ class BandpassFilter(Node):
         high_hz: Annotated[float, Param(0.001, 384_000, unit="Hz", doc="upper edge of the pass band, above `low_hz`")],
         order: Annotated[int, Param(1, 12, doc="filter order")] = 4,
     ) -> None:
-        if high_hz <= low_hz:
-            raise ParamError("high_hz", f"must be above low_hz ({low_hz}), got {high_hz}")
         self.low, self.high, self.order = float(low_hz), float(high_hz), order
         self.sos: np.ndarray | None = None
         self.state: np.ndarray | None = None
