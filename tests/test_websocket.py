@@ -52,8 +52,10 @@ def bearer(token: str) -> str:
     return "bearer." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
-def open_ws(server: RunningServer, token: str | None = TOKEN, version: str = "v1", origin: str | None = None) -> ClientConnection:
-    protocols = [f"remotemedia.{version}"] + ([bearer(token)] if token is not None else [])
+def open_ws(
+    server: RunningServer, token: str | None = TOKEN, version: str = "v1", origin: str | None = None, extra: tuple[str, ...] = ()
+) -> ClientConnection:
+    protocols = [f"remotemedia.{version}"] + ([bearer(token)] if token is not None else []) + list(extra)
     return connect(
         f"ws://{server.address}{PATH}",
         subprotocols=protocols,  # type: ignore[arg-type]
@@ -205,6 +207,29 @@ def test_a_client_that_leaves_before_its_manifest_counts_as_cancelled(srv: Runni
     )
     assert srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="FAILED_PRECONDITION") == refused
     sessions_end(srv)
+
+
+def test_a_deadline_offered_in_the_handshake_ends_the_session_as_deadline_exceeded(srv: RunningServer) -> None:
+    # A browser cannot set grpc-timeout on a WebSocket; a `timeout.` entry carries it. The server
+    # ends the session there and counts DEADLINE_EXCEEDED, not the CANCELLED of a socket the
+    # client closed itself.
+    before = srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="DEADLINE_EXCEEDED")
+    with open_ws(srv, extra=("timeout.300m",)) as ws:
+        send(ws, pb.StreamRequest(manifest=gain_manifest()))
+        assert receive(ws).WhichOneof("response") == "ready"
+        _, close = until_close(ws)
+    assert close.code == 4004, close
+    assert close.reason.startswith("DEADLINE_EXCEEDED: the call's deadline passed (grpc-timeout 300 ms)"), close
+    wait_for(
+        "the session to count as past its deadline",
+        lambda: srv.metric("remotemedia_requests_total", rpc="StreamPipeline", code="DEADLINE_EXCEEDED") == before + 1,
+    )
+    sessions_end(srv)
+    # A value that is no timeout is refused before any session, naming the entry.
+    with open_ws(srv, extra=("timeout.5x",)) as ws:
+        responses, close = until_close(ws)
+    assert close.code == 4003 and "`5x` is not a timeout" in close.reason, close
+    assert [r.error.error_type for r in responses] == [pb.ERROR_TYPE_VALIDATION]
 
 
 def test_a_chunk_before_the_manifest_gets_the_documented_error(srv: RunningServer) -> None:

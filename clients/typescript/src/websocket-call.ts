@@ -74,8 +74,23 @@ export function webSocketCall(settings: WebSocketCallSettings): StreamCall {
   if (settings.token !== undefined && settings.token !== "") protocols.push(`bearer.${base64url(settings.token)}`);
   return (requests, options) => ({
     [Symbol.asyncIterator]: () =>
-      new WebSocketStream(settings, url, protocols, requests[Symbol.asyncIterator](), options.signal, options.timeoutMs),
+      new WebSocketStream(
+        settings,
+        url,
+        // The deadline goes to the server too, which ends the session with DEADLINE_EXCEEDED
+        // and counts it so (a socket the client closes would count as cancelled).
+        options.timeoutMs === undefined ? protocols : [...protocols, `timeout.${grpcTimeout(options.timeoutMs)}`],
+        requests[Symbol.asyncIterator](),
+        options.signal,
+        options.timeoutMs,
+      ),
   });
+}
+
+/** `ms` as a `grpc-timeout` value: at most 8 digits and a unit, rounded up. */
+export function grpcTimeout(ms: number): string {
+  const whole = Math.max(0, Math.ceil(ms));
+  return whole < 1e8 ? `${whole}m` : `${Math.min(Math.ceil(whole / 1000), 99_999_999)}S`;
 }
 
 /** `http(s)://host[:port][/prefix]` → `ws(s)://host[:port][/prefix]/ws/StreamPipeline`. */

@@ -197,6 +197,21 @@ test("an AbortSignal cancels a WebSocket stream and the server frees the session
   await streamsDrainTo(0);
 });
 
+test("a WebSocket stream's deadline reaches the server, which counts DEADLINE_EXCEEDED, not a client cancel", async () => {
+  const labels = { rpc: "StreamPipeline", code: "DEADLINE_EXCEEDED" };
+  const before = await server.metric("remotemedia_requests_total", labels);
+  const session = await overWebSocket().stream(doubling(), { timeoutMs: 400 });
+  await session.send(new Audio(new Float32Array(16), 16_000));
+  const results = session[Symbol.asyncIterator]();
+  assert.equal((await results.next()).done, false);
+  const error = await failure(async () => {
+    for (;;) if ((await results.next()).done === true) return;
+  });
+  assert.equal(error["kind"], "DEADLINE_EXCEEDED");
+  await waitFor("the deadline counted", async () => (await server.metric("remotemedia_requests_total", labels)) === before + 1);
+  await streamsDrainTo(0);
+});
+
 test("send() waits while the socket buffers more than its bound, instead of buffering without bound", async () => {
   const marker = join(dir, "gate.started");
   const release = join(dir, "gate.release");

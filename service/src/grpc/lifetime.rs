@@ -421,7 +421,7 @@ fn reset_answer<B>(
     .map(|()| None)
 }
 
-fn deadline_exceeded(timeout: Duration) -> Status {
+pub fn deadline_exceeded(timeout: Duration) -> Status {
     Status::deadline_exceeded(format!(
         "the call's deadline passed (grpc-timeout {} ms); its work was cancelled",
         timeout.as_millis()

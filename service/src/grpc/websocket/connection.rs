@@ -38,6 +38,7 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use super::super::interceptors::{LINGER_LIMIT_BYTES, LINGER_TIMEOUT};
+use super::super::lifetime;
 use super::super::observe;
 use super::super::state::AppState;
 use super::super::status::{self, ServiceError};
@@ -56,11 +57,19 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 type Request = Result<StreamRequest, Status>;
 
 /// Serves `socket`: the session if `admission` allows it, else the refusal.
-pub async fn run(socket: Socket, state: Arc<AppState>, admission: Result<(), ServiceError>) {
+/// `deadline` is the client's (its instant and the timeout it gave): the session ends there with
+/// DEADLINE_EXCEEDED, as a gRPC call's does.
+pub async fn run(
+    socket: Socket,
+    state: Arc<AppState>,
+    admission: Result<(), ServiceError>,
+    deadline: Option<(Instant, Duration)>,
+) {
     let _inflight = state.inflight.enter();
     let (inbound, requests) = mpsc::channel(INBOUND_QUEUE);
-    let session =
-        admission.and_then(|()| stream::spawn(state.clone(), Box::pin(ReceiverStream::new(requests)), None, RPC));
+    let session = admission.and_then(|()| {
+        stream::spawn(state.clone(), Box::pin(ReceiverStream::new(requests)), deadline.map(|(at, _)| at), RPC)
+    });
     let responses = match session {
         Ok(responses) => responses,
         Err(error) => refusal(&error),
@@ -73,6 +82,7 @@ pub async fn run(socket: Socket, state: Arc<AppState>, admission: Result<(), Ser
         reading: Reading::Frames,
         permit: None,
         closed_at: None,
+        deadline,
     };
     let end = connection.pump(&inbound, responses).await;
     debug!(?end, "WebSocket connection finished");
@@ -125,6 +135,8 @@ struct Connection {
     permit: Option<mpsc::OwnedPermit<Request>>,
     /// When the close frame went out.
     closed_at: Option<Instant>,
+    /// The client's deadline and the timeout it gave.
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl Connection {
@@ -192,6 +204,15 @@ impl Connection {
                     pong_due.get_or_insert(Instant::now() + self.keepalive_timeout);
                 }
                 () = sleep_until(close_due.unwrap_or_else(Instant::now)), if close_due.is_some() => return End::Closed,
+                () = sleep_until(self.deadline.map_or_else(Instant::now, |(at, _)| at)),
+                    if self.deadline.is_some() && self.closed_at.is_none() =>
+                {
+                    // The session, left without its socket, ends and counts the deadline.
+                    let timeout = self.deadline.map(|(_, t)| t).unwrap_or_default();
+                    if self.send_close(Close::for_status(&lifetime::deadline_exceeded(timeout))).await.is_err() {
+                        return End::Gone;
+                    }
+                }
             }
         }
     }

@@ -46,6 +46,9 @@ pub const PATH: &str = "/ws/StreamPipeline";
 pub const VERSION_PROTOCOL_PREFIX: &str = "remotemedia.";
 /// `Sec-WebSocket-Protocol` entries carrying the bearer token, base64url without padding.
 pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
+/// `Sec-WebSocket-Protocol` entries carrying the stream's deadline as a `grpc-timeout` value
+/// (`timeout.5000m`): a browser cannot set the header on a WebSocket.
+pub const TIMEOUT_PROTOCOL_PREFIX: &str = "timeout.";
 /// The RPC a WebSocket session is, in metrics and logs.
 const RPC: &str = "StreamPipeline";
 
@@ -85,7 +88,9 @@ impl Endpoint {
             return Refusal(StatusCode::FORBIDDEN, "this origin is not allowed (cors_allowed_origins)").into_response();
         }
         let offer = Offer::parse(request.headers());
-        let admission = self.admit(&offer, request.headers());
+        let timeout = offer.timeout(request.headers());
+        let admission = self.admit(&offer, request.headers()).and(timeout.as_ref().map(|_| ()).map_err(Clone::clone));
+        let deadline = timeout.ok().flatten().map(|t| (tokio::time::Instant::now() + t, t));
         observe::websocket_handshake(observe::handshake::UPGRADED);
 
         let on_upgrade = hyper::upgrade::on(&mut request);
@@ -99,7 +104,7 @@ impl Endpoint {
                     Ok(upgraded) => {
                         let socket =
                             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                        connection::run(socket, state, admission).await;
+                        connection::run(socket, state, admission, deadline).await;
                     }
                     Err(e) => debug!(error = %e, "WebSocket upgrade failed"),
                 }
@@ -155,11 +160,13 @@ struct Offer {
     answer: Option<String>,
     /// The token of its `bearer.` entry; `Err` when that entry does not decode.
     token: Option<Result<String, ()>>,
+    /// The value of its first `timeout.` entry.
+    timeout: Option<String>,
 }
 
 impl Offer {
     fn parse(headers: &HeaderMap) -> Self {
-        let mut offer = Offer { versions: Vec::new(), selected: None, answer: None, token: None };
+        let mut offer = Offer { versions: Vec::new(), selected: None, answer: None, token: None, timeout: None };
         let entries = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -172,6 +179,8 @@ impl Offer {
                     let bytes = BASE64URL_NOPAD.decode(encoded.as_bytes()).map_err(|_| ())?;
                     String::from_utf8(bytes).map_err(|_| ())
                 });
+            } else if let Some(t) = entry.strip_prefix(TIMEOUT_PROTOCOL_PREFIX) {
+                offer.timeout.get_or_insert_with(|| t.to_owned());
             } else if let Some(v) = entry.strip_prefix(VERSION_PROTOCOL_PREFIX) {
                 if offer.selected.is_none() && version::check(v).is_ok() {
                     offer.selected = Some(entry.to_owned());
@@ -184,6 +193,28 @@ impl Offer {
             offer.answer.clone_from(&offer.selected);
         }
         offer
+    }
+
+    /// The stream's time limit: the `timeout.` entry, else a `grpc-timeout` header (a client
+    /// that can set headers), in `grpc-timeout`'s form; an INVALID_ARGUMENT naming it when it
+    /// does not parse.
+    fn timeout(&self, headers: &HeaderMap) -> Result<Option<std::time::Duration>, ServiceError> {
+        let (field, value) = match (&self.timeout, headers.get("grpc-timeout")) {
+            (Some(t), _) => (TIMEOUT_PROTOCOL_PREFIX, t.clone()),
+            (None, Some(h)) => ("grpc-timeout", String::from_utf8_lossy(h.as_bytes()).into_owned()),
+            (None, None) => return Ok(None),
+        };
+        match super::lifetime::parse_timeout(&value) {
+            Some(t) => Ok(Some(t)),
+            None => Err(ServiceError::InvalidArgument(crate::graph::Violation::new(
+                field,
+                format!(
+                    "`{}` is not a timeout: up to 8 digits and a unit (H, M, S, m, u, n), as grpc-timeout writes it \
+                     (`{TIMEOUT_PROTOCOL_PREFIX}5000m` for 5 s)",
+                    text::quoted(&value)
+                ),
+            ))),
+        }
     }
 }
 
