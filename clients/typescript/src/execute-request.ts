@@ -33,8 +33,11 @@ const LIMIT_FIELDS = [
 ] as const;
 
 export interface ExecuteInputs {
-  /** Audio for each source node's "input" port, keyed by node id. */
-  audio?: Record<string, Audio>;
+  /**
+   * Audio for each source node's "input" port, keyed by node id; or one Audio for the
+   * pipeline's only source node that `data` does not feed.
+   */
+  audio?: Record<string, Audio> | Audio;
   /** JSON values for nodes' "data" port, keyed by node id (serialised with JSON.stringify). */
   data?: Record<string, unknown>;
   /** Non-sink nodes whose outputs are returned as well. */
@@ -145,20 +148,21 @@ export function executeRequest(
   const problems: Violation[] = manifestViolations(manifest, catalogue);
   // With a node type only the service can judge, it reports every problem, those found here too.
   const serviceJudges = unknownTo(manifest, catalogue);
-  let resolved: ExecuteInputs;
-  if (inputs instanceof Audio) {
+  // One Audio, as `inputs` or as `inputs.audio`, feeds the pipeline's only source node.
+  const single = inputs instanceof Audio ? inputs : inputs.audio instanceof Audio ? inputs.audio : undefined;
+  let resolved: ExecuteInputs = inputs instanceof Audio ? {} : inputs;
+  if (single !== undefined) {
     // The pipeline's own problems (a self loop leaves no source) come first, with this one.
-    const sources = sourceNodes(manifest);
+    const fed = inputs instanceof Audio ? {} : (inputs.data ?? {});
+    const sources = sourceNodes(manifest).filter((id) => !Object.hasOwn(fed, id));
     const [only] = sources;
     if (only !== undefined && sources.length === 1) {
-      resolved = { audio: { [only]: inputs } };
+      resolved = { ...resolved, audio: { [only]: single } };
     } else if (serviceJudges) {
-      resolved = {}; // the service names the unknown type and the sources left without input
+      resolved = { ...resolved, audio: {} }; // the service names the unknown type and the sources left without input
     } else {
-      throw validationError([...problems, sourceViolation(sources, "inputs")]);
+      throw validationError([...problems, sourceViolation(sources, inputs instanceof Audio ? "inputs" : "inputs.audio")]);
     }
-  } else {
-    resolved = inputs;
   }
   checkOptions(resolved, INPUT_FIELDS, "inputs.");
   const ids = new Set(manifest.nodes.map((n) => n.id));
@@ -235,7 +239,8 @@ function jsonText(value: unknown): string | { reason: string } {
 
 /** The keys of ExecuteInputs and the kind of each; the contents are checked where they are read. */
 const INPUT_FIELDS = {
-  audio: (v: unknown) => (isPlainObject(v) ? undefined : `must be an object of node id to Audio, got ${describe(v)}`),
+  audio: (v: unknown) =>
+    isPlainObject(v) || v instanceof Audio ? undefined : `must be an Audio or an object of node id to Audio, got ${describe(v)}`,
   data: (v: unknown) => (isPlainObject(v) ? undefined : `must be an object of node id to a JSON value, got ${describe(v)}`),
   outputNodes: (v: unknown) =>
     Array.isArray(v) && v.every((id) => typeof id === "string") ? undefined : `must be an array of node ids, got ${describe(v)}`,

@@ -198,8 +198,12 @@ describe("errors", () => {
     await refused(() => client.execute(new Pipeline("n").gain("g", { gain_db: NaN }), audio), "nodes[0].params.gain_db", /is NaN/);
     await refused(() => client.stream(new Pipeline("n").gain("g", { gain: Infinity })), "nodes[0].params.gain", /is Infinity/);
     await refused(() => client.execute(p, loose(new Float32Array(4))), "inputs", /wrap samples in new Audio/);
+    const twoSources = new Pipeline("two").gain("a").gain("b");
+    await refused(() => client.execute(twoSources, { audio }), "inputs.audio", /2 source nodes \(a, b\); name the node to feed/);
     // The client is unharmed: a correct call still runs.
     assert.equal((await client.execute(p, audio, { timeoutMs: 10_000 })).output("g").samples.length, 4);
+    // One Audio as `inputs.audio` feeds the only source, beside limits.
+    assert.equal((await client.execute(p, { audio, limits: { maxAudioSamples: 100 } })).output("g").samples.length, 4);
   });
 
   test("an invalid pipeline is a VALIDATION error listing every violation", async () => {
