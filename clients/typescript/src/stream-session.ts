@@ -246,6 +246,10 @@ export class StreamSession implements AsyncIterable<PipelineResult> {
    * metrics, then the end of iteration. Resolves once the request is queued.
    */
   async close(): Promise<void> {
+    // A session the call's failure ended (its deadline, the idle limit, a reset) says so here
+    // too, as send() does, even once iteration has thrown it; after cancel() or client.close()
+    // (CANCELLED, the caller's own doing) closing is the no-op clean-up it always is.
+    if (this.#state === "ended" && this.#error !== undefined && this.#error.kind !== "CANCELLED") throw this.#error;
     if (this.#state !== "open") return;
     this.#state = "closing";
     const request = create(StreamRequestSchema, {

@@ -208,6 +208,8 @@ test("a WebSocket stream's deadline reaches the server, which counts DEADLINE_EX
     for (;;) if ((await results.next()).done === true) return;
   });
   assert.equal(error["kind"], "DEADLINE_EXCEEDED");
+  // close() after the iteration threw says the same, as send() does.
+  assert.equal((await failure(() => session.close()))["kind"], "DEADLINE_EXCEEDED");
   await waitFor("the deadline counted", async () => (await server.metric("remotemedia_requests_total", labels)) === before + 1);
   await streamsDrainTo(0);
 });
