@@ -320,8 +320,11 @@ pub fn from_codec(status: &Status) -> Option<ServiceError> {
 /// What a transport that decodes its own messages (WebSocket frames) reports for a message over
 /// `max` bytes: the status tonic's codec reports, so [`from_codec`] maps both alike.
 pub fn oversized_message(size: usize, max: usize) -> Status {
+    // `size` is what had arrived when the limit was passed (a message may come in several
+    // frames), so a lower bound, not the message's length.
     Status::out_of_range(format!(
-        "Error, decoded message length too large: found {size} bytes, the limit is: {max} bytes"
+        "Error, decoded message length too large: more than the limit of {max} bytes ({size} bytes had arrived when it \
+         passed it)"
     ))
 }
 
@@ -516,7 +519,7 @@ mod tests {
     fn messages_a_transport_refuses_itself_map_like_the_codecs() {
         let big = from_codec(&oversized_message(2_000, 1_000)).unwrap();
         assert!(matches!(big, ServiceError::Limit { limit: "max_message_bytes", .. }), "{big:?}");
-        assert!(big.to_string().contains("found 2000 bytes"), "{big}");
+        assert!(big.to_string().contains("more than the limit of 1000 bytes (2000 bytes had arrived"), "{big}");
         let text = from_codec(&malformed_message("text frame")).unwrap();
         assert!(matches!(text, ServiceError::InvalidArgument(_)), "{text:?}");
         assert_eq!(text.to_string(), "the request message is malformed: protocol error: text frame");
