@@ -269,6 +269,41 @@ def test_an_operator_probing_with_grpcurl_during_the_drain_is_answered(tmp_path:
     assert "panicked" not in stderr, stderr
 
 
+def test_a_stream_whose_client_reads_nothing_ends_as_unavailable_when_the_grace_period_ends() -> None:
+    # Its results fill the connection; the session waits to send one until the grace period
+    # is over. It used to wait on until the connection was closed under it, and to count as the
+    # client's leaving (CANCELLED), its "finished" line sometimes lost as the process exited.
+    s = start_server("--grace-period-ms", "1000")
+    hold = threading.Event()
+    chunks = 400
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=manifest([node("g", "GainNode")]))
+        for i in range(chunks):
+            yield pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="g", buffer=f32(np.zeros(16_000, np.float32)), sequence=i))
+        hold.wait(60)
+
+    # A small receive window (no BDP growth), so the results back up at once: the session has
+    # 8 of them queued (its response buffer) past the one in flight, and waits on the next.
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+    channel = grpc.insecure_channel(s.address, options=options)
+    call = service_pb2_grpc.PipelineServiceStub(channel).StreamPipeline(requests())  # never read
+    try:
+        deadline = time.monotonic() + 30
+        while s.metric("remotemedia_stream_chunks_total") < 9:
+            assert time.monotonic() < deadline, "the results did not back up"
+            time.sleep(0.01)
+        s.proc.send_signal(signal.SIGTERM)
+        finished = s.wait_for(lambda r: r.get("message") == "StreamPipeline finished", timeout=20)
+        assert finished["code"] == "Unavailable", finished
+        assert finished["chunks"] < chunks, "the client's reading nothing held the session"
+        assert s.proc.wait(timeout=20) == 0
+    finally:
+        hold.set()
+        call.cancel()
+        channel.close()
+
+
 def execute_in_background(address: str, req: pb.ExecuteRequest, timeout: float) -> "queue.Queue[object]":
     """Calls ExecutePipeline on a thread of its own; the queue gets "no error" or the call's
     status code when it ends."""

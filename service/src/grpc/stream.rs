@@ -234,7 +234,12 @@ impl Session {
         }
         let status = error.to_status();
         let code = status.code();
-        let _ = self.tx.send(Err(status)).await;
+        if self.state.abort.is_cancelled() {
+            // Past the grace period a client that reads nothing gets no more waiting.
+            let _ = self.tx.try_send(Err(status));
+        } else {
+            let _ = self.tx.send(Err(status)).await;
+        }
         (code, error.outcome())
     }
 
@@ -540,7 +545,18 @@ impl Session {
 
     /// Queues a response; a closed channel means the client went away.
     async fn send(&self, message: StreamResponse) -> Result<(), ServiceError> {
-        self.tx.send(Ok(message)).await.map_err(|_| client_left())
+        let message = match self.tx.try_send(Ok(message)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(client_left()),
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
+        // A client that reads nothing holds the session here until the end of the grace
+        // period, which ends it as the shutdown it is (UNAVAILABLE), not as the client leaving.
+        tokio::select! {
+            biased;
+            sent = self.tx.send(message) => sent.map_err(|_| client_left()),
+            () = self.state.abort.cancelled() => Err(ServiceError::Draining),
+        }
     }
 }
 
