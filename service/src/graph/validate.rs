@@ -329,6 +329,13 @@ impl<'a> Check<'a> {
         {
             for id in keys {
                 let field = format!("{map}[{}]", quoted(id));
+                if id.is_empty() {
+                    // A node with an empty id is reported as such; its input is no second problem.
+                    if !self.manifest.nodes.iter().any(|n| n.id.is_empty()) {
+                        self.push(Violation::new(field, format!("{map} has an entry for an empty node id")));
+                    }
+                    continue;
+                }
                 let Some(i) = self.index(id) else {
                     self.push(Violation::new(field, format!("{map} names unknown node `{}`", quoted(id))));
                     continue;
@@ -714,6 +721,14 @@ mod tests {
                 "output_nodes names unknown node `zz`",
             ]
         );
+    }
+
+    #[test]
+    fn an_input_for_an_empty_id_is_one_problem_with_the_node_and_named_so_without_it() {
+        let blank = Manifest::new("t").node("", "GainNode", "");
+        assert_eq!(messages(&blank, &shape(&[""])), ["nodes[0] has an empty id"]);
+        let m = Manifest::new("t").node("a", "GainNode", "");
+        assert_eq!(messages(&m, &shape(&["a", ""])), ["audio_inputs has an entry for an empty node id"]);
     }
 
     #[test]
