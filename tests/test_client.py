@@ -618,6 +618,9 @@ async def test_a_draining_server_refuses_new_work_and_cuts_what_outlives_the_gra
         with pytest.raises(ServiceUnavailableError) as cut:
             await held
         assert cut.value.code == grpc.StatusCode.UNAVAILABLE
+        # Said as what happened to it (its work cancelled), and logged so, not as a refusal.
+        assert "shut down before this call finished" in str(cut.value), str(cut.value)
+        await asyncio.to_thread(s.wait_for, lambda rec: rec.get("message") == "ExecutePipeline cut short by the shutdown")
     finally:
         await a.close()
         assert s.stop() == 0

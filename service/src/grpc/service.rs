@@ -123,7 +123,7 @@ impl Pipelines {
             Ok(out) => out,
             // Shutdown ran out of grace: the call was cut, not abandoned by its client, and may
             // be retried elsewhere.
-            Err(ExecError::Cancelled) if state.abort.is_cancelled() => return Err(ServiceError::Draining),
+            Err(ExecError::Cancelled) if state.abort.is_cancelled() => return Err(ServiceError::ShutDown),
             Err(e) => {
                 observe::nodes_ran(&pipeline.take_failed_reports());
                 observe::exec_failed(&e);
@@ -190,7 +190,11 @@ impl PipelineService for Pipelines {
             }
             Err(e) => {
                 let status = e.to_status();
-                info!(error = %e, code = ?status.code(), "ExecutePipeline refused");
+                if matches!(e, ServiceError::ShutDown) {
+                    info!(error = %e, code = ?status.code(), "ExecutePipeline cut short by the shutdown");
+                } else {
+                    info!(error = %e, code = ?status.code(), "ExecutePipeline refused");
+                }
                 Err(status)
             }
         }

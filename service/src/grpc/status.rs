@@ -87,6 +87,12 @@ pub enum ServiceError {
     #[error("the server is shutting down; retry on another instance")]
     Draining,
 
+    /// The grace period of a shutdown ran out while the call ran: its work was cancelled.
+    #[error(
+        "the server shut down before this call finished (its grace period ran out); the work was cancelled: retry on another instance"
+    )]
+    ShutDown,
+
     /// A stream message arrived in the wrong state (chunk before manifest, second manifest).
     /// The violation names the message's field (`manifest`, `audio_chunk`).
     #[error("{}", .0.message)]
@@ -111,7 +117,7 @@ impl ServiceError {
             ServiceError::Unauthenticated(_) | ServiceError::Forbidden(_) => ErrorType::Authentication,
             ServiceError::VersionMismatch { .. } => ErrorType::VersionMismatch,
             ServiceError::OutOfOrder(_) | ServiceError::InvalidArgument(_) => ErrorType::Validation,
-            ServiceError::Draining | ServiceError::Cancelled(_) => ErrorType::Internal,
+            ServiceError::Draining | ServiceError::ShutDown | ServiceError::Cancelled(_) => ErrorType::Internal,
         }
     }
 
@@ -123,7 +129,7 @@ impl ServiceError {
     pub fn delivery(&self, call: Call) -> Delivery {
         use ServiceError as E;
         match (call, self) {
-            (_, E::Exec(ExecError::Cancelled) | E::Cancelled(_) | E::Draining) => Delivery::Status,
+            (_, E::Exec(ExecError::Cancelled) | E::Cancelled(_) | E::Draining | E::ShutDown) => Delivery::Status,
             (Call::Execute, E::Exec(_) | E::Limit { .. }) => Delivery::InBand,
             (Call::Execute, _) => Delivery::Status,
             (Call::StreamChunk, E::Exec(e @ (ExecError::Node { .. } | ExecError::CircuitOpen { .. })))
@@ -139,7 +145,7 @@ impl ServiceError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ServiceError::Exec(ExecError::Cancelled) | ServiceError::Cancelled(_) => outcome::CANCELLED,
-            ServiceError::Draining => outcome::UNAVAILABLE,
+            ServiceError::Draining | ServiceError::ShutDown => outcome::UNAVAILABLE,
             _ => outcome_of(self.error_type()),
         }
     }
@@ -199,7 +205,7 @@ impl ServiceError {
             ServiceError::Forbidden(_) => Code::PermissionDenied,
             ServiceError::VersionMismatch { .. } | ServiceError::OutOfOrder(_) => Code::FailedPrecondition,
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
-            ServiceError::Draining => Code::Unavailable,
+            ServiceError::Draining | ServiceError::ShutDown => Code::Unavailable,
         };
         let mut info = HashMap::new();
         let mut details = ErrorDetails::new();
@@ -664,14 +670,18 @@ mod tests {
         for call in [Call::Execute, Call::Stream, Call::StreamChunk] {
             assert_eq!(cancelled.delivery(call), Delivery::Status);
             assert_eq!(ServiceError::Draining.delivery(call), Delivery::Status);
+            assert_eq!(ServiceError::ShutDown.delivery(call), Delivery::Status);
         }
     }
 
     #[test]
     fn draining_is_unavailable_with_reason_internal() {
-        let s = ServiceError::Draining.to_status();
-        assert_eq!(s.code(), Code::Unavailable);
-        assert_eq!(s.get_error_details().error_info().unwrap().reason, "INTERNAL");
+        for error in [ServiceError::Draining, ServiceError::ShutDown] {
+            let s = error.to_status();
+            assert_eq!(s.code(), Code::Unavailable);
+            assert_eq!(s.get_error_details().error_info().unwrap().reason, "INTERNAL");
+            assert_eq!(error.outcome(), outcome::UNAVAILABLE);
+        }
     }
 
     #[test]

@@ -484,7 +484,7 @@ impl Session {
             // does (final metrics, UNAVAILABLE), not as if its client had left.
             Err(ExecError::Cancelled) if self.state.abort.is_cancelled() => {
                 let _ = self.send(metrics_response(&self.stats)).await;
-                Err(ServiceError::Draining)
+                Err(ServiceError::ShutDown)
             }
             Err(ExecError::Cancelled) => Err(client_left()),
             Err(e) => {
@@ -555,7 +555,7 @@ impl Session {
         tokio::select! {
             biased;
             sent = self.tx.send(message) => sent.map_err(|_| client_left()),
-            () = self.state.abort.cancelled() => Err(ServiceError::Draining),
+            () = self.state.abort.cancelled() => Err(ServiceError::ShutDown),
         }
     }
 }
