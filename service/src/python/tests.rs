@@ -133,10 +133,15 @@ async fn python_nodes_are_declared_and_checked_like_native_ones() {
         "{text:?}"
     );
     assert!(text.iter().any(|t| t.contains("parameter `high_hz` is required")), "{text:?}");
-    // What only the node can check comes back from its __init__.
+    // A rule between parameters is declared (`Above`), so the declaration checks it.
     let crossed = serde_json::json!({"low_hz": 300, "high_hz": 200}).as_object().unwrap().clone();
-    let errors = rt.create("BandpassFilterNode", "bp", &bandpass.check(&crossed).unwrap()).await.err().unwrap();
-    assert_eq!(errors[0].param, "high_hz", "{errors:?}");
+    let errors = bandpass.check(&crossed).unwrap_err();
+    assert_eq!(errors[0].to_string(), "parameter `high_hz` must be above `low_hz` (300), got 200");
+    // What only the node can check (whether espeak-ng has a voice) comes back from its __init__.
+    let tts = rt.declarations().into_iter().find(|d| d.node_type == "TextToSpeechNode").unwrap();
+    let voice = serde_json::json!({"voice": "xx-nowhere"}).as_object().unwrap().clone();
+    let errors = rt.create("TextToSpeechNode", "tts", &tts.check(&voice).unwrap()).await.err().unwrap();
+    assert_eq!(errors[0].param, "voice", "{errors:?}");
 }
 
 /// Jobs submitted from many tasks at once, quick ones and ones that block their worker, all
