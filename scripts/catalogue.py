@@ -305,7 +305,9 @@ Every node type the server ships, from the catalogue its nodes declare (`GetVers
 same catalogue, plug-ins included; `remotemedia-server catalogue` prints it). Names in brackets
 are accepted aliases. Parameters are a JSON object; unknown parameters, wrong types and
 out-of-range values are validation errors that name the node, the parameter and what is expected,
-all at once, whichever runtime runs the node. Every node that reads audio samples (all but
+all at once, whichever runtime runs the node. A parameter set to `null` is unset (its default
+applies), and a choice of names is read without regard to case (`"HIGH"` is `"high"`), which
+the schemas' `enum`, listing the lower-case names, does not say. Every node that reads audio samples (all but
 `PassThroughNode`, which forwards its input unread) refuses NaN/Inf samples with an error naming
 the node, the input and the offending sample, and in a stream refuses, as a validation error, a
 chunk whose rate or channel count differs from the first chunk's.
