@@ -247,12 +247,7 @@ def test_an_operator_probing_with_grpcurl_during_the_drain_is_answered(tmp_path:
     # grpcurl asks reflection before any call. Reflection calls opened during the drain were
     # cut before they could answer ("shutting down", so Health/Check could not be probed), and
     # tonic-reflection's task panicked on the dropped response stream (plain text on stderr).
-    s = start_server("--grace-period-ms", "60000", "--python-nodes-path", str(PLUGINS))
-    spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "spinning"))])
-    ended = execute_in_background(s.address, pb.ExecuteRequest(manifest=spin, audio_inputs={"spin": f32(np.zeros(16))}), 120)
-    wait_for_file(tmp_path / "spinning", "the spinning node")
-    s.proc.send_signal(signal.SIGTERM)
-    s.wait_for(lambda rec: rec.get("message") == "signal received")
+    s, ended = draining_with_a_call_held(tmp_path)
 
     def grpcurl(*args: str) -> str:
         out = subprocess.run([str(GRPCURL), "-plaintext", s.address, *args], capture_output=True, text=True, timeout=30)
@@ -329,13 +324,20 @@ def wait_for_file(path: Path, what: str) -> None:
         time.sleep(0.01)
 
 
-def test_a_sigint_during_the_grace_period_ends_it_at_once(tmp_path: Path) -> None:
+def draining_with_a_call_held(tmp_path: Path) -> tuple[RunningServer, "queue.Queue[object]"]:
+    """A server (60 s grace period) draining after SIGTERM while a call it runs spins on; the
+    queue gets how that call ended."""
     s = start_server("--grace-period-ms", "60000", "--python-nodes-path", str(PLUGINS))
     spin = manifest([node("spin", "SpinNode", seconds=-1, marker=str(tmp_path / "spinning"))])
     ended = execute_in_background(s.address, pb.ExecuteRequest(manifest=spin, audio_inputs={"spin": f32(np.zeros(16))}), 120)
     wait_for_file(tmp_path / "spinning", "the spinning node")
     s.proc.send_signal(signal.SIGTERM)
     s.wait_for(lambda rec: rec.get("message") == "signal received")
+    return s, ended
+
+
+def test_a_sigint_during_the_grace_period_ends_it_at_once(tmp_path: Path) -> None:
+    s, ended = draining_with_a_call_held(tmp_path)
     # The first signal drains: the running call holds the exit for the 60 s grace period. A
     # repeated SIGTERM (supervisors resend it) changes nothing: had it ended the process, the
     # exit status below would be -15, not the 1 of the SIGINT.
