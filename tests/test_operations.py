@@ -459,6 +459,38 @@ def test_the_time_limit_covers_building_python_nodes_that_wait_for_the_gil(tmp_p
         assert s.stop(signal.SIGTERM, timeout=60) == 0
 
 
+def test_calls_still_being_built_when_the_grace_period_ends_are_cut_short_with_it(tmp_path: Path) -> None:
+    # Their Python nodes wait for the GIL another node's native call holds: a stream built on
+    # past the grace period (ending later at its time limit) and a unary call was not told why.
+    s = start_server("--python-nodes-path", str(PLUGINS), "--python-workers", "2", "--grace-period-ms", "1000")
+    stub, pending = hold_the_gil(s.address, tmp_path / "summing")
+    gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
+    opened = threading.Event()
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=gain)
+        opened.wait(60)
+
+    stream = stub.StreamPipeline(requests(), timeout=60)
+    unary = stub.ExecutePipeline.future(pb.ExecuteRequest(manifest=gain, audio_inputs={"g": f32(np.ones(16))}), timeout=60)
+    try:
+        deadline = time.monotonic() + 20
+        while s.metric("remotemedia_active_streams") != 1 or s.metric("remotemedia_active_executions") != 2:
+            assert time.monotonic() < deadline, "the calls being built are not counted"
+            time.sleep(0.01)
+        s.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as cut:
+            for _ in stream:
+                pass
+        for error in (cut.value, unary.exception(timeout=30)):
+            assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
+            assert "shut down before this call finished" in error.details(), error.details()
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        opened.set()
+        pending.cancel()
+
+
 def test_a_stream_being_built_counts_as_open_and_ends_when_its_client_leaves(tmp_path: Path) -> None:
     # While its Python node waited for the GIL, a stream was not in remotemedia_active_streams
     # (though max_concurrent_streams counted it), and a client cancelling it was ignored until

@@ -176,6 +176,8 @@ async def test_tiny_chunks_sent_faster_than_the_pipeline_runs_are_slowed_not_dis
 async def test_a_request_that_ends_a_stream_names_its_field_in_band_and_in_bad_request(server: RunningServer) -> None:
     # As a bad manifest does: the in-band context lists the violation, the status's BadRequest too.
     zeros = np.zeros(160, dtype=np.float32)
+    torn = pb.AudioBuffer(samples=b"abc", sample_rate=16_000, channels=1, format=pb.AUDIO_FORMAT_F32, num_samples=1)
+    unformatted = pb.AudioBuffer(samples=b"\0" * 4, sample_rate=16_000, channels=1, num_samples=1)
     cases = [
         ([chunk(0, zeros)], grpc.StatusCode.FAILED_PRECONDITION, "manifest"),
         ([pb.StreamRequest(manifest=gain_manifest())] * 2, grpc.StatusCode.FAILED_PRECONDITION, "manifest"),
@@ -191,6 +193,16 @@ async def test_a_request_that_ends_a_stream_names_its_field_in_band_and_in_bad_r
             "audio_chunk.buffer",
         ),
         ([pb.StreamRequest(manifest=gain_manifest()), chunk(2**64 - 1, zeros)], grpc.StatusCode.INVALID_ARGUMENT, "audio_chunk.sequence"),
+        (
+            [pb.StreamRequest(manifest=gain_manifest()), pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="src", buffer=torn))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audio_chunk.buffer",
+        ),
+        (
+            [pb.StreamRequest(manifest=gain_manifest()), pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="src", buffer=unformatted))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audio_chunk.buffer.format",
+        ),
         ([pb.StreamRequest(manifest=gain_manifest()), control(99)], grpc.StatusCode.INVALID_ARGUMENT, "control.command"),
     ]
     async with AsyncClient(server.address) as client:
@@ -202,6 +214,7 @@ async def test_a_request_that_ends_a_stream_names_its_field_in_band_and_in_bad_r
             assert await call.code() == code, field
             assert len(errors) == 1 and errors[0].error_type == pb.ERROR_TYPE_VALIDATION, errors
             assert [v["field"] for v in json.loads(errors[0].context)["violations"]] == [field]
+            assert not errors[0].message.startswith("invalid pipeline"), errors[0].message
             details = dict(await call.trailing_metadata())["grpc-status-details-bin"]
             bad = error_details_pb2.BadRequest()
             assert [d.Unpack(bad) for d in status_pb2.Status.FromString(details).details if d.Is(bad.DESCRIPTOR)] == [True], field

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -230,6 +231,30 @@ def test_a_deadline_offered_in_the_handshake_ends_the_session_as_deadline_exceed
         responses, close = until_close(ws)
     assert close.code == 4003 and "`5x` is not a timeout" in close.reason, close
     assert [r.error.error_type for r in responses] == [pb.ERROR_TYPE_VALIDATION]
+    # So are two deadlines.
+    with open_ws(srv, extra=("timeout.1000m", "timeout.5x")) as ws:
+        _, close = until_close(ws)
+    assert close.code == 4003 and "2 `timeout.` entries were offered" in close.reason, close
+
+
+def test_a_session_still_working_when_the_grace_period_ends_gets_its_close_frame(tmp_path: Path) -> None:
+    # Over gRPC such a stream ends UNAVAILABLE, "cut short"; the WebSocket was dropped without
+    # a close frame (a browser saw 1006).
+    s = start_server("--python-nodes-path", str(PLUGINS), "--grace-period-ms", "1000")
+    marker = tmp_path / "spinning"
+    try:
+        with open_ws(s, token=None) as ws:
+            send(ws, pb.StreamRequest(manifest=manifest([node("s", "SpinNode", seconds=30, marker=str(marker))])))
+            assert receive(ws).WhichOneof("response") == "ready"
+            send(ws, chunk(0, np.zeros(160, dtype=np.float32), node_id="s"))
+            wait_for("the node to run", marker.exists)
+            s.proc.send_signal(signal.SIGTERM)
+            _, close = until_close(ws)
+        assert close.code == 4014, close
+        assert close.reason.startswith("UNAVAILABLE: the server shut down before this call finished"), close
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        s.stop()
 
 
 def test_a_chunk_before_the_manifest_gets_the_documented_error(srv: RunningServer) -> None:

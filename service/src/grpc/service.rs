@@ -98,7 +98,12 @@ impl Pipelines {
         // The time limit covers building too: a Python node is made on a Python worker, which
         // may have to wait for the GIL as long as another node's native call holds it.
         let limit_started = tokio::time::Instant::now();
-        let Ok(built) = tokio::time::timeout(limits.timeout, state.engine.build(&manifest, &shape)).await else {
+        let built = tokio::select! {
+            built = tokio::time::timeout(limits.timeout, state.engine.build(&manifest, &shape)) => built,
+            // The grace period of a shutdown ran out while the nodes were being built.
+            () = state.abort.cancelled() => return Err(ServiceError::ShutDown),
+        };
+        let Ok(built) = built else {
             let e = ExecError::Timeout { limit: limits.timeout, running: Vec::new() };
             observe::exec_failed(&e);
             return Err(e.into());

@@ -266,6 +266,8 @@ impl Session {
         let built = tokio::select! {
             built = tokio::time::timeout(limit, self.state.engine.build(&manifest, &shape)) => built,
             () = self.tx.closed() => return Err(client_left()),
+            // The grace period of a shutdown ran out while the nodes were being built.
+            () = self.state.abort.cancelled() => return Err(ServiceError::ShutDown),
         };
         let Ok(built) = built else {
             return Err(ExecError::Timeout { limit, running: Vec::new() }.into());
@@ -433,8 +435,12 @@ impl Session {
             )));
         };
         let field = ChunkField(sequence);
-        let audio = audio_from_proto(&buffer, &field)
-            .map_err(|v| ServiceError::from(ExecError::Validation(ValidationError::single(v))))?;
+        let audio = audio_from_proto(&buffer, &field).map_err(|v| {
+            // Named by the request field's path, as the stream's other ending errors are; the
+            // message keeps the chunk's sequence.
+            let path = v.field.replacen(&field.to_string(), "audio_chunk.buffer", 1);
+            ServiceError::InvalidArgument(Violation { field: path, ..v })
+        })?;
         limits::check_audio(&audio, &field, &self.limits)?;
         let audio = self.inputs.aligned(audio);
         let samples = audio.num_samples() as u64;

@@ -51,6 +51,9 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Requests read from the socket ahead of the session.
 pub const INBOUND_QUEUE: usize = 4;
+/// How long, once the grace period of a shutdown ran out, the session's last status has to go
+/// out as the close frame before the connection is dropped.
+const ABORT_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// How long the client has to answer the server's close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -146,6 +149,9 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + self.keepalive_interval, self.keepalive_interval);
         let mut pong_due: Option<Instant> = None;
         let mut scratch = vec![0u8; 64 * 1024];
+        // When the grace period of a shutdown ran out: the session ends then (its work
+        // cancelled), and its status still goes out as the close frame if it comes in time.
+        let mut aborted_at: Option<Instant> = None;
         loop {
             let waits_for_room = self.waits_for_room();
             let (reads, raw_until) = match self.reading {
@@ -160,7 +166,10 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                () = self.abort.cancelled() => return End::Aborted,
+                () = self.abort.cancelled(), if aborted_at.is_none() => aborted_at = Some(Instant::now()),
+                () = sleep_until(aborted_at.map_or_else(Instant::now, |at| at + ABORT_CLOSE_WAIT)), if aborted_at.is_some() => {
+                    return End::Aborted;
+                }
                 response = responses.recv(), if self.closed_at.is_none() => {
                     let sent = match response {
                         Some(Ok(message)) => self.send_response(&message).await,

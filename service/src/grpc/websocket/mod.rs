@@ -160,13 +160,13 @@ struct Offer {
     answer: Option<String>,
     /// The token of its `bearer.` entry; `Err` when that entry does not decode.
     token: Option<Result<String, ()>>,
-    /// The value of its first `timeout.` entry.
-    timeout: Option<String>,
+    /// The values of its `timeout.` entries (one is allowed).
+    timeouts: Vec<String>,
 }
 
 impl Offer {
     fn parse(headers: &HeaderMap) -> Self {
-        let mut offer = Offer { versions: Vec::new(), selected: None, answer: None, token: None, timeout: None };
+        let mut offer = Offer { versions: Vec::new(), selected: None, answer: None, token: None, timeouts: Vec::new() };
         let entries = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -180,7 +180,7 @@ impl Offer {
                     String::from_utf8(bytes).map_err(|_| ())
                 });
             } else if let Some(t) = entry.strip_prefix(TIMEOUT_PROTOCOL_PREFIX) {
-                offer.timeout.get_or_insert_with(|| t.to_owned());
+                offer.timeouts.push(t.to_owned());
             } else if let Some(v) = entry.strip_prefix(VERSION_PROTOCOL_PREFIX) {
                 if offer.selected.is_none() && version::check(v).is_ok() {
                     offer.selected = Some(entry.to_owned());
@@ -199,7 +199,16 @@ impl Offer {
     /// that can set headers), in `grpc-timeout`'s form; an INVALID_ARGUMENT naming it when it
     /// does not parse.
     fn timeout(&self, headers: &HeaderMap) -> Result<Option<std::time::Duration>, ServiceError> {
-        let (field, value) = match (&self.timeout, headers.get("grpc-timeout")) {
+        if self.timeouts.len() > 1 {
+            return Err(ServiceError::InvalidArgument(crate::graph::Violation::new(
+                TIMEOUT_PROTOCOL_PREFIX,
+                format!(
+                    "{} `{TIMEOUT_PROTOCOL_PREFIX}` entries were offered; a stream has one deadline",
+                    self.timeouts.len()
+                ),
+            )));
+        }
+        let (field, value) = match (self.timeouts.first(), headers.get("grpc-timeout")) {
             (Some(t), _) => (TIMEOUT_PROTOCOL_PREFIX, t.clone()),
             (None, Some(h)) => ("grpc-timeout", String::from_utf8_lossy(h.as_bytes()).into_owned()),
             (None, None) => return Ok(None),
