@@ -68,15 +68,10 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
 fn log_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let what = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let what = info.payload_as_str().unwrap_or_default();
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         tracing::error!(
-            panic = %crate::text::clip(&what, crate::text::MAX_MESSAGE_BYTES),
+            panic = %crate::text::clip(what, crate::text::MAX_MESSAGE_BYTES),
             location = %location,
             thread = std::thread::current().name().unwrap_or("unnamed"),
             "a thread panicked"

@@ -95,20 +95,9 @@ impl Pipelines {
             data_inputs: request.data_inputs.keys().cloned().collect(),
             output_nodes: request.output_nodes.clone(),
         };
-        // The time limit covers building too: a Python node is made on a Python worker, which
-        // may have to wait for the GIL as long as another node's native call holds it.
+        // The time limit covers building too.
         let limit_started = tokio::time::Instant::now();
-        let built = tokio::select! {
-            built = tokio::time::timeout(limits.timeout, state.engine.build(&manifest, &shape)) => built,
-            // The grace period of a shutdown ran out while the nodes were being built.
-            () = state.abort.cancelled() => return Err(ServiceError::ShutDown),
-        };
-        let Ok(built) = built else {
-            let e = ExecError::Timeout { limit: limits.timeout, running: Vec::new() };
-            observe::exec_failed(&e);
-            return Err(e.into());
-        };
-        let mut pipeline = match built {
+        let mut pipeline = match state.build_within(&manifest, &shape, limits.timeout).await? {
             Ok(p) if violations.is_empty() => p,
             Ok(_) => return Err(ExecError::Validation(ValidationError::new(violations)).into()),
             Err(e) => return Err(ExecError::Validation(e.after(violations)).into()),

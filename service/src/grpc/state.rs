@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::observe;
 use super::status::ServiceError;
 use crate::config::Config;
-use crate::graph::Engine;
+use crate::graph::{Engine, ExecError, Manifest, Pipeline, RequestShape, ValidationError};
 
 /// Delay suggested to clients turned away because the server is at its concurrency cap.
 pub const OVERLOAD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
@@ -51,6 +51,26 @@ impl AppState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
+    }
+
+    /// Builds a request's or a stream's pipeline within `limit` (a Python node is made on a
+    /// Python worker, which may wait for the GIL as long as another node's native call holds
+    /// it): the time limit, counted and logged, or the end of a shutdown's grace period ends
+    /// the wait. The inner result is what validation and building said.
+    pub async fn build_within(
+        &self,
+        manifest: &Manifest,
+        shape: &RequestShape,
+        limit: Duration,
+    ) -> Result<Result<Pipeline, ValidationError>, ServiceError> {
+        tokio::select! {
+            built = tokio::time::timeout(limit, self.engine.build(manifest, shape)) => built.map_err(|_| {
+                let e = ExecError::Timeout { limit, running: Vec::new() };
+                observe::exec_failed(&e);
+                e.into()
+            }),
+            () = self.abort.cancelled() => Err(ServiceError::ShutDown),
+        }
     }
 
     /// A slot for one execution, or `Overloaded` with a retry delay when all are taken.

@@ -211,29 +211,9 @@ impl ServiceError {
         let mut details = ErrorDetails::new();
         let mut metadata = MetadataMap::new();
         match self {
-            ServiceError::Exec(ExecError::Validation(v)) => {
-                // All of them when they fit, else all but one and a line counting the rest.
-                let listed = if v.violations.len() <= MAX_STATUS_VIOLATIONS {
-                    v.violations.len()
-                } else {
-                    MAX_STATUS_VIOLATIONS - 1
-                };
-                for violation in &v.violations[..listed] {
-                    details.add_bad_request_violation(
-                        text::clip(&violation.field, MAX_STATUS_FIELD_BYTES),
-                        text::clip(&violation.message, MAX_STATUS_VIOLATION_BYTES),
-                    );
-                }
-                if listed < v.violations.len() {
-                    details.add_bad_request_violation(
-                        "violations",
-                        format!(
-                            "{} more violations are not listed here; the in-band error lists every one",
-                            v.violations.len() - listed
-                        ),
-                    );
-                }
-                info.insert("violations".to_owned(), v.violations.len().to_string());
+            ServiceError::Exec(ExecError::Validation(v)) => bad_request(&mut details, &mut info, &v.violations),
+            ServiceError::OutOfOrder(v) | ServiceError::InvalidArgument(v) => {
+                bad_request(&mut details, &mut info, std::slice::from_ref(v));
             }
             ServiceError::Exec(e) => {
                 if let Some(node) = e.node_id() {
@@ -248,13 +228,6 @@ impl ServiceError {
                     }
                     _ => {}
                 }
-            }
-            ServiceError::OutOfOrder(v) | ServiceError::InvalidArgument(v) => {
-                details.add_bad_request_violation(
-                    text::clip(&v.field, MAX_STATUS_FIELD_BYTES),
-                    text::clip(&v.message, MAX_STATUS_VIOLATION_BYTES),
-                );
-                info.insert("violations".to_owned(), "1".to_owned());
             }
             ServiceError::Limit { limit, .. } => {
                 info.insert("limit".to_owned(), (*limit).to_owned());
@@ -284,6 +257,28 @@ impl ServiceError {
         let message = text::clip(&self.to_string(), MAX_STATUS_MESSAGE_BYTES).into_owned();
         Status::with_error_details_and_metadata(code, message, details, metadata)
     }
+}
+
+/// `violations` as the status's `BadRequest` (all of them when they fit, else all but one and a
+/// line counting the rest), their number in `ErrorInfo`.
+fn bad_request(details: &mut ErrorDetails, info: &mut HashMap<String, String>, violations: &[Violation]) {
+    let listed = if violations.len() <= MAX_STATUS_VIOLATIONS { violations.len() } else { MAX_STATUS_VIOLATIONS - 1 };
+    for violation in &violations[..listed] {
+        details.add_bad_request_violation(
+            text::clip(&violation.field, MAX_STATUS_FIELD_BYTES),
+            text::clip(&violation.message, MAX_STATUS_VIOLATION_BYTES),
+        );
+    }
+    if listed < violations.len() {
+        details.add_bad_request_violation(
+            "violations",
+            format!(
+                "{} more violations are not listed here; the in-band error lists every one",
+                violations.len() - listed
+            ),
+        );
+    }
+    info.insert("violations".to_owned(), violations.len().to_string());
 }
 
 /// Rewrites the statuses tonic's codec produces for bad request messages into this service's

@@ -264,13 +264,8 @@ impl Session {
         // messages are read once the pipeline is built.
         let (limit, shape) = (self.limits.timeout, RequestShape::stream());
         let built = tokio::select! {
-            built = tokio::time::timeout(limit, self.state.engine.build(&manifest, &shape)) => built,
+            built = self.state.build_within(&manifest, &shape, limit) => built?,
             () = self.tx.closed() => return Err(client_left()),
-            // The grace period of a shutdown ran out while the nodes were being built.
-            () = self.state.abort.cancelled() => return Err(ServiceError::ShutDown),
-        };
-        let Ok(built) = built else {
-            return Err(ExecError::Timeout { limit, running: Vec::new() }.into());
         };
         let pipeline = match built {
             Ok(_) if !violations.is_empty() => {
