@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -433,6 +434,17 @@ def hold_the_gil(address: str, marker: Path) -> tuple[service_pb2_grpc.PipelineS
     return stub, pending
 
 
+def stream_held_open(stub: service_pb2_grpc.PipelineServiceStub, m: pb.PipelineManifest, release: threading.Event) -> Any:
+    """A StreamPipeline call that sends manifest `m`, then keeps its side open until `release`
+    is set (a minute at most)."""
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=m)
+        release.wait(60)
+
+    return stub.StreamPipeline(requests(), timeout=60)
+
+
 def test_the_time_limit_covers_building_python_nodes_that_wait_for_the_gil(tmp_path: Path) -> None:
     # A request whose Python node could not be built while another node's native call held
     # the GIL used to wait for that call (minutes), its time limit unenforced.
@@ -466,12 +478,7 @@ def test_calls_still_being_built_when_the_grace_period_ends_are_cut_short_with_i
     stub, pending = hold_the_gil(s.address, tmp_path / "summing")
     gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
     opened = threading.Event()
-
-    def requests() -> Iterator[pb.StreamRequest]:
-        yield pb.StreamRequest(manifest=gain)
-        opened.wait(60)
-
-    stream = stub.StreamPipeline(requests(), timeout=60)
+    stream = stream_held_open(stub, gain, opened)
     unary = stub.ExecutePipeline.future(pb.ExecuteRequest(manifest=gain, audio_inputs={"g": f32(np.ones(16))}), timeout=60)
     try:
         deadline = time.monotonic() + 20
@@ -500,12 +507,7 @@ def test_a_stream_being_built_counts_as_open_and_ends_when_its_client_leaves(tmp
         stub, pending = hold_the_gil(s.address, tmp_path / "summing")
         gain = manifest([node("g", "GainNode", runtime=pb.RUNTIME_HINT_CPYTHON, gain=2.0)])
         leave = threading.Event()
-
-        def requests() -> Iterator[pb.StreamRequest]:
-            yield pb.StreamRequest(manifest=gain)
-            leave.wait(60)
-
-        stream = stub.StreamPipeline(requests(), timeout=60)
+        stream = stream_held_open(stub, gain, leave)
         deadline = time.monotonic() + 20
         while s.metric("remotemedia_active_streams") != 1:
             assert time.monotonic() < deadline, "the stream being built is not counted as open"
