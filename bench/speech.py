@@ -113,7 +113,9 @@ def python_worker_run_queue_seconds(pid: int) -> float:
     """Time the server's Python worker threads spent ready to run but waiting for a core, so
     far, summed over the threads (`/proc/PID/task/TID/schedstat`, second field, in ns)."""
     tasks = Path(f"/proc/{pid}/task")
-    return sum(int((t / "schedstat").read_text().split()[1]) / 1e9 for t in tasks.iterdir() if (t / "comm").read_text().startswith("python-"))
+    return sum(
+        int((t / "schedstat").read_text().split()[1]) / 1e9 for t in tasks.iterdir() if (t / "comm").read_text().startswith("python-")
+    )
 
 
 def _cpu(stat: Path) -> float:
@@ -259,7 +261,9 @@ def main() -> None:
         s.stop()
         os.sched_setaffinity(0, set(cpus))
     print(f"machine load (1-minute load average): {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} after the timings")
-    placement = f"the server and the direct baselines on CPU {cpus[-1]}, the client on the others" if split else "every process on every CPU"
+    placement = (
+        f"the server and the direct baselines on CPU {cpus[-1]}, the client on the others" if split else "every process on every CPU"
+    )
     placement += f", {workers[0]}" if workers else ", two Python workers"
     print(
         f"placement: {placement}; the server's Python worker threads were ready but waiting for a core for "
