@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -634,15 +635,32 @@ async def test_a_call_past_its_deadline_raises_deadline_exceeded(api: Api, gate:
     assert gate.marker.exists()  # the server had started the work
 
 
-@produces(InternalError)
-async def test_a_call_the_server_cannot_serve_at_all_is_an_internal_error(kind: Kind, main_server: RunningServer) -> None:
+@produces(ValidationError)
+async def test_a_compression_the_server_does_not_take_is_a_validation_error(kind: Kind, main_server: RunningServer) -> None:
     a = Api(kind, main_server.address, token=TOKEN, compression="deflate")
+    try:
+        with pytest.raises(ValidationError) as info:
+            await a.call("run", Pipeline.chain(GainNode("g")), tone(0.01), sample_rate=RATE)
+        assert info.value.code == grpc.StatusCode.UNIMPLEMENTED and "compressed with `deflate`" in str(info.value)
+        assert [v.field for v in info.value.violations] == ["grpc-encoding"]
+    finally:
+        await a.close()
+
+
+@produces(InternalError)
+async def test_a_call_the_server_cannot_serve_at_all_is_an_internal_error(kind: Kind) -> None:
+    # Another gRPC service at the address: it knows no RemoteMedia method.
+    foreign = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = foreign.add_insecure_port("127.0.0.1:0")
+    foreign.start()
+    a = Api(kind, f"127.0.0.1:{port}", token=TOKEN)
     try:
         with pytest.raises(InternalError) as info:
             await a.call("run", Pipeline.chain(GainNode("g")), tone(0.01), sample_rate=RATE)
-        assert info.value.code == grpc.StatusCode.UNIMPLEMENTED and "deflate" in str(info.value)
+        assert info.value.code == grpc.StatusCode.UNIMPLEMENTED, info.value
     finally:
         await a.close()
+        foreign.stop(None)
 
 
 def test_every_exception_class_is_produced_by_a_test_above() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from conftest import RunningServer, start_server
 from helpers import f32, manifest, node, samples
@@ -106,6 +107,28 @@ def test_a_unary_call_carrying_two_request_messages_is_refused(web: RunningServe
     assert not messages
     message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
     assert "carried 2 request messages; a unary call takes exactly one" in message, message
+
+
+def test_a_call_in_another_codec_than_protobuf_is_told_which_it_sends(web: RunningServer) -> None:
+    # connect-web sends application/grpc-web+json unless told `useBinaryFormat: true`.
+    for content_type in ("application/grpc-web+json", "application/grpc-web-text+json"):
+        for method in ("GetVersion", "ExecutePipeline"):
+            response, body = call(web, method, b"{}", {"content-type": content_type, "authorization": f"Bearer {TOKEN}"})
+            assert response.status == 200, (content_type, response.status)
+            messages, trailers = unframe(body)
+            assert status_of(response, trailers) == "12", (content_type, response.headers, trailers)
+            assert not messages
+            message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
+            assert f"messages encoded as `json` (content-type `{content_type}`) are not supported" in message, message
+            assert "useBinaryFormat: true" in message
+            details = status_pb2.Status.FromString(base64.b64decode(pad(response.getheader("grpc-status-details-bin") or "")))
+            info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+            assert details.details[0].Unpack(info) and info.reason == "VALIDATION", details
+            assert details.details[1].Unpack(bad) and bad.field_violations[0].field == "content-type", details
+
+
+def pad(b64: str) -> str:
+    return b64 + "=" * (-len(b64) % 4)
 
 
 def text_body(answer: bytes) -> bytes:

@@ -253,8 +253,9 @@ def test_a_gzip_request_over_the_size_cap_once_decompressed_is_a_limit_rejection
 
 
 def test_a_call_refused_for_its_compression_is_counted(srv: RunningServer) -> None:
-    # The server takes gzip only; tonic refuses deflate (UNIMPLEMENTED, naming the encodings it
-    # takes) before any handler runs, and the call still counts.
+    # The server takes gzip only: deflate is refused before any handler runs (UNIMPLEMENTED,
+    # with `grpc-accept-encoding` listing the encodings it takes, which grpcio keeps to itself),
+    # and the call counts once.
     stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
     auth = [("authorization", "Bearer t0k3n")]
     request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode", gain_db=-3)]), audio_inputs={"g": f32(np.zeros(16, np.float32))})
@@ -273,4 +274,6 @@ def test_a_call_refused_for_its_compression_is_counted(srv: RunningServer) -> No
         with pytest.raises(grpc.RpcError) as e:
             call()
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED, e.value  # type: ignore[attr-defined]
+        assert "requests compressed with `deflate` are not supported" in e.value.details(), e.value  # type: ignore[attr-defined]
+        assert reason(e.value) == "VALIDATION"
         assert srv.metric("remotemedia_requests_total", rpc=rpc, code="UNIMPLEMENTED", outcome="validation") == before + 1, rpc

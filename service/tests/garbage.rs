@@ -133,6 +133,34 @@ async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
 }
 
 #[tokio::test]
+async fn a_codec_or_compression_the_service_does_not_take_is_named_and_counted_once() {
+    let s = start(&[]).await;
+    let json = frame(b"{}", 2, 0);
+    for (rpc, headers, named) in [
+        ("ExecutePipeline", [("content-type", "application/grpc+json"), ("grpc-encoding", "identity")], "`json`"),
+        ("StreamPipeline", [("content-type", "application/grpc+json"), ("grpc-encoding", "identity")], "`json`"),
+        ("GetVersion", [("content-type", "application/grpc+json"), ("grpc-encoding", "identity")], "`json`"),
+        ("ExecutePipeline", [("content-type", "application/grpc"), ("grpc-encoding", "deflate")], "`deflate`"),
+        ("GetVersion", [("content-type", "application/grpc"), ("grpc-encoding", "br")], "`br`"),
+    ] {
+        let before = counter(&s.metrics_text().await, rpc, "UNIMPLEMENTED");
+        let a = raw(s.addr, &format!("/remotemedia.v1.PipelineService/{rpc}"), &headers, json.clone()).await;
+        assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{rpc} {headers:?}: {a:?}");
+        assert!(a.grpc_message.replace("%60", "`").contains(named), "{rpc}: {a:?}");
+        let text = s.metrics_text().await;
+        assert!(
+            text.contains(&format!(
+                "remotemedia_requests_total{{rpc=\"{rpc}\",code=\"UNIMPLEMENTED\",outcome=\"validation\"}}"
+            )),
+            "{rpc}: a client's mistake"
+        );
+        assert_eq!(counter(&text, rpc, "UNIMPLEMENTED"), before + 1.0, "{rpc} {headers:?}: counted once");
+    }
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn garbage_on_a_stream_ends_it_with_an_error_and_frees_the_session() {
     let s = start(&[]).await;
     let manifest_msg = proto::StreamRequest {

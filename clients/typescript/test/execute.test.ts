@@ -2,7 +2,10 @@
 // format, and the error kinds of validation, authentication and version refusals.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { Audio, Code, Pipeline, type RemoteMediaClient, RemoteMediaError, createClient } from "../src/index.js";
+import { Code as ConnectCode, ConnectError, createClient as createRawClient } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import { Audio, Code, Pipeline, type RemoteMediaClient, RemoteMediaError, createClient, pb } from "../src/index.js";
+import { toRemoteMediaError } from "../src/to-error.js";
 import { openTransport as openBrowserTransport } from "../src/transport-web.js";
 import { RunningServer } from "./server.js";
 import { failure } from "./expect.js";
@@ -111,6 +114,25 @@ describe("execute", () => {
       assert.equal(result.output().samples.length, 16_000);
     } finally {
       gzip.close();
+    }
+  });
+
+  test("a gRPC-Web call in JSON (connect-web's default format) is told to send protobuf", async () => {
+    const json = createRawClient(pb.PipelineService, createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat: false }));
+    for (const call of [() => json.getVersion({}), () => json.executePipeline({}, { headers: { authorization: `Bearer ${TOKEN}` } })]) {
+      const e = await call().then(
+        () => assert.fail("the call succeeded"),
+        (err: unknown) => err,
+      );
+      assert.ok(e instanceof ConnectError, String(e));
+      assert.equal(e.code, ConnectCode.Unimplemented, e.message);
+      assert.match(e.message, /messages encoded as `json` \(content-type `application\/grpc-web\+json`\) are not supported.*useBinaryFormat: true/);
+      const error = toRemoteMediaError(e);
+      assert.equal(error.kind, "VALIDATION");
+      assert.deepEqual(
+        error.violations.map((v) => v.field),
+        ["content-type"],
+      );
     }
   });
 });

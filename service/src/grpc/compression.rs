@@ -8,9 +8,9 @@
 use http::HeaderValue;
 use http::header::HeaderName;
 
+use super::interceptors::wire::GRPC_ENCODING;
 use crate::config::ResponseCompression;
 
-const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 pub(crate) const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
 
 /// The `grpc-accept-encoding` value tonic should see, or `None` to leave the header as it is.

@@ -375,14 +375,9 @@ fn reset_answer<B>(
 ) -> http::Response<Option<B>> {
     let status = Status::from_header_map(response.headers());
     let Some(internal) = status.as_ref().filter(|s| s.code() == tonic::Code::Internal) else {
-        match status.filter(|s| s.code() == tonic::Code::Unimplemented) {
-            // tonic refuses a `grpc-encoding` it does not take before any handler runs.
-            Some(refused) => {
-                tracing::info!(error = %crate::text::quoted(refused.message()), "request refused");
-                uncounted.count(refused.code(), super::observe::outcome::VALIDATION);
-            }
-            None => uncounted.answered(),
-        }
+        // Refusals before the handler (a compression tonic does not take included: the guard
+        // refuses it first, see `interceptors::wire`) were counted where they were made.
+        uncounted.answered();
         return response.map(Some);
     };
     if reset.malformed() {

@@ -24,7 +24,7 @@ use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
 use super::compression;
-use super::interceptors::{GuardLayer, Guards, PIPELINE_PATH_PREFIX, auth::Tokens};
+use super::interceptors::{GuardLayer, Guards, PIPELINE_PATH_PREFIX, auth::Tokens, wire};
 use super::lifetime::{DeadlineLayer, DrainLayer};
 use super::observe::{self, NewRequestId};
 use super::service::Pipelines;
@@ -124,6 +124,9 @@ impl BoundServer {
         let tokens = Tokens::new(config.auth_tokens.clone());
         let grpc = ServiceBuilder::new()
             .layer(cors(&config.cors_allowed_origins))
+            // A call in another codec than protobuf reaches the guard, which names the problem,
+            // instead of the gRPC-Web layer's bare HTTP 400.
+            .map_request(wire::route_codec)
             // HTTP/1.1 carries gRPC-Web from browsers; HTTP/2 gRPC passes through unchanged.
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(SetRequestHeaderLayer::overriding(compression::GRPC_ACCEPT_ENCODING, {

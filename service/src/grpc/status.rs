@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -103,6 +103,12 @@ pub enum ServiceError {
     #[error("{}", .0.message)]
     InvalidArgument(Violation),
 
+    /// The request is in a wire format the service does not speak: a message codec other than
+    /// protobuf, or a compression other than gzip. The violation names the header
+    /// (`content-type`, `grpc-encoding`; see [`wire`](super::interceptors::wire)).
+    #[error("{}", .0.message)]
+    Unsupported(Violation),
+
     /// The client cancelled.
     #[error("{0}")]
     Cancelled(String),
@@ -116,7 +122,9 @@ impl ServiceError {
             ServiceError::Limit { .. } | ServiceError::Overloaded { .. } => ErrorType::ResourceLimit,
             ServiceError::Unauthenticated(_) | ServiceError::Forbidden(_) => ErrorType::Authentication,
             ServiceError::VersionMismatch { .. } => ErrorType::VersionMismatch,
-            ServiceError::OutOfOrder(_) | ServiceError::InvalidArgument(_) => ErrorType::Validation,
+            ServiceError::OutOfOrder(_) | ServiceError::InvalidArgument(_) | ServiceError::Unsupported(_) => {
+                ErrorType::Validation
+            }
             ServiceError::Draining | ServiceError::ShutDown | ServiceError::Cancelled(_) => ErrorType::Internal,
         }
     }
@@ -167,7 +175,7 @@ impl ServiceError {
                 }
                 exec_context(e)
             }
-            ServiceError::OutOfOrder(v) | ServiceError::InvalidArgument(v) => {
+            ServiceError::OutOfOrder(v) | ServiceError::InvalidArgument(v) | ServiceError::Unsupported(v) => {
                 validation_context(&ValidationError::new(vec![v.clone()]))
             }
             ServiceError::Limit { limit, .. } => json!({ "limit": limit }),
@@ -205,6 +213,8 @@ impl ServiceError {
             ServiceError::Forbidden(_) => Code::PermissionDenied,
             ServiceError::VersionMismatch { .. } | ServiceError::OutOfOrder(_) => Code::FailedPrecondition,
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
+            // What gRPC answers for a compression it does not implement (and tonic for ours).
+            ServiceError::Unsupported(_) => Code::Unimplemented,
             ServiceError::Draining | ServiceError::ShutDown => Code::Unavailable,
         };
         let mut info = HashMap::new();
@@ -214,6 +224,17 @@ impl ServiceError {
             ServiceError::Exec(ExecError::Validation(v)) => bad_request(&mut details, &mut info, &v.violations),
             ServiceError::OutOfOrder(v) | ServiceError::InvalidArgument(v) => {
                 bad_request(&mut details, &mut info, std::slice::from_ref(v));
+            }
+            ServiceError::Unsupported(v) => {
+                bad_request(&mut details, &mut info, std::slice::from_ref(v));
+                if v.field == super::interceptors::wire::GRPC_ENCODING.as_str() {
+                    // The gRPC protocol's answer to an unsupported compression lists the ones
+                    // the server takes.
+                    metadata.insert(
+                        "grpc-accept-encoding",
+                        MetadataValue::from_static(super::interceptors::wire::ACCEPTED_ENCODINGS),
+                    );
+                }
             }
             ServiceError::Exec(e) => {
                 if let Some(node) = e.node_id() {

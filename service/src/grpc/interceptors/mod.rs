@@ -1,7 +1,7 @@
 //! Checks that run before a pipeline RPC reaches its handler, as one small tower layer: the
-//! browser `Origin` ([`check_origin`]), authentication ([`auth`]) and the protocol version
-//! header ([`version`]). Health,
-//! reflection and `GetVersion` pass through untouched. Because the layer sits in front of the
+//! request's codec and compression ([`wire`], `GetVersion` included), the browser `Origin`
+//! ([`check_origin`]), authentication ([`auth`]) and the protocol version header ([`version`]).
+//! Health, reflection and `GetVersion` need none of the last three. Because the layer sits in front of the
 //! service, a stream is refused before its first message is read.
 //!
 //! Refusals are answered at once. An HTTP/2 stream is then reset with NO_ERROR, which stops the
@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod version;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -53,8 +54,14 @@ pub struct Guards {
 
 impl Guards {
     /// Runs every check that applies to `path`.
-    pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<(), ServiceError> {
+    pub fn check(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<(), ServiceError> {
         let Some(method) = path.strip_prefix(PIPELINE_PATH_PREFIX) else { return Ok(()) };
+        wire::check(headers, extensions)?;
         if PUBLIC_METHODS.contains(&method) {
             return Ok(());
         }
@@ -111,7 +118,7 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let rpc = super::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
-        if let Err(e) = self.guards.check(request.uri().path(), request.headers()) {
+        if let Err(e) = self.guards.check(request.uri().path(), request.headers(), request.extensions()) {
             tracing::info!(error = %e, "request refused");
             let status = e.to_status();
             super::observe::request_finished(rpc, status.code(), e.outcome(), Duration::ZERO);
@@ -249,14 +256,31 @@ mod tests {
     fn only_pipeline_rpcs_other_than_get_version_are_guarded() {
         let g = Guards { tokens: auth::Tokens::new(vec![Secret::new("t")]), origins: Vec::new() };
         let none = http::HeaderMap::new();
-        assert!(g.check("/grpc.health.v1.Health/Check", &none).is_ok());
-        assert!(g.check("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &none).is_ok());
-        assert!(g.check("/remotemedia.v1.PipelineService/GetVersion", &none).is_ok());
+        assert!(g.check("/grpc.health.v1.Health/Check", &none, &http::Extensions::new()).is_ok());
+        assert!(
+            g.check("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &none, &http::Extensions::new())
+                .is_ok()
+        );
+        assert!(g.check("/remotemedia.v1.PipelineService/GetVersion", &none, &http::Extensions::new()).is_ok());
         assert!(matches!(
-            g.check("/remotemedia.v1.PipelineService/ExecutePipeline", &none),
+            g.check("/remotemedia.v1.PipelineService/ExecutePipeline", &none, &http::Extensions::new()),
             Err(ServiceError::Unauthenticated(_))
         ));
-        assert!(g.check("/remotemedia.v1.PipelineService/StreamPipeline", &none).is_err());
+        assert!(g.check("/remotemedia.v1.PipelineService/StreamPipeline", &none, &http::Extensions::new()).is_err());
+    }
+
+    #[test]
+    fn the_wire_format_is_checked_on_every_pipeline_rpc_first() {
+        let g = Guards { tokens: auth::Tokens::new(vec![Secret::new("t")]), origins: Vec::new() };
+        let mut h = http::HeaderMap::new();
+        h.insert(wire::GRPC_ENCODING, "deflate".parse().unwrap());
+        let none = http::Extensions::new();
+        for rpc in ["GetVersion", "ExecutePipeline", "StreamPipeline"] {
+            let path = format!("{PIPELINE_PATH_PREFIX}{rpc}");
+            assert!(matches!(g.check(&path, &h, &none), Err(ServiceError::Unsupported(_))), "{rpc}");
+        }
+        // tonic refuses it on the other services, which the guard does not see.
+        assert!(g.check("/grpc.health.v1.Health/Check", &h, &none).is_ok());
     }
 
     #[test]
@@ -265,7 +289,7 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(version::HEADER, "v7".parse().unwrap());
         assert!(matches!(
-            g.check("/remotemedia.v1.PipelineService/ExecutePipeline", &h),
+            g.check("/remotemedia.v1.PipelineService/ExecutePipeline", &h, &http::Extensions::new()),
             Err(ServiceError::VersionMismatch { .. })
         ));
     }
@@ -277,14 +301,14 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::ORIGIN, "https://evil.example".parse().unwrap());
         let path = "/remotemedia.v1.PipelineService/ExecutePipeline";
-        assert!(matches!(g.check(path, &h), Err(ServiceError::Forbidden(_))));
-        assert!(g.check("/remotemedia.v1.PipelineService/GetVersion", &h).is_ok());
+        assert!(matches!(g.check(path, &h, &http::Extensions::new()), Err(ServiceError::Forbidden(_))));
+        assert!(g.check("/remotemedia.v1.PipelineService/GetVersion", &h, &http::Extensions::new()).is_ok());
         h.insert(http::header::ORIGIN, "https://app.example".parse().unwrap());
         assert!(
-            matches!(g.check(path, &h), Err(ServiceError::Unauthenticated(_))),
+            matches!(g.check(path, &h, &http::Extensions::new()), Err(ServiceError::Unauthenticated(_))),
             "allowed: the token is checked next"
         );
         h.insert(http::header::AUTHORIZATION, "Bearer t".parse().unwrap());
-        assert!(g.check(path, &h).is_ok());
+        assert!(g.check(path, &h, &http::Extensions::new()).is_ok());
     }
 }
