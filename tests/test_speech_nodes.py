@@ -153,6 +153,17 @@ def test_recognition_of_no_speech_answers_with_an_empty_transcript(client: Clien
         assert last.data["asr"] == {"text": "", "segments": []}, "the close answers too"
 
 
+def test_noise_taken_for_speech_without_a_word_recognised_is_no_utterance(client: Client) -> None:
+    # Loud white noise: pocketsphinx's endpointer hears an utterance, its decoder no word.
+    noise = np.random.default_rng(1).normal(0, 0.2, 32_000)
+    audio = (np.concatenate([np.zeros(8_000), np.clip(noise, -1, 1), np.zeros(16_000)]) * 32_767).astype(np.int16)
+    assert pocketsphinx_direct(audio) == [""], "the endpointer hears it, the decoder recognises nothing"
+    asr = pipeline(SpeechRecognitionNode("asr"))
+    assert run(client, asr, audio).data["asr"] == {"text": "", "segments": []}
+    streamed = [s for r in stream_chunks(client, asr, audio) for s in r.data.get("asr", {}).get("segments", [])]
+    assert streamed == []
+
+
 def test_audio_the_nodes_do_not_take_is_a_validation_error_naming_the_fix(client: Client, beckett: np.ndarray) -> None:
     for node_type in ("SileroVADNode", "SpeechRecognitionNode"):
         p = pipeline(Node(node_type, id="n"))

@@ -391,7 +391,9 @@ CATALOGUE: dict[str, Any] = {
             "in seconds\n"
             "  from the start of the input; `confidence` is the mean posterior probability "
             "of the\n"
-            "  utterance's words (0 to 1).\n"
+            "  utterance's words (0 to 1). An utterance in which no word was recognised "
+            "(noise the\n"
+            "  endpointer took for speech) is not reported.\n"
             '- `partial`: while streaming, `{"start_s", "text"}`, the hypothesis so far of '
             "the\n"
             "  utterance still open after this chunk, and `null` once it ended. The "

@@ -65,7 +65,8 @@ class SpeechRecognition(Node):
       spaces; at the end of a request, the whole transcript).
     - `segments`: those utterances, `[{"start_s", "end_s", "text", "confidence"}]`, in seconds
       from the start of the input; `confidence` is the mean posterior probability of the
-      utterance's words (0 to 1).
+      utterance's words (0 to 1). An utterance in which no word was recognised (noise the
+      endpointer took for speech) is not reported.
     - `partial`: while streaming, `{"start_s", "text"}`, the hypothesis so far of the
       utterance still open after this chunk, and `null` once it ended. The hypothesis is read
       once `partial_every_ms` of audio has arrived since the last reading, and sent when it
@@ -226,6 +227,9 @@ class SpeechRecognition(Node):
     def _final(self, decoder: Decoder, end_s: float) -> None:
         hyp = decoder.hyp()
         text = hyp.hypstr if hyp is not None else ""
+        if not text:
+            # Noise the endpointer took for speech: no word, so no utterance to report.
+            return
         self.ready.append(
             {"start_s": round(self.utterance_start, 3), "end_s": round(end_s, 3), "text": text, "confidence": confidence(decoder)}
         )
