@@ -29,7 +29,7 @@ client's gRPC work otherwise runs beside the recogniser and delays it.
 
 The direct baselines run on the server's CPUs, between the server's runs (the server is idle
 then): the virtual CPUs of a cloud machine are not equally fast (on the 2-core machine the
-same direct recognition took 0.096 to 0.100 of real time on one and 0.100 to 0.122 on the
+same direct recognition took 0.096 to 0.100 of real time on one and 0.099 to 0.122 on the
 other within minutes), so a baseline on another CPU than the server's measures the CPUs
 as much as the server.
 """

@@ -52,14 +52,20 @@ pub fn route_codec<B>(mut request: http::Request<B>) -> http::Request<B> {
 pub fn check(headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<(), ServiceError> {
     if let Some(RequestedCodec(asked)) = extensions.get::<RequestedCodec>() {
         let codec = asked.split_once('+').map_or("", |(_, c)| c.split(';').next().unwrap_or_default().trim());
+        let asked_for = if codec.is_empty() {
+            format!("content-type `{}` names no message codec after its `+`", text::quoted(asked))
+        } else {
+            format!(
+                "messages encoded as `{}` (content-type `{}`) are not supported",
+                text::quoted(codec),
+                text::quoted(asked)
+            )
+        };
         return Err(ServiceError::Unsupported(Violation::new(
             CONTENT_TYPE.as_str(),
             format!(
-                "messages encoded as `{}` (content-type `{}`) are not supported: this service takes protobuf \
-                 (application/grpc, application/grpc-web+proto or application/grpc-web-text+proto; connect-web: \
-                 useBinaryFormat: true)",
-                text::quoted(codec),
-                text::quoted(asked),
+                "{asked_for}: this service takes protobuf (application/grpc, application/grpc-web+proto or \
+                 application/grpc-web-text+proto; connect-web: useBinaryFormat: true)"
             ),
         )));
     }
@@ -122,6 +128,13 @@ mod tests {
             assert!(status.message().contains(asked), "{}", status.message());
             assert_eq!(err.outcome(), crate::grpc::observe::outcome::VALIDATION);
         }
+    }
+
+    #[test]
+    fn a_plus_without_a_codec_is_named_as_such() {
+        let r = routed("application/grpc-web+");
+        let message = check(r.headers(), r.extensions()).unwrap_err().to_string();
+        assert!(message.starts_with("content-type `application/grpc-web+` names no message codec"), "{message}");
     }
 
     #[test]
