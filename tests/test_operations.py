@@ -167,11 +167,26 @@ def test_bad_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     bad = subprocess.run([str(SERVER_BIN), "--max-timeout-ms", "soon"], capture_output=True, text=True, timeout=30, env=server_env())
     assert bad.returncode == 2
     assert "invalid value for `max_timeout_ms` (from --max-timeout-ms)" in bad.stderr
+    # The log on standard output says it too, for a pipeline that reads only the JSON lines.
+    [line] = [json.loads(line) for line in bad.stdout.splitlines()]
+    assert (line["level"], line["message"]) == ("ERROR", "configuration refused; the server did not start"), line
+    assert "invalid value for `max_timeout_ms` (from --max-timeout-ms)" in line["error"]
     cfg = tmp_path / "c.toml"
     cfg.write_text("lisen = 1\n")
     bad = subprocess.run([str(SERVER_BIN), "--config", str(cfg)], capture_output=True, text=True, timeout=30, env=server_env())
     assert bad.returncode == 2
     assert "unknown configuration key `lisen`" in bad.stderr
+    assert "unknown configuration key `lisen`" in json.loads(bad.stdout)["error"]
+    # In the format asked for, when the flag or the environment asks for one.
+    bad = subprocess.run(
+        [str(SERVER_BIN), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=server_env({"REMOTEMEDIA_LOG_FORMAT": "pretty"}),
+    )
+    assert bad.returncode == 2
+    assert "ERROR" in bad.stdout and "configuration refused" in bad.stdout and not bad.stdout.startswith("{"), bad.stdout
 
 
 def test_a_public_address_without_tokens_is_refused() -> None:

@@ -702,6 +702,17 @@ pub fn load(
     Config::from_sources(&Sources { file, env: Sources::env_layer(env), flags: flags_layer(matches) })
 }
 
+/// The log format asked for by flag or environment, read on its own: the one a configuration
+/// that cannot be loaded is refused in. A file's setting, or a value that is not a format, is
+/// not looked at: JSON, the default.
+pub fn log_format_asked(matches: &clap::ArgMatches, env: impl IntoIterator<Item = (String, String)>) -> LogFormat {
+    let asked = matches
+        .get_one::<String>("log_format")
+        .cloned()
+        .or_else(|| env.into_iter().find(|(k, _)| k == "REMOTEMEDIA_LOG_FORMAT").map(|(_, v)| v));
+    if asked.is_some_and(|v| v.trim() == "pretty") { LogFormat::Pretty } else { LogFormat::Json }
+}
+
 /// Where a probe on this machine reaches a server listening on `listen`: wildcard addresses
 /// become the matching loopback address.
 pub fn probe_address(listen: SocketAddr) -> String {
@@ -1130,5 +1141,18 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_refused_configuration_is_logged_in_the_format_the_flag_or_environment_asks_for() {
+        let pretty = [("REMOTEMEDIA_LOG_FORMAT".to_owned(), "pretty".to_owned())];
+        let m = cli().try_get_matches_from(["remotemedia-server"]).unwrap();
+        assert_eq!(log_format_asked(&m, Vec::new()), LogFormat::Json);
+        assert_eq!(log_format_asked(&m, pretty.clone()), LogFormat::Pretty);
+        assert_eq!(log_format_asked(&m, [("REMOTEMEDIA_LOG_FORMAT".to_owned(), "fancy".to_owned())]), LogFormat::Json);
+        let m = cli().try_get_matches_from(["remotemedia-server", "--log-format", "json"]).unwrap();
+        assert_eq!(log_format_asked(&m, pretty), LogFormat::Json, "the flag wins");
+        let m = cli().try_get_matches_from(["remotemedia-server", "--log-format", "pretty"]).unwrap();
+        assert_eq!(log_format_asked(&m, Vec::new()), LogFormat::Pretty);
     }
 }

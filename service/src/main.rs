@@ -53,6 +53,10 @@ fn main() -> ExitCode {
     let config = match config::load(&matches, std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
+            // A log pipeline reading standard output sees why the server did not start too.
+            if telemetry::init(config::log_format_asked(&matches, std::env::vars()), "info").is_ok() {
+                tracing::error!(target: telemetry::LIFECYCLE, error = %e, "configuration refused; the server did not start");
+            }
             eprintln!("remotemedia-server: {e}");
             return ExitCode::from(2);
         }
