@@ -4,6 +4,7 @@ configured origins, and authentication unchanged."""
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import socket
 import json
@@ -119,12 +120,32 @@ def test_a_call_in_another_codec_than_protobuf_is_told_which_it_sends(web: Runni
             assert status_of(response, trailers) == "12", (content_type, response.headers, trailers)
             assert not messages
             message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
-            assert f"messages encoded as `json` (content-type `{content_type}`) are not supported" in message, message
-            assert "useBinaryFormat: true" in message
+            remedy = "messages encoded as `json` are not supported: send protobuf (connect-web: useBinaryFormat: true)"
+            assert message.startswith(remedy) and f"content-type is `{content_type}`" in message, message
             details = status_pb2.Status.FromString(base64.b64decode(pad(response.getheader("grpc-status-details-bin") or "")))
             info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
             assert details.details[0].Unpack(info) and info.reason == "VALIDATION", details
             assert details.details[1].Unpack(bad) and bad.field_violations[0].field == "content-type", details
+            assert bad.field_violations[0].description.startswith(remedy), "the remedy survives the description's cut"
+
+
+def test_a_compression_is_read_in_any_letter_case_and_a_refused_one_lists_those_taken(web: RunningServer) -> None:
+    request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.full(8, 0.5))})
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    gzipped = gzip.compress(request.SerializeToString())
+    host, port = web.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "origin": ORIGIN, "grpc-encoding": "GZIP", **auth}
+    conn.request("POST", f"{SERVICE}/ExecutePipeline", body=b"\x01" + struct.pack(">I", len(gzipped)) + gzipped, headers=headers)
+    response = conn.getresponse()
+    messages, trailers = unframe(response.read())
+    assert status_of(response, trailers) == "0", (response.headers, trailers)
+    assert pb.ExecuteResponse.FromString(messages[0]).WhichOneof("outcome") == "result"
+    # A page can read which compressions the server takes when it refuses one.
+    response, body = call(web, "ExecutePipeline", request.SerializeToString(), {"grpc-encoding": "deflate", **auth})
+    assert status_of(response, unframe(body)[1]) == "12"
+    assert response.getheader("grpc-accept-encoding") == "gzip,identity"
+    assert "grpc-accept-encoding" in (response.getheader("access-control-expose-headers") or "").split(",")
 
 
 def pad(b64: str) -> str:

@@ -126,7 +126,7 @@ impl BoundServer {
             .layer(cors(&config.cors_allowed_origins))
             // A call in another codec than protobuf reaches the guard, which names the problem,
             // instead of the gRPC-Web layer's bare HTTP 400.
-            .map_request(wire::route_codec)
+            .map_request(wire::route)
             // HTTP/1.1 carries gRPC-Web from browsers; HTTP/2 gRPC passes through unchanged.
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(SetRequestHeaderLayer::overriding(compression::GRPC_ACCEPT_ENCODING, {
@@ -304,6 +304,7 @@ fn cors(origins: &[String]) -> CorsLayer {
         "x-user-agent",
     ];
     let expose = [
+        "grpc-accept-encoding",
         "grpc-encoding",
         "grpc-message",
         "grpc-status",

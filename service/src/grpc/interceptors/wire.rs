@@ -20,74 +20,99 @@ pub const ACCEPTED_ENCODINGS: &str = "gzip,identity";
 /// The gRPC media types, longest first: each takes a `+codec` suffix (`application/grpc+proto`).
 const GRPC_MEDIA_TYPES: &[&str] = &["application/grpc-web-text", "application/grpc-web", "application/grpc"];
 
-/// The `content-type` of a call that asked for another codec than protobuf, kept by
-/// [`route_codec`] for the guard to refuse.
+/// The `content-type` of a call that asked for another codec than protobuf, kept by [`route`]
+/// for the guard to refuse.
 #[derive(Debug, Clone)]
 pub struct RequestedCodec(String);
 
-/// Lets a call in another codec than protobuf reach the guard, which refuses it: its
-/// `content-type` becomes the protobuf one (which tonic-web passes on) and the original is kept
-/// as a [`RequestedCodec`] extension. Runs before the gRPC-Web layer.
-pub fn route_codec<B>(mut request: http::Request<B>) -> http::Request<B> {
-    let Some(asked) = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return request };
+/// Prepares a pipeline RPC's wire-format headers for the layers below, before the gRPC-Web
+/// layer:
+/// - a call in another codec than protobuf gets the protobuf `content-type` (which tonic-web
+///   passes on) and keeps the original as a [`RequestedCodec`] extension, so that it reaches the
+///   guard, which refuses it;
+/// - a `grpc-encoding` of gzip or identity in other letter cases (content codings are
+///   case-insensitive, RFC 9110 §8.4.1) is written in lower case, the only spelling tonic takes.
+///
+/// Other services' calls (health, reflection) are left as they are.
+pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
+    if !request.uri().path().starts_with(super::PIPELINE_PATH_PREFIX) {
+        return request;
+    }
+    if let Some(encoding) = request.headers().get(&GRPC_ENCODING)
+        && let Some(lower) =
+            ["gzip", "identity"].into_iter().find(|e| encoding.as_bytes().eq_ignore_ascii_case(e.as_bytes()))
+    {
+        request.headers_mut().insert(&GRPC_ENCODING, HeaderValue::from_static(lower));
+    }
+    // Read leniently: a byte outside ASCII must not let another codec through unrefused.
+    let Some(asked) = request.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    else {
+        return request;
+    };
     let Some((media_type, codec)) = asked.split_once('+') else { return request };
-    let codec = codec.split(';').next().unwrap_or_default().trim();
     let Some(base) = GRPC_MEDIA_TYPES.iter().find(|t| t.eq_ignore_ascii_case(media_type.trim())) else {
         return request;
     };
-    if codec.eq_ignore_ascii_case("proto") {
+    if codec_of(codec).eq_ignore_ascii_case("proto") {
         return request;
     }
-    let asked = asked.to_owned();
     // Native gRPC names protobuf without a suffix; gRPC-Web's layer only knows the `+proto` forms.
-    let protobuf = if *base == "application/grpc" { (*base).to_owned() } else { format!("{base}+proto") };
-    request
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_str(&protobuf).expect("a media type is a header value"));
+    let protobuf = if *base == "application/grpc" {
+        HeaderValue::from_static("application/grpc")
+    } else {
+        HeaderValue::from_str(&format!("{base}+proto")).expect("a media type is a header value")
+    };
+    request.headers_mut().insert(CONTENT_TYPE, protobuf);
     request.extensions_mut().insert(RequestedCodec(asked));
     request
 }
 
-/// Refuses a call whose codec ([`route_codec`]) or compression the service does not take.
+/// The codec of a `+codec` suffix, without parameters.
+fn codec_of(suffix: &str) -> &str {
+    suffix.split(';').next().unwrap_or_default().trim()
+}
+
+/// Refuses a call whose codec ([`route`]) or compression the service does not take. The
+/// remedy comes first in each message: a `BadRequest` description keeps its first 160 bytes.
 pub fn check(headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<(), ServiceError> {
     if let Some(RequestedCodec(asked)) = extensions.get::<RequestedCodec>() {
-        let codec = asked.split_once('+').map_or("", |(_, c)| c.split(';').next().unwrap_or_default().trim());
-        let asked_for = if codec.is_empty() {
-            format!("content-type `{}` names no message codec after its `+`", text::quoted(asked))
-        } else {
+        let codec = asked.split_once('+').map_or("", |(_, c)| codec_of(c));
+        let message = if codec.is_empty() {
             format!(
-                "messages encoded as `{}` (content-type `{}`) are not supported",
-                text::quoted(codec),
+                "content-type `{}` names no message codec after its `+`: send protobuf (application/grpc, \
+                 application/grpc-web+proto)",
                 text::quoted(asked)
             )
+        } else {
+            format!(
+                "messages encoded as `{}` are not supported: send protobuf (connect-web: useBinaryFormat: true); \
+                 the call's content-type is `{}`",
+                text::quoted(codec),
+                text::quoted(asked),
+            )
         };
-        return Err(ServiceError::Unsupported(Violation::new(
-            CONTENT_TYPE.as_str(),
-            format!(
-                "{asked_for}: this service takes protobuf (application/grpc, application/grpc-web+proto or \
-                 application/grpc-web-text+proto; connect-web: useBinaryFormat: true)"
-            ),
-        )));
+        return Err(ServiceError::Unsupported(Violation::new(CONTENT_TYPE.as_str(), message)));
     }
-    match headers.get(&GRPC_ENCODING).map(HeaderValue::as_bytes) {
-        None | Some(b"identity" | b"gzip") => Ok(()),
-        Some(other) => Err(ServiceError::Unsupported(Violation::new(
-            GRPC_ENCODING.as_str(),
-            format!(
-                "requests compressed with `{}` are not supported: compress them with gzip, or not at all \
-                 (grpc-accept-encoding: {ACCEPTED_ENCODINGS})",
-                text::quoted(&String::from_utf8_lossy(other)),
-            ),
-        ))),
-    }
+    let message = match headers.get(&GRPC_ENCODING).map(HeaderValue::as_bytes) {
+        None | Some(b"identity" | b"gzip") => return Ok(()),
+        Some(b"") => "grpc-encoding is empty: name gzip or identity, or leave the header out".to_owned(),
+        Some(other) => format!(
+            "requests compressed with `{}` are not supported: compress them with gzip, or not at all \
+             (grpc-accept-encoding: {ACCEPTED_ENCODINGS})",
+            text::quoted(&String::from_utf8_lossy(other)),
+        ),
+    };
+    Err(ServiceError::Unsupported(Violation::new(GRPC_ENCODING.as_str(), message)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const EXECUTE: &str = "/remotemedia.v1.PipelineService/ExecutePipeline";
+
     fn routed(content_type: &str) -> http::Request<()> {
-        route_codec(http::Request::builder().header(CONTENT_TYPE, content_type).body(()).unwrap())
+        route(http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, content_type).body(()).unwrap())
     }
 
     fn content_type(r: &http::Request<()>) -> &str {
@@ -124,10 +149,53 @@ mod tests {
             let err = check(r.headers(), r.extensions()).unwrap_err();
             let status = err.to_status();
             assert_eq!(status.code(), tonic::Code::Unimplemented);
-            assert!(status.message().contains("messages encoded as `"), "{}", status.message());
+            assert!(status.message().starts_with("messages encoded as `"), "{}", status.message());
             assert!(status.message().contains(asked), "{}", status.message());
             assert_eq!(err.outcome(), crate::grpc::observe::outcome::VALIDATION);
         }
+    }
+
+    #[test]
+    fn a_byte_outside_ascii_does_not_let_another_codec_through() {
+        let value = HeaderValue::from_bytes(b"application/grpc+j\xe9son").unwrap();
+        let r = route(http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, value).body(()).unwrap());
+        assert_eq!(content_type(&r), "application/grpc");
+        assert!(matches!(check(r.headers(), r.extensions()), Err(ServiceError::Unsupported(_))));
+    }
+
+    #[test]
+    fn other_services_are_left_alone() {
+        let r = route(
+            http::Request::builder()
+                .uri("/grpc.health.v1.Health/Check")
+                .header(CONTENT_TYPE, "application/grpc-web+json")
+                .header(&GRPC_ENCODING, "GZIP")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(content_type(&r), "application/grpc-web+json");
+        assert_eq!(r.headers()[&GRPC_ENCODING], "GZIP");
+        assert!(r.extensions().get::<RequestedCodec>().is_none());
+    }
+
+    #[test]
+    fn gzip_and_identity_in_any_case_are_taken_in_the_spelling_tonic_knows() {
+        for (sent, taken) in [("GZIP", "gzip"), ("Gzip", "gzip"), ("IDENTITY", "identity"), ("gzip", "gzip")] {
+            let r = route(http::Request::builder().uri(EXECUTE).header(&GRPC_ENCODING, sent).body(()).unwrap());
+            assert_eq!(r.headers()[&GRPC_ENCODING], taken);
+            assert!(check(r.headers(), r.extensions()).is_ok(), "{sent}");
+        }
+        let empty = route(http::Request::builder().uri(EXECUTE).header(&GRPC_ENCODING, "").body(()).unwrap());
+        let message = check(empty.headers(), empty.extensions()).unwrap_err().to_string();
+        assert!(message.starts_with("grpc-encoding is empty"), "{message}");
+    }
+
+    #[test]
+    fn the_remedy_fits_the_bad_request_description() {
+        let r = routed("application/grpc-web+json");
+        let message = check(r.headers(), r.extensions()).unwrap_err().to_string();
+        let remedy = message.find("useBinaryFormat: true").expect("the remedy is named");
+        assert!(remedy + "useBinaryFormat: true)".len() <= 160, "{message}");
     }
 
     #[test]
