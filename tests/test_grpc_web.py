@@ -111,7 +111,7 @@ def test_a_unary_call_carrying_two_request_messages_is_refused(web: RunningServe
 
 
 def test_a_call_in_another_codec_than_protobuf_is_told_which_it_sends(web: RunningServer) -> None:
-    # connect-web sends application/grpc-web+json unless told `useBinaryFormat: true`.
+    # connect-web's gRPC-Web transport sends application/grpc-web+json with `useBinaryFormat: false`.
     for content_type in ("application/grpc-web+json", "application/grpc-web-text+json"):
         for method in ("GetVersion", "ExecutePipeline"):
             response, body = call(web, method, b"{}", {"content-type": content_type, "authorization": f"Bearer {TOKEN}"})
@@ -146,6 +146,21 @@ def test_a_compression_is_read_in_any_letter_case_and_a_refused_one_lists_those_
     assert status_of(response, unframe(body)[1]) == "12"
     assert response.getheader("grpc-accept-encoding") == "gzip,identity"
     assert "grpc-accept-encoding" in (response.getheader("access-control-expose-headers") or "").split(",")
+
+
+def test_a_call_made_with_the_connect_protocol_gets_a_connect_error_naming_the_transports(web: RunningServer) -> None:
+    before = web.metric("remotemedia_requests_total", rpc="GetVersion", code="UNIMPLEMENTED", outcome="validation")
+    for headers in ({"content-type": "application/json"}, {"content-type": "application/proto", "connect-protocol-version": "1"}):
+        host, port = web.address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", f"{SERVICE}/GetVersion", body=b"{}", headers={"origin": ORIGIN, **headers})
+        response = conn.getresponse()
+        assert response.status == 501, response.status
+        assert response.getheader("access-control-allow-origin") == ORIGIN, "a page can read it"
+        error = json.loads(response.read())
+        assert error["code"] == "unimplemented"
+        assert "not the Connect protocol" in error["message"] and "createGrpcWebTransport" in error["message"]
+    assert web.metric("remotemedia_requests_total", rpc="GetVersion", code="UNIMPLEMENTED", outcome="validation") == before + 2
 
 
 def pad(b64: str) -> str:

@@ -120,6 +120,11 @@ async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     let s = start(&[]).await;
     let a = raw(s.addr, EXECUTE, &[("content-type", "text/plain")], Bytes::from_static(b"hello")).await;
     assert!(a.http_status == 415 || a.grpc_status.is_some_and(|c| c != 0), "{a:?}");
+    // The Connect protocol gets a Connect error (HTTP 501, code `unimplemented` in a JSON body).
+    for content_type in ["application/json", "application/proto", "application/connect+proto"] {
+        let a = raw(s.addr, EXECUTE, &[("content-type", content_type)], Bytes::from_static(b"{}")).await;
+        assert_eq!((a.http_status, a.grpc_status), (501, None), "{content_type}: {a:?}");
+    }
     let a = raw(
         s.addr,
         "/remotemedia.v1.PipelineService/NoSuchMethod",

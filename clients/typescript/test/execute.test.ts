@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Code as ConnectCode, ConnectError, createClient as createRawClient } from "@connectrpc/connect";
-import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { Audio, Code, Pipeline, type RemoteMediaClient, RemoteMediaError, createClient, pb } from "../src/index.js";
 import { toRemoteMediaError } from "../src/to-error.js";
 import { openTransport as openBrowserTransport } from "../src/transport-web.js";
@@ -117,7 +117,7 @@ describe("execute", () => {
     }
   });
 
-  test("a gRPC-Web call in JSON (connect-web's default format) is told to send protobuf", async () => {
+  test("a gRPC-Web call in JSON (useBinaryFormat: false) is told to send protobuf", async () => {
     const json = createRawClient(pb.PipelineService, createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat: false }));
     for (const call of [() => json.getVersion({}), () => json.executePipeline({}, { headers: { authorization: `Bearer ${TOKEN}` } })]) {
       const e = await call().then(
@@ -133,6 +133,19 @@ describe("execute", () => {
         error.violations.map((v) => v.field),
         ["content-type"],
       );
+    }
+  });
+
+  test("a call made with the Connect protocol is told which transports the server speaks", async () => {
+    for (const useBinaryFormat of [false, true]) {
+      const connect = createRawClient(pb.PipelineService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat }));
+      const e = await connect.getVersion({}).then(
+        () => assert.fail("the call succeeded"),
+        (err: unknown) => err,
+      );
+      assert.ok(e instanceof ConnectError, String(e));
+      assert.equal(e.code, ConnectCode.Unimplemented, e.message);
+      assert.match(e.message, /not the Connect protocol: call it through createGrpcWebTransport \(browsers\) or createGrpcTransport \(Node\)/);
     }
   });
 });

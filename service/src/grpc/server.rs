@@ -124,6 +124,7 @@ impl BoundServer {
         let tokens = Tokens::new(config.auth_tokens.clone());
         let grpc = ServiceBuilder::new()
             .layer(cors(&config.cors_allowed_origins))
+            .layer(wire::RefuseConnectLayer)
             // A call in another codec than protobuf reaches the guard, which names the problem,
             // instead of the gRPC-Web layer's bare HTTP 400.
             .map_request(wire::route)

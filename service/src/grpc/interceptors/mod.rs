@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, ready};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
@@ -199,7 +199,11 @@ fn is_refusal(response: &http::Response<Body>) -> bool {
 
 /// Reads and drops the rest of a refused HTTP/1.1 request in the background, bounded by
 /// [`LINGER_LIMIT_BYTES`] and [`LINGER_TIMEOUT`]; the connection stays open meanwhile.
-fn linger(body: Body) {
+fn linger<B>(body: B)
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     if body.is_end_stream() {
         return;
     }

@@ -2,9 +2,11 @@
 //! its `grpc-encoding` names. The service takes protobuf messages, compressed with gzip or not
 //! at all. Anything else is refused by the guard as UNIMPLEMENTED with `ErrorInfo` reason
 //! VALIDATION and a `BadRequest` naming the header, like every other refusal, where the
-//! libraries below would answer a JSON gRPC-Web call (connect-web's default format) with a bare
-//! HTTP 400, read a JSON gRPC call as a malformed protobuf message, and refuse a compression
-//! without `ErrorInfo`, echoing the header's whole value into `grpc-message`.
+//! libraries below would answer a JSON gRPC-Web call (connect-web's gRPC-Web transport with
+//! `useBinaryFormat: false`) with a bare HTTP 400, read a JSON gRPC call as a malformed protobuf
+//! message, and refuse a compression without `ErrorInfo`, echoing the header's whole value into
+//! `grpc-message`. Calls made with the Connect protocol itself are answered as a Connect client
+//! reads errors ([`RefuseConnectLayer`]).
 
 use http::HeaderValue;
 use http::header::{CONTENT_TYPE, HeaderName};
@@ -65,6 +67,94 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
     request.headers_mut().insert(CONTENT_TYPE, protobuf);
     request.extensions_mut().insert(RequestedCodec(asked));
     request
+}
+
+/// The Connect protocol's content types (connect-web's default transport, `createConnectTransport`).
+const CONNECT_CONTENT_TYPES: &[&str] =
+    &["application/proto", "application/json", "application/connect+proto", "application/connect+json"];
+
+/// What a Connect-protocol call is told.
+pub const CONNECT_REFUSAL: &str = "this server speaks gRPC and gRPC-Web, not the Connect protocol: call it through \
+     createGrpcWebTransport (browsers) or createGrpcTransport (Node) with useBinaryFormat: true, or through \
+     @remotemedia/client";
+
+/// Whether `request` is a pipeline RPC made with the Connect protocol (its version header, or
+/// one of its content types).
+fn is_connect<B>(request: &http::Request<B>) -> bool {
+    if !request.uri().path().starts_with(super::PIPELINE_PATH_PREFIX) {
+        return false;
+    }
+    if request.headers().contains_key("connect-protocol-version") {
+        return true;
+    }
+    request.headers().get(CONTENT_TYPE).is_some_and(|v| {
+        let media_type = String::from_utf8_lossy(v.as_bytes());
+        let media_type = media_type.split(';').next().unwrap_or_default().trim();
+        CONNECT_CONTENT_TYPES.iter().any(|t| t.eq_ignore_ascii_case(media_type))
+    })
+}
+
+/// Answers Connect-protocol calls, which the gRPC-Web layer would answer with a bare HTTP 400
+/// and gRPC would misread, with a Connect error a Connect client shows as it is: HTTP 501 and
+/// `{"code": "unimplemented", "message": ...}` naming the transports the server speaks.
+/// Counted and logged as a refusal (UNIMPLEMENTED, a client's mistake). Sits inside the CORS
+/// layer, so a page can read the answer.
+#[derive(Clone, Default)]
+pub struct RefuseConnectLayer;
+
+impl<S> tower::Layer<S> for RefuseConnectLayer {
+    type Service = RefuseConnect<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RefuseConnect { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RefuseConnect<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RefuseConnect<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<S::Future, futures::future::Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !is_connect(&request) {
+            return futures::future::Either::Left(self.inner.call(request));
+        }
+        let rpc = crate::grpc::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
+        tracing::info!(rpc, error = CONNECT_REFUSAL, "request refused");
+        crate::grpc::observe::request_finished(
+            rpc,
+            tonic::Code::Unimplemented,
+            crate::grpc::observe::outcome::VALIDATION,
+            std::time::Duration::ZERO,
+        );
+        if request.version() < http::Version::HTTP_2 {
+            // The client may still be sending: what it sends is read and dropped, so it gets
+            // to read the answer (see the guard's refusals).
+            super::linger(request.into_body());
+        }
+        let body = serde_json::json!({ "code": "unimplemented", "message": CONNECT_REFUSAL }).to_string();
+        let response = http::Response::builder()
+            .status(http::StatusCode::NOT_IMPLEMENTED)
+            .header(CONTENT_TYPE, "application/json")
+            .body(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+            .expect("a static response is valid");
+        futures::future::Either::Right(futures::future::ready(Ok(response)))
+    }
 }
 
 /// The codec of a `+codec` suffix, without parameters.
