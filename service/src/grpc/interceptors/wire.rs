@@ -19,7 +19,7 @@ pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 /// The compressions a request may use, as the `grpc-accept-encoding` of a refusal lists them.
 pub const ACCEPTED_ENCODINGS: &str = "gzip,identity";
 
-/// The gRPC media types, longest first: each takes a `+codec` suffix (`application/grpc+proto`).
+/// The gRPC media types: each takes a `+codec` suffix (`application/grpc+proto`).
 const GRPC_MEDIA_TYPES: &[&str] = &["application/grpc-web-text", "application/grpc-web", "application/grpc"];
 
 /// The `content-type` of a call that asked for another codec than protobuf, kept by [`route`]
@@ -47,10 +47,8 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
         request.headers_mut().insert(&GRPC_ENCODING, HeaderValue::from_static(lower));
     }
     // Read leniently: a byte outside ASCII must not let another codec through unrefused.
-    let Some(asked) = request.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    else {
-        return request;
-    };
+    let Some(value) = request.headers().get(CONTENT_TYPE) else { return request };
+    let asked = String::from_utf8_lossy(value.as_bytes());
     let Some((media_type, codec)) = asked.split_once('+') else { return request };
     let Some(base) = GRPC_MEDIA_TYPES.iter().find(|t| t.eq_ignore_ascii_case(media_type.trim())) else {
         return request;
@@ -64,6 +62,7 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
     } else {
         HeaderValue::from_str(&format!("{base}+proto")).expect("a media type is a header value")
     };
+    let asked = asked.into_owned();
     request.headers_mut().insert(CONTENT_TYPE, protobuf);
     request.extensions_mut().insert(RequestedCodec(asked));
     request
