@@ -161,6 +161,20 @@ def test_a_call_made_with_the_connect_protocol_gets_a_connect_error_naming_the_t
         assert error["code"] == "unimplemented"
         assert "not the Connect protocol" in error["message"] and "createGrpcWebTransport" in error["message"]
     assert web.metric("remotemedia_requests_total", rpc="GetVersion", code="UNIMPLEMENTED", outcome="validation") == before + 2
+    # A browser's Connect client sends its version header: the preflight lets it through, so the
+    # page reads the answer instead of a failed fetch.
+    host, port = web.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    asked = "connect-protocol-version,connect-timeout-ms,content-type"
+    conn.request(
+        "OPTIONS",
+        f"{SERVICE}/GetVersion",
+        headers={"origin": ORIGIN, "access-control-request-method": "POST", "access-control-request-headers": asked},
+    )
+    response = conn.getresponse()
+    response.read()
+    allowed = (response.getheader("access-control-allow-headers") or "").split(",")
+    assert set(asked.split(",")) <= set(allowed), allowed
 
 
 def pad(b64: str) -> str:

@@ -189,6 +189,38 @@ def test_bad_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "ERROR" in bad.stdout and "configuration refused" in bad.stdout and not bad.stdout.startswith("{"), bad.stdout
 
 
+def test_a_refusal_never_shows_a_token_and_stays_bounded(tmp_path: Path) -> None:
+    # A token that is not UTF-8 in the environment: refused by name, not a panic showing it.
+    env = {k.encode(): v.encode() for k, v in server_env().items()}
+    bad = subprocess.run(
+        [str(SERVER_BIN), "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        timeout=30,
+        env={**env, b"REMOTEMEDIA_AUTH_TOKENS": b"sec\xe9ret-tok"},
+    )
+    assert bad.returncode == 2, bad.stderr
+    assert b"environment variable REMOTEMEDIA_AUTH_TOKENS" in bad.stderr and b"not valid UTF-8" in bad.stderr
+    assert b"ret-tok" not in bad.stdout + bad.stderr and b"panicked" not in bad.stderr
+    # Another program's variable that is not UTF-8 is none of the server's business.
+    ok = subprocess.run(
+        [str(SERVER_BIN), "--python", "false", "catalogue"], capture_output=True, timeout=60, env={**env, b"OTHER": b"\xff"}
+    )
+    assert ok.returncode == 0 and json.loads(ok.stdout)["node_types"], ok.stderr
+    # A TOML error names the line, never quotes it (it may hold a token).
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('listen = "127.0.0.1:0"\nauth_tokens = "tok-5e3d-unterminated\n')
+    bad = subprocess.run([str(SERVER_BIN), "--config", str(cfg)], capture_output=True, text=True, timeout=30, env=server_env())
+    assert bad.returncode == 2
+    assert "not valid TOML at line 2" in bad.stderr, bad.stderr
+    assert "tok-5e3d" not in bad.stdout + bad.stderr
+    # `catalogue` keeps its standard output for the catalogue.
+    bad = subprocess.run([str(SERVER_BIN), "--config", str(cfg), "catalogue"], capture_output=True, text=True, timeout=30, env=server_env())
+    assert bad.returncode == 2 and bad.stdout == "", bad.stdout
+    # A huge bad value is cut.
+    bad = subprocess.run([str(SERVER_BIN), "--listen", "x" * 120_000], capture_output=True, text=True, timeout=30, env=server_env())
+    assert bad.returncode == 2 and len(bad.stderr) < 5_000 and len(bad.stdout) < 5_000, (len(bad.stderr), len(bad.stdout))
+
+
 def test_a_public_address_without_tokens_is_refused() -> None:
     out = subprocess.run(
         [str(SERVER_BIN), "--listen", "0.0.0.0:0", "--metrics-listen", "off"], capture_output=True, text=True, timeout=30, env=server_env()

@@ -208,10 +208,23 @@ impl Sources {
 
     /// Parses a TOML document of top-level `key = value` pairs.
     pub fn file_layer(text: &str, path: &str) -> Result<Layer, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Read {
-            what: "config file",
-            path: path.to_owned(),
-            message: e.to_string(),
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            // The parser's own text quotes the offending line, which may hold a token: only
+            // its message and the position are shown.
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+                format!(" at line {line}, column {column}")
+            });
+            ConfigError::Read {
+                what: "config file",
+                path: path.to_owned(),
+                message: format!(
+                    "not valid TOML{at}: {}",
+                    crate::text::clip(e.message().trim(), crate::text::MAX_MESSAGE_BYTES)
+                ),
+            }
         })?;
         let mut layer = Layer::new();
         for (key, value) in table {
@@ -700,6 +713,28 @@ pub fn load(
         None => Layer::new(),
     };
     Config::from_sources(&Sources { file, env: Sources::env_layer(env), flags: flags_layer(matches) })
+}
+
+/// The process's environment, for [`load`]: a `REMOTEMEDIA_*` variable that is not UTF-8 is
+/// refused by name (its value, perhaps a token, is not shown); other such variables are none
+/// of the server's business and are left out.
+pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        match value.into_string() {
+            Ok(value) => vars.push((key.to_owned(), value)),
+            Err(_) if key.starts_with("REMOTEMEDIA_") => {
+                return Err(ConfigError::Invalid {
+                    key: key.trim_start_matches("REMOTEMEDIA_").to_ascii_lowercase(),
+                    origin: format!("environment variable {key}"),
+                    message: "the value is not valid UTF-8".to_owned(),
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(vars)
 }
 
 /// The log format asked for by flag or environment, read on its own: the one a configuration

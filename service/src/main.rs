@@ -8,6 +8,9 @@ use remotemedia::{config, probe, shutdown, telemetry};
 /// How long the exit waits for blocking tasks still running after shutdown.
 const EXIT_WAIT: Duration = Duration::from_millis(200);
 
+/// The most of a refused configuration's message that is shown.
+const REFUSAL_BYTES: usize = 4096;
+
 fn main() -> ExitCode {
     let matches = config::cli().get_matches();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -21,7 +24,7 @@ fn main() -> ExitCode {
     if let Some(("probe", args)) = matches.subcommand() {
         let addr = match args.get_one::<String>("addr") {
             Some(a) => a.clone(),
-            None => match config::load(&matches, std::env::vars()) {
+            None => match config::environment().and_then(|env| config::load(&matches, env)) {
                 Ok(c) => config::probe_address(c.listen),
                 Err(e) => {
                     eprintln!("remotemedia-server probe: {e}");
@@ -50,11 +53,15 @@ fn main() -> ExitCode {
         };
     }
 
-    let config = match config::load(&matches, std::env::vars()) {
+    let config = match config::environment().and_then(|env| config::load(&matches, env)) {
         Ok(c) => c,
         Err(e) => {
-            // A log pipeline reading standard output sees why the server did not start too.
-            if telemetry::init(config::log_format_asked(&matches, std::env::vars()), "info").is_ok() {
+            // Bounded: a refused value is quoted whole in places, and may be megabytes.
+            let e = remotemedia::text::clip(&e.to_string(), REFUSAL_BYTES).into_owned();
+            // A log pipeline reading standard output sees why the server did not start too;
+            // `catalogue` keeps its standard output for the catalogue.
+            let asked = config::log_format_asked(&matches, config::environment().unwrap_or_default());
+            if matches.subcommand_name() != Some("catalogue") && telemetry::init(asked, "info").is_ok() {
                 tracing::error!(target: telemetry::LIFECYCLE, error = %e, "configuration refused; the server did not start");
             }
             eprintln!("remotemedia-server: {e}");

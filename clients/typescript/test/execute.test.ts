@@ -147,6 +147,17 @@ describe("execute", () => {
       assert.equal(e.code, ConnectCode.Unimplemented, e.message);
       assert.match(e.message, /not the Connect protocol: call it through createGrpcWebTransport \(browsers\) or createGrpcTransport \(Node\)/);
     }
+    // A stream's error is its end-of-stream message, the only place a Connect client reads it.
+    const streaming = createRawClient(pb.PipelineService, createConnectTransport({ baseUrl: server.url, httpVersion: "2" }));
+    const e = await (async () => {
+      for await (const response of streaming.streamPipeline((async function* () {})())) assert.fail(`a response arrived: ${response.response.case}`);
+    })().then(
+      () => assert.fail("the stream succeeded"),
+      (err: unknown) => err,
+    );
+    assert.ok(e instanceof ConnectError, String(e));
+    assert.equal(e.code, ConnectCode.Unimplemented, e.message);
+    assert.match(e.message, /not the Connect protocol/);
   });
 });
 

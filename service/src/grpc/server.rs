@@ -295,6 +295,9 @@ fn cors(origins: &[String]) -> CorsLayer {
     let origins = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
     let allow = [
         "authorization",
+        // Sent by Connect-protocol clients, which are refused with an answer a page can read.
+        "connect-protocol-version",
+        "connect-timeout-ms",
         "content-type",
         "grpc-accept-encoding",
         "grpc-encoding",

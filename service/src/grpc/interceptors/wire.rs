@@ -141,17 +141,38 @@ where
             crate::grpc::observe::outcome::VALIDATION,
             std::time::Duration::ZERO,
         );
+        let streaming = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| {
+                t.get(.."application/connect+".len()).is_some_and(|p| p.eq_ignore_ascii_case("application/connect+"))
+            })
+            .map(str::to_owned);
         if request.version() < http::Version::HTTP_2 {
             // The client may still be sending: what it sends is read and dropped, so it gets
             // to read the answer (see the guard's refusals).
             super::linger(request.into_body());
         }
-        let body = serde_json::json!({ "code": "unimplemented", "message": CONNECT_REFUSAL }).to_string();
-        let response = http::Response::builder()
-            .status(http::StatusCode::NOT_IMPLEMENTED)
-            .header(CONTENT_TYPE, "application/json")
-            .body(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))))
-            .expect("a static response is valid");
+        let error = serde_json::json!({ "code": "unimplemented", "message": CONNECT_REFUSAL });
+        let response = match streaming {
+            // A Connect stream's error is its end-of-stream message (flag 2, JSON), under
+            // HTTP 200: a Connect client reads no body of another status.
+            Some(content_type) => {
+                let end = serde_json::json!({ "error": error }).to_string();
+                let mut body = Vec::with_capacity(5 + end.len());
+                body.push(2u8);
+                body.extend_from_slice(&(end.len() as u32).to_be_bytes());
+                body.extend_from_slice(end.as_bytes());
+                http::Response::builder().header(CONTENT_TYPE, content_type).body(body)
+            }
+            None => http::Response::builder()
+                .status(http::StatusCode::NOT_IMPLEMENTED)
+                .header(CONTENT_TYPE, "application/json")
+                .body(error.to_string().into_bytes()),
+        }
+        .expect("a static response is valid")
+        .map(|body| tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))));
         futures::future::Either::Right(futures::future::ready(Ok(response)))
     }
 }
