@@ -120,7 +120,7 @@ def test_a_call_in_another_codec_than_protobuf_is_told_which_it_sends(web: Runni
             assert status_of(response, trailers) == "12", (content_type, response.headers, trailers)
             assert not messages
             message = urllib.parse.unquote(trailers.get("grpc-message") or response.getheader("grpc-message") or "")
-            remedy = "messages encoded as `json` are not supported: send protobuf (connect-web: useBinaryFormat: true)"
+            remedy = "send protobuf messages (connect-web: useBinaryFormat: true): messages encoded as `json` are not supported"
             assert message.startswith(remedy) and f"content-type is `{content_type}`" in message, message
             details = status_pb2.Status.FromString(base64.b64decode(pad(response.getheader("grpc-status-details-bin") or "")))
             info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()

@@ -126,7 +126,7 @@ describe("execute", () => {
       );
       assert.ok(e instanceof ConnectError, String(e));
       assert.equal(e.code, ConnectCode.Unimplemented, e.message);
-      assert.match(e.message, /messages encoded as `json` are not supported: send protobuf \(connect-web: useBinaryFormat: true\); the call's content-type is `application\/grpc-web\+json`/);
+      assert.match(e.message, /send protobuf messages \(connect-web: useBinaryFormat: true\): messages encoded as `json` are not supported \(the call's content-type is `application\/grpc-web\+json`\)/);
       const error = toRemoteMediaError(e);
       assert.equal(error.kind, "VALIDATION");
       assert.deepEqual(
