@@ -227,6 +227,19 @@ def test_a_public_address_without_tokens_is_refused() -> None:
     )
     assert out.returncode == 2  # a configuration refusal, as an unknown key is
     assert "refusing to listen on 0.0.0.0:0 without authentication" in out.stderr
+    refused = [r for r in map(json.loads, out.stdout.splitlines()) if r["level"] == "ERROR"]
+    assert [r["message"] for r in refused] == ["configuration refused; the server did not start"], out.stdout
+    assert "refusing to listen on 0.0.0.0:0 without authentication" in refused[0]["error"]
+
+
+def test_a_command_line_that_does_not_parse_is_refused_in_the_log_too() -> None:
+    bad = subprocess.run([str(SERVER_BIN), "--auth-tokenz=s3cret-tok"], capture_output=True, text=True, timeout=30, env=server_env())
+    assert bad.returncode == 2 and "unexpected argument" in bad.stderr
+    [line] = [json.loads(line) for line in bad.stdout.splitlines()]
+    assert (line["level"], line["message"]) == ("ERROR", "configuration refused; the server did not start"), line
+    assert line["error"] == "unexpected argument found", "the arguments themselves are not logged (a token may be among them)"
+    usage = subprocess.run([str(SERVER_BIN), "--help"], capture_output=True, text=True, timeout=30, env=server_env())
+    assert usage.returncode == 0 and "Usage" in usage.stdout and not usage.stdout.startswith("{")
 
 
 def test_logs_are_json_lines_with_request_id_and_rpc(fresh_server: RunningServer) -> None:

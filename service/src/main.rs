@@ -12,7 +12,18 @@ const EXIT_WAIT: Duration = Duration::from_millis(200);
 const REFUSAL_BYTES: usize = 4096;
 
 fn main() -> ExitCode {
-    let matches = config::cli().get_matches();
+    let matches = match config::cli().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            // A command line that does not parse (an unknown flag, a value missing) is refused
+            // as a configuration is, in the log too; `--help` and `--version` just print.
+            if e.use_stderr() && telemetry::init(config::LogFormat::Json, "info").is_ok() {
+                let shown = remotemedia::text::clip(e.kind().as_str().unwrap_or("invalid arguments"), REFUSAL_BYTES);
+                tracing::error!(target: telemetry::LIFECYCLE, error = %shown, "configuration refused; the server did not start");
+            }
+            e.exit();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -100,13 +111,19 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "server stopped");
             eprintln!("remotemedia-server: {e}");
             match e {
-                // Settings refused at start-up, as those refused while reading the configuration.
+                // Settings refused at start-up, as those refused while reading the configuration
+                // (and in the same words).
                 remotemedia::grpc::server::ServerError::Config(_)
-                | remotemedia::grpc::server::ServerError::Unauthenticated(_) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
+                | remotemedia::grpc::server::ServerError::Unauthenticated(_) => {
+                    tracing::error!(target: telemetry::LIFECYCLE, error = %e, "configuration refused; the server did not start");
+                    ExitCode::from(2)
+                }
+                _ => {
+                    tracing::error!(error = %e, "server stopped");
+                    ExitCode::FAILURE
+                }
             }
         }
     }
