@@ -129,6 +129,17 @@ def test_a_call_in_another_codec_than_protobuf_is_told_which_it_sends(web: Runni
             assert bad.field_violations[0].description.startswith(remedy), "the remedy survives the description's cut"
 
 
+def test_a_call_whose_media_type_is_not_grpc_is_told_so_not_answered_with_a_bare_400(web: RunningServer) -> None:
+    for content_type in ("text/plain", "application/grpcx+json"):
+        response, body = call(web, "GetVersion", b"", {"content-type": content_type})
+        assert response.status == 200, (content_type, response.status)
+        assert status_of(response, unframe(body)[1]) == "12", content_type
+        message = urllib.parse.unquote(response.getheader("grpc-message") or "")
+        assert message.startswith("send gRPC calls (content-type application/grpc"), message
+        assert f"`{content_type}` is not a gRPC media type" in message, message
+        assert response.getheader("access-control-allow-origin") == ORIGIN, "a page can read it"
+
+
 def test_a_compression_is_read_in_any_letter_case_and_a_refused_one_lists_those_taken(web: RunningServer) -> None:
     request = pb.ExecuteRequest(manifest=manifest([node("g", "GainNode")]), audio_inputs={"g": f32(np.full(8, 0.5))})
     auth = {"authorization": f"Bearer {TOKEN}"}
@@ -158,6 +169,7 @@ def test_a_call_made_with_the_connect_protocol_gets_a_connect_error_naming_the_t
         assert response.status == 501, response.status
         assert response.getheader("access-control-allow-origin") == ORIGIN, "a page can read it"
         error = json.loads(response.read())
+        assert len(response.getheader("x-request-id") or "") == 32, "the call's id, as on every answer"
         assert error["code"] == "unimplemented"
         assert "not the Connect protocol" in error["message"] and "createGrpcWebTransport" in error["message"]
     assert web.metric("remotemedia_requests_total", rpc="GetVersion", code="UNIMPLEMENTED", outcome="validation") == before + 2

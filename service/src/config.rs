@@ -235,6 +235,10 @@ impl Sources {
                     known: known_keys(),
                 });
             }
+            // A token is text; any other value given for it is refused by its TOML type
+            // alone, since the value (`auth_tokens = 12345`) is meant to be secret.
+            let secret = key == "auth_tokens";
+            let shown = |v: &toml::Value| if secret { format!("{} (not shown)", v.type_str()) } else { v.to_string() };
             let text = match value {
                 toml::Value::String(s) => s,
                 // Every list key holds text (paths, tokens, origins, model names).
@@ -243,11 +247,21 @@ impl Sources {
                         return Err(ConfigError::Invalid {
                             key,
                             origin: format!("config file {path}"),
-                            message: format!("expected a list of strings, got the item {bad}"),
+                            message: format!("expected a list of strings, got the item {}", shown(bad)),
                         });
                     }
                     None => items.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(","),
                 },
+                other if secret => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        origin: format!("config file {path}"),
+                        message: format!(
+                            "expected a string or a list of strings (quote each token), got {}",
+                            shown(&other)
+                        ),
+                    });
+                }
                 other => other.to_string(),
             };
             layer.insert(key, text);
@@ -870,6 +884,13 @@ mod tests {
             err.to_string(),
             "invalid value for `preload_models` (from config file c.toml): expected a list of strings, got the item 5"
         );
+        // A token given as a number is refused by its type, never shown.
+        for doc in ["auth_tokens = 12345", "auth_tokens = [\"ok\", 67890]", "auth_tokens = 1.5e3"] {
+            let err = Sources::file_layer(doc, "c.toml").unwrap_err().to_string();
+            assert!(err.starts_with("invalid value for `auth_tokens` (from config file c.toml): expected"), "{err}");
+            assert!(err.contains("(not shown)") && !err.contains("12345") && !err.contains("67890"), "{err}");
+            assert!(!err.contains("1500") && !err.contains("1.5"), "{err}");
+        }
         let err = Sources::file_layer("lisen = 1", "c.toml").unwrap_err();
         assert!(err.to_string().starts_with("unknown configuration key `lisen` in config file c.toml"), "{err}");
     }

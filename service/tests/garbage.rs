@@ -118,16 +118,37 @@ async fn a_client_resetting_its_call_while_the_request_arrives_is_cancelled_not_
 #[tokio::test]
 async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     let s = start(&[]).await;
-    let a = raw(s.addr, EXECUTE, &[("content-type", "text/plain")], Bytes::from_static(b"hello")).await;
-    assert!(a.http_status == 415 || a.grpc_status.is_some_and(|c| c != 0), "{a:?}");
+    // A media type that is not gRPC's is named, even with a well-formed message that the service
+    // would otherwise have answered.
+    for (rpc, content_type, body) in [
+        ("ExecutePipeline", "text/plain", Bytes::from_static(b"hello")),
+        ("GetVersion", "application/grpcx+json", frame(&[], 0, 0)),
+        ("GetVersion", "application/octet-stream", frame(&[], 0, 0)),
+    ] {
+        let a = raw(s.addr, &format!("/remotemedia.v1.PipelineService/{rpc}"), &[("content-type", content_type)], body)
+            .await;
+        assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{content_type}: {a:?}");
+        assert!(
+            a.grpc_message
+                .replace("%60", "`")
+                .replace("%20", " ")
+                .contains(&format!("`{content_type}` is not a gRPC media type")),
+            "{a:?}"
+        );
+    }
     // The Connect protocol gets a Connect error: HTTP 501 for a unary call, the end-of-stream
-    // message under HTTP 200 for a streaming one; never a gRPC status.
+    // message under HTTP 200 for a streaming one; never a gRPC status. Like every answer, it
+    // carries the call's id: the client's own when usable.
     for (content_type, http_status) in
         [("application/json", 501), ("application/proto", 501), ("application/connect+proto", 200)]
     {
         let a = raw(s.addr, EXECUTE, &[("content-type", content_type)], Bytes::from_static(b"{}")).await;
         assert_eq!((a.http_status, a.grpc_status), (http_status, None), "{content_type}: {a:?}");
+        assert!(a.request_id.as_ref().is_some_and(|id| id.len() == 32), "{content_type}: {a:?}");
     }
+    let a =
+        raw(s.addr, EXECUTE, &[("content-type", "application/json"), ("x-request-id", "mine-1")], Bytes::new()).await;
+    assert_eq!(a.request_id.as_deref(), Some("mine-1"));
     let a = raw(
         s.addr,
         "/remotemedia.v1.PipelineService/NoSuchMethod",

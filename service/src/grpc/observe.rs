@@ -485,9 +485,13 @@ pub struct NewRequestId;
 
 impl MakeRequestId for NewRequestId {
     fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+        http::HeaderValue::from_str(&new_request_id()).ok().map(RequestId::new)
     }
+}
+
+/// A new call id: a random UUID, 32 hex digits.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Longest client-sent `x-request-id` kept.

@@ -228,6 +228,7 @@ pub struct Answer {
     pub http_status: u16,
     pub grpc_status: Option<i32>,
     pub grpc_message: String,
+    pub request_id: Option<String>,
 }
 
 /// Sends one raw HTTP/2 request with `headers` (besides `te: trailers`) and reads the whole
@@ -259,7 +260,8 @@ pub async fn raw(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)
         grpc_status = header(&trailers, "grpc-status").map(|s| s.parse().unwrap()).or(grpc_status);
         grpc_message = header(&trailers, "grpc-message").unwrap_or(grpc_message);
     }
-    Answer { http_status: parts.status.as_u16(), grpc_status, grpc_message }
+    let request_id = header(&parts.headers, "x-request-id");
+    Answer { http_status: parts.status.as_u16(), grpc_status, grpc_message, request_id }
 }
 
 /// `remotemedia_requests_total` for `rpc` and `code` in a metrics scrape, summed over outcomes.

@@ -16,6 +16,7 @@ use crate::grpc::status::ServiceError;
 use crate::text;
 
 pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The compressions a request may use, as the `grpc-accept-encoding` of a refusal lists them.
 pub const ACCEPTED_ENCODINGS: &str = "gzip,identity";
 
@@ -46,18 +47,29 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
     {
         request.headers_mut().insert(&GRPC_ENCODING, HeaderValue::from_static(lower));
     }
+    // Connect-protocol calls are answered by [`RefuseConnectLayer`], above.
+    if is_connect(&request) {
+        return request;
+    }
     // Read leniently: a byte outside ASCII must not let another codec through unrefused.
     let Some(value) = request.headers().get(CONTENT_TYPE) else { return request };
     let asked = String::from_utf8_lossy(value.as_bytes());
-    let Some((media_type, codec)) = asked.split_once('+') else { return request };
-    let Some(base) = GRPC_MEDIA_TYPES.iter().find(|t| t.eq_ignore_ascii_case(media_type.trim())) else {
-        return request;
+    let base = match grpc_media_type(&asked) {
+        Some(base) => {
+            let codec = asked.split_once('+').map(|(_, codec)| codec_of(codec));
+            if codec.is_none_or(|c| c.eq_ignore_ascii_case("proto")) {
+                return request;
+            }
+            base
+        }
+        // tonic serves an HTTP/2 call of any content-type as gRPC (`text/plain`,
+        // `application/grpcx+json`) and the gRPC-Web layer answers an HTTP/1.1 one with a bare
+        // HTTP 400: both are refused by the guard instead, in the form the client can read.
+        None if request.version() >= http::Version::HTTP_2 => "application/grpc",
+        None => "application/grpc-web",
     };
-    if codec_of(codec).eq_ignore_ascii_case("proto") {
-        return request;
-    }
     // Native gRPC names protobuf without a suffix; gRPC-Web's layer only knows the `+proto` forms.
-    let protobuf = if *base == "application/grpc" {
+    let protobuf = if base == "application/grpc" {
         HeaderValue::from_static("application/grpc")
     } else {
         HeaderValue::from_str(&format!("{base}+proto")).expect("a media type is a header value")
@@ -134,7 +146,10 @@ where
             return futures::future::Either::Left(self.inner.call(request));
         }
         let rpc = crate::grpc::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
-        tracing::info!(rpc, error = CONNECT_REFUSAL, "request refused");
+        // The call's id, as every other answer carries it: the client's when usable, else a new one.
+        let request_id = crate::grpc::observe::usable_request_id(request.headers())
+            .map_or_else(crate::grpc::observe::new_request_id, str::to_owned);
+        tracing::info!(rpc, request_id, error = CONNECT_REFUSAL, "request refused");
         crate::grpc::observe::request_finished(
             rpc,
             tonic::Code::Unimplemented,
@@ -164,17 +179,24 @@ where
                 body.push(2u8);
                 body.extend_from_slice(&(end.len() as u32).to_be_bytes());
                 body.extend_from_slice(end.as_bytes());
-                http::Response::builder().header(CONTENT_TYPE, content_type).body(body)
+                http::Response::builder().header(CONTENT_TYPE, content_type).header(REQUEST_ID, &request_id).body(body)
             }
             None => http::Response::builder()
                 .status(http::StatusCode::NOT_IMPLEMENTED)
                 .header(CONTENT_TYPE, "application/json")
+                .header(REQUEST_ID, &request_id)
                 .body(error.to_string().into_bytes()),
         }
         .expect("a static response is valid")
         .map(|body| tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))));
         futures::future::Either::Right(futures::future::ready(Ok(response)))
     }
+}
+
+/// The gRPC media type `content_type` names (before its `+codec` suffix and parameters), if any.
+fn grpc_media_type(content_type: &str) -> Option<&'static str> {
+    let media_type = content_type.split([';', '+']).next().unwrap_or_default().trim();
+    GRPC_MEDIA_TYPES.iter().find(|t| t.eq_ignore_ascii_case(media_type)).copied()
 }
 
 /// The codec of a `+codec` suffix, without parameters.
@@ -187,7 +209,13 @@ fn codec_of(suffix: &str) -> &str {
 pub fn check(headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<(), ServiceError> {
     if let Some(RequestedCodec(asked)) = extensions.get::<RequestedCodec>() {
         let codec = asked.split_once('+').map_or("", |(_, c)| codec_of(c));
-        let message = if codec.is_empty() {
+        let message = if grpc_media_type(asked).is_none() {
+            format!(
+                "send gRPC calls (content-type application/grpc, or application/grpc-web+proto from a browser): \
+                 `{}` is not a gRPC media type",
+                text::quoted(asked)
+            )
+        } else if codec.is_empty() {
             format!(
                 "send protobuf messages (application/grpc, application/grpc-web+proto): content-type `{}` names \
                  no message codec after its `+`",
@@ -263,6 +291,31 @@ mod tests {
             assert!(status.message().contains(asked), "{}", status.message());
             assert_eq!(err.outcome(), crate::grpc::observe::outcome::VALIDATION);
         }
+    }
+
+    #[test]
+    fn a_media_type_that_is_not_grpc_is_refused_over_either_http_version() {
+        for (version, routed_as) in
+            [(http::Version::HTTP_2, "application/grpc"), (http::Version::HTTP_11, "application/grpc-web+proto")]
+        {
+            for asked in ["application/grpcx+json", "application/grpcx", "text/plain", "application/grpc-webx+proto"] {
+                let r = route(
+                    http::Request::builder()
+                        .uri(EXECUTE)
+                        .version(version)
+                        .header(CONTENT_TYPE, asked)
+                        .body(())
+                        .unwrap(),
+                );
+                assert_eq!(content_type(&r), routed_as, "{asked}");
+                let message = check(r.headers(), r.extensions()).unwrap_err().to_string();
+                assert!(message.starts_with("send gRPC calls (content-type application/grpc"), "{message}");
+                assert!(message.contains(&format!("`{asked}` is not a gRPC media type")), "{message}");
+            }
+        }
+        // Parameters after a gRPC media type are not a codec.
+        let r = routed("application/grpc; charset=utf-8");
+        assert!(r.extensions().get::<RequestedCodec>().is_none());
     }
 
     #[test]
