@@ -138,6 +138,14 @@ def test_a_call_whose_media_type_is_not_grpc_is_told_so_not_answered_with_a_bare
         assert message.startswith("send gRPC calls (content-type application/grpc"), message
         assert f"`{content_type}` is not a gRPC media type" in message, message
         assert response.getheader("access-control-allow-origin") == ORIGIN, "a page can read it"
+    # Native gRPC, and gRPC in another codec, over HTTP/1.1: named too.
+    for content_type, named in (
+        ("application/grpc", "send gRPC calls over HTTP/2, or gRPC-Web (application/grpc-web+proto) over HTTP/1.1"),
+        ("application/grpc+json", "send protobuf messages (connect-web: useBinaryFormat: true)"),
+    ):
+        response, body = call(web, "GetVersion", b"", {"content-type": content_type})
+        assert status_of(response, unframe(body)[1]) == "12", content_type
+        assert urllib.parse.unquote(response.getheader("grpc-message") or "").startswith(named), content_type
 
 
 def test_a_compression_is_read_in_any_letter_case_and_a_refused_one_lists_those_taken(web: RunningServer) -> None:

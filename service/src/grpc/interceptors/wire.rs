@@ -1,11 +1,12 @@
-//! The request's wire format: the message codec its `content-type` names and the compression
-//! its `grpc-encoding` names. The service takes protobuf messages, compressed with gzip or not
-//! at all. Anything else is refused by the guard as UNIMPLEMENTED with `ErrorInfo` reason
-//! VALIDATION and a `BadRequest` naming the header, like every other refusal, where the
-//! libraries below would answer a JSON gRPC-Web call (connect-web's gRPC-Web transport with
-//! `useBinaryFormat: false`) with a bare HTTP 400, read a JSON gRPC call as a malformed protobuf
-//! message, and refuse a compression without `ErrorInfo`, echoing the header's whole value into
-//! `grpc-message`. Calls made with the Connect protocol itself are answered as a Connect client
+//! The request's wire format: the media type and message codec its `content-type` names and
+//! the compression its `grpc-encoding` names. The service takes gRPC (HTTP/2) and gRPC-Web
+//! calls of protobuf messages, compressed with gzip or not at all. Anything else is refused by
+//! the guard as UNIMPLEMENTED with `ErrorInfo` reason VALIDATION and a `BadRequest` naming the
+//! header, like every other refusal, where the libraries below would serve an HTTP/2 call of any
+//! media type as gRPC, answer an HTTP/1.1 call that is not gRPC-Web or a JSON gRPC-Web call
+//! (connect-web's gRPC-Web transport with `useBinaryFormat: false`) with a bare HTTP 400, read
+//! a JSON gRPC call as a malformed protobuf message, and refuse a compression without
+//! `ErrorInfo`, echoing the header's whole value into `grpc-message`. Calls made with the Connect protocol itself are answered as a Connect client
 //! reads errors ([`RefuseConnectLayer`]).
 
 use http::HeaderValue;
@@ -23,16 +24,23 @@ pub const ACCEPTED_ENCODINGS: &str = "gzip,identity";
 /// The gRPC media types: each takes a `+codec` suffix (`application/grpc+proto`).
 const GRPC_MEDIA_TYPES: &[&str] = &["application/grpc-web-text", "application/grpc-web", "application/grpc"];
 
-/// The `content-type` of a call that asked for another codec than protobuf, kept by [`route`]
-/// for the guard to refuse.
+/// What is wrong with a call's `content-type`, found by [`route`] for the guard to refuse. Each
+/// holds the `content-type` as sent.
 #[derive(Debug, Clone)]
-pub struct RequestedCodec(String);
+pub enum WrongContentType {
+    /// Not a gRPC media type (`text/plain`, `application/grpcx+json`).
+    NotGrpc(String),
+    /// Native gRPC (`application/grpc`) over HTTP/1.1, which carries only gRPC-Web.
+    GrpcOverHttp1(String),
+    /// A gRPC media type with another codec than protobuf (`application/grpc-web+json`).
+    Codec(String),
+}
 
 /// Prepares a pipeline RPC's wire-format headers for the layers below, before the gRPC-Web
 /// layer:
-/// - a call in another codec than protobuf gets the protobuf `content-type` (which tonic-web
-///   passes on) and keeps the original as a [`RequestedCodec`] extension, so that it reaches the
-///   guard, which refuses it;
+/// - a call whose `content-type` the service does not take ([`WrongContentType`]) gets a
+///   protobuf gRPC one (which tonic-web passes on) and keeps what was wrong as an extension, so
+///   that it reaches the guard, which refuses it;
 /// - a `grpc-encoding` of gzip or identity in other letter cases (content codings are
 ///   case-insensitive, RFC 9110 §8.4.1) is written in lower case, the only spelling tonic takes.
 ///
@@ -54,29 +62,33 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
     // Read leniently: a byte outside ASCII must not let another codec through unrefused.
     let Some(value) = request.headers().get(CONTENT_TYPE) else { return request };
     let asked = String::from_utf8_lossy(value.as_bytes());
-    let base = match grpc_media_type(&asked) {
+    let http2 = request.version() >= http::Version::HTTP_2;
+    let (base, wrong): (_, fn(String) -> WrongContentType) = match grpc_media_type(&asked) {
         Some(base) => {
             let codec = asked.split_once('+').map(|(_, codec)| codec_of(codec));
-            if codec.is_none_or(|c| c.eq_ignore_ascii_case("proto")) {
+            if !codec.is_none_or(|c| c.eq_ignore_ascii_case("proto")) {
+                (base, WrongContentType::Codec)
+            } else if base == "application/grpc" && !http2 {
+                (base, WrongContentType::GrpcOverHttp1)
+            } else {
                 return request;
             }
-            base
         }
         // tonic serves an HTTP/2 call of any content-type as gRPC (`text/plain`,
         // `application/grpcx+json`) and the gRPC-Web layer answers an HTTP/1.1 one with a bare
         // HTTP 400: both are refused by the guard instead, in the form the client can read.
-        None if request.version() >= http::Version::HTTP_2 => "application/grpc",
-        None => "application/grpc-web",
+        None => ("application/grpc", WrongContentType::NotGrpc),
     };
-    // Native gRPC names protobuf without a suffix; gRPC-Web's layer only knows the `+proto` forms.
-    let protobuf = if base == "application/grpc" {
-        HeaderValue::from_static("application/grpc")
-    } else {
-        HeaderValue::from_str(&format!("{base}+proto")).expect("a media type is a header value")
+    let wrong = wrong(asked.into_owned());
+    // Native gRPC names protobuf without a suffix, and only HTTP/2 carries it; the gRPC-Web
+    // layer only knows the `+proto` forms.
+    let protobuf = match base {
+        "application/grpc" if http2 => HeaderValue::from_static("application/grpc"),
+        "application/grpc" => HeaderValue::from_static("application/grpc-web+proto"),
+        web => HeaderValue::from_str(&format!("{web}+proto")).expect("a media type is a header value"),
     };
-    let asked = asked.into_owned();
     request.headers_mut().insert(CONTENT_TYPE, protobuf);
-    request.extensions_mut().insert(RequestedCodec(asked));
+    request.extensions_mut().insert(wrong);
     request
 }
 
@@ -204,30 +216,34 @@ fn codec_of(suffix: &str) -> &str {
     suffix.split(';').next().unwrap_or_default().trim()
 }
 
-/// Refuses a call whose codec ([`route`]) or compression the service does not take. The
-/// remedy comes first in each message: a `BadRequest` description keeps its first 160 bytes.
+/// Refuses a call whose `content-type` ([`route`]) or compression the service does not take.
+/// The remedy comes first in each message: a `BadRequest` description keeps its first 160 bytes.
 pub fn check(headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<(), ServiceError> {
-    if let Some(RequestedCodec(asked)) = extensions.get::<RequestedCodec>() {
-        let codec = asked.split_once('+').map_or("", |(_, c)| codec_of(c));
-        let message = if grpc_media_type(asked).is_none() {
-            format!(
+    if let Some(wrong) = extensions.get::<WrongContentType>() {
+        let message = match wrong {
+            WrongContentType::NotGrpc(asked) => format!(
                 "send gRPC calls (content-type application/grpc, or application/grpc-web+proto from a browser): \
                  `{}` is not a gRPC media type",
                 text::quoted(asked)
-            )
-        } else if codec.is_empty() {
-            format!(
-                "send protobuf messages (application/grpc, application/grpc-web+proto): content-type `{}` names \
-                 no message codec after its `+`",
+            ),
+            WrongContentType::GrpcOverHttp1(asked) => format!(
+                "send gRPC calls over HTTP/2, or gRPC-Web (application/grpc-web+proto) over HTTP/1.1: `{}` \
+                 came over HTTP/1.1",
                 text::quoted(asked)
-            )
-        } else {
-            format!(
-                "send protobuf messages (connect-web: useBinaryFormat: true): messages encoded as `{}` are not \
-                 supported (the call's content-type is `{}`)",
-                text::quoted(codec),
-                text::quoted(asked),
-            )
+            ),
+            WrongContentType::Codec(asked) => match asked.split_once('+').map_or("", |(_, c)| codec_of(c)) {
+                "" => format!(
+                    "send protobuf messages (application/grpc, application/grpc-web+proto): content-type `{}` \
+                     names no message codec after its `+`",
+                    text::quoted(asked)
+                ),
+                codec => format!(
+                    "send protobuf messages (connect-web: useBinaryFormat: true): messages encoded as `{}` are \
+                     not supported (the call's content-type is `{}`)",
+                    text::quoted(codec),
+                    text::quoted(asked),
+                ),
+            },
         };
         return Err(ServiceError::Unsupported(Violation::new(CONTENT_TYPE.as_str(), message)));
     }
@@ -250,7 +266,8 @@ mod tests {
     const EXECUTE: &str = "/remotemedia.v1.PipelineService/ExecutePipeline";
 
     fn routed(content_type: &str) -> http::Request<()> {
-        route(http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, content_type).body(()).unwrap())
+        let request = http::Request::builder().uri(EXECUTE).version(http::Version::HTTP_2);
+        route(request.header(CONTENT_TYPE, content_type).body(()).unwrap())
     }
 
     fn content_type(r: &http::Request<()>) -> &str {
@@ -269,7 +286,7 @@ mod tests {
         ] {
             let r = routed(ct);
             assert_eq!(content_type(&r), ct);
-            assert!(r.extensions().get::<RequestedCodec>().is_none(), "{ct}");
+            assert!(r.extensions().get::<WrongContentType>().is_none(), "{ct}");
             assert!(check(r.headers(), r.extensions()).is_ok(), "{ct}");
         }
     }
@@ -315,13 +332,26 @@ mod tests {
         }
         // Parameters after a gRPC media type are not a codec.
         let r = routed("application/grpc; charset=utf-8");
-        assert!(r.extensions().get::<RequestedCodec>().is_none());
+        assert!(r.extensions().get::<WrongContentType>().is_none());
+        // Native gRPC needs HTTP/2: over HTTP/1.1 the gRPC-Web layer would answer a bare 400.
+        let r = route(
+            http::Request::builder()
+                .uri(EXECUTE)
+                .version(http::Version::HTTP_11)
+                .header(CONTENT_TYPE, "application/grpc")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(content_type(&r), "application/grpc-web+proto");
+        let message = check(r.headers(), r.extensions()).unwrap_err().to_string();
+        assert!(message.starts_with("send gRPC calls over HTTP/2"), "{message}");
     }
 
     #[test]
     fn a_byte_outside_ascii_does_not_let_another_codec_through() {
         let value = HeaderValue::from_bytes(b"application/grpc+j\xe9son").unwrap();
-        let r = route(http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, value).body(()).unwrap());
+        let request = http::Request::builder().uri(EXECUTE).version(http::Version::HTTP_2);
+        let r = route(request.header(CONTENT_TYPE, value).body(()).unwrap());
         assert_eq!(content_type(&r), "application/grpc");
         assert!(matches!(check(r.headers(), r.extensions()), Err(ServiceError::Unsupported(_))));
     }
@@ -338,7 +368,7 @@ mod tests {
         );
         assert_eq!(content_type(&r), "application/grpc-web+json");
         assert_eq!(r.headers()[&GRPC_ENCODING], "GZIP");
-        assert!(r.extensions().get::<RequestedCodec>().is_none());
+        assert!(r.extensions().get::<WrongContentType>().is_none());
     }
 
     #[test]
