@@ -129,6 +129,15 @@ def test_a_call_in_another_codec_than_protobuf_is_told_which_it_sends(web: Runni
             assert bad.field_violations[0].description.startswith(remedy), "the remedy survives the description's cut"
 
 
+def test_a_grpc_web_media_type_is_read_in_any_letter_case_and_with_parameters(web: RunningServer) -> None:
+    # Media types are case-insensitive (RFC 9110 §8.3.1).
+    for content_type in ("Application/Grpc-Web+Proto", "APPLICATION/GRPC-WEB", "application/grpc-web+proto; charset=utf-8"):
+        response, body = call(web, "GetVersion", b"", {"content-type": content_type})
+        messages, trailers = unframe(body)
+        assert status_of(response, trailers) == "0", (content_type, response.status, response.headers)
+        assert pb.VersionResponse.FromString(messages[0]).version_info.supported_protocols, content_type
+
+
 def test_a_call_whose_media_type_is_not_grpc_is_told_so_not_answered_with_a_bare_400(web: RunningServer) -> None:
     for content_type in ("text/plain", "application/grpcx+json"):
         response, body = call(web, "GetVersion", b"", {"content-type": content_type})
@@ -138,6 +147,15 @@ def test_a_call_whose_media_type_is_not_grpc_is_told_so_not_answered_with_a_bare
         assert message.startswith("send gRPC calls (content-type application/grpc"), message
         assert f"`{content_type}` is not a gRPC media type" in message, message
         assert response.getheader("access-control-allow-origin") == ORIGIN, "a page can read it"
+    # A POST with no content-type at all is named too.
+    host, port = web.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", f"{SERVICE}/GetVersion", skip_accept_encoding=True)
+    conn.putheader("content-length", "5")
+    conn.endheaders(frame(b""))
+    response = conn.getresponse()
+    assert status_of(response, unframe(response.read())[1]) == "12"
+    assert urllib.parse.unquote(response.getheader("grpc-message") or "").endswith("the call has none")
     # Native gRPC, and gRPC in another codec, over HTTP/1.1: named too.
     for content_type, named in (
         ("application/grpc", "send gRPC calls over HTTP/2, or gRPC-Web (application/grpc-web+proto) over HTTP/1.1"),

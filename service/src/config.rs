@@ -805,7 +805,12 @@ fn read_tokens_file(path: &str) -> Result<Vec<Secret>, ConfigError> {
 fn check_tokens<'a>(tokens: impl Iterator<Item = &'a str>, name: impl Fn(usize) -> String) -> Result<(), String> {
     for (n, token) in tokens.enumerate() {
         if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
-            let what = if c.is_ascii() { format!("the character {:?}", c) } else { "a non-ASCII character".to_owned() };
+            // Named by its kind: even one character of a token is not shown.
+            let what = match c {
+                ' ' => "a space",
+                c if c.is_ascii() => "a control character",
+                _ => "a non-ASCII character",
+            };
             return Err(format!(
                 "{} holds {what}; a token is sent in an `authorization` header, which carries visible ASCII only",
                 name(n + 1)
@@ -1137,7 +1142,9 @@ mod tests {
         let path = dir.path().join("tokens");
         std::fs::write(&path, "# tokens\nfirst\nopen sesame\n").unwrap();
         let err = Config::with(&[("auth_tokens_file", path.to_str().unwrap())]).unwrap_err().to_string();
-        assert!(err.contains("the token on line 3 holds the character ' '") && !err.contains("sesame"), "{err}");
+        assert!(err.contains("the token on line 3 holds a space") && !err.contains("sesame"), "{err}");
+        let err = Config::with(&[("auth_tokens", "good,abc\u{7}def")]).unwrap_err().to_string();
+        assert!(err.contains("token 2 holds a control character") && !err.contains("\\u{7}"), "{err}");
         // A byte-order mark is not part of the first token; CRLF line ends are not either.
         std::fs::write(&path, "\u{feff}bomtoken\r\nsecond\r\n").unwrap();
         let c = Config::with(&[("auth_tokens_file", path.to_str().unwrap())]).unwrap();

@@ -139,9 +139,12 @@ async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     // The Connect protocol gets a Connect error: HTTP 501 for a unary call, the end-of-stream
     // message under HTTP 200 for a streaming one; never a gRPC status. Like every answer, it
     // carries the call's id: the client's own when usable.
-    for (content_type, http_status) in
-        [("application/json", 501), ("application/proto", 501), ("application/connect+proto", 200)]
-    {
+    for (content_type, http_status) in [
+        ("application/json", 501),
+        ("application/proto", 501),
+        ("application/connect+proto", 200),
+        ("application/connect+xyz", 200),
+    ] {
         let a = raw(s.addr, EXECUTE, &[("content-type", content_type)], Bytes::from_static(b"{}")).await;
         assert_eq!((a.http_status, a.grpc_status), (http_status, None), "{content_type}: {a:?}");
         assert!(a.request_id.as_ref().is_some_and(|id| id.len() == 32), "{content_type}: {a:?}");

@@ -24,10 +24,20 @@ pub const ACCEPTED_ENCODINGS: &str = "gzip,identity";
 /// The gRPC media types: each takes a `+codec` suffix (`application/grpc+proto`).
 const GRPC_MEDIA_TYPES: &[&str] = &["application/grpc-web-text", "application/grpc-web", "application/grpc"];
 
+/// The spellings of the gRPC-Web media types the gRPC-Web layer recognises.
+const GRPC_WEB_SPELLINGS: &[&str] = &[
+    "application/grpc-web",
+    "application/grpc-web+proto",
+    "application/grpc-web-text",
+    "application/grpc-web-text+proto",
+];
+
 /// What is wrong with a call's `content-type`, found by [`route`] for the guard to refuse. Each
 /// holds the `content-type` as sent.
 #[derive(Debug, Clone)]
 pub enum WrongContentType {
+    /// None at all, on a POST (a gRPC call always names its media type).
+    Missing,
     /// Not a gRPC media type (`text/plain`, `application/grpcx+json`).
     NotGrpc(String),
     /// Native gRPC (`application/grpc`) over HTTP/1.1, which carries only gRPC-Web.
@@ -59,10 +69,19 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
     if is_connect(&request) {
         return request;
     }
-    // Read leniently: a byte outside ASCII must not let another codec through unrefused.
-    let Some(value) = request.headers().get(CONTENT_TYPE) else { return request };
-    let asked = String::from_utf8_lossy(value.as_bytes());
     let http2 = request.version() >= http::Version::HTTP_2;
+    // Read leniently: a byte outside ASCII must not let another codec through unrefused.
+    let Some(value) = request.headers().get(CONTENT_TYPE) else {
+        // Served as gRPC over HTTP/2, a bare HTTP 400 over HTTP/1.1: refused by name instead.
+        // Other methods (a CORS preflight) are left to the layers below.
+        if request.method() == http::Method::POST {
+            let protobuf = if http2 { "application/grpc" } else { "application/grpc-web+proto" };
+            request.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(protobuf));
+            request.extensions_mut().insert(WrongContentType::Missing);
+        }
+        return request;
+    };
+    let asked = String::from_utf8_lossy(value.as_bytes());
     let (base, wrong): (_, fn(String) -> WrongContentType) = match grpc_media_type(&asked) {
         Some(base) => {
             let codec = asked.split_once('+').map(|(_, codec)| codec_of(codec));
@@ -71,6 +90,13 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
             } else if base == "application/grpc" && !http2 {
                 (base, WrongContentType::GrpcOverHttp1)
             } else {
+                // The gRPC-Web layer knows each gRPC-Web type in one spelling only; media types
+                // are case-insensitive and may carry parameters (RFC 9110 §8.3.1).
+                if base != "application/grpc" && !GRPC_WEB_SPELLINGS.contains(&&*asked) {
+                    let canonical = if codec.is_some() { format!("{base}+proto") } else { base.to_owned() };
+                    let canonical = HeaderValue::from_str(&canonical).expect("a media type is a header value");
+                    request.headers_mut().insert(CONTENT_TYPE, canonical);
+                }
                 return request;
             }
         }
@@ -92,9 +118,15 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
     request
 }
 
-/// The Connect protocol's content types (connect-web's default transport, `createConnectTransport`).
-const CONNECT_CONTENT_TYPES: &[&str] =
-    &["application/proto", "application/json", "application/connect+proto", "application/connect+json"];
+/// The Connect protocol's unary content types (connect-web's default transport,
+/// `createConnectTransport`); its streaming ones are `application/connect+<codec>`.
+const CONNECT_CONTENT_TYPES: &[&str] = &["application/proto", "application/json"];
+const CONNECT_STREAMING_PREFIX: &str = "application/connect+";
+
+/// Whether `media_type` is one of the Connect protocol's streaming types.
+fn is_connect_streaming(media_type: &str) -> bool {
+    media_type.get(..CONNECT_STREAMING_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(CONNECT_STREAMING_PREFIX))
+}
 
 /// What a Connect-protocol call is told.
 pub const CONNECT_REFUSAL: &str = "this server speaks gRPC and gRPC-Web, not the Connect protocol: call it through \
@@ -113,7 +145,7 @@ fn is_connect<B>(request: &http::Request<B>) -> bool {
     request.headers().get(CONTENT_TYPE).is_some_and(|v| {
         let media_type = String::from_utf8_lossy(v.as_bytes());
         let media_type = media_type.split(';').next().unwrap_or_default().trim();
-        CONNECT_CONTENT_TYPES.iter().any(|t| t.eq_ignore_ascii_case(media_type))
+        CONNECT_CONTENT_TYPES.iter().any(|t| t.eq_ignore_ascii_case(media_type)) || is_connect_streaming(media_type)
     })
 }
 
@@ -172,9 +204,7 @@ where
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .filter(|t| {
-                t.get(.."application/connect+".len()).is_some_and(|p| p.eq_ignore_ascii_case("application/connect+"))
-            })
+            .filter(|t| is_connect_streaming(t))
             .map(str::to_owned);
         if request.version() < http::Version::HTTP_2 {
             // The client may still be sending: what it sends is read and dropped, so it gets
@@ -221,6 +251,9 @@ fn codec_of(suffix: &str) -> &str {
 pub fn check(headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<(), ServiceError> {
     if let Some(wrong) = extensions.get::<WrongContentType>() {
         let message = match wrong {
+            WrongContentType::Missing => "send gRPC calls with a content-type (application/grpc, or \
+                 application/grpc-web+proto from a browser): the call has none"
+                .to_owned(),
             WrongContentType::NotGrpc(asked) => format!(
                 "send gRPC calls (content-type application/grpc, or application/grpc-web+proto from a browser): \
                  `{}` is not a gRPC media type",
@@ -311,6 +344,32 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_web_type_in_another_spelling_is_served_in_the_one_the_grpc_web_layer_knows() {
+        for (sent, served) in [
+            ("Application/Grpc-Web+Proto", "application/grpc-web+proto"),
+            ("APPLICATION/GRPC-WEB", "application/grpc-web"),
+            ("application/grpc-web; charset=utf-8", "application/grpc-web"),
+            ("application/grpc-web+PROTO;q=1", "application/grpc-web+proto"),
+            ("Application/Grpc-Web-Text", "application/grpc-web-text"),
+            ("application/grpc-web-text+proto", "application/grpc-web-text+proto"),
+        ] {
+            let r = routed(sent);
+            assert_eq!(content_type(&r), served, "{sent}");
+            assert!(check(r.headers(), r.extensions()).is_ok(), "{sent}");
+        }
+        let r = routed("APPLICATION/GRPC; charset=utf-8");
+        assert_eq!(content_type(&r), "APPLICATION/GRPC; charset=utf-8", "native gRPC is taken in any spelling");
+    }
+
+    #[test]
+    fn every_connect_streaming_type_is_a_connect_call() {
+        for ct in ["application/connect+xyz", "Application/Connect+JSON; charset=utf-8", "application/json"] {
+            let r = http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, ct).body(()).unwrap();
+            assert!(is_connect(&r), "{ct}");
+        }
+    }
+
+    #[test]
     fn a_media_type_that_is_not_grpc_is_refused_over_either_http_version() {
         for (version, routed_as) in
             [(http::Version::HTTP_2, "application/grpc"), (http::Version::HTTP_11, "application/grpc-web+proto")]
@@ -330,6 +389,14 @@ mod tests {
                 assert!(message.contains(&format!("`{asked}` is not a gRPC media type")), "{message}");
             }
         }
+        // A POST without a content-type, over either version; a preflight is left alone.
+        for version in [http::Version::HTTP_2, http::Version::HTTP_11] {
+            let r = route(http::Request::builder().method("POST").uri(EXECUTE).version(version).body(()).unwrap());
+            let message = check(r.headers(), r.extensions()).unwrap_err().to_string();
+            assert!(message.ends_with("the call has none"), "{message}");
+        }
+        let r = route(http::Request::builder().method("OPTIONS").uri(EXECUTE).body(()).unwrap());
+        assert!(r.headers().get(CONTENT_TYPE).is_none() && r.extensions().get::<WrongContentType>().is_none());
         // Parameters after a gRPC media type are not a codec.
         let r = routed("application/grpc; charset=utf-8");
         assert!(r.extensions().get::<WrongContentType>().is_none());
