@@ -255,6 +255,20 @@ def test_logs_are_json_lines_with_request_id_and_rpc(fresh_server: RunningServer
         json.loads(line)
 
 
+def test_an_unknown_method_is_named_and_a_long_one_is_cut(fresh_server: RunningServer) -> None:
+    method = "M" * 6000
+    with grpc.insecure_channel(fresh_server.address) as channel:
+        call = channel.unary_unary(f"/remotemedia.v1.PipelineService/{method}", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as e:
+            call(b"", timeout=30)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert e.value.details().startswith("call one of ExecutePipeline, StreamPipeline, GetVersion: `MMMM"), e.value.details()[:200]
+    assert len(e.value.details()) < 400, "the method is quoted cut"
+    rec = fresh_server.wait_for(lambda r: str(r.get("rpc", "")).startswith("MMMM"))
+    assert len(rec["rpc"]) <= 128 and "more bytes" in rec["rpc"], rec["rpc"]
+    assert all(method not in line for line in fresh_server.lines), "never logged whole"
+
+
 @pytest.mark.parametrize(
     ("sent", "kept"), [("client-id-42", True), ("x" * 8000, False), ("has space", False)], ids=["usable", "too long", "not visible ASCII"]
 )

@@ -160,6 +160,8 @@ async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     )
     .await;
     assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{a:?}");
+    let named = "call one of ExecutePipeline, StreamPipeline, GetVersion: `NoSuchMethod` is not a method";
+    assert!(a.grpc_message.replace("%60", "`").replace("%20", " ").starts_with(named), "{a:?}");
     still_serving(&s).await;
     s.stop().await;
 }

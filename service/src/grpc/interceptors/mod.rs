@@ -37,6 +37,8 @@ use super::status::{self, ServiceError};
 pub const PIPELINE_PATH_PREFIX: &str = "/remotemedia.v1.PipelineService/";
 /// Methods open to everyone (the version handshake).
 const PUBLIC_METHODS: &[&str] = &["GetVersion"];
+/// Every method of the pipeline service.
+const METHODS: &[&str] = &["ExecutePipeline", "StreamPipeline", "GetVersion"];
 
 /// The most of a refused HTTP/1.1 request's unread body that is read and discarded, so the
 /// client can finish sending and read the answer.
@@ -62,6 +64,18 @@ impl Guards {
     ) -> Result<(), ServiceError> {
         let Some(method) = path.strip_prefix(PIPELINE_PATH_PREFIX) else { return Ok(()) };
         wire::check(headers, extensions)?;
+        if !METHODS.contains(&method) {
+            // The router's own answer has no message at all. The methods are no secret
+            // (reflection lists them), so no token is asked for first.
+            return Err(ServiceError::Unsupported(crate::graph::Violation::new(
+                ":path",
+                format!(
+                    "call one of {}: `{}` is not a method of remotemedia.v1.PipelineService",
+                    crate::text::list(METHODS, METHODS.len()),
+                    crate::text::quoted(method)
+                ),
+            )));
+        }
         if PUBLIC_METHODS.contains(&method) {
             return Ok(());
         }
