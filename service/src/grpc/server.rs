@@ -218,7 +218,23 @@ fn routes(state: &Arc<AppState>, health: impl HealthService) -> Result<tonic::se
                 .max_decoding_message_size(config.limits.max_message_bytes)
                 .max_encoding_message_size(usize::MAX),
         );
-    Ok(routes.routes().prepare())
+    let mut routes = routes.routes();
+    let router = routes.axum_router_mut();
+    *router = std::mem::take(router).fallback(no_such_method);
+    Ok(routes.prepare())
+}
+
+/// Answers a call to a service this server does not have, naming it: the router's own
+/// UNIMPLEMENTED has no message. (An unknown method of the pipeline service is refused by the
+/// guard, which counts it.)
+async fn no_such_method(uri: http::Uri) -> http::Response<tonic::body::Body> {
+    let status = tonic::Status::unimplemented(format!(
+        "this server has no method `{}`: its services are {SERVICE_NAME}, grpc.health.v1.Health and \
+         grpc.reflection.v1.ServerReflection (and v1alpha)",
+        crate::text::quoted(uri.path())
+    ));
+    let (parts, ()) = status.into_http::<()>().into_parts();
+    http::Response::from_parts(parts, tonic::body::Body::empty())
 }
 
 /// The health service as tonic-health builds it.
