@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -280,3 +282,10 @@ def test_a_call_refused_for_its_compression_is_counted(srv: RunningServer) -> No
         ), e.value  # type: ignore[attr-defined]
         assert reason(e.value) == "VALIDATION"
         assert srv.metric("remotemedia_requests_total", rpc=rpc, code="UNIMPLEMENTED", outcome="validation") == before + 1, rpc
+
+
+def test_another_path_on_the_metrics_port_is_told_where_the_metrics_are(srv: RunningServer) -> None:
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://{srv.metrics_address}/metric", timeout=5)
+    assert e.value.code == 404
+    assert "GET /metrics" in e.value.read().decode()

@@ -342,12 +342,15 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 /// Serves `GET /metrics` in the Prometheus text format.
 async fn serve_metrics(listener: TcpListener, stop: tokio_util::sync::CancellationToken) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async {
-            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], observe::render())
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], observe::render())
+            }),
+        )
+        // Anything else is told where the metrics are, not given an empty 404.
+        .fallback(|| async { (http::StatusCode::NOT_FOUND, "not found: this port serves GET /metrics only\n") });
     let shutdown = async move { stop.cancelled().await };
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         warn!(error = %e, "metrics endpoint stopped");
