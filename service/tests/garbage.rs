@@ -167,6 +167,10 @@ async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{a:?}");
     let message = a.grpc_message.replace("%60", "`").replace("%20", " ");
     assert!(message.starts_with("this server has no method `/foo.Bar/Baz`: its services are"), "{message}");
+    let a = raw(s.addr, "/grpc.health.v1.Health/Nope", &[("content-type", "application/grpc")], frame(&[], 0, 0)).await;
+    assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{a:?}");
+    let message = a.grpc_message.replace("%60", "`").replace("%20", " ");
+    assert!(message.starts_with("this server has no method `/grpc.health.v1.Health/Nope`"), "{message}");
     still_serving(&s).await;
     s.stop().await;
 }

@@ -5,7 +5,8 @@
 //! whole name in `grpc-message`, which gRPC clients refuse (metadata over 16 KiB). [`Bounded`]
 //! wraps such a service and cuts a status message past
 //! [`MAX_STATUS_MESSAGE_BYTES`](super::status::MAX_STATUS_MESSAGE_BYTES), in the response
-//! headers (a trailers-only answer) and in the trailers.
+//! headers (a trailers-only answer) and in the trailers. Their generated code also answers a
+//! method they do not have with an UNIMPLEMENTED that has no message: [`Bounded`] names it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -32,7 +33,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = futures::future::MapOk<S::Future, fn(Self::Response) -> Self::Response>;
+    type Future = futures::future::MapOk<S::Future, Box<dyn FnOnce(Self::Response) -> Self::Response + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
@@ -40,11 +41,13 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         use futures::TryFutureExt;
-        self.0.call(request).map_ok(|response| {
+        let path = request.uri().path().to_owned();
+        self.0.call(request).map_ok(Box::new(move |response| {
             let (mut parts, body) = response.into_parts();
+            name_unknown_method(&mut parts.headers, &path);
             bound(&mut parts.headers);
             http::Response::from_parts(parts, tonic::body::Body::new(BoundedBody(body)))
-        })
+        }))
     }
 }
 
@@ -80,6 +83,18 @@ impl Body for BoundedBody {
     }
 }
 
+/// Gives an UNIMPLEMENTED without a message (a method the service does not have, answered
+/// trailers-only) the server's message for a call it has no method for.
+fn name_unknown_method(headers: &mut HeaderMap, path: &str) {
+    if headers.get("grpc-status").is_some_and(|s| s == "12") && headers.get("grpc-message").is_none_or(|m| m.is_empty())
+    {
+        headers.remove("grpc-message");
+        if super::server::no_such_method(path).add_header(headers).is_err() {
+            headers.remove("grpc-message");
+        }
+    }
+}
+
 /// Cuts the status message in `headers`, if any, to [`MAX_STATUS_MESSAGE_BYTES`] (before
 /// percent-encoding); its code and details stay.
 fn bound(headers: &mut HeaderMap) {
@@ -102,6 +117,21 @@ fn bound(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_the_service_does_not_have_is_named() {
+        let mut headers = HeaderMap::new();
+        Status::unimplemented("").add_header(&mut headers).unwrap();
+        name_unknown_method(&mut headers, "/grpc.health.v1.Health/Nope");
+        let status = Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(status.message().starts_with("this server has no method `/grpc.health.v1.Health/Nope`"));
+        let mut named = HeaderMap::new();
+        Status::unimplemented("not yet").add_header(&mut named).unwrap();
+        let before = named.clone();
+        name_unknown_method(&mut named, "/a.B/C");
+        assert_eq!(named, before, "a status with its own message keeps it");
+    }
 
     #[test]
     fn a_long_status_message_is_cut_and_keeps_its_code() {

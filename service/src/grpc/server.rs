@@ -208,7 +208,7 @@ fn routes(state: &Arc<AppState>, health: impl HealthService) -> Result<tonic::se
     let config = &state.config;
     let mut routes = tonic::service::Routes::builder();
     routes
-        .add_service(health)
+        .add_service(super::bounded::Bounded(health))
         .add_service(super::bounded::Bounded(reflection(Builder::build_v1)?))
         .add_service(super::bounded::Bounded(reflection(Builder::build_v1alpha)?))
         .add_service(
@@ -220,21 +220,25 @@ fn routes(state: &Arc<AppState>, health: impl HealthService) -> Result<tonic::se
         );
     let mut routes = routes.routes();
     let router = routes.axum_router_mut();
-    *router = std::mem::take(router).fallback(no_such_method);
+    *router = std::mem::take(router).fallback(answer_no_such_method);
     Ok(routes.prepare())
 }
 
 /// Answers a call to a service this server does not have, naming it: the router's own
 /// UNIMPLEMENTED has no message. (An unknown method of the pipeline service is refused by the
 /// guard, which counts it.)
-async fn no_such_method(uri: http::Uri) -> http::Response<tonic::body::Body> {
-    let status = tonic::Status::unimplemented(format!(
+async fn answer_no_such_method(uri: http::Uri) -> http::Response<tonic::body::Body> {
+    let (parts, ()) = no_such_method(uri.path()).into_http::<()>().into_parts();
+    http::Response::from_parts(parts, tonic::body::Body::empty())
+}
+
+/// The status of a call to `path`, which no service of this server has.
+pub(super) fn no_such_method(path: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!(
         "this server has no method `{}`: its services are {SERVICE_NAME}, grpc.health.v1.Health and \
          grpc.reflection.v1.ServerReflection (and v1alpha)",
-        crate::text::quoted(uri.path())
-    ));
-    let (parts, ()) = status.into_http::<()>().into_parts();
-    http::Response::from_parts(parts, tonic::body::Body::empty())
+        crate::text::quoted(path)
+    ))
 }
 
 /// The health service as tonic-health builds it.
