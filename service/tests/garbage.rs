@@ -94,6 +94,46 @@ async fn a_deadline_passing_while_the_request_arrives_is_answered_and_counted() 
 }
 
 #[tokio::test]
+async fn a_client_closing_its_connection_while_the_request_arrives_is_cancelled_not_unknown() {
+    let s = start(&[]).await;
+    let text = s.metrics_text().await;
+    let cancelled = counter(&text, "ExecutePipeline", "CANCELLED");
+    let faults = counter(&text, "ExecutePipeline", "UNKNOWN") + counter(&text, "ExecutePipeline", "INTERNAL");
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping_pong = connection.ping_pong().expect("taken once");
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{EXECUTE}", s.addr))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc");
+    let (_response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    send.send_data(frame(&[0; 10], 1_000, 0), false).unwrap();
+    // The server answers a ping after the frames sent before it: then it has the call. The
+    // connection is then dropped, with no reset.
+    ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+    connection.abort();
+    drop((client, send));
+    let mut counted = false;
+    for _ in 0..2_000 {
+        if counter(&s.metrics_text().await, "ExecutePipeline", "CANCELLED") >= cancelled + 1.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(counted, "the call is counted as CANCELLED");
+    let text = s.metrics_text().await;
+    let now = counter(&text, "ExecutePipeline", "UNKNOWN") + counter(&text, "ExecutePipeline", "INTERNAL");
+    assert_eq!(now, faults, "not a server fault");
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_resetting_its_call_while_the_request_arrives_is_cancelled_not_internal() {
     let s = start(&[]).await;
     let text = s.metrics_text().await;

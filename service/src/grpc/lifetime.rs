@@ -364,7 +364,8 @@ impl Body for Watched {
 
 /// The call's answer, which the handler or the codec counted; except that a unary call whose
 /// request body failed is answered by tonic, before any handler runs, with INTERNAL ("missing
-/// request message"): a server fault to its logs and metrics, although the client went away.
+/// request message", a reset stream) or UNKNOWN (a closed connection): a server fault to its
+/// logs and metrics, although the client went away.
 /// Such an answer becomes CANCELLED, or DEADLINE_EXCEEDED when the deadline explains the reset,
 /// and is counted here. The same answer to a request stream that ended cleanly without a
 /// message is the client's mistake: INVALID_ARGUMENT (VALIDATION), counted here too.
@@ -374,7 +375,10 @@ fn reset_answer<B>(
     uncounted: &mut Uncounted,
 ) -> http::Response<Option<B>> {
     let status = Status::from_header_map(response.headers());
-    let Some(internal) = status.as_ref().filter(|s| s.code() == tonic::Code::Internal) else {
+    // A reset stream leaves tonic's decoder without a message (INTERNAL); a connection closed
+    // mid-request fails the body itself, which tonic answers as UNKNOWN.
+    let Some(failed) = status.as_ref().filter(|s| matches!(s.code(), tonic::Code::Internal | tonic::Code::Unknown))
+    else {
         // Refusals before the handler (a compression tonic does not take included: the guard
         // refuses it first, see `interceptors::wire`) were counted where they were made.
         uncounted.answered();
@@ -392,7 +396,7 @@ fn reset_answer<B>(
         return status.into_http().map(|()| None);
     }
     if !reset.happened() {
-        if internal.message() != "Missing request message." {
+        if failed.code() != tonic::Code::Internal || failed.message() != "Missing request message." {
             uncounted.answered();
             return response.map(Some);
         }
