@@ -40,3 +40,9 @@ pub(crate) fn rpc_name(method: &str) -> &'static str {
         _ => "other",
     }
 }
+
+/// The pipeline RPC `path` calls, for metric labels: `other` for any path that is not exactly
+/// one of the pipeline service's methods (`/remotemedia.v1.PipelineService/x/GetVersion` too).
+pub(crate) fn rpc_of_path(path: &str) -> &'static str {
+    path.strip_prefix(interceptors::PIPELINE_PATH_PREFIX).map_or("other", rpc_name)
+}

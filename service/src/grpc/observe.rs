@@ -517,8 +517,9 @@ pub fn keep_usable_request_id<B>(mut request: http::Request<B>) -> http::Request
 pub fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
     let request_id = usable_request_id(request.headers()).unwrap_or_default();
     let path = request.uri().path();
-    // The path is the client's: a long one is cut, as any quoted client text is.
-    let rpc = crate::text::quoted(path.rsplit('/').next().unwrap_or(path));
-    let service = crate::text::quoted(path.trim_start_matches('/').split('/').next().unwrap_or_default());
+    // The path is the client's: a long one is cut, as any quoted client text is. The method is
+    // all that follows the service (`x/GetVersion` is not GetVersion).
+    let (service, rpc) = path.trim_start_matches('/').split_once('/').unwrap_or((path.trim_start_matches('/'), ""));
+    let (rpc, service) = (crate::text::quoted(rpc), crate::text::quoted(service));
     tracing::info_span!("rpc", request_id = %request_id, rpc = %rpc, service = %service)
 }

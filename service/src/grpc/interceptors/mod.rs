@@ -131,7 +131,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let rpc = super::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
+        let rpc = super::rpc_of_path(request.uri().path());
         if let Err(e) = self.guards.check(request.uri().path(), request.headers(), request.extensions()) {
             tracing::info!(error = %e, "request refused");
             let status = e.to_status();

@@ -189,7 +189,7 @@ where
         if !is_connect(&request) {
             return futures::future::Either::Left(self.inner.call(request));
         }
-        let rpc = crate::grpc::rpc_name(request.uri().path().rsplit('/').next().unwrap_or_default());
+        let rpc = crate::grpc::rpc_of_path(request.uri().path());
         // The call's id, as every other answer carries it: the client's when usable, else a new one.
         let request_id = crate::grpc::observe::usable_request_id(request.headers())
             .map_or_else(crate::grpc::observe::new_request_id, str::to_owned);
