@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
 
 from conftest import RunningServer, start_server
 from helpers import f32, manifest, node, samples
@@ -136,6 +137,38 @@ def test_a_grpc_web_media_type_is_read_in_any_letter_case_and_with_parameters(we
         messages, trailers = unframe(body)
         assert status_of(response, trailers) == "0", (content_type, response.status, response.headers)
         assert pb.VersionResponse.FromString(messages[0]).version_info.supported_protocols, content_type
+
+
+def test_a_text_request_is_answered_in_text_whatever_the_spelling_of_its_accept(web: RunningServer) -> None:
+    # Google's grpc-web library asks with `accept: application/grpc-web-text`; another spelling,
+    # `*/*` or none leaves the answer's format open, and a text request gets text back.
+    host, port = web.address.rsplit(":", 1)
+    for accept in ("Application/Grpc-Web-Text", "*/*", None):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        headers = {"content-type": "APPLICATION/GRPC-WEB-TEXT", "x-grpc-web": "1", "origin": ORIGIN}
+        if accept is not None:
+            headers["accept"] = accept
+        conn.request("POST", f"{SERVICE}/GetVersion", body=base64.b64encode(frame(b"")), headers=headers)
+        response = conn.getresponse()
+        assert response.getheader("content-type", "").startswith("application/grpc-web-text"), (accept, response.headers)
+        messages, trailers = unframe(text_body(response.read()))
+        assert status_of(response, trailers) == "0" and pb.VersionResponse.FromString(messages[0]).version_info.protocol_version
+
+
+def test_health_follows_the_same_wire_rules_as_the_pipeline_service(web: RunningServer) -> None:
+    health = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    host, port = web.address.rsplit(":", 1)
+    for content_type, want in (("Application/Grpc-Web+Proto", "0"), ("text/plain", "12"), ("application/grpc", "12")):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", "/grpc.health.v1.Health/Check", body=frame(health), headers={"content-type": content_type})
+        response = conn.getresponse()
+        messages, trailers = unframe(response.read())
+        assert status_of(response, trailers) == want, (content_type, response.status, response.headers)
+        if want == "0":
+            assert health_pb2.HealthCheckResponse.FromString(messages[0]).status == health_pb2.HealthCheckResponse.SERVING
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/grpc.health.v1.Health/Check", body=b"{}", headers={"content-type": "application/json"})
+    assert conn.getresponse().status == 501, "a Connect call gets the Connect error"
 
 
 def test_a_call_whose_media_type_is_not_grpc_is_told_so_not_answered_with_a_bare_400(web: RunningServer) -> None:

@@ -62,8 +62,9 @@ impl Guards {
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
     ) -> Result<(), ServiceError> {
-        let Some(method) = path.strip_prefix(PIPELINE_PATH_PREFIX) else { return Ok(()) };
+        // The wire format first, for every service: it is the transport's rule.
         wire::check(headers, extensions)?;
+        let Some(method) = path.strip_prefix(PIPELINE_PATH_PREFIX) else { return Ok(()) };
         if !METHODS.contains(&method) {
             // The router's own answer has no message at all. The methods are no secret
             // (reflection lists them), so no token is asked for first.
@@ -288,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn the_wire_format_is_checked_on_every_pipeline_rpc_first() {
+    fn the_wire_format_is_checked_on_every_rpc_first() {
         let g = Guards { tokens: auth::Tokens::new(vec![Secret::new("t")]), origins: Vec::new() };
         let mut h = http::HeaderMap::new();
         h.insert(wire::GRPC_ENCODING, "deflate".parse().unwrap());
@@ -297,8 +298,8 @@ mod tests {
             let path = format!("{PIPELINE_PATH_PREFIX}{rpc}");
             assert!(matches!(g.check(&path, &h, &none), Err(ServiceError::Unsupported(_))), "{rpc}");
         }
-        // tonic refuses it on the other services, which the guard does not see.
-        assert!(g.check("/grpc.health.v1.Health/Check", &h, &none).is_ok());
+        // The other services too: the rule is the transport's.
+        assert!(matches!(g.check("/grpc.health.v1.Health/Check", &h, &none), Err(ServiceError::Unsupported(_))));
     }
 
     #[test]

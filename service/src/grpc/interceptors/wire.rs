@@ -54,11 +54,9 @@ pub enum WrongContentType {
 /// - a `grpc-encoding` of gzip or identity in other letter cases (content codings are
 ///   case-insensitive, RFC 9110 §8.4.1) is written in lower case, the only spelling tonic takes.
 ///
-/// Other services' calls (health, reflection) are left as they are.
+/// The same rules hold for every service on the port (health and reflection too): they are the
+/// transports', not the pipeline service's.
 pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
-    if !request.uri().path().starts_with(super::PIPELINE_PATH_PREFIX) {
-        return request;
-    }
     if let Some(encoding) = request.headers().get(&GRPC_ENCODING)
         && let Some(lower) =
             ["gzip", "identity"].into_iter().find(|e| encoding.as_bytes().eq_ignore_ascii_case(e.as_bytes()))
@@ -97,6 +95,9 @@ pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
                     let canonical = HeaderValue::from_str(&canonical).expect("a media type is a header value");
                     request.headers_mut().insert(CONTENT_TYPE, canonical);
                 }
+                if base == "application/grpc-web-text" {
+                    answer_in_text(request.headers_mut());
+                }
                 return request;
             }
         }
@@ -133,12 +134,9 @@ pub const CONNECT_REFUSAL: &str = "this server speaks gRPC and gRPC-Web, not the
      createGrpcWebTransport (browsers) or createGrpcTransport (Node) with useBinaryFormat: true, or through \
      @remotemedia/client";
 
-/// Whether `request` is a pipeline RPC made with the Connect protocol (its version header, or
-/// one of its content types).
+/// Whether `request` is made with the Connect protocol (its version header, or one of its
+/// content types).
 fn is_connect<B>(request: &http::Request<B>) -> bool {
-    if !request.uri().path().starts_with(super::PIPELINE_PATH_PREFIX) {
-        return false;
-    }
     if request.headers().contains_key("connect-protocol-version") {
         return true;
     }
@@ -232,6 +230,21 @@ where
         .expect("a static response is valid")
         .map(|body| tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))));
         futures::future::Either::Right(futures::future::ready(Ok(response)))
+    }
+}
+
+/// Asks the gRPC-Web layer, which answers in base64 text only to an `accept` spelled exactly
+/// `application/grpc-web-text`, for the text answer a text request's `accept` asks for in
+/// another spelling or leaves open (none, `*/*`), as gRPC-Web proxies answer. An `accept` that
+/// names another type keeps its answer.
+fn answer_in_text(headers: &mut http::HeaderMap) {
+    let wants_text = headers.get(http::header::ACCEPT).is_none_or(|accept| {
+        let accept = String::from_utf8_lossy(accept.as_bytes());
+        let media_type = accept.split([';', '+', ',']).next().unwrap_or_default().trim();
+        media_type == "*/*" || media_type.eq_ignore_ascii_case("application/grpc-web-text")
+    });
+    if wants_text {
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/grpc-web-text"));
     }
 }
 
@@ -362,6 +375,25 @@ mod tests {
     }
 
     #[test]
+    fn a_text_request_is_answered_in_text_unless_its_accept_names_another_type() {
+        for (accept, answered) in [
+            (None, Some("application/grpc-web-text")),
+            (Some("*/*"), Some("application/grpc-web-text")),
+            (Some("Application/Grpc-Web-Text"), Some("application/grpc-web-text")),
+            (Some("application/grpc-web-text+proto; q=1"), Some("application/grpc-web-text")),
+            (Some("application/grpc-web"), Some("application/grpc-web")),
+        ] {
+            let mut request = http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, "APPLICATION/GRPC-WEB-TEXT");
+            if let Some(accept) = accept {
+                request = request.header(http::header::ACCEPT, accept);
+            }
+            let r = route(request.body(()).unwrap());
+            let got = r.headers().get(http::header::ACCEPT).map(|v| v.to_str().unwrap());
+            assert_eq!(got, answered, "{accept:?}");
+        }
+    }
+
+    #[test]
     fn every_connect_streaming_type_is_a_connect_call() {
         for ct in ["application/connect+xyz", "Application/Connect+JSON; charset=utf-8", "application/json"] {
             let r = http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, ct).body(()).unwrap();
@@ -424,18 +456,26 @@ mod tests {
     }
 
     #[test]
-    fn other_services_are_left_alone() {
-        let r = route(
-            http::Request::builder()
-                .uri("/grpc.health.v1.Health/Check")
-                .header(CONTENT_TYPE, "application/grpc-web+json")
-                .header(&GRPC_ENCODING, "GZIP")
-                .body(())
-                .unwrap(),
-        );
-        assert_eq!(content_type(&r), "application/grpc-web+json");
-        assert_eq!(r.headers()[&GRPC_ENCODING], "GZIP");
+    fn other_services_follow_the_same_rules() {
+        let health = |content_type: &str| {
+            route(
+                http::Request::builder()
+                    .uri("/grpc.health.v1.Health/Check")
+                    .version(http::Version::HTTP_11)
+                    .header(CONTENT_TYPE, content_type)
+                    .header(&GRPC_ENCODING, "GZIP")
+                    .body(())
+                    .unwrap(),
+            )
+        };
+        let r = health("application/grpc-web+json");
+        assert_eq!(content_type(&r), "application/grpc-web+proto");
+        assert_eq!(r.headers()[&GRPC_ENCODING], "gzip");
+        assert!(matches!(r.extensions().get::<WrongContentType>(), Some(WrongContentType::Codec(_))));
+        let r = health("Application/Grpc-Web+Proto");
+        assert_eq!(content_type(&r), "application/grpc-web+proto");
         assert!(r.extensions().get::<WrongContentType>().is_none());
+        assert!(is_connect(&health("application/json")));
     }
 
     #[test]
