@@ -202,8 +202,10 @@ async fn a_wrong_content_type_is_refused_without_reaching_the_service() {
     assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{a:?}");
     let named = "call one of ExecutePipeline, StreamPipeline, GetVersion: `NoSuchMethod` is not a method";
     assert!(a.grpc_message.replace("%60", "`").replace("%20", " ").starts_with(named), "{a:?}");
-    // A service the server does not have is named too, with the ones it has.
+    // A service the server does not have is named too, with the ones it has, and counted.
+    let other = counter(&s.metrics_text().await, "other", "UNIMPLEMENTED");
     let a = raw(s.addr, "/foo.Bar/Baz", &[("content-type", "application/grpc")], frame(&[], 0, 0)).await;
+    assert!(counter(&s.metrics_text().await, "other", "UNIMPLEMENTED") > other, "counted as other");
     assert_eq!(a.grpc_status, Some(tonic::Code::Unimplemented as i32), "{a:?}");
     let message = a.grpc_message.replace("%60", "`").replace("%20", " ");
     assert!(message.starts_with("this server has no method `/foo.Bar/Baz`: its services are"), "{message}");

@@ -232,13 +232,17 @@ async fn answer_no_such_method(uri: http::Uri) -> http::Response<tonic::body::Bo
     http::Response::from_parts(parts, tonic::body::Body::empty())
 }
 
-/// The status of a call to `path`, which no service of this server has.
+/// The status of a call to `path`, which no service of this server has. Logged and counted
+/// (as `other`) like an unknown pipeline method, so that an operator sees such calls.
 pub(super) fn no_such_method(path: &str) -> tonic::Status {
-    tonic::Status::unimplemented(format!(
+    let status = tonic::Status::unimplemented(format!(
         "this server has no method `{}`: its services are {SERVICE_NAME}, grpc.health.v1.Health and \
          grpc.reflection.v1.ServerReflection (and v1alpha)",
         crate::text::quoted(path)
-    ))
+    ));
+    tracing::info!(error = status.message(), "request refused");
+    observe::request_finished("other", status.code(), observe::outcome::VALIDATION, Duration::ZERO);
+    status
 }
 
 /// The health service as tonic-health builds it.

@@ -140,6 +140,12 @@ fn is_connect<B>(request: &http::Request<B>) -> bool {
     if request.headers().contains_key("connect-protocol-version") {
         return true;
     }
+    // A Connect unary GET carries its protocol version in the query (`connect=v1`).
+    if request.method() == http::Method::GET
+        && request.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("connect=")))
+    {
+        return true;
+    }
     request.headers().get(CONTENT_TYPE).is_some_and(|v| {
         let media_type = String::from_utf8_lossy(v.as_bytes());
         let media_type = media_type.split(';').next().unwrap_or_default().trim();
@@ -399,6 +405,9 @@ mod tests {
             let r = http::Request::builder().uri(EXECUTE).header(CONTENT_TYPE, ct).body(()).unwrap();
             assert!(is_connect(&r), "{ct}");
         }
+        let get = format!("{EXECUTE}?connect=v1&encoding=proto&message=");
+        assert!(is_connect(&http::Request::builder().method("GET").uri(&get).body(()).unwrap()));
+        assert!(!is_connect(&http::Request::builder().method("GET").uri(EXECUTE).body(()).unwrap()));
     }
 
     #[test]
