@@ -60,9 +60,26 @@ async fn broken_frames_get_clear_statuses_and_the_server_keeps_serving() {
 /// Opens an `ExecutePipeline` call and sends part of its request: a frame that declares 1000
 /// bytes and carries 10. Returns the response future and the request stream, still open.
 async fn half_sent(s: &TestServer, headers: &[(&str, &str)]) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let call = half_sent_call(s, headers).await;
+    (call.response, call.send)
+}
+
+/// A call [`half_sent`], with its connection.
+struct HalfSent {
+    response: h2::client::ResponseFuture,
+    send: h2::SendStream<Bytes>,
+    /// Answered by the server after the frames sent before the ping.
+    ping_pong: h2::PingPong,
+    /// The task driving the connection: aborting it closes the connection with no reset.
+    connection: tokio::task::JoinHandle<()>,
+    _client: h2::client::SendRequest<Bytes>,
+}
+
+async fn half_sent_call(s: &TestServer, headers: &[(&str, &str)]) -> HalfSent {
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
+    let (mut client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let ping_pong = connection.ping_pong().expect("taken once");
+    let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
     let mut request = http::Request::builder()
@@ -75,7 +92,18 @@ async fn half_sent(s: &TestServer, headers: &[(&str, &str)]) -> (h2::client::Res
     }
     let (response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
     send.send_data(frame(&[0; 10], 1_000, 0), false).unwrap();
-    (response, send)
+    HalfSent { response, send, ping_pong, connection, _client: client }
+}
+
+/// Waits until `rpc` has been counted with `code` at least `at_least` times; false after 10 s.
+async fn counted_at_least(s: &TestServer, rpc: &str, code: &str, at_least: f64) -> bool {
+    for _ in 0..2_000 {
+        if counter(&s.metrics_text().await, rpc, code) >= at_least {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    false
 }
 
 #[tokio::test]
@@ -99,33 +127,13 @@ async fn a_client_closing_its_connection_while_the_request_arrives_is_cancelled_
     let text = s.metrics_text().await;
     let cancelled = counter(&text, "ExecutePipeline", "CANCELLED");
     let faults = counter(&text, "ExecutePipeline", "UNKNOWN") + counter(&text, "ExecutePipeline", "INTERNAL");
-    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let (mut client, mut connection) = h2::client::handshake(tcp).await.unwrap();
-    let mut ping_pong = connection.ping_pong().expect("taken once");
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}{EXECUTE}", s.addr))
-        .header("te", "trailers")
-        .header("content-type", "application/grpc");
-    let (_response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
-    send.send_data(frame(&[0; 10], 1_000, 0), false).unwrap();
-    // The server answers a ping after the frames sent before it: then it has the call. The
-    // connection is then dropped, with no reset.
-    ping_pong.ping(h2::Ping::opaque()).await.unwrap();
-    connection.abort();
-    drop((client, send));
-    let mut counted = false;
-    for _ in 0..2_000 {
-        if counter(&s.metrics_text().await, "ExecutePipeline", "CANCELLED") >= cancelled + 1.0 {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    assert!(counted, "the call is counted as CANCELLED");
+    let mut call = half_sent_call(&s, &[]).await;
+    // Once the server has answered a ping sent after the call, it has the call. The connection
+    // is then closed, with no reset.
+    call.ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+    call.connection.abort();
+    drop(call);
+    assert!(counted_at_least(&s, "ExecutePipeline", "CANCELLED", cancelled + 1.0).await, "counted as CANCELLED");
     let text = s.metrics_text().await;
     let now = counter(&text, "ExecutePipeline", "UNKNOWN") + counter(&text, "ExecutePipeline", "INTERNAL");
     assert_eq!(now, faults, "not a server fault");
@@ -141,14 +149,7 @@ async fn a_client_resetting_its_call_while_the_request_arrives_is_cancelled_not_
         (counter(&text, "ExecutePipeline", "CANCELLED"), counter(&text, "ExecutePipeline", "INTERNAL"));
     let (_response, mut send) = half_sent(&s, &[]).await;
     send.send_reset(h2::Reason::CANCEL);
-    let mut counted = false;
-    for _ in 0..2_000 {
-        if counter(&s.metrics_text().await, "ExecutePipeline", "CANCELLED") >= cancelled + 1.0 {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let counted = counted_at_least(&s, "ExecutePipeline", "CANCELLED", cancelled + 1.0).await;
     assert!(counted, "the reset call is counted as CANCELLED");
     assert_eq!(counter(&s.metrics_text().await, "ExecutePipeline", "INTERNAL"), internal, "no INTERNAL");
     still_serving(&s).await;
