@@ -6,8 +6,10 @@
 //! media type as gRPC, answer an HTTP/1.1 call that is not gRPC-Web or a JSON gRPC-Web call
 //! (connect-web's gRPC-Web transport with `useBinaryFormat: false`) with a bare HTTP 400, read
 //! a JSON gRPC call as a malformed protobuf message, and refuse a compression without
-//! `ErrorInfo`, echoing the header's whole value into `grpc-message`. Calls made with the Connect protocol itself are answered as a Connect client
-//! reads errors ([`RefuseConnectLayer`]).
+//! `ErrorInfo`, echoing the header's whole value into `grpc-message`. Calls made with the
+//! Connect protocol itself are answered as a Connect client reads errors
+//! ([`RefuseConnectLayer`]). The rules are the transports', so they hold for every service on
+//! the port, health and reflection included.
 
 use http::HeaderValue;
 use http::header::{CONTENT_TYPE, HeaderName};
@@ -46,16 +48,14 @@ pub enum WrongContentType {
     Codec(String),
 }
 
-/// Prepares a pipeline RPC's wire-format headers for the layers below, before the gRPC-Web
-/// layer:
+/// Prepares a call's wire-format headers for the layers below, before the gRPC-Web layer:
 /// - a call whose `content-type` the service does not take ([`WrongContentType`]) gets a
 ///   protobuf gRPC one (which tonic-web passes on) and keeps what was wrong as an extension, so
 ///   that it reaches the guard, which refuses it;
 /// - a `grpc-encoding` of gzip or identity in other letter cases (content codings are
 ///   case-insensitive, RFC 9110 §8.4.1) is written in lower case, the only spelling tonic takes.
-///
-/// The same rules hold for every service on the port (health and reflection too): they are the
-/// transports', not the pipeline service's.
+/// - a gRPC-Web type in another spelling gets the one the gRPC-Web layer knows, and a text
+///   request an `accept` that asks for a text answer.
 pub fn route<B>(mut request: http::Request<B>) -> http::Request<B> {
     if let Some(encoding) = request.headers().get(&GRPC_ENCODING)
         && let Some(lower) =
