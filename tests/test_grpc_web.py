@@ -171,6 +171,17 @@ def test_health_follows_the_same_wire_rules_as_the_pipeline_service(web: Running
     assert conn.getresponse().status == 501, "a Connect call gets the Connect error"
 
 
+def test_health_takes_gzip_requests_as_the_pipeline_service_does(web: RunningServer) -> None:
+    # The refusal of another compression tells a client to use gzip: every service takes it.
+    with grpc.insecure_channel(web.address, compression=grpc.Compression.Gzip) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        assert check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_a_call_whose_media_type_is_not_grpc_is_told_so_not_answered_with_a_bare_400(web: RunningServer) -> None:
     for content_type in ("text/plain", "application/grpcx+json"):
         response, body = call(web, "GetVersion", b"", {"content-type": content_type})

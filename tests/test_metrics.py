@@ -68,6 +68,7 @@ def test_counters_and_gauges_start_at_zero_for_their_known_labels(srv: RunningSe
         'remotemedia_requests_total{rpc="ExecutePipeline",code="OK",outcome="success"}',
         'remotemedia_requests_total{rpc="StreamPipeline",code="INVALID_ARGUMENT",outcome="validation"}',
         'remotemedia_requests_total{rpc="ExecutePipeline",code="UNAUTHENTICATED",outcome="authentication"}',
+        'remotemedia_requests_total{rpc="other",code="UNIMPLEMENTED",outcome="validation"}',
         'remotemedia_limit_rejections_total{limit="max_message_bytes"}',
         'remotemedia_limit_rejections_total{limit="max_concurrent_streams"}',
         'remotemedia_auth_rejections_total{reason="invalid"}',

@@ -51,6 +51,11 @@ pub mod outcome {
     pub const UNAVAILABLE: &str = "unavailable";
 }
 
+/// The outcomes of `rpc="other"` calls: a method the server does not have, a wire format it
+/// does not speak, a message a health or reflection call could not decode.
+const OTHER_RESULTS: &[(Code, &str)] =
+    &[(Code::Unimplemented, outcome::VALIDATION), (Code::InvalidArgument, outcome::VALIDATION)];
+
 /// The (status code, outcome) pairs the service produces, registered at 0 for every RPC.
 const KNOWN_RESULTS: &[(Code, &str)] = &[
     (Code::Ok, outcome::SUCCESS),
@@ -134,6 +139,11 @@ pub fn init(implementations: &[(String, crate::nodes::Runtime)]) {
         }
         let _ = histogram!(REQUEST_DURATION, "rpc" => *rpc);
     }
+    // Calls to no method of the server, and those refused before any method (their wire format).
+    for (code, outcome) in OTHER_RESULTS {
+        counter!(REQUESTS_TOTAL, "rpc" => "other", "code" => code_label(*code), "outcome" => *outcome).absolute(0);
+    }
+    let _ = histogram!(REQUEST_DURATION, "rpc" => "other");
     for rpc in &RPCS[..2] {
         let _ = histogram!(CONVERSION_DURATION, "rpc" => *rpc);
     }

@@ -121,6 +121,7 @@ impl BoundServer {
         let config = &state.config;
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        let health_service = health_service.accept_compressed(CompressionEncoding::Gzip);
         let tokens = Tokens::new(config.auth_tokens.clone());
         let grpc = ServiceBuilder::new()
             .layer(cors(&config.cors_allowed_origins))
@@ -209,8 +210,14 @@ fn routes(state: &Arc<AppState>, health: impl HealthService) -> Result<tonic::se
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(super::bounded::Bounded(health))
-        .add_service(super::bounded::Bounded(reflection(Builder::build_v1)?))
-        .add_service(super::bounded::Bounded(reflection(Builder::build_v1alpha)?))
+        // gzip requests are accepted on every service, as the pipeline's refusal of another
+        // compression says.
+        .add_service(super::bounded::Bounded(
+            reflection(Builder::build_v1)?.accept_compressed(CompressionEncoding::Gzip),
+        ))
+        .add_service(super::bounded::Bounded(
+            reflection(Builder::build_v1alpha)?.accept_compressed(CompressionEncoding::Gzip),
+        ))
         .add_service(
             PipelineServiceServer::new(Pipelines::new(state.clone()))
                 .accept_compressed(CompressionEncoding::Gzip)
