@@ -34,6 +34,7 @@ fn numpy_views_point_at_the_buffer_and_are_read_only() {
         let writeable: bool = array.getattr("flags").unwrap().getattr("writeable").unwrap().extract().unwrap();
         assert!(!writeable);
         assert!(array.call_method1("__setitem__", (0, 1.0)).is_err(), "Python cannot write into the server's buffer");
+        assert!(array.call_method1("setflags", (true,)).is_err(), "nor make the view writeable again");
         let first: f32 = array.call_method1("__getitem__", ((1, 0),)).unwrap().extract().unwrap();
         assert_eq!(first, 2.0 / 960.0);
     });
