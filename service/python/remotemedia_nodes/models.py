@@ -412,15 +412,10 @@ class ModelHost:
                 self._held[id(caller)] = [*held, lease]
         return lease, generation
 
-    @contextmanager
-    def calling(self, node: Any) -> Iterator[None]:
-        """Marks `node` as the caller of the leases taken inside the block (the server wraps
-        each call of a node in it), so that :meth:`release_held` can return them."""
-        self._caller.node = node
-        try:
-            yield
-        finally:
-            self._caller.node = None
+    def calling(self, node: Any) -> _Calling:
+        """Marks `node` as the caller of the leases taken inside the ``with`` block (the server
+        wraps each call of a node in it), so that :meth:`release_held` can return them."""
+        return _Calling(self._caller, node)
 
     def release_held(self, node: Any) -> None:
         """Returns every lease `node` took that is still out. The server calls this after the
@@ -439,6 +434,23 @@ class ModelHost:
             raise ModelLoadError(f"model {model.name} failed to load: {type(e).__name__}: {e}") from e
         host.hooks.record("load", model.name, time.perf_counter() - started)
         return instance
+
+
+class _Calling:
+    """The context manager of :meth:`ModelHost.calling`: a plain class, since the server enters
+    one per node call and a ``contextlib.contextmanager`` generator costs about twice as much
+    (about 2 against 1 µs entered and left, by ``timeit``)."""
+
+    __slots__ = ("_caller", "_node")
+
+    def __init__(self, caller: threading.local, node: Any) -> None:
+        self._caller, self._node = caller, node
+
+    def __enter__(self) -> None:
+        self._caller.node = self._node
+
+    def __exit__(self, *exc: object) -> None:
+        self._caller.node = None
 
 
 #: The host of this process.
