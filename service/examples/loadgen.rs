@@ -1,7 +1,7 @@
 //! Load driver for the benchmarks (`bench/load.py` runs it; see BENCHMARKS.md).
 //!
 //! ```text
-//! loadgen stream --addr 127.0.0.1:50051 --streams 1000 --rate 50 --seconds 60 [--server-pid PID] [--transport websocket]
+//! loadgen stream --addr 127.0.0.1:50051 --streams 1000 --rate 50 --seconds 60 [--server-pid PID] [--transport websocket] [--runtime cpython] [--phase spread]
 //! loadgen pingpong --addr 127.0.0.1:50051 --chunks 5000 [--transport websocket]
 //! loadgen unary --addr 127.0.0.1:50051 --seconds 10 [--audio-seconds 1] [--concurrency 16]
 //! ```
@@ -13,7 +13,12 @@
 //! through the resampler from `concurrency` callers spread over up to `connections` connections,
 //! reporting latency, requests per second and the server's serialization / wall time ratio.
 //! Streams travel over HTTP/2 gRPC, or with `--transport websocket` over the server's WebSocket
-//! endpoint (one connection per stream, as browsers have). Output: one JSON object on stdout.
+//! endpoint (one connection per stream, as browsers have). With `--runtime cpython` the stream's
+//! second node is the Python `GainNode` instead of the VAD, so the load measures the cost of a
+//! Python node's call per chunk. The streams send in step (`--phase aligned`, the default: every
+//! stream's chunk of a period leaves at once, the burstiest load) or with `--phase spread` at
+//! start times spread evenly over one period, as independent live callers do. Output: one JSON
+//! object on stdout.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -48,6 +53,10 @@ struct Args {
     concurrency: usize,
     server_pid: Option<u32>,
     websocket: bool,
+    /// The stream's second node: the native VAD, or a Python node (`cpython`).
+    python: bool,
+    /// Streams start their chunk clocks spread over one period instead of together.
+    spread: bool,
 }
 
 fn parse() -> Args {
@@ -63,6 +72,8 @@ fn parse() -> Args {
         concurrency: 1,
         server_pid: None,
         websocket: false,
+        python: false,
+        spread: false,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -83,6 +94,20 @@ fn parse() -> Args {
                     "grpc" => false,
                     "websocket" => true,
                     other => panic!("--transport is grpc or websocket, got {other}"),
+                }
+            }
+            "--phase" => {
+                a.spread = match value.as_str() {
+                    "aligned" => false,
+                    "spread" => true,
+                    other => panic!("--phase is aligned or spread, got {other}"),
+                }
+            }
+            "--runtime" => {
+                a.python = match value.as_str() {
+                    "rust" => false,
+                    "cpython" => true,
+                    other => panic!("--runtime is rust or cpython, got {other}"),
                 }
             }
             other => panic!("unknown flag {other}"),
@@ -108,11 +133,20 @@ fn node(id: &str, node_type: &str, params: &str) -> proto::NodeManifest {
     proto::NodeManifest { id: id.into(), node_type: node_type.into(), params: params.into(), ..Default::default() }
 }
 
-fn stream_manifest() -> proto::PipelineManifest {
+/// resample → VAD, or with `python` resample → the Python `GainNode`.
+fn stream_manifest(python: bool) -> proto::PipelineManifest {
+    let second = if python {
+        proto::NodeManifest {
+            runtime_hint: proto::RuntimeHint::Cpython as i32,
+            ..node("vad", "GainNode", r#"{"gain_db": -6}"#)
+        }
+    } else {
+        node("vad", "VADNode", "")
+    };
     proto::PipelineManifest {
         version: "v1".into(),
         metadata: None,
-        nodes: vec![node("rs", "AudioResampleNode", r#"{"output_rate": 16000}"#), node("vad", "VADNode", "")],
+        nodes: vec![node("rs", "AudioResampleNode", r#"{"output_rate": 16000}"#), second],
         connections: vec![proto::Connection { from: "rs".into(), to: "vad".into(), ..Default::default() }],
         config: Some(proto::PipelineConfig { enable_metrics: Some(false), ..Default::default() }),
     }
@@ -208,7 +242,7 @@ impl Inbound {
 /// Opens a stream of the benchmark pipeline and waits for `ready`: a call on `channel`, or with
 /// `--transport websocket` a WebSocket of its own.
 async fn open_stream(args: &Args, channel: Option<Channel>) -> Result<(Outbound, Inbound), String> {
-    let manifest = stream_request::Request::Manifest(stream_manifest());
+    let manifest = stream_request::Request::Manifest(stream_manifest(args.python));
     let (outbound, mut inbound) = if args.websocket {
         let mut request = format!("ws://{}/ws/StreamPipeline", args.addr).into_client_request().unwrap();
         request.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, "remotemedia.v1".parse().unwrap());
@@ -245,9 +279,11 @@ struct Totals {
     results: AtomicU64,
 }
 
-/// One real-time stream: sends a chunk every 1/rate s, matches results to send times.
+/// One real-time stream: sends a chunk every 1/rate s, matches results to send times. With
+/// `--phase spread`, stream `index` of `args.streams` starts `index / streams` of a period late.
 async fn realtime_stream(
     channel: Channel,
+    index: usize,
     args: Args,
     totals: Arc<Totals>,
     latencies: Arc<Mutex<Vec<f64>>>,
@@ -268,7 +304,9 @@ async fn realtime_stream(
     let sender = {
         let sent = sent.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate));
+            let period = Duration::from_micros(1_000_000 / args.rate);
+            let offset = if args.spread { period * index as u32 / args.streams as u32 } else { Duration::ZERO };
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for seq in 0..total {
                 ticker.tick().await;
@@ -320,6 +358,7 @@ async fn stream_mode(args: Args) -> serde_json::Value {
         .map(|i| {
             tokio::spawn(realtime_stream(
                 chans[i % chans.len()].clone(),
+                i,
                 args.clone(),
                 totals.clone(),
                 latencies.clone(),
@@ -340,6 +379,7 @@ async fn stream_mode(args: Args) -> serde_json::Value {
         "mode": "stream",
         "transport": if args.websocket { "websocket" } else { "grpc" },
         "streams": args.streams,
+        "phase": if args.spread { "spread" } else { "aligned" },
         "chunks_per_second_each": args.rate,
         "seconds": started.elapsed().as_secs_f64(),
         "results": totals.results.load(Ordering::Relaxed),
