@@ -18,7 +18,9 @@ side in one run, and the server's memory with many recognition streams.
 - Memory: the server's peak resident memory (VmHWM) after 1, 8 and 32 concurrent recognition
   streams of beckett.wav (10 s), with recogniser pools of 1 and 2.
 
-Each server is the release binary on port 0 with the default two Python workers.
+Each server is the release binary on port 0 with the default two Python workers
+(`--server=PATH` for another build, to compare two builds' timings in turns; `--no-memory`
+leaves out the memory part).
 
     python bench/speech.py --split-cores   # the server on the last CPU, this script (the
                                            # client) on the others
@@ -237,10 +239,11 @@ def memory(streams: int, pool: int, audio: np.ndarray) -> tuple[int, int, float]
 
 
 def main() -> None:
-    os.environ["REMOTEMEDIA_SERVER_BIN"] = str(RELEASE)
+    binary = next((Path(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--server=")), RELEASE)
+    os.environ["REMOTEMEDIA_SERVER_BIN"] = str(binary)
     import conftest
 
-    conftest.SERVER_BIN = RELEASE
+    conftest.SERVER_BIN = binary
     load_at_start = os.getloadavg()[0]
     two_cities = speech_data.load_16k("two_cities.wav")
     beckett = speech_data.load_16k("beckett.wav")
@@ -289,6 +292,8 @@ def main() -> None:
             f"| Silero VAD, time per 20 ms chunk by {what} (beckett.wav, one chunk in flight) | {server * 1e6:.0f} µs "
             f"| {vad_direct * 1e6:.0f} µs | {server / vad_direct:.2f} |"
         )
+    if "--no-memory" in sys.argv[1:]:
+        return
     print()
     print("| recogniser pool | streams | server RSS idle | peak RSS | wall time |")
     print("| --- | --- | --- | --- | --- |")
