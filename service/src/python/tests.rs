@@ -56,6 +56,98 @@ fn misaligned_integer_buffers_are_copied_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_job_is_lost_to_its_caller_and_the_workers_serve_on() {
+    let rt = runtime();
+    let none = CancellationToken::new();
+    let lost = rt.workers.run(&none, |_| -> u32 { panic!("a job that panics") }).await;
+    assert_eq!(lost.unwrap_err(), JobError::Lost);
+    // Two jobs that can only finish together, so both workers must still be taking jobs.
+    let meet = Arc::new(std::sync::Barrier::new(2));
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let (w, meet, none) = (rt.workers.clone(), meet.clone(), none.clone());
+            tokio::spawn(async move {
+                w.run(&none, move |py| {
+                    py.detach(|| {
+                        meet.wait();
+                    })
+                })
+                .await
+            })
+        })
+        .collect();
+    for job in both {
+        let done = tokio::time::timeout(Duration::from_secs(30), job).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "every worker still takes jobs: {done:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_caller_gave_up_while_it_was_queued_is_not_run() {
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let rt = runtime();
+    let workers = rt.workers.clone();
+    assert_eq!(workers.count(), 2);
+    let none = CancellationToken::new();
+    // Both workers held inside a job (with the GIL released), so the next job queues.
+    let (entered, release) = (Arc::new(Barrier::new(3)), Arc::new(Barrier::new(3)));
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (w, entered, release, none) = (workers.clone(), entered.clone(), release.clone(), none.clone());
+            tokio::spawn(async move {
+                w.run(&none, move |py| {
+                    py.detach(|| {
+                        entered.wait();
+                        release.wait();
+                    })
+                })
+                .await
+            })
+        })
+        .collect();
+    let wait = |b: Arc<Barrier>| {
+        tokio::task::spawn_blocking(move || {
+            b.wait();
+        })
+    };
+    wait(entered).await.unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let cancel = CancellationToken::new();
+    let queued = {
+        let (w, ran, cancel) = (workers.clone(), ran.clone(), cancel.clone());
+        tokio::spawn(async move { w.run(&cancel, move |_| ran.fetch_add(1, Ordering::SeqCst)).await })
+    };
+    cancel.cancel();
+    assert_eq!(queued.await.unwrap().unwrap_err(), JobError::Cancelled);
+    wait(release).await.unwrap();
+    for h in held {
+        h.await.unwrap().unwrap();
+    }
+    // Both workers inside one more job each: the cancelled job, queued before these, is behind
+    // them both, taken and skipped.
+    let after = Arc::new(Barrier::new(3));
+    let last: Vec<_> = (0..2)
+        .map(|_| {
+            let (w, after, none) = (workers.clone(), after.clone(), none.clone());
+            tokio::spawn(async move {
+                w.run(&none, move |py| {
+                    py.detach(|| {
+                        after.wait();
+                    })
+                })
+                .await
+            })
+        })
+        .collect();
+    wait(after).await.unwrap();
+    for h in last {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the job whose caller gave up never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_python_loop_is_interrupted_and_the_worker_serves_again() {
     let rt = runtime();
     let cancel = CancellationToken::new();

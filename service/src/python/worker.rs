@@ -1,4 +1,4 @@
-//! Dedicated threads that run Python, fed by a channel.
+//! Dedicated threads that run Python, fed by a job queue.
 //!
 //! Async callers hand a job to the pool and await its result; no reactor thread ever holds the
 //! GIL. A job can be interrupted while it runs: the canceller attaches to the interpreter and
@@ -35,7 +35,8 @@ struct Slot {
 /// How long a job is expected to run, which decides whether its caller spins for the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
-    /// Likely done within [`CALLER_SPIN`]: poll for the result before sleeping.
+    /// Likely done within [`CALLER_SPIN`]: poll for the result before sleeping, when a worker
+    /// is awake to take the job at once.
     Quick,
     /// Longer than [`CALLER_SPIN`]: sleep until the result arrives.
     Slow,
@@ -53,7 +54,7 @@ impl Expect {
 pub enum JobError {
     /// Cancelled (or timed out) while queued or running.
     Cancelled,
-    /// The worker went away (the job panicked).
+    /// The job panicked, or the workers have stopped.
     Lost,
 }
 
@@ -107,14 +108,18 @@ impl Workers {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = oneshot::channel();
         let work: Work = Box::new(move |py| {
-            let _ = tx.send(f(py));
+            // A caller that gave up (cancelled, or timed out) while the job was queued wants
+            // nothing run: the job would only hold its node's lock and a worker.
+            if !tx.is_closed() {
+                let _ = tx.send(f(py));
+            }
         });
         let prompt = self.queue.push(Job { id, work }).map_err(|_| JobError::Lost)?;
         let mut guard = InterruptOnDrop { workers: self.clone(), id, armed: true };
-        // A quick job (a few microseconds of Python) that an awake worker takes at once is usually
-        // done within the spin; picking its result up without sleeping saves two thread wake-ups.
-        // A job that has to wake a worker (tens of microseconds) or wait behind others is awaited
-        // asleep. The spin holds this runtime thread for at most CALLER_SPIN: yielding to the
+        // A quick job (a few microseconds of Python) with nothing queued before it and a worker
+        // awake is usually done within the spin; picking its result up without sleeping saves
+        // two thread wake-ups. A job that has to wake a worker (tens of microseconds) or wait
+        // behind others is awaited asleep. The spin holds this runtime thread for at most CALLER_SPIN: yielding to the
         // scheduler between polls woke the other runtime thread each time (a futex call, 4 % of
         // the server's CPU with 20 live streams through a Python node).
         let spin = expect == Expect::Quick && prompt;
@@ -191,7 +196,7 @@ impl Drop for InterruptOnDrop {
 
 /// How long a worker that just finished a job keeps looking for the next one before it sleeps:
 /// under load, jobs follow each other closely and a sleeping thread costs a wake-up (several
-/// microseconds) per job. A worker spins only while that pays (see [`Queue::next`]).
+/// microseconds) per job. A worker spins only while that pays (see [`SpinPolicy`]).
 const WORKER_SPIN: Duration = Duration::from_micros(50);
 /// How long a caller keeps polling for a quick job's result before it sleeps on the channel.
 /// A caller whose jobs take longer does not poll ([`Expect::Slow`]): `bench/speech.py`'s
@@ -237,10 +242,12 @@ impl Queue {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `job`, waking a sleeping worker unless one is polling for work (it takes the job,
-    /// or checks the queue once more before it sleeps). Says whether the job is likely to start
-    /// at once: nothing queued before it and a worker awake (polling, or finishing a job and
-    /// about to poll). Gives the job back once the queue is closed.
+    /// Queues `job`, waking a sleeping worker unless the workers polling for work are enough to
+    /// take every queued job (each takes one, or checks the queue once more before it sleeps).
+    /// Says whether the job is likely to start at once: nothing queued before it and a worker
+    /// not asleep (polling, or finishing a job and about to poll; possibly busy with a long
+    /// job, which costs a quick job's caller one vain spin). Gives the job back once the queue
+    /// is closed.
     fn push(&self, job: Job) -> Result<bool, Job> {
         let mut pending = self.lock();
         if pending.closed {
@@ -250,8 +257,8 @@ impl Queue {
         pending.jobs.push_back(job);
         self.queued.fetch_add(1, Ordering::Relaxed);
         // A poller that stops polling counts itself out before it takes the lock to sleep, so
-        // under this lock a count of 0 means no worker would see the job without a wake-up.
-        let wake = pending.sleeping > 0 && self.polling.load(Ordering::Relaxed) == 0;
+        // under this lock the pollers counted are workers that will each still take a job.
+        let wake = pending.sleeping > 0 && pending.jobs.len() > self.polling.load(Ordering::Relaxed);
         drop(pending);
         if wake {
             self.ready.notify_one();
@@ -271,18 +278,13 @@ impl Queue {
         self.ready.notify_all();
     }
 
-    /// Takes the next job, polling the queue for [`WORKER_SPIN`] first when `spin` is set, and
-    /// says how long the wait took; `None` once the queue is closed and empty. A worker spins
-    /// again only if its last wait was within [`WORKER_SPIN`], so that it would have caught that
-    /// job: live streams hand a worker one chunk every 20 ms or so, and a spin after every job
-    /// burnt 50 µs of CPU per chunk in vain, while under load (jobs queued back to back) the
-    /// worker keeps spinning and saves each job's wake-up (`python bench/ab_cost.py OLD NEW
-    /// --mode python`, BENCHMARKS.md).
-    fn next(&self, spin: bool) -> Option<(Job, Duration)> {
+    /// Takes the next job, polling the queue for `spin` first, then asleep; says whether the
+    /// job came while polling. `None` once the queue is closed and empty.
+    fn next(&self, spin: Duration) -> Option<(Job, bool)> {
         let started = Instant::now();
-        if spin {
+        if !spin.is_zero() {
             self.polling.fetch_add(1, Ordering::Relaxed);
-            let until = started + WORKER_SPIN;
+            let until = started + spin;
             let polled = loop {
                 if self.queued.load(Ordering::Relaxed) > 0
                     && let Some(job) = self.pop(&mut self.lock())
@@ -296,13 +298,13 @@ impl Queue {
             };
             self.polling.fetch_sub(1, Ordering::Relaxed);
             if let Some(job) = polled {
-                return Some((job, started.elapsed()));
+                return Some((job, true));
             }
         }
         let mut pending = self.lock();
         loop {
             if let Some(job) = self.pop(&mut pending) {
-                return Some((job, started.elapsed()));
+                return Some((job, false));
             }
             if pending.closed {
                 return None;
@@ -314,39 +316,49 @@ impl Queue {
     }
 }
 
-/// Whether a worker polls for its next job before it sleeps: after a wait that polling caught
-/// (jobs coming back to back), and on every [`SpinPolicy::PROBE_EVERY`]th wait besides. Without
-/// the probe a worker would never find out that its jobs come close together again: once it
-/// sleeps, each wait includes its own wake-up and the caller's (tens of microseconds each on a
-/// virtual machine) and looks long (back-to-back calls took 77 µs each instead of 18 µs,
-/// `call_20ms_chunk` in `cargo bench --bench python`).
+/// How long a worker polls for its next job before it sleeps. Live streams hand a worker one
+/// chunk every 20 ms or so, and a 50 µs spin after every job burnt that CPU per chunk in vain;
+/// under load (jobs back to back) a spin saves each job's wake-up. So a worker spins
+/// [`WORKER_SPIN`] only while its last job came while it polled, and besides probes with a
+/// longer spin every [`SpinPolicy::PROBE_EVERY`]th wait. Without the probe a worker would never
+/// find out that its jobs come close together again: once it sleeps, each wait includes its own
+/// wake-up and its caller's (tens of microseconds each on a virtual machine), so back-to-back
+/// calls took 77 µs each instead of 18 µs (`call_20ms_chunk` in `cargo bench --bench python`).
+/// Server CPU per chunk of 20 live streams through a Python node: `python bench/ab_cost.py OLD
+/// NEW --mode python`, BENCHMARKS.md.
 struct SpinPolicy {
-    /// Whether the last wait was within [`WORKER_SPIN`].
-    last_short: bool,
-    /// Waits since the worker last polled.
-    unpolled: u32,
+    /// Whether the last job came while the worker polled.
+    caught: bool,
+    /// Waits since the worker last probed.
+    unprobed: u32,
 }
 
 impl Default for SpinPolicy {
     fn default() -> Self {
-        Self { last_short: true, unpolled: 0 }
+        Self { caught: true, unprobed: 0 }
     }
 }
 
 impl SpinPolicy {
-    /// A probe every 8 waits costs a sparse load one spin in 8 (about 6 µs a job on average).
-    const PROBE_EVERY: u32 = 8;
+    /// A probe every 16 waits costs a sparse load one probe's spin in 16 (about 12 µs a job).
+    const PROBE_EVERY: u32 = 16;
+    /// A probe outlasts a caller's wake-up after its previous result, so that the job it sends
+    /// next comes while the worker still polls.
+    const PROBE_SPIN: Duration = Duration::from_micros(200);
 
-    /// Whether to poll before sleeping on this wait.
-    fn now(&mut self) -> bool {
-        let spin = self.last_short || self.unpolled + 1 >= Self::PROBE_EVERY;
-        self.unpolled = if spin { 0 } else { self.unpolled + 1 };
-        spin
+    /// How long to poll before sleeping on this wait.
+    fn spin(&mut self) -> Duration {
+        self.unprobed += 1;
+        if self.unprobed >= Self::PROBE_EVERY {
+            self.unprobed = 0;
+            return Self::PROBE_SPIN;
+        }
+        if self.caught { WORKER_SPIN } else { Duration::ZERO }
     }
 
-    /// Records how long the wait took.
-    fn waited(&mut self, waited: Duration) {
-        self.last_short = waited <= WORKER_SPIN;
+    /// Records whether the job came while the worker polled.
+    fn took(&mut self, caught: bool) {
+        self.caught = caught;
     }
 }
 
@@ -358,10 +370,11 @@ fn run_worker(queue: &Queue, slot: &Slot) {
         // SAFETY: the thread is attached to the interpreter.
         slot.thread.store(unsafe { ffi::PyThread_get_thread_ident() } as u64, Ordering::SeqCst);
         let mut spin = SpinPolicy::default();
-        while let Some((job, waited)) = py.detach(|| queue.next(spin.now())) {
-            spin.waited(waited);
+        while let Some((job, caught)) = py.detach(|| queue.next(spin.spin())) {
+            spin.took(caught);
             slot.current.store(job.id, Ordering::SeqCst);
-            (job.work)(py);
+            // A panic in a job ends that job (its caller gets `Lost`), not the worker.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.work)(py)));
             // Drop an interruption that arrived after the job's last bytecode.
             let thread = slot.thread.load(Ordering::SeqCst) as std::ffi::c_long;
             // SAFETY: the GIL is held; a NULL exception clears the thread's pending one.
@@ -379,58 +392,83 @@ mod tests {
         Job { id, work: Box::new(|_| {}) }
     }
 
+    /// Waits (yielding) until `queue` has `n` workers asleep.
+    fn asleep(queue: &Queue, n: usize) {
+        while queue.lock().sleeping != n {
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
-    fn a_queued_job_is_taken_within_the_spin_so_the_worker_keeps_spinning() {
+    fn a_job_queued_while_the_worker_polls_is_caught_by_the_poll() {
         let queue = Queue::new(1);
         assert!(queue.push(job(7)).ok().unwrap(), "an awake worker and nothing queued before it");
         assert!(!queue.push(job(70)).ok().unwrap(), "queued behind another job");
-        assert_eq!(queue.next(true).unwrap().0.id, 7);
-        let (taken, waited) = queue.next(true).unwrap();
-        assert_eq!(taken.id, 70);
-        assert!(waited <= WORKER_SPIN, "waited {waited:?}");
+        assert_eq!(queue.next(WORKER_SPIN).map(|(j, caught)| (j.id, caught)), Some((7, true)));
+        assert_eq!(queue.next(WORKER_SPIN).map(|(j, caught)| (j.id, caught)), Some((70, true)));
         assert_eq!(queue.polling.load(Ordering::Relaxed), 0, "no longer counted as polling");
         assert_eq!(queue.queued.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn a_job_that_comes_after_the_spin_wakes_the_sleeping_worker_and_ends_its_spinning() {
+    fn a_job_that_comes_after_the_spin_wakes_the_sleeping_worker() {
         let queue = Arc::new(Queue::new(1));
-        // A job that comes well after the spin window, as a live stream's next chunk does; it is
-        // pushed once the worker is asleep, so the push must wake it.
-        let later = WORKER_SPIN * 40;
         let pusher = {
             let queue = queue.clone();
             std::thread::spawn(move || {
-                let since = Instant::now();
-                while queue.lock().sleeping == 0 || since.elapsed() < later {
-                    std::thread::yield_now();
-                }
+                asleep(&queue, 1);
                 let prompt = queue.push(job(8)).ok().unwrap();
                 assert!(!prompt, "the only worker is asleep: it takes a wake-up");
             })
         };
-        let (taken, waited) = queue.next(true).unwrap();
+        let (taken, caught) = queue.next(WORKER_SPIN).unwrap();
         assert_eq!(taken.id, 8);
-        assert!(waited >= later, "waited {waited:?}");
-        assert!(waited > WORKER_SPIN, "so the worker does not spin before its next job");
+        assert!(!caught, "it came after the spin, so the worker does not spin before its next job");
         pusher.join().unwrap();
         assert_eq!(queue.lock().sleeping, 0);
     }
 
     #[test]
-    fn a_worker_whose_waits_are_long_polls_only_to_probe_and_polls_again_once_they_are_short() {
+    fn a_polling_worker_holds_back_one_wake_up_per_job_it_can_take_and_no_more() {
+        // One worker polling (counted by hand here) and one asleep: two jobs pushed together
+        // are one too many for the poller, so the sleeper must be woken for the second.
+        let queue = Arc::new(Queue::new(2));
+        let (woke, woken) = std::sync::mpsc::channel();
+        let sleeper = {
+            let queue = queue.clone();
+            std::thread::spawn(move || woke.send(queue.next(Duration::ZERO).map(|(j, _)| j.id)).unwrap())
+        };
+        asleep(&queue, 1);
+        queue.polling.fetch_add(1, Ordering::Relaxed);
+        queue.push(job(1)).ok().unwrap();
+        assert_eq!(queue.lock().sleeping, 1, "the poller takes the first job: no wake-up");
+        queue.push(job(2)).ok().unwrap();
+        let woken = woken
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the sleeper was woken for the second job")
+            .expect("and took a job");
+        sleeper.join().unwrap();
+        let polled = queue.pop(&mut queue.lock()).expect("one job is left for the poller").id;
+        let mut taken = [woken, polled];
+        taken.sort_unstable();
+        assert_eq!(taken, [1, 2], "each job taken once");
+        queue.polling.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_worker_whose_jobs_come_asleep_polls_only_to_probe_and_polls_again_once_one_is_caught() {
         let mut spin = SpinPolicy::default();
-        assert!(spin.now(), "a new worker polls");
+        assert_eq!(spin.spin(), WORKER_SPIN, "a new worker polls");
         let mut pattern = Vec::new();
-        for _ in 0..16 {
-            spin.waited(WORKER_SPIN * 100);
-            pattern.push(spin.now());
+        for _ in 0..2 * SpinPolicy::PROBE_EVERY {
+            spin.took(false);
+            pattern.push(spin.spin());
         }
-        let probes = pattern.iter().filter(|&&p| p).count();
-        assert_eq!(probes, 2, "one wait in {} polls: {pattern:?}", SpinPolicy::PROBE_EVERY);
-        assert!(!pattern[0] && pattern[SpinPolicy::PROBE_EVERY as usize - 1]);
-        spin.waited(WORKER_SPIN / 2);
-        assert!(spin.now() && spin.now(), "a short wait turns polling back on");
+        let probes = pattern.iter().filter(|&&d| d == SpinPolicy::PROBE_SPIN).count();
+        assert_eq!(probes, 2, "one wait in {} probes: {pattern:?}", SpinPolicy::PROBE_EVERY);
+        assert!(pattern.iter().all(|&d| d.is_zero() || d == SpinPolicy::PROBE_SPIN), "{pattern:?}");
+        spin.took(true);
+        assert_eq!(spin.spin(), WORKER_SPIN, "a job caught while polling turns polling back on");
     }
 
     #[test]
@@ -438,18 +476,16 @@ mod tests {
         let queue = Arc::new(Queue::new(1));
         queue.push(job(9)).ok().unwrap();
         queue.close();
-        assert_eq!(queue.next(false).unwrap().0.id, 9);
-        assert!(queue.next(true).is_none());
+        assert_eq!(queue.next(Duration::ZERO).unwrap().0.id, 9);
+        assert!(queue.next(WORKER_SPIN).is_none());
         assert_eq!(queue.push(job(10)).err().map(|j| j.id), Some(10));
         // A worker asleep when the queue closes wakes and ends.
         let queue = Arc::new(Queue::new(1));
         let worker = {
             let queue = queue.clone();
-            std::thread::spawn(move || queue.next(false).is_none())
+            std::thread::spawn(move || queue.next(Duration::ZERO).is_none())
         };
-        while queue.lock().sleeping == 0 {
-            std::thread::yield_now();
-        }
+        asleep(&queue, 1);
         queue.close();
         assert!(worker.join().unwrap());
     }
