@@ -1,14 +1,15 @@
 //! Tests against the real embedded interpreter (the project's Python environment).
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use bytes::Bytes;
 use numpy::{PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::JobError;
+use super::worker::{JobError, Workers};
 use super::*;
 use crate::audio::{AudioBuffer, SampleFormat};
 use crate::graph::{CircuitBreakers, Engine, Manifest, Mode, RequestShape, RunLimits, RuntimeHint};
@@ -55,6 +56,27 @@ fn misaligned_integer_buffers_are_copied_once() {
     });
 }
 
+/// Starts one job per worker (the shared runtime has two) that, with the GIL released, waits at
+/// each of `barriers` in turn: jobs that can only all finish with every worker inside one.
+fn on_each_worker(workers: &Arc<Workers>, barriers: &[Arc<Barrier>]) -> Vec<JoinHandle<Result<(), JobError>>> {
+    assert_eq!(workers.count(), 2);
+    (0..workers.count())
+        .map(|_| {
+            let (w, barriers) = (workers.clone(), barriers.to_vec());
+            tokio::spawn(async move {
+                w.run(&CancellationToken::new(), move |py| {
+                    py.detach(|| {
+                        for b in &barriers {
+                            b.wait();
+                        }
+                    })
+                })
+                .await
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_job_is_lost_to_its_caller_and_the_workers_serve_on() {
     let rt = runtime();
@@ -62,21 +84,7 @@ async fn a_panicking_job_is_lost_to_its_caller_and_the_workers_serve_on() {
     let lost = rt.workers.run(&none, |_| -> u32 { panic!("a job that panics") }).await;
     assert_eq!(lost.unwrap_err(), JobError::Lost);
     // Two jobs that can only finish together, so both workers must still be taking jobs.
-    let meet = Arc::new(std::sync::Barrier::new(2));
-    let both: Vec<_> = (0..2)
-        .map(|_| {
-            let (w, meet, none) = (rt.workers.clone(), meet.clone(), none.clone());
-            tokio::spawn(async move {
-                w.run(&none, move |py| {
-                    py.detach(|| {
-                        meet.wait();
-                    })
-                })
-                .await
-            })
-        })
-        .collect();
-    for job in both {
+    for job in on_each_worker(&rt.workers, &[Arc::new(Barrier::new(2))]) {
         let done = tokio::time::timeout(Duration::from_secs(30), job).await;
         assert!(matches!(done, Ok(Ok(Ok(())))), "every worker still takes jobs: {done:?}");
     }
@@ -84,28 +92,12 @@ async fn a_panicking_job_is_lost_to_its_caller_and_the_workers_serve_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_caller_gave_up_while_it_was_queued_is_not_run() {
-    use std::sync::Barrier;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let rt = runtime();
     let workers = rt.workers.clone();
-    assert_eq!(workers.count(), 2);
-    let none = CancellationToken::new();
-    // Both workers held inside a job (with the GIL released), so the next job queues.
+    // Both workers held inside a job, so the next job queues.
     let (entered, release) = (Arc::new(Barrier::new(3)), Arc::new(Barrier::new(3)));
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let (w, entered, release, none) = (workers.clone(), entered.clone(), release.clone(), none.clone());
-            tokio::spawn(async move {
-                w.run(&none, move |py| {
-                    py.detach(|| {
-                        entered.wait();
-                        release.wait();
-                    })
-                })
-                .await
-            })
-        })
-        .collect();
+    let held = on_each_worker(&workers, &[entered.clone(), release.clone()]);
     let wait = |b: Arc<Barrier>| {
         tokio::task::spawn_blocking(move || {
             b.wait();
@@ -127,19 +119,7 @@ async fn a_job_whose_caller_gave_up_while_it_was_queued_is_not_run() {
     // Both workers inside one more job each: the cancelled job, queued before these, is behind
     // them both, taken and skipped.
     let after = Arc::new(Barrier::new(3));
-    let last: Vec<_> = (0..2)
-        .map(|_| {
-            let (w, after, none) = (workers.clone(), after.clone(), none.clone());
-            tokio::spawn(async move {
-                w.run(&none, move |py| {
-                    py.detach(|| {
-                        after.wait();
-                    })
-                })
-                .await
-            })
-        })
-        .collect();
+    let last = on_each_worker(&workers, std::slice::from_ref(&after));
     wait(after).await.unwrap();
     for h in last {
         h.await.unwrap().unwrap();
