@@ -87,7 +87,7 @@ impl Workers {
     /// Runs `f` on a worker and awaits its result. If `cancel` fires (or this future is dropped)
     /// while the job runs, the job is interrupted and this returns at once; the job itself ends
     /// when its Python code next runs a bytecode (callers that must not overlap jobs hold a lock
-    /// inside `f`).
+    /// inside `f`). A job still queued then is never run.
     pub async fn run<R: Send + 'static>(
         self: &Arc<Self>,
         cancel: &CancellationToken,
