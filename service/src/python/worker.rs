@@ -123,16 +123,9 @@ impl Workers {
         // scheduler between polls woke the other runtime thread each time (a futex call, 4 % of
         // the server's CPU with 20 live streams through a Python node).
         let spin = expect == Expect::Quick && prompt;
-        let until = Instant::now() + if spin { CALLER_SPIN } else { Duration::ZERO };
-        while Instant::now() < until && !cancel.is_cancelled() {
-            match rx.try_recv() {
-                Ok(r) => {
-                    guard.armed = false;
-                    return Ok(r);
-                }
-                Err(oneshot::error::TryRecvError::Closed) => break,
-                Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
-            }
+        if spin && let Some(r) = poll_for(&mut rx, Instant::now() + CALLER_SPIN, cancel).await {
+            guard.armed = false;
+            return Ok(r);
         }
         let result = tokio::select! {
             r = &mut rx => r.map_err(|_| JobError::Lost),
@@ -169,6 +162,23 @@ impl Workers {
             Err(_) => blocking(),
         }
     }
+}
+
+/// Polls `rx` for a result until `until` or until `cancel` fires; `None` if none came by then.
+/// A result picked up here was never awaited, so the call is counted against the task's
+/// budget: a loop of quick calls still lets its runtime thread serve the other tasks.
+async fn poll_for<R>(rx: &mut oneshot::Receiver<R>, until: Instant, cancel: &CancellationToken) -> Option<R> {
+    while Instant::now() < until && !cancel.is_cancelled() {
+        match rx.try_recv() {
+            Ok(r) => {
+                tokio::task::coop::consume_budget().await;
+                return Some(r);
+            }
+            Err(oneshot::error::TryRecvError::Closed) => break,
+            Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+        }
+    }
+    None
 }
 
 impl Drop for Workers {
@@ -217,6 +227,9 @@ struct Queue {
     queued: AtomicUsize,
     /// Workers polling for their next job (see [`Queue::next`]).
     polling: AtomicUsize,
+    /// Workers running a job: counted when they take it, under the lock, and out when it
+    /// ends ([`Queue::done`]).
+    busy: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -235,6 +248,7 @@ impl Queue {
             ready: Condvar::new(),
             queued: AtomicUsize::new(0),
             polling: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
         }
     }
 
@@ -245,15 +259,16 @@ impl Queue {
     /// Queues `job`, waking a sleeping worker unless the workers polling for work are enough to
     /// take every queued job (each takes one, or checks the queue once more before it sleeps).
     /// Says whether the job is likely to start at once: nothing queued before it and a worker
-    /// not asleep (polling, or finishing a job and about to poll; possibly busy with a long
-    /// job, which costs a quick job's caller one vain spin). Gives the job back once the queue
-    /// is closed.
+    /// neither asleep nor running a job (polling, or between a job and its next poll). Gives
+    /// the job back once the queue is closed.
     fn push(&self, job: Job) -> Result<bool, Job> {
         let mut pending = self.lock();
         if pending.closed {
             return Err(job);
         }
-        let prompt = pending.jobs.is_empty() && pending.sleeping < self.workers;
+        // A worker busy with a long job (an inference) would leave a quick job's caller spinning
+        // in vain for CALLER_SPIN.
+        let prompt = pending.jobs.is_empty() && pending.sleeping + self.busy.load(Ordering::Relaxed) < self.workers;
         pending.jobs.push_back(job);
         self.queued.fetch_add(1, Ordering::Relaxed);
         // A poller that stops polling counts itself out before it takes the lock to sleep, so
@@ -266,10 +281,17 @@ impl Queue {
         Ok(prompt)
     }
 
+    /// Takes the first queued job for a worker, which runs it and then calls [`Queue::done`].
     fn pop(&self, pending: &mut Pending) -> Option<Job> {
         let job = pending.jobs.pop_front()?;
         self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.busy.fetch_add(1, Ordering::Relaxed);
         Some(job)
+    }
+
+    /// A worker finished the job it took.
+    fn done(&self) {
+        self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Stops the workers once they have taken the jobs already queued.
@@ -380,6 +402,7 @@ fn run_worker(queue: &Queue, slot: &Slot) {
             // SAFETY: the GIL is held; a NULL exception clears the thread's pending one.
             unsafe { ffi::PyThreadState_SetAsyncExc(thread, std::ptr::null_mut()) };
             slot.current.store(0, Ordering::SeqCst);
+            queue.done();
         }
     });
 }
@@ -405,7 +428,9 @@ mod tests {
         assert!(queue.push(job(7)).ok().unwrap(), "an awake worker and nothing queued before it");
         assert!(!queue.push(job(70)).ok().unwrap(), "queued behind another job");
         assert_eq!(queue.next(WORKER_SPIN).map(|(j, caught)| (j.id, caught)), Some((7, true)));
+        queue.done();
         assert_eq!(queue.next(WORKER_SPIN).map(|(j, caught)| (j.id, caught)), Some((70, true)));
+        queue.done();
         assert_eq!(queue.polling.load(Ordering::Relaxed), 0, "no longer counted as polling");
         assert_eq!(queue.queued.load(Ordering::Relaxed), 0);
     }
@@ -453,6 +478,43 @@ mod tests {
         taken.sort_unstable();
         assert_eq!(taken, [1, 2], "each job taken once");
         queue.polling.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_job_is_not_prompt_while_every_worker_is_running_one() {
+        // Two workers, driven by hand: each `next` is a worker taking a job, each `done` one
+        // finishing it.
+        let queue = Queue::new(2);
+        queue.push(job(1)).ok().unwrap();
+        queue.next(Duration::ZERO).unwrap();
+        assert!(queue.push(job(2)).ok().unwrap(), "the other worker is free");
+        queue.next(Duration::ZERO).unwrap();
+        assert!(!queue.push(job(3)).ok().unwrap(), "both workers are running a job");
+        queue.done();
+        queue.next(Duration::ZERO).unwrap();
+        queue.done();
+        queue.done();
+        assert_eq!(queue.busy.load(Ordering::Relaxed), 0, "each job counted in once and out once");
+        assert!(queue.push(job(4)).ok().unwrap(), "both workers free and nothing queued");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_result_picked_up_while_polling_counts_against_the_tasks_budget() {
+        let none = CancellationToken::new();
+        let mut calls = Box::pin(async {
+            for _ in 0..1_000 {
+                let (tx, mut rx) = oneshot::channel();
+                tx.send(()).unwrap();
+                assert!(poll_for(&mut rx, Instant::now() + Duration::from_secs(60), &none).await.is_some());
+            }
+        });
+        let mut polls = 0;
+        std::future::poll_fn(|cx| {
+            polls += 1;
+            calls.as_mut().poll(cx)
+        })
+        .await;
+        assert!(polls > 1, "a thousand results that were ready never gave the runtime its thread back");
     }
 
     #[test]
