@@ -236,6 +236,15 @@ def test_text_to_speech_takes_exactly_the_voices_espeak_ng_speaks_with(client: C
         client.run(pipeline(Node("TextToSpeechNode", id="tts", voice="English_(America)")), data={"tts": "hello"}, timeout=60)
     # A file name from the same listing works.
     assert client.run(pipeline(TextToSpeechNode("tts", voice="gmw/en-US")), data={"tts": "hello"}, timeout=60).audio["tts"].frames > 0
+    # espeak-ng takes a voice in any case, as language tags are written (`en-US`): so does the node,
+    # with the same speech.
+    def speech(voice: str) -> np.ndarray:
+        return client.run(pipeline(TextToSpeechNode("tts", voice=voice)), data={"tts": "hello"}, timeout=60).audio["tts"].to_numpy()
+
+    en_us = speech("en-us")
+    for spelling in ("en-US", "EN-US", "gmw/en-us", "GMW/EN-US"):
+        np.testing.assert_array_equal(speech(spelling), en_us, err_msg=spelling)
+    assert not np.array_equal(speech("en-GB"), en_us), "en-GB is British English, not the default voice"
 
 
 def test_text_to_speech_speaks_text_as_written(client: Client) -> None:

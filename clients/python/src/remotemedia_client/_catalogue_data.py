@@ -473,7 +473,7 @@ CATALOGUE: dict[str, Any] = {
                         "type": "string",
                         "maxLength": 64,
                         "default": "en-us",
-                        "description": "espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)",
+                        "description": "espeak-ng voice, in any case: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)",
                     },
                     "rate_wpm": {
                         "type": "integer",

@@ -228,8 +228,8 @@ class TextToSpeechNode(Node):
 
     Parameters (``None`` takes the service's default):
 
-    - ``voice`` (string, at most 64 characters, default "en-us"): espeak-ng voice: a language (`en-us`,
-      `en-gb`, `de`) or voice file name (`gmw/en-US`)
+    - ``voice`` (string, at most 64 characters, default "en-us"): espeak-ng voice, in any case: a
+      language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)
     - ``rate_wpm`` (integer, 80–450, in words/min, default 175): speaking rate
     - ``pitch`` (integer, 0–99, default 50): base pitch, espeak-ng's scale (50 is normal)
 

@@ -558,7 +558,7 @@ export const CATALOGUE: CatalogueJson = {
             "type": "string",
             "maxLength": 64,
             "default": "en-us",
-            "description": "espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)"
+            "description": "espeak-ng voice, in any case: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)"
           },
           "rate_wpm": {
             "type": "integer",

@@ -79,7 +79,7 @@ export type SpeechRecognitionParams = {
 
 /** Parameters of TextToSpeechNode: Text to speech with espeak-ng. */
 export type TextToSpeechParams = {
-  /** espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`) (at most 64 characters; default "en-us") */
+  /** espeak-ng voice, in any case: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`) (at most 64 characters; default "en-us") */
   voice?: string;
   /** speaking rate (80–450; in words/min; default 175) */
   rate_wpm?: number;

@@ -29,20 +29,30 @@ class Espeak:
 
     command: str
     version: str
+    #: The voices `espeak-ng --voices` lists: languages (`en-us`) and file names (`gmw/en-US`).
     voices: frozenset[str]
     #: The listing's VoiceName column (which `-v` mostly refuses), to the voice's language.
     named: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: Whether `-v` takes each listed voice checked so far: a few listed names are refused.
     _accepted: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    #: Each listed voice by its case-folded spelling.
+    _by_folded: dict[str, str] = field(init=False, compare=False, repr=False)
 
-    def accepts(self, voice: str) -> bool:
-        """Whether `voice` is listed and espeak-ng speaks with it (asked once per voice, 5-10 ms)."""
-        if voice not in self.voices:
-            return False
-        if voice not in self._accepted:
-            quiet = subprocess.run([self.command, "-q", "-v", voice, ""], capture_output=True, check=False)
-            self._accepted[voice] = quiet.returncode == 0
-        return self._accepted[voice]
+    def __post_init__(self) -> None:
+        # espeak-ng finds voices whatever their case (`en-US`, `GMW/EN-US`), as language tags
+        # are compared: a voice is looked up by its lower-case spelling.
+        object.__setattr__(self, "_by_folded", {v.casefold(): v for v in sorted(self.voices)})
+
+    def resolve(self, voice: str) -> str | None:
+        """The listed spelling of `voice`, in any case, if espeak-ng speaks with it (asked once
+        per voice, 5-10 ms); None if it is not listed or espeak-ng refuses it."""
+        listed = self._by_folded.get(voice.casefold())
+        if listed is None:
+            return None
+        if listed not in self._accepted:
+            quiet = subprocess.run([self.command, "-q", "-v", listed, ""], capture_output=True, check=False)
+            self._accepted[listed] = quiet.returncode == 0
+        return listed if self._accepted[listed] else None
 
     def synthesise(self, text: str, voice: str, rate_wpm: int, pitch: int) -> Audio:
         """`text` spoken by `voice` as mono int16 audio at espeak-ng's own rate (22050 Hz).
@@ -165,19 +175,21 @@ class TextToSpeech(Node):
         self,
         voice: Annotated[
             str,
-            Param(doc="espeak-ng voice: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)", max_length=64),
+            Param(doc="espeak-ng voice, in any case: a language (`en-us`, `en-gb`, `de`) or voice file name (`gmw/en-US`)", max_length=64),
         ] = "en-us",
         rate_wpm: Annotated[int, Param(80, 450, unit="words/min", doc="speaking rate")] = 175,
         pitch: Annotated[int, Param(0, 99, doc="base pitch, espeak-ng's scale (50 is normal)")] = 50,
     ) -> None:
         self.engine = models.host.get(ESPEAK)
-        if not self.engine.accepts(voice):
-            similar = sorted(v for v in self.engine.voices if v.split("-")[0] == voice.split("-")[0] and self.engine.accepts(v))[:12]
+        listed = self.engine.resolve(voice)
+        if listed is None:
+            language = voice.split("-")[0].casefold()
+            similar = sorted(v for v in self.engine.voices if v.split("-")[0].casefold() == language and self.engine.resolve(v))[:12]
             hint = f"; voices of that language: {', '.join(similar)}" if similar else "; `espeak-ng --voices` lists them"
             if voice in self.engine.named:
                 hint = f" (that is a voice's name; give its language, `{self.engine.named[voice]}`)"
             raise ParamError("voice", f"names no espeak-ng voice: `{quoted(voice)}`{hint}")
-        self.voice, self.rate_wpm, self.pitch = voice, rate_wpm, pitch
+        self.voice, self.rate_wpm, self.pitch = listed, rate_wpm, pitch
 
     def process(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if "data" not in inputs:
