@@ -136,6 +136,24 @@ def test_a_python_exception_with_a_huge_message_is_cut_in_band(srv: RunningServe
     assert "bytes of traceback left out" in err.stack_trace and err.stack_trace.rstrip().endswith("xxx")
 
 
+@pytest.mark.parametrize("node_type", ["VADNode", "RaiseNode"])
+def test_a_node_failure_quotes_a_long_node_id_cut(srv: RunningServer, node_type: str) -> None:
+    # A native and a Python node fail in-band; the id is quoted as every client text is: cut to
+    # 128 bytes, saying how much is left out. The id itself is whole in failing_node_id.
+    long_id = "n" * 250
+    samples = np.zeros(160, np.float32)
+    samples[3] = np.nan
+    params = {"kind": "ValueError", "message": "bad"} if node_type == "RaiseNode" else {}
+    resp = stub(srv).ExecutePipeline(
+        pb.ExecuteRequest(manifest=manifest([node(long_id, node_type, **params)]), audio_inputs={long_id: f32(samples)}),
+        timeout=30,
+    )
+    err = resp.error
+    assert err.failing_node_id == long_id
+    assert long_id not in err.message, err.message
+    assert "n… (" in err.message and "more bytes)" in err.message, err.message
+
+
 def test_log_lines_stay_bounded(srv: RunningServer) -> None:
     long = "z" * 100_000
     stub(srv).ExecutePipeline(

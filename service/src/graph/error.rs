@@ -112,11 +112,12 @@ pub enum ExecError {
     #[error(transparent)]
     Validation(#[from] ValidationError),
 
-    #[error("node `{node_id}` ({node_type}) failed{}: {source}", attempts_note(*.attempts))]
+    #[error("node `{}` ({node_type}) failed{}: {source}", text::quoted(node_id), attempts_note(*.attempts))]
     Node { node_id: String, node_type: String, attempts: u32, source: Box<NodeError> },
 
     #[error(
-        "node `{node_id}` skipped: the circuit breaker for {node_type} is open after {failures} consecutive failures; it half-opens in {} ms",
+        "node `{}` skipped: the circuit breaker for {node_type} is open after {failures} consecutive failures; it half-opens in {} ms",
+        text::quoted(node_id),
         retry_after.as_millis()
     )]
     CircuitOpen { node_id: String, node_type: String, failures: u32, retry_after: Duration },
@@ -143,7 +144,7 @@ fn running_note(running: &[String]) -> String {
     if running.is_empty() {
         "while its nodes were being built".to_owned()
     } else {
-        format!("running: {}", running.join(", "))
+        format!("running: {}", text::list(running, text::MAX_LISTED))
     }
 }
 
@@ -171,7 +172,7 @@ impl ExecError {
 /// Who took a run over its memory limit, for [`ExecError::MemoryLimit`]'s message.
 fn culprit(node_id: Option<&str>) -> String {
     match node_id {
-        Some(id) => format!("node `{id}`"),
+        Some(id) => format!("node `{}`", text::quoted(id)),
         None => "the request's inputs".to_owned(),
     }
 }

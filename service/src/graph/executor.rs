@@ -230,7 +230,7 @@ impl Pipeline {
             let idx = self.index_of(&id).ok_or_else(|| {
                 ExecError::Validation(ValidationError::single(Violation::new(
                     "node_id",
-                    format!("no node `{id}` in this pipeline"),
+                    format!("no node `{}` in this pipeline", crate::text::quoted(&id)),
                 )))
             })?;
             feed.push((idx, ports));
@@ -410,7 +410,10 @@ impl Pipeline {
                         }
                     }
                     let instance = self.slots[i].take().ok_or_else(|| {
-                        ExecError::Internal(format!("node `{}` is not available", self.plan.nodes[i].id))
+                        ExecError::Internal(format!(
+                            "node `{}` is not available",
+                            crate::text::quoted(&self.plan.nodes[i].id)
+                        ))
                     })?;
                     let mut ctx = self.context(i, inline, cancel);
                     if max_memory.is_some() {
@@ -590,7 +593,12 @@ impl Pipeline {
                 };
                 report.attempts += 1;
                 let Some(current) = instance.take() else {
-                    return (i, None, Err(ExecError::Internal(format!("node `{}` was lost", ctx.node_id)).into()));
+                    return (
+                        i,
+                        None,
+                        Err(ExecError::Internal(format!("node `{}` was lost", crate::text::quoted(&ctx.node_id)))
+                            .into()),
+                    );
                 };
                 let started = Instant::now();
                 let (back, result, Measured { cpu, custom, figures }) =
