@@ -307,6 +307,50 @@ def test_server_and_both_clients_refuse_the_same_inputs_naming_the_same_paramete
     assert not failures, "\n".join(failures)
 
 
+def test_server_and_both_clients_agree_on_where_each_node_type_can_run(srv: RunningServer) -> None:
+    # Every node type with each runtime hint: the server refuses a runtime the catalogue does
+    # not list for the type, and so does each client's check before sending, on the same field.
+    catalogue = server_catalogue(srv)
+    stub = service_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(srv.address))
+    hints = {"rust": pb.RUNTIME_HINT_RUST, "cpython": pb.RUNTIME_HINT_CPYTHON}
+    cases = []
+    for t in catalogue:
+        params = dict((t.params_schema.get("examples") or [{n: valid_value(dict(t.properties[n])) for n in t.required}])[0])
+        cases += [(t, params, runtime) for runtime in hints]
+    node_bin = shutil.which("node")
+    assert node_bin and TS_DIST.exists(), f"{TS_DIST} is missing: `make ts-build` builds it (make test does)"
+    doc = {"node_types": [{"name": t.name, "aliases": list(t.aliases), "description": t.description, "details": t.details,
+                           "params_schema": dict(t.params_schema), "inputs": list(t.inputs), "outputs": list(t.outputs),
+                           "runtimes": list(t.runtimes)} for t in catalogue]}
+    script = f"""
+import {{ BUILTIN_CATALOGUE, Catalogue, Pipeline }} from {json.dumps(TS_DIST.as_uri())};
+const input = JSON.parse(await new Response(process.stdin).text());
+const catalogue = BUILTIN_CATALOGUE.merged(Catalogue.fromJson(input.catalogue));
+process.stdout.write(JSON.stringify(input.cases.map(([type, params, runtime]) =>
+  new Pipeline().node("n", type, params, {{ runtime }}).violations(catalogue))));
+"""
+    done = subprocess.run(
+        [node_bin, "--input-type=module", "-e", script],
+        input=json.dumps({"catalogue": doc, "cases": [[t.name, p, r] for t, p, r in cases]}),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    ts_answers = json.loads(done.stdout)
+    refused, failures = 0, []
+    for (t, params, runtime), ts in zip(cases, ts_answers):
+        m = manifest([pb.NodeManifest(id="n", node_type=t.name, params=json.dumps(params), runtime_hint=hints[runtime])])
+        server = [f for f, _ in first_answer(stub, m)]
+        python = [v.field for v in Pipeline.chain(Node(t.name, "n", runtime=runtime, params=params)).violations(catalogue)]
+        typescript = [v["field"] for v in ts]
+        listed = ("python" if runtime == "cpython" else "rust") in t.runtimes
+        expected = [] if listed else ["nodes[0].runtime_hint"]
+        refused += not listed
+        if not server == python == typescript == expected:
+            failures.append(f"{t.name} with {runtime}: server {server}, python {python}, ts {typescript}, catalogue {t.runtimes}")
+    assert not failures, "\n".join(failures)
+    assert refused >= 5, "the Python-only nodes (SileroVADNode and others) have no Rust runtime"
+
+
 def test_docs_nodes_md_lists_every_node_and_parameter() -> None:
     text = (REPO / "docs" / "nodes.md").read_text()
     for t in BUILTIN_CATALOGUE:

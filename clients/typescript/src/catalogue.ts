@@ -121,6 +121,19 @@ export class Catalogue {
   }
 
   /**
+   * Why a `nodeType` node cannot run in `runtime` (`"auto"` always can), as the service words
+   * it; undefined when it can, or when this catalogue does not know the type (the service
+   * checks it).
+   */
+  runtimeProblem(nodeType: string, runtime: "auto" | "rust" | "cpython"): string | undefined {
+    const t = this.get(nodeType);
+    if (t === undefined || runtime === "auto") return undefined;
+    if (t.runtimes.includes(runtime === "cpython" ? "python" : "rust")) return undefined;
+    const [what, other] = runtime === "rust" ? ["native Rust", "cpython"] : ["Python", "rust"];
+    return `node type \`${t.name}\` has no ${what} implementation; use runtime auto or ${other}`;
+  }
+
+  /**
    * Each parameter of a `nodeType` node the service would refuse by the declaration's rules,
    * declared parameters first, then unknown ones, then groups of parameters that exclude each
    * other, then parameters that must exceed another; nothing for a type this catalogue does not

@@ -4,7 +4,7 @@ import { Audio } from "./audio.js";
 import { type Violation, validationError } from "./error.js";
 import { checkOptions, describe, isPlainObject, optionViolations } from "./options-check.js";
 import { type ExecuteRequest, ExecuteRequestSchema } from "./gen/remotemedia/v1/execution_pb.js";
-import { type PipelineManifest, PipelineManifestSchema } from "./gen/remotemedia/v1/manifest_pb.js";
+import { type PipelineManifest, PipelineManifestSchema, RuntimeHint } from "./gen/remotemedia/v1/manifest_pb.js";
 import { BUILTIN_CATALOGUE, type Catalogue } from "./catalogue.js";
 import {
   type CheckedNode,
@@ -70,7 +70,12 @@ export function unknownNodeTypes(manifest: PipelineManifest): boolean {
  */
 export function manifestViolations(manifest: PipelineManifest, catalogue: Catalogue): Violation[] {
   if (unknownTo(manifest, catalogue)) return [];
-  const nodes: CheckedNode[] = manifest.nodes.map((n) => ({ id: n.id, type: n.nodeType, params: paramsOf(n.params) }));
+  const nodes: CheckedNode[] = manifest.nodes.map((n) => ({
+    id: n.id,
+    type: n.nodeType,
+    params: paramsOf(n.params),
+    runtime: n.runtimeHint === RuntimeHint.RUST ? "rust" : n.runtimeHint === RuntimeHint.CPYTHON ? "cpython" : "auto",
+  }));
   const edges: PipelineEdge[] = manifest.connections.map((c) => ({
     from: c.from,
     to: c.to,

@@ -422,6 +422,8 @@ export interface CheckedNode {
   id: string;
   type: string;
   params: Record<string, unknown> | undefined;
+  /** Where the node is to run; AUTO when left out. */
+  runtime?: Runtime;
 }
 
 /**
@@ -474,14 +476,20 @@ export function pipelineViolations(nodes: readonly CheckedNode[], edges: readonl
   const planned = new Map<string, NodeTypeJson | undefined>();
   const problems: Violation[] = nodes.flatMap((n, i) => {
     const found = n.params === undefined ? [] : catalogue.check(n.type, n.params);
+    const unavailable = catalogue.runtimeProblem(n.type, n.runtime ?? "auto");
     if (n.id !== "" && !planned.has(n.id)) {
-      planned.set(n.id, n.params !== undefined && found.length === 0 ? catalogue.get(n.type) : undefined);
+      const checked = n.params !== undefined && found.length === 0 && unavailable === undefined;
+      planned.set(n.id, checked ? catalogue.get(n.type) : undefined);
     }
-    return found.map(({ param, problem }) => ({
+    const problems: Violation[] = found.map(({ param, problem }) => ({
       field: `nodes[${i}].params.${param}`,
       description: `node \`${n.id}\` (${n.type}): parameter \`${param}\` ${problem}`,
       nodeId: n.id,
     }));
+    if (unavailable !== undefined) {
+      problems.push({ field: `nodes[${i}].runtime_hint`, description: `node \`${n.id}\`: ${unavailable}`, nodeId: n.id });
+    }
+    return problems;
   });
   const seen = new Set<string>();
   edges.forEach((e, j) => {

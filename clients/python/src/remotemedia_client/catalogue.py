@@ -172,6 +172,20 @@ class Catalogue:
         t = self.get(node_type)
         return t.check(params) if t is not None else []
 
+    def runtime_problem(self, node_type: str, runtime: str) -> str | None:
+        """Why ``node_type`` cannot run in ``runtime`` (``"rust"`` or ``"cpython"``; ``"auto"``
+        always can), as the service words it; None when it can, or when this catalogue does
+        not know the type (the service checks it)."""
+        t = self.get(node_type)
+        if t is None or runtime == "auto":
+            return None
+        listed = "python" if runtime == "cpython" else runtime
+        if listed in t.runtimes:
+            return None
+        other = "cpython" if runtime == "rust" else "rust"
+        what = "native Rust" if runtime == "rust" else "Python"
+        return f"node type `{t.name}` has no {what} implementation; use runtime auto or {other}"
+
     def __iter__(self) -> Any:
         return iter(self.types.values())
 

@@ -465,7 +465,10 @@ class Pipeline:
                 Violation(f"nodes[{i}].params.{param}", f"node `{n.id}` ({n.type}): parameter `{param}` {problem}", n.id or None)
                 for param, problem in problems
             ]
-            if not problems and index.get(n.id) == i:
+            unavailable = catalogue.runtime_problem(n.type, n.runtime.value)
+            if unavailable is not None:
+                out.append(Violation(f"nodes[{i}].runtime_hint", f"node `{n.id}`: {unavailable}", n.id or None))
+            if not problems and unavailable is None and index.get(n.id) == i:
                 planned.add(n.id)
         seen: dict[tuple[str, str, str, str], int] = {}
         for j, c in enumerate(self.connections):
