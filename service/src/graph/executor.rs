@@ -21,7 +21,7 @@ use super::error::{ExecError, ValidationError, Violation};
 use super::manifest::Manifest;
 use super::metrics::{MemoryTracker, NodeOutput, NodeReport, NodeStatus, RunOutput, thread_cpu_time};
 use super::retry::RetryPolicy;
-use super::validate::{Plan, RequestShape, param_violation, validate};
+use super::validate::{Plan, PlannedNode, RequestShape, checked_nodes, param_violation, validate};
 use crate::audio::AudioBuffer;
 use crate::nodes::{
     Figures, MemoryBudget, NodeContext, NodeError, NodeInstance, ParamError, PortError, PortName, PortValue, Ports,
@@ -49,32 +49,35 @@ impl Engine {
     }
 
     /// Validates `manifest` against the request (node parameters included) and builds every
-    /// node, reporting all problems together.
+    /// node, reporting all problems together: when validation fails, the nodes that passed
+    /// their own checks are still built (and dropped), so that what only a node's construction
+    /// can check (a voice espeak-ng does not have) is reported with the rest.
     pub async fn build(&self, manifest: &Manifest, shape: &RequestShape) -> Result<Pipeline, ValidationError> {
         let (plan, mut error) = validate(manifest, &self.registry, shape);
-        let Some(plan) = plan else { return Err(error) };
-
-        let created = futures::future::join_all(plan.nodes.iter().map(|n| async move {
-            match &n.resolved.choice {
-                RuntimeChoice::Native(f) => Ok(NodeInstance::Native(f.create(&n.params))),
-                RuntimeChoice::Python => match self.registry.foreign() {
-                    Some(py) => py.create(&n.resolved.node_type, &n.id, &n.params).await.map(NodeInstance::Async),
-                    None => Err(vec![ParamError::new("", "the Python runtime is not enabled")]),
-                },
+        let Some(plan) = plan else {
+            let checked: Vec<(usize, PlannedNode)> = checked_nodes(manifest, &self.registry)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, n)| Some((i, n?)))
+                .collect();
+            for (i, node, result) in self.create(checked.iter().map(|(i, n)| (*i, n))).await {
+                if let Err(errors) = result {
+                    error
+                        .violations
+                        .extend(errors.iter().map(|e| param_violation(i, &node.id, &node.resolved.node_type, e)));
+                }
             }
-        }))
-        .await;
+            return Err(error);
+        };
 
-        let mut slots = Vec::with_capacity(created.len());
-        for (i, (node, result)) in plan.nodes.iter().zip(created).enumerate() {
+        let mut slots = Vec::with_capacity(plan.nodes.len());
+        // The plan holds every manifest node, in manifest order.
+        for (i, node, result) in self.create(plan.nodes.iter().enumerate()).await {
             match result {
                 Ok(instance) => slots.push(Some(instance)),
-                Err(errors) => {
-                    // The plan holds every manifest node, in manifest order.
-                    for e in &errors {
-                        error.violations.push(param_violation(i, &node.id, &node.resolved.node_type, e));
-                    }
-                }
+                Err(errors) => error
+                    .violations
+                    .extend(errors.iter().map(|e| param_violation(i, &node.id, &node.resolved.node_type, e))),
             }
         }
         if !error.violations.is_empty() {
@@ -98,6 +101,27 @@ impl Engine {
             failed_reports: Vec::new(),
             budget,
         })
+    }
+}
+
+impl Engine {
+    /// Instantiates `nodes` (each with its manifest index), concurrently; each node's own
+    /// construction checks come back as [`ParamError`]s.
+    async fn create<'a>(
+        &self,
+        nodes: impl Iterator<Item = (usize, &'a PlannedNode)>,
+    ) -> Vec<(usize, &'a PlannedNode, Result<NodeInstance, Vec<ParamError>>)> {
+        futures::future::join_all(nodes.map(|(i, n)| async move {
+            let instance = match &n.resolved.choice {
+                RuntimeChoice::Native(f) => Ok(NodeInstance::Native(f.create(&n.params))),
+                RuntimeChoice::Python => match self.registry.foreign() {
+                    Some(py) => py.create(&n.resolved.node_type, &n.id, &n.params).await.map(NodeInstance::Async),
+                    None => Err(vec![ParamError::new("", "the Python runtime is not enabled")]),
+                },
+            };
+            (i, n, instance)
+        }))
+        .await
     }
 }
 

@@ -103,6 +103,13 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
     (Some(plan), error)
 }
 
+/// Each manifest node that passes its own checks (its type, runtime and parameters), by
+/// manifest index; `None` for the others. For a manifest that failed [`validate`]: the nodes
+/// whose construction can still be tried, so that its checks join the report.
+pub fn checked_nodes(manifest: &Manifest, registry: &Registry) -> Vec<Option<PlannedNode>> {
+    Check { manifest, registry, violations: Vec::new(), first_index: HashMap::new() }.nodes()
+}
+
 /// One validation of a manifest, phase by phase: the header, the nodes, the connections, the
 /// cycles, then the inputs and outputs the request names.
 struct Check<'a> {

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::*;
 use crate::graph::{Backoff, Edge, PipelineConfig};
 use crate::nodes::{
-    AsyncNode, AsyncOutput, INPUT, Node, NodeErrorKind, NodeFactory, NodeSpec, OUTPUT, Params, PortSpec,
+    AsyncNode, AsyncOutput, INPUT, Node, NodeErrorKind, NodeFactory, NodeSpec, OUTPUT, ParamSpec, Params, PortSpec,
 };
 
 fn audio(samples: Vec<f32>) -> Ports {
@@ -626,6 +626,45 @@ async fn building_reports_bad_parameters_of_every_node() {
         err.violations[0].message
     );
     assert!(err.to_string().starts_with("invalid pipeline, 4 problems: (1) node `a`"), "{err}");
+}
+
+/// Python-like nodes whose construction refuses a `voice` it does not have, as
+/// TextToSpeechNode's does; counts the nodes it built.
+struct PickyRuntime(AtomicU32);
+
+#[async_trait]
+impl crate::nodes::ForeignNodes for PickyRuntime {
+    fn declarations(&self) -> Vec<NodeSpec> {
+        vec![
+            NodeSpec::new("Picky", "checks its voice when built")
+                .input(PortSpec::audio(INPUT, "audio"))
+                .output(PortSpec::audio(OUTPUT, "audio"))
+                .param(ParamSpec::text("voice", 16).default("known")),
+        ]
+    }
+    async fn create(&self, _t: &str, _id: &str, p: &Params) -> Result<Arc<dyn AsyncNode>, Vec<ParamError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        match p.str("voice") {
+            "known" => Ok(Arc::new(Sleeper)),
+            other => Err(vec![ParamError::new("voice", format!("names no voice: `{other}`"))]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_check_only_construction_makes_is_reported_with_the_other_violations() {
+    let picky = Arc::new(PickyRuntime(AtomicU32::new(0)));
+    let engine = engine_with(|r| r.attach_foreign(picky.clone()).expect("no twin to disagree"));
+    let m = Manifest::new("p")
+        .node("a", "GainNode", r#"{"gain_db": "x"}"#)
+        .node("t", "Picky", r#"{"voice": "zz"}"#)
+        .node("u", "Picky", r#"{"voice": 7}"#)
+        .connect("a", "t");
+    let err = engine.build(&m, &shape(&["a", "u"])).await.err().unwrap();
+    let fields: Vec<&str> = err.violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, ["nodes[0].params.gain_db", "nodes[2].params.voice", "nodes[1].params.voice"]);
+    assert_eq!(err.violations[2].message, "node `t` (Picky): parameter `voice` names no voice: `zz`");
+    assert_eq!(picky.0.load(Ordering::SeqCst), 1, "only the node that passed its own checks was built");
 }
 
 /// Sums every sample it has seen and emits the running total on flush.
