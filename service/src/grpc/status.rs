@@ -388,7 +388,9 @@ fn exec_context(e: &ExecError) -> Value {
             let mut ctx = json!({
                 "node_type": node_type,
                 "attempts": attempts,
-                "retryable": source.is_retryable(),
+                // The same request may pass when made again: a transient failure at once, one
+                // that names a delay (a model pool that stayed busy) after it.
+                "retryable": source.is_retryable() || source.retry_after_ms.is_some(),
             });
             if let Some(field) = &source.field {
                 ctx["field"] = json!(field);
