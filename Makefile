@@ -154,9 +154,18 @@ test-docker: venv tools deploy-tools build-release ## build the image and test i
 test-container: venv tools ## the tests of the composed image (tests/test_container.py); needs an engine and the image
 	REMOTEMEDIA_IMAGE=$(DOCKER_IMAGE) $(VPY) -m pytest -q -rs tests/test_container.py
 
+# The token file is the compose secret, which the container reads as its user (uid and gid
+# 10001): readable by that group only, where the owner can hand the file to it (as root).
+DOCKER_TOKENS ?= docker/tokens
 docker-tokens: ## write docker/tokens (one random bearer token) for docker compose
-	@umask 022; test -e docker/tokens || $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > docker/tokens
-	@echo "docker/tokens holds the bearer token; the container's user (uid 10001) must be able to read it"
+	@test -e $(DOCKER_TOKENS) || (umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $(DOCKER_TOKENS))
+	@if chgrp 10001 $(DOCKER_TOKENS) 2>/dev/null; then \
+		chmod 0640 $(DOCKER_TOKENS); \
+		echo "$(DOCKER_TOKENS) holds the bearer token, readable by its owner and group 10001 (the container's user)"; \
+	else \
+		chmod 0644 $(DOCKER_TOKENS); \
+		echo "$(DOCKER_TOKENS) holds the bearer token; group 10001 cannot be given it here (not root), so it is readable by all: keep it out of shared directories"; \
+	fi
 
 lint: venv $(CLIENT_LINT_TARGETS) ## rustfmt, clippy and every client's linters
 	$(CARGO) fmt --manifest-path service/Cargo.toml --check

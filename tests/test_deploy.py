@@ -217,3 +217,27 @@ def test_every_setting_and_metric_is_documented() -> None:
     operations = (REPO / "docs" / "operations.md").read_text()
     documented = set(re.findall(r"^\| `(remotemedia_\w+)`", operations, flags=re.M))
     assert families and documented == families
+
+
+def test_make_docker_tokens_writes_one_token_readable_by_the_container_user_only(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+
+    def make() -> str:
+        done = subprocess.run(
+            ["make", "-s", "-C", str(REPO), "docker-tokens", f"DOCKER_TOKENS={tokens}"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    said = make()
+    token = tokens.read_text()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}\n", token), token
+    mode = tokens.stat().st_mode & 0o777
+    if os.geteuid() == 0:
+        # The compose secret is mounted with the host file's owner and mode; the container's
+        # user (uid and gid 10001) reads it through its group, nobody else can.
+        assert (mode, tokens.stat().st_gid) == (0o640, 10001), (oct(mode), tokens.stat().st_gid)
+    else:
+        assert mode == 0o644 and "readable by all" in said, (oct(mode), said)
+    make()
+    assert tokens.read_text() == token, "an existing token is kept"
