@@ -34,8 +34,21 @@ pub fn clip(s: &str, max_bytes: usize) -> Cow<'_, str> {
     if max_bytes < note_room {
         return Cow::Owned(s[..s.floor_char_boundary(max_bytes)].to_owned());
     }
-    let cut = s.floor_char_boundary(max_bytes - note_room);
+    let cut = before_open_note(s, s.floor_char_boundary(max_bytes - note_room));
     Cow::Owned(format!("{}… ({} more bytes)", &s[..cut], s.len() - cut))
+}
+
+/// `cut`, or where the note of an inner cut begins when `cut` falls inside that note: a quoted
+/// id cut earlier (`` `xxx… (146 more bytes)` ``) and then cut again through its note would read
+/// `` `xxx… (146 mo… (80 more bytes) ``.
+fn before_open_note(s: &str, cut: usize) -> usize {
+    let Some(start) = s[..cut].rfind('…') else { return cut };
+    let note = &s[start..];
+    let note_end = note.find(" more bytes)").map(|i| start + i + " more bytes)".len());
+    match note_end {
+        Some(end) if note.starts_with("… (") && end > cut => start,
+        _ => cut,
+    }
 }
 
 /// Client-supplied text for quoting in a message: cut to [`MAX_QUOTED_BYTES`].
@@ -91,6 +104,25 @@ mod tests {
             } else if max >= 24 {
                 assert!(c.ends_with(&format!("({} more bytes)", s.len() - kept.len())), "{c}");
             }
+        }
+    }
+
+    #[test]
+    fn a_cut_through_an_inner_note_goes_before_the_note() {
+        let inner = format!("node `{}` (GainNode): parameter `gain_db` must be a number", quoted(&"n".repeat(300)));
+        for max in 100..inner.len() {
+            let c = clip(&inner, max);
+            assert!(c.len() <= max, "{max}: {c}");
+            // Every note is whole: `… (N more bytes)`.
+            for (at, _) in c.match_indices('…') {
+                let rest = c[at..].strip_prefix("… (").unwrap_or_else(|| panic!("{max}: a note cut through: {c}"));
+                let (count, _) =
+                    rest.split_once(" more bytes)").unwrap_or_else(|| panic!("{max}: a note cut through: {c}"));
+                assert!(count.bytes().all(|b| b.is_ascii_digit()), "{max}: a note cut through: {c}");
+            }
+            let (kept, _) = c.rsplit_once('…').unwrap();
+            assert!(inner.starts_with(kept), "{c}");
+            assert!(c.ends_with(&format!("… ({} more bytes)", inner.len() - kept.len())), "{c}");
         }
     }
 
