@@ -14,6 +14,11 @@ const REFUSAL_BYTES: usize = 4096;
 /// Blocks at least this large get mappings of their own from glibc's malloc (see
 /// [`keep_large_blocks_mapped`]).
 const MMAP_THRESHOLD_BYTES: libc::c_int = 1 << 20;
+/// Free memory at the top of a malloc heap that is kept rather than given back. A fixed mmap
+/// threshold also fixes this one, at 128 KiB by default: a unary call's buffers of a few hundred
+/// KiB were then given back and faulted in again on every call (+27 % server CPU per call in
+/// `bench/ab_cost.py --mode unary`).
+const TRIM_THRESHOLD_BYTES: libc::c_int = 32 << 20;
 
 /// glibc's malloc raises its mmap threshold to the size of each large block freed (up to 32
 /// MiB), so after the first large request the next ones' buffers come from the heap, and the
@@ -21,12 +26,17 @@ const MMAP_THRESHOLD_BYTES: libc::c_int = 1 << 20;
 /// 194 MiB against 107 MiB idle, and with a fixed threshold at 108 MiB, as fast
 /// (`tests/test_operations.py`, `large_requests_give_their_memory_back`). Blocks under 1 MiB,
 /// every stream chunk and a 1 s unary call among them, are served as before.
-/// `MALLOC_MMAP_THRESHOLD_` in the environment still sets it.
+/// `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` in the environment still set them.
 fn keep_large_blocks_mapped() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: mallopt only sets a malloc parameter; no other thread has started yet.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
+    for (param, env, bytes) in [
+        (libc::M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD_BYTES),
+        (libc::M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD_BYTES),
+    ] {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: mallopt only sets a malloc parameter; no other thread has started yet.
+            unsafe { libc::mallopt(param, bytes) };
+        }
     }
 }
 
