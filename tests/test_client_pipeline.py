@@ -301,6 +301,11 @@ def test_data_that_json_cannot_carry_is_refused_before_sending() -> None:
             ("data_inputs[t]", "holds NaN or infinity, which JSON cannot carry")
         ]
     assert json.loads(request({"text": "hi", "n": np.float32(1.5)}).data_inputs["t"]) == {"text": "hi", "n": 1.5}
+    cycle: dict[str, object] = {"text": "x"}
+    cycle["self"] = cycle
+    with pytest.raises(ValidationError) as e:
+        request(cycle)
+    assert [(v.field, v.description) for v in e.value.violations] == [("data_inputs[t]", "contains itself, which JSON cannot write")]
 
 
 def test_a_parameter_json_cannot_carry_is_refused_by_the_wire_and_json_forms() -> None:
@@ -311,6 +316,31 @@ def test_a_parameter_json_cannot_carry_is_refused_by_the_wire_and_json_forms() -
         assert [v.field for v in e.value.violations] == ["nodes[0].params.gain_db", "nodes[1].params.bands[1]"]
         assert "parameter `gain_db` is NaN, a number JSON has no form for" in str(e.value)
         assert "parameter `bands` (at nodes[1].params.bands[1]) is -Infinity" in str(e.value)
+
+
+def test_a_parameter_of_a_kind_json_cannot_write_is_refused_naming_it() -> None:
+    # A set, bytes, a function, a key JSON cannot write, a mapping that contains itself: each a
+    # VALIDATION error naming the parameter, as the TypeScript client names a BigInt or a cycle,
+    # not a TypeError or RecursionError from json.dumps. The same object twice is no cycle.
+    cycle: dict[str, object] = {"depth": 1}
+    cycle["self"] = cycle
+    shared = {"a": 1}
+    params = {"s": {1, 2}, "b": b"x", "f": len, "k": {(1, 2): 3}, "cycle": cycle, "twice": [shared, shared], "n": np.float32(2)}
+    p = Pipeline.chain(Node("SomePluginNode", "x", params=params))
+    for write in (p.to_manifest, p.to_json):
+        with pytest.raises(ValidationError) as e:
+            write()
+        assert [v.field for v in e.value.violations] == [
+            "nodes[0].params.s",
+            "nodes[0].params.b",
+            "nodes[0].params.f",
+            "nodes[0].params.k",
+            "nodes[0].params.cycle.self",
+        ]
+        assert "parameter `s` is a value of type set, which JSON has no form for" in str(e.value)
+        assert "parameter `cycle` (at nodes[0].params.cycle.self) contains itself" in str(e.value)
+    fine = Pipeline.chain(Node("SomePluginNode", "x", params={"twice": [shared, shared], "n": np.float32(2), "i": {1: 2}}))
+    assert json.loads(fine.to_manifest().nodes[0].params) == {"twice": [{"a": 1}, {"a": 1}], "n": 2.0, "i": {"1": 2}}
 
 
 def test_a_none_parameter_is_unset_and_left_out_as_the_typescript_client_does() -> None:

@@ -198,7 +198,9 @@ export function executeRequest(
     if (!ids.has(id)) problems.push({ field: "output_nodes", description: `no node "${id}" in this pipeline`, nodeId: id });
   }
   manifest.nodes.forEach((n, i) => {
-    if (sourceNodes(manifest).includes(n.id) && !(n.id in audioInputs) && !(n.id in dataInputs)) {
+    // An input given but refused above is named there, not again as missing.
+    const given = n.id in (resolved.audio ?? {}) || n.id in (resolved.data ?? {});
+    if (sourceNodes(manifest).includes(n.id) && !given) {
       problems.push({ field: `nodes[${i}]`, description: `source node "${n.id}" has no input (give it audio or data)`, nodeId: n.id });
     }
   });

@@ -366,20 +366,28 @@ export class Pipeline extends NodeBuilders {
   #assertSendable(): void {
     const problems: Violation[] = [];
     this.#nodes.forEach((n, i) => {
+      // The objects around the value being visited: one met again is a cycle.
+      const around: object[] = [];
       const visit = (value: unknown, field: string, param: string): void => {
-        if (typeof value === "number" && !Number.isFinite(value)) {
+        const refuse = (what: string): void => {
           const where = field === `nodes[${i}].params.${param}` ? "" : ` (at ${field})`;
-          problems.push({
-            field,
-            description: `node \`${n.id}\` (${n.type}): parameter \`${param}\`${where} is ${String(value)}, a number JSON has no form for`,
-            nodeId: n.id,
-          });
-        } else if (Array.isArray(value)) {
-          value.forEach((v, k) => {
-            visit(v, `${field}[${k}]`, param);
-          });
-        } else if (isRecord(value)) {
-          for (const [k, v] of Object.entries(value)) visit(v, `${field}.${k}`, param);
+          problems.push({ field, description: `node \`${n.id}\` (${n.type}): parameter \`${param}\`${where} ${what}`, nodeId: n.id });
+        };
+        if (typeof value === "number" && !Number.isFinite(value)) {
+          refuse(`is ${String(value)}, a number JSON has no form for`);
+        } else if (typeof value === "bigint") {
+          refuse(`is a BigInt (${String(value)}n), which JSON has no form for: pass a number`);
+        } else if (typeof value === "function" || typeof value === "symbol") {
+          refuse(`is a ${typeof value}, which JSON has no form for`);
+        } else if (typeof value === "object" && value !== null && around.includes(value)) {
+          refuse("contains itself, which JSON cannot write");
+        } else if (Array.isArray(value) || isRecord(value)) {
+          around.push(value);
+          const entries: [string, unknown][] = Array.isArray(value)
+            ? value.map((v, k) => [`[${k}]`, v])
+            : Object.entries(value).map(([k, v]) => [`.${k}`, v]);
+          for (const [at, v] of entries) visit(v, `${field}${at}`, param);
+          around.pop();
         }
       };
       for (const [param, value] of Object.entries(n.params)) visit(value, `nodes[${i}].params.${param}`, param);

@@ -231,6 +231,12 @@ describe("errors", () => {
     await refused(() => client.execute(p, { audio: { g: audio }, data: loose(["x"]) }), "inputs.data", /object of node id/);
     await refused(() => client.execute(p, { audio: { g: loose("x") } }), "audio_inputs[g]", /must be an Audio, got "x"/);
     await refused(() => client.execute(p, { audio: { g: audio }, data: { g: 10n } }), "data_inputs[g]", /not JSON-serialisable: .*BigInt/);
+    // A source fed data JSON cannot write is named for that, not also as a source without input.
+    const unwritable = await failure(() => client.execute(new Pipeline("t").textToSpeech("t"), { data: { t: 10n } }));
+    assert.deepEqual(
+      unwritable.violations.map((v) => v.field),
+      ["data_inputs[t]"],
+    );
     await refused(() => client.execute(p, { audio: { g: audio }, limits: loose({ timeoutMs: 5 }) }), "limits.timeoutMs", /not an option/);
     await refused(() => client.stream(p, { inputNode: "nope" }), "inputNode", /no node "nope" in this pipeline/);
     await refused(() => client.stream(p, { maxBufferedChunks: 0 }), "maxBufferedChunks", /1 or more, got 0/);
@@ -243,6 +249,10 @@ describe("errors", () => {
     // JSON.stringify would send NaN as null, which the service reads as "use the default".
     await refused(() => client.execute(new Pipeline("n").gain("g", { gain_db: NaN }), audio), "nodes[0].params.gain_db", /is NaN/);
     await refused(() => client.stream(new Pipeline("n").gain("g", { gain: Infinity })), "nodes[0].params.gain", /is Infinity/);
+    const cycle: Record<string, unknown> = {};
+    cycle["self"] = cycle;
+    await refused(() => client.execute(new Pipeline("n").node("x", "SomePluginNode", { cycle }), audio), "nodes[0].params.cycle.self", /contains itself/);
+    await refused(() => client.stream(new Pipeline("n").gain("g", { gain_db: 3n as unknown as number })), "nodes[0].params.gain_db", /BigInt/);
     await refused(() => client.execute(p, loose(new Float32Array(4))), "inputs", /wrap samples in new Audio/);
     const twoSources = new Pipeline("two").gain("a").gain("b");
     await refused(() => client.execute(twoSources, { audio }), "inputs.audio", /2 source nodes \(a, b\); name the node to feed/);

@@ -250,6 +250,26 @@ test("a non-finite parameter is never sent as null (the node's default): the wir
   }
 });
 
+test("a parameter JSON cannot write (a BigInt, a function, an object containing itself) is a VALIDATION error naming it", () => {
+  const cycle: Record<string, unknown> = { depth: 1 };
+  cycle["self"] = cycle;
+  const shared = { a: 1 };
+  const p = new Pipeline("p")
+    .node("x", "SomePluginNode", { big: 3n, nested: { f: () => 1 }, cycle, twice: [shared, shared] })
+    .gain("g", { gain_db: 3n as unknown as number });
+  for (const write of [() => p.toProto(), () => JSON.stringify(p)]) {
+    const error = validationOf(write);
+    assert.deepEqual(
+      error.violations.map((v) => v.field),
+      ["nodes[0].params.big", "nodes[0].params.nested.f", "nodes[0].params.cycle.self", "nodes[1].params.gain_db"],
+      "the same object twice, not inside itself, is fine",
+    );
+    assert.match(error.message, /parameter `big` is a BigInt \(3n\), which JSON has no form for: pass a number/);
+    assert.match(error.message, /parameter `nested` \(at nodes\[0\]\.params\.nested\.f\) is a function/);
+    assert.match(error.message, /parameter `cycle` \(at nodes\[0\]\.params\.cycle\.self\) contains itself/);
+  }
+});
+
 test("a null parameter is unset, as the service reads it: left out of the manifest, as the Python client does", () => {
   const p = new Pipeline("p").gain("g", { gain_db: null as unknown as number, gain: 2 }).passThrough("q", { x: undefined } as never);
   assert.deepEqual(p.toJSON().nodes.map((n) => n.params), [{ gain: 2 }, {}]);

@@ -301,8 +301,11 @@ def execute_request(
         try:
             # numpy numbers and arrays are the values they hold; NaN and infinity have no JSON.
             data_text[node_id] = json.dumps(plain(value), allow_nan=False)
-        except ValueError:
-            problems.append(Violation(f"data_inputs[{node_id}]", "holds NaN or infinity, which JSON cannot carry", node_id))
+        except ValueError as e:
+            # json.dumps says "Out of range float values are not JSON compliant" for NaN and
+            # infinity, "Circular reference detected" for a value that contains itself.
+            why = "contains itself, which JSON cannot write" if "ircular" in str(e) else "holds NaN or infinity, which JSON cannot carry"
+            problems.append(Violation(f"data_inputs[{node_id}]", why, node_id))
         except TypeError as e:
             problems.append(Violation(f"data_inputs[{node_id}]", f"is not JSON-serialisable: {e}", node_id))
     by_id = {n.id: n for n in p.nodes}

@@ -119,18 +119,31 @@ class Port:
         return f"{self.node.id}[{self.name!r}]"
 
 
+class _ContainsItselfError(Exception):
+    """A value holds a mapping or list inside itself."""
+
+
 def plain(value: Any) -> Any:
     """``value`` with numpy scalars and arrays, at any depth, as the Python numbers and lists
-    they hold (what JSON takes)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    they hold (what JSON takes). A value with a mapping or list that contains itself is left as
+    it is, for the check before sending to name."""
+
+    def convert(v: Any, around: tuple[int, ...]) -> Any:
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, (Mapping, list, tuple)):
+            if id(v) in around:
+                raise _ContainsItselfError
+            inner = (*around, id(v))
+            return {k: convert(x, inner) for k, x in v.items()} if isinstance(v, Mapping) else [convert(x, inner) for x in v]
+        return v
+
+    try:
+        return convert(value, ())
+    except _ContainsItselfError:
+        return value
 
 
 class Node:
@@ -528,22 +541,34 @@ class Pipeline:
     # --- wire and JSON forms ----------------------------------------------------------------
 
     def _assert_sendable(self) -> None:
-        """Raises :class:`ValidationError` naming every parameter that holds NaN or ±inf: JSON has
-        no form for them (``json.dumps`` writes ``NaN``, which is not JSON)."""
+        """Raises :class:`ValidationError` naming every parameter JSON cannot carry: NaN or ±inf
+        (``json.dumps`` writes ``NaN``, which is not JSON), a value of a type JSON has no form
+        for (a set, bytes, a function), a mapping key that is not a string, or a mapping or
+        list that contains itself."""
         problems: list[Violation] = []
 
-        def visit(n: Node, param: str, top: str, path: str, value: Any) -> None:
-            if isinstance(value, float) and not math.isfinite(value):
+        def visit(n: Node, param: str, top: str, path: str, value: Any, *, around: tuple[int, ...] = ()) -> None:
+            def refuse(what: str) -> None:
                 where = "" if path == top else f" (at {path})"
-                text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-                description = f"node `{n.id}` ({n.type}): parameter `{param}`{where} is {text}, a number JSON has no form for"
-                problems.append(Violation(path, description, n.id or None))
+                problems.append(Violation(path, f"node `{n.id}` ({n.type}): parameter `{param}`{where} {what}", n.id or None))
+
+            if isinstance(value, float) and not math.isfinite(value):
+                refuse(f"is {'NaN' if math.isnan(value) else ('Infinity' if value > 0 else '-Infinity')}, a number JSON has no form for")
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                return
+            elif not isinstance(value, (Mapping, list, tuple)):
+                refuse(f"is a value of type {type(value).__name__}, which JSON has no form for")
+            elif id(value) in around:
+                refuse("contains itself, which JSON cannot write")
             elif isinstance(value, Mapping):
                 for k, v in value.items():
-                    visit(n, param, top, f"{path}.{k}", v)
-            elif isinstance(value, (list, tuple)):
+                    if not (k is None or isinstance(k, (str, int, float))):
+                        refuse(f"has a key of type {type(k).__name__}: JSON object keys are strings")
+                        continue
+                    visit(n, param, top, f"{path}.{k}", v, around=(*around, id(value)))
+            else:
                 for k, v in enumerate(value):
-                    visit(n, param, top, f"{path}[{k}]", v)
+                    visit(n, param, top, f"{path}[{k}]", v, around=(*around, id(value)))
 
         for i, n in enumerate(self.nodes):
             for param, value in n.params.items():
