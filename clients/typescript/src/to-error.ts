@@ -118,6 +118,16 @@ export function toRemoteMediaError(reason: unknown): RemoteMediaError {
   });
 }
 
+/** The status code the server ends a stream with after an in-band error of each kind. */
+const STREAM_END_CODES: Partial<Record<ErrorKind, Code>> = {
+  VALIDATION: Code.InvalidArgument,
+  NODE_EXECUTION: Code.Aborted,
+  RESOURCE_LIMIT: Code.ResourceExhausted,
+  AUTHENTICATION: Code.Unauthenticated,
+  VERSION_MISMATCH: Code.FailedPrecondition,
+  INTERNAL: Code.Internal,
+};
+
 /** Kinds that say what happened to the call itself, whatever error the server reported. */
 const CALL_KINDS: readonly ErrorKind[] = ["UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"];
 
@@ -143,7 +153,11 @@ export function mergeStatus(inBand: RemoteMediaError, status: RemoteMediaError):
       cause: status,
     });
   }
-  inBand.code ??= status.code;
+  // A status the transport made up (Node's HTTP/2 client reports "Premature close", UNKNOWN, when
+  // the server's trailers came after more unread responses than the read-ahead holds) says
+  // nothing of the server's: the code the server ends a stream with for this kind stands in.
+  const lost = status.code === Code.Unknown && status.reason === undefined;
+  inBand.code ??= lost ? (STREAM_END_CODES[inBand.kind] ?? status.code) : status.code;
   inBand.retryDelayMs ??= status.retryDelayMs;
   if (inBand.violations.length === 0) inBand.violations = status.violations;
   return inBand;

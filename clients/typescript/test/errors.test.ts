@@ -140,3 +140,23 @@ test("a stream's in-band error is completed by the status that ended the stream"
   assert.equal(cancelled.nodeId, "py");
   assert.equal(cancelled.sequence, 3);
 });
+
+test("a stream's end the transport lost keeps the code the server ends such a stream with", () => {
+  // Node's HTTP/2 client drops the trailers of a stream whose unread responses outgrew the
+  // read-ahead ("Premature close", UNKNOWN): the in-band error's kind says what the status was.
+  const pool = fromErrorResponse(
+    create(pb.ErrorResponseSchema, {
+      errorType: pb.ErrorType.RESOURCE_LIMIT,
+      message: "model busy",
+      context: '{"limit": "model_wait_ms", "retry_after_ms": 250}',
+    }),
+  );
+  const merged = mergeStatus(pool, toRemoteMediaError(new ConnectError("Premature close", Code.Unknown)));
+  assert.equal(merged.kind, "RESOURCE_LIMIT");
+  assert.equal(merged.code, Code.ResourceExhausted);
+  assert.equal(merged.retryDelayMs, 250);
+  // A status the server sent keeps its own code, UNKNOWN included.
+  const internal = fromErrorResponse(create(pb.ErrorResponseSchema, { errorType: pb.ErrorType.INTERNAL, message: "x", context: "{}" }));
+  const sent = mergeStatus(internal, toRemoteMediaError(new ConnectError("odd", Code.Unknown, undefined, [errorInfo("INTERNAL")])));
+  assert.equal(sent.code, Code.Unknown);
+});
