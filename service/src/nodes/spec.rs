@@ -564,12 +564,17 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Whole numbers up to this size are exact in a double; beyond it, a number read from JSON
+/// may not be the one written (18446744073709551621 reads as 18446744073709551616).
+const EXACT_WHOLE: f64 = 9_007_199_254_740_992.0;
+
 /// A value as quoted in a message: its JSON text, cut to 40 bytes. A whole number is written
 /// without a fraction (`2001`, not `2001.0`), as JavaScript writes it, so that the clients,
-/// whose JSON may not tell the two apart, quote it in the same words.
+/// whose JSON may not tell the two apart, quote it in the same words; one too large to be exact
+/// keeps its exponent (`1.8446744073709552e+19`), so that no message quotes digits nobody sent.
 fn shown(v: &Value) -> String {
     let s = match v.as_f64() {
-        Some(x) if v.is_f64() && x.fract() == 0.0 && x.abs() < 1e21 => format!("{x:.0}"),
+        Some(x) if v.is_f64() && x.fract() == 0.0 && x.abs() <= EXACT_WHOLE => format!("{x:.0}"),
         _ => v.to_string(),
     };
     if s.len() > 40 { format!("{}…", &s[..s.floor_char_boundary(40)]) } else { s }
@@ -655,6 +660,16 @@ mod tests {
                 "parameter `typo` is not accepted (accepted: frame_ms, gain_db, mode, rate)",
             ]
         );
+        // Beyond 2^64 serde reads a double: its digits are not the ones sent, so it is not
+        // written out in full.
+        let huge: Map<String, Value> =
+            serde_json::from_str(r#"{"rate": 18446744073709551621, "gain_db": 4e15}"#).unwrap();
+        let text: Vec<String> = spec().check(&huge).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text[0],
+            "parameter `rate` must be an integer between 1 and 10, got 1.8446744073709552e+19 (a number)"
+        );
+        assert!(text[1].ends_with("got 4000000000000000 (a number)"), "{}", text[1]);
         let missing = spec().check(&Map::new()).unwrap_err();
         assert_eq!(missing[0].to_string(), "parameter `rate` is required (an integer between 1 and 10)");
     }
