@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import RunningServer
+from conftest import RunningServer, start_server
 from helpers import f32, manifest, node
-from remotemedia_client import Client, pb
+from remotemedia_client import Client, Pipeline, ResourceLimitError, pb
+from remotemedia_client import Node as ClientNode
 
 
 def stream_errors(server: RunningServer, nodes: list[pb.NodeManifest], *buffers: pb.AudioBuffer) -> list[pb.ErrorResponse]:
@@ -155,3 +157,53 @@ def test_branches_of_different_rates_joined_at_one_port_are_a_validation_error(s
     assert "cannot merge port `input`" in resp.error.message
     assert "put an AudioResampleNode or a ChannelMixerNode on the branch that differs" in resp.error.message
     assert json.loads(resp.error.context).get("field") == "input"
+
+
+def test_resamplers_at_rate_pairs_with_long_filters_are_bounded_server_wide() -> None:
+    # 383 997 → 384 000 Hz reduces to 127 999:128 000: a filter of tens of MB, which no request's
+    # memory limit sees. Streams at such pairs, each its own, took the server's RSS up by about
+    # 40 MiB each without bound; now the resamplers' memory is capped server-wide, and the stream
+    # that would pass the cap ends with RESOURCE_LIMIT naming it, the others unharmed.
+    def rss_mib() -> float:
+        return int(Path(f"/proc/{s.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+    def odd(i: int) -> Pipeline:
+        return Pipeline.chain(ClientNode("AudioResampleNode", id=f"r{i}", output_rate=384_000))
+
+    def chunk(rate: int) -> np.ndarray:
+        return np.zeros(rate // 50, np.float32)
+
+    s = start_server()
+    try:
+        idle = rss_mib()
+        with Client(s.address, timeout=120) as client:
+            with ExitStack() as open_streams:
+                taken, refused = [], None
+                for i in range(40):
+                    rate = 383_999 - 2 * i
+                    stream = open_streams.enter_context(client.stream(odd(i), sample_rate=rate))
+                    stream.send(chunk(rate))
+                    try:
+                        next(stream)
+                    except ResourceLimitError as e:
+                        refused = (i, rate, e)
+                        break
+                    taken.append((stream, rate))
+                assert refused is not None, "forty streams at distinct long-filter rate pairs were all taken"
+                i, rate, e = refused
+                assert len(taken) >= 2, "a few such streams fit"
+                assert e.limit == "resampler_memory_bytes" and e.node_id == f"r{i}", e
+                assert "simpler ratio" in e.message, e.message
+                assert rss_mib() - idle < 800, f"RSS {idle:.0f} → {rss_mib():.0f} MiB"
+                assert s.metric("remotemedia_limit_rejections_total", limit="resampler_memory_bytes") == 1
+                # The streams taken before go on.
+                first, first_rate = taken[0]
+                first.send(chunk(first_rate))
+                assert next(first).sequence == 1
+            # Their memory is given back when they end: the refused pair is taken now.
+            with client.stream(odd(99), sample_rate=rate) as again:
+                again.send(chunk(rate))
+                assert next(again).sequence == 0
+        assert s.metric("remotemedia_active_streams") == 0
+    finally:
+        assert s.stop() == 0

@@ -89,6 +89,7 @@ pub const LIMITS: &[&str] = &[
     "stream_idle_timeout_ms",
     "stream_max_duration_ms",
     crate::python::models::WAIT_LIMIT,
+    crate::nodes::RESAMPLER_MEMORY_LIMIT,
 ];
 
 /// What became of a WebSocket upgrade request, as values of [`WEBSOCKET_HANDSHAKES_TOTAL`]'s
@@ -446,10 +447,14 @@ pub fn node_failed(node_type: &str) {
 pub fn exec_failed(e: &crate::graph::ExecError) {
     use crate::graph::ExecError;
     match e {
-        // Not the node's fault: no model instance was free in time.
+        // Not the node's fault: no model instance was free in time, or the server's
+        // resamplers hold their most memory. The limit is named in the error's context.
         ExecError::Node { source, .. } if source.kind == crate::nodes::NodeErrorKind::ResourceLimit => {
-            limit_rejected(crate::python::models::WAIT_LIMIT);
-            tracing::info!(error = %e, "no model instance free in time");
+            let named = source.context.as_deref().and_then(|c| c.get("limit")).and_then(serde_json::Value::as_str);
+            limit_rejected(
+                LIMITS.iter().copied().find(|l| Some(*l) == named).unwrap_or(crate::python::models::WAIT_LIMIT),
+            );
+            tracing::info!(error = %e, "a server-wide limit refused a node");
         }
         // Not the node's fault either: input it does not take (a rate, a layout, a JSON type).
         ExecError::Node { source, .. } if source.kind == crate::nodes::NodeErrorKind::Validation => {

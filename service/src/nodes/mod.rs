@@ -35,7 +35,10 @@ pub use format::{FormatConverterNode, convert as convert_format};
 pub use gain::GainNode;
 pub use mixer::ChannelMixerNode;
 pub use passthrough::PassThroughNode;
-pub use resample::{Quality as ResampleQuality, ResampleNode};
+pub use resample::{
+    MEMORY_LIMIT as RESAMPLER_MEMORY_LIMIT, MEMORY_MAX_BYTES as RESAMPLER_MEMORY_MAX_BYTES, Quality as ResampleQuality,
+    ResampleNode,
+};
 pub use vad::{Segment as VadSegment, VadNode};
 
 use std::sync::Arc;

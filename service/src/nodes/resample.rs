@@ -27,10 +27,11 @@
 mod fft;
 
 use fft::Fft;
+pub use fft::{HELD_LIMIT as MEMORY_LIMIT, HELD_MAX_BYTES as MEMORY_MAX_BYTES};
 
 use super::{
-    Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeFactory, NodeInputs, NodeOutputs, NodeSpec, OUTPUT,
-    ParamSpec, Params, PortSpec, Ports, check,
+    Figure, Figures, INPUT, Node, NodeContext, NodeError, NodeErrorKind, NodeFactory, NodeInputs, NodeOutputs,
+    NodeSpec, OUTPUT, ParamSpec, Params, PortSpec, Ports, check,
 };
 use crate::audio::{AudioBuffer, OutputArena, SampleFormat};
 
@@ -97,6 +98,34 @@ fn block_frames(input_rate: u32, output_rate: u32, quality: Quality) -> (usize, 
     (blocks * min_in, blocks * min_out)
 }
 
+/// The refusal of a resampler whose filter or buffers (`needs` bytes) would take the server's
+/// resamplers past their memory maximum, `held` bytes being taken.
+fn too_much_held(input_rate: u32, output_rate: u32, needs: usize, held: usize) -> NodeError {
+    let g = gcd(input_rate as usize, output_rate as usize);
+    let mib = |b: usize| b.div_ceil(1 << 20);
+    NodeError::new(
+        NodeErrorKind::ResourceLimit,
+        format!(
+            "resampling {input_rate} → {output_rate} Hz needs {} MiB of filter or buffers, and the server's resamplers \
+             already hold {} of their {} MiB ({}): a ratio that reduces to large numbers ({}:{}) needs long filters; \
+             resample from or to a rate with a simpler ratio, or retry once other streams end",
+            mib(needs),
+            mib(held),
+            mib(fft::HELD_MAX_BYTES),
+            fft::HELD_LIMIT,
+            input_rate as usize / g,
+            output_rate as usize / g,
+        ),
+    )
+    .with_field("input.sample_rate")
+    .with_context(serde_json::json!({
+        "limit": fft::HELD_LIMIT,
+        "limit_bytes": fft::HELD_MAX_BYTES,
+        "needed_bytes": needs,
+        "held_bytes": held,
+    }))
+}
+
 /// Resampling state of one stream (or one request).
 struct Stream {
     input_rate: u32,
@@ -112,19 +141,34 @@ struct Stream {
     to_trim: usize,
     frames_in: u64,
     frames_out: u64,
+    /// The bytes of `pending`, `collected` and the overlap, counted in the server-wide total of
+    /// the resamplers' memory.
+    _held: Option<fft::Held>,
 }
 
 impl Stream {
-    fn new(input_rate: u32, output_rate: u32, quality: Quality, audio: &AudioBuffer) -> Result<Self, String> {
+    fn new(input_rate: u32, output_rate: u32, quality: Quality, audio: &AudioBuffer) -> Result<Self, NodeError> {
         let channels = audio.channels() as usize;
         let resampler = if input_rate == output_rate {
             None
         } else {
-            Some(Fft::new(fft::design(input_rate, output_rate, quality)?, channels))
+            let design = fft::design(input_rate, output_rate, quality).map_err(|e| match e {
+                fft::DesignError::Full { needs, held } => too_much_held(input_rate, output_rate, needs, held),
+                fft::DesignError::Plan(e) => NodeError::internal(format!("cannot build the resampler: {e}")),
+            })?;
+            Some(Fft::new(design, channels))
         };
         let (block_in, block_out, delay) =
             resampler.as_ref().map_or((0, 0, 0), |r| (r.design().block_in, r.design().block_out, r.design().delay()));
+        let buffers = (2 * block_in + 3 * block_out) * channels * std::mem::size_of::<f32>();
+        let held = match resampler {
+            Some(_) => {
+                Some(fft::Held::take(buffers).map_err(|held| too_much_held(input_rate, output_rate, buffers, held))?)
+            }
+            None => None,
+        };
         Ok(Self {
+            _held: held,
             input_rate,
             channels,
             format: audio.format(),
@@ -291,8 +335,7 @@ impl Node for ResampleNode {
         match &self.stream {
             Some(st) => check::same_layout(audio, st.input_rate, st.channels as u32, st.format)?,
             None => {
-                let st = Stream::new(audio.sample_rate(), self.output_rate, self.quality, audio)
-                    .map_err(|e| NodeError::internal(format!("cannot build the resampler: {e}")))?;
+                let st = Stream::new(audio.sample_rate(), self.output_rate, self.quality, audio)?;
                 self.stream = Some(st);
             }
         }
@@ -397,7 +440,9 @@ for about a second around abrupt starts and stops. Large down-sampling ratios ne
 block holds at least a third of the quality's block length of output (512 frames at `high`), which keeps the \
 passband as flat as at 48 → 16 kHz, so 96 → 8 kHz at `high` works in blocks of 64 ms and 48 kHz → 1 kHz in \
 blocks of 0.5 s. Equal rates pass the buffer through without copying. The filter and FFT plans of a rate pair are built once and shared by every request and stream at that pair \
-and quality; a stream keeps only its filter overlap.";
+and quality; a stream keeps only its filter overlap. The server's resamplers hold at most 512 MiB between them \
+(filters and streams' buffers: under 1 MiB for a pair of common rates, about 100 MiB for 383 999 → 384 000 Hz); \
+a resampler that would pass it is refused with ERROR_TYPE_RESOURCE_LIMIT naming `resampler_memory_bytes`.";
 
 #[cfg(test)]
 mod tests;

@@ -75,7 +75,10 @@ CATALOGUE: dict[str, Any] = {
             "64 ms and 48 kHz → 1 kHz in blocks of 0.5 s. Equal rates pass the buffer "
             "through without copying. The filter and FFT plans of a rate pair are built once "
             "and shared by every request and stream at that pair and quality; a stream keeps "
-            "only its filter overlap.",
+            "only its filter overlap. The server's resamplers hold at most 512 MiB between "
+            "them (filters and streams' buffers: under 1 MiB for a pair of common rates, "
+            "about 100 MiB for 383 999 → 384 000 Hz); a resampler that would pass it is "
+            "refused with ERROR_TYPE_RESOURCE_LIMIT naming `resampler_memory_bytes`.",
             "params_schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",

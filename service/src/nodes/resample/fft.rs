@@ -15,6 +15,11 @@
 //! - per thread ([`SCRATCH`]): the transform buffers, which hold nothing between blocks;
 //! - per stream ([`Fft`]): the overlap, `block_out` frames per channel (2 KiB at 48 → 16 kHz).
 //!
+//! Every design and every stream's buffers count in one server-wide total ([`Held`]), refused past
+//! [`HELD_MAX_BYTES`]: a rate pair whose ratio reduces to large numbers (383 999 → 384 000 Hz)
+//! needs a design of about 50 MB and 30 MB of buffers per stream, which no request's memory
+//! limit sees, and a dozen such streams took the server's RSS from 106 to 578 MiB.
+//!
 //! rubato's `Fft` owns all of it, about 100 KB per stream at 48 → 16 kHz `high`, so 200 streams
 //! touched 20 MB per second of audio and the state fell out of cache between a stream's chunks:
 //! `cargo bench --bench nodes -- 1s_high_streamed` measured 580 µs per second of audio for 200
@@ -23,6 +28,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use realfft::num_complex::Complex;
@@ -43,13 +49,69 @@ pub(super) struct Design {
     filter: Vec<Complex<f32>>,
     forward: Arc<dyn RealToComplex<f32>>,
     inverse: Arc<dyn ComplexToReal<f32>>,
+    /// The design's bytes, counted in the server-wide total while it lives.
+    _held: Held,
+}
+
+/// The most bytes the server's resamplers hold at once: designs (cached or in use) and
+/// streams' buffers. A design or stream that would pass it is refused (RESOURCE_LIMIT, limit
+/// [`HELD_LIMIT`]); every rate pair of common rates needs well under 1 MB.
+pub const HELD_MAX_BYTES: usize = 512 << 20;
+/// The limit named when [`HELD_MAX_BYTES`] refuses a resampler (a
+/// `remotemedia_limit_rejections_total` label).
+pub const HELD_LIMIT: &str = "resampler_memory_bytes";
+
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes counted in the server-wide total of [`HELD_MAX_BYTES`] for as long as this lives.
+pub(super) struct Held(usize);
+
+impl Held {
+    /// Counts `bytes` in, or says how many are held already when that would pass the maximum.
+    pub(super) fn take(bytes: usize) -> Result<Self, usize> {
+        let mut now = HELD.load(Ordering::Relaxed);
+        loop {
+            if now.saturating_add(bytes) > HELD_MAX_BYTES {
+                return Err(now);
+            }
+            match HELD.compare_exchange_weak(now, now + bytes, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(Self(bytes)),
+                Err(current) => now = current,
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Why no design could be had.
+#[derive(Debug)]
+pub(super) enum DesignError {
+    /// It would take the resamplers past [`HELD_MAX_BYTES`]: it `needs` bytes, `held` are taken.
+    Full { needs: usize, held: usize },
+    /// The transforms could not be planned.
+    Plan(String),
+}
+
+/// Memory a design of these block lengths holds, over-estimated: the spectrum, and for the
+/// plans 4 complex values per block frame (a block length with a large prime factor is planned
+/// with Rader's or Bluestein's algorithm, whose inner transforms are longer than the block). The
+/// server's RSS grew by 50 MB for 383 999 → 384 000 Hz (blocks of 1 535 996 and 1 536 000
+/// frames; estimate 105 MiB) and by 92 MB for 767 999 → 1 000 Hz (3 071 996 and 4 000;
+/// estimate 117 MiB).
+fn design_bytes(block_in: usize, block_out: usize) -> usize {
+    (block_in + 1 + 4 * (block_in + block_out)) * std::mem::size_of::<Complex<f32>>()
 }
 
 impl Design {
     /// Plans the transforms of `2 × block_in` and `2 × block_out` points and the filter. Takes
     /// about as long as resampling a second of audio at 48 → 16 kHz, and about a second for a
     /// co-prime pair such as 767 881 → 1 000 Hz (blocks of 1.5 million frames).
-    fn new(block_in: usize, block_out: usize) -> Result<Self, String> {
+    fn new(block_in: usize, block_out: usize, held: Held) -> Result<Self, String> {
         let window = WindowFunction::BlackmanHarris2;
         let cutoff = if block_in > block_out {
             calculate_cutoff::<f32>(block_out, window) * block_out as f32 / block_in as f32
@@ -65,7 +127,7 @@ impl Design {
         let inverse = planner.plan_fft_inverse(2 * block_out);
         let mut filter = forward.make_output_vec();
         forward.process(&mut taps, &mut filter).map_err(|e| e.to_string())?;
-        Ok(Self { block_in, block_out, filter, forward, inverse })
+        Ok(Self { block_in, block_out, filter, forward, inverse, _held: held })
     }
 
     /// Output frames the filter delays the signal by.
@@ -73,12 +135,9 @@ impl Design {
         self.block_out / 2
     }
 
-    /// Memory the design holds, over-estimated: the spectrum, and for the plans 16 complex
-    /// values per point (a block length with a large prime factor is planned with Bluestein's
-    /// algorithm, whose inner transforms are longer than the block; 767 999 → 1 000 Hz measured
-    /// about 150 MB).
+    /// Memory the design holds ([`design_bytes`]).
     fn bytes(&self) -> usize {
-        (self.filter.len() + 16 * (self.block_in + self.block_out)) * std::mem::size_of::<Complex<f32>>()
+        design_bytes(self.block_in, self.block_out)
     }
 
     /// Whether a thread should let go of its transform buffers after a block of this design
@@ -121,14 +180,23 @@ const DESIGNS_MAX: usize = 32;
 const DESIGNS_MAX_BYTES: usize = 256 << 20;
 
 /// The shared design for a rate pair and quality, planned on first use. Concurrent first uses
-/// may each plan; the first to finish is kept.
-pub(super) fn design(input_rate: u32, output_rate: u32, quality: Quality) -> Result<Arc<Design>, String> {
+/// may each plan; the first to finish is kept. A new design that would take the resamplers past
+/// [`HELD_MAX_BYTES`] first evicts the cached designs no stream uses, then is refused.
+pub(super) fn design(input_rate: u32, output_rate: u32, quality: Quality) -> Result<Arc<Design>, DesignError> {
     let key = (input_rate, output_rate, quality);
     if let Some(found) = lookup(key) {
         return Ok(found);
     }
     let (block_in, block_out) = super::block_frames(input_rate, output_rate, quality);
-    let built = Arc::new(Design::new(block_in, block_out)?);
+    let needs = design_bytes(block_in, block_out);
+    let held = match Held::take(needs) {
+        Ok(held) => held,
+        Err(_) => {
+            evict_unused();
+            Held::take(needs).map_err(|held| DesignError::Full { needs, held })?
+        }
+    };
+    let built = Arc::new(Design::new(block_in, block_out, held).map_err(DesignError::Plan)?);
     let mut designs = DESIGNS.lock().unwrap_or_else(|e| e.into_inner());
     designs.tick += 1;
     let tick = designs.tick;
@@ -143,6 +211,12 @@ pub(super) fn design(input_rate: u32, output_rate: u32, quality: Quality) -> Res
         };
     }
     Ok(kept)
+}
+
+/// Drops the cached designs that no stream holds.
+fn evict_unused() {
+    let mut designs = DESIGNS.lock().unwrap_or_else(|e| e.into_inner());
+    designs.map.retain(|_, (d, _)| Arc::strong_count(d) > 1);
 }
 
 fn lookup(key: (u32, u32, Quality)) -> Option<Arc<Design>> {
