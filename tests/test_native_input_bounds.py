@@ -207,3 +207,26 @@ def test_resamplers_at_rate_pairs_with_long_filters_are_bounded_server_wide() ->
         assert s.metric("remotemedia_active_streams") == 0
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.parametrize("runtime", ["rust", "cpython"])
+def test_audio_a_chunker_holds_between_chunks_counts_against_the_memory_limit(runtime: str) -> None:
+    # chunk_ms may be ten minutes: 230 MB of 48 kHz stereo f32 held per stream, which no limit
+    # saw. The audio held counts against the stream's memory limit (4 MiB here), so the stream
+    # is refused with RESOURCE_LIMIT once it holds that much, not after holding everything.
+    s = start_server("--default-memory-bytes", str(4 << 20))
+    try:
+        chunker = Pipeline.chain(ClientNode("AudioChunkerNode", id="c", runtime=runtime, chunk_ms=600_000))
+        second = np.zeros((48_000, 2), np.float32)  # 384 KB
+        with Client(s.address, timeout=120) as client, client.stream(chunker, sample_rate=48_000) as stream:
+            sent = 0
+            with pytest.raises(ResourceLimitError) as e:
+                for _ in range(100):
+                    stream.send(second)
+                    next(stream)
+                    sent += 1
+            assert e.value.limit == "max_memory_bytes", e.value
+            assert 5 <= sent <= 11, f"refused after {sent} seconds of audio, at 4 MiB"
+        assert s.metric("remotemedia_active_streams") == 0
+    finally:
+        assert s.stop() == 0

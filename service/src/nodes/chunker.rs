@@ -29,7 +29,7 @@ pub struct AudioChunkerNode {
 }
 
 impl Node for AudioChunkerNode {
-    fn process(&mut self, inputs: NodeInputs, _ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
+    fn process(&mut self, inputs: NodeInputs, ctx: &NodeContext) -> Result<NodeOutputs, NodeError> {
         let audio = check::audio_input(&inputs)?;
         let (format, rate, channels, chunk_frames) = match self.layout {
             Some((format, rate, channels, frames)) => {
@@ -54,6 +54,10 @@ impl Node for AudioChunkerNode {
             self.chunks += (audio.bytes().len() / chunk_bytes) as u64;
             return Ok(Ports::audio_output(audio.clone()));
         }
+        // What the node holds between calls (up to a chunk of 10 minutes) counts against the
+        // run's memory limit with this call's output: no limit saw it before, and a stream could
+        // keep hundreds of MB waiting for a chunk to fill.
+        ctx.reserve_output((self.pending.len() + audio.bytes().len()) as u64)?;
         self.pending.extend_from_slice(audio.bytes());
         let whole = self.pending.len() / chunk_bytes * chunk_bytes;
         if whole == 0 {
@@ -103,7 +107,8 @@ impl NodeFactory for AudioChunkerFactory {
                  short stream chunks); the remainder waits for the next call and is emitted, short, when the \
                  stream is flushed. Give `chunk_samples` or `chunk_ms`, not both. Samples keep their format and \
                  are copied at most once; input that already is a whole number of chunks, with nothing \
-                 pending, passes through as the same buffer.",
+                 pending, passes through as the same buffer. The audio waiting for a chunk to fill counts \
+                 against the request's or stream's memory limit (`max_memory_bytes`).",
         )
         .param(
             ParamSpec::integer("chunk_samples", 1, 10_000_000)

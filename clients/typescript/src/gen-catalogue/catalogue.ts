@@ -10,7 +10,7 @@ export const CATALOGUE: CatalogueJson = {
         "AudioChunker"
       ],
       "description": "Re-frames a stream into chunks of a fixed length, flushing the remainder on close.",
-      "details": "Each call emits, as one buffer, every whole chunk its input completes (usually zero or one for short stream chunks); the remainder waits for the next call and is emitted, short, when the stream is flushed. Give `chunk_samples` or `chunk_ms`, not both. Samples keep their format and are copied at most once; input that already is a whole number of chunks, with nothing pending, passes through as the same buffer.",
+      "details": "Each call emits, as one buffer, every whole chunk its input completes (usually zero or one for short stream chunks); the remainder waits for the next call and is emitted, short, when the stream is flushed. Give `chunk_samples` or `chunk_ms`, not both. Samples keep their format and are copied at most once; input that already is a whole number of chunks, with nothing pending, passes through as the same buffer. The audio waiting for a chunk to fill counts against the request's or stream's memory limit (`max_memory_bytes`).",
       "params_schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",

@@ -9,7 +9,7 @@ import numpy as np
 from remotemedia_nodes.audio import Audio
 from remotemedia_nodes.builtin.basic import StreamLayout, audio_input
 from remotemedia_nodes.declare import Exclusive
-from remotemedia_nodes.registry import Node, node
+from remotemedia_nodes.registry import Node, node, reserve_output
 
 
 @node("AudioChunkerNode")
@@ -33,6 +33,9 @@ class AudioChunker(Node):
                 self.frames = max(1, -(-a.sample_rate * int(self.ms) // 1000))
             self.pending = a.samples[:0].copy()
         assert self.pending is not None
+        # What the node holds between calls counts against the run's memory limit with this
+        # call's output, as the native node counts it.
+        reserve_output(self.pending.nbytes + a.samples.nbytes)
         self.pending = np.concatenate([self.pending, a.samples])
         whole = len(self.pending) // self.frames * self.frames
         out, self.pending = self.pending[:whole], self.pending[whole:]
