@@ -374,6 +374,47 @@ def test_a_stream_whose_client_reads_nothing_ends_as_unavailable_when_the_grace_
         channel.close()
 
 
+def test_a_draining_server_takes_no_new_chunk_from_a_busy_stream() -> None:
+    # The client keeps its Python node busy (20 ms a chunk, chunks always waiting): the session
+    # reads messages ahead while a chunk runs, and those skipped the drain, so chunks kept being
+    # served through the whole grace period and the stream was then cut as the grace ran out.
+    # Now the chunk in flight finishes and the stream ends as draining ones do, at once.
+    s = start_server("--grace-period-ms", "8000", "--python-nodes-path", str(PLUGINS))
+    stop = threading.Event()
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=manifest([node("spin", "SpinNode", seconds=0.02)]))
+        for i in range(2_000):
+            if stop.is_set():
+                return
+            yield pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="spin", buffer=f32(np.zeros(320, np.float32)), sequence=i))
+
+    channel = grpc.insecure_channel(s.address)
+    call = service_pb2_grpc.PipelineServiceStub(channel).StreamPipeline(requests(), timeout=60)
+    try:
+        results, after_signal, signalled = 0, 0, None
+        with pytest.raises(grpc.RpcError) as ended:
+            for response in call:
+                if response.WhichOneof("response") != "result":
+                    continue
+                results += 1
+                if signalled is None and results == 20:
+                    s.proc.send_signal(signal.SIGTERM)
+                    signalled = time.monotonic()
+                elif signalled is not None:
+                    after_signal += 1
+        assert signalled is not None
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+        assert "grace period ran out" not in (ended.value.details() or ""), ended.value.details()
+        assert after_signal <= 3, f"{after_signal} chunks were served after SIGTERM"
+        assert time.monotonic() - signalled < 4, "the stream ended at once, not when the grace period ran out"
+        assert s.proc.wait(timeout=20) == 0
+    finally:
+        stop.set()
+        call.cancel()
+        channel.close()
+
+
 def execute_in_background(address: str, req: pb.ExecuteRequest, timeout: float) -> "queue.Queue[object]":
     """Calls ExecutePipeline on a thread of its own; the queue gets "no error" or the call's
     status code when it ends."""

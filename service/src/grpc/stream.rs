@@ -315,7 +315,14 @@ impl Session {
         let mut reported_chunks = 0;
 
         loop {
+            // Messages read ahead while a chunk ran skip the wait below, and with it the drain:
+            // a client that keeps its pipeline busy would otherwise have new chunks served for
+            // the whole grace period, and then be cut off.
             let message = if let Some(message) = self.ahead.pop() {
+                if drain.is_cancelled() {
+                    let _ = self.send(metrics_response(&self.stats)).await;
+                    return Err(ServiceError::Draining);
+                }
                 message
             } else {
                 tokio::select! {
