@@ -163,6 +163,17 @@ def test_a_file_is_read_in_chunks_of_the_asked_length(tmp_path: Path) -> None:
     assert AudioBuffer.concatenate(chunks).frames == 16_100
 
 
+@pytest.mark.parametrize("subtype", ["GSM610", "G721_32", "NMS_ADPCM_16"])
+def test_a_file_in_a_format_that_cannot_seek_is_read_in_chunks_too(tmp_path: Path, subtype: str) -> None:
+    path = tmp_path / "x.wav"
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8_000) / 8_000)).astype(np.float32)
+    soundfile.write(path, tone, 8_000, subtype=subtype)
+    chunks = list(AudioBuffer.iter_file(path, chunk_ms=20))
+    assert [c.frames for c in chunks[:-1]] == [160] * (len(chunks) - 1) and 0 < chunks[-1].frames <= 160
+    whole, _ = soundfile.read(path, dtype="float32")
+    np.testing.assert_array_equal(AudioBuffer.concatenate(chunks).to_numpy(), whole)
+
+
 def test_retries_wait_at_least_what_the_server_asked_and_stop_at_the_attempt_limit() -> None:
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.1, jitter=0.0)
     busy = ResourceLimitError("busy", code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.25)

@@ -333,14 +333,13 @@ def _file_blocks(path: str, chunk_ms: float, dtype: str) -> Iterator[AudioBuffer
             yield AudioBuffer.from_numpy(np.zeros((0, f.channels), dtype=dtype), rate, channels_first=False)
             return
         start = 0
-        for block in f.blocks(blocksize=frames, dtype=dtype, always_2d=True):
-            if len(block):
-                try:
-                    yield AudioBuffer.from_numpy(block, rate, channels_first=False)
-                except ValidationError as e:
-                    # The chunk's own sample index would point at the wrong place in the file.
-                    where = f"{path}, frames {start} to {start + len(block) - 1} ({start / rate:.3f} s)"
-                    raise ValidationError.of(
-                        [Violation(v.field, f"{v.description} (in {where})", v.node_id) for v in e.violations]
-                    ) from None
+        # Read block by block rather than through SoundFile.blocks, which refuses a format that
+        # cannot seek (GSM 6.10, G.721 and NMS ADPCM in WAV) unless told the length.
+        while len(block := f.read(frames, dtype=dtype, always_2d=True)):
+            try:
+                yield AudioBuffer.from_numpy(block, rate, channels_first=False)
+            except ValidationError as e:
+                # The chunk's own sample index would point at the wrong place in the file.
+                where = f"{path}, frames {start} to {start + len(block) - 1} ({start / rate:.3f} s)"
+                raise ValidationError.of([Violation(v.field, f"{v.description} (in {where})", v.node_id) for v in e.violations]) from None
             start += len(block)
