@@ -260,3 +260,24 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(server: RunningServer,
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_stream_reports_transcripts_and_other_data_as_run_does(server: RunningServer, tmp_path: Path) -> None:
+    # A recogniser's utterances are its transcript, not "0 speech segments", and data outputs
+    # of other nodes are reported too, not dropped.
+    speech = Path(__file__).parent / "data" / "speech" / "beckett.wav"
+    Pipeline.chain(Node("SpeechRecognitionNode", "asr")).save(tmp_path / "asr.json")
+    ran = remotemedia("--address", server.address, "--json", "run", str(tmp_path / "asr.json"), "--input", str(speech))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    streamed = remotemedia("--address", server.address, "--json", "stream", str(tmp_path / "asr.json"), "--input", str(speech))
+    assert streamed.returncode == 0, streamed.stdout + streamed.stderr
+    summary = as_json(streamed)
+    assert "asr" not in summary["segments"], summary["segments"]
+    assert summary["transcripts"]["asr"]["text"] == as_json(ran)["data"]["asr"]["text"] != ""
+    assert all(u["text"] for u in summary["transcripts"]["asr"]["utterances"])
+    shown = remotemedia("--address", server.address, "stream", str(tmp_path / "asr.json"), "--input", str(speech), "--no-progress")
+    assert "utterances" in shown.stdout and summary["transcripts"]["asr"]["utterances"][0]["text"] in shown.stdout, shown.stdout
+
+    Pipeline.chain(Node("LoudnessNode", "loud")).save(tmp_path / "loud.json")
+    loud = as_json(remotemedia("--address", server.address, "--json", "stream", str(tmp_path / "loud.json"), "--input", str(speech)))
+    assert len(loud["data"]["loud"]) > 0 and loud["segments"] == {} and loud["transcripts"] == {}

@@ -52,7 +52,7 @@ from remotemedia_client.errors import (
     VersionMismatchError,
 )
 from remotemedia_client.pipeline import Pipeline
-from remotemedia_client.results import Result, Segment
+from remotemedia_client.results import Result, Segment, Utterance
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_CONNECTION, EXIT_REFUSED, EXIT_PIPELINE = 0, 1, 2, 3, 4, 5
 #: Exit status when the reader of stdout went away: what a shell reports for a tool that
@@ -332,6 +332,8 @@ class _Cli:
         show = not self.args.json and not self.args.no_progress and info.duration >= PROGRESS_MIN_SECONDS
         pieces: list[AudioBuffer] = []
         segments: dict[str, list[Segment]] = {}
+        utterances: dict[str, list[Utterance]] = {}
+        # Every other node's data outputs, one entry per result that had them.
         data: dict[str, list[Any]] = {}
         results = 0
         progress = Progress(
@@ -353,8 +355,11 @@ class _Cli:
                     pieces.append(result.audio[output[0]])
                 for node, found in result.segments.items():
                     segments.setdefault(node, []).extend(found)
+                for node, transcript in result.transcripts.items():
+                    utterances.setdefault(node, []).extend(u for u in transcript.utterances if u.text)
                 for node, ports in result.data.items():
-                    data.setdefault(node, []).append(ports)
+                    if node not in segments and node not in utterances:
+                        data.setdefault(node, []).append(ports)
         written = {}
         if output is not None:
             if not pieces:
@@ -367,6 +372,11 @@ class _Cli:
             "results": results,
             "outputs": written,
             "segments": {node: [dataclasses.asdict(s) for s in segs] for node, segs in segments.items()},
+            "transcripts": {
+                node: {"text": " ".join(u.text for u in utts), "utterances": [dataclasses.asdict(u) for u in utts]}
+                for node, utts in utterances.items()
+            },
+            "data": data,
         }
         if self.args.json:
             self.emit(summary)
@@ -378,6 +388,12 @@ class _Cli:
                 self.out.print(f"{node}: {len(segs)} speech segments")
                 for s in segs:
                     self.out.print(f"  {s.start_s:8.3f} – {s.end_s:8.3f} s  {s.energy_db:6.1f} dB")
+            for node, utts in utterances.items():
+                self.out.print(f"{node}: {len(utts)} utterances")
+                for u in utts:
+                    self.out.print(f"  {u.start_s:8.3f} – {u.end_s:8.3f} s  {u.text}", highlight=False)
+            for node, outputs in data.items():
+                self.out.print(f"{node}: {len(outputs)} data outputs, the last {json.dumps(outputs[-1])}", highlight=False)
         return EXIT_OK
 
     # --- helpers ----------------------------------------------------------------------------

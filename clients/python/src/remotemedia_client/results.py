@@ -175,7 +175,13 @@ class Result:
         out = {}
         for node_id, ports in self.data.items():
             raw = ports.get("segments")
-            if isinstance(raw, list) and all(isinstance(s, dict) and "start_s" in s and "end_s" in s and "text" not in s for s in raw):
+            # A speech recognition node's utterances are its transcript, even when none ended.
+            transcript = "text" in ports or "partial" in ports
+            if (
+                isinstance(raw, list)
+                and not transcript
+                and all(isinstance(s, dict) and "start_s" in s and "end_s" in s and "text" not in s for s in raw)
+            ):
                 out[node_id] = [Segment.from_dict(s) for s in raw]
         return out
 
