@@ -94,7 +94,9 @@ export class PipelineResult {
     const out: Record<string, SpeechSegment[]> = {};
     for (const [id, ports] of Object.entries(this.data)) {
       const raw = ports["segments"];
-      if (Array.isArray(raw) && raw.every((s) => isRecord(s) && "start_s" in s && "end_s" in s && !("text" in s))) {
+      // A recogniser's utterances are its transcript, even when none ended (an empty list).
+      const transcript = "text" in ports || "partial" in ports;
+      if (!transcript && Array.isArray(raw) && raw.every((s) => isRecord(s) && "start_s" in s && "end_s" in s && !("text" in s))) {
         out[id] = raw as SpeechSegment[];
       }
     }

@@ -18,6 +18,9 @@ test("a request's transcript: its text and utterances; VAD segments stay segment
   });
   assert.deepEqual(r.transcripts, { asr: { text: "it was the best of times", utterances: [utterance], partial: undefined } });
   assert.deepEqual(Object.keys(r.segments), ["vad"]);
+  // A stream chunk in which no utterance ended: an empty list, still not VAD segments.
+  const none = result({ asr: { text: "", segments: [], partial: { start_s: 1.2, text: "it was" } }, vad: { segments: [] } });
+  assert.deepEqual(Object.keys(none.segments), ["vad"]);
 });
 
 test("a stream chunk's partial hypothesis, and text from the utterances when the text port feeds a node", () => {
