@@ -26,7 +26,8 @@ from remotemedia_client import (
     ValidationError,
     pb,
 )
-from remotemedia_client._core import Settings, execute_request
+from remotemedia_client._core import Settings, execute_request, explain_length_limit
+from remotemedia_client.errors import from_error_response
 
 # The manifest of the executor's data model (seed 000), as written there: `type`, `edges`,
 # version "1.0", a flat config.
@@ -353,3 +354,19 @@ def test_a_long_retry_policy_caps_its_delay_without_overflowing() -> None:
     policy = RetryPolicy(max_attempts=5_000, initial_backoff=0.01, max_backoff=1.0)
     assert policy.backoff(1) == 0.01 and policy.backoff(2) == 0.02
     assert policy.backoff(1_100) == 1.0 and policy.backoff(4_999) == 1.0
+
+
+def test_a_time_limit_on_a_short_input_gets_no_hint_to_send_long_audio_in_chunks() -> None:
+    # The time went to the nodes' work, not to the audio's length: chunks would not help.
+    def timed_out() -> Exception:
+        return from_error_response(
+            pb.ErrorResponse(error_type=pb.ERROR_TYPE_RESOURCE_LIMIT, message="time limit", context='{"limit": "max_timeout_ms"}')
+        )
+
+    settings = Settings("127.0.0.1:1")
+    p = Pipeline.chain(Node("SpinNode", "s"))
+    short = execute_request(settings, p, np.zeros(160, np.float32), sample_rate=16_000, data=None, output_nodes=(), limits=None)
+    assert getattr(explain_length_limit(timed_out(), short), "hint", "?") is None  # type: ignore[arg-type]
+    long = execute_request(settings, p, np.zeros(16_000 * 30, np.float32), sample_rate=16_000, data=None, output_nodes=(), limits=None)
+    hint = getattr(explain_length_limit(timed_out(), long), "hint", None)  # type: ignore[arg-type]
+    assert hint is not None and "client.stream_file(path, pipeline)" in hint and "max_timeout_ms=" in hint

@@ -11,6 +11,9 @@ const LENGTH_LIMITS: Record<string, "maxAudioSamples" | "maxMemoryBytes" | "maxT
   max_timeout_ms: "maxTimeoutMs",
 };
 
+/** Inputs shorter than this (seconds of audio) did not run out of time for their length. */
+const SHORT_INPUT_S = 1;
+
 /**
  * Adds to a RESOURCE_LIMIT error that `request` ran into because of its length a `hint` (also
  * appended to the message) naming the ways past it. A limit the request set itself gets no hint:
@@ -23,10 +26,14 @@ export function explainLengthLimit(error: RemoteMediaError, request: ExecuteRequ
   if (field !== undefined && (request.resourceLimits?.[field] ?? 0n) > 0n) return error;
   let samples = 0n;
   let bytes = 0;
+  let longestS = 0;
   for (const buffer of Object.values(request.audioInputs)) {
     samples += buffer.numSamples;
     bytes += buffer.samples.byteLength;
+    if (buffer.sampleRate > 0) longestS = Math.max(longestS, Number(buffer.numSamples) / Math.max(buffer.channels, 1) / buffer.sampleRate);
   }
+  // Under a second of audio did not run out of time for its length: chunks would not help.
+  if (limit === "max_timeout_ms" && longestS < SHORT_INPUT_S) return error;
   const stream = "send long audio in chunks instead: client.stream(pipeline), then session.send(chunk) for each chunk";
   const raise =
     field === undefined

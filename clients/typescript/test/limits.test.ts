@@ -8,6 +8,9 @@ import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { Audio, Code, Pipeline, RemoteMediaError, type RemoteMediaClient, createClient } from "../src/index.js";
+import { create } from "@bufbuild/protobuf";
+import { ExecuteRequestSchema } from "../src/gen/remotemedia/v1/execution_pb.js";
+import { explainLengthLimit } from "../src/length-limit.js";
 import { RunningServer } from "./server.js";
 
 const TOKEN = "limits-token-8f1d";
@@ -97,4 +100,13 @@ test("input over the samples limit names both ways past it, and raising the limi
 
   const result = await client.execute(pipeline, { audio: { gain: audio }, limits: { maxAudioSamples: 4 * DEFAULT_AUDIO_SAMPLES } });
   assert.equal(result.output().samples.length, 2 * DEFAULT_AUDIO_SAMPLES);
+});
+
+test("a time limit on a short input gets no hint to send long audio in chunks", () => {
+  // The time went to the nodes' work, not to the audio's length: chunks would not help.
+  const timedOut = (): RemoteMediaError => new RemoteMediaError({ kind: "RESOURCE_LIMIT", message: "time limit", context: { limit: "max_timeout_ms" } });
+  const request = (audio: Audio) => create(ExecuteRequestSchema, { audioInputs: { s: audio.toProto() } });
+  assert.equal(explainLengthLimit(timedOut(), request(new Audio(new Float32Array(160), 16_000))).hint, undefined);
+  const long = explainLengthLimit(timedOut(), request(new Audio(new Float32Array(16_000 * 30), 16_000)));
+  assert.match(long.hint ?? "", /client\.stream\(pipeline\)/);
 });
