@@ -192,6 +192,10 @@ def test_bad_settings_and_arguments_are_usage_errors_naming_them_not_tracebacks(
         (("stream", str(gain), "--input", wav, "--chunk-ms", "nan"), "--chunk-ms"),
         (("stream", str(two), "--input", wav), "--node"),
         (("run", str(typed), "-i", wav), "runtime_hint"),
+        # A misspelt node in NODE=PATH is named, not taken for a file called "nope=out.wav";
+        # stream writes one output, so a second --output is refused rather than dropped.
+        (("run", str(gain), "-i", wav, "-o", f"nope={tmp_path / 'out.wav'}"), "no node 'nope'"),
+        (("stream", str(gain), "-i", wav, "-o", str(tmp_path / "a.wav"), "-o", str(tmp_path / "b.wav")), "--output is given 2 times"),
     ]
     for args, named in cases:
         done = remotemedia("--address", server.address, *args) if "--address" not in args else remotemedia(*args)

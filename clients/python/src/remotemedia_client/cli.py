@@ -10,6 +10,7 @@ Exit codes (also in ``remotemedia --help``):
 4  refused: a missing or wrong token, or a protocol version the server does not speak
 5  pipeline error: the pipeline or its inputs are invalid, a node failed, a limit was hit,
    or the work was cancelled
+130 interrupted (Ctrl-C): a running request or stream is cancelled first
 141 the reader of stdout went away (``remotemedia nodes | head -1``): stopped quietly, as a
    Unix tool that SIGPIPE ends
 == ======================================================================================
@@ -58,6 +59,8 @@ EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_CONNECTION, EXIT_REFUSED, EXIT_PIPELINE = 0,
 #: Exit status when the reader of stdout went away: what a shell reports for a tool that
 #: SIGPIPE ended (128 + 13).
 EXIT_BROKEN_PIPE = 141
+#: Exit status when interrupted (Ctrl-C): what a shell reports for SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 #: Files at least this long get a progress bar while they stream.
 PROGRESS_MIN_SECONDS = 10.0
 
@@ -73,6 +76,7 @@ exit codes:
   3  connection error: server unreachable, draining or not serving, deadline passed
   4  refused: missing or wrong token, unsupported protocol version
   5  pipeline error: invalid pipeline or inputs, node failure, limit hit, cancelled
+  130 interrupted (Ctrl-C); the running call is cancelled
   141 stdout closed early (| head): stopped quietly
 
 run sends each file whole, in one request; files over the server's limits need
@@ -140,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("manifest", help="pipeline manifest (JSON)")
     stream.add_argument("--input", "-i", required=True, metavar="PATH", help="sound file to stream")
-    stream.add_argument("--output", "-o", metavar="[NODE=]PATH", help="write the streamed audio output to a sound file")
+    stream.add_argument(
+        "--output", "-o", action="append", default=[], metavar="[NODE=]PATH", help="write the streamed audio output to a sound file"
+    )
     stream.add_argument("--node", metavar="NODE", help="node the chunks go to (default: the only source node)")
     stream.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length in milliseconds (default: %(default)s)")
     stream.add_argument("--no-progress", action="store_true", help="never show the progress bar")
@@ -324,7 +330,9 @@ class _Cli:
             raise UsageError(f"the pipeline has {len(pipeline.sources)} source nodes ({names}); name the one to stream into with --node")
         if self.args.node is not None and self.args.node not in ids:
             raise UsageError(f"--node {self.args.node!r}: no such node (nodes: {', '.join(sorted(ids))})")
-        output = self.target(self.args.output, ids, pipeline, "--output", sinks=True) if self.args.output else None
+        if len(self.args.output) > 1:
+            raise UsageError(f"--output is given {len(self.args.output)} times; stream writes one node's audio output")
+        output = self.target(self.args.output[0], ids, pipeline, "--output", sinks=True) if self.args.output else None
         if output is not None:
             self.check_output(output[1])
         chunk_frames = max(1, round(info.samplerate * self.args.chunk_ms / 1000))
@@ -413,6 +421,12 @@ class _Cli:
         node, sep, path = spec.partition("=")
         if sep and node in ids:
             return node, path
+        if sep and "/" not in node and not Path(spec).exists():
+            # Most likely a misspelt node, not a file to be named "nope=out.wav".
+            raise UsageError(
+                f"{flag} {spec!r}: the pipeline has no node {node!r} (nodes: {', '.join(sorted(ids))}); "
+                f"for a file whose name has '=' in it, write ./{spec}"
+            )
         candidates = [n.id for n in (pipeline.sinks if sinks else pipeline.sources)]
         if len(candidates) != 1:
             kind = "sink" if sinks else "source"
@@ -549,7 +563,7 @@ def _main(argv: Sequence[str] | None) -> int:
             extra["traceback"] = trace
         return cli.fail(_exit_code(e), type(e).__name__, message, extra)
     except KeyboardInterrupt:
-        return cli.fail(130, "interrupted", "interrupted")
+        return cli.fail(EXIT_INTERRUPTED, "interrupted", "interrupted")
 
 
 def entry() -> NoReturn:
