@@ -285,3 +285,12 @@ def test_stream_reports_transcripts_and_other_data_as_run_does(server: RunningSe
     Pipeline.chain(Node("LoudnessNode", "loud")).save(tmp_path / "loud.json")
     loud = as_json(remotemedia("--address", server.address, "--json", "stream", str(tmp_path / "loud.json"), "--input", str(speech)))
     assert len(loud["data"]["loud"]) > 0 and loud["segments"] == {} and loud["transcripts"] == {}
+
+
+def test_verbose_logs_each_call_on_stderr(server: RunningServer) -> None:
+    quiet = remotemedia("--address", server.address, "nodes")
+    loud = remotemedia("--address", server.address, "-v", "nodes")
+    assert quiet.returncode == loud.returncode == 0
+    assert "call finished" not in quiet.stderr
+    assert "call finished" in loud.stderr and "rpc=GetVersion" in loud.stderr, loud.stderr
+    assert loud.stdout == quiet.stdout, "the log goes to stderr only"

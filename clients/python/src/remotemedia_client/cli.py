@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cert", metavar="PEM", help="client certificate, for mutual TLS")
     parser.add_argument("--key", metavar="PEM", help="client private key, for mutual TLS")
     parser.add_argument("--json", action="store_true", help="print JSON (results and errors) on stdout, for scripts")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log the client's calls on stderr (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log the client's calls, retries and streams on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -538,7 +538,8 @@ def _silence_stdout() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.verbose:
-        enable_logging("DEBUG" if args.verbose > 1 else "INFO")
+        # The calls themselves are the client's debug events.
+        enable_logging("DEBUG")
     cli = _Cli(args)
     try:
         code: int = getattr(cli, args.command)()
