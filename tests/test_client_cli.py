@@ -214,6 +214,8 @@ def test_an_empty_file_streams_as_it_runs(server: RunningServer, tmp_path: Path)
         assert done.returncode == 0, (command, done.stderr)
         info = soundfile.info(out)
         assert (info.frames, info.samplerate) == (0, 16_000), command
+        if command == "stream":
+            assert "streamed 1 chunks" in done.stdout, "the one empty chunk sent is counted"
 
 
 def test_output_files_take_any_format_and_subtype_soundfile_writes(server: RunningServer, tmp_path: Path) -> None:

@@ -111,6 +111,9 @@ def test_probe_exits_zero_when_serving_and_nonzero_when_down() -> None:
         )
         assert refused.returncode == 2, (bad, refused.stderr)
         assert f"invalid value for `--timeout-ms`: expected a whole number of milliseconds above 0, got `{bad}`" in refused.stderr
+        assert refused.stdout == "", "a probe's usage error is no server's refused configuration"
+    usage = subprocess.run([str(SERVER_BIN), "probe", "--addr"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and "--addr" in usage.stderr and usage.stdout == "", usage.stdout
 
 
 def test_probe_defaults_to_the_configured_listen_address() -> None:

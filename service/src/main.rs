@@ -46,8 +46,10 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             // A command line that does not parse (an unknown flag, a value missing) is refused
-            // as a configuration is, in the log too; `--help` and `--version` just print.
-            if e.use_stderr() && telemetry::init(config::LogFormat::Json, "info").is_ok() {
+            // as a configuration is, in the log too; `--help` and `--version` just print, and
+            // `probe`, a health check and no server, only says why on stderr.
+            let probing = std::env::args_os().nth(1).is_some_and(|a| a == "probe");
+            if e.use_stderr() && !probing && telemetry::init(config::LogFormat::Json, "info").is_ok() {
                 let shown = remotemedia::text::clip(e.kind().as_str().unwrap_or("invalid arguments"), REFUSAL_BYTES);
                 tracing::error!(target: telemetry::LIFECYCLE, error = %shown, "configuration refused; the server did not start");
             }

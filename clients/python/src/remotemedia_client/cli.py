@@ -336,7 +336,8 @@ class _Cli:
         if output is not None:
             self.check_output(output[1])
         chunk_frames = max(1, round(info.samplerate * self.args.chunk_ms / 1000))
-        chunks = -(-info.frames // chunk_frames)
+        # An empty file is sent as one empty chunk (see AudioBuffer.iter_file).
+        chunks = max(1, -(-info.frames // chunk_frames))
         show = not self.args.json and not self.args.no_progress and info.duration >= PROGRESS_MIN_SECONDS
         pieces: list[AudioBuffer] = []
         segments: dict[str, list[Segment]] = {}
