@@ -767,3 +767,18 @@ def test_large_requests_give_their_memory_back() -> None:
         assert max(after) - before < 24, f"RSS {before:.0f} MiB before, {[round(a) for a in after]} MiB after each request"
     finally:
         assert s.stop() == 0
+
+
+def test_a_misspelt_environment_variable_is_warned_about_at_start_up() -> None:
+    # A misspelt key in the TOML file is refused; a misspelt variable cannot be (the
+    # environment holds others' REMOTEMEDIA_ names too), but it is not ignored silently.
+    s = start_server(env={"REMOTEMEDIA_MAX_TIMEOT_MS": "5", "REMOTEMEDIA_NOTHING_LIKE_A_KEY": "x"})
+    try:
+        warned = [r for r in s.records() if r.get("level") == "WARN" and "names no setting" in r.get("message", "")]
+        assert {(r["variable"], r.get("meant")) for r in warned} == {
+            ("REMOTEMEDIA_MAX_TIMEOT_MS", "REMOTEMEDIA_MAX_TIMEOUT_MS"),
+            ("REMOTEMEDIA_NOTHING_LIKE_A_KEY", None),
+        }, warned
+        assert "did you mean REMOTEMEDIA_MAX_TIMEOUT_MS?" in next(r["message"] for r in warned if r.get("meant"))
+    finally:
+        assert s.stop() == 0

@@ -751,6 +751,27 @@ pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
     Ok(vars)
 }
 
+/// The `REMOTEMEDIA_*` variables of `vars` that name no setting (a misspelt
+/// `REMOTEMEDIA_MAX_TIMEOT_MS`), each with the variable it most likely meant, if one is close.
+/// A server ignores them, so [`warn`](crate::telemetry) says so at start-up.
+pub fn unknown_env(vars: &[(String, String)]) -> Vec<(String, Option<String>)> {
+    vars.iter()
+        .filter_map(|(name, _)| {
+            let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            if key == "config" || KEYS.iter().any(|(k, _, _)| *k == key) {
+                return None;
+            }
+            let meant = KEYS
+                .iter()
+                .map(|(k, _, _)| (strsim::normalized_damerau_levenshtein(&key, k), *k))
+                .filter(|(score, _)| *score >= 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, k)| format!("{ENV_PREFIX}{}", k.to_ascii_uppercase()));
+            Some((name.clone(), meant))
+        })
+        .collect()
+}
+
 /// The log format asked for by flag or environment, read on its own: the one a configuration
 /// that cannot be loaded is refused in. A file's setting, or a value that is not a format, is
 /// not looked at: JSON, the default.
@@ -873,6 +894,25 @@ mod tests {
             ("PATH".to_owned(), "/bin".to_owned()),
         ]);
         assert_eq!(l, layer(&[("listen", "0.0.0.0:1")]));
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_found_with_the_one_meant() {
+        let vars = [
+            ("REMOTEMEDIA_MAX_TIMEOT_MS", "5"),
+            ("REMOTEMEDIA_MAX_TIMEOUT_MS", "5"),
+            ("REMOTEMEDIA_CONFIG", "/c.toml"),
+            ("REMOTEMEDIA_SOMETHING_ELSE", "x"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            unknown_env(&vars),
+            [
+                ("REMOTEMEDIA_MAX_TIMEOT_MS".to_owned(), Some("REMOTEMEDIA_MAX_TIMEOUT_MS".to_owned())),
+                ("REMOTEMEDIA_SOMETHING_ELSE".to_owned(), None),
+            ]
+        );
     }
 
     #[test]

@@ -128,6 +128,20 @@ fn main() -> ExitCode {
         eprintln!("remotemedia-server: {e}");
         return ExitCode::from(2);
     }
+    // A misspelt variable is ignored, unlike a misspelt key in the file: said at start-up.
+    for (name, meant) in
+        config::unknown_env(&config::environment().unwrap_or_default()).iter().take(remotemedia::text::MAX_LISTED)
+    {
+        let name = remotemedia::text::quoted(name);
+        match meant {
+            Some(meant) => {
+                tracing::warn!(target: telemetry::LIFECYCLE, variable = %name, meant = %meant, "environment variable names no setting and is ignored; did you mean {meant}?")
+            }
+            None => {
+                tracing::warn!(target: telemetry::LIFECYCLE, variable = %name, "environment variable names no setting and is ignored")
+            }
+        }
+    }
     let signal = match runtime.block_on(async { shutdown::signal() }) {
         Ok(s) => s,
         Err(e) => {
