@@ -403,6 +403,9 @@ class AsyncStream:
     slows the sender; results are read in the background and come out of ``async for`` in
     sequence order. A node failing on one chunk raises ``NodeExecutionError`` (with
     ``.sequence``) from the iteration; the session goes on, so iteration may continue.
+    Results wait in memory until they are read, however many the application sends first, so
+    that sending everything before reading cannot deadlock: an application streaming for long
+    without reading holds every result (about the size of what it sent); iterate as you send.
 
     A stream does nothing until it is opened (``async with``, or :meth:`open`): before that,
     ``send``, ``close``, ``cancel`` and iteration raise ``RuntimeError``.
