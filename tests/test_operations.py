@@ -21,7 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import GRPCURL, PLUGINS, SERVER_BIN, RunningServer, assert_stops_before_serving, server_env, start_server
 from helpers import f32, manifest, node
-from remotemedia_client import Client, RetryPolicy, pb
+from remotemedia_client import Client, Pipeline, RetryPolicy, pb
+from remotemedia_client import Node as ClientNode
 from remotemedia_client._proto.remotemedia.v1 import service_pb2_grpc
 
 
@@ -416,6 +417,44 @@ def test_a_draining_server_takes_no_new_chunk_from_a_busy_stream() -> None:
         stop.set()
         call.cancel()
         channel.close()
+
+
+def test_a_stream_whose_client_stops_reading_ends_at_the_idle_timeout_and_frees_its_slot() -> None:
+    # Over gRPC a client that stops reading keeps its connection alive (HTTP/2 flow control,
+    # pings), and the session waited to send a result for as long as the connection lasted:
+    # past the idle timeout and the maximum duration, holding its pipeline, model leases and
+    # slot of max_concurrent_streams. Now reading nothing for the idle timeout ends it.
+    s = start_server("--stream-idle-timeout-ms", "1500", "--max-concurrent-streams", "1")
+    hold = threading.Event()
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=manifest([node("g", "GainNode")]))
+        for i in range(400):
+            yield pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="g", buffer=f32(np.zeros(16_000, np.float32)), sequence=i))
+        hold.wait(60)
+
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+    channel = grpc.insecure_channel(s.address, options=options)
+    call = service_pb2_grpc.PipelineServiceStub(channel).StreamPipeline(requests())  # never read
+    try:
+        deadline = time.monotonic() + 30
+        while s.metric("remotemedia_stream_chunks_total") < 9:
+            assert time.monotonic() < deadline, "the results did not back up"
+            time.sleep(0.01)
+        finished = s.wait_for(lambda r: r.get("message") == "StreamPipeline finished", timeout=20)
+        assert finished["code"] == "ResourceExhausted", finished
+        assert finished["elapsed_ms"] < 10_000, finished
+        assert s.metric("remotemedia_active_streams") == 0
+        assert s.metric("remotemedia_limit_rejections_total", limit="stream_idle_timeout_ms") == 1
+        # Its slot is free: with max_concurrent_streams 1, another client streams at once.
+        with Client(s.address, timeout=30) as client, client.stream(Pipeline.chain(ClientNode("GainNode", "g2")), sample_rate=16_000) as other:
+            other.send(np.zeros(160, np.float32))
+            assert next(other).sequence == 0
+    finally:
+        hold.set()
+        call.cancel()
+        channel.close()
+        assert s.stop() == 0
 
 
 def execute_in_background(address: str, req: pb.ExecuteRequest, timeout: float) -> "queue.Queue[object]":

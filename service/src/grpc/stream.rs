@@ -39,7 +39,8 @@ use crate::proto::{
 };
 use crate::text;
 
-/// Responses buffered per session before the session waits for the client to read.
+/// Responses buffered per session before the session waits for the client to read, besides
+/// the slot kept for the status that ends it ([`Session::last`]).
 const RESPONSE_BUFFER: usize = 8;
 
 /// Messages read ahead while a chunk runs off the session's task (a Python node, a heavy native
@@ -82,10 +83,12 @@ pub fn spawn(
     }
     let permit = state.acquire_stream()?;
     let limits = limits::resolve(None, &state.config.limits)?;
-    let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+    let (tx, rx) = mpsc::channel(RESPONSE_BUFFER + 1);
+    let last = tx.clone().try_reserve_owned().ok();
     let session = Session {
         state,
         tx,
+        last,
         inbound,
         limits,
         deadline,
@@ -94,6 +97,7 @@ pub fn spawn(
         last_sequence: None,
         failed_chunks: None,
         cancel_requested: false,
+        unread: false,
         ahead: ReadAhead::default(),
         inputs: OutputArena::new(),
     };
@@ -121,6 +125,9 @@ impl Stats {
 struct Session {
     state: Arc<AppState>,
     tx: mpsc::Sender<Result<StreamResponse, Status>>,
+    /// A slot of the response queue kept from the start for the status that ends the session,
+    /// so that it is queued at once even when a client that stopped reading filled the rest.
+    last: Option<mpsc::OwnedPermit<Result<StreamResponse, Status>>>,
     inbound: Inbound,
     limits: Effective,
     /// The client's deadline for the whole stream, if it set one.
@@ -133,6 +140,8 @@ struct Session {
     failed_chunks: Option<&'static str>,
     /// Whether the client sent `COMMAND_CANCEL` (rather than going away).
     cancel_requested: bool,
+    /// Whether the session ended because its client read no response for the idle timeout.
+    unread: bool,
     ahead: ReadAhead,
     /// Where a chunk whose samples arrive unaligned for their type is copied to, so every node
     /// (and the Python bridge) views it without a copy of its own; reused from chunk to chunk.
@@ -230,15 +239,20 @@ impl Session {
             Err(e) => e,
         };
         if error.delivery(Call::Stream) == Delivery::InBandThenStatus {
-            let _ = self.send(response(stream_response::Response::Error(error.to_error_response()))).await;
+            let in_band = response(stream_response::Response::Error(error.to_error_response()));
+            // A client that read nothing for the idle timeout, or one past the grace period,
+            // gets no more waiting: the in-band copy goes only if there is room.
+            if self.unread || self.state.abort.is_cancelled() {
+                let _ = self.tx.try_send(Ok(in_band));
+            } else {
+                let _ = self.send(in_band).await;
+            }
         }
         let status = error.to_status();
         let code = status.code();
-        if self.state.abort.is_cancelled() {
-            // Past the grace period a client that reads nothing gets no more waiting.
-            let _ = self.tx.try_send(Err(status));
-        } else {
-            let _ = self.tx.send(Err(status)).await;
+        match self.last.take() {
+            Some(slot) => drop(slot.send(Err(status))),
+            None => drop(self.tx.try_send(Err(status))),
         }
         (code, error.outcome())
     }
@@ -323,6 +337,10 @@ impl Session {
                     let _ = self.send(metrics_response(&self.stats)).await;
                     return Err(ServiceError::Draining);
                 }
+                if max_duration.is_elapsed() {
+                    let _ = self.send(metrics_response(&self.stats)).await;
+                    return Err(max_duration_limit(longest));
+                }
                 message
             } else {
                 tokio::select! {
@@ -332,12 +350,8 @@ impl Session {
                         return Err(ServiceError::Draining);
                     }
                     () = &mut max_duration => {
-                        observe::limit_rejected("stream_max_duration_ms");
                         let _ = self.send(metrics_response(&self.stats)).await;
-                        return Err(ServiceError::Limit {
-                            message: format!("the stream reached its maximum duration of {} ms (stream_max_duration_ms)", longest.as_millis()),
-                            limit: "stream_max_duration_ms",
-                        });
+                        return Err(max_duration_limit(longest));
                     }
                     () = &mut idle_timer => {
                         let due = waiting_since + idle;
@@ -552,18 +566,32 @@ impl Session {
     }
 
     /// Queues a response; a closed channel means the client went away.
-    async fn send(&self, message: StreamResponse) -> Result<(), ServiceError> {
+    async fn send(&mut self, message: StreamResponse) -> Result<(), ServiceError> {
         let message = match self.tx.try_send(Ok(message)) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(client_left()),
             Err(mpsc::error::TrySendError::Full(message)) => message,
         };
-        // A client that reads nothing holds the session here until the end of the grace
-        // period, which ends it as the shutdown it is (UNAVAILABLE), not as the client leaving.
+        // A client that reads nothing holds the session here for at most the idle timeout:
+        // over gRPC its HTTP/2 window keeps the transport alive, and the session would hold its
+        // pipeline, its model leases and its slot of max_concurrent_streams until the connection
+        // closed. Past the grace period it ends as the shutdown it is (UNAVAILABLE).
+        let idle = self.state.config.limits.stream_idle_timeout;
         tokio::select! {
             biased;
             sent = self.tx.send(message) => sent.map_err(|_| client_left()),
             () = self.state.abort.cancelled() => Err(ServiceError::ShutDown),
+            () = tokio::time::sleep(idle) => {
+                self.unread = true;
+                observe::limit_rejected("stream_idle_timeout_ms");
+                Err(ServiceError::Limit {
+                    message: format!(
+                        "the client read no response for {} ms; the stream was closed (stream_idle_timeout_ms)",
+                        idle.as_millis()
+                    ),
+                    limit: "stream_idle_timeout_ms",
+                })
+            }
         }
     }
 }
@@ -661,6 +689,17 @@ fn client_gone(status: &Status) -> ServiceError {
             "the client stream failed: {}",
             text::clip(status.message(), text::MAX_MESSAGE_BYTES)
         )),
+    }
+}
+
+fn max_duration_limit(longest: Duration) -> ServiceError {
+    observe::limit_rejected("stream_max_duration_ms");
+    ServiceError::Limit {
+        message: format!(
+            "the stream reached its maximum duration of {} ms (stream_max_duration_ms)",
+            longest.as_millis()
+        ),
+        limit: "stream_max_duration_ms",
     }
 }
 
