@@ -128,3 +128,50 @@ def test_the_log_line_of_a_call_cut_short_carries_its_request_id(srv: RunningSer
         assert cut_line().get("request_id") == "cut-by-cancel"
     finally:
         (tmp_path / "release").write_text("go")
+
+
+def test_many_calls_at_once_with_short_deadlines_leave_the_connection_and_its_stream_alone(srv: RunningServer) -> None:
+    # Each expired deadline is a RST_STREAM from grpcio. Fifty calls at a time with 10 ms
+    # deadlines made h2 count more than its 20 streams reset before the server took them up,
+    # and the server closed the connection (GOAWAY too_many_resets), killing a healthy stream
+    # on it with UNAVAILABLE.
+    channel = grpc.insecure_channel(srv.address)
+    stub = service_pb2_grpc.PipelineServiceStub(channel)
+    chunks: "list[pb.StreamRequest]" = []
+    more = threading.Event()
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(manifest=manifest([node("g", "GainNode")]))
+        for i in range(2):
+            more.wait(120)
+            yield pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="g", buffer=f32(np.zeros(160, np.float32)), sequence=i))
+
+    stream = stub.StreamPipeline(requests(), timeout=120)
+    assert next(stream).WhichOneof("response") == "ready"
+    req = pb.ExecuteRequest(
+        manifest=manifest([node("rs", "AudioResampleNode", output_rate=44_100), node("vad", "VADNode")], [("rs", "vad")]),
+        audio_inputs={"rs": f32(np.zeros(16_000, np.float32), rate=16_000)},
+    )
+    codes: "list[str]" = []
+    lock = threading.Lock()
+
+    def calls() -> None:
+        for _ in range(10):
+            try:
+                stub.ExecutePipeline(req, timeout=0.01)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name  # type: ignore[attr-defined]
+            with lock:
+                codes.append(code)
+
+    threads = [threading.Thread(target=calls) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}, sorted(set(codes))
+    more.set()
+    answers = [r.WhichOneof("response") for r in stream]
+    assert answers.count("result") == 2, answers
+    channel.close()

@@ -59,7 +59,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("max_pipeline_nodes", "4096", "most nodes in one manifest (connections: four times as many)"),
     ("max_concurrent_executions", "64", "ExecutePipeline calls running at once"),
     ("max_concurrent_streams", "2000", "StreamPipeline sessions open at once"),
-    ("stream_idle_timeout_ms", "60000", "a stream with no message, or whose client reads no response, for this long is closed"),
+    (
+        "stream_idle_timeout_ms",
+        "60000",
+        "a stream with no message, or whose client reads no response, for this long is closed",
+    ),
     ("stream_max_duration_ms", "3600000", "longest a stream may stay open"),
     ("stream_metrics_interval_ms", "1000", "how often a stream reports StreamMetrics"),
     ("breaker_cooldown_ms", "30000", "how long an open circuit breaker waits before a trial call"),
