@@ -161,12 +161,10 @@ impl Stream {
         let (block_in, block_out, delay) =
             resampler.as_ref().map_or((0, 0, 0), |r| (r.design().block_in, r.design().block_out, r.design().delay()));
         let buffers = (2 * block_in + 3 * block_out) * channels * std::mem::size_of::<f32>();
-        let held = match resampler {
-            Some(_) => {
-                Some(fft::Held::take(buffers).map_err(|held| too_much_held(input_rate, output_rate, buffers, held))?)
-            }
-            None => None,
-        };
+        let held = resampler
+            .as_ref()
+            .map(|_| fft::Held::take(buffers).map_err(|held| too_much_held(input_rate, output_rate, buffers, held)))
+            .transpose()?;
         Ok(Self {
             _held: held,
             input_rate,

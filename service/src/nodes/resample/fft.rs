@@ -69,16 +69,10 @@ pub(super) struct Held(usize);
 impl Held {
     /// Counts `bytes` in, or says how many are held already when that would pass the maximum.
     pub(super) fn take(bytes: usize) -> Result<Self, usize> {
-        let mut now = HELD.load(Ordering::Relaxed);
-        loop {
-            if now.saturating_add(bytes) > HELD_MAX_BYTES {
-                return Err(now);
-            }
-            match HELD.compare_exchange_weak(now, now + bytes, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Ok(Self(bytes)),
-                Err(current) => now = current,
-            }
-        }
+        HELD.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+            now.checked_add(bytes).filter(|total| *total <= HELD_MAX_BYTES)
+        })
+        .map(|_| Self(bytes))
     }
 }
 
