@@ -21,7 +21,7 @@ use super::error::{ExecError, ValidationError, Violation};
 use super::manifest::Manifest;
 use super::metrics::{MemoryTracker, NodeOutput, NodeReport, NodeStatus, RunOutput, thread_cpu_time};
 use super::retry::RetryPolicy;
-use super::validate::{Plan, PlannedNode, RequestShape, checked_nodes, param_violation, validate};
+use super::validate::{Plan, PlannedNode, RequestShape, param_violation, validate};
 use crate::audio::AudioBuffer;
 use crate::nodes::{
     Figures, MemoryBudget, NodeContext, NodeError, NodeInstance, ParamError, PortError, PortName, PortValue, Ports,
@@ -54,25 +54,13 @@ impl Engine {
     /// can check (a voice espeak-ng does not have) is reported with the rest.
     pub async fn build(&self, manifest: &Manifest, shape: &RequestShape) -> Result<Pipeline, ValidationError> {
         let (plan, mut error) = validate(manifest, &self.registry, shape);
-        let Some(plan) = plan else {
-            let checked: Vec<(usize, PlannedNode)> = checked_nodes(manifest, &self.registry)
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, n)| Some((i, n?)))
-                .collect();
-            for (i, node, result) in self.create(checked.iter().map(|(i, n)| (*i, n))).await {
-                if let Err(errors) = result {
-                    error
-                        .violations
-                        .extend(errors.iter().map(|e| param_violation(i, &node.id, &node.resolved.node_type, e)));
-                }
-            }
-            return Err(error);
+        // A valid plan holds every manifest node, in manifest order.
+        let nodes: Vec<(usize, &PlannedNode)> = match &plan {
+            Ok(plan) => plan.nodes.iter().enumerate().collect(),
+            Err(checked) => checked.iter().enumerate().filter_map(|(i, n)| Some((i, n.as_ref()?))).collect(),
         };
-
-        let mut slots = Vec::with_capacity(plan.nodes.len());
-        // The plan holds every manifest node, in manifest order.
-        for (i, node, result) in self.create(plan.nodes.iter().enumerate()).await {
+        let mut slots = Vec::with_capacity(nodes.len());
+        for (i, node, result) in self.create(nodes.into_iter()).await {
             match result {
                 Ok(instance) => slots.push(Some(instance)),
                 Err(errors) => error
@@ -80,9 +68,10 @@ impl Engine {
                     .extend(errors.iter().map(|e| param_violation(i, &node.id, &node.resolved.node_type, e))),
             }
         }
-        if !error.violations.is_empty() {
-            return Err(error);
-        }
+        let plan = match plan {
+            Ok(plan) if error.violations.is_empty() => plan,
+            _ => return Err(error),
+        };
         let names =
             plan.nodes.iter().map(|n| (Arc::from(n.id.as_str()), Arc::from(n.resolved.node_type.as_str()))).collect();
         let preds = (0..plan.nodes.len())

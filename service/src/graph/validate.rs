@@ -72,10 +72,19 @@ impl Plan {
     }
 }
 
+/// What [`validate`] found when the manifest has violations: each manifest node that passed its
+/// own checks (its type, runtime and parameters), by manifest index, `None` for the others. Their
+/// construction can still be tried, so that what it checks joins the report.
+pub type Checked = Vec<Option<PlannedNode>>;
+
 /// Checks everything that can be checked without building nodes, node parameters included,
-/// collecting every violation. Returns the plan when there is none, and the violations (with
-/// the available node types when one was unknown).
-pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) -> (Option<Plan>, ValidationError) {
+/// collecting every violation. Returns the plan when there is none (else the nodes that passed
+/// their own checks), and the violations (with the available node types when one was unknown).
+pub fn validate(
+    manifest: &Manifest,
+    registry: &Registry,
+    shape: &RequestShape,
+) -> (Result<Plan, Checked>, ValidationError) {
     let mut check = Check { manifest, registry, violations: Vec::new(), first_index: HashMap::new() };
     check.header();
     let nodes = check.nodes();
@@ -89,7 +98,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
         error.available_node_types = registry.node_types();
     }
     if !error.violations.is_empty() || nodes.iter().any(Option::is_none) {
-        return (None, error);
+        return (Err(nodes), error);
     }
     let plan = Plan {
         name: manifest.name.clone(),
@@ -100,14 +109,7 @@ pub fn validate(manifest: &Manifest, registry: &Registry, shape: &RequestShape) 
         output_nodes,
         config: manifest.config.clone(),
     };
-    (Some(plan), error)
-}
-
-/// Each manifest node that passes its own checks (its type, runtime and parameters), by
-/// manifest index; `None` for the others. For a manifest that failed [`validate`]: the nodes
-/// whose construction can still be tried, so that its checks join the report.
-pub fn checked_nodes(manifest: &Manifest, registry: &Registry) -> Vec<Option<PlannedNode>> {
-    Check { manifest, registry, violations: Vec::new(), first_index: HashMap::new() }.nodes()
+    (Ok(plan), error)
 }
 
 /// One validation of a manifest, phase by phase: the header, the nodes, the connections, the
@@ -543,7 +545,7 @@ mod tests {
             .connect("b", "c");
         let (plan, v) = validate(&m, &Registry::builtin(), &shape(&["a"]));
         assert!(v.violations.is_empty(), "{v:?}");
-        let plan = plan.unwrap();
+        let plan = plan.ok().unwrap();
         let ids: Vec<&str> = plan.order.iter().map(|&i| plan.nodes[i].id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert!(plan.is_sink(0));
