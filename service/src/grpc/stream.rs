@@ -329,29 +329,25 @@ impl Session {
         let mut reported_chunks = 0;
 
         loop {
-            // Messages read ahead while a chunk ran skip the wait below, and with it the drain:
-            // a client that keeps its pipeline busy would otherwise have new chunks served for
-            // the whole grace period, and then be cut off.
+            // Messages read ahead while a chunk ran skip the wait below, and with it the drain
+            // and the maximum duration: a client that keeps its pipeline busy would otherwise
+            // have new chunks served for the whole grace period, and then be cut off.
             let message = if let Some(message) = self.ahead.pop() {
                 if drain.is_cancelled() {
-                    let _ = self.send(metrics_response(&self.stats)).await;
-                    return Err(ServiceError::Draining);
+                    return self.end_with(ServiceError::Draining).await;
                 }
                 if max_duration.is_elapsed() {
-                    let _ = self.send(metrics_response(&self.stats)).await;
-                    return Err(max_duration_limit(longest));
+                    return self.end_with(max_duration_limit(longest)).await;
                 }
                 message
             } else {
                 tokio::select! {
                     biased;
                     () = &mut draining => {
-                        let _ = self.send(metrics_response(&self.stats)).await;
-                        return Err(ServiceError::Draining);
+                        return self.end_with(ServiceError::Draining).await;
                     }
                     () = &mut max_duration => {
-                        let _ = self.send(metrics_response(&self.stats)).await;
-                        return Err(max_duration_limit(longest));
+                        return self.end_with(max_duration_limit(longest)).await;
                     }
                     () = &mut idle_timer => {
                         let due = waiting_since + idle;
@@ -504,10 +500,7 @@ impl Session {
             }
             // Shutdown ran out of grace while the chunk ran: the stream ends as a draining one
             // does (final metrics, UNAVAILABLE), not as if its client had left.
-            Err(ExecError::Cancelled) if self.state.abort.is_cancelled() => {
-                let _ = self.send(metrics_response(&self.stats)).await;
-                Err(ServiceError::ShutDown)
-            }
+            Err(ExecError::Cancelled) if self.state.abort.is_cancelled() => self.end_with(ServiceError::ShutDown).await,
             Err(ExecError::Cancelled) => Err(client_left()),
             Err(e) => {
                 live.metrics.nodes_ran(&pipeline.take_failed_reports());
@@ -563,6 +556,13 @@ impl Session {
             }
         }
         self.send(metrics_response(&self.stats)).await
+    }
+
+    /// Sends the stream's final metrics, then ends it with `error` (a drain, a limit, the end of
+    /// the grace period).
+    async fn end_with(&mut self, error: ServiceError) -> End {
+        let _ = self.send(metrics_response(&self.stats)).await;
+        Err(error)
     }
 
     /// Queues a response; a closed channel means the client went away.
