@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -343,13 +344,12 @@ def test_an_operator_probing_with_grpcurl_during_the_drain_is_answered(tmp_path:
     assert "panicked" not in stderr, stderr
 
 
-def test_a_stream_whose_client_reads_nothing_ends_as_unavailable_when_the_grace_period_ends() -> None:
-    # Its results fill the connection; the session waits to send one until the grace period
-    # is over. It used to wait on until the connection was closed under it, and to count as the
-    # client's leaving (CANCELLED), its "finished" line sometimes lost as the process exited.
-    s = start_server("--grace-period-ms", "1000")
+@contextlib.contextmanager
+def results_backed_up(s: RunningServer, chunks: int = 400) -> Iterator[None]:
+    """A stream of `chunks` GainNode chunks whose client reads nothing, held open; entered once
+    its results have backed up: with a small receive window (no BDP growth) the session has 8 of
+    them queued (its response buffer) past the one in flight, and waits to send the next."""
     hold = threading.Event()
-    chunks = 400
 
     def requests() -> Iterator[pb.StreamRequest]:
         yield pb.StreamRequest(manifest=manifest([node("g", "GainNode")]))
@@ -357,8 +357,6 @@ def test_a_stream_whose_client_reads_nothing_ends_as_unavailable_when_the_grace_
             yield pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="g", buffer=f32(np.zeros(16_000, np.float32)), sequence=i))
         hold.wait(60)
 
-    # A small receive window (no BDP growth), so the results back up at once: the session has
-    # 8 of them queued (its response buffer) past the one in flight, and waits on the next.
     options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
     channel = grpc.insecure_channel(s.address, options=options)
     call = service_pb2_grpc.PipelineServiceStub(channel).StreamPipeline(requests())  # never read
@@ -367,15 +365,25 @@ def test_a_stream_whose_client_reads_nothing_ends_as_unavailable_when_the_grace_
         while s.metric("remotemedia_stream_chunks_total") < 9:
             assert time.monotonic() < deadline, "the results did not back up"
             time.sleep(0.01)
+        yield
+    finally:
+        hold.set()
+        call.cancel()
+        channel.close()
+
+
+def test_a_stream_whose_client_reads_nothing_ends_as_unavailable_when_the_grace_period_ends() -> None:
+    # Its results fill the connection; the session waits to send one until the grace period
+    # is over. It used to wait on until the connection was closed under it, and to count as the
+    # client's leaving (CANCELLED), its "finished" line sometimes lost as the process exited.
+    s = start_server("--grace-period-ms", "1000")
+    chunks = 400
+    with results_backed_up(s, chunks):
         s.proc.send_signal(signal.SIGTERM)
         finished = s.wait_for(lambda r: r.get("message") == "StreamPipeline finished", timeout=20)
         assert finished["code"] == "Unavailable", finished
         assert finished["chunks"] < chunks, "the client's reading nothing held the session"
         assert s.proc.wait(timeout=20) == 0
-    finally:
-        hold.set()
-        call.cancel()
-        channel.close()
 
 
 def test_a_draining_server_takes_no_new_chunk_from_a_busy_stream() -> None:
@@ -425,35 +433,18 @@ def test_a_stream_whose_client_stops_reading_ends_at_the_idle_timeout_and_frees_
     # past the idle timeout and the maximum duration, holding its pipeline, model leases and
     # slot of max_concurrent_streams. Now reading nothing for the idle timeout ends it.
     s = start_server("--stream-idle-timeout-ms", "1500", "--max-concurrent-streams", "1")
-    hold = threading.Event()
-
-    def requests() -> Iterator[pb.StreamRequest]:
-        yield pb.StreamRequest(manifest=manifest([node("g", "GainNode")]))
-        for i in range(400):
-            yield pb.StreamRequest(audio_chunk=pb.AudioChunk(node_id="g", buffer=f32(np.zeros(16_000, np.float32)), sequence=i))
-        hold.wait(60)
-
-    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
-    channel = grpc.insecure_channel(s.address, options=options)
-    call = service_pb2_grpc.PipelineServiceStub(channel).StreamPipeline(requests())  # never read
     try:
-        deadline = time.monotonic() + 30
-        while s.metric("remotemedia_stream_chunks_total") < 9:
-            assert time.monotonic() < deadline, "the results did not back up"
-            time.sleep(0.01)
-        finished = s.wait_for(lambda r: r.get("message") == "StreamPipeline finished", timeout=20)
-        assert finished["code"] == "ResourceExhausted", finished
-        assert finished["elapsed_ms"] < 10_000, finished
-        assert s.metric("remotemedia_active_streams") == 0
-        assert s.metric("remotemedia_limit_rejections_total", limit="stream_idle_timeout_ms") == 1
-        # Its slot is free: with max_concurrent_streams 1, another client streams at once.
-        with Client(s.address, timeout=30) as client, client.stream(Pipeline.chain(ClientNode("GainNode", "g2")), sample_rate=16_000) as other:
-            other.send(np.zeros(160, np.float32))
-            assert next(other).sequence == 0
+        with results_backed_up(s):
+            finished = s.wait_for(lambda r: r.get("message") == "StreamPipeline finished", timeout=20)
+            assert finished["code"] == "ResourceExhausted", finished
+            assert finished["elapsed_ms"] < 10_000, finished
+            assert s.metric("remotemedia_active_streams") == 0
+            assert s.metric("remotemedia_limit_rejections_total", limit="stream_idle_timeout_ms") == 1
+            # Its slot is free: with max_concurrent_streams 1, another client streams at once.
+            with Client(s.address, timeout=30) as client, client.stream(Pipeline.chain(ClientNode("GainNode", "g2")), sample_rate=16_000) as other:
+                other.send(np.zeros(160, np.float32))
+                assert next(other).sequence == 0
     finally:
-        hold.set()
-        call.cancel()
-        channel.close()
         assert s.stop() == 0
 
 
